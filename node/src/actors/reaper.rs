@@ -1,0 +1,49 @@
+//! The reaper: on the leader, periodically proposes the purge of state that
+//! has expired (for now, remembered request results past their retention).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, AsyncContext, Context};
+use baa_proto::command::Op;
+
+use crate::agency::{now_ms, Agency};
+
+/// How long a request id's first result is remembered for retries.
+pub const REQUEST_RESULT_RETENTION: Duration = Duration::from_secs(15 * 60);
+
+/// Proposes purge commands while this node leads.
+pub struct Reaper {
+    agency: Arc<Agency>,
+    every: Duration,
+}
+
+impl Reaper {
+    /// A reaper that runs every `every`.
+    pub fn new(agency: Arc<Agency>, every: Duration) -> Self {
+        Self { agency, every }
+    }
+}
+
+impl Actor for Reaper {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.every, |act, _| {
+            let agency = act.agency.clone();
+            if agency.leader().map(|(id, _)| id) != Some(agency.id) {
+                return;
+            }
+            actix::spawn(async move {
+                let before_ms =
+                    now_ms().saturating_sub(REQUEST_RESULT_RETENTION.as_millis() as u64);
+                if let Err(e) = agency
+                    .write(Op::PurgeRequestResults { before_ms }, None)
+                    .await
+                {
+                    tracing::warn!(error = %e, "reaper: purge proposal failed");
+                }
+            });
+        });
+    }
+}

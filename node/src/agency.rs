@@ -1,0 +1,380 @@
+//! The node's replicated core as request handlers see it: writes from any
+//! node (forwarded to the leader and retried across leader changes within a
+//! deadline), local or linearizable reads, status and membership changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baa_proto::api::{
+    ClusterStatus, ForwardError, ForwardedWrite, ForwardedWriteReply, JoinRequest, ReadIndexReply,
+};
+use baa_proto::command::{Command, CommandResult, Consistency, Op, Outcome, RequestId};
+use baa_proto::model::{BaaNode, NodeId};
+use baa_proto::ErrorCode;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{ChangeMembers, RaftMetrics};
+
+use crate::config::Config;
+use crate::error::{NodeError, Result};
+use crate::metrics::Metrics;
+use crate::raft::network::ClusterClient;
+use crate::raft::state_machine::StateReader;
+use crate::raft::Raft;
+
+/// Shared by every handler and actor of a node.
+pub struct Agency {
+    /// This node's id.
+    pub id: NodeId,
+    /// The Raft handle.
+    pub raft: Raft,
+    /// Reads of the applied state.
+    pub state: StateReader,
+    /// Client for the cluster port of peers.
+    pub cluster: Arc<ClusterClient>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Node configuration.
+    pub config: Arc<Config>,
+}
+
+/// One attempt at a write.
+enum Attempt {
+    /// The command was applied (or refused by the state machine).
+    Done(CommandResult),
+    /// Worth retrying (no leader, leader changed, peer unreachable).
+    Retry(NodeError),
+    /// Not worth retrying.
+    Fail(NodeError),
+}
+
+/// Milliseconds since the Unix epoch on this node's clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A fresh random request id for writes that came without one, so that
+/// internal retries can never apply a command twice.
+pub fn random_request_id() -> RequestId {
+    format!("auto-{}", hex::encode(rand::random::<[u8; 16]>()))
+}
+
+impl Agency {
+    fn raft_metrics(&self) -> RaftMetrics<NodeId, BaaNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The current leader and its address, as this node knows them.
+    pub fn leader(&self) -> Option<(NodeId, Option<BaaNode>)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let leader = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&leader).cloned();
+        Some((leader, node))
+    }
+
+    /// Replicates `op` and returns its outcome. Any node accepts writes; a
+    /// follower forwards to the leader. Retries across leader changes until the
+    /// configured deadline, under one request id so nothing is applied twice.
+    pub async fn write(&self, op: Op, request_id: Option<RequestId>) -> Result<Outcome> {
+        let cmd = Command {
+            request_id: Some(request_id.unwrap_or_else(random_request_id)),
+            time_ms: now_ms(),
+            op,
+        };
+        let started = Instant::now();
+        let deadline = started + self.config.write_timeout();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt = match self.leader() {
+                Some((leader, _)) if leader == self.id => {
+                    self.propose(cmd.clone(), remaining).await
+                }
+                Some((_, Some(node))) => self.forward(&node, cmd.clone(), remaining).await,
+                _ => Attempt::Retry(NodeError::NoLeader),
+            };
+            match attempt {
+                Attempt::Done(result) => {
+                    self.metrics
+                        .proposal_duration
+                        .observe(started.elapsed().as_secs_f64());
+                    return result.map_err(NodeError::Apply);
+                }
+                Attempt::Fail(e) => return Err(e),
+                Attempt::Retry(e) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining.is_zero() {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(backoff.min(remaining)).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(400));
+                }
+            }
+        }
+    }
+
+    async fn propose(&self, cmd: Command, within: Duration) -> Attempt {
+        match tokio::time::timeout(within, self.raft.client_write(cmd)).await {
+            Ok(Ok(resp)) => Attempt::Done(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Attempt::Retry(NodeError::NoLeader)
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Attempt::Fail(NodeError::Membership(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(e))) => Attempt::Fail(NodeError::Internal(e.to_string())),
+            Err(_) => Attempt::Retry(NodeError::Timeout),
+        }
+    }
+
+    async fn forward(&self, leader: &BaaNode, command: Command, within: Duration) -> Attempt {
+        self.metrics.writes_forwarded.inc();
+        let reply: std::result::Result<ForwardedWriteReply, _> = self
+            .cluster
+            .call(
+                &leader.cluster_addr,
+                "/cluster/v1/write",
+                &ForwardedWrite { command },
+                within,
+            )
+            .await;
+        match reply {
+            Ok(Ok(result)) => Attempt::Done(result),
+            Ok(Err(ForwardError::NotLeader { .. })) => Attempt::Retry(NodeError::NoLeader),
+            Ok(Err(ForwardError::Failed {
+                code: ErrorCode::Timeout,
+                ..
+            })) => Attempt::Retry(NodeError::Timeout),
+            Ok(Err(ForwardError::Failed { code, message })) => {
+                Attempt::Fail(NodeError::Internal(format!("{code}: {message}")))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "forwarding a write to the leader failed");
+                Attempt::Retry(NodeError::NoLeader)
+            }
+        }
+    }
+
+    /// Proposes a command forwarded by a follower; only the leader accepts it.
+    pub async fn write_as_leader(&self, cmd: Command) -> ForwardedWriteReply {
+        match self.leader() {
+            Some((leader, _)) if leader == self.id => {}
+            other => {
+                return Err(ForwardError::NotLeader {
+                    leader: other.map(|(id, _)| id),
+                })
+            }
+        }
+        match self.propose(cmd, self.config.write_timeout()).await {
+            Attempt::Done(result) => Ok(result),
+            Attempt::Retry(NodeError::NoLeader) => Err(ForwardError::NotLeader { leader: None }),
+            Attempt::Retry(e) | Attempt::Fail(e) => Err(ForwardError::Failed {
+                code: e.code(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Waits until a read on this node reflects every write acknowledged
+    /// before the call, when `consistency` asks for it.
+    pub async fn read_barrier(&self, consistency: Consistency) -> Result<()> {
+        if consistency == Consistency::Local {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.config.write_timeout();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(NodeError::Timeout);
+            }
+            let index = match self.leader() {
+                Some((leader, _)) if leader == self.id => self.read_index_as_leader().await.ok(),
+                Some((_, Some(node))) => {
+                    let reply: std::result::Result<ReadIndexReply, _> = self
+                        .cluster
+                        .call(&node.cluster_addr, "/cluster/v1/read-index", &(), remaining)
+                        .await;
+                    reply.ok().and_then(|r| r.ok())
+                }
+                _ => None,
+            };
+            if let Some(index) = index {
+                return match self
+                    .raft
+                    .wait(Some(remaining))
+                    .applied_index_at_least(index, "linearizable read")
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(_) => Err(NodeError::Timeout),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50).min(remaining)).await;
+        }
+    }
+
+    /// Confirms leadership with a quorum and returns the index a reader must
+    /// have applied.
+    pub async fn read_index_as_leader(&self) -> ReadIndexReply {
+        match self.raft.get_read_log_id().await {
+            Ok((read, applied)) => Ok(read.max(applied).map(|l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(ForwardError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(ForwardError::Failed {
+                    code: ErrorCode::NoLeader,
+                    message: e.to_string(),
+                })
+            }
+            Err(RaftError::Fatal(e)) => Err(ForwardError::Failed {
+                code: ErrorCode::Internal,
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// The committed log index, from openraft's state.
+    pub async fn committed_index(&self) -> Option<u64> {
+        self.raft
+            .with_raft_state(|s| s.committed.map(|l| l.index))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> Result<ClusterStatus> {
+        let m = self.raft_metrics();
+        let (applied, digest) = self.state.digest()?;
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let learners: Vec<NodeId> = membership.learner_ids().collect();
+        let nodes: BTreeMap<NodeId, BaaNode> =
+            membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+        Ok(ClusterStatus {
+            node_id: self.id,
+            state: format!("{:?}", m.state),
+            initialized: !nodes.is_empty(),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            applied_index: applied,
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            digest,
+            voters,
+            learners,
+            nodes,
+        })
+    }
+
+    /// Whether this node can serve: a member, a known leader, applied up to committed.
+    pub async fn ready(&self) -> bool {
+        let m = self.raft_metrics();
+        let member = m
+            .membership_config
+            .membership()
+            .get_node(&self.id)
+            .is_some();
+        let applied = m.last_applied.map(|l| l.index);
+        member && m.current_leader.is_some() && self.committed_index().await <= applied
+    }
+
+    /// Initialises a new cluster of this node and its configured peers.
+    pub async fn initialize(&self) -> Result<()> {
+        let mut members = BTreeMap::new();
+        members.insert(self.id, self.config.advertise.clone());
+        for p in &self.config.peers {
+            members.insert(
+                p.id,
+                BaaNode {
+                    public_addr: p.public_addr.clone(),
+                    cluster_addr: p.cluster_addr.clone(),
+                },
+            );
+        }
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                Err(NodeError::AlreadyInitialized)
+            }
+            Err(RaftError::APIError(e)) => Err(NodeError::Membership(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(NodeError::Internal(e.to_string())),
+        }
+    }
+
+    fn require_leader(&self) -> Result<()> {
+        match self.leader() {
+            Some((leader, _)) if leader == self.id => Ok(()),
+            Some((leader, node)) => Err(NodeError::NotLeader {
+                leader: Some(leader),
+                leader_addr: node.map(|n| n.public_addr),
+            }),
+            None => Err(NodeError::NoLeader),
+        }
+    }
+
+    /// Adds a node as learner (waiting until it has caught up) and, if asked,
+    /// promotes it to voter. Must run on the leader.
+    pub async fn join(&self, req: JoinRequest) -> Result<ClusterStatus> {
+        self.require_leader()?;
+        let node = BaaNode {
+            public_addr: req.public_addr,
+            cluster_addr: req.cluster_addr,
+        };
+        self.membership(self.raft.add_learner(req.id, node, true))
+            .await?;
+        if req.voter {
+            let change = ChangeMembers::AddVoterIds(BTreeSet::from([req.id]));
+            self.membership(self.raft.change_membership(change, false))
+                .await?;
+        }
+        self.status()
+    }
+
+    /// Removes a node from the membership. Must run on the leader.
+    pub async fn leave(&self, id: NodeId) -> Result<ClusterStatus> {
+        self.require_leader()?;
+        let m = self.raft_metrics();
+        let membership = m.membership_config.membership();
+        let change = if membership.voter_ids().any(|v| v == id) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else if membership.learner_ids().any(|v| v == id) {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        } else {
+            return Err(NodeError::Membership(format!("node {id} is not a member")));
+        };
+        self.membership(self.raft.change_membership(change, false))
+            .await?;
+        self.status()
+    }
+
+    async fn membership<T>(
+        &self,
+        fut: impl std::future::Future<
+            Output = std::result::Result<T, RaftError<NodeId, ClientWriteError<NodeId, BaaNode>>>,
+        >,
+    ) -> Result<T> {
+        match tokio::time::timeout(Duration::from_secs(120), fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(NodeError::NotLeader {
+                    leader: f.leader_id,
+                    leader_addr: f.leader_node.map(|n| n.public_addr),
+                })
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Err(NodeError::Membership(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(e))) => Err(NodeError::Internal(e.to_string())),
+            Err(_) => Err(NodeError::Timeout),
+        }
+    }
+}

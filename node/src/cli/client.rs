@@ -1,0 +1,130 @@
+//! A small HTTPS client of the admin API for the CLI and the demo.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use baa_proto::api::ErrorBody;
+use clap::Args;
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Where the admin API is and how to authenticate to it.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// Base URL of a node's public listener, e.g. https://127.0.0.1:8441.
+    #[arg(long, env = "BAA_URL", global = true)]
+    pub url: Option<String>,
+    /// CA certificate to trust for the node's TLS certificate.
+    #[arg(long, env = "BAA_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Admin bearer credential.
+    #[arg(long, env = "BAA_ADMIN_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// An error answered by the API.
+#[derive(Debug, thiserror::Error)]
+#[error("{status}: {} ({})", .body.error_description, .body.error)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// Error body.
+    pub body: ErrorBody,
+}
+
+/// An authenticated admin API client bound to one node.
+#[derive(Clone)]
+pub struct AdminClient {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl AdminClient {
+    /// A client for `conn`.
+    pub fn new(conn: &Connection) -> anyhow::Result<Self> {
+        let url = conn.url.clone().context("--url (or BAA_URL) is required")?;
+        let token = conn
+            .token
+            .clone()
+            .context("--token (or BAA_ADMIN_TOKEN) is required")?;
+        let ca = conn.ca.clone().context("--ca (or BAA_CA) is required")?;
+        Self::with(&url, &ca, &token)
+    }
+
+    /// A client for the node at `url`, trusting `ca`.
+    pub fn with(url: &str, ca: &std::path::Path, token: &str) -> anyhow::Result<Self> {
+        let tls = crate::tls::client_trusting(ca)?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(Duration::from_secs(130))
+            .build()?;
+        Ok(Self {
+            http,
+            base: url.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        })
+    }
+
+    /// The same credentials against another node's public address.
+    pub fn for_addr(&self, public_addr: &str) -> Self {
+        Self {
+            http: self.http.clone(),
+            base: format!("https://{public_addr}"),
+            token: self.token.clone(),
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        let resp = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("calling {}", self.base))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).context("decoding the answer");
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => Err(ApiError {
+                status: status.as_u16(),
+                body,
+            }
+            .into()),
+            Err(_) => anyhow::bail!("{status}: {}", String::from_utf8_lossy(&bytes)),
+        }
+    }
+
+    /// GET a JSON resource.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    /// POST a JSON body.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
+    /// PATCH a JSON body.
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.send(self.http.patch(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
+    /// Whether `GET path` answers 200 (no credential needed).
+    pub async fn is_ok(&self, path: &str) -> bool {
+        matches!(self.http.get(format!("{}{path}", self.base)).timeout(Duration::from_secs(2)).send().await,
+            Ok(r) if r.status().is_success())
+    }
+}

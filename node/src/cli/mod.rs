@@ -1,0 +1,177 @@
+//! The `baa` command line: `serve`, `pki`, `cluster`, `user` and `demo`.
+
+mod admin;
+mod client;
+mod demo;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, Overrides};
+
+/// baa — baseline authentication agency.
+#[derive(Debug, Parser)]
+#[command(name = "baa", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    conn: client::Connection,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one node.
+    Serve(ServeArgs),
+    /// Create an agency CA and node certificates (for demos, tests and small deployments).
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+    /// Cluster membership and status.
+    Cluster {
+        #[command(subcommand)]
+        command: admin::ClusterCommand,
+    },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: admin::UserCommand,
+    },
+    /// Run a local demo cluster.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The node's TOML configuration file.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Override `node_id`.
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Override `data_dir`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Override `public_listen`.
+    #[arg(long)]
+    public_listen: Option<SocketAddr>,
+    /// Override `cluster_listen`.
+    #[arg(long)]
+    cluster_listen: Option<SocketAddr>,
+    /// Override `log_level`.
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Create a new agency CA and certificates node1..nodeN in DIR.
+    Init {
+        /// Output directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// How many node certificates to issue.
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+        /// Agency name written into the CA's subject.
+        #[arg(long, default_value = "baa")]
+        agency: String,
+        /// Extra DNS names or IP addresses for every node certificate.
+        #[arg(long)]
+        san: Vec<String>,
+    },
+    /// Issue one more node certificate from the CA in DIR.
+    Issue {
+        /// Directory holding ca.pem and ca.key.
+        #[arg(long)]
+        dir: PathBuf,
+        /// File name stem of the new certificate, e.g. node4.
+        #[arg(long)]
+        name: String,
+        /// Extra DNS names or IP addresses.
+        #[arg(long)]
+        san: Vec<String>,
+    },
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        node_id: args.node_id,
+        data_dir: args.data_dir,
+        public_listen: args.public_listen,
+        cluster_listen: args.cluster_listen,
+        log_level: args.log_level,
+    };
+    let config = Config::load(&args.config, overrides)?;
+    crate::init_logging(config.log_format, &config.log_level);
+    // openraft's tasks get a multi-threaded runtime; actix-web adds its own workers.
+    actix_rt::System::with_tokio_rt(|| {
+        #[allow(clippy::expect_used)] // start-up: nothing to serve without a runtime
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    })
+    .block_on(crate::run(config))
+}
+
+fn pki(command: PkiCommand) -> anyhow::Result<()> {
+    match command {
+        PkiCommand::Init {
+            dir,
+            nodes,
+            agency,
+            san,
+        } => {
+            crate::pki::init_ca(&dir, &agency)?;
+            for i in 1..=nodes {
+                crate::pki::issue_node(&dir, &format!("node{i}"), &san)?;
+            }
+            println!(
+                "agency CA and {nodes} node certificates written to {}",
+                dir.display()
+            );
+        }
+        PkiCommand::Issue { dir, name, san } => {
+            crate::pki::issue_node(&dir, &name, &san)?;
+            println!("certificate {name} written to {}", dir.display());
+        }
+    }
+    Ok(())
+}
+
+/// Entry point of the `baa` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::tls::install_crypto_provider();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Pki { command } => pki(command),
+        Command::Cluster { command } => {
+            runtime().and_then(|rt| rt.block_on(admin::cluster(&cli.conn, command)))
+        }
+        Command::User { command } => {
+            runtime().and_then(|rt| rt.block_on(admin::user(&cli.conn, command)))
+        }
+        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("baa: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

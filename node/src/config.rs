@@ -1,0 +1,341 @@
+//! Node configuration: the TOML file an operator writes (every field
+//! documented, unknown fields rejected) and the internal form the node runs on.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use baa_proto::model::{BaaNode, NodeId};
+use serde::{Deserialize, Serialize};
+
+/// The configuration file of one node (`baa serve --config FILE`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// This node's Raft id: a positive integer, unique in the cluster, never reused.
+    pub node_id: NodeId,
+    /// Directory for the sled database and snapshot files. Created if missing.
+    pub data_dir: PathBuf,
+    /// Address of the public HTTPS listener (health, metrics, admin API, user pages).
+    pub public_listen: SocketAddr,
+    /// Address of the cluster listener (Raft RPC, forwarded writes; mutual TLS).
+    pub cluster_listen: SocketAddr,
+    /// `host:port` under which others reach the public listener. Default: `public_listen`.
+    #[serde(default)]
+    pub public_advertise: Option<String>,
+    /// `host:port` under which peers reach the cluster listener. Default: `cluster_listen`.
+    #[serde(default)]
+    pub cluster_advertise: Option<String>,
+    /// Local address that outgoing cluster connections bind to (multi-homed hosts). Default: any.
+    #[serde(default)]
+    pub cluster_source_ip: Option<IpAddr>,
+    /// Bearer credential of the admin API. Prefer `admin_token_file` in production.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    /// File holding the admin credential (surrounding whitespace ignored).
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+    /// `json` (default) or `text`. Logs go to standard error.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// `tracing` filter, e.g. `info` or `baa_node=debug,info`. Default `info`.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// TLS files.
+    pub tls: TlsFiles,
+    /// Raft tuning.
+    #[serde(default)]
+    pub raft: RaftTuning,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The other initial members; `baa cluster init` makes them voters together with this node.
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// Paths of the PEM files this node uses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The agency CA; peers' client certificates must chain to it.
+    pub ca_cert: PathBuf,
+    /// This node's certificate, used on both listeners and as client certificate.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+}
+
+/// Raft timing and log compaction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTuning {
+    /// Leader heartbeat interval.
+    pub heartbeat_interval_ms: u64,
+    /// Lower bound of the randomised election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomised election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_after_logs: u64,
+    /// Log entries kept behind the last snapshot before they are purged.
+    pub logs_to_keep: u64,
+    /// Deadline of one client write, including forwarding and retries across a leader change.
+    pub write_timeout_ms: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 150,
+            election_timeout_min_ms: 800,
+            election_timeout_max_ms: 1600,
+            snapshot_after_logs: 10_000,
+            logs_to_keep: 1_000,
+            write_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Request limits of the public listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest accepted JSON body, in bytes.
+    pub max_json_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_json_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Another initial member of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    /// Its node id.
+    pub id: NodeId,
+    /// Its public `host:port`.
+    pub public_addr: String,
+    /// Its cluster `host:port`.
+    pub cluster_addr: String,
+}
+
+/// Command-line overrides of file settings.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Replaces `node_id`.
+    pub node_id: Option<NodeId>,
+    /// Replaces `data_dir`.
+    pub data_dir: Option<PathBuf>,
+    /// Replaces `public_listen`.
+    pub public_listen: Option<SocketAddr>,
+    /// Replaces `cluster_listen`.
+    pub cluster_listen: Option<SocketAddr>,
+    /// Replaces `log_level`.
+    pub log_level: Option<String>,
+}
+
+/// The validated configuration a node runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Public listener.
+    pub public_listen: SocketAddr,
+    /// Cluster listener.
+    pub cluster_listen: SocketAddr,
+    /// How others reach this node.
+    pub advertise: BaaNode,
+    /// Bind address for outgoing cluster connections.
+    pub cluster_source_ip: Option<IpAddr>,
+    /// The admin credential.
+    pub admin_token: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log_level: String,
+    /// TLS files.
+    pub tls: TlsFiles,
+    /// Raft tuning.
+    pub raft: RaftTuning,
+    /// Request limits.
+    pub limits: Limits,
+    /// Initial peers.
+    pub peers: Vec<Peer>,
+}
+
+impl Config {
+    /// Reads, overrides and validates the configuration in `path`.
+    pub fn load(path: &Path, overrides: Overrides) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let file: FileConfig =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_file(file, overrides, base)
+    }
+
+    /// Validates a parsed file; relative paths are taken relative to `base`.
+    pub fn from_file(mut f: FileConfig, o: Overrides, base: &Path) -> anyhow::Result<Self> {
+        if let Some(v) = o.node_id {
+            f.node_id = v;
+        }
+        if let Some(v) = o.data_dir {
+            f.data_dir = v;
+        }
+        if let Some(v) = o.public_listen {
+            f.public_listen = v;
+        }
+        if let Some(v) = o.cluster_listen {
+            f.cluster_listen = v;
+        }
+        if let Some(v) = o.log_level {
+            f.log_level = v;
+        }
+        anyhow::ensure!(f.node_id > 0, "node_id must be a positive integer");
+        let abs = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let admin_token = match (&f.admin_token, &f.admin_token_file) {
+            (Some(t), None) => t.clone(),
+            (None, Some(p)) => std::fs::read_to_string(abs(p))
+                .with_context(|| format!("reading admin_token_file {}", p.display()))?
+                .trim()
+                .to_string(),
+            (Some(_), Some(_)) => anyhow::bail!("set admin_token or admin_token_file, not both"),
+            (None, None) => anyhow::bail!("admin_token or admin_token_file is required"),
+        };
+        anyhow::ensure!(
+            admin_token.len() >= 16,
+            "the admin credential must be at least 16 characters"
+        );
+        let r = &f.raft;
+        anyhow::ensure!(
+            r.heartbeat_interval_ms > 0,
+            "raft.heartbeat_interval_ms must be positive"
+        );
+        anyhow::ensure!(
+            r.heartbeat_interval_ms < r.election_timeout_min_ms
+                && r.election_timeout_min_ms < r.election_timeout_max_ms,
+            "need raft.heartbeat_interval_ms < election_timeout_min_ms < election_timeout_max_ms"
+        );
+        anyhow::ensure!(
+            r.snapshot_after_logs > 0,
+            "raft.snapshot_after_logs must be positive"
+        );
+        anyhow::ensure!(
+            r.write_timeout_ms >= 100,
+            "raft.write_timeout_ms must be at least 100"
+        );
+        for p in &f.peers {
+            anyhow::ensure!(p.id != f.node_id, "peer {} has this node's own id", p.id);
+        }
+        Ok(Config {
+            node_id: f.node_id,
+            data_dir: abs(&f.data_dir),
+            public_listen: f.public_listen,
+            cluster_listen: f.cluster_listen,
+            advertise: BaaNode {
+                public_addr: f
+                    .public_advertise
+                    .unwrap_or_else(|| f.public_listen.to_string()),
+                cluster_addr: f
+                    .cluster_advertise
+                    .unwrap_or_else(|| f.cluster_listen.to_string()),
+            },
+            cluster_source_ip: f.cluster_source_ip,
+            admin_token,
+            log_format: f.log_format,
+            log_level: f.log_level,
+            tls: TlsFiles {
+                ca_cert: abs(&f.tls.ca_cert),
+                cert: abs(&f.tls.cert),
+                key: abs(&f.tls.key),
+            },
+            raft: f.raft,
+            limits: f.limits,
+            peers: f.peers,
+        })
+    }
+
+    /// The write deadline.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.raft.write_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        node_id = 1
+        data_dir = "data"
+        public_listen = "127.0.0.1:8441"
+        cluster_listen = "127.0.0.1:9441"
+        admin_token = "0123456789abcdef0123"
+        [tls]
+        ca_cert = "pki/ca.pem"
+        cert = "pki/node1.pem"
+        key = "pki/node1.key"
+    "#;
+
+    #[test]
+    fn minimal_file_gets_defaults_and_absolute_paths() {
+        let f: FileConfig = toml::from_str(MINIMAL).unwrap();
+        let c = Config::from_file(f, Overrides::default(), Path::new("/etc/baa")).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/etc/baa/data"));
+        assert_eq!(c.advertise.cluster_addr, "127.0.0.1:9441");
+        assert_eq!(c.raft.write_timeout_ms, 10_000);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let text = format!("{MINIMAL}\nbogus = 1\n");
+        assert!(toml::from_str::<FileConfig>(&text).is_err());
+    }
+
+    #[test]
+    fn overrides_win() {
+        let f: FileConfig = toml::from_str(MINIMAL).unwrap();
+        let o = Overrides {
+            node_id: Some(7),
+            ..Default::default()
+        };
+        assert_eq!(Config::from_file(f, o, Path::new("/")).unwrap().node_id, 7);
+    }
+
+    #[test]
+    fn short_admin_token_is_refused() {
+        let f: FileConfig =
+            toml::from_str(&MINIMAL.replace("0123456789abcdef0123", "short")).unwrap();
+        assert!(Config::from_file(f, Overrides::default(), Path::new("/")).is_err());
+    }
+}

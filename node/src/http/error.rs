@@ -1,0 +1,124 @@
+//! The one place where errors become HTTP responses: a status per stable
+//! code and a JSON body `{"error": code, "error_description": message}`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use baa_proto::api::ErrorBody;
+use baa_proto::ErrorCode;
+
+use crate::error::NodeError;
+
+/// The HTTP status of each error code.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::InvalidRequest | ErrorCode::MalformedJson | ErrorCode::MalformedFrame => {
+            StatusCode::BAD_REQUEST
+        }
+        ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::NotFound | ErrorCode::UserNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::UserExists | ErrorCode::AlreadyInitialized | ErrorCode::MembershipRejected => {
+            StatusCode::CONFLICT
+        }
+        ErrorCode::NotLeader => StatusCode::MISDIRECTED_REQUEST,
+        ErrorCode::NoLeader | ErrorCode::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::StorageError | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A JSON error response.
+pub fn error_response(code: ErrorCode, message: impl Into<String>) -> HttpResponse {
+    let mut resp = HttpResponse::build(status_of(code));
+    resp.insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"));
+    if code == ErrorCode::Unauthorized {
+        resp.insert_header((
+            actix_web::http::header::WWW_AUTHENTICATE,
+            "Bearer realm=\"baa-admin\"",
+        ));
+    }
+    resp.json(ErrorBody {
+        error: code,
+        error_description: message.into(),
+    })
+}
+
+impl ResponseError for NodeError {
+    fn status_code(&self) -> StatusCode {
+        status_of(self.code())
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if matches!(self, NodeError::Storage(_) | NodeError::Internal(_)) {
+            tracing::error!(error = %self, "request failed");
+        }
+        let mut resp = error_response(self.code(), self.to_string());
+        if let NodeError::NotLeader {
+            leader_addr: Some(addr),
+            ..
+        } = self
+        {
+            if let Ok(v) = actix_web::http::header::HeaderValue::from_str(addr) {
+                resp.headers_mut().insert(
+                    actix_web::http::header::HeaderName::from_static("x-baa-leader"),
+                    v,
+                );
+            }
+        }
+        resp
+    }
+}
+
+/// Maps JSON extractor failures to stable codes.
+pub fn json_error(
+    err: actix_web::error::JsonPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError as J;
+    let e = match &err {
+        J::OverflowKnownLength { .. } | J::Overflow { .. } => NodeError::BadRequest {
+            code: ErrorCode::PayloadTooLarge,
+            message: "the request body is too large".into(),
+        },
+        J::ContentType => NodeError::BadRequest {
+            code: ErrorCode::UnsupportedMediaType,
+            message: "the request body must be application/json".into(),
+        },
+        J::Deserialize(e) => NodeError::BadRequest {
+            code: ErrorCode::MalformedJson,
+            message: format!("invalid JSON body: {e}"),
+        },
+        _ => NodeError::BadRequest {
+            code: ErrorCode::InvalidRequest,
+            message: "the request body could not be read".into(),
+        },
+    };
+    e.into()
+}
+
+/// Maps query-string extractor failures to `invalid_request`.
+pub fn query_error(
+    err: actix_web::error::QueryPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    NodeError::invalid(format!("invalid query string: {err}")).into()
+}
+
+/// Maps path extractor failures to `invalid_request`.
+pub fn path_error(
+    err: actix_web::error::PathError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    NodeError::invalid(format!("invalid path: {err}")).into()
+}
+
+/// Fallback for unknown routes.
+pub async fn not_found() -> Result<HttpResponse, NodeError> {
+    Err(NodeError::NotFound)
+}
+
+/// Fallback for known routes called with another method.
+pub async fn method_not_allowed() -> Result<HttpResponse, NodeError> {
+    Err(NodeError::MethodNotAllowed)
+}

@@ -1,0 +1,155 @@
+//! baa-node: a baa agency node. This file wires configuration → storage →
+//! network → Raft → actors → HTTP listeners; the rest of the crate is one
+//! module per concern.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::todo,
+    clippy::await_holding_lock
+)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod actors;
+pub mod agency;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod pki;
+pub mod raft;
+pub mod tls;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Actor;
+use anyhow::Context;
+
+use crate::agency::Agency;
+use crate::config::{Config, LogFormat};
+use crate::metrics::Metrics;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{ClusterClient, NetworkFactory};
+use crate::raft::state_machine::StateMachineStore;
+use crate::tls::NodeIdentity;
+
+/// Sets up logging to standard error. Secrets are never passed to the logger.
+pub fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// The openraft configuration derived from the node's tuning.
+fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
+    let r = &config.raft;
+    let rc = openraft::Config {
+        cluster_name: "baa".into(),
+        heartbeat_interval: r.heartbeat_interval_ms,
+        election_timeout_min: r.election_timeout_min_ms,
+        election_timeout_max: r.election_timeout_max_ms,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_after_logs),
+        max_in_snapshot_log_to_keep: r.logs_to_keep,
+        snapshot_max_chunk_size: 1024 * 1024,
+        ..Default::default()
+    };
+    Ok(rc.validate()?)
+}
+
+/// Refuses to run a data directory that belongs to another node id.
+fn claim_data_dir(db: &sled::Db, node_id: u64) -> anyhow::Result<()> {
+    let tree = db.open_tree("node")?;
+    match tree.get(b"node_id")? {
+        Some(v) => {
+            let recorded =
+                u64::from_be_bytes(v.as_ref().try_into().context("corrupt node id record")?);
+            anyhow::ensure!(
+                recorded == node_id,
+                "the data directory belongs to node {recorded}, not node {node_id}"
+            );
+        }
+        None => {
+            tree.insert(b"node_id", &node_id.to_be_bytes())?;
+            db.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs a node until SIGINT/SIGTERM. Must be called inside an actix System.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    tls::install_crypto_provider();
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let db = sled::Config::new()
+        .path(config.data_dir.join("db"))
+        .cache_capacity(256 * 1024 * 1024)
+        .open()
+        .with_context(|| format!("opening sled database in {}", config.data_dir.display()))?;
+    claim_data_dir(&db, config.node_id)?;
+
+    let metrics = Metrics::new();
+    let log_store = LogStore::open(&db)?;
+    let state_machine =
+        StateMachineStore::open(&db, &config.data_dir.join("snapshots"), metrics.clone())?;
+    let reader = state_machine.reader();
+
+    let identity = NodeIdentity {
+        ca: config.tls.ca_cert.clone(),
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
+    };
+    let cluster = Arc::new(ClusterClient::new(
+        identity.cluster_client()?,
+        config.cluster_source_ip,
+    )?);
+    let network = NetworkFactory::new(cluster.clone());
+
+    let raft = raft::Raft::new(
+        config.node_id,
+        Arc::new(raft_config(&config)?),
+        network,
+        log_store,
+        state_machine,
+    )
+    .await
+    .context("starting raft")?;
+    metrics.follow_raft(&raft);
+
+    let agency = Arc::new(Agency {
+        id: config.node_id,
+        raft: raft.clone(),
+        state: reader,
+        cluster,
+        metrics,
+        config: config.clone(),
+    });
+    let hasher = actors::hasher::start(2);
+    let _reaper = actors::reaper::Reaper::new(agency.clone(), Duration::from_secs(60)).start();
+
+    let (public, cluster_server) = http::start(agency.clone(), hasher, &identity)?;
+    tracing::info!(
+        node_id = config.node_id,
+        public = %config.public_listen,
+        cluster = %config.cluster_listen,
+        "baa node started"
+    );
+    let (a, b) = futures::future::join(public, cluster_server).await;
+    tracing::info!("listeners stopped; shutting down raft");
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    db.flush_async().await?;
+    a?;
+    b?;
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! Prometheus metrics of a node, declared in one place. Raft gauges are
+//! refreshed from openraft's metrics channel; HTTP metrics by a middleware.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::raft::Raft;
+
+/// Every metric the node exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Current Raft term.
+    pub raft_term: IntGauge,
+    /// Current leader id (0 when unknown).
+    pub raft_leader_id: IntGauge,
+    /// 1 when this node is the leader.
+    pub raft_is_leader: IntGauge,
+    /// Index of the last log entry.
+    pub raft_last_log_index: IntGauge,
+    /// Index of the last committed entry.
+    pub raft_committed_index: IntGauge,
+    /// Index of the last applied entry.
+    pub raft_applied_index: IntGauge,
+    /// Entries each follower is behind the leader's last log index (leader only).
+    pub raft_replication_lag: IntGaugeVec,
+    /// Elections observed (term changes seen by this node).
+    pub elections: IntCounter,
+    /// Leader changes observed by this node.
+    pub leader_changes: IntCounter,
+    /// Snapshots built by this node.
+    pub snapshots_built: IntCounter,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: IntCounter,
+    /// Time from proposing a command to its applied result.
+    pub proposal_duration: Histogram,
+    /// Writes forwarded to the leader by this node.
+    pub writes_forwarded: IntCounter,
+    /// HTTP requests by route, method and status.
+    pub http_requests: IntCounterVec,
+    /// HTTP request latency by route.
+    pub http_duration: HistogramVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0, 5.0,
+    10.0,
+];
+
+impl Metrics {
+    /// Creates and registers every metric. Panics only on duplicate
+    /// registration, which is a programming error caught by the tests.
+    #[allow(clippy::expect_used)]
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("metric definition");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric registration");
+                m
+            }};
+        }
+        let m = Metrics {
+            raft_term: reg!(IntGauge::new("baa_raft_term", "Current Raft term")),
+            raft_leader_id: reg!(IntGauge::new(
+                "baa_raft_leader_id",
+                "Current leader id, 0 when unknown"
+            )),
+            raft_is_leader: reg!(IntGauge::new(
+                "baa_raft_is_leader",
+                "1 when this node is the leader"
+            )),
+            raft_last_log_index: reg!(IntGauge::new(
+                "baa_raft_last_log_index",
+                "Index of the last log entry"
+            )),
+            raft_committed_index: reg!(IntGauge::new(
+                "baa_raft_committed_index",
+                "Index of the last committed entry"
+            )),
+            raft_applied_index: reg!(IntGauge::new(
+                "baa_raft_applied_index",
+                "Index of the last applied entry"
+            )),
+            raft_replication_lag: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "baa_raft_replication_lag",
+                    "Entries a follower is behind the leader's last log index"
+                ),
+                &["follower"]
+            )),
+            elections: reg!(IntCounter::new(
+                "baa_raft_elections_total",
+                "Elections observed (term changes)"
+            )),
+            leader_changes: reg!(IntCounter::new(
+                "baa_raft_leader_changes_total",
+                "Leader changes observed"
+            )),
+            snapshots_built: reg!(IntCounter::new(
+                "baa_raft_snapshots_built_total",
+                "Snapshots built by this node"
+            )),
+            snapshots_installed: reg!(IntCounter::new(
+                "baa_raft_snapshots_installed_total",
+                "Snapshots installed from the leader"
+            )),
+            proposal_duration: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "baa_raft_proposal_duration_seconds",
+                    "Time from proposal to applied result"
+                )
+                .buckets(LATENCY_BUCKETS.to_vec())
+            )),
+            writes_forwarded: reg!(IntCounter::new(
+                "baa_writes_forwarded_total",
+                "Writes this node forwarded to the leader"
+            )),
+            http_requests: reg!(IntCounterVec::new(
+                Opts::new(
+                    "baa_http_requests_total",
+                    "HTTP requests by route, method and status"
+                ),
+                &["listener", "route", "method", "status"]
+            )),
+            http_duration: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "baa_http_request_duration_seconds",
+                    "HTTP request latency by route"
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["listener", "route"]
+            )),
+            registry,
+        };
+        Arc::new(m)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Follows openraft's metrics channel and mirrors it into the gauges.
+    pub fn follow_raft(self: &Arc<Self>, raft: &Raft) {
+        let me = self.clone();
+        let mut rx = raft.metrics();
+        tokio::spawn(async move {
+            let mut last_term = None;
+            let mut last_leader = None;
+            loop {
+                {
+                    let m = rx.borrow_and_update().clone();
+                    if last_term.is_some_and(|t| t < m.current_term) {
+                        me.elections.inc();
+                    }
+                    if last_leader.is_some()
+                        && last_leader != Some(m.current_leader)
+                        && m.current_leader.is_some()
+                    {
+                        me.leader_changes.inc();
+                    }
+                    last_term = Some(m.current_term);
+                    last_leader = Some(m.current_leader);
+                    me.raft_term.set(m.current_term as i64);
+                    me.raft_leader_id.set(m.current_leader.unwrap_or(0) as i64);
+                    me.raft_is_leader
+                        .set(i64::from(m.current_leader == Some(m.id)));
+                    let last_log = m.last_log_index.unwrap_or(0);
+                    me.raft_last_log_index.set(last_log as i64);
+                    me.raft_applied_index
+                        .set(m.last_applied.map(|l| l.index).unwrap_or(0) as i64);
+                    me.raft_replication_lag.reset();
+                    if let Some(rep) = &m.replication {
+                        for (id, matched) in rep {
+                            if *id == m.id {
+                                continue;
+                            }
+                            let matched = matched.map(|l| l.index).unwrap_or(0);
+                            me.raft_replication_lag
+                                .with_label_values(&[&id.to_string()])
+                                .set(last_log.saturating_sub(matched) as i64);
+                        }
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,47 @@
+//! Raft wiring: the openraft type configuration, the sled-backed log store and
+//! state machine, the mTLS network client and the cluster-port RPC handlers.
+
+pub mod log_store;
+pub mod network;
+pub mod rpc;
+pub mod state_machine;
+
+use baa_proto::command::{Command, CommandResult};
+use baa_proto::model::{BaaNode, NodeId};
+
+openraft::declare_raft_types!(
+    /// The type configuration of baa's Raft group.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = BaaNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The Raft handle used everywhere in the node.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// A log id of this configuration.
+pub type LogId = openraft::LogId<NodeId>;
+/// A log entry of this configuration.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// Storage error of this configuration.
+pub type StorageError = openraft::StorageError<NodeId>;
+/// Stored membership of this configuration.
+pub type StoredMembership = openraft::StoredMembership<NodeId, BaaNode>;
+/// Snapshot metadata of this configuration.
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, BaaNode>;
+/// Vote of this configuration.
+pub type Vote = openraft::Vote<NodeId>;
+
+/// Wraps any displayable failure as a storage error for openraft.
+pub(crate) fn sm_read_err(e: impl std::fmt::Display) -> StorageError {
+    openraft::StorageIOError::read_state_machine(openraft::AnyError::error(e.to_string())).into()
+}
+
+/// Wraps any displayable failure as a state-machine write error for openraft.
+pub(crate) fn sm_write_err(e: impl std::fmt::Display) -> StorageError {
+    openraft::StorageIOError::write_state_machine(openraft::AnyError::error(e.to_string())).into()
+}

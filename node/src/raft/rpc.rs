@@ -1,0 +1,105 @@
+//! Cluster-port handlers: Raft RPCs from peers and requests forwarded by
+//! followers. Bodies are decoded with a size limit; anything undecodable gets
+//! 400 `malformed_frame` and changes nothing.
+
+use actix_web::{web, HttpResponse};
+use baa_proto::api::{ForwardedWrite, ForwardedWriteReply, ReadIndexReply};
+use baa_proto::codec;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::TypeConfig;
+use crate::agency::Agency;
+use crate::error::NodeError;
+use baa_proto::ErrorCode;
+
+/// Registers the cluster-port routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/raft/append", web::post().to(append))
+        .route("/raft/vote", web::post().to(vote))
+        .route("/raft/snapshot", web::post().to(snapshot))
+        .route("/cluster/v1/write", web::post().to(forwarded_write))
+        .route("/cluster/v1/read-index", web::post().to(read_index));
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, NodeError> {
+    codec::decode(body).map_err(|e| match e {
+        codec::CodecError::TooLarge { .. } => NodeError::BadRequest {
+            code: ErrorCode::PayloadTooLarge,
+            message: e.to_string(),
+        },
+        codec::CodecError::Malformed(_) => NodeError::BadRequest {
+            code: ErrorCode::MalformedFrame,
+            message: e.to_string(),
+        },
+    })
+}
+
+/// Reads a request body, refusing more than [`codec::MAX_FRAME_BYTES`].
+async fn body(payload: web::Payload) -> Result<web::Bytes, NodeError> {
+    match payload
+        .to_bytes_limited(codec::MAX_FRAME_BYTES as usize)
+        .await
+    {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(NodeError::BadRequest {
+            code: ErrorCode::PayloadTooLarge,
+            message: format!("frames are limited to {} bytes", codec::MAX_FRAME_BYTES),
+        }),
+        Err(e) => Err(NodeError::BadRequest {
+            code: ErrorCode::MalformedFrame,
+            message: format!("unreadable body: {e}"),
+        }),
+    }
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<HttpResponse, NodeError> {
+    let bytes = codec::encode(value).map_err(|e| NodeError::Internal(e.to_string()))?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .body(bytes))
+}
+
+async fn append(
+    agency: web::Data<Agency>,
+    payload: web::Payload,
+) -> Result<HttpResponse, NodeError> {
+    let body = body(payload).await?;
+    let req: AppendEntriesRequest<TypeConfig> = decode(&body)?;
+    reply(&agency.raft.append_entries(req).await)
+}
+
+async fn vote(agency: web::Data<Agency>, payload: web::Payload) -> Result<HttpResponse, NodeError> {
+    let body = body(payload).await?;
+    let req: VoteRequest<u64> = decode(&body)?;
+    reply(&agency.raft.vote(req).await)
+}
+
+async fn snapshot(
+    agency: web::Data<Agency>,
+    payload: web::Payload,
+) -> Result<HttpResponse, NodeError> {
+    let body = body(payload).await?;
+    let req: InstallSnapshotRequest<TypeConfig> = decode(&body)?;
+    reply(&agency.raft.install_snapshot(req).await)
+}
+
+async fn forwarded_write(
+    agency: web::Data<Agency>,
+    payload: web::Payload,
+) -> Result<HttpResponse, NodeError> {
+    let body = body(payload).await?;
+    let req: ForwardedWrite = decode(&body)?;
+    let result: ForwardedWriteReply = agency.write_as_leader(req.command).await;
+    reply(&result)
+}
+
+async fn read_index(
+    agency: web::Data<Agency>,
+    payload: web::Payload,
+) -> Result<HttpResponse, NodeError> {
+    let body = body(payload).await?;
+    let () = decode(&body)?;
+    let result: ReadIndexReply = agency.read_index_as_leader().await;
+    reply(&result)
+}

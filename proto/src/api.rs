@@ -1,0 +1,207 @@
+//! JSON shapes of the public admin API and the binary shapes of the cluster
+//! port's own RPCs (forwarded writes and read-index requests). Shared by the
+//! node, the CLI and the tests so all three agree on the wire.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, CommandResult};
+use crate::model::{BaaNode, NodeId, User};
+use crate::ErrorCode;
+
+/// The body of every error response: a stable code and a human message.
+/// Named as in OAuth 2.0 so the same shape serves the OIDC endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable machine-readable code.
+    pub error: ErrorCode,
+    /// Human-readable explanation.
+    pub error_description: String,
+}
+
+/// `POST /admin/v1/users`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserRequest {
+    /// Unique login name: 1–64 of `a-z 0-9 . _ -`.
+    pub username: String,
+    /// Name shown to people; defaults to the username.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Contact address.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// Group memberships.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Free-form attributes.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// Initial password; hashed with argon2id by the receiving node.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// `PATCH /admin/v1/users/{username}`: absent fields are left alone.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUserRequest {
+    /// New display name.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// New email; `""` clears it.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// New group list.
+    #[serde(default)]
+    pub groups: Option<Vec<String>>,
+    /// Attributes to set; a `null` value removes the attribute.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, Option<String>>,
+    /// New password; hashed with argon2id by the receiving node.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// A user as the admin API shows it: everything but the password hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserView {
+    /// Stable numeric id.
+    pub id: u64,
+    /// Login name.
+    pub username: String,
+    /// Name shown to people.
+    pub display_name: String,
+    /// Contact address.
+    pub email: Option<String>,
+    /// Group memberships.
+    pub groups: Vec<String>,
+    /// Free-form attributes.
+    pub attributes: BTreeMap<String, String>,
+    /// Whether a password is set.
+    pub has_password: bool,
+    /// Disabled accounts cannot sign in.
+    pub disabled: bool,
+    /// Creation time, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Last change, ms since the Unix epoch.
+    pub updated_ms: u64,
+    /// Number of changes applied to the record.
+    pub revision: u64,
+}
+
+impl From<&User> for UserView {
+    fn from(u: &User) -> Self {
+        UserView {
+            id: u.id,
+            username: u.username.clone(),
+            display_name: u.display_name.clone(),
+            email: u.email.clone(),
+            groups: u.groups.clone(),
+            attributes: u.attributes.clone(),
+            has_password: u.password_hash.is_some(),
+            disabled: u.disabled,
+            created_ms: u.created_ms,
+            updated_ms: u.updated_ms,
+            revision: u.revision,
+        }
+    }
+}
+
+/// `GET /admin/v1/users`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserList {
+    /// Users in username order.
+    pub users: Vec<UserView>,
+}
+
+/// `POST /admin/v1/cluster/join`: add a node as learner, then (by default) promote it to voter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// The new node's id (must be unused).
+    pub id: NodeId,
+    /// Its public `host:port`.
+    pub public_addr: String,
+    /// Its cluster `host:port`.
+    pub cluster_addr: String,
+    /// Promote to voter once the learner has caught up (default true).
+    #[serde(default = "default_true")]
+    pub voter: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `POST /admin/v1/cluster/leave`: remove a node from the membership.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaveRequest {
+    /// The node to remove.
+    pub id: NodeId,
+}
+
+/// `GET /admin/v1/cluster/status`: one node's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The answering node.
+    pub node_id: NodeId,
+    /// `Leader`, `Follower`, `Candidate` or `Learner`.
+    pub state: String,
+    /// Whether the cluster has been initialised (from this node's view).
+    pub initialized: bool,
+    /// Current leader, if known.
+    pub leader: Option<NodeId>,
+    /// Current term.
+    pub term: u64,
+    /// Index of the last log entry.
+    pub last_log_index: Option<u64>,
+    /// Index of the last applied entry.
+    pub applied_index: Option<u64>,
+    /// Index covered by the latest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Index up to which the log was purged.
+    pub purged_index: Option<u64>,
+    /// SHA-256 of the state machine's records (hex), comparable between nodes
+    /// at the same applied index.
+    pub digest: String,
+    /// Voting members.
+    pub voters: Vec<NodeId>,
+    /// Non-voting members.
+    pub learners: Vec<NodeId>,
+    /// Addresses of every member.
+    pub nodes: BTreeMap<NodeId, BaaNode>,
+}
+
+/// Cluster port: a write forwarded by a follower to the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardedWrite {
+    /// The command to propose.
+    pub command: Command,
+}
+
+/// Cluster port: why a forwarded request was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardError {
+    /// The receiver is not the leader; it names the leader if it knows one.
+    NotLeader {
+        /// The leader the receiver knows of.
+        leader: Option<NodeId>,
+    },
+    /// Anything else, with a stable code.
+    Failed {
+        /// Stable code.
+        code: ErrorCode,
+        /// Explanation.
+        message: String,
+    },
+}
+
+/// Cluster port: the reply to a [`ForwardedWrite`].
+pub type ForwardedWriteReply = Result<CommandResult, ForwardError>;
+
+/// Cluster port: the reply to a read-index request: the log index a follower
+/// must have applied before its local read is linearizable.
+pub type ReadIndexReply = Result<Option<u64>, ForwardError>;

@@ -1,0 +1,93 @@
+//! Stable, machine-readable error codes. The strings never change once
+//! published: clients and tests match on them.
+
+use serde::{Deserialize, Serialize};
+
+/// Every error a baa node reports to a client carries one of these codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request body or parameters are not valid.
+    InvalidRequest,
+    /// The body could not be parsed as JSON of the expected shape.
+    MalformedJson,
+    /// The request's Content-Type is not the one the endpoint accepts.
+    UnsupportedMediaType,
+    /// The body is larger than the endpoint accepts.
+    PayloadTooLarge,
+    /// No route matches the path.
+    NotFound,
+    /// The method is not allowed on this route.
+    MethodNotAllowed,
+    /// Authentication is missing or wrong.
+    Unauthorized,
+    /// No user with that name.
+    UserNotFound,
+    /// A user with that name already exists.
+    UserExists,
+    /// The cluster has no leader right now; retry later.
+    NoLeader,
+    /// The write could not be committed before the deadline.
+    Timeout,
+    /// The cluster is already initialised.
+    AlreadyInitialized,
+    /// A membership change was refused.
+    MembershipRejected,
+    /// The node is not the leader; send the request to the leader.
+    NotLeader,
+    /// A frame on the cluster port could not be decoded.
+    MalformedFrame,
+    /// Storage failed; the node may need attention.
+    StorageError,
+    /// Something unexpected went wrong inside the node.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The stable string form, as it appears in JSON error bodies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::MalformedJson => "malformed_json",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::UserNotFound => "user_not_found",
+            ErrorCode::UserExists => "user_exists",
+            ErrorCode::NoLeader => "no_leader",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::AlreadyInitialized => "already_initialized",
+            ErrorCode::MembershipRejected => "membership_rejected",
+            ErrorCode::NotLeader => "not_leader",
+            ErrorCode::MalformedFrame => "malformed_frame",
+            ErrorCode::StorageError => "storage_error",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_form_matches_as_str() {
+        for code in [
+            ErrorCode::InvalidRequest,
+            ErrorCode::NoLeader,
+            ErrorCode::UserExists,
+            ErrorCode::MalformedFrame,
+        ] {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+}
