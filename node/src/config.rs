@@ -338,4 +338,11 @@ mod tests {
             toml::from_str(&MINIMAL.replace("0123456789abcdef0123", "short")).unwrap();
         assert!(Config::from_file(f, Overrides::default(), Path::new("/")).is_err());
     }
+
+    #[test]
+    fn shipped_example_parses() {
+        let text = include_str!("../../ops/examples/node1.toml");
+        let f: FileConfig = toml::from_str(text).unwrap();
+        assert_eq!(f.peers.len(), 2);
+    }
 }

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::Addr;
-use actix_web::dev::{Server, Service};
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpServer};
-use futures::FutureExt;
 
 use crate::actors::hasher::PasswordHasher;
 use crate::agency::Agency;
-use crate::metrics::Metrics;
 use crate::tls::NodeIdentity;
 
 /// A resource whose other methods answer 405 with a JSON error.
@@ -23,22 +23,34 @@ pub fn resource(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(error::method_not_allowed))
 }
 
-fn observe(
-    metrics: &Metrics,
-    listener: &str,
-    route: &str,
-    method: &str,
-    status: u16,
-    started: Instant,
-) {
-    metrics
-        .http_requests
-        .with_label_values(&[listener, route, method, &status.to_string()])
-        .inc();
-    metrics
-        .http_duration
-        .with_label_values(&[listener, route])
-        .observe(started.elapsed().as_secs_f64());
+/// Names the listener in HTTP metrics.
+#[derive(Clone, Copy)]
+struct Listener(&'static str);
+
+/// Counts and times every request by listener, route pattern, method and status.
+async fn record_metrics(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    // The route pattern, not the path, keeps label cardinality bounded.
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let listener = req.app_data::<Listener>().map_or("unknown", |l| l.0);
+    let metrics = req
+        .app_data::<web::Data<Agency>>()
+        .map(|a| a.metrics.clone());
+    let res = next.call(req).await?;
+    if let Some(m) = metrics {
+        let status = res.status().as_u16().to_string();
+        m.http_requests
+            .with_label_values(&[listener, &route, &method, &status])
+            .inc();
+        m.http_duration
+            .with_label_values(&[listener, &route])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    Ok(res)
 }
 
 /// Binds and starts both listeners. The returned servers run until stopped
@@ -49,16 +61,16 @@ pub fn start(
     identity: &NodeIdentity,
 ) -> anyhow::Result<(Server, Server)> {
     let config = agency.config.clone();
-    let data = web::Data::from(agency.clone());
+    let data = web::Data::from(agency);
     let hasher = web::Data::new(hasher);
     let json_limit = config.limits.max_json_bytes;
 
     let public_data = data.clone();
     let public = HttpServer::new(move || {
-        let metrics = public_data.metrics.clone();
         App::new()
             .app_data(public_data.clone())
             .app_data(hasher.clone())
+            .app_data(Listener("public"))
             .app_data(
                 web::JsonConfig::default()
                     .limit(json_limit)
@@ -66,25 +78,7 @@ pub fn start(
             )
             .app_data(web::QueryConfig::default().error_handler(error::query_error))
             .app_data(web::PathConfig::default().error_handler(error::path_error))
-            .wrap_fn(move |req, srv| {
-                let started = Instant::now();
-                let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-                let method = req.method().to_string();
-                let metrics = metrics.clone();
-                srv.call(req).map(move |res| {
-                    if let Ok(r) = &res {
-                        observe(
-                            &metrics,
-                            "public",
-                            &route,
-                            &method,
-                            r.status().as_u16(),
-                            started,
-                        );
-                    }
-                    res
-                })
-            })
+            .wrap(from_fn(record_metrics))
             // Health and metrics.
             .service(resource("/healthz").route(web::get().to(health::healthz)))
             .service(resource("/readyz").route(web::get().to(health::readyz)))
@@ -98,30 +92,12 @@ pub fn start(
     .bind_rustls_0_23(config.public_listen, identity.public_server()?)?
     .run();
 
-    let cluster_data = data;
     let cluster = HttpServer::new(move || {
-        let metrics = cluster_data.metrics.clone();
         App::new()
-            .app_data(cluster_data.clone())
-            .wrap_fn(move |req, srv| {
-                let started = Instant::now();
-                let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-                let method = req.method().to_string();
-                let metrics = metrics.clone();
-                srv.call(req).map(move |res| {
-                    if let Ok(r) = &res {
-                        observe(
-                            &metrics,
-                            "cluster",
-                            &route,
-                            &method,
-                            r.status().as_u16(),
-                            started,
-                        );
-                    }
-                    res
-                })
-            })
+            .app_data(data.clone())
+            .app_data(Listener("cluster"))
+            .wrap(from_fn(record_metrics))
+            // Raft RPC and forwarded requests.
             .configure(crate::raft::rpc::configure)
             .default_service(web::to(error::not_found))
     })
