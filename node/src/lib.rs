@@ -8,6 +8,8 @@
     clippy::todo,
     clippy::await_holding_lock
 )]
+// openraft's StorageError is large, and the storage traits require it.
+#![allow(clippy::result_large_err)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod actors;

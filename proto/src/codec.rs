@@ -76,6 +76,7 @@ pub fn decode_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError>
     decode_with_limit(bytes, MAX_RECORD_BYTES)
 }
 
+#[allow(clippy::boxed_local)] // bincode's error type is a Box
 fn map_err(e: bincode::Error, limit: u64) -> CodecError {
     match *e {
         bincode::ErrorKind::SizeLimit => CodecError::TooLarge { limit },
