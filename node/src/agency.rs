@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baa_proto::api::{
-    ClusterStatus, ForwardError, ForwardedWrite, ForwardedWriteReply, JoinRequest, ReadIndexReply,
+    ClusterStatus, ForwardError, ForwardedWriteReply, JoinRequest, ReadIndexReply,
 };
-use baa_proto::command::{Command, CommandResult, Consistency, Op, Outcome, RequestId};
+use baa_proto::command::{Command, Consistency, Op, Outcome, RequestId};
 use baa_proto::model::{BaaNode, NodeId};
 use baa_proto::ErrorCode;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::error::{NodeError, Result};
 use crate::metrics::Metrics;
 use crate::raft::network::ClusterClient;
+use crate::raft::proposer::{self, Attempt, Proposer};
 use crate::raft::state_machine::StateReader;
 use crate::raft::Raft;
 
@@ -36,16 +37,8 @@ pub struct Agency {
     pub metrics: Arc<Metrics>,
     /// Node configuration.
     pub config: Arc<Config>,
-}
-
-/// One attempt at a write.
-enum Attempt {
-    /// The command was applied (or refused by the state machine).
-    Done(CommandResult),
-    /// Worth retrying (no leader, leader changed, peer unreachable).
-    Retry(NodeError),
-    /// Not worth retrying.
-    Fail(NodeError),
+    /// Groups writes into proposals and sends them to the leader.
+    pub proposer: Proposer,
 }
 
 /// Milliseconds since the Unix epoch on this node's clock.
@@ -89,15 +82,7 @@ impl Agency {
         let deadline = started + self.config.write_timeout();
         let mut backoff = Duration::from_millis(20);
         loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let attempt = match self.leader() {
-                Some((leader, _)) if leader == self.id => {
-                    self.propose(cmd.clone(), remaining).await
-                }
-                Some((_, Some(node))) => self.forward(&node, cmd.clone(), remaining).await,
-                _ => Attempt::Retry(NodeError::NoLeader),
-            };
-            match attempt {
+            match self.proposer.submit(cmd.clone()).await {
                 Attempt::Done(result) => {
                     self.metrics
                         .proposal_duration
@@ -117,50 +102,8 @@ impl Agency {
         }
     }
 
-    async fn propose(&self, cmd: Command, within: Duration) -> Attempt {
-        match tokio::time::timeout(within, self.raft.client_write(cmd)).await {
-            Ok(Ok(resp)) => Attempt::Done(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                Attempt::Retry(NodeError::NoLeader)
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                Attempt::Fail(NodeError::Membership(e.to_string()))
-            }
-            Ok(Err(RaftError::Fatal(e))) => Attempt::Fail(NodeError::Internal(e.to_string())),
-            Err(_) => Attempt::Retry(NodeError::Timeout),
-        }
-    }
-
-    async fn forward(&self, leader: &BaaNode, command: Command, within: Duration) -> Attempt {
-        self.metrics.writes_forwarded.inc();
-        let reply: std::result::Result<ForwardedWriteReply, _> = self
-            .cluster
-            .call(
-                &leader.cluster_addr,
-                "/cluster/v1/write",
-                &ForwardedWrite { command },
-                within,
-            )
-            .await;
-        match reply {
-            Ok(Ok(result)) => Attempt::Done(result),
-            Ok(Err(ForwardError::NotLeader { .. })) => Attempt::Retry(NodeError::NoLeader),
-            Ok(Err(ForwardError::Failed {
-                code: ErrorCode::Timeout,
-                ..
-            })) => Attempt::Retry(NodeError::Timeout),
-            Ok(Err(ForwardError::Failed { code, message })) => {
-                Attempt::Fail(NodeError::Internal(format!("{code}: {message}")))
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "forwarding a write to the leader failed");
-                Attempt::Retry(NodeError::NoLeader)
-            }
-        }
-    }
-
-    /// Proposes a command forwarded by a follower; only the leader accepts it.
-    pub async fn write_as_leader(&self, cmd: Command) -> ForwardedWriteReply {
+    /// Proposes commands forwarded by a follower as one entry; only the leader accepts them.
+    pub async fn write_as_leader(&self, commands: Vec<Command>) -> ForwardedWriteReply {
         match self.leader() {
             Some((leader, _)) if leader == self.id => {}
             other => {
@@ -169,12 +112,18 @@ impl Agency {
                 })
             }
         }
-        match self.propose(cmd, self.config.write_timeout()).await {
-            Attempt::Done(result) => Ok(result),
-            Attempt::Retry(NodeError::NoLeader) => Err(ForwardError::NotLeader { leader: None }),
-            Attempt::Retry(e) | Attempt::Fail(e) => Err(ForwardError::Failed {
+        match proposer::propose(&self.raft, commands, self.config.write_timeout()).await {
+            Ok(results) => Ok(results),
+            Err(Attempt::Retry(NodeError::NoLeader)) => {
+                Err(ForwardError::NotLeader { leader: None })
+            }
+            Err(Attempt::Retry(e) | Attempt::Fail(e)) => Err(ForwardError::Failed {
                 code: e.code(),
                 message: e.to_string(),
+            }),
+            Err(Attempt::Done(_)) => Err(ForwardError::Failed {
+                code: ErrorCode::Internal,
+                message: "unexpected proposal outcome".into(),
             }),
         }
     }

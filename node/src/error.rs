@@ -9,7 +9,7 @@ use baa_proto::ErrorCode;
 pub type Result<T, E = NodeError> = std::result::Result<T, E>;
 
 /// Everything that can go wrong while serving a request.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum NodeError {
     /// The request is not acceptable as sent.
     #[error("{message}")]

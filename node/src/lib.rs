@@ -40,9 +40,11 @@ use crate::tls::NodeIdentity;
 /// Sets up logging to standard error. Secrets are never passed to the logger.
 pub fn init_logging(format: LogFormat, filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -100,7 +102,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     claim_data_dir(&db, config.node_id)?;
 
     let metrics = Metrics::new();
-    let log_store = LogStore::open(&db)?;
+    let log_store = LogStore::open(&db, config.node_id, metrics.clone())?;
     let state_machine =
         StateMachineStore::open(&db, &config.data_dir.join("snapshots"), metrics.clone())?;
     let reader = state_machine.reader();
@@ -131,9 +133,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         id: config.node_id,
         raft: raft.clone(),
         state: reader,
-        cluster,
+        cluster: cluster.clone(),
         metrics,
         config: config.clone(),
+        proposer: raft::proposer::Proposer::start(
+            config.node_id,
+            raft.clone(),
+            cluster,
+            config.write_timeout(),
+        ),
     });
     let hasher = actors::hasher::start(2);
     let _reaper = actors::reaper::Reaper::new(agency.clone(), Duration::from_secs(60)).start();

@@ -39,6 +39,12 @@ pub struct Metrics {
     pub proposal_duration: Histogram,
     /// Writes forwarded to the leader by this node.
     pub writes_forwarded: IntCounter,
+    /// Log flushes (fsyncs) done by the group-commit flusher.
+    pub log_flushes: IntCounter,
+    /// Log appends acknowledged by those flushes.
+    pub log_flushed_appends: IntCounter,
+    /// Duration of one log flush.
+    pub log_flush_duration: Histogram,
     /// HTTP requests by route, method and status.
     pub http_requests: IntCounterVec,
     /// HTTP request latency by route.
@@ -121,6 +127,22 @@ impl Metrics {
                 "baa_writes_forwarded_total",
                 "Writes this node forwarded to the leader"
             )),
+            log_flushes: reg!(IntCounter::new(
+                "baa_raft_log_flushes_total",
+                "Log flushes (fsyncs)"
+            )),
+            log_flushed_appends: reg!(IntCounter::new(
+                "baa_raft_log_flushed_appends_total",
+                "Log appends acknowledged by a flush (appends per flush = this / flushes)"
+            )),
+            log_flush_duration: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "baa_raft_log_flush_duration_seconds",
+                    "Duration of one log flush (fsync)"
+                )
+                .buckets(LATENCY_BUCKETS.to_vec())
+            )),
+
             http_requests: reg!(IntCounterVec::new(
                 Opts::new(
                     "baa_http_requests_total",

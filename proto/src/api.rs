@@ -175,11 +175,12 @@ pub struct ClusterStatus {
     pub nodes: BTreeMap<NodeId, BaaNode>,
 }
 
-/// Cluster port: a write forwarded by a follower to the leader.
+/// Cluster port: writes forwarded by a follower to the leader, proposed
+/// together as one log entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ForwardedWrite {
-    /// The command to propose.
-    pub command: Command,
+    /// The commands to propose, in order.
+    pub commands: Vec<Command>,
 }
 
 /// Cluster port: why a forwarded request was not carried out.
@@ -199,8 +200,8 @@ pub enum ForwardError {
     },
 }
 
-/// Cluster port: the reply to a [`ForwardedWrite`].
-pub type ForwardedWriteReply = Result<CommandResult, ForwardError>;
+/// Cluster port: the reply to a [`ForwardedWrite`]: one result per command.
+pub type ForwardedWriteReply = Result<Vec<CommandResult>, ForwardError>;
 
 /// Cluster port: the reply to a read-index request: the log index a follower
 /// must have applied before its local read is linearizable.

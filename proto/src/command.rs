@@ -42,6 +42,21 @@ impl std::fmt::Display for Command {
     }
 }
 
+/// One Raft log entry: commands a node grouped into a single proposal. They
+/// are applied in order; each gets its own result. Grouping concurrent writes
+/// means one log append, one replication round and one fsync for all of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The commands, applied in this order.
+    pub commands: Vec<Command>,
+}
+
+impl std::fmt::Display for Proposal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "proposal of {} command(s)", self.commands.len())
+    }
+}
+
 /// The operations the state machine knows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {

@@ -115,16 +115,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let config = Config::load(&args.config, overrides)?;
     crate::init_logging(config.log_format, &config.log_level);
-    // openraft's tasks get a multi-threaded runtime; actix-web adds its own workers.
-    actix_rt::System::with_tokio_rt(|| {
-        #[allow(clippy::expect_used)] // start-up: nothing to serve without a runtime
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-    })
-    .block_on(crate::run(config))
+    // openraft's tasks share actix's current-thread runtime: on small machines
+    // cross-thread wake-ups cost more than a second runtime thread buys.
+    actix_rt::System::new().block_on(crate::run(config))
 }
 
 fn pki(command: PkiCommand) -> anyhow::Result<()> {

@@ -3,17 +3,18 @@
 
 pub mod log_store;
 pub mod network;
+pub mod proposer;
 pub mod rpc;
 pub mod state_machine;
 
-use baa_proto::command::{Command, CommandResult};
+use baa_proto::command::{CommandResult, Proposal};
 use baa_proto::model::{BaaNode, NodeId};
 
 openraft::declare_raft_types!(
     /// The type configuration of baa's Raft group.
     pub TypeConfig:
-        D = Command,
-        R = CommandResult,
+        D = Proposal,
+        R = Vec<CommandResult>,
         NodeId = NodeId,
         Node = BaaNode,
         Entry = openraft::Entry<TypeConfig>,

@@ -42,13 +42,13 @@ async fn body(payload: web::Payload) -> Result<web::Bytes, NodeError> {
         .await
     {
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(_)) => Err(NodeError::BadRequest {
-            code: ErrorCode::PayloadTooLarge,
-            message: format!("frames are limited to {} bytes", codec::MAX_FRAME_BYTES),
-        }),
-        Err(e) => Err(NodeError::BadRequest {
+        Ok(Err(e)) => Err(NodeError::BadRequest {
             code: ErrorCode::MalformedFrame,
             message: format!("unreadable body: {e}"),
+        }),
+        Err(_) => Err(NodeError::BadRequest {
+            code: ErrorCode::PayloadTooLarge,
+            message: format!("frames are limited to {} bytes", codec::MAX_FRAME_BYTES),
         }),
     }
 }
@@ -90,7 +90,7 @@ async fn forwarded_write(
 ) -> Result<HttpResponse, NodeError> {
     let body = body(payload).await?;
     let req: ForwardedWrite = decode(&body)?;
-    let result: ForwardedWriteReply = agency.write_as_leader(req.command).await;
+    let result: ForwardedWriteReply = agency.write_as_leader(req.commands).await;
     reply(&result)
 }
 

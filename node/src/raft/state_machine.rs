@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use baa_proto::codec;
-use baa_proto::command::{Command, CommandResult, Outcome};
+use baa_proto::command::{Command, CommandResult};
 use baa_proto::model::User;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
@@ -319,7 +319,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((applied, membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<CommandResult>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -330,15 +330,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         for entry in entries {
             staged.put(KEY_APPLIED, &Some(entry.log_id))?;
             let result = match entry.payload {
-                EntryPayload::Blank => Ok(Outcome::Empty),
+                EntryPayload::Blank => Vec::new(),
                 EntryPayload::Membership(m) => {
                     staged.put(
                         KEY_MEMBERSHIP,
                         &StoredMembership::new(Some(entry.log_id), m),
                     )?;
-                    Ok(Outcome::Empty)
+                    Vec::new()
                 }
-                EntryPayload::Normal(cmd) => apply_with_dedup(&mut staged, &cmd)?,
+                EntryPayload::Normal(proposal) => proposal
+                    .commands
+                    .iter()
+                    .map(|cmd| apply_with_dedup(&mut staged, cmd))
+                    .collect::<Result<_, _>>()?,
             };
             results.push(result);
         }

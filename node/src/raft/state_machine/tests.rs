@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use baa_proto::command::{Command, NewUser, Op, Outcome, UserPatch};
+use baa_proto::command::{Command, NewUser, Op, Outcome, Proposal, UserPatch};
 use baa_proto::ErrorCode;
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
 
@@ -17,10 +17,12 @@ fn store(dir: &std::path::Path) -> (sled::Db, StateMachineStore) {
 fn entry(index: u64, request_id: Option<&str>, op: Op) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(Command {
-            request_id: request_id.map(String::from),
-            time_ms: 1000 + index,
-            op,
+        payload: EntryPayload::Normal(Proposal {
+            commands: vec![Command {
+                request_id: request_id.map(String::from),
+                time_ms: 1000 + index,
+                op,
+            }],
         }),
     }
 }
@@ -60,16 +62,22 @@ async fn apply_creates_updates_and_refuses() {
         ])
         .await
         .unwrap();
-    let Ok(Outcome::User(u)) = &res[1] else {
+    let Ok(Outcome::User(u)) = &res[1][0] else {
         panic!("{res:?}")
     };
     assert_eq!(
         (u.revision, u.attributes.get("k").map(String::as_str)),
         (2, Some("v"))
     );
-    assert_eq!(res[2].as_ref().unwrap_err().code, ErrorCode::UserExists);
-    assert_eq!(res[3].as_ref().unwrap_err().code, ErrorCode::UserNotFound);
-    assert_eq!(res[4].as_ref().unwrap_err().code, ErrorCode::InvalidRequest);
+    assert_eq!(res[2][0].as_ref().unwrap_err().code, ErrorCode::UserExists);
+    assert_eq!(
+        res[3][0].as_ref().unwrap_err().code,
+        ErrorCode::UserNotFound
+    );
+    assert_eq!(
+        res[4][0].as_ref().unwrap_err().code,
+        ErrorCode::InvalidRequest
+    );
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied.map(|l| l.index), Some(5));
     assert_eq!(sm.reader().user("alice").unwrap().unwrap().revision, 2);
@@ -111,7 +119,7 @@ async fn a_request_id_is_applied_once_and_answered_with_the_first_result() {
         )])
         .await
         .unwrap();
-    assert_eq!(res[0], Ok(Outcome::Purged(1)));
+    assert_eq!(res[0][0], Ok(Outcome::Purged(1)));
 }
 
 #[tokio::test]

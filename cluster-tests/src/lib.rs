@@ -1,0 +1,16 @@
+//! Cluster test harness for baa: real `baa serve` processes with real TLS and
+//! sled directories on loopback, a TCP proxy in front of every node's cluster
+//! port for partitions, a typed admin client, steady writers and polling helpers.
+//! Used by the `cluster` test binary and by benchmark programs.
+
+pub mod client;
+pub mod harness;
+pub mod load;
+pub mod poll;
+pub mod proxy;
+
+pub use client::{metric_value, AdminClient, ApiError};
+pub use harness::{CliOutput, Cluster, ClusterOptions, Node};
+pub use load::{Load, Writer, WriterReport};
+pub use poll::{poll_until, try_poll_until};
+pub use proxy::Proxy;

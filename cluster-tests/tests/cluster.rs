@@ -1,0 +1,13 @@
+//! Cluster acceptance tests: real `baa` processes on loopback. One test binary
+//! (each file in `tests/` would be its own link); run with `--test-threads=1`
+//! on small machines. The modules live in `tests/cluster/`.
+
+mod cluster {
+    mod cluster_port;
+    mod demo;
+    mod faults;
+    mod membership;
+    mod public_port;
+    mod replication;
+    mod support;
+}

@@ -1,0 +1,295 @@
+//! Acceptance 8: `baa demo` starts a working cluster, stops every child on
+//! SIGINT, and keeps its data across runs.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use baa_cluster_tests::client::{https_client, DEFAULT_REQUEST_TIMEOUT};
+use baa_cluster_tests::harness::{append_file, baa_bin, signal, tail, CONVERGE_DEADLINE};
+use baa_cluster_tests::{poll_until, AdminClient};
+use baa_proto::api::CreateUserRequest;
+use baa_proto::command::Consistency;
+use reqwest::StatusCode;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const NODES: u16 = 3;
+
+/// A base port such that base.. and base+100.. (NODES each) are free right now.
+fn free_base_port() -> u16 {
+    for _ in 0..200 {
+        let base = 20_000 + (rand::random::<u16>() % 20_000);
+        let ports = (0..NODES).flat_map(|i| [base + i, base + 100 + i]);
+        let held: Vec<_> = ports
+            .map(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)))
+            .collect();
+        if held.iter().all(Result::is_ok) {
+            return base;
+        }
+    }
+    panic!("no free port range found");
+}
+
+struct Demo {
+    child: Child,
+    /// `baa serve` children seen while the demo ran; killed if the test fails.
+    children: Vec<u32>,
+    urls: Vec<String>,
+    ca: PathBuf,
+    token: String,
+}
+
+async fn start_demo(dir: &Path, base: u16, log: &Path) -> Demo {
+    let mut child = Command::new(baa_bin())
+        .args([
+            "demo",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--nodes",
+            &NODES.to_string(),
+            "--base-port",
+            &base.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(append_file(log))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawning baa demo");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut urls, mut ca, mut token) = (Vec::new(), None, None);
+    let ready = tokio::time::timeout(Duration::from_secs(180), async {
+        while let Some(line) = lines.next_line().await.expect("reading demo stdout") {
+            let t = line.trim();
+            if t.contains("baa demo is ready") {
+                return true;
+            }
+            if let Some((head, url)) = t.split_once(": https://") {
+                if head.starts_with("node ") {
+                    // The line may carry a note after the URL, e.g. "(leader)".
+                    let url = url.split_whitespace().next().unwrap_or_default();
+                    urls.push(format!("https://{url}"));
+                }
+            } else if let Some(p) = t.strip_prefix("CA certificate: ") {
+                ca = Some(PathBuf::from(p));
+            } else if let Some(tok) = t.strip_prefix("admin token: ") {
+                token = Some(tok.to_string());
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(ready, Ok(true)),
+        "baa demo never printed the ready line; stderr:\n{}",
+        tail(log, 40)
+    );
+    // Keep draining stdout so the demo never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    assert_eq!(
+        urls.len(),
+        NODES as usize,
+        "node URLs printed by the demo: {urls:?}"
+    );
+    Demo {
+        child,
+        children: Vec::new(),
+        urls,
+        ca: ca.expect("CA certificate line"),
+        token: token.expect("admin token line"),
+    }
+}
+
+/// PIDs of live (non-zombie) `baa serve` processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    live_processes()
+        .into_iter()
+        .filter(|(_, _, cmd)| cmd.contains(needle) && cmd.contains("serve"))
+        .map(|p| p.0)
+        .collect()
+}
+
+/// Live (non-zombie) `serve` children of `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    live_processes()
+        .into_iter()
+        .filter(|(_, ppid, cmd)| *ppid == parent && cmd.contains("serve"))
+        .map(|p| p.0)
+        .collect()
+}
+
+/// (pid, ppid, command line) of every live process.
+fn live_processes() -> Vec<(u32, u32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command name: state, ppid, ...
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("X");
+        let ppid = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        if state != "Z" && state != "X" {
+            out.push((
+                pid,
+                ppid,
+                String::from_utf8_lossy(&cmdline).replace('\0', " "),
+            ));
+        }
+    }
+    out
+}
+
+fn is_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|s| s != "Z" && s != "X"),
+        Err(_) => false,
+    }
+}
+
+impl Demo {
+    fn admin(&self, i: usize) -> AdminClient {
+        AdminClient::new(
+            i as u64 + 1,
+            self.urls[i].clone(),
+            self.token.clone(),
+            https_client(&self.ca, None, DEFAULT_REQUEST_TIMEOUT),
+        )
+    }
+
+    async fn all_ready(&self) {
+        for i in 0..self.urls.len() {
+            let admin = self.admin(i);
+            poll_until(
+                CONVERGE_DEADLINE,
+                &format!("demo node {} /readyz 200", i + 1),
+                || async { matches!(admin.readyz().await, Ok(StatusCode::OK)).then_some(()) },
+            )
+            .await;
+        }
+    }
+
+    /// Records the demo's `baa serve` children (its child processes running `serve`).
+    fn record_children(&mut self) -> Vec<u32> {
+        let pid = self.child.id().expect("demo pid");
+        let mut children = children_of(pid);
+        children.sort();
+        self.children.clone_from(&children);
+        children
+    }
+
+    /// SIGINT; the demo exits 0 and no `baa serve` child of it survives.
+    async fn interrupt(mut self, dir: &str) {
+        signal(self.child.id().expect("demo pid"), libc::SIGINT);
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("baa demo did not exit within 60 s of SIGINT")
+            .unwrap();
+        assert!(
+            status.success(),
+            "baa demo exit status after SIGINT: {status}"
+        );
+        let survivors: Vec<u32> = self
+            .children
+            .iter()
+            .copied()
+            .filter(|&p| is_alive(p))
+            .collect();
+        assert!(
+            survivors.is_empty(),
+            "baa serve children survived the demo: {survivors:?}"
+        );
+        let strays = processes_mentioning(dir);
+        assert!(
+            strays.is_empty(),
+            "baa serve processes still running on the demo dir: {strays:?}"
+        );
+        self.children.clear();
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        // Only on failure: do not leave node processes behind.
+        for &pid in &self.children {
+            if is_alive(pid) {
+                signal(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_stops_cleanly_and_keeps_data() {
+    let tmp = tempfile::Builder::new()
+        .prefix("baa-demo-test-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path().join("demo");
+    let dir_s = dir.to_str().unwrap().to_string();
+    let log = tmp.path().join("demo.log");
+    // The same ports both times: the generated configs and the membership record them.
+    let base = free_base_port();
+
+    // First run: create a user.
+    let mut demo = start_demo(&dir, base, &log).await;
+    demo.all_ready().await;
+    let children = demo.record_children();
+    assert_eq!(
+        children.len(),
+        NODES as usize,
+        "baa serve children of the demo: {children:?}"
+    );
+    let created = demo
+        .admin(1)
+        .create_user(
+            &CreateUserRequest {
+                username: "demo-persist".into(),
+                ..Default::default()
+            },
+            Some("demo-create-1"),
+        )
+        .await
+        .expect("create a user through the demo");
+    demo.interrupt(&dir_s).await;
+
+    // Second run on the same directory: the user is still there.
+    let mut demo = start_demo(&dir, base, &log).await;
+    demo.all_ready().await;
+    let children = demo.record_children();
+    assert_eq!(
+        children.len(),
+        NODES as usize,
+        "baa serve children of the second demo: {children:?}"
+    );
+    let again = demo
+        .admin(0)
+        .get_user("demo-persist", Consistency::Linearizable)
+        .await
+        .expect("user survives a restart");
+    assert_eq!(again.id, created.id);
+    assert_eq!(again.created_ms, created.created_ms);
+    demo.interrupt(&dir_s).await;
+
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !log_text.contains("panicked"),
+        "the demo log mentions a panic:\n{}",
+        tail(&log, 40)
+    );
+}

@@ -1,0 +1,265 @@
+//! Acceptance 2–4: leader crash under load, catch-up by snapshot, partition of the leader.
+
+use std::time::{Duration, Instant};
+
+use baa_cluster_tests::harness::{random_token, CONVERGE_DEADLINE};
+use baa_cluster_tests::load::first_ack_after;
+use baa_cluster_tests::{poll_until, Cluster, ClusterOptions};
+use baa_proto::command::Consistency;
+use baa_proto::model::NodeId;
+
+use super::support::{assert_writers_ok, create_user, start_writers, verify_reports_on, wait_acks};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kill_under_load_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(3).await;
+    let users: Vec<String> = (0..4).map(|c| format!("load-{c}")).collect();
+    for u in &users {
+        create_user(&cluster, 1, u).await;
+    }
+    let old_leader = cluster.leader().await;
+    let load = start_writers(&cluster, &users, &[1, 2, 3], Duration::from_secs(180));
+    wait_acks(&load, 40, "40 writes acknowledged before the kill").await;
+
+    let killed_at = Instant::now();
+    cluster.kill(old_leader);
+    let survivors: Vec<NodeId> = cluster.running_ids();
+    let new_leader = cluster.leader_among(&survivors).await;
+    let elected_after = killed_at.elapsed();
+    assert_ne!(new_leader, old_leader);
+    wait_acks(&load, 40, "40 writes acknowledged after the kill").await;
+    let reports = load.finish().await;
+    assert_writers_ok(&reports);
+    for r in &reports {
+        assert!(
+            r.unresolved.is_none(),
+            "writer {} left write {:?} unresolved",
+            r.user,
+            r.unresolved
+        );
+    }
+    let first_ack =
+        first_ack_after(&reports, killed_at).expect("a write acknowledged after the kill");
+    println!(
+        "leader {old_leader} killed; new leader {new_leader} observed after {} ms; first acknowledged write after {} ms; \
+         {} writes acknowledged, {} retries",
+        elected_after.as_millis(),
+        (first_ack - killed_at).as_millis(),
+        reports.iter().map(|r| r.acked.len()).sum::<usize>(),
+        reports.iter().map(|r| r.retries).sum::<u64>(),
+    );
+
+    cluster.restart(old_leader).await;
+    let statuses = cluster.wait_converged(&[1, 2, 3]).await;
+    assert!(
+        statuses.windows(2).all(|w| w[0].digest == w[1].digest),
+        "digests differ: {statuses:?}"
+    );
+    verify_reports_on(&cluster, &[1, 2, 3], &reports).await;
+    cluster.assert_no_panics();
+}
+
+/// Writes `count` attribute updates spread over `writers` users through `targets`.
+async fn bulk_writes(cluster: &Cluster, users: &[String], targets: &[NodeId], count: u64) {
+    let load = start_writers(cluster, users, targets, Duration::from_secs(300));
+    poll_until(
+        Duration::from_secs(300),
+        &format!("{count} writes acknowledged"),
+        || async { (load.acks() >= count).then_some(()) },
+    )
+    .await;
+    let reports = load.finish().await;
+    assert_writers_ok(&reports);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_node_catches_up_by_snapshot() {
+    let opts = ClusterOptions {
+        snapshot_after_logs: Some(200),
+        logs_to_keep: Some(50),
+        ..ClusterOptions::nodes(3)
+    };
+    let mut cluster = Cluster::start_with(opts).await;
+    let users: Vec<String> = (0..4).map(|c| format!("snap-{c}")).collect();
+    for u in &users {
+        create_user(&cluster, 1, u).await;
+    }
+    cluster.wait_converged(&[1, 2, 3]).await;
+    let before = cluster
+        .status(3)
+        .await
+        .applied_index
+        .expect("node 3 applied index");
+    let exit = cluster.stop(3).await;
+    assert!(exit.success(), "node 3 exit status after SIGTERM: {exit}");
+
+    bulk_writes(&cluster, &users, &[1, 2], 1_200).await;
+    let leader = cluster.leader_among(&[1, 2]).await;
+    // The log node 3 would need is gone from the leader: it can only catch up by snapshot.
+    let ls = poll_until(
+        CONVERGE_DEADLINE,
+        "leader purged its log past node 3's applied index",
+        || async {
+            let s = cluster.status(leader).await;
+            s.purged_index.is_some_and(|p| p > before).then_some(s)
+        },
+    )
+    .await;
+    println!(
+        "node 3 stopped at applied {before}; leader {leader} snapshot {:?} purged {:?}",
+        ls.snapshot_index, ls.purged_index
+    );
+
+    cluster.restart(3).await;
+    let statuses = cluster.wait_converged(&[1, 2, 3]).await;
+    let s3 = statuses
+        .iter()
+        .find(|s| s.node_id == 3)
+        .expect("node 3 status");
+    assert!(
+        s3.applied_index >= ls.applied_index,
+        "node 3 applied {:?} < leader's {:?}",
+        s3.applied_index,
+        ls.applied_index
+    );
+    let installed = cluster
+        .metric(3, "baa_raft_snapshots_installed_total")
+        .await
+        .expect("metric baa_raft_snapshots_installed_total");
+    assert!(installed >= 1.0, "node 3 installed {installed} snapshots");
+    for u in &users {
+        let on_leader = cluster
+            .admin(leader)
+            .get_user(u, Consistency::Local)
+            .await
+            .expect("read on leader");
+        let on_3 = cluster
+            .admin(3)
+            .get_user(u, Consistency::Local)
+            .await
+            .expect("read on node 3");
+        assert_eq!(on_3, on_leader, "{u} differs on node 3");
+    }
+    cluster.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_node_catches_up_by_log_when_nothing_was_purged() {
+    let mut cluster = Cluster::start(3).await;
+    let users: Vec<String> = (0..2).map(|c| format!("log-{c}")).collect();
+    for u in &users {
+        create_user(&cluster, 1, u).await;
+    }
+    cluster.wait_converged(&[1, 2, 3]).await;
+    let before = cluster
+        .status(3)
+        .await
+        .applied_index
+        .expect("node 3 applied index");
+    cluster.stop(3).await;
+    bulk_writes(&cluster, &users, &[1, 2], 100).await;
+    let leader = cluster.leader_among(&[1, 2]).await;
+    let purged = cluster.status(leader).await.purged_index;
+    // Precondition: the entries node 3 misses are still in the leader's log.
+    assert!(
+        !matches!(purged, Some(p) if p > before),
+        "leader purged up to {purged:?}, node 3 stopped at {before}"
+    );
+    cluster.restart(3).await;
+    cluster.wait_converged(&[1, 2, 3]).await;
+    let installed = cluster
+        .metric(3, "baa_raft_snapshots_installed_total")
+        .await
+        .unwrap_or(0.0);
+    assert_eq!(installed, 0.0, "node 3 should have caught up from the log");
+    cluster.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_leader_cannot_acknowledge_and_its_writes_vanish() {
+    let opts = ClusterOptions {
+        write_timeout_ms: Some(3_000),
+        ..ClusterOptions::nodes(3)
+    };
+    let cluster = Cluster::start_with(opts).await;
+    create_user(&cluster, 1, "part").await;
+    cluster.wait_converged(&[1, 2, 3]).await;
+    let old_leader = cluster.leader().await;
+    let majority: Vec<NodeId> = [1, 2, 3].into_iter().filter(|&i| i != old_leader).collect();
+
+    cluster.partition(&[old_leader], &majority).await;
+
+    // Writes to the cut-off leader: none may be acknowledged (client timeout well above write_timeout_ms).
+    let cut_client = cluster.admin_with_timeout(old_leader, Duration::from_secs(10));
+    let run = random_token(8);
+    let cut = (1..=3).map(|k| {
+        let c = cut_client.clone();
+        let rid = format!("{run}-cut-{k}");
+        async move {
+            (
+                k,
+                c.set_attribute("part", &format!("cut-{k}"), "x", Some(&rid))
+                    .await,
+            )
+        }
+    });
+    let cut_results = futures::future::join_all(cut).await;
+
+    // The majority elects a new leader and acknowledges writes.
+    let new_leader = cluster.leader_among(&majority).await;
+    assert_ne!(new_leader, old_leader);
+    let mut acked = Vec::new();
+    for k in 1..=5 {
+        let via = majority[k % 2];
+        let key = format!("ok-{k}");
+        let rid = format!("{run}-ok-{k}");
+        let admin = cluster.admin(via);
+        poll_until(
+            CONVERGE_DEADLINE,
+            &format!("write {key} acknowledged by the majority"),
+            || async {
+                admin
+                    .set_attribute("part", &key, "y", Some(&rid))
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+        acked.push(key);
+    }
+    for (k, r) in &cut_results {
+        assert!(
+            r.is_err(),
+            "write cut-{k} to the isolated leader {old_leader} was acknowledged: {r:?}"
+        );
+    }
+
+    cluster.heal().await;
+    let statuses = cluster.wait_converged(&[1, 2, 3]).await;
+    println!(
+        "after heal: applied {:?}, digest {}",
+        statuses[0].applied_index, statuses[0].digest
+    );
+    for id in [1, 2, 3] {
+        let view = cluster
+            .admin(id)
+            .get_user("part", Consistency::Local)
+            .await
+            .expect("read part");
+        for key in &acked {
+            assert_eq!(
+                view.attributes.get(key).map(String::as_str),
+                Some("y"),
+                "node {id} lost {key}"
+            );
+        }
+        for k in 1..=3 {
+            assert!(
+                !view.attributes.contains_key(&format!("cut-{k}")),
+                "node {id} has cut-{k}: {view:?}"
+            );
+        }
+        assert_eq!(view.revision, 1 + acked.len() as u64, "node {id}: {view:?}");
+    }
+    cluster.assert_no_panics();
+}

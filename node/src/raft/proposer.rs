@@ -1,0 +1,198 @@
+//! The proposer groups concurrent writes into one Raft entry. Each node has
+//! one: on the leader it proposes the group directly; on a follower it
+//! forwards the group to the leader in one cluster-port call. A few groups may
+//! be in flight at once; while they are, new writes queue up and form the next
+//! group, so under load one log append, one replication round and one fsync
+//! serve many writes, and with a single client nothing waits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use baa_proto::api::{ForwardError, ForwardedWrite, ForwardedWriteReply};
+use baa_proto::command::{Command, CommandResult, Proposal};
+use baa_proto::model::{BaaNode, NodeId};
+use baa_proto::ErrorCode;
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::network::ClusterClient;
+use super::Raft;
+use crate::error::NodeError;
+
+/// Most commands in one group.
+const MAX_GROUP: usize = 256;
+/// Most groups in flight from one node.
+const MAX_IN_FLIGHT: usize = 4;
+
+/// What became of one submitted command.
+#[derive(Debug)]
+pub enum Attempt {
+    /// Applied (or refused by the state machine, deterministically).
+    Done(CommandResult),
+    /// Worth retrying: no leader, leader changed, peer unreachable, deadline.
+    Retry(NodeError),
+    /// Not worth retrying.
+    Fail(NodeError),
+}
+
+struct Pending {
+    command: Command,
+    reply: oneshot::Sender<Attempt>,
+}
+
+/// Handle to the node's proposer task.
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::UnboundedSender<Pending>,
+}
+
+#[derive(Clone)]
+struct Context {
+    id: NodeId,
+    raft: Raft,
+    cluster: Arc<ClusterClient>,
+    timeout: Duration,
+}
+
+impl Proposer {
+    /// Starts the proposer task of node `id`. `timeout` bounds one group's
+    /// proposal or forwarding call.
+    pub fn start(id: NodeId, raft: Raft, cluster: Arc<ClusterClient>, timeout: Duration) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(
+            Context {
+                id,
+                raft,
+                cluster,
+                timeout,
+            },
+            rx,
+        ));
+        Self { tx }
+    }
+
+    /// Submits one command and waits for its outcome.
+    pub async fn submit(&self, command: Command) -> Attempt {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Pending { command, reply }).is_err() {
+            return Attempt::Fail(NodeError::Internal("the proposer has stopped".into()));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Attempt::Retry(NodeError::Internal("the proposer dropped a write".into()))
+        })
+    }
+}
+
+async fn run(ctx: Context, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        // Waiting for a free slot is what lets the next group grow.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            dispatch(&ctx, group).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn dispatch(ctx: &Context, group: Vec<Pending>) {
+    let (commands, replies): (Vec<Command>, Vec<oneshot::Sender<Attempt>>) =
+        group.into_iter().map(|p| (p.command, p.reply)).unzip();
+    let leader = {
+        let m = ctx.raft.metrics();
+        let m = m.borrow();
+        m.current_leader
+            .map(|l| (l, m.membership_config.membership().get_node(&l).cloned()))
+    };
+    let outcome = match leader {
+        Some((l, _)) if l == ctx.id => propose(&ctx.raft, commands, ctx.timeout).await,
+        Some((_, Some(node))) => forward(ctx, &node, commands).await,
+        _ => Err(Attempt::Retry(NodeError::NoLeader)),
+    };
+    match outcome {
+        Ok(results) if results.len() == replies.len() => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(Attempt::Done(result));
+            }
+        }
+        Ok(results) => {
+            let e = NodeError::Internal(format!(
+                "{} results for {} commands",
+                results.len(),
+                replies.len()
+            ));
+            for reply in replies {
+                let _ = reply.send(Attempt::Fail(e.clone()));
+            }
+        }
+        Err(attempt) => {
+            for reply in replies {
+                let _ = reply.send(match &attempt {
+                    Attempt::Retry(e) => Attempt::Retry(e.clone()),
+                    Attempt::Fail(e) => Attempt::Fail(e.clone()),
+                    Attempt::Done(r) => Attempt::Done(r.clone()),
+                });
+            }
+        }
+    }
+}
+
+/// Proposes `commands` as one entry on this node, which must be the leader.
+pub async fn propose(
+    raft: &Raft,
+    commands: Vec<Command>,
+    within: Duration,
+) -> Result<Vec<CommandResult>, Attempt> {
+    match tokio::time::timeout(within, raft.client_write(Proposal { commands })).await {
+        Ok(Ok(resp)) => Ok(resp.data),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+            Err(Attempt::Retry(NodeError::NoLeader))
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+            Err(Attempt::Fail(NodeError::Membership(e.to_string())))
+        }
+        Ok(Err(RaftError::Fatal(e))) => Err(Attempt::Fail(NodeError::Internal(e.to_string()))),
+        Err(_) => Err(Attempt::Retry(NodeError::Timeout)),
+    }
+}
+
+async fn forward(
+    ctx: &Context,
+    leader: &BaaNode,
+    commands: Vec<Command>,
+) -> Result<Vec<CommandResult>, Attempt> {
+    let reply: Result<ForwardedWriteReply, _> = ctx
+        .cluster
+        .call(
+            &leader.cluster_addr,
+            "/cluster/v1/write",
+            &ForwardedWrite { commands },
+            ctx.timeout,
+        )
+        .await;
+    match reply {
+        Ok(Ok(results)) => Ok(results),
+        Ok(Err(ForwardError::NotLeader { .. })) => Err(Attempt::Retry(NodeError::NoLeader)),
+        Ok(Err(ForwardError::Failed {
+            code: ErrorCode::Timeout | ErrorCode::NoLeader,
+            ..
+        })) => Err(Attempt::Retry(NodeError::Timeout)),
+        Ok(Err(ForwardError::Failed { code, message })) => Err(Attempt::Fail(NodeError::Internal(
+            format!("{code}: {message}"),
+        ))),
+        Err(e) => {
+            tracing::debug!(error = %e, "forwarding writes to the leader failed");
+            Err(Attempt::Retry(NodeError::NoLeader))
+        }
+    }
+}
