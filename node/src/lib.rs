@@ -115,6 +115,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let cluster = Arc::new(ClusterClient::new(
         identity.cluster_client()?,
         config.cluster_source_ip,
+        metrics.clone(),
     )?);
     let network = NetworkFactory::new(cluster.clone());
 

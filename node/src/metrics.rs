@@ -45,6 +45,8 @@ pub struct Metrics {
     pub log_flushed_appends: IntCounter,
     /// Duration of one log flush.
     pub log_flush_duration: Histogram,
+    /// Round trip of calls to peers' cluster ports, by path.
+    pub cluster_rpc_duration: HistogramVec,
     /// HTTP requests by route, method and status.
     pub http_requests: IntCounterVec,
     /// HTTP request latency by route.
@@ -141,6 +143,14 @@ impl Metrics {
                     "Duration of one log flush (fsync)"
                 )
                 .buckets(LATENCY_BUCKETS.to_vec())
+            )),
+            cluster_rpc_duration: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "baa_cluster_rpc_duration_seconds",
+                    "Round trip of calls to peers' cluster ports"
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["path"]
             )),
 
             http_requests: reg!(IntCounterVec::new(

@@ -317,8 +317,17 @@ impl Drop for Etcd {
     }
 }
 
+/// One labelled series of a metric, by a label value it contains.
+async fn labelled(cluster: &Cluster, id: u64, name: &str, label: &str) -> f64 {
+    let text = cluster.metrics(id).await;
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Counters read from a node around each level, to explain where time goes.
-async fn node_stats(cluster: &Cluster, id: u64) -> [f64; 6] {
+async fn node_stats(cluster: &Cluster, id: u64) -> [f64; 8] {
     let m = |name: &'static str| async move { cluster.metric(id, name).await.unwrap_or(0.0) };
     [
         m("baa_raft_proposal_duration_seconds_sum").await,
@@ -327,6 +336,20 @@ async fn node_stats(cluster: &Cluster, id: u64) -> [f64; 6] {
         m("baa_raft_log_flush_duration_seconds_count").await,
         m("baa_raft_log_flushed_appends_total").await,
         m("baa_http_request_duration_seconds_sum").await,
+        labelled(
+            cluster,
+            id,
+            "baa_cluster_rpc_duration_seconds_sum",
+            "/raft/append",
+        )
+        .await,
+        labelled(
+            cluster,
+            id,
+            "baa_cluster_rpc_duration_seconds_count",
+            "/raft/append",
+        )
+        .await,
     ]
 }
 
@@ -435,14 +458,16 @@ async fn main() {
             node_stats(&cluster, leader).await,
             node_stats(&cluster, follower).await,
         );
-        let d = |a: &[f64; 6], b: &[f64; 6], i: usize| a[i] - b[i];
+        let d = |a: &[f64; 8], b: &[f64; 8], i: usize| a[i] - b[i];
         let (l, f) = ((&after.0, &before.0), (&after.1, &before.1));
         eprintln!(
-            "  [leader {leader}: proposal {:.2} ms avg over {:.0}; flush {:.3} ms avg, {:.1} appends/flush | follower {follower}: flush {:.3} ms avg]",
+            "  [leader {leader}: proposal {:.2} ms avg over {:.0}; flush {:.3} ms avg, {:.1} appends/flush; append RPC {:.3} ms avg over {:.0} | follower {follower}: flush {:.3} ms avg]",
             d(l.0, l.1, 0) / d(l.0, l.1, 1).max(1.0) * 1000.0,
             d(l.0, l.1, 1),
             d(l.0, l.1, 2) / d(l.0, l.1, 3).max(1.0) * 1000.0,
             d(l.0, l.1, 4) / d(l.0, l.1, 3).max(1.0),
+            d(l.0, l.1, 6) / d(l.0, l.1, 7).max(1.0) * 1000.0,
+            d(l.0, l.1, 7),
             d(f.0, f.1, 2) / d(f.0, f.1, 3).max(1.0) * 1000.0,
         );
         let b = median(baa_runs);

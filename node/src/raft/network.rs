@@ -18,6 +18,7 @@ use openraft::raft::{
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::TypeConfig;
+use crate::metrics::Metrics;
 
 /// Why a call to a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +46,16 @@ pub enum PeerError {
 #[derive(Clone)]
 pub struct ClusterClient {
     http: reqwest::Client,
+    metrics: Arc<Metrics>,
 }
 
 impl ClusterClient {
     /// Builds the client from the node's mTLS configuration.
-    pub fn new(tls: rustls::ClientConfig, source_ip: Option<IpAddr>) -> anyhow::Result<Self> {
+    pub fn new(
+        tls: rustls::ClientConfig,
+        source_ip: Option<IpAddr>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .local_address(source_ip)
@@ -57,11 +63,31 @@ impl ClusterClient {
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
             .build()?;
-        Ok(Self { http })
+        Ok(Self { http, metrics })
     }
 
     /// POSTs `req` to `https://{addr}{path}` and decodes the answer.
     pub async fn call<Req, Resp>(
+        &self,
+        addr: &str,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        let started = std::time::Instant::now();
+        let result = self.call_inner(addr, path, req, timeout).await;
+        self.metrics
+            .cluster_rpc_duration
+            .with_label_values(&[path])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn call_inner<Req, Resp>(
         &self,
         addr: &str,
         path: &str,
