@@ -24,7 +24,6 @@ pub mod raft;
 pub mod tls;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::Actor;
 use anyhow::Context;
@@ -145,7 +144,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
     });
     let hasher = actors::hasher::start(2);
-    let _reaper = actors::reaper::Reaper::new(agency.clone(), Duration::from_secs(60)).start();
+    let _reaper =
+        actors::reaper::Reaper::new(agency.clone(), actors::reaper::REAPER_INTERVAL).start();
 
     let (public, cluster_server) = http::start(agency.clone(), hasher, &identity)?;
     tracing::info!(

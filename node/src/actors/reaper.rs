@@ -9,8 +9,14 @@ use baa_proto::command::Op;
 
 use crate::agency::{now_ms, Agency};
 
-/// How long a request id's first result is remembered for retries.
-pub const REQUEST_RESULT_RETENTION: Duration = Duration::from_secs(15 * 60);
+/// How long a request id's first result is remembered for retries. Long
+/// enough to cover every retry a client or a forwarding node makes within a
+/// write deadline many times over; short enough that the remembered results
+/// stay a small part of the state (and of every snapshot) under load.
+pub const REQUEST_RESULT_RETENTION: Duration = Duration::from_secs(120);
+
+/// How often the reaper runs.
+pub const REAPER_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Proposes purge commands while this node leads.
 pub struct Reaper {

@@ -88,6 +88,7 @@ pub fn start(
             .default_service(web::to(error::not_found))
     })
     .workers(2)
+    .tcp_nodelay(true)
     .shutdown_timeout(5)
     .bind_rustls_0_23(config.public_listen, identity.public_server()?)?
     .run();
@@ -102,6 +103,7 @@ pub fn start(
             .default_service(web::to(error::not_found))
     })
     .workers(2)
+    .tcp_nodelay(true)
     .shutdown_timeout(5)
     .bind_rustls_0_23(config.cluster_listen, identity.cluster_server()?)?
     .run();
