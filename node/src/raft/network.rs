@@ -79,7 +79,7 @@ impl ClusterClient {
         Resp: DeserializeOwned,
     {
         let started = std::time::Instant::now();
-        let result = self.call_inner(addr, path, req, timeout).await;
+        let result = self.exchange(addr, path, req, timeout).await;
         self.metrics
             .cluster_rpc_duration
             .with_label_values(&[path])
@@ -87,17 +87,13 @@ impl ClusterClient {
         result
     }
 
-    async fn call_inner<Req, Resp>(
+    async fn exchange<Resp: DeserializeOwned>(
         &self,
         addr: &str,
         path: &str,
-        req: &Req,
+        req: &impl Serialize,
         timeout: Duration,
-    ) -> Result<Resp, PeerError>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-    {
+    ) -> Result<Resp, PeerError> {
         let body = codec::encode(req)?;
         let resp = self
             .http
