@@ -133,13 +133,15 @@ impl Load {
     }
 }
 
-/// The first acknowledgement after `t`, over all reports.
+/// The first acknowledgement of a write first sent after `t`, over all
+/// reports. (A write already in flight at `t` may be acknowledged just after
+/// it without telling anything about recovery.)
 pub fn first_ack_after(reports: &[WriterReport], t: Instant) -> Option<Instant> {
     reports
         .iter()
         .flat_map(|r| r.acked.iter())
+        .filter(|a| a.sent_at > t)
         .map(|a| a.acked_at)
-        .filter(|&a| a > t)
         .min()
 }
 
