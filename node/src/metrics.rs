@@ -53,6 +53,9 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
 }
 
+/// Longest delay between a Raft state change and the gauges showing it.
+pub const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0, 5.0,
     10.0,
@@ -181,7 +184,8 @@ impl Metrics {
         String::from_utf8_lossy(&buf).into_owned()
     }
 
-    /// Follows openraft's metrics channel and mirrors it into the gauges.
+    /// Follows openraft's metrics channel and mirrors it into the gauges, at
+    /// most once per [`FOLLOW_INTERVAL`].
     pub fn follow_raft(self: &Arc<Self>, raft: &Raft) {
         let me = self.clone();
         let mut rx = raft.metrics();
@@ -191,8 +195,9 @@ impl Metrics {
             loop {
                 {
                     let m = rx.borrow_and_update().clone();
-                    if last_term.is_some_and(|t| t < m.current_term) {
-                        me.elections.inc();
+                    // Sampled, so count every term passed since the last look.
+                    if let Some(t) = last_term.filter(|t| *t < m.current_term) {
+                        me.elections.inc_by(m.current_term - t);
                     }
                     if last_leader.is_some()
                         && last_leader != Some(m.current_leader)
@@ -226,6 +231,9 @@ impl Metrics {
                 if rx.changed().await.is_err() {
                     break;
                 }
+                // Metrics change several times per write; sampling keeps this
+                // task off the Raft thread's hot path.
+                tokio::time::sleep(FOLLOW_INTERVAL).await;
             }
         });
     }
