@@ -21,7 +21,6 @@ use crate::metrics::Metrics;
 use super::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const KEY_VOTE: &[u8] = b"vote";
-const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
 
 /// The sled-backed Raft log. Cheap to clone: readers share the trees.
@@ -148,19 +147,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.get_meta(KEY_VOTE)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not flushed on its own: losing it only means re-discovering the commit point.
-        let bytes = codec::encode_record(&committed)
-            .map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
-        self.meta
-            .insert(KEY_COMMITTED, bytes)
-            .map_err(|e| StorageIOError::write(&e))?;
-        Ok(())
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
-    }
+    // `save_committed` / `read_committed` keep openraft's no-op defaults: the
+    // state machine persists its applied id atomically with every apply, so a
+    // restart loses nothing, and skipping a write per commit on every node
+    // keeps it off the replication path.
 
     async fn append<I>(
         &mut self,
@@ -171,17 +161,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = sled::Batch::default();
+        // Plain inserts, in order: entries are acknowledged only after the
+        // flush below, and sled recovers a prefix of its writes, so a crash can
+        // lose a tail of unacknowledged entries but never leave a gap.
         let mut from_other_leader = false;
         for entry in entries {
             from_other_leader |= entry.log_id.leader_id.node_id != self.node_id;
             let bytes = codec::encode_record(&entry)
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, AnyError::new(&e)))?;
-            batch.insert(&index_key(entry.log_id.index), bytes);
+            self.log
+                .insert(index_key(entry.log_id.index), bytes)
+                .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
         if from_other_leader {
             // A follower answers the leader only after this flush and has
             // nothing else to do meanwhile: flushing here saves two thread
