@@ -62,11 +62,7 @@ impl Agency {
 
     /// The current leader and its address, as this node knows them.
     pub fn leader(&self) -> Option<(NodeId, Option<BaaNode>)> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        let leader = m.current_leader?;
-        let node = m.membership_config.membership().get_node(&leader).cloned();
-        Some((leader, node))
+        crate::raft::known_leader(&self.raft)
     }
 
     /// Replicates `op` and returns its outcome. Any node accepts writes; a

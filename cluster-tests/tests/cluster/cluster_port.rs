@@ -27,17 +27,7 @@ async fn cluster_port_rejects_bad_clients_and_frames() {
 
     // 1. TLS without a client certificate.
     let anonymous = https_client(&cluster.ca_pem(), None, timeout);
-    let r = anonymous
-        .post(format!("{base}/raft/vote"))
-        .header("content-type", "application/octet-stream")
-        .body(vec![0u8; 4])
-        .send()
-        .await;
-    assert!(
-        r.is_err(),
-        "request without a client certificate got an answer: {:?}",
-        r.map(|r| r.status())
-    );
+    assert_refused(&anonymous, &base, "without a client certificate").await;
     assert_node_serves(&cluster, NODE, "probe", "after-no-cert").await;
 
     // 2. A client certificate from another CA.
@@ -63,17 +53,7 @@ async fn cluster_port_rejects_bad_clients_and_frames() {
         )),
         timeout,
     );
-    let r = foreign
-        .post(format!("{base}/raft/vote"))
-        .header("content-type", "application/octet-stream")
-        .body(vec![0u8; 4])
-        .send()
-        .await;
-    assert!(
-        r.is_err(),
-        "request with a foreign client certificate got an answer: {:?}",
-        r.map(|r| r.status())
-    );
+    assert_refused(&foreign, &base, "with a foreign client certificate").await;
     assert_node_serves(&cluster, NODE, "probe", "after-foreign-cert").await;
 
     // 3. Garbage bytes over raw TCP: the connection is closed, never an HTTP answer.
@@ -182,4 +162,19 @@ async fn assert_error(resp: reqwest::Response, status: StatusCode, code: ErrorCo
     let body: ErrorBody = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("error body is not an ErrorBody ({e}): {text}"));
     assert_eq!(body.error, code, "body: {text}");
+}
+
+/// A request through `client` must fail at the TLS layer: no HTTP answer at all.
+async fn assert_refused(client: &reqwest::Client, base: &str, what: &str) {
+    let r = client
+        .post(format!("{base}/raft/vote"))
+        .header("content-type", "application/octet-stream")
+        .body(vec![0u8; 4])
+        .send()
+        .await;
+    assert!(
+        r.is_err(),
+        "request {what} got an answer: {:?}",
+        r.map(|r| r.status())
+    );
 }

@@ -46,3 +46,12 @@ pub(crate) fn sm_read_err(e: impl std::fmt::Display) -> StorageError {
 pub(crate) fn sm_write_err(e: impl std::fmt::Display) -> StorageError {
     openraft::StorageIOError::write_state_machine(openraft::AnyError::error(e.to_string())).into()
 }
+
+/// The current leader and its address, as this node knows them.
+pub fn known_leader(raft: &Raft) -> Option<(NodeId, Option<BaaNode>)> {
+    let m = raft.metrics();
+    let m = m.borrow();
+    let leader = m.current_leader?;
+    let node = m.membership_config.membership().get_node(&leader).cloned();
+    Some((leader, node))
+}

@@ -108,12 +108,7 @@ async fn run(ctx: Context, mut rx: mpsc::UnboundedReceiver<Pending>) {
 async fn dispatch(ctx: &Context, group: Vec<Pending>) {
     let (commands, replies): (Vec<Command>, Vec<oneshot::Sender<Attempt>>) =
         group.into_iter().map(|p| (p.command, p.reply)).unzip();
-    let leader = {
-        let m = ctx.raft.metrics();
-        let m = m.borrow();
-        m.current_leader
-            .map(|l| (l, m.membership_config.membership().get_node(&l).cloned()))
-    };
+    let leader = super::known_leader(&ctx.raft);
     let outcome = match leader {
         Some((l, _)) if l == ctx.id => propose(&ctx.raft, commands, ctx.timeout).await,
         Some((_, Some(node))) => forward(ctx, &node, commands).await,
