@@ -8,7 +8,10 @@ use baa_cluster_tests::{poll_until, Cluster, ClusterOptions};
 use baa_proto::command::Consistency;
 use baa_proto::model::NodeId;
 
-use super::support::{assert_writers_ok, create_user, start_writers, verify_reports_on, wait_acks};
+use super::support::{
+    assert_writers_ok, assert_writers_resolved, create_user, start_writers, verify_reports_on,
+    wait_acks,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_under_load_loses_no_acknowledged_write() {
@@ -29,15 +32,7 @@ async fn leader_kill_under_load_loses_no_acknowledged_write() {
     assert_ne!(new_leader, old_leader);
     wait_acks(&load, 40, "40 writes acknowledged after the kill").await;
     let reports = load.finish().await;
-    assert_writers_ok(&reports);
-    for r in &reports {
-        assert!(
-            r.unresolved.is_none(),
-            "writer {} left write {:?} unresolved",
-            r.user,
-            r.unresolved
-        );
-    }
+    assert_writers_resolved(&reports);
     let first_ack =
         first_ack_after(&reports, killed_at).expect("a write acknowledged after the kill");
     println!(

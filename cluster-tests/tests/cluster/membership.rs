@@ -7,7 +7,9 @@ use baa_cluster_tests::harness::{random_token, CONVERGE_DEADLINE};
 use baa_cluster_tests::{poll_until, Cluster};
 use baa_proto::model::NodeId;
 
-use super::support::{assert_writers_ok, create_user, start_writers, verify_reports_on, wait_acks};
+use super::support::{
+    assert_writers_resolved, create_user, start_writers, verify_reports_on, wait_acks,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_and_leave_under_writes() {
@@ -38,15 +40,7 @@ async fn join_and_leave_under_writes() {
     assert_ne!(leader, 1);
     wait_acks(&load, 20, "writes flowing after the leave").await;
     let reports = load.finish().await;
-    assert_writers_ok(&reports);
-    for r in &reports {
-        assert!(
-            r.unresolved.is_none(),
-            "writer {} left write {:?} unresolved",
-            r.user,
-            r.unresolved
-        );
-    }
+    assert_writers_resolved(&reports);
 
     let ls = cluster.status(leader).await;
     let voters: BTreeSet<NodeId> = ls.voters.iter().copied().collect();

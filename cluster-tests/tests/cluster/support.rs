@@ -80,6 +80,20 @@ pub fn assert_writers_ok(reports: &[WriterReport]) {
     }
 }
 
+/// [`assert_writers_ok`], and no writer stopped with a write neither
+/// acknowledged nor cleanly given up.
+pub fn assert_writers_resolved(reports: &[WriterReport]) {
+    assert_writers_ok(reports);
+    for r in reports {
+        assert!(
+            r.unresolved.is_none(),
+            "writer {} left write {:?} unresolved",
+            r.user,
+            r.unresolved
+        );
+    }
+}
+
 /// On every node of `nodes` (local reads), every writer's user satisfies `WriterReport::verify`.
 pub async fn verify_reports_on(cluster: &Cluster, nodes: &[NodeId], reports: &[WriterReport]) {
     for &id in nodes {
