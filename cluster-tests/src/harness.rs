@@ -49,7 +49,16 @@ pub struct ClusterOptions {
     pub logs_to_keep: Option<u64>,
     /// `[raft] write_timeout_ms`.
     pub write_timeout_ms: Option<u64>,
+    /// Extra `[sso]` settings (agency, issuer and cookie domain are set by the harness).
+    pub sso: toml::Table,
 }
+
+/// The agency's host name in tests (mapped to loopback in the browser).
+pub const AGENCY_HOST: &str = "login.baa.localtest";
+/// The shared cookie domain in tests.
+pub const COOKIE_DOMAIN: &str = "baa.localtest";
+/// The agency name in tests.
+pub const AGENCY_NAME: &str = "baa-test";
 
 impl Default for ClusterOptions {
     fn default() -> Self {
@@ -63,6 +72,7 @@ impl Default for ClusterOptions {
             snapshot_after_logs: None,
             logs_to_keep: None,
             write_timeout_ms: None,
+            sso: toml::Table::new(),
         }
     }
 }
@@ -90,6 +100,7 @@ struct NodeConfig {
     log_level: String,
     tls: TlsConfig,
     raft: RaftConfig,
+    sso: toml::Table,
     peers: Vec<PeerConfig>,
 }
 
@@ -289,7 +300,16 @@ impl Cluster {
         let n = opts.nodes.to_string();
         run_baa(
             &bin,
-            &["pki", "init", "--dir", path_str(&pki), "--nodes", &n],
+            &[
+                "pki",
+                "init",
+                "--dir",
+                path_str(&pki),
+                "--nodes",
+                &n,
+                "--san",
+                AGENCY_HOST,
+            ],
         )
         .await
         .assert_success("baa pki init");
@@ -381,6 +401,14 @@ impl Cluster {
     /// `https://127.0.0.1:PORT` of a node's public listener.
     pub fn public_url(&self, id: NodeId) -> String {
         format!("https://{}", self.node(id).public_addr)
+    }
+    /// `https://login.baa.localtest:PORT`: node `id` as a browser reaches it.
+    pub fn agency_url(&self, id: NodeId) -> String {
+        format!("https://{AGENCY_HOST}:{}", self.node(id).public_addr.port())
+    }
+    /// The OIDC issuer every node is configured with (node 1's agency URL).
+    pub fn issuer(&self) -> String {
+        self.agency_url(1)
     }
     /// The node's certificate and key as one PEM (it is also a client certificate).
     pub fn node_identity_pem(&self, id: NodeId) -> Vec<u8> {
@@ -479,6 +507,16 @@ impl Cluster {
                 snapshot_after_logs: o.snapshot_after_logs,
                 logs_to_keep: o.logs_to_keep,
                 write_timeout_ms: o.write_timeout_ms,
+            },
+            sso: {
+                let mut t = toml::Table::new();
+                t.insert("agency".into(), AGENCY_NAME.into());
+                t.insert("issuer".into(), self.issuer().into());
+                t.insert("cookie_domain".into(), COOKIE_DOMAIN.into());
+                for (k, v) in &o.sso {
+                    t.insert(k.clone(), v.clone());
+                }
+                t
             },
             peers: peers
                 .iter()
@@ -605,7 +643,16 @@ impl Cluster {
         let pki = self.pki_dir();
         run_baa(
             &self.bin,
-            &["pki", "issue", "--dir", path_str(&pki), "--name", &name],
+            &[
+                "pki",
+                "issue",
+                "--dir",
+                path_str(&pki),
+                "--name",
+                &name,
+                "--san",
+                AGENCY_HOST,
+            ],
         )
         .await
         .assert_success("baa pki issue");
@@ -873,6 +920,7 @@ mod tests {
                 logs_to_keep: None,
                 write_timeout_ms: None,
             },
+            sso: toml::Table::new(),
             peers: vec![PeerConfig {
                 id: 2,
                 public_addr: "127.0.0.1:2000".into(),

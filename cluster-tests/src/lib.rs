@@ -3,12 +3,14 @@
 //! port for partitions, a typed admin client, steady writers and polling helpers.
 //! Used by the `cluster` test binary and by benchmark programs.
 
+pub mod browser;
 pub mod client;
 pub mod harness;
 pub mod load;
 pub mod poll;
 pub mod proxy;
 
+pub use browser::Browser;
 pub use client::{metric_value, AdminClient, ApiError};
 pub use harness::{CliOutput, Cluster, ClusterOptions, Node};
 pub use load::{Load, Writer, WriterReport};

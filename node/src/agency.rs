@@ -39,6 +39,8 @@ pub struct Agency {
     pub config: Arc<Config>,
     /// Groups writes into proposals and sends them to the leader.
     pub proposer: Proposer,
+    /// The replicated signing keys.
+    pub keys: crate::keys::KeyRing,
 }
 
 /// Milliseconds since the Unix epoch on this node's clock.
@@ -246,13 +248,43 @@ impl Agency {
             );
         }
         match self.raft.initialize(members).await {
-            Ok(()) => Ok(()),
+            Ok(()) => self.ensure_signing_key().await,
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
                 Err(NodeError::AlreadyInitialized)
             }
             Err(RaftError::APIError(e)) => Err(NodeError::Membership(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(NodeError::Internal(e.to_string())),
         }
+    }
+
+    /// Makes a signing key when the agency has none (first start of a cluster).
+    pub async fn ensure_signing_key(&self) -> Result<()> {
+        if self.keys.has_current()? {
+            return Ok(());
+        }
+        self.rotate_signing_key().await
+    }
+
+    /// Adds a new current signing key; the previous one stays published until
+    /// every token it signed has expired.
+    pub async fn rotate_signing_key(&self) -> Result<()> {
+        let key = tokio::task::spawn_blocking(crate::keys::generate)
+            .await
+            .map_err(|e| NodeError::Internal(e.to_string()))?
+            .map_err(|e| NodeError::Internal(format!("generating a key: {e}")))?;
+        let publish_old_for_ms = (self.config.sso.access_token_ttl_s
+            + self.config.sso.session_lifetime_s.min(86_400))
+            * 1000;
+        self.write(
+            Op::AddSigningKey {
+                key: Box::new(key),
+                publish_old_for_ms,
+            },
+            None,
+        )
+        .await?;
+        self.keys.invalidate();
+        Ok(())
     }
 
     fn require_leader(&self) -> Result<()> {

@@ -53,6 +53,62 @@ pub struct FileConfig {
     /// The other initial members; `baa cluster init` makes them voters together with this node.
     #[serde(default)]
     pub peers: Vec<Peer>,
+    /// Single sign-on: agency name, issuer, cookie, lifetimes, throttling.
+    #[serde(default)]
+    pub sso: SsoConfig,
+}
+
+/// Single-sign-on settings. Every node of an agency must use the same values
+/// for `agency`, `issuer` and `cookie_domain`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SsoConfig {
+    /// The agency's name, carried in its SSO cookies (1-64 of `A-Z a-z 0-9 - _`).
+    pub agency: String,
+    /// The OpenID Connect issuer URL (`https://host[:port]`, no trailing slash).
+    /// Default: `https://<public_advertise>`.
+    pub issuer: Option<String>,
+    /// `Domain` of the SSO cookie (e.g. `baa.example`), shared with partner
+    /// sites under it. Default: none (host-only cookie).
+    pub cookie_domain: Option<String>,
+    /// A session ends after this many seconds without use.
+    pub session_idle_timeout_s: u64,
+    /// A session ends this many seconds after sign-in whatever its use.
+    pub session_lifetime_s: u64,
+    /// Lifetime of a login ticket (authorization code), at most 60 s.
+    pub ticket_ttl_s: u64,
+    /// Lifetime of access and ID tokens.
+    pub access_token_ttl_s: u64,
+    /// Failed sign-ins are counted within windows of this many seconds.
+    pub throttle_window_s: u64,
+    /// Failures of one account name within a window that lock it.
+    pub max_account_failures: u32,
+    /// Failures from one source address within a window that lock it.
+    pub max_source_failures: u32,
+    /// How long a lock lasts, in seconds.
+    pub lockout_s: u64,
+    /// Extra PEM roots for calls to partner sites (back-channel logout).
+    /// The agency's own CA is always trusted.
+    pub partner_ca_file: Option<PathBuf>,
+}
+
+impl Default for SsoConfig {
+    fn default() -> Self {
+        Self {
+            agency: "baa".into(),
+            issuer: None,
+            cookie_domain: None,
+            session_idle_timeout_s: 8 * 3600,
+            session_lifetime_s: 24 * 3600,
+            ticket_ttl_s: 60,
+            access_token_ttl_s: 3600,
+            throttle_window_s: 900,
+            max_account_failures: 5,
+            max_source_failures: 50,
+            lockout_s: 300,
+            partner_ca_file: None,
+        }
+    }
 }
 
 /// Log output format.
@@ -185,6 +241,10 @@ pub struct Config {
     pub limits: Limits,
     /// Initial peers.
     pub peers: Vec<Peer>,
+    /// Single-sign-on settings, issuer resolved.
+    pub sso: SsoConfig,
+    /// The OpenID Connect issuer URL.
+    pub issuer: String,
 }
 
 impl Config {
@@ -257,6 +317,50 @@ impl Config {
         for p in &f.peers {
             anyhow::ensure!(p.id != f.node_id, "peer {} has this node's own id", p.id);
         }
+        let sso = &f.sso;
+        anyhow::ensure!(
+            baa_proto::cookie::valid_label(&sso.agency),
+            "sso.agency must be 1-64 characters of A-Z a-z 0-9 - _"
+        );
+        anyhow::ensure!(
+            (1..=60).contains(&sso.ticket_ttl_s),
+            "sso.ticket_ttl_s must be 1-60"
+        );
+        anyhow::ensure!(
+            sso.session_idle_timeout_s > 0 && sso.session_lifetime_s > 0,
+            "sso session timeouts must be positive"
+        );
+        anyhow::ensure!(
+            sso.access_token_ttl_s > 0 && sso.throttle_window_s > 0,
+            "sso.access_token_ttl_s and sso.throttle_window_s must be positive"
+        );
+        anyhow::ensure!(
+            sso.max_account_failures > 0 && sso.max_source_failures > 0,
+            "sso failure limits must be positive"
+        );
+        if let Some(d) = &sso.cookie_domain {
+            anyhow::ensure!(
+                d.contains('.')
+                    && !d.starts_with('.')
+                    && d.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'),
+                "sso.cookie_domain must be a host name with at least two labels"
+            );
+        }
+        let public_addr = f
+            .public_advertise
+            .clone()
+            .unwrap_or_else(|| f.public_listen.to_string());
+        let issuer = match &sso.issuer {
+            Some(i) => i.trim_end_matches('/').to_string(),
+            None => format!("https://{public_addr}"),
+        };
+        anyhow::ensure!(
+            issuer.starts_with("https://") && !issuer.contains(['?', '#']),
+            "sso.issuer must be an https URL without query or fragment"
+        );
+        let mut sso = f.sso.clone();
+        sso.partner_ca_file = sso.partner_ca_file.as_deref().map(abs);
         Ok(Config {
             node_id: f.node_id,
             data_dir: abs(&f.data_dir),
@@ -282,6 +386,8 @@ impl Config {
             raft: f.raft,
             limits: f.limits,
             peers: f.peers,
+            sso,
+            issuer,
         })
     }
 

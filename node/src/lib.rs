@@ -18,7 +18,9 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod keys;
 pub mod metrics;
+pub mod partner;
 pub mod pki;
 pub mod raft;
 pub mod tls;
@@ -105,6 +107,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state_machine =
         StateMachineStore::open(&db, &config.data_dir.join("snapshots"), metrics.clone())?;
     let reader = state_machine.reader();
+    let keys = keys::KeyRing::new(reader.clone());
 
     let identity = NodeIdentity {
         ca: config.tls.ca_cert.clone(),
@@ -142,6 +145,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             cluster,
             config.write_timeout(),
         ),
+        keys,
     });
     let hasher = actors::hasher::start(2);
     let _reaper =

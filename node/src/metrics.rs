@@ -51,6 +51,18 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// HTTP request latency by route.
     pub http_duration: HistogramVec,
+    /// SSO cookie validations by result (valid, absent, malformed, signature, foreign, no_session).
+    pub cookie_validations: IntCounterVec,
+    /// Password sign-ins by result (ok, failed, locked).
+    pub sign_ins: IntCounterVec,
+    /// Login tickets issued.
+    pub tickets_issued: IntCounter,
+    /// Ticket redemptions by result (ok, invalid_grant, invalid_client).
+    pub redemptions: IntCounterVec,
+    /// Agency pages shown, by page (sign_in, trust, error, sign_out).
+    pub pages: IntCounterVec,
+    /// Back-channel logout deliveries by result (ok, failed).
+    pub backchannel_logouts: IntCounterVec,
 }
 
 /// Longest delay between a Raft state change and the gauges showing it.
@@ -77,6 +89,42 @@ impl Metrics {
             }};
         }
         let m = Metrics {
+            cookie_validations: reg!(IntCounterVec::new(
+                Opts::new(
+                    "baa_sso_cookie_validations_total",
+                    "SSO cookie validations by result"
+                ),
+                &["result"]
+            )),
+            sign_ins: reg!(IntCounterVec::new(
+                Opts::new("baa_sso_sign_ins_total", "Password sign-ins by result"),
+                &["result"]
+            )),
+            tickets_issued: reg!(IntCounter::new(
+                "baa_sso_tickets_issued_total",
+                "Login tickets (authorization codes) issued"
+            )),
+            redemptions: reg!(IntCounterVec::new(
+                Opts::new(
+                    "baa_sso_ticket_redemptions_total",
+                    "Ticket redemptions at the token endpoint by result"
+                ),
+                &["result"]
+            )),
+            pages: reg!(IntCounterVec::new(
+                Opts::new(
+                    "baa_sso_pages_total",
+                    "Agency pages shown to browsers, by page"
+                ),
+                &["page"]
+            )),
+            backchannel_logouts: reg!(IntCounterVec::new(
+                Opts::new(
+                    "baa_sso_backchannel_logouts_total",
+                    "Back-channel logout deliveries to partner sites by result"
+                ),
+                &["result"]
+            )),
             raft_term: reg!(IntGauge::new("baa_raft_term", "Current Raft term")),
             raft_leader_id: reg!(IntGauge::new(
                 "baa_raft_leader_id",

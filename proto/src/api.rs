@@ -206,3 +206,91 @@ pub type ForwardedWriteReply = Result<Vec<CommandResult>, ForwardError>;
 /// Cluster port: the reply to a read-index request: the log index a follower
 /// must have applied before its local read is linearizable.
 pub type ReadIndexReply = Result<Option<u64>, ForwardError>;
+
+/// `POST /admin/v1/sites`: register a partner site (OIDC client).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSiteRequest {
+    /// `client_id`: 1–64 of `a-z 0-9 . _ -`.
+    pub client_id: String,
+    /// Name shown to users; defaults to the client id.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Login handlers (exact redirect URIs).
+    pub redirect_uris: Vec<String>,
+    /// Where RP-initiated logout may return to.
+    #[serde(default)]
+    pub post_logout_redirect_uris: Vec<String>,
+    /// OIDC back-channel logout URI.
+    #[serde(default)]
+    pub backchannel_logout_uri: Option<String>,
+    /// Scopes the site may ask for; default `openid profile email`.
+    #[serde(default)]
+    pub allowed_scopes: Option<Vec<String>>,
+    /// A public client (no secret; PKCE required).
+    #[serde(default)]
+    pub public: bool,
+    /// The client secret to use (at least 32 characters); generated when absent.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+}
+
+/// A partner site as the admin API shows it (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteView {
+    /// `client_id`.
+    pub client_id: String,
+    /// Name shown to users.
+    pub name: String,
+    /// Login handlers.
+    pub redirect_uris: Vec<String>,
+    /// Post-logout redirect URIs.
+    pub post_logout_redirect_uris: Vec<String>,
+    /// Back-channel logout URI.
+    pub backchannel_logout_uri: Option<String>,
+    /// Allowed scopes.
+    pub allowed_scopes: Vec<String>,
+    /// Whether it is a public client.
+    pub public: bool,
+    /// Registration time, ms.
+    pub created_ms: u64,
+}
+
+impl From<&crate::sso::Site> for SiteView {
+    fn from(s: &crate::sso::Site) -> Self {
+        Self {
+            client_id: s.client_id.clone(),
+            name: s.name.clone(),
+            redirect_uris: s.redirect_uris.clone(),
+            post_logout_redirect_uris: s.post_logout_redirect_uris.clone(),
+            backchannel_logout_uri: s.backchannel_logout_uri.clone(),
+            allowed_scopes: s.allowed_scopes.clone(),
+            public: s.secret_hash.is_none(),
+            created_ms: s.created_ms,
+        }
+    }
+}
+
+/// Answer to `POST /admin/v1/sites`: the site and, for a confidential
+/// client, its secret (shown this once).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedSite {
+    /// The site.
+    pub site: SiteView,
+    /// The client secret, if confidential.
+    pub client_secret: Option<String>,
+}
+
+/// `GET /admin/v1/sites`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteList {
+    /// Every site, by client id.
+    pub sites: Vec<SiteView>,
+}
+
+/// `GET /admin/v1/users/{username}/trust`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrustList {
+    /// The user's trust relationships.
+    pub trust: Vec<crate::sso::Trust>,
+}

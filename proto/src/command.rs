@@ -7,6 +7,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::User;
+use crate::sso::{
+    AccessToken, Grant, LoginTicket, RevokedSession, SecretHash, Session, SigningKey, Site,
+    ThrottleRule, Trust,
+};
 use crate::ErrorCode;
 
 /// A client-chosen id that makes a write idempotent: the state machine keeps the
@@ -81,6 +85,80 @@ pub enum Op {
         /// Cut-off time, ms since the Unix epoch.
         before_ms: u64,
     },
+    /// Start a session after a successful sign-in; clears the account's
+    /// failure count. Times are set from the command's time.
+    CreateSession {
+        /// The new session (timestamps are overwritten at apply).
+        session: Box<Session>,
+        /// Throttle key of the account name, whose failures are forgiven.
+        account: SecretHash,
+    },
+    /// Record use of a session (slides its idle expiry).
+    TouchSession {
+        /// Session key.
+        key: SecretHash,
+    },
+    /// End a session and every access token bound to it.
+    RevokeSession {
+        /// Session key.
+        key: SecretHash,
+    },
+    /// Register a partner site; fails with `site_exists` if the id is taken.
+    AddSite(Box<Site>),
+    /// Remove a partner site and every trust relationship with it.
+    RemoveSite {
+        /// `client_id`.
+        client_id: String,
+    },
+    /// Record (or replace) a user's trust relationship with a site.
+    SetTrust(Box<Trust>),
+    /// Remove a trust relationship.
+    RevokeTrust {
+        /// The user.
+        user_id: u64,
+        /// The site.
+        client_id: String,
+    },
+    /// Store a new login ticket; refused if the session is gone.
+    IssueTicket(Box<LoginTicket>),
+    /// Redeem a login ticket, exactly once: checks and marks it used, and
+    /// stores the access token. A second redemption revokes that token.
+    RedeemTicket {
+        /// SHA-256 of the presented ticket.
+        hash: SecretHash,
+        /// The authenticated client presenting it.
+        client_id: String,
+        /// The redirect URI the client sends with it.
+        redirect_uri: String,
+        /// S256 of the presented PKCE verifier, if any.
+        verifier_challenge: Option<String>,
+        /// The access token to store if the redemption succeeds.
+        token: Box<AccessToken>,
+    },
+    /// Revoke one access token.
+    RevokeToken {
+        /// SHA-256 of the token.
+        hash: SecretHash,
+    },
+    /// Count one failed sign-in against an account name and a source address.
+    RecordSignInFailure {
+        /// Throttle key of the account name as typed.
+        account: SecretHash,
+        /// Source IP address.
+        source: String,
+        /// The rule to apply.
+        rule: ThrottleRule,
+    },
+    /// Add a signing key and make it current; the previous current key stays
+    /// published for `publish_old_for_ms`.
+    AddSigningKey {
+        /// The new key.
+        key: Box<SigningKey>,
+        /// How long the replaced key keeps verifying.
+        publish_old_for_ms: u64,
+    },
+    /// Remove expired sessions, tickets, tokens, throttle records and keys.
+    PurgeExpired,
 }
 
 impl Op {
@@ -91,6 +169,19 @@ impl Op {
             Op::UpdateUser { .. } => "update_user",
             Op::SetUserDisabled { .. } => "set_user_disabled",
             Op::PurgeRequestResults { .. } => "purge_request_results",
+            Op::CreateSession { .. } => "create_session",
+            Op::TouchSession { .. } => "touch_session",
+            Op::RevokeSession { .. } => "revoke_session",
+            Op::AddSite(_) => "add_site",
+            Op::RemoveSite { .. } => "remove_site",
+            Op::SetTrust(_) => "set_trust",
+            Op::RevokeTrust { .. } => "revoke_trust",
+            Op::IssueTicket(_) => "issue_ticket",
+            Op::RedeemTicket { .. } => "redeem_ticket",
+            Op::RevokeToken { .. } => "revoke_token",
+            Op::RecordSignInFailure { .. } => "record_sign_in_failure",
+            Op::AddSigningKey { .. } => "add_signing_key",
+            Op::PurgeExpired => "purge_expired",
         }
     }
 }
@@ -134,6 +225,20 @@ pub enum Outcome {
     User(User),
     /// How many records were purged.
     Purged(u64),
+    /// The session after the change.
+    Session(Box<Session>),
+    /// The site after the change.
+    Site(Box<Site>),
+    /// The trust relationship after the change.
+    Trust(Box<Trust>),
+    /// A successful ticket redemption.
+    Granted(Box<Grant>),
+    /// A revoked session.
+    Revoked(RevokedSession),
+    /// Something was removed (`true`) or was not there (`false`).
+    Removed(bool),
+    /// A command that produces nothing but success.
+    Done,
     /// Entries that carry no command (blank and membership entries).
     Empty,
 }

@@ -37,6 +37,27 @@ pub enum ErrorCode {
     NotLeader,
     /// A frame on the cluster port could not be decoded.
     MalformedFrame,
+    /// No partner site with that client id.
+    SiteNotFound,
+    /// A partner site with that client id already exists.
+    SiteExists,
+    /// The login ticket (authorization code) is invalid, expired, used or not
+    /// the caller's.
+    InvalidGrant,
+    /// Client authentication failed.
+    InvalidClient,
+    /// The session does not exist or has ended.
+    SessionNotFound,
+    /// No such trust relationship.
+    TrustNotFound,
+    /// Too many failed sign-ins; wait before trying again.
+    TooManyAttempts,
+    /// The cluster has no signing key yet.
+    NoSigningKey,
+    /// The token endpoint does not support that grant type.
+    UnsupportedGrantType,
+    /// The request's form token (CSRF) is missing or wrong.
+    CsrfMismatch,
     /// Storage failed; the node may need attention.
     StorageError,
     /// Something unexpected went wrong inside the node.
@@ -62,6 +83,16 @@ impl ErrorCode {
             ErrorCode::MembershipRejected => "membership_rejected",
             ErrorCode::NotLeader => "not_leader",
             ErrorCode::MalformedFrame => "malformed_frame",
+            ErrorCode::SiteNotFound => "site_not_found",
+            ErrorCode::SiteExists => "site_exists",
+            ErrorCode::InvalidGrant => "invalid_grant",
+            ErrorCode::InvalidClient => "invalid_client",
+            ErrorCode::SessionNotFound => "session_not_found",
+            ErrorCode::TrustNotFound => "trust_not_found",
+            ErrorCode::TooManyAttempts => "too_many_attempts",
+            ErrorCode::NoSigningKey => "no_signing_key",
+            ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
+            ErrorCode::CsrfMismatch => "csrf_mismatch",
             ErrorCode::StorageError => "storage_error",
             ErrorCode::Internal => "internal",
         }

@@ -7,7 +7,9 @@
 pub mod api;
 pub mod codec;
 pub mod command;
+pub mod cookie;
 pub mod error;
 pub mod model;
+pub mod sso;
 
 pub use error::ErrorCode;

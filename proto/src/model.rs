@@ -147,9 +147,125 @@ pub fn validate_attribute(key: &str, value: Option<&str>) -> Result<(), Validati
     Ok(())
 }
 
+/// Most redirect URIs one site may register.
+pub const MAX_REDIRECT_URIS: usize = 16;
+/// Longest accepted URI.
+pub const MAX_URI_LEN: usize = 2048;
+
+/// Checks a client id: 1–64 characters of `a-z 0-9 . _ -`.
+pub fn validate_client_id(id: &str) -> Result<(), ValidationError> {
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError(
+            "client_id must be 1-64 characters of a-z, 0-9, '.', '_' or '-'".into(),
+        ))
+    }
+}
+
+/// Checks a URI a site registers: absolute `https://` (or `http://` on a
+/// loopback address, for native apps), no fragment, no user info, no
+/// whitespace or control characters.
+pub fn validate_registered_uri(field: &str, uri: &str) -> Result<(), ValidationError> {
+    let bad = |why: &str| Err(ValidationError(format!("{field} {uri:?}: {why}")));
+    if uri.is_empty() || uri.len() > MAX_URI_LEN {
+        return bad("must be 1-2048 characters");
+    }
+    if uri.bytes().any(|b| b <= b' ' || b == 0x7f || b >= 0x80) {
+        return bad("must be ASCII without spaces or control characters");
+    }
+    if uri.contains('#') {
+        return bad("must not have a fragment");
+    }
+    let rest = if let Some(r) = uri.strip_prefix("https://") {
+        r
+    } else if let Some(r) = uri.strip_prefix("http://") {
+        let host = r.split(['/', '?']).next().unwrap_or_default();
+        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        if !matches!(host, "127.0.0.1" | "[::1]" | "localhost") {
+            return bad("must use https (http only on a loopback address)");
+        }
+        r
+    } else {
+        return bad("must be an absolute https URI");
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') || authority.contains('\\') {
+        return bad("must name a host, without user info");
+    }
+    Ok(())
+}
+
+/// Checks a partner site before it is stored.
+pub fn validate_site(site: &crate::sso::Site) -> Result<(), ValidationError> {
+    validate_client_id(&site.client_id)?;
+    validate_text("name", &site.name)?;
+    if site.redirect_uris.is_empty() || site.redirect_uris.len() > MAX_REDIRECT_URIS {
+        return Err(ValidationError(format!(
+            "a site needs 1-{MAX_REDIRECT_URIS} redirect URIs"
+        )));
+    }
+    if site.post_logout_redirect_uris.len() > MAX_REDIRECT_URIS {
+        return Err(ValidationError(format!(
+            "at most {MAX_REDIRECT_URIS} post-logout redirect URIs"
+        )));
+    }
+    for u in &site.redirect_uris {
+        validate_registered_uri("redirect_uri", u)?;
+    }
+    for u in &site.post_logout_redirect_uris {
+        validate_registered_uri("post_logout_redirect_uri", u)?;
+    }
+    if let Some(u) = &site.backchannel_logout_uri {
+        validate_registered_uri("backchannel_logout_uri", u)?;
+    }
+    if site.allowed_scopes.len() > 32
+        || site.allowed_scopes.iter().any(|s| {
+            s.is_empty()
+                || s.len() > 64
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        })
+    {
+        return Err(ValidationError(
+            "allowed_scopes: up to 32 scope tokens".into(),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registered_uris() {
+        for ok in [
+            "https://shop.example/callback",
+            "https://shop.example:8443/cb?x=1",
+            "http://127.0.0.1/cb",
+            "http://[::1]:8080/cb",
+        ] {
+            assert!(validate_registered_uri("u", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "http://shop.example/cb",
+            "https://shop.example/cb#frag",
+            "https://user@shop.example/cb",
+            "https://shop.example/c b",
+            "javascript:alert(1)",
+            "https:///nohost",
+            "http://127.0.0.1.evil.example/cb",
+        ] {
+            assert!(validate_registered_uri("u", bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn usernames() {

@@ -1,5 +1,8 @@
-//! actix actors of the node: work that must not block the async workers
+//! actix actors of the node: SSO cookie validation (session gate), login
+//! ticket issue (ticket issuer), work that must not block the async workers
 //! (password hashing) and periodic housekeeping (the reaper).
 
 pub mod hasher;
 pub mod reaper;
+pub mod session_gate;
+pub mod ticket_issuer;

@@ -1,5 +1,6 @@
 //! The reaper: on the leader, periodically proposes the purge of state that
-//! has expired (for now, remembered request results past their retention).
+//! has expired (remembered request results, sessions, tickets, tokens,
+//! throttle records, retired keys) and makes a signing key if none exists.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +49,12 @@ impl Actor for Reaper {
                     .await
                 {
                     tracing::warn!(error = %e, "reaper: purge proposal failed");
+                }
+                if let Err(e) = agency.write(Op::PurgeExpired, None).await {
+                    tracing::warn!(error = %e, "reaper: expiry purge failed");
+                }
+                if let Err(e) = agency.ensure_signing_key().await {
+                    tracing::warn!(error = %e, "reaper: could not make a signing key");
                 }
             });
         });

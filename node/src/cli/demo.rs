@@ -135,6 +135,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             },
             raft: RaftTuning::default(),
             limits: Default::default(),
+            sso: Default::default(),
             peers: (1..=args.nodes)
                 .filter(|j| *j != i)
                 .map(|j| Peer {

@@ -3,6 +3,7 @@
 mod admin;
 mod client;
 mod demo;
+mod partner;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,6 +44,8 @@ enum Command {
     },
     /// Run a local demo cluster.
     Demo(demo::DemoArgs),
+    /// Run a demo partner site (an OpenID Connect relying party) that signs users in through the agency.
+    PartnerSite(partner::PartnerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +162,7 @@ pub fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(admin::user(&cli.conn, command)))
         }
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
+        Command::PartnerSite(args) => partner::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -39,6 +39,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/cluster/join").route(post().to(cluster_join)))
     .service(resource("/cluster/leave").route(post().to(cluster_leave)))
     .service(resource("/cluster/status").route(get().to(cluster_status)));
+    super::admin_sso::configure(cfg);
 }
 
 /// Proof that the request carried the admin credential.
@@ -95,7 +96,7 @@ impl FromRequest for RequestIdHeader {
 #[serde(deny_unknown_fields)]
 pub struct ReadParams {
     #[serde(default)]
-    consistency: Consistency,
+    pub consistency: Consistency,
 }
 
 fn user_of(outcome: Outcome) -> Result<UserView> {

@@ -16,12 +16,23 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         }
         ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::NotFound | ErrorCode::UserNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::InvalidGrant | ErrorCode::UnsupportedGrantType | ErrorCode::CsrfMismatch => {
+            StatusCode::BAD_REQUEST
+        }
+        ErrorCode::NotFound
+        | ErrorCode::UserNotFound
+        | ErrorCode::SiteNotFound
+        | ErrorCode::SessionNotFound
+        | ErrorCode::TrustNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::InvalidClient => StatusCode::UNAUTHORIZED,
+        ErrorCode::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::NoSigningKey => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-        ErrorCode::UserExists | ErrorCode::AlreadyInitialized | ErrorCode::MembershipRejected => {
-            StatusCode::CONFLICT
-        }
+        ErrorCode::UserExists
+        | ErrorCode::SiteExists
+        | ErrorCode::AlreadyInitialized
+        | ErrorCode::MembershipRejected => StatusCode::CONFLICT,
         ErrorCode::NotLeader => StatusCode::MISDIRECTED_REQUEST,
         ErrorCode::NoLeader | ErrorCode::Timeout => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::StorageError | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -93,6 +104,27 @@ pub fn json_error(
             code: ErrorCode::InvalidRequest,
             message: "the request body could not be read".into(),
         },
+    };
+    e.into()
+}
+
+/// Maps form extractor failures to stable codes (never echoing the body: it
+/// may hold a password).
+pub fn form_error(
+    err: actix_web::error::UrlencodedError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    use actix_web::error::UrlencodedError as U;
+    let e = match &err {
+        U::Overflow { .. } => NodeError::BadRequest {
+            code: ErrorCode::PayloadTooLarge,
+            message: "the form is too large".into(),
+        },
+        U::ContentType => NodeError::BadRequest {
+            code: ErrorCode::UnsupportedMediaType,
+            message: "the request body must be application/x-www-form-urlencoded".into(),
+        },
+        _ => NodeError::invalid("the form could not be parsed"),
     };
     e.into()
 }

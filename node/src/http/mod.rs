@@ -2,19 +2,25 @@
 //! user-facing pages). Cluster: Raft RPC and forwarded requests, mutual TLS.
 
 pub mod admin;
+pub mod admin_sso;
 pub mod error;
 pub mod health;
+pub mod oidc;
+pub mod pages;
+pub mod sso;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix::Addr;
+use actix::{Actor, Addr};
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpServer};
 
 use crate::actors::hasher::PasswordHasher;
+use crate::actors::session_gate::SessionGate;
+use crate::actors::ticket_issuer::TicketIssuer;
 use crate::agency::Agency;
 use crate::tls::NodeIdentity;
 
@@ -64,12 +70,27 @@ pub fn start(
     let data = web::Data::from(agency);
     let hasher = web::Data::new(hasher);
     let json_limit = config.limits.max_json_bytes;
+    let backchannel = web::Data::new(oidc::Backchannel::new(&data)?);
+    // The dummy hash for unknown accounts is made now, not on the first sign-in.
+    sso::dummy_hash();
 
     let public_data = data.clone();
     let public = HttpServer::new(move || {
+        // One gate and one issuer per worker: their messages never cross threads.
+        let agency = public_data.clone().into_inner();
+        let gate = web::Data::new(SessionGate::new(agency.clone()).start());
+        let issuer = web::Data::new(TicketIssuer::new(agency).start());
         App::new()
             .app_data(public_data.clone())
             .app_data(hasher.clone())
+            .app_data(gate)
+            .app_data(issuer)
+            .app_data(backchannel.clone())
+            .app_data(
+                web::FormConfig::default()
+                    .limit(64 * 1024)
+                    .error_handler(error::form_error),
+            )
             .app_data(Listener("public"))
             .app_data(
                 web::JsonConfig::default()
@@ -85,6 +106,9 @@ pub fn start(
             .service(resource("/metrics").route(web::get().to(health::metrics)))
             // Admin API.
             .service(web::scope("/admin/v1").configure(admin::configure))
+            // Single sign-on.
+            .configure(oidc::configure)
+            .configure(sso::configure)
             .default_service(web::to(error::not_found))
     })
     .workers(2)

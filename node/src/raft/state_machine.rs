@@ -28,6 +28,7 @@ use super::{
 use crate::metrics::Metrics;
 
 mod apply;
+mod sso;
 
 const KEY_APPLIED: &[u8] = b"m/applied";
 const KEY_MEMBERSHIP: &[u8] = b"m/membership";

@@ -40,8 +40,28 @@ impl<'a> Staged<'a> {
         Ok(())
     }
 
-    fn remove(&mut self, key: &[u8]) {
+    pub(super) fn remove(&mut self, key: &[u8]) {
         self.pending.insert(key.to_vec(), None);
+    }
+
+    /// Keys under `prefix`, as staged (tree keys not removed, plus pending inserts).
+    pub(super) fn keys_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StorageError> {
+        let mut keys = std::collections::BTreeSet::new();
+        for item in self.tree.scan_prefix(prefix) {
+            let (k, _) = item.map_err(sm_read_err)?;
+            if !matches!(self.pending.get(k.as_ref()), Some(None)) {
+                keys.insert(k.to_vec());
+            }
+        }
+        for (k, v) in self.pending.range(prefix.to_vec()..) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if v.is_some() {
+                keys.insert(k.clone());
+            }
+        }
+        Ok(keys.into_iter().collect())
     }
 
     pub(super) fn commit(self) -> Result<(), StorageError> {
@@ -56,7 +76,7 @@ impl<'a> Staged<'a> {
     }
 }
 
-fn invalid(e: impl std::fmt::Display) -> ApplyError {
+pub(super) fn invalid(e: impl std::fmt::Display) -> ApplyError {
     ApplyError::new(ErrorCode::InvalidRequest, e.to_string())
 }
 
@@ -77,6 +97,7 @@ pub(super) fn apply_op(
             Ok(())
         }),
         Op::PurgeRequestResults { before_ms } => purge_requests(st, *before_ms),
+        _ => super::sso::apply_sso(st, now_ms, op),
     }
 }
 
@@ -129,6 +150,7 @@ fn create_user(
         revision: 1,
     };
     st.put(KEY_NEXT_USER_ID, &(id + 1))?;
+    st.put(&super::sso::user_by_id_key(id), &user.username)?;
     st.put(&key, &user)?;
     Ok(Ok(Outcome::User(user)))
 }

@@ -1,0 +1,330 @@
+#!/usr/bin/env python3
+"""Runs the OIDC authorization code flow against the agency with Authlib, an
+OIDC client library written elsewhere: PKCE (S256), response_mode=form_post,
+client_secret_basic at the token endpoint, ID token validated through
+discovery and JWKS, then the userinfo endpoint.
+
+The script plays the browser itself: it sends the agency's SSO cookie with the
+authorization request and reads the auto-submitting form the agency returns.
+
+    authlib_flow.py --issuer URL --discovery-base URL --client-id ID
+        --client-secret S --redirect-uri URI --sso-cookie NAME=VALUE
+        --ca-file ca.pem [--resolve HOST=IP ...]
+
+`--resolve HOST=IP` connects to IP whenever a URL names HOST, while TLS still
+verifies the certificate against HOST and `--ca-file` (like curl's --resolve).
+
+Prints one JSON line: {"ok": true, "sub", "preferred_username", "sid"} and
+exits 0, or {"ok": false, "error": ...} and exits 1. Codes, tokens and secrets
+are never printed. `--self-test` checks the offline parts and needs no agency.
+"""
+
+import argparse
+import json
+import sys
+import warnings
+from html.parser import HTMLParser
+from urllib.parse import parse_qs, urlsplit
+
+TIMEOUT_SECONDS = 30
+
+
+class FlowError(Exception):
+    """A step of the flow did not go as the protocol says."""
+
+
+class FormParser(HTMLParser):
+    """Collects every <form> with its method, action and named <input> values."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.forms = []
+
+    def handle_starttag(self, tag, attrs):
+        a = {k: (v if v is not None else "") for k, v in attrs}
+        if tag == "form":
+            self.forms.append(
+                {
+                    "method": a.get("method", "get").lower(),
+                    "action": a.get("action", ""),
+                    "inputs": {},
+                }
+            )
+        elif tag == "input" and self.forms and "name" in a:
+            self.forms[-1]["inputs"][a["name"]] = a.get("value", "")
+
+
+def parse_form_post(html, redirect_uri, state, issuer):
+    """Returns the authorization code from a form_post page after checking
+    that it posts to `redirect_uri` with the expected `state` (and `iss`, when
+    the agency sends one, RFC 9207)."""
+    parser = FormParser()
+    parser.feed(html)
+    parser.close()
+    forms = [f for f in parser.forms if f["method"] == "post"]
+    if len(forms) != 1:
+        raise FlowError(f"expected one POST form in the form_post page, found {len(forms)}")
+    form = forms[0]
+    if form["action"] != redirect_uri:
+        raise FlowError(f"form action {form['action']!r} is not the redirect URI {redirect_uri!r}")
+    fields = form["inputs"]
+    if "error" in fields:
+        raise FlowError(
+            f"authorization error {fields['error']!r}: {fields.get('error_description', '')!r}"
+        )
+    if fields.get("state") != state:
+        raise FlowError("form_post state does not match the request's state")
+    if "iss" in fields and fields["iss"] != issuer:
+        raise FlowError(f"form_post iss {fields['iss']!r} is not the issuer {issuer!r}")
+    code = fields.get("code", "")
+    if not code:
+        raise FlowError("form_post page carries no code")
+    return code
+
+
+def parse_resolve(entries):
+    """`["host=ip", ...]` -> {host: ip}."""
+    out = {}
+    for entry in entries:
+        host, sep, ip = entry.partition("=")
+        if not sep or not host or not ip:
+            raise FlowError(f"--resolve wants HOST=IP, got {entry!r}")
+        out[host.lower()] = ip
+    return out
+
+
+def install_resolve(mapping):
+    """Makes urllib3 (under requests and Authlib) connect to the mapped IPs; the
+    URL's host name still drives SNI and certificate verification."""
+    if not mapping:
+        return
+    import urllib3.util.connection as connection
+
+    original = connection.create_connection
+
+    def create_connection(address, *args, **kwargs):
+        host, port = address
+        return original((mapping.get(host.lower(), host), port), *args, **kwargs)
+
+    connection.create_connection = create_connection
+
+
+def redact(text, secrets):
+    for s in secrets:
+        if s:
+            text = text.replace(s, "<redacted>")
+    return text
+
+
+def redirect_location(resp):
+    """The Location of a redirect without its query and fragment (which may
+    carry a code)."""
+    loc = resp.headers.get("Location", "")
+    parts = urlsplit(loc)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.netloc else parts.path
+
+
+def run(args, secrets):
+    import requests
+    from authlib.common.security import generate_token
+    from authlib.integrations.requests_client import OAuth2Session
+
+    # Authlib 1.x warns that authlib.jose will move to joserfc in 2.0; the
+    # OIDC claims classes used here are built on it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from authlib.jose import JsonWebKey, JsonWebToken
+        from authlib.oidc.core import CodeIDToken
+
+    install_resolve(parse_resolve(args.resolve))
+
+    # trust_env off: REQUESTS_CA_BUNDLE would otherwise replace the session's CA
+    # file, and proxy variables would catch loopback connections.
+    http = requests.Session()
+    http.trust_env = False
+    tls = {"verify": args.ca_file, "timeout": TIMEOUT_SECONDS}
+
+    url = args.discovery_base.rstrip("/") + "/.well-known/openid-configuration"
+    resp = http.get(url, **tls)
+    if resp.status_code != 200:
+        raise FlowError(f"discovery {url}: HTTP {resp.status_code}")
+    meta = resp.json()
+    if meta.get("issuer") != args.issuer:
+        raise FlowError(f"discovery issuer {meta.get('issuer')!r} is not {args.issuer!r}")
+    for key in ("authorization_endpoint", "token_endpoint", "jwks_uri", "userinfo_endpoint"):
+        if not meta.get(key):
+            raise FlowError(f"discovery lacks {key}")
+    if "form_post" not in meta.get("response_modes_supported", ["query", "fragment"]):
+        raise FlowError("discovery does not list response_mode form_post")
+    if "S256" not in meta.get("code_challenge_methods_supported", []):
+        raise FlowError("discovery does not list code_challenge_method S256")
+
+    client = OAuth2Session(
+        args.client_id,
+        args.client_secret,
+        scope="openid profile email",
+        redirect_uri=args.redirect_uri,
+        code_challenge_method="S256",
+        token_endpoint_auth_method="client_secret_basic",
+    )
+    client.trust_env = False
+    code_verifier = generate_token(48)
+    nonce = generate_token(24)
+    secrets.append(code_verifier)
+    auth_url, state = client.create_authorization_url(
+        meta["authorization_endpoint"],
+        code_verifier=code_verifier,
+        nonce=nonce,
+        response_mode="form_post",
+    )
+
+    # The browser's part: the user already has an SSO session (cookie).
+    resp = http.get(auth_url, headers={"Cookie": args.sso_cookie}, allow_redirects=False, **tls)
+    if resp.status_code != 200:
+        where = f" to {redirect_location(resp)}" if resp.is_redirect else ""
+        raise FlowError(
+            f"authorization endpoint answered HTTP {resp.status_code}{where}, "
+            "expected the form_post page"
+        )
+    code = parse_form_post(resp.text, args.redirect_uri, state, args.issuer)
+    secrets.append(code)
+
+    token = client.fetch_token(
+        meta["token_endpoint"],
+        code=code,
+        code_verifier=code_verifier,
+        **tls,
+    )
+    for key in ("access_token", "id_token"):
+        if not token.get(key):
+            raise FlowError(f"token response lacks {key}")
+        secrets.append(token[key])
+    secrets.append(token.get("refresh_token", ""))
+    if str(token.get("token_type", "")).lower() != "bearer":
+        raise FlowError(f"token_type is {token.get('token_type')!r}, not Bearer")
+
+    resp = http.get(meta["jwks_uri"], **tls)
+    if resp.status_code != 200:
+        raise FlowError(f"JWKS {meta['jwks_uri']}: HTTP {resp.status_code}")
+    keys = JsonWebKey.import_key_set(resp.json())
+    algs = [a for a in meta.get("id_token_signing_alg_values_supported", ["RS256"]) if a != "none"]
+    claims = JsonWebToken(algs).decode(
+        token["id_token"],
+        keys,
+        claims_cls=CodeIDToken,
+        claims_options={
+            "iss": {"essential": True, "value": args.issuer},
+            "aud": {"essential": True, "value": args.client_id},
+        },
+        claims_params={
+            "nonce": nonce,
+            "client_id": args.client_id,
+            "access_token": token["access_token"],
+        },
+    )
+    claims.validate()
+
+    resp = client.get(meta["userinfo_endpoint"], **tls)
+    if resp.status_code != 200:
+        raise FlowError(f"userinfo: HTTP {resp.status_code}")
+    info = resp.json()
+    if info.get("sub") != claims["sub"]:
+        raise FlowError("userinfo sub differs from the ID token's")
+
+    return {
+        "ok": True,
+        "sub": claims["sub"],
+        "preferred_username": info.get("preferred_username", claims.get("preferred_username")),
+        "sid": claims.get("sid"),
+    }
+
+
+def self_test():
+    """Checks the parts that need no agency; raises AssertionError on failure."""
+    page = """<!doctype html><html><body onload="document.forms[0].submit()">
+      <form method="POST" action="https://partner.localtest:8443/cb">
+        <input type="hidden" name="code" value="c0de&amp;1">
+        <input type="hidden" name="state" value="st4te">
+        <input type="hidden" name="iss" value="https://login.baa.localtest:9443">
+        <noscript><button type="submit">Continue</button></noscript>
+      </form></body></html>"""
+    redirect = "https://partner.localtest:8443/cb"
+    issuer = "https://login.baa.localtest:9443"
+    assert parse_form_post(page, redirect, "st4te", issuer) == "c0de&1"
+
+    def fails(html, state="st4te", redirect_uri=redirect, needle=""):
+        try:
+            parse_form_post(html, redirect_uri, state, issuer)
+        except FlowError as e:
+            assert needle in str(e), (needle, str(e))
+            return
+        raise AssertionError(f"accepted: {html!r}")
+
+    fails(page, state="other", needle="state")
+    fails(page, redirect_uri="https://evil.localtest/cb", needle="action")
+    fails(page.replace("https://login.baa.localtest:9443", "https://x"), needle="iss")
+    fails(page.replace('name="code" value="c0de&amp;1"', 'name="code" value=""'), needle="no code")
+    fails("<p>no form</p>", needle="found 0")
+    fails(
+        '<form method="post" action="https://partner.localtest:8443/cb">'
+        '<input name="error" value="login_required"><input name="state" value="st4te"></form>',
+        needle="login_required",
+    )
+
+    assert parse_resolve(["Login.baa.localtest=127.0.0.1"]) == {"login.baa.localtest": "127.0.0.1"}
+    for bad in ("nohost", "=1.2.3.4", "host="):
+        try:
+            parse_resolve([bad])
+        except FlowError:
+            continue
+        raise AssertionError(f"--resolve accepted {bad!r}")
+
+    assert redact("code abc and abc", ["abc", ""]) == "code <redacted> and <redacted>"
+
+    class Resp:
+        headers = {"Location": "https://partner.localtest/cb?code=secret#frag"}
+
+    assert redirect_location(Resp()) == "https://partner.localtest/cb"
+
+
+class ArgParser(argparse.ArgumentParser):
+    """Reports bad arguments as a FlowError (one JSON line) instead of exiting 2."""
+
+    def error(self, message):
+        raise FlowError(f"arguments: {message}")
+
+
+def main(argv):
+    if "--self-test" in argv:
+        try:
+            self_test()
+        except AssertionError as e:
+            print(json.dumps({"ok": False, "error": f"self-test: {e}"}))
+            return 1
+        print(json.dumps({"ok": True, "self_test": "passed"}))
+        return 0
+
+    p = ArgParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--issuer", required=True)
+    p.add_argument("--discovery-base", required=True)
+    p.add_argument("--client-id", required=True)
+    p.add_argument("--client-secret", required=True)
+    p.add_argument("--redirect-uri", required=True)
+    p.add_argument("--sso-cookie", required=True, help="NAME=VALUE")
+    p.add_argument("--ca-file", required=True)
+    p.add_argument("--resolve", action="append", default=[], metavar="HOST=IP")
+    secrets = []
+    try:
+        args = p.parse_args(argv)
+        secrets += [args.client_secret, args.sso_cookie.partition("=")[2]]
+        result = run(args, secrets)
+    except Exception as e:  # every failure becomes one JSON line
+        msg = redact(f"{type(e).__name__}: {e}", secrets)
+        print(json.dumps({"ok": False, "error": msg}))
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,96 @@
+//! The ticket issuer: makes one-time login tickets (authorization codes) and
+//! proposes them through Raft, so any node can redeem them. Concurrent
+//! tickets are grouped into one Raft entry by the proposer underneath. One
+//! issuer runs on each HTTP worker.
+
+use std::sync::Arc;
+
+use actix::{Actor, Context, Handler, Message, ResponseFuture};
+use baa_proto::command::Op;
+use baa_proto::sso::{secret_hash, LoginTicket, SecretHash};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::RngCore;
+
+use crate::agency::{now_ms, Agency};
+use crate::error::NodeError;
+
+/// What a ticket is for.
+#[derive(Debug, Clone)]
+pub struct TicketRequest {
+    /// The session the ticket logs into the site.
+    pub session_key: SecretHash,
+    /// The site.
+    pub client_id: String,
+    /// The exact registered redirect URI it goes to.
+    pub redirect_uri: String,
+    /// The site's nonce.
+    pub nonce: Option<String>,
+    /// PKCE S256 challenge.
+    pub code_challenge: Option<String>,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+}
+
+/// Issue a ticket; the answer is the ticket value (a secret).
+#[derive(Message)]
+#[rtype(result = "Result<String, NodeError>")]
+pub struct IssueTicket(pub TicketRequest);
+
+/// Issues login tickets.
+pub struct TicketIssuer {
+    agency: Arc<Agency>,
+}
+
+impl TicketIssuer {
+    /// An issuer for `agency`.
+    pub fn new(agency: Arc<Agency>) -> Self {
+        Self { agency }
+    }
+}
+
+impl Actor for TicketIssuer {
+    type Context = Context<Self>;
+}
+
+/// A fresh 256-bit secret, base64url.
+pub fn random_secret() -> (String, SecretHash) {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let value = URL_SAFE_NO_PAD.encode(bytes);
+    let hash = secret_hash(value.as_bytes());
+    (value, hash)
+}
+
+/// Issues a ticket for `req` (for callers that are not actors).
+pub async fn issue(agency: &Agency, req: TicketRequest) -> Result<String, NodeError> {
+    let (value, hash) = random_secret();
+    let now = now_ms();
+    let ticket = LoginTicket {
+        hash,
+        session_key: req.session_key,
+        client_id: req.client_id,
+        redirect_uri: req.redirect_uri,
+        nonce: req.nonce,
+        code_challenge: req.code_challenge,
+        scopes: req.scopes,
+        issued_ms: now,
+        expires_ms: now + agency.config.sso.ticket_ttl_s * 1000,
+        used: false,
+        tokens: Vec::new(),
+    };
+    agency
+        .write(Op::IssueTicket(Box::new(ticket)), None)
+        .await?;
+    agency.metrics.tickets_issued.inc();
+    Ok(value)
+}
+
+impl Handler<IssueTicket> for TicketIssuer {
+    type Result = ResponseFuture<Result<String, NodeError>>;
+
+    fn handle(&mut self, msg: IssueTicket, _: &mut Self::Context) -> Self::Result {
+        let agency = self.agency.clone();
+        Box::pin(async move { issue(&agency, msg.0).await })
+    }
+}

@@ -1,0 +1,551 @@
+//! OpenID Connect endpoints for partner sites: discovery, JWKS, the token
+//! endpoint (ticket redemption), userinfo, revocation, introspection, and the
+//! back-channel logout sender.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use baa_proto::command::{Consistency, Op, Outcome};
+use baa_proto::sso::{
+    pseudonym, secret_hash, AccessToken, AccountName, Grant, LoginParams, RevokedSession,
+    SecretHash, Site,
+};
+use baa_proto::ErrorCode;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use rand::RngCore;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::actors::ticket_issuer::random_secret;
+use crate::agency::{now_ms, Agency};
+use crate::error::NodeError;
+
+/// Registers the OIDC endpoints.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        super::resource("/.well-known/openid-configuration").route(web::get().to(discovery)),
+    )
+    .service(super::resource("/.well-known/jwks.json").route(web::get().to(jwks)))
+    .service(super::resource("/sso/token").route(web::post().to(token)))
+    .service(
+        super::resource("/sso/userinfo")
+            .route(web::get().to(userinfo))
+            .route(web::post().to(userinfo)),
+    )
+    .service(super::resource("/sso/revoke").route(web::post().to(revoke)))
+    .service(super::resource("/sso/introspect").route(web::post().to(introspect)));
+}
+
+fn no_store(mut b: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
+    b.insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::PRAGMA, "no-cache"));
+    b
+}
+
+async fn discovery(agency: web::Data<Agency>) -> HttpResponse {
+    let i = &agency.config.issuer;
+    HttpResponse::Ok().json(serde_json::json!({
+        "issuer": i,
+        "authorization_endpoint": format!("{i}/sso/authorize"),
+        "token_endpoint": format!("{i}/sso/token"),
+        "userinfo_endpoint": format!("{i}/sso/userinfo"),
+        "jwks_uri": format!("{i}/.well-known/jwks.json"),
+        "end_session_endpoint": format!("{i}/sso/logout"),
+        "revocation_endpoint": format!("{i}/sso/revoke"),
+        "introspection_endpoint": format!("{i}/sso/introspect"),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["form_post", "query"],
+        "grant_types_supported": ["authorization_code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "scopes_supported": ["openid", "profile", "email"],
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "sid",
+            "preferred_username", "name", "email", "amr", "at_hash"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "code_challenge_methods_supported": ["S256"],
+        "prompt_values_supported": ["none", "login", "consent"],
+        "backchannel_logout_supported": true,
+        "backchannel_logout_session_supported": true,
+        "authorization_response_iss_parameter_supported": true,
+    }))
+}
+
+async fn jwks(agency: web::Data<Agency>) -> Result<HttpResponse, NodeError> {
+    let doc = agency.keys.jwks()?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "public, max-age=60"))
+        .json(doc))
+}
+
+/// Client credentials as sent: HTTP Basic or form fields.
+#[derive(Debug, Default, Deserialize)]
+struct ClientAuthForm {
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+fn form_decode(s: &str) -> Option<String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&format!("v={s}")).ok()?;
+    pairs.into_iter().next().map(|(_, v)| v)
+}
+
+/// Authenticates the calling site (RFC 6749 §2.3). A public client names
+/// itself and proves possession through PKCE later.
+fn authenticate_client(
+    agency: &Agency,
+    req: &HttpRequest,
+    form: &ClientAuthForm,
+) -> Result<Site, NodeError> {
+    let invalid = || NodeError::BadRequest {
+        code: ErrorCode::InvalidClient,
+        message: "client authentication failed".into(),
+    };
+    let basic = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .map(|b| -> Result<(String, String), NodeError> {
+            let raw = STANDARD.decode(b.trim()).map_err(|_| invalid())?;
+            let raw = String::from_utf8(raw).map_err(|_| invalid())?;
+            let (id, secret) = raw.split_once(':').ok_or_else(invalid)?;
+            Ok((
+                form_decode(id).ok_or_else(invalid)?,
+                form_decode(secret).ok_or_else(invalid)?,
+            ))
+        })
+        .transpose()?;
+    let (client_id, secret) = match (basic, &form.client_id, &form.client_secret) {
+        (Some(_), _, Some(_)) => return Err(invalid()),
+        (Some((id, s)), fid, None) => {
+            if fid.as_ref().is_some_and(|f| f != &id) {
+                return Err(invalid());
+            }
+            (id, Some(s))
+        }
+        (None, Some(id), s) => (id.clone(), s.clone()),
+        (None, None, _) => return Err(invalid()),
+    };
+    let site = agency.state.site(&client_id)?.ok_or_else(invalid)?;
+    match (&site.secret_hash, secret) {
+        (Some(h), Some(s)) if bool::from(h.ct_eq(&secret_hash(s.as_bytes()))) => Ok(site),
+        (None, None) => Ok(site),
+        _ => Err(invalid()),
+    }
+}
+
+/// The token request.
+#[derive(Debug, Deserialize)]
+struct TokenForm {
+    grant_type: Option<String>,
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    code_verifier: Option<String>,
+    #[serde(flatten)]
+    client: ClientAuthForm,
+}
+
+/// S256 of a PKCE verifier (RFC 7636 §4.2).
+pub fn s256(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+/// The claims a site sees, by the user's login parameters and the scopes.
+fn user_claims(
+    user: &baa_proto::model::User,
+    client_id: &str,
+    params: &LoginParams,
+    scopes: &[String],
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("sub".into(), user.id.to_string().into());
+    if scopes.iter().any(|s| s == "profile") {
+        let name = match params.account_name {
+            AccountName::Username => user.username.clone(),
+            AccountName::Pseudonym => pseudonym(user.id, client_id),
+        };
+        m.insert("preferred_username".into(), name.into());
+        if params.share_name {
+            m.insert("name".into(), user.display_name.clone().into());
+        }
+    }
+    if scopes.iter().any(|s| s == "email") && params.share_email {
+        if let Some(e) = &user.email {
+            m.insert("email".into(), e.clone().into());
+        }
+    }
+    m
+}
+
+fn id_token(agency: &Agency, g: &Grant, access_token: &str) -> Result<String, NodeError> {
+    let now_s = now_ms() / 1000;
+    let mut claims = user_claims(&g.user, &g.client_id, &g.params, &g.scopes);
+    let digest = Sha256::digest(access_token.as_bytes());
+    let at_hash = URL_SAFE_NO_PAD.encode(&digest[..16]);
+    claims.insert("iss".into(), agency.config.issuer.clone().into());
+    claims.insert("aud".into(), g.client_id.clone().into());
+    claims.insert("iat".into(), now_s.into());
+    claims.insert("exp".into(), (g.expires_ms / 1000).into());
+    claims.insert("auth_time".into(), (g.auth_time_ms / 1000).into());
+    claims.insert("sid".into(), g.sid.clone().into());
+    claims.insert("amr".into(), serde_json::json!(["pwd"]));
+    claims.insert("at_hash".into(), at_hash.into());
+    if let Some(n) = &g.nonce {
+        claims.insert("nonce".into(), n.clone().into());
+    }
+    agency.keys.sign_jwt(&claims, "JWT")
+}
+
+async fn token(
+    req: HttpRequest,
+    agency: web::Data<Agency>,
+    form: web::Form<TokenForm>,
+) -> Result<HttpResponse, NodeError> {
+    let form = form.into_inner();
+    let result = redeem(&agency, &req, &form).await;
+    let label = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code().as_str(),
+    };
+    agency.metrics.redemptions.with_label_values(&[label]).inc();
+    result
+}
+
+async fn redeem(
+    agency: &Agency,
+    req: &HttpRequest,
+    form: &TokenForm,
+) -> Result<HttpResponse, NodeError> {
+    match form.grant_type.as_deref() {
+        Some("authorization_code") => {}
+        Some(_) => {
+            return Err(NodeError::BadRequest {
+                code: ErrorCode::UnsupportedGrantType,
+                message: "only authorization_code is supported".into(),
+            })
+        }
+        None => return Err(NodeError::invalid("grant_type is required")),
+    }
+    let site = authenticate_client(agency, req, &form.client)?;
+    let code = form
+        .code
+        .as_deref()
+        .filter(|c| !c.is_empty() && c.len() <= 128)
+        .ok_or_else(|| NodeError::invalid("code is required"))?;
+    let redirect_uri = form
+        .redirect_uri
+        .clone()
+        .ok_or_else(|| NodeError::invalid("redirect_uri is required"))?;
+    let verifier_challenge = match &form.code_verifier {
+        Some(v) => {
+            let ok = (43..=128).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+            if !ok {
+                return Err(NodeError::BadRequest {
+                    code: ErrorCode::InvalidGrant,
+                    message: "code_verifier is malformed".into(),
+                });
+            }
+            Some(s256(v))
+        }
+        None => None,
+    };
+    let (access, access_hash) = random_secret();
+    let now = now_ms();
+    let op = Op::RedeemTicket {
+        hash: secret_hash(code.as_bytes()),
+        client_id: site.client_id.clone(),
+        redirect_uri,
+        verifier_challenge,
+        token: Box::new(AccessToken {
+            hash: access_hash,
+            session_key: [0; 32],
+            sid: String::new(),
+            user_id: 0,
+            client_id: site.client_id.clone(),
+            scopes: Vec::new(),
+            issued_ms: now,
+            expires_ms: now + agency.config.sso.access_token_ttl_s * 1000,
+        }),
+    };
+    let grant = match agency.write(op, None).await? {
+        Outcome::Granted(g) => g,
+        _ => return Err(NodeError::Internal("unexpected redemption outcome".into())),
+    };
+    let id_token = id_token(agency, &grant, &access)?;
+    let expires_in = grant.expires_ms.saturating_sub(now_ms()) / 1000;
+    Ok(no_store(HttpResponse::Ok()).json(serde_json::json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+        "id_token": id_token,
+        "scope": grant.scopes.join(" "),
+    })))
+}
+
+/// Finds a live access token (and its session), reading through to the
+/// leader once when this node has not yet applied it.
+async fn live_token(agency: &Agency, value: &str) -> Option<AccessToken> {
+    let hash: SecretHash = secret_hash(value.as_bytes());
+    let find = |a: &Agency| -> Option<AccessToken> {
+        let t = a.state.access_token(&hash).ok().flatten()?;
+        let s = a.state.session(&t.session_key).ok().flatten()?;
+        let now = now_ms();
+        (now < t.expires_ms && s.alive_at(now)).then_some(t)
+    };
+    if let Some(t) = find(agency) {
+        return Some(t);
+    }
+    agency.read_barrier(Consistency::Linearizable).await.ok()?;
+    find(agency)
+}
+
+fn bearer(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(|t| t.trim().to_string())
+}
+
+async fn userinfo(req: HttpRequest, agency: web::Data<Agency>) -> HttpResponse {
+    let unauthorized = || {
+        HttpResponse::Unauthorized()
+            .insert_header((header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""))
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(serde_json::json!({
+                "error": "invalid_token",
+                "error_description": "the access token is missing, expired or revoked",
+            }))
+    };
+    let Some(value) = bearer(&req) else {
+        return unauthorized();
+    };
+    let Some(t) = live_token(&agency, &value).await else {
+        return unauthorized();
+    };
+    let Some(user) = agency.state.user_by_id(t.user_id).ok().flatten() else {
+        return unauthorized();
+    };
+    let params = agency
+        .state
+        .trust(t.user_id, &t.client_id)
+        .ok()
+        .flatten()
+        .map(|tr| tr.params)
+        .unwrap_or_default();
+    let claims = user_claims(&user, &t.client_id, &params, &t.scopes);
+    no_store(HttpResponse::Ok()).json(claims)
+}
+
+/// Revocation / introspection request.
+#[derive(Debug, Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+    #[serde(flatten)]
+    client: ClientAuthForm,
+}
+
+async fn revoke(
+    req: HttpRequest,
+    agency: web::Data<Agency>,
+    form: web::Form<TokenQuery>,
+) -> Result<HttpResponse, NodeError> {
+    let site = authenticate_client(&agency, &req, &form.client)?;
+    let value = form
+        .token
+        .as_deref()
+        .ok_or_else(|| NodeError::invalid("token is required"))?;
+    let hash = secret_hash(value.as_bytes());
+    // RFC 7009: answer 200 whether or not the token existed; only its owner revokes it.
+    if let Some(t) = agency.state.access_token(&hash)? {
+        if t.client_id == site.client_id {
+            agency.write(Op::RevokeToken { hash }, None).await?;
+        }
+    }
+    Ok(no_store(HttpResponse::Ok()).finish())
+}
+
+async fn introspect(
+    req: HttpRequest,
+    agency: web::Data<Agency>,
+    form: web::Form<TokenQuery>,
+) -> Result<HttpResponse, NodeError> {
+    let site = authenticate_client(&agency, &req, &form.client)?;
+    let value = form
+        .token
+        .as_deref()
+        .ok_or_else(|| NodeError::invalid("token is required"))?;
+    let inactive = || no_store(HttpResponse::Ok()).json(serde_json::json!({ "active": false }));
+    let Some(t) = live_token(&agency, value).await else {
+        return Ok(inactive());
+    };
+    if t.client_id != site.client_id {
+        return Ok(inactive());
+    }
+    let username = agency
+        .state
+        .user_by_id(t.user_id)?
+        .map(|u| u.username)
+        .unwrap_or_default();
+    Ok(no_store(HttpResponse::Ok()).json(serde_json::json!({
+        "active": true,
+        "iss": agency.config.issuer,
+        "sub": t.user_id.to_string(),
+        "username": username,
+        "client_id": t.client_id,
+        "scope": t.scopes.join(" "),
+        "sid": t.sid,
+        "iat": t.issued_ms / 1000,
+        "exp": t.expires_ms / 1000,
+        "token_type": "Bearer",
+    })))
+}
+
+/// Sends OIDC back-channel logout tokens to partner sites, with retries.
+#[derive(Clone)]
+pub struct Backchannel {
+    client: reqwest::Client,
+}
+
+/// Attempts per site, and the wait before the first retry (doubling).
+const BACKCHANNEL_ATTEMPTS: u32 = 4;
+const BACKCHANNEL_FIRST_RETRY: Duration = Duration::from_millis(500);
+
+impl Backchannel {
+    /// A sender trusting the agency's CA and the configured partner CA.
+    pub fn new(agency: &Agency) -> anyhow::Result<Self> {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none());
+        let mut files = vec![agency.config.tls.ca_cert.clone()];
+        files.extend(agency.config.sso.partner_ca_file.clone());
+        for f in files {
+            let pem = std::fs::read(&f)?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        Ok(Self { client: b.build()? })
+    }
+
+    /// Tells every site that got a ticket in the revoked session, in the background.
+    pub fn notify(&self, agency: Arc<Agency>, r: RevokedSession) {
+        for client_id in r.sites {
+            let Some(site) = agency.state.site(&client_id).ok().flatten() else {
+                continue;
+            };
+            let Some(uri) = site.backchannel_logout_uri.clone() else {
+                continue;
+            };
+            let mut jti = [0u8; 16];
+            rand::rngs::OsRng.fill_bytes(&mut jti);
+            let now_s = now_ms() / 1000;
+            let claims = serde_json::json!({
+                "iss": agency.config.issuer,
+                "aud": client_id,
+                "iat": now_s,
+                "exp": now_s + 300,
+                "jti": URL_SAFE_NO_PAD.encode(jti),
+                "sub": r.user_id.to_string(),
+                "sid": r.sid,
+                "events": { "http://schemas.openid.net/event/backchannel-logout": {} },
+            });
+            let token = match agency.keys.sign_jwt(&claims, "logout+jwt") {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot sign a logout token");
+                    continue;
+                }
+            };
+            let client = self.client.clone();
+            let agency = agency.clone();
+            actix_rt::spawn(async move {
+                let mut wait = BACKCHANNEL_FIRST_RETRY;
+                for attempt in 1..=BACKCHANNEL_ATTEMPTS {
+                    let sent = client
+                        .post(&uri)
+                        .form(&[("logout_token", token.as_str())])
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(resp) if resp.status().is_success() => {
+                            agency
+                                .metrics
+                                .backchannel_logouts
+                                .with_label_values(&["ok"])
+                                .inc();
+                            return;
+                        }
+                        Ok(resp) => {
+                            tracing::warn!(site = %client_id, attempt, status = %resp.status(), "back-channel logout refused")
+                        }
+                        Err(e) => {
+                            tracing::warn!(site = %client_id, attempt, error = %e, "back-channel logout failed")
+                        }
+                    }
+                    if attempt < BACKCHANNEL_ATTEMPTS {
+                        tokio::time::sleep(wait).await;
+                        wait *= 2;
+                    }
+                }
+                agency
+                    .metrics
+                    .backchannel_logouts
+                    .with_label_values(&["failed"])
+                    .inc();
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pkce_s256_matches_rfc7636_example() {
+        assert_eq!(
+            s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+    }
+
+    #[test]
+    fn claims_follow_login_parameters() {
+        let user = baa_proto::model::User {
+            id: 7,
+            username: "alice".into(),
+            display_name: "Alice A.".into(),
+            email: Some("alice@example.test".into()),
+            groups: vec![],
+            attributes: Default::default(),
+            password_hash: None,
+            disabled: false,
+            created_ms: 0,
+            updated_ms: 0,
+            revision: 1,
+        };
+        let scopes: Vec<String> = ["openid", "profile", "email"].map(String::from).to_vec();
+        let p = LoginParams {
+            account_name: AccountName::Pseudonym,
+            share_name: false,
+            share_email: true,
+        };
+        let c = user_claims(&user, "shop", &p, &scopes);
+        assert_eq!(c["sub"], "7");
+        assert_eq!(c["preferred_username"], pseudonym(7, "shop").as_str());
+        assert!(!c.contains_key("name"));
+        assert_eq!(c["email"], "alice@example.test");
+        let c = user_claims(&user, "shop", &LoginParams::default(), &scopes[..1]);
+        assert_eq!(c.len(), 1, "openid alone gives only sub");
+    }
+}

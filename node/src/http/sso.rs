@@ -1,0 +1,1146 @@
+//! Browser-facing single sign-on: the authorization endpoint (seamless login
+//! of a partner site by an auto-submitted form carrying a one-time ticket),
+//! sign-in, the trust page, sign-out and the agency's home page.
+
+use std::sync::OnceLock;
+
+use actix::Addr;
+use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use baa_proto::command::{Consistency, Op, Outcome};
+use baa_proto::cookie::{SESSION_SECRET_LEN, SSO_COOKIE};
+use baa_proto::sso::{
+    pseudonym, public_sid, secret_hash, AccountName, LoginParams, Session, Site, ThrottleRule,
+    ThrottleSubject, Trust,
+};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use super::pages::{self, Csp};
+use crate::actors::hasher::{PasswordHasher, VerifyPassword};
+use crate::actors::session_gate::{SessionGate, ValidSession, ValidateCookie};
+use crate::actors::ticket_issuer::{IssueTicket, TicketIssuer, TicketRequest};
+use crate::agency::{now_ms, Agency};
+use crate::error::NodeError;
+
+/// Name of the CSRF cookie (double-submit; host-only).
+pub const CSRF_COOKIE: &str = "__Host-baa_csrf";
+
+/// Registers the browser-facing routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(super::resource("/").route(web::get().to(home)))
+        .service(
+            super::resource("/sso/authorize")
+                .route(web::get().to(authorize_get))
+                .route(web::post().to(authorize_post)),
+        )
+        .service(
+            super::resource("/sso/signin")
+                .route(web::get().to(sign_in_get))
+                .route(web::post().to(sign_in_post)),
+        )
+        .service(super::resource("/sso/consent").route(web::post().to(consent_post)))
+        .service(
+            super::resource("/sso/logout")
+                .route(web::get().to(logout_get))
+                .route(web::post().to(logout_post)),
+        );
+}
+
+/// The parameters of an authorization request, carried through the sign-in
+/// and trust pages as hidden fields.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct AuthParams {
+    client_id: Option<String>,
+    redirect_uri: Option<String>,
+    response_type: Option<String>,
+    scope: Option<String>,
+    state: Option<String>,
+    nonce: Option<String>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+    response_mode: Option<String>,
+    prompt: Option<String>,
+    max_age: Option<String>,
+}
+
+impl AuthParams {
+    fn hidden(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut push = |k: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                out.push((k.to_string(), v.clone()));
+            }
+        };
+        push("client_id", &self.client_id);
+        push("redirect_uri", &self.redirect_uri);
+        push("response_type", &self.response_type);
+        push("scope", &self.scope);
+        push("state", &self.state);
+        push("nonce", &self.nonce);
+        push("code_challenge", &self.code_challenge);
+        push("code_challenge_method", &self.code_challenge_method);
+        push("response_mode", &self.response_mode);
+        push("prompt", &self.prompt);
+        push("max_age", &self.max_age);
+        out
+    }
+}
+
+/// How the answer goes back to the site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    FormPost,
+    Query,
+}
+
+/// A checked authorization request.
+#[derive(Debug, Clone)]
+struct Authz {
+    site: Site,
+    redirect_uri: String,
+    mode: Mode,
+    state: Option<String>,
+    nonce: Option<String>,
+    challenge: Option<String>,
+    scopes: Vec<String>,
+    prompt_none: bool,
+    prompt_login: bool,
+    prompt_consent: bool,
+    max_age_s: Option<u64>,
+}
+
+/// Why an authorization request cannot go on.
+enum AuthzError {
+    /// The site or redirect URI cannot be trusted: show a page, never redirect.
+    Page(&'static str, String),
+    /// A protocol error the site should hear about at its redirect URI.
+    Site(Box<Authz>, &'static str, String),
+}
+
+fn bounded(v: &Option<String>, max: usize, name: &str) -> Result<(), String> {
+    match v {
+        Some(s) if s.len() > max => Err(format!("{name} is longer than {max} characters")),
+        Some(s) if s.bytes().any(|b| b < b' ' || b == 0x7f) => {
+            Err(format!("{name} contains control characters"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_authz(agency: &Agency, p: &AuthParams) -> Result<Authz, AuthzError> {
+    let page = |code, msg: &str| Err(AuthzError::Page(code, msg.to_string()));
+    let Some(client_id) = p.client_id.as_deref() else {
+        return page(
+            "invalid_request",
+            "The request names no partner site (client_id).",
+        );
+    };
+    let site = match agency.state.site(client_id) {
+        Ok(Some(s)) => s,
+        Ok(None) => return page("unknown_site", "The partner site is not registered here."),
+        Err(_) => return page("storage_error", "The agency could not read its records."),
+    };
+    let Some(redirect_uri) = p.redirect_uri.clone() else {
+        return page("invalid_request", "The request has no redirect_uri.");
+    };
+    // Exact string comparison: no normalisation, no prefix or pattern match.
+    if !site.redirect_uris.iter().any(|u| u == &redirect_uri) {
+        return page(
+            "invalid_redirect_uri",
+            "The redirect URI is not one the partner site registered. You were not sent anywhere.",
+        );
+    }
+    let mode = match p.response_mode.as_deref() {
+        None | Some("form_post") => Mode::FormPost,
+        Some("query") => Mode::Query,
+        Some(_) => Mode::FormPost,
+    };
+    let prompts: Vec<&str> = p.prompt.as_deref().unwrap_or("").split(' ').collect();
+    let mut a = Authz {
+        site,
+        redirect_uri,
+        mode,
+        state: p.state.clone(),
+        nonce: p.nonce.clone(),
+        challenge: p.code_challenge.clone(),
+        scopes: Vec::new(),
+        prompt_none: prompts.contains(&"none"),
+        prompt_login: prompts.contains(&"login"),
+        prompt_consent: prompts.contains(&"consent"),
+        max_age_s: None,
+    };
+    let site_err =
+        |a: &Authz, code, msg: String| Err(AuthzError::Site(Box::new(a.clone()), code, msg));
+    if !matches!(
+        p.response_mode.as_deref(),
+        None | Some("form_post") | Some("query")
+    ) {
+        return site_err(
+            &a,
+            "invalid_request",
+            "response_mode must be form_post or query".into(),
+        );
+    }
+    for (v, max, name) in [
+        (&p.state, 512, "state"),
+        (&p.nonce, 256, "nonce"),
+        (&p.scope, 512, "scope"),
+    ] {
+        if let Err(m) = bounded(v, max, name) {
+            a.state = None;
+            return site_err(&a, "invalid_request", m);
+        }
+    }
+    if p.response_type.as_deref() != Some("code") {
+        return site_err(
+            &a,
+            "unsupported_response_type",
+            "response_type must be code".into(),
+        );
+    }
+    let scopes: Vec<String> = p
+        .scope
+        .as_deref()
+        .unwrap_or("")
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if !scopes.iter().any(|s| s == "openid") {
+        return site_err(&a, "invalid_scope", "scope must include openid".into());
+    }
+    if let Some(s) = scopes.iter().find(|s| !a.site.allowed_scopes.contains(s)) {
+        return site_err(
+            &a,
+            "invalid_scope",
+            format!("scope {s} is not allowed for this site"),
+        );
+    }
+    a.scopes = scopes;
+    if a.prompt_none && (a.prompt_login || a.prompt_consent) {
+        return site_err(
+            &a,
+            "invalid_request",
+            "prompt=none cannot be combined".into(),
+        );
+    }
+    if let Some(unknown) = prompts
+        .iter()
+        .find(|p| !p.is_empty() && !matches!(**p, "none" | "login" | "consent"))
+    {
+        return site_err(
+            &a,
+            "invalid_request",
+            format!("unsupported prompt value {unknown}"),
+        );
+    }
+    if let Some(m) = &p.max_age {
+        match m.parse::<u64>() {
+            Ok(v) => a.max_age_s = Some(v),
+            Err(_) => return site_err(&a, "invalid_request", "max_age must be a number".into()),
+        }
+    }
+    match (&p.code_challenge, p.code_challenge_method.as_deref()) {
+        (Some(c), Some("S256")) => {
+            let ok = (43..=128).contains(&c.len())
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+            if !ok {
+                return site_err(&a, "invalid_request", "code_challenge is malformed".into());
+            }
+        }
+        (Some(_), _) => {
+            return site_err(
+                &a,
+                "invalid_request",
+                "code_challenge_method must be S256".into(),
+            )
+        }
+        (None, Some(_)) => {
+            return site_err(&a, "invalid_request", "code_challenge is missing".into())
+        }
+        (None, None) if a.site.secret_hash.is_none() => {
+            return site_err(
+                &a,
+                "invalid_request",
+                "PKCE (S256) is required for public clients".into(),
+            )
+        }
+        (None, None) => {}
+    }
+    Ok(a)
+}
+
+/// The origin (`scheme://host[:port]`) of a URI, for the CSP form-action.
+fn origin_of(uri: &str) -> String {
+    match url::Url::parse(uri) {
+        Ok(u) => u.origin().ascii_serialization(),
+        Err(_) => "'none'".into(),
+    }
+}
+
+/// Sends `fields` to the site's redirect URI the way it asked.
+fn deliver(a: &Authz, issuer: &str, mut fields: Vec<(String, String)>) -> HttpResponse {
+    if let Some(s) = &a.state {
+        fields.push(("state".into(), s.clone()));
+    }
+    fields.push(("iss".into(), issuer.to_string()));
+    match a.mode {
+        Mode::FormPost => {
+            let csp = Csp::new(vec![origin_of(&a.redirect_uri)]);
+            let body = pages::form_post(
+                &csp,
+                &pages::FormPostPage {
+                    action: &a.redirect_uri,
+                    fields: &fields,
+                },
+            );
+            pages::html_response(StatusCode::OK, body, &csp)
+        }
+        Mode::Query => {
+            let query = serde_urlencoded::to_string(&fields).unwrap_or_default();
+            let sep = if a.redirect_uri.contains('?') {
+                '&'
+            } else {
+                '?'
+            };
+            HttpResponse::SeeOther()
+                .insert_header((header::LOCATION, format!("{}{sep}{query}", a.redirect_uri)))
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .finish()
+        }
+    }
+}
+
+fn deliver_error(a: &Authz, issuer: &str, code: &str, description: &str) -> HttpResponse {
+    deliver(
+        a,
+        issuer,
+        vec![
+            ("error".into(), code.into()),
+            ("error_description".into(), description.into()),
+        ],
+    )
+}
+
+/// The agency's error page; never redirects.
+pub fn error_page(agency: &Agency, status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    agency.metrics.pages.with_label_values(&["error"]).inc();
+    let csp = Csp::new(Vec::new());
+    let body = pages::error_page(
+        &csp,
+        &pages::ErrorPage {
+            title: "The request cannot be completed",
+            code,
+            message,
+        },
+    );
+    pages::html_response(status, body, &csp)
+}
+
+fn cookie_value(req: &HttpRequest, name: &str) -> Option<String> {
+    req.cookie(name).map(|c| c.value().to_string())
+}
+
+/// The current session, if the request's SSO cookie proves one.
+pub async fn current_session(
+    req: &HttpRequest,
+    gate: &Addr<SessionGate>,
+    agency: &Agency,
+) -> Option<ValidSession> {
+    let Some(value) = cookie_value(req, SSO_COOKIE) else {
+        agency
+            .metrics
+            .cookie_validations
+            .with_label_values(&["absent"])
+            .inc();
+        return None;
+    };
+    gate.send(ValidateCookie(value)).await.ok().flatten()
+}
+
+/// The request's CSRF token, or a new one with the cookie that carries it.
+fn csrf_token(req: &HttpRequest) -> (String, Option<Cookie<'static>>) {
+    if let Some(v) = cookie_value(req, CSRF_COOKIE) {
+        if v.len() == 43 {
+            return (v, None);
+        }
+    }
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    let v = URL_SAFE_NO_PAD.encode(b);
+    let c = Cookie::build(CSRF_COOKIE, v.clone())
+        .path("/")
+        .secure(true)
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .finish();
+    (v, Some(c))
+}
+
+fn csrf_ok(req: &HttpRequest, submitted: &str) -> bool {
+    match cookie_value(req, CSRF_COOKIE) {
+        Some(c) => !c.is_empty() && bool::from(c.as_bytes().ct_eq(submitted.as_bytes())),
+        None => false,
+    }
+}
+
+fn with_cookie(mut resp: HttpResponse, c: Option<Cookie<'static>>) -> HttpResponse {
+    if let Some(c) = c {
+        let _ = resp.add_cookie(&c);
+    }
+    resp
+}
+
+fn sso_cookie(agency: &Agency, value: String, max_age_s: i64) -> Cookie<'static> {
+    let mut b = Cookie::build(SSO_COOKIE, value)
+        .path("/")
+        .secure(true)
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .max_age(CookieDuration::seconds(max_age_s));
+    if let Some(d) = &agency.config.sso.cookie_domain {
+        b = b.domain(d.clone());
+    }
+    b.finish()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sign_in_page(
+    req: &HttpRequest,
+    agency: &Agency,
+    params: &AuthParams,
+    site_name: Option<&str>,
+    username: &str,
+    error: Option<&str>,
+    status: StatusCode,
+) -> HttpResponse {
+    agency.metrics.pages.with_label_values(&["sign_in"]).inc();
+    let (csrf, cookie) = csrf_token(req);
+    let csp = Csp::new(Vec::new());
+    let hidden = params.hidden();
+    let body = pages::sign_in(
+        &csp,
+        &pages::SignInPage {
+            action: "/sso/signin",
+            csrf: &csrf,
+            hidden: &hidden,
+            username,
+            error,
+            site_name,
+        },
+    );
+    with_cookie(pages::html_response(status, body, &csp), cookie)
+}
+
+fn trust_page(
+    req: &HttpRequest,
+    agency: &Agency,
+    params: &AuthParams,
+    a: &Authz,
+    s: &Session,
+) -> HttpResponse {
+    let user = match agency.state.user_by_id(s.user_id) {
+        Ok(Some(u)) => u,
+        _ => {
+            return error_page(
+                agency,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage_error",
+                "Your account could not be read.",
+            )
+        }
+    };
+    agency.metrics.pages.with_label_values(&["trust"]).inc();
+    let (csrf, cookie) = csrf_token(req);
+    let csp = Csp::new(Vec::new());
+    let hidden = params.hidden();
+    let pseudo = pseudonym(user.id, &a.site.client_id);
+    let body = pages::trust(
+        &csp,
+        &pages::TrustPage {
+            action: "/sso/consent",
+            csrf: &csrf,
+            hidden: &hidden,
+            site_name: &a.site.name,
+            client_id: &a.site.client_id,
+            scopes: &a.scopes,
+            username: &user.username,
+            pseudonym: &pseudo,
+            display_name: &user.display_name,
+            email: user.email.as_deref(),
+        },
+    );
+    with_cookie(pages::html_response(StatusCode::OK, body, &csp), cookie)
+}
+
+fn internal(agency: &Agency, e: &NodeError) -> HttpResponse {
+    let status = super::error::status_of(e.code());
+    error_page(agency, status, e.code().as_str(), &e.to_string())
+}
+
+/// Issues a ticket and answers with the auto-submitting form.
+async fn issue_and_deliver(
+    agency: &Agency,
+    issuer: &Addr<TicketIssuer>,
+    a: &Authz,
+    v: &ValidSession,
+) -> HttpResponse {
+    let req = TicketRequest {
+        session_key: v.key,
+        client_id: a.site.client_id.clone(),
+        redirect_uri: a.redirect_uri.clone(),
+        nonce: a.nonce.clone(),
+        code_challenge: a.challenge.clone(),
+        scopes: a.scopes.clone(),
+    };
+    match issuer.send(IssueTicket(req)).await {
+        Ok(Ok(code)) => deliver(a, &agency.config.issuer, vec![("code".into(), code)]),
+        Ok(Err(NodeError::Apply(e))) if e.code == baa_proto::ErrorCode::SessionNotFound => {
+            deliver_error(
+                a,
+                &agency.config.issuer,
+                "login_required",
+                "the session has ended",
+            )
+        }
+        Ok(Err(e)) => internal(agency, &e),
+        Err(_) => internal(
+            agency,
+            &NodeError::Internal("ticket issuer unavailable".into()),
+        ),
+    }
+}
+
+/// The core of the seamless login: session → trust → ticket, or the page
+/// the user must see first (or, with prompt=none, the error instead).
+#[allow(clippy::too_many_arguments)]
+async fn continue_flow(
+    req: &HttpRequest,
+    agency: &Agency,
+    issuer: &Addr<TicketIssuer>,
+    params: &AuthParams,
+    a: &Authz,
+    session: Option<ValidSession>,
+    fresh_sign_in: bool,
+) -> HttpResponse {
+    let iss = &agency.config.issuer;
+    let now = now_ms();
+    let session = session.filter(|v| {
+        let too_old = a
+            .max_age_s
+            .is_some_and(|m| now.saturating_sub(v.session.auth_time_ms) > m * 1000);
+        fresh_sign_in || !(a.prompt_login || too_old)
+    });
+    let Some(v) = session else {
+        if a.prompt_none {
+            return deliver_error(a, iss, "login_required", "the user is not signed in");
+        }
+        return sign_in_page(
+            req,
+            agency,
+            params,
+            Some(&a.site.name),
+            "",
+            None,
+            StatusCode::OK,
+        );
+    };
+    let trust = agency
+        .state
+        .trust(v.session.user_id, &a.site.client_id)
+        .ok()
+        .flatten();
+    let covers = trust
+        .as_ref()
+        .is_some_and(|t| a.scopes.iter().all(|s| t.scopes.contains(s)));
+    if !covers || a.prompt_consent {
+        if a.prompt_none {
+            return deliver_error(
+                a,
+                iss,
+                "consent_required",
+                "the user has not approved this site",
+            );
+        }
+        return trust_page(req, agency, params, a, &v.session);
+    }
+    issue_and_deliver(agency, issuer, a, &v).await
+}
+
+async fn authorize(
+    req: HttpRequest,
+    agency: web::Data<Agency>,
+    gate: web::Data<Addr<SessionGate>>,
+    issuer: web::Data<Addr<TicketIssuer>>,
+    params: AuthParams,
+) -> HttpResponse {
+    let a = match check_authz(&agency, &params) {
+        Ok(a) => a,
+        Err(AuthzError::Page(code, msg)) => {
+            return error_page(&agency, StatusCode::BAD_REQUEST, code, &msg)
+        }
+        Err(AuthzError::Site(a, code, msg)) => {
+            return deliver_error(&a, &agency.config.issuer, code, &msg)
+        }
+    };
+    let session = current_session(&req, &gate, &agency).await;
+    continue_flow(&req, &agency, &issuer, &params, &a, session, false).await
+}
+
+async fn authorize_get(
+    req: HttpRequest,
+    agency: web::Data<Agency>,
+    gate: web::Data<Addr<SessionGate>>,
+    issuer: web::Data<Addr<TicketIssuer>>,
+    params: web::Query<AuthParams>,
+) -> HttpResponse {
+    authorize(req, agency, gate, issuer, params.into_inner()).await
+}
+
+async fn authorize_post(
+    req: HttpRequest,
+    agency: web::Data<Agency>,
+    gate: web::Data<Addr<SessionGate>>,
+    issuer: web::Data<Addr<TicketIssuer>>,
+    params: web::Form<AuthParams>,
+) -> HttpResponse {
+    authorize(req, agency, gate, issuer, params.into_inner()).await
+}
+
+async fn sign_in_get(req: HttpRequest, agency: web::Data<Agency>) -> HttpResponse {
+    sign_in_page(
+        &req,
+        &agency,
+        &AuthParams::default(),
+        None,
+        "",
+        None,
+        StatusCode::OK,
+    )
+}
+
+/// The sign-in form.
+#[derive(Deserialize)]
+struct SignInForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(flatten)]
+    params: AuthParams,
+}
+
+/// A hash that no password matches, verified for unknown accounts so that
+/// they take the same path and time as wrong passwords.
+pub fn dummy_hash() -> &'static str {
+    static H: OnceLock<String> = OnceLock::new();
+    H.get_or_init(|| {
+        let mut b = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut b);
+        crate::actors::hasher::hash_password(&URL_SAFE_NO_PAD.encode(b)).unwrap_or_default()
+    })
+}
+
+fn throttle_rule(agency: &Agency) -> ThrottleRule {
+    let s = &agency.config.sso;
+    ThrottleRule {
+        window_ms: s.throttle_window_s * 1000,
+        max_account_failures: s.max_account_failures,
+        max_source_failures: s.max_source_failures,
+        lockout_ms: s.lockout_s * 1000,
+    }
+}
+
+const BAD_CREDENTIALS: &str = "The username or password is not correct.";
+
+async fn sign_in_post(
+    req: HttpRequest,
+    agency: web::Data<Agency>,
+    hasher: web::Data<Addr<PasswordHasher>>,
+    issuer: web::Data<Addr<TicketIssuer>>,
+    form: web::Form<SignInForm>,
+) -> HttpResponse {
+    let form = form.into_inner();
+    if !csrf_ok(&req, &form.csrf) {
+        return error_page(
+            &agency,
+            StatusCode::BAD_REQUEST,
+            "csrf_mismatch",
+            "The form expired or was not sent from this agency's page. Go back and try again.",
+        );
+    }
+    // Where the sign-in continues: a partner site's request, or the home page.
+    let authz = if form.params.client_id.is_some() {
+        match check_authz(&agency, &form.params) {
+            Ok(a) => Some(a),
+            Err(AuthzError::Page(code, msg)) => {
+                return error_page(&agency, StatusCode::BAD_REQUEST, code, &msg)
+            }
+            Err(AuthzError::Site(a, code, msg)) => {
+                return deliver_error(&a, &agency.config.issuer, code, &msg)
+            }
+        }
+    } else {
+        None
+    };
+    let site_name = authz.as_ref().map(|a| a.site.name.clone());
+    let typed = form.username.trim().to_lowercase();
+    if typed.len() > 256 || form.password.len() > 1024 {
+        return sign_in_page(
+            &req,
+            &agency,
+            &form.params,
+            site_name.as_deref(),
+            "",
+            Some(BAD_CREDENTIALS),
+            StatusCode::UNAUTHORIZED,
+        );
+    }
+    let account = secret_hash(typed.as_bytes());
+    let source = req
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "unknown".into());
+
+    // Lockouts are replicated; read them as of now, not as of this node's lag.
+    let _ = agency.read_barrier(Consistency::Linearizable).await;
+    let now = now_ms();
+    let locked = [
+        ThrottleSubject::Account(account),
+        ThrottleSubject::Source(source.clone()),
+    ]
+    .iter()
+    .filter_map(|s| agency.state.failures(s).ok())
+    .map(|f| f.locked_until_ms)
+    .filter(|t| *t > now)
+    .max();
+    if let Some(until) = locked {
+        agency.metrics.sign_ins.with_label_values(&["locked"]).inc();
+        let retry_after = until.saturating_sub(now).div_ceil(1000).max(1);
+        let mut resp = sign_in_page(
+            &req,
+            &agency,
+            &form.params,
+            site_name.as_deref(),
+            &typed,
+            Some("Too many failed sign-ins. Wait a few minutes, then try again."),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+        if let Ok(v) = header::HeaderValue::from_str(&retry_after.to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return resp;
+    }
+
+    let user = agency.state.user(&typed).ok().flatten();
+    let hash = user
+        .as_ref()
+        .and_then(|u| u.password_hash.clone())
+        .unwrap_or_else(|| dummy_hash().to_string());
+    let verified = hasher
+        .send(VerifyPassword {
+            password: form.password.clone(),
+            hash,
+        })
+        .await
+        .unwrap_or(false);
+    let user = match user {
+        Some(u) if verified && !u.disabled && u.password_hash.is_some() => u,
+        _ => {
+            agency.metrics.sign_ins.with_label_values(&["failed"]).inc();
+            let op = Op::RecordSignInFailure {
+                account,
+                source,
+                rule: throttle_rule(&agency),
+            };
+            if let Err(e) = agency.write(op, None).await {
+                tracing::warn!(error = %e, "could not record a failed sign-in");
+            }
+            return sign_in_page(
+                &req,
+                &agency,
+                &form.params,
+                site_name.as_deref(),
+                &typed,
+                Some(BAD_CREDENTIALS),
+                StatusCode::UNAUTHORIZED,
+            );
+        }
+    };
+
+    // A new session id at every sign-in, whatever cookie the browser sent.
+    let mut secret = [0u8; SESSION_SECRET_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let key = secret_hash(&secret);
+    let s = &agency.config.sso;
+    let session = Session {
+        key,
+        sid: public_sid(&key),
+        user_id: user.id,
+        username: user.username.clone(),
+        agency: s.agency.clone(),
+        created_ms: now,
+        last_seen_ms: now,
+        idle_timeout_ms: s.session_idle_timeout_s * 1000,
+        absolute_expiry_ms: now + s.session_lifetime_s * 1000,
+        auth_time_ms: now,
+        methods: vec!["pwd".into()],
+        sites: Vec::new(),
+    };
+    let created = agency
+        .write(
+            Op::CreateSession {
+                session: Box::new(session),
+                account,
+            },
+            None,
+        )
+        .await;
+    let session = match created {
+        Ok(Outcome::Session(s)) => *s,
+        Ok(_) => return internal(&agency, &NodeError::Internal("unexpected outcome".into())),
+        Err(e) => return internal(&agency, &e),
+    };
+    let cookie_value = match agency.keys.sign_cookie(&s.agency, &secret) {
+        Ok(v) => v,
+        Err(e) => return internal(&agency, &e),
+    };
+    agency.metrics.sign_ins.with_label_values(&["ok"]).inc();
+    tracing::info!(user = %user.username, sid = %session.sid, "signed in");
+    let cookie = sso_cookie(&agency, cookie_value, s.session_lifetime_s as i64);
+    let v = ValidSession { session, key };
+    let resp = match authz {
+        Some(a) => continue_flow(&req, &agency, &issuer, &form.params, &a, Some(v), true).await,
+        None => HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, "/"))
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .finish(),
+    };
+    with_cookie(resp, Some(cookie))
+}
+
+/// The trust page's form.
+#[derive(Deserialize)]
+struct ConsentForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    decision: String,
+    #[serde(default)]
+    account_name: Option<String>,
+    #[serde(default)]
+    share_name: Option<String>,
+    #[serde(default)]
+    share_email: Option<String>,
+    #[serde(flatten)]
+    params: AuthParams,
+}
+
+async fn consent_post(
+    req: HttpRequest,
+    agency: web::Data<Agency>,
+    gate: web::Data<Addr<SessionGate>>,
+    issuer: web::Data<Addr<TicketIssuer>>,
+    form: web::Form<ConsentForm>,
+) -> HttpResponse {
+    let form = form.into_inner();
+    if !csrf_ok(&req, &form.csrf) {
+        return error_page(
+            &agency,
+            StatusCode::BAD_REQUEST,
+            "csrf_mismatch",
+            "The form expired or was not sent from this agency's page. Go back and try again.",
+        );
+    }
+    let a = match check_authz(&agency, &form.params) {
+        Ok(a) => a,
+        Err(AuthzError::Page(code, msg)) => {
+            return error_page(&agency, StatusCode::BAD_REQUEST, code, &msg)
+        }
+        Err(AuthzError::Site(a, code, msg)) => {
+            return deliver_error(&a, &agency.config.issuer, code, &msg)
+        }
+    };
+    let Some(v) = current_session(&req, &gate, &agency).await else {
+        return sign_in_page(
+            &req,
+            &agency,
+            &form.params,
+            Some(&a.site.name),
+            "",
+            Some("Your session ended. Sign in again."),
+            StatusCode::UNAUTHORIZED,
+        );
+    };
+    if form.decision != "approve" {
+        return deliver_error(
+            &a,
+            &agency.config.issuer,
+            "access_denied",
+            "the user declined",
+        );
+    }
+    let params = LoginParams {
+        account_name: match form.account_name.as_deref() {
+            Some("pseudonym") => AccountName::Pseudonym,
+            _ => AccountName::Username,
+        },
+        share_name: form.share_name.is_some(),
+        share_email: form.share_email.is_some(),
+    };
+    let now = now_ms();
+    let trust = Trust {
+        user_id: v.session.user_id,
+        client_id: a.site.client_id.clone(),
+        scopes: a.scopes.clone(),
+        params,
+        created_ms: now,
+        updated_ms: now,
+    };
+    if let Err(e) = agency.write(Op::SetTrust(Box::new(trust)), None).await {
+        return internal(&agency, &e);
+    }
+    issue_and_deliver(&agency, &issuer, &a, &v).await
+}
+
+async fn home(
+    req: HttpRequest,
+    agency: web::Data<Agency>,
+    gate: web::Data<Addr<SessionGate>>,
+) -> HttpResponse {
+    let session = current_session(&req, &gate, &agency).await;
+    let user = session
+        .as_ref()
+        .and_then(|v| agency.state.user_by_id(v.session.user_id).ok().flatten());
+    let sites: Vec<(String, String)> = match &user {
+        Some(u) => agency
+            .state
+            .trusts(u.id)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| {
+                let name = agency
+                    .state
+                    .site(&t.client_id)
+                    .ok()
+                    .flatten()
+                    .map_or_else(|| t.client_id.clone(), |s| s.name);
+                (t.client_id, name)
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let csp = Csp::new(Vec::new());
+    let body = pages::home(
+        &csp,
+        &pages::HomePage {
+            agency: &agency.config.sso.agency,
+            user: user
+                .as_ref()
+                .map(|u| (u.username.as_str(), u.display_name.as_str())),
+            sites: &sites,
+        },
+    );
+    pages::html_response(StatusCode::OK, body, &csp)
+}
+
+/// RP-initiated logout parameters.
+#[derive(Debug, Clone, Default, Deserialize)]
+struct LogoutParams {
+    id_token_hint: Option<String>,
+    post_logout_redirect_uri: Option<String>,
+    state: Option<String>,
+    client_id: Option<String>,
+}
+
+/// The `sid` and audience of an ID token we issued (expired or not).
+#[derive(Deserialize)]
+struct HintClaims {
+    sid: Option<String>,
+    aud: String,
+}
+
+fn hint_claims(agency: &Agency, token: &str) -> Option<HintClaims> {
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    v.validate_exp = false;
+    v.validate_aud = false;
+    v.set_issuer(&[agency.config.issuer.as_str()]);
+    v.required_spec_claims.clear();
+    agency.keys.verify_jwt::<HintClaims>(token, &v)
+}
+
+/// Checks the logout parameters; `Ok(Some(uri))` is where to return after.
+fn check_logout(agency: &Agency, p: &LogoutParams) -> Result<Option<String>, HttpResponse> {
+    let hint = p
+        .id_token_hint
+        .as_deref()
+        .and_then(|t| hint_claims(agency, t));
+    if p.id_token_hint.is_some() && hint.is_none() {
+        return Err(error_page(
+            agency,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "The id_token_hint is not a token this agency issued.",
+        ));
+    }
+    let Some(uri) = &p.post_logout_redirect_uri else {
+        return Ok(None);
+    };
+    let client = hint.map(|h| h.aud).or_else(|| p.client_id.clone());
+    let site = client.and_then(|c| agency.state.site(&c).ok().flatten());
+    match site {
+        Some(s) if s.post_logout_redirect_uris.iter().any(|u| u == uri) => {
+            let mut target = uri.clone();
+            if let Some(state) = &p.state {
+                let q = serde_urlencoded::to_string([("state", state)]).unwrap_or_default();
+                target.push(if target.contains('?') { '&' } else { '?' });
+                target.push_str(&q);
+            }
+            Ok(Some(target))
+        }
+        _ => Err(error_page(
+            agency,
+            StatusCode::BAD_REQUEST,
+            "invalid_redirect_uri",
+            "The post-logout redirect URI is not one the partner site registered.",
+        )),
+    }
+}
+
+async fn logout_get(
+    req: HttpRequest,
+    agency: web::Data<Agency>,
+    gate: web::Data<Addr<SessionGate>>,
+    backchannel: web::Data<super::oidc::Backchannel>,
+    params: web::Query<LogoutParams>,
+) -> HttpResponse {
+    let p = params.into_inner();
+    let target = match check_logout(&agency, &p) {
+        Ok(t) => t,
+        Err(resp) => return resp,
+    };
+    let session = current_session(&req, &gate, &agency).await;
+    // A site that proves which session it means (id_token_hint) needs no
+    // confirmation; anything else asks the user first.
+    let hinted = p
+        .id_token_hint
+        .as_deref()
+        .and_then(|t| hint_claims(&agency, t))
+        .and_then(|h| h.sid);
+    if let (Some(v), Some(sid)) = (&session, hinted) {
+        if v.session.sid == sid {
+            return perform_logout(&agency, &backchannel, Some(v.clone()), target).await;
+        }
+    }
+    agency.metrics.pages.with_label_values(&["sign_out"]).inc();
+    let (csrf, cookie) = csrf_token(&req);
+    let csp = Csp::new(Vec::new());
+    let mut hidden = Vec::new();
+    for (k, v) in [
+        ("id_token_hint", &p.id_token_hint),
+        ("post_logout_redirect_uri", &p.post_logout_redirect_uri),
+        ("state", &p.state),
+        ("client_id", &p.client_id),
+    ] {
+        if let Some(v) = v {
+            hidden.push((k.to_string(), v.clone()));
+        }
+    }
+    let body = pages::sign_out(
+        &csp,
+        &pages::SignOutPage {
+            action: "/sso/logout",
+            csrf: &csrf,
+            hidden: &hidden,
+            username: session.as_ref().map(|v| v.session.username.as_str()),
+        },
+    );
+    with_cookie(pages::html_response(StatusCode::OK, body, &csp), cookie)
+}
+
+#[derive(Deserialize)]
+struct LogoutForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(flatten)]
+    params: LogoutParamsForm,
+}
+
+/// The same parameters as a form (flattened forms need owned strings).
+#[derive(Deserialize, Default)]
+struct LogoutParamsForm {
+    id_token_hint: Option<String>,
+    post_logout_redirect_uri: Option<String>,
+    state: Option<String>,
+    client_id: Option<String>,
+}
+
+async fn logout_post(
+    req: HttpRequest,
+    agency: web::Data<Agency>,
+    gate: web::Data<Addr<SessionGate>>,
+    backchannel: web::Data<super::oidc::Backchannel>,
+    form: web::Form<LogoutForm>,
+) -> HttpResponse {
+    let form = form.into_inner();
+    if !csrf_ok(&req, &form.csrf) {
+        return error_page(
+            &agency,
+            StatusCode::BAD_REQUEST,
+            "csrf_mismatch",
+            "The form expired or was not sent from this agency's page. Go back and try again.",
+        );
+    }
+    let p = LogoutParams {
+        id_token_hint: form.params.id_token_hint,
+        post_logout_redirect_uri: form.params.post_logout_redirect_uri,
+        state: form.params.state,
+        client_id: form.params.client_id,
+    };
+    let target = match check_logout(&agency, &p) {
+        Ok(t) => t,
+        Err(resp) => return resp,
+    };
+    let session = current_session(&req, &gate, &agency).await;
+    perform_logout(&agency, &backchannel, session, target).await
+}
+
+/// Ends the session everywhere, tells the sites, clears the cookie.
+async fn perform_logout(
+    agency: &web::Data<Agency>,
+    backchannel: &super::oidc::Backchannel,
+    session: Option<ValidSession>,
+    target: Option<String>,
+) -> HttpResponse {
+    if let Some(v) = session {
+        match agency.write(Op::RevokeSession { key: v.key }, None).await {
+            Ok(Outcome::Revoked(r)) => {
+                tracing::info!(sid = %r.sid, tokens = r.tokens_revoked, "signed out");
+                backchannel.notify(agency.clone().into_inner(), r);
+            }
+            Ok(_) => {}
+            Err(NodeError::Apply(e)) if e.code == baa_proto::ErrorCode::SessionNotFound => {}
+            Err(e) => return internal(agency, &e),
+        }
+    }
+    let clear = sso_cookie(agency, String::new(), 0);
+    let resp = match target {
+        Some(t) => HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, t))
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .finish(),
+        None => {
+            let csp = Csp::new(Vec::new());
+            pages::html_response(StatusCode::OK, pages::signed_out(&csp, None), &csp)
+        }
+    };
+    with_cookie(resp, Some(clear))
+}

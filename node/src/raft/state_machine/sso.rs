@@ -1,0 +1,529 @@
+//! Single-sign-on records in the state machine: apply of the SSO commands and
+//! the readers request handlers use. Ticket redemption checks and marks the
+//! ticket in one apply, so it succeeds once cluster-wide.
+
+use baa_proto::command::{ApplyError, CommandResult, Op, Outcome};
+use baa_proto::model::User;
+use baa_proto::sso::{
+    AccessToken, Failures, Grant, LoginTicket, RevokedSession, SecretHash, Session, SigningKey,
+    Site, ThrottleRule, ThrottleSubject, Trust,
+};
+use baa_proto::ErrorCode;
+
+use super::apply::{invalid, Staged};
+use super::{read_tree, StateReader, PREFIX_USER};
+use crate::raft::{sm_read_err, StorageError};
+use baa_proto::codec;
+
+const PREFIX_SESSION: &[u8] = b"s/";
+const PREFIX_SITE: &[u8] = b"c/";
+const PREFIX_TRUST: &[u8] = b"t/";
+const PREFIX_TICKET: &[u8] = b"k/";
+const PREFIX_TOKEN: &[u8] = b"x/";
+/// Index: session key ++ token hash → ().
+const PREFIX_SESSION_TOKENS: &[u8] = b"X/";
+const PREFIX_KEY: &[u8] = b"K/";
+const PREFIX_FAILURES: &[u8] = b"f/";
+const KEY_CURRENT_KID: &[u8] = b"m/current_kid";
+/// Index: user id → username, to find a session's user.
+const PREFIX_USER_BY_ID: &[u8] = b"U/";
+
+/// How long a used ticket is kept after expiry, so a late second redemption
+/// still finds it and revokes the first one's tokens.
+const USED_TICKET_GRACE_MS: u64 = 10 * 60 * 1000;
+
+fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
+    [prefix, rest].concat()
+}
+
+fn trust_key(user_id: u64, client_id: &str) -> Vec<u8> {
+    [PREFIX_TRUST, &user_id.to_be_bytes(), client_id.as_bytes()].concat()
+}
+
+pub(super) fn user_by_id_key(id: u64) -> Vec<u8> {
+    key(PREFIX_USER_BY_ID, &id.to_be_bytes())
+}
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> Result<CommandResult, StorageError> {
+    Ok(Err(ApplyError::new(code, message)))
+}
+
+/// Applies an SSO command.
+pub(super) fn apply_sso(
+    st: &mut Staged<'_>,
+    now: u64,
+    op: &Op,
+) -> Result<CommandResult, StorageError> {
+    match op {
+        Op::CreateSession { session, account } => create_session(st, now, session, account),
+        Op::TouchSession { key: k } => {
+            let sk = key(PREFIX_SESSION, k);
+            let Some(mut s) = st.get::<Session>(&sk)? else {
+                return refuse(ErrorCode::SessionNotFound, "no such session");
+            };
+            if !s.alive_at(now) {
+                return refuse(ErrorCode::SessionNotFound, "the session has ended");
+            }
+            s.last_seen_ms = s.last_seen_ms.max(now);
+            st.put(&sk, &s)?;
+            Ok(Ok(Outcome::Session(Box::new(s))))
+        }
+        Op::RevokeSession { key: k } => revoke_session(st, k),
+        Op::AddSite(site) => {
+            if let Err(e) = baa_proto::model::validate_site(site) {
+                return Ok(Err(invalid(e)));
+            }
+            let k = key(PREFIX_SITE, site.client_id.as_bytes());
+            if st.get::<Site>(&k)?.is_some() {
+                return refuse(
+                    ErrorCode::SiteExists,
+                    format!("site {} already exists", site.client_id),
+                );
+            }
+            let mut site = site.as_ref().clone();
+            site.created_ms = now;
+            st.put(&k, &site)?;
+            Ok(Ok(Outcome::Site(Box::new(site))))
+        }
+        Op::RemoveSite { client_id } => {
+            let k = key(PREFIX_SITE, client_id.as_bytes());
+            if st.get::<Site>(&k)?.is_none() {
+                return refuse(ErrorCode::SiteNotFound, format!("no site {client_id}"));
+            }
+            st.remove(&k);
+            for tk in st.keys_with_prefix(PREFIX_TRUST)? {
+                if tk.len() >= PREFIX_TRUST.len() + 8
+                    && &tk[PREFIX_TRUST.len() + 8..] == client_id.as_bytes()
+                {
+                    st.remove(&tk);
+                }
+            }
+            Ok(Ok(Outcome::Removed(true)))
+        }
+        Op::SetTrust(trust) => {
+            if st
+                .get::<Site>(&key(PREFIX_SITE, trust.client_id.as_bytes()))?
+                .is_none()
+            {
+                return refuse(
+                    ErrorCode::SiteNotFound,
+                    format!("no site {}", trust.client_id),
+                );
+            }
+            if st.get::<String>(&user_by_id_key(trust.user_id))?.is_none() {
+                return refuse(ErrorCode::UserNotFound, "no such user");
+            }
+            let k = trust_key(trust.user_id, &trust.client_id);
+            let created_ms = st.get::<Trust>(&k)?.map_or(now, |t| t.created_ms);
+            let mut t = trust.as_ref().clone();
+            t.created_ms = created_ms;
+            t.updated_ms = now;
+            st.put(&k, &t)?;
+            Ok(Ok(Outcome::Trust(Box::new(t))))
+        }
+        Op::RevokeTrust { user_id, client_id } => {
+            let k = trust_key(*user_id, client_id);
+            let existed = st.get::<Trust>(&k)?.is_some();
+            if !existed {
+                return refuse(ErrorCode::TrustNotFound, "no such trust relationship");
+            }
+            st.remove(&k);
+            Ok(Ok(Outcome::Removed(true)))
+        }
+        Op::IssueTicket(t) => issue_ticket(st, now, t),
+        Op::RedeemTicket {
+            hash,
+            client_id,
+            redirect_uri,
+            verifier_challenge,
+            token,
+        } => redeem(
+            st,
+            now,
+            hash,
+            client_id,
+            redirect_uri,
+            verifier_challenge.as_deref(),
+            token,
+        ),
+        Op::RevokeToken { hash } => {
+            let k = key(PREFIX_TOKEN, hash);
+            match st.get::<AccessToken>(&k)? {
+                Some(t) => {
+                    st.remove(&k);
+                    st.remove(&[PREFIX_SESSION_TOKENS, &t.session_key, hash].concat());
+                    Ok(Ok(Outcome::Removed(true)))
+                }
+                None => Ok(Ok(Outcome::Removed(false))),
+            }
+        }
+        Op::RecordSignInFailure {
+            account,
+            source,
+            rule,
+        } => record_failure(st, now, account, source, rule),
+        Op::AddSigningKey {
+            key: new,
+            publish_old_for_ms,
+        } => {
+            let k = key(PREFIX_KEY, new.kid.as_bytes());
+            if st.get::<SigningKey>(&k)?.is_some() {
+                return Ok(Err(invalid(format!("key {} exists", new.kid))));
+            }
+            if let Some(old_kid) = st.get::<String>(KEY_CURRENT_KID)? {
+                let ok = key(PREFIX_KEY, old_kid.as_bytes());
+                if let Some(mut old) = st.get::<SigningKey>(&ok)? {
+                    old.retired_ms = Some(now);
+                    old.publish_until_ms = Some(now.saturating_add(*publish_old_for_ms));
+                    st.put(&ok, &old)?;
+                }
+            }
+            let mut new = new.as_ref().clone();
+            new.created_ms = now;
+            new.retired_ms = None;
+            new.publish_until_ms = None;
+            st.put(&k, &new)?;
+            st.put(KEY_CURRENT_KID, &new.kid)?;
+            Ok(Ok(Outcome::Done))
+        }
+        Op::PurgeExpired => purge_expired(st, now),
+        Op::CreateUser(_)
+        | Op::UpdateUser { .. }
+        | Op::SetUserDisabled { .. }
+        | Op::PurgeRequestResults { .. } => Ok(Err(invalid("not an SSO command"))),
+    }
+}
+
+fn user_by_id(st: &Staged<'_>, id: u64) -> Result<Option<User>, StorageError> {
+    match st.get::<String>(&user_by_id_key(id))? {
+        Some(name) => st.get::<User>(&key(PREFIX_USER, name.as_bytes())),
+        None => Ok(None),
+    }
+}
+
+fn create_session(
+    st: &mut Staged<'_>,
+    now: u64,
+    session: &Session,
+    account: &SecretHash,
+) -> Result<CommandResult, StorageError> {
+    let Some(user) = user_by_id(st, session.user_id)? else {
+        return refuse(ErrorCode::UserNotFound, "no such user");
+    };
+    if user.disabled {
+        return refuse(ErrorCode::Unauthorized, "the account is disabled");
+    }
+    let sk = key(PREFIX_SESSION, &session.key);
+    if st.get::<Session>(&sk)?.is_some() {
+        return Ok(Err(invalid("session key collision")));
+    }
+    let lifetime = session
+        .absolute_expiry_ms
+        .saturating_sub(session.created_ms);
+    let mut s = session.clone();
+    s.username = user.username;
+    s.created_ms = now;
+    s.last_seen_ms = now;
+    s.auth_time_ms = now;
+    s.absolute_expiry_ms = now.saturating_add(lifetime);
+    s.sites.clear();
+    st.put(&sk, &s)?;
+    st.remove(&key(
+        PREFIX_FAILURES,
+        &ThrottleSubject::Account(*account).key(),
+    ));
+    Ok(Ok(Outcome::Session(Box::new(s))))
+}
+
+fn revoke_session(st: &mut Staged<'_>, k: &SecretHash) -> Result<CommandResult, StorageError> {
+    let sk = key(PREFIX_SESSION, k);
+    let Some(s) = st.get::<Session>(&sk)? else {
+        return refuse(ErrorCode::SessionNotFound, "no such session");
+    };
+    st.remove(&sk);
+    let tokens_revoked = revoke_session_tokens(st, k)?;
+    Ok(Ok(Outcome::Revoked(RevokedSession {
+        sid: s.sid,
+        user_id: s.user_id,
+        sites: s.sites,
+        tokens_revoked,
+    })))
+}
+
+fn revoke_session_tokens(st: &mut Staged<'_>, k: &SecretHash) -> Result<u64, StorageError> {
+    let prefix = key(PREFIX_SESSION_TOKENS, k);
+    let mut n = 0;
+    for ik in st.keys_with_prefix(&prefix)? {
+        let hash = &ik[prefix.len()..];
+        st.remove(&key(PREFIX_TOKEN, hash));
+        st.remove(&ik);
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn issue_ticket(
+    st: &mut Staged<'_>,
+    now: u64,
+    t: &LoginTicket,
+) -> Result<CommandResult, StorageError> {
+    let sk = key(PREFIX_SESSION, &t.session_key);
+    let Some(mut s) = st.get::<Session>(&sk)? else {
+        return refuse(ErrorCode::SessionNotFound, "the session has ended");
+    };
+    if !s.alive_at(now) {
+        return refuse(ErrorCode::SessionNotFound, "the session has ended");
+    }
+    let tk = key(PREFIX_TICKET, &t.hash);
+    if st.get::<LoginTicket>(&tk)?.is_some() {
+        return Ok(Err(invalid("ticket collision")));
+    }
+    let lifetime = t.expires_ms.saturating_sub(t.issued_ms).min(60_000);
+    let mut t = t.clone();
+    t.issued_ms = now;
+    t.expires_ms = now.saturating_add(lifetime);
+    t.used = false;
+    t.tokens.clear();
+    st.put(&tk, &t)?;
+    if !s.sites.contains(&t.client_id) {
+        s.sites.push(t.client_id.clone());
+    }
+    s.last_seen_ms = s.last_seen_ms.max(now);
+    st.put(&sk, &s)?;
+    Ok(Ok(Outcome::Done))
+}
+
+fn redeem(
+    st: &mut Staged<'_>,
+    now: u64,
+    hash: &SecretHash,
+    client_id: &str,
+    redirect_uri: &str,
+    verifier_challenge: Option<&str>,
+    token: &AccessToken,
+) -> Result<CommandResult, StorageError> {
+    let bad = |m: &str| refuse(ErrorCode::InvalidGrant, m);
+    let tk = key(PREFIX_TICKET, hash);
+    let Some(mut t) = st.get::<LoginTicket>(&tk)? else {
+        return bad("the ticket is unknown or expired");
+    };
+    if t.client_id != client_id {
+        return bad("the ticket was issued to another client");
+    }
+    if t.used {
+        // A second redemption: whoever holds the first tokens may be an
+        // attacker who replayed the ticket, so they go too (RFC 6749 §4.1.2).
+        for h in std::mem::take(&mut t.tokens) {
+            if let Some(at) = st.get::<AccessToken>(&key(PREFIX_TOKEN, &h))? {
+                st.remove(&key(PREFIX_TOKEN, &h));
+                st.remove(&[PREFIX_SESSION_TOKENS, &at.session_key, &h].concat());
+            }
+        }
+        st.put(&tk, &t)?;
+        return bad("the ticket was already redeemed");
+    }
+    if now >= t.expires_ms {
+        return bad("the ticket has expired");
+    }
+    if t.redirect_uri != redirect_uri {
+        return bad("redirect_uri does not match the one the ticket was issued for");
+    }
+    match (&t.code_challenge, verifier_challenge) {
+        (Some(c), Some(v)) if c == v => {}
+        (Some(_), Some(_)) => return bad("the PKCE code_verifier does not match"),
+        (Some(_), None) => return bad("a PKCE code_verifier is required"),
+        (None, Some(_)) => return bad("no PKCE challenge was sent with the request"),
+        (None, None) => {}
+    }
+    let Some(session) = st.get::<Session>(&key(PREFIX_SESSION, &t.session_key))? else {
+        return bad("the session has ended");
+    };
+    if !session.alive_at(now) {
+        return bad("the session has ended");
+    }
+    let Some(mut user) = user_by_id(st, session.user_id)? else {
+        return bad("the user no longer exists");
+    };
+    if user.disabled {
+        return bad("the account is disabled");
+    }
+    let params = st
+        .get::<Trust>(&trust_key(user.id, client_id))?
+        .map(|tr| tr.params)
+        .unwrap_or_default();
+    user.password_hash = None;
+    let lifetime = token.expires_ms.saturating_sub(token.issued_ms);
+    let expires_ms = now.saturating_add(lifetime).min(session.absolute_expiry_ms);
+    let at = AccessToken {
+        hash: token.hash,
+        session_key: t.session_key,
+        sid: session.sid.clone(),
+        user_id: user.id,
+        client_id: client_id.to_string(),
+        scopes: t.scopes.clone(),
+        issued_ms: now,
+        expires_ms,
+    };
+    st.put(&key(PREFIX_TOKEN, &token.hash), &at)?;
+    st.put(
+        &[PREFIX_SESSION_TOKENS, &t.session_key, &token.hash].concat(),
+        &(),
+    )?;
+    t.used = true;
+    t.tokens.push(token.hash);
+    st.put(&tk, &t)?;
+    Ok(Ok(Outcome::Granted(Box::new(Grant {
+        user,
+        sid: session.sid,
+        auth_time_ms: session.auth_time_ms,
+        client_id: client_id.to_string(),
+        nonce: t.nonce.clone(),
+        scopes: t.scopes.clone(),
+        params,
+        expires_ms,
+    }))))
+}
+
+fn record_failure(
+    st: &mut Staged<'_>,
+    now: u64,
+    account: &SecretHash,
+    source: &str,
+    rule: &ThrottleRule,
+) -> Result<CommandResult, StorageError> {
+    let subjects = [
+        (
+            ThrottleSubject::Account(*account),
+            rule.max_account_failures,
+        ),
+        (
+            ThrottleSubject::Source(source.to_string()),
+            rule.max_source_failures,
+        ),
+    ];
+    for (subject, max) in subjects {
+        let k = key(PREFIX_FAILURES, &subject.key());
+        let f = st.get::<Failures>(&k)?.unwrap_or_default();
+        st.put(&k, &f.record(now, rule, max.max(1)))?;
+    }
+    Ok(Ok(Outcome::Done))
+}
+
+fn purge_expired(st: &mut Staged<'_>, now: u64) -> Result<CommandResult, StorageError> {
+    let mut n = 0u64;
+    for k in st.keys_with_prefix(PREFIX_SESSION)? {
+        if let Some(s) = st.get::<Session>(&k)? {
+            if !s.alive_at(now) {
+                st.remove(&k);
+                n += 1 + revoke_session_tokens(st, &s.key)?;
+            }
+        }
+    }
+    for k in st.keys_with_prefix(PREFIX_TICKET)? {
+        if let Some(t) = st.get::<LoginTicket>(&k)? {
+            let grace = if t.used { USED_TICKET_GRACE_MS } else { 0 };
+            if now >= t.expires_ms.saturating_add(grace) {
+                st.remove(&k);
+                n += 1;
+            }
+        }
+    }
+    for k in st.keys_with_prefix(PREFIX_TOKEN)? {
+        if let Some(t) = st.get::<AccessToken>(&k)? {
+            if now >= t.expires_ms {
+                st.remove(&k);
+                st.remove(&[PREFIX_SESSION_TOKENS, &t.session_key, &t.hash].concat());
+                n += 1;
+            }
+        }
+    }
+    for k in st.keys_with_prefix(PREFIX_FAILURES)? {
+        if let Some(f) = st.get::<Failures>(&k)? {
+            // A record outside any window and lock no longer matters.
+            if now >= f.locked_until_ms && now >= f.window_start_ms.saturating_add(3_600_000) {
+                st.remove(&k);
+                n += 1;
+            }
+        }
+    }
+    for k in st.keys_with_prefix(PREFIX_KEY)? {
+        if let Some(key) = st.get::<SigningKey>(&k)? {
+            if !key.published_at(now) {
+                st.remove(&k);
+                n += 1;
+            }
+        }
+    }
+    Ok(Ok(Outcome::Purged(n)))
+}
+
+impl StateReader {
+    fn get<T: serde::de::DeserializeOwned>(&self, k: &[u8]) -> Result<Option<T>, StorageError> {
+        read_tree(&self.shared.tree(), k)
+    }
+
+    fn scan<T: serde::de::DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>, StorageError> {
+        let tree = self.shared.tree();
+        let mut out = Vec::new();
+        for item in tree.scan_prefix(prefix) {
+            let (_, v) = item.map_err(sm_read_err)?;
+            out.push(codec::decode_record(&v).map_err(sm_read_err)?);
+        }
+        Ok(out)
+    }
+
+    /// The session with key `key`, if stored (alive or not).
+    pub fn session(&self, k: &SecretHash) -> Result<Option<Session>, StorageError> {
+        self.get(&key(PREFIX_SESSION, k))
+    }
+
+    /// The user with id `id`.
+    pub fn user_by_id(&self, id: u64) -> Result<Option<User>, StorageError> {
+        match self.get::<String>(&user_by_id_key(id))? {
+            Some(name) => self.user(&name),
+            None => Ok(None),
+        }
+    }
+
+    /// The partner site `client_id`.
+    pub fn site(&self, client_id: &str) -> Result<Option<Site>, StorageError> {
+        self.get(&key(PREFIX_SITE, client_id.as_bytes()))
+    }
+
+    /// Every partner site, by client id.
+    pub fn sites(&self) -> Result<Vec<Site>, StorageError> {
+        self.scan(PREFIX_SITE)
+    }
+
+    /// The user's trust relationship with a site.
+    pub fn trust(&self, user_id: u64, client_id: &str) -> Result<Option<Trust>, StorageError> {
+        self.get(&trust_key(user_id, client_id))
+    }
+
+    /// Every trust relationship of a user.
+    pub fn trusts(&self, user_id: u64) -> Result<Vec<Trust>, StorageError> {
+        self.scan(&[PREFIX_TRUST, &user_id.to_be_bytes()].concat())
+    }
+
+    /// The access token with hash `hash`.
+    pub fn access_token(&self, hash: &SecretHash) -> Result<Option<AccessToken>, StorageError> {
+        self.get(&key(PREFIX_TOKEN, hash))
+    }
+
+    /// The login ticket with hash `hash`.
+    pub fn ticket(&self, hash: &SecretHash) -> Result<Option<LoginTicket>, StorageError> {
+        self.get(&key(PREFIX_TICKET, hash))
+    }
+
+    /// Throttle state of a subject.
+    pub fn failures(&self, subject: &ThrottleSubject) -> Result<Failures, StorageError> {
+        Ok(self
+            .get(&key(PREFIX_FAILURES, &subject.key()))?
+            .unwrap_or_default())
+    }
+
+    /// Every signing key, and the current key id.
+    pub fn signing_keys(&self) -> Result<(Vec<SigningKey>, Option<String>), StorageError> {
+        Ok((self.scan(PREFIX_KEY)?, self.get(KEY_CURRENT_KID)?))
+    }
+}

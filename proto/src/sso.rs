@@ -1,0 +1,363 @@
+//! Single-sign-on records: sessions, partner sites (OIDC clients), trust
+//! relationships, login tickets (authorization codes), access tokens, signing
+//! keys and sign-in throttling. Secrets (session ids, tickets, tokens, client
+//! secrets) appear here only as SHA-256 digests.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// SHA-256 of a secret value; the only form in which secrets are stored.
+pub type SecretHash = [u8; 32];
+
+/// Hashes a secret for storage and lookup.
+pub fn secret_hash(secret: &[u8]) -> SecretHash {
+    Sha256::digest(secret).into()
+}
+
+/// The public session id (`sid` claim): derived from the session key, so it
+/// names the session without revealing the cookie's secret.
+pub fn public_sid(key: &SecretHash) -> String {
+    let d = Sha256::digest([b"baa-sid:".as_slice(), key].concat());
+    hex_lower(&d[..16])
+}
+
+/// The per-site pseudonym of a user: stable for the pair, unlinkable across sites.
+pub fn pseudonym(user_id: u64, client_id: &str) -> String {
+    let d = Sha256::digest(
+        [
+            b"baa-pseudonym:".as_slice(),
+            &user_id.to_be_bytes(),
+            client_id.as_bytes(),
+        ]
+        .concat(),
+    );
+    format!("u-{}", hex_lower(&d[..6]))
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex_lower(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// A browser session at the agency, made by a successful sign-in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// SHA-256 of the session secret carried in the SSO cookie.
+    pub key: SecretHash,
+    /// Public id of the session (`sid` claim, logout tokens).
+    pub sid: String,
+    /// The signed-in user.
+    pub user_id: u64,
+    /// The signed-in user's name.
+    pub username: String,
+    /// Name of the agency that issued the session.
+    pub agency: String,
+    /// When the session was made (ms since the Unix epoch).
+    pub created_ms: u64,
+    /// Last recorded use.
+    pub last_seen_ms: u64,
+    /// The session ends when unused for this long.
+    pub idle_timeout_ms: u64,
+    /// The session ends at this time whatever its use.
+    pub absolute_expiry_ms: u64,
+    /// When the user last authenticated (`auth_time`).
+    pub auth_time_ms: u64,
+    /// Authentication methods used (`amr`), e.g. `pwd`.
+    pub methods: Vec<String>,
+    /// Partner sites that received a ticket in this session (back-channel logout).
+    pub sites: Vec<String>,
+}
+
+impl Session {
+    /// Whether the session is alive at `now_ms`.
+    pub fn alive_at(&self, now_ms: u64) -> bool {
+        now_ms < self.absolute_expiry_ms
+            && now_ms < self.last_seen_ms.saturating_add(self.idle_timeout_ms)
+    }
+}
+
+/// A partner site: an OpenID Connect client of the agency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Site {
+    /// `client_id`.
+    pub client_id: String,
+    /// Name shown to users.
+    pub name: String,
+    /// Registered login handlers (`redirect_uri`), matched exactly.
+    pub redirect_uris: Vec<String>,
+    /// Where RP-initiated logout may return to, matched exactly.
+    pub post_logout_redirect_uris: Vec<String>,
+    /// SHA-256 of the client secret; `None` for a public client (PKCE required).
+    pub secret_hash: Option<SecretHash>,
+    /// OIDC back-channel logout URI.
+    pub backchannel_logout_uri: Option<String>,
+    /// Scopes the site may ask for.
+    pub allowed_scopes: Vec<String>,
+    /// Registration time.
+    pub created_ms: u64,
+}
+
+/// Which account name a site sees as `preferred_username`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountName {
+    /// The user's agency username.
+    #[default]
+    Username,
+    /// A per-site pseudonym that links nothing across sites.
+    Pseudonym,
+}
+
+/// The login parameters a user chose for one site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LoginParams {
+    /// Account name the site sees.
+    pub account_name: AccountName,
+    /// Whether the site sees the display name (`name`).
+    pub share_name: bool,
+    /// Whether the site sees the email address (`email`).
+    pub share_email: bool,
+}
+
+/// A trust relationship: the user approved the site with these parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trust {
+    /// The user.
+    pub user_id: u64,
+    /// The site.
+    pub client_id: String,
+    /// Approved scopes.
+    pub scopes: Vec<String>,
+    /// Chosen login parameters.
+    pub params: LoginParams,
+    /// First approval.
+    pub created_ms: u64,
+    /// Last change.
+    pub updated_ms: u64,
+}
+
+/// A one-time login ticket (OIDC authorization code), stored by hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginTicket {
+    /// SHA-256 of the ticket value.
+    pub hash: SecretHash,
+    /// Session the ticket was made from.
+    pub session_key: SecretHash,
+    /// The site it is for.
+    pub client_id: String,
+    /// The exact redirect URI it was delivered to.
+    pub redirect_uri: String,
+    /// The site's nonce, echoed in the ID token.
+    pub nonce: Option<String>,
+    /// PKCE S256 challenge.
+    pub code_challenge: Option<String>,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Issue time.
+    pub issued_ms: u64,
+    /// Not redeemable at or after this time.
+    pub expires_ms: u64,
+    /// Set by the first redemption.
+    pub used: bool,
+    /// Tokens issued by its redemption (revoked if it is presented again).
+    pub tokens: Vec<SecretHash>,
+}
+
+/// An opaque access token bound to a session, stored by hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessToken {
+    /// SHA-256 of the token value.
+    pub hash: SecretHash,
+    /// The session it belongs to.
+    pub session_key: SecretHash,
+    /// The session's public id.
+    pub sid: String,
+    /// The user.
+    pub user_id: u64,
+    /// The site it was issued to.
+    pub client_id: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Issue time.
+    pub issued_ms: u64,
+    /// Expiry.
+    pub expires_ms: u64,
+}
+
+/// An RSA signing key of the agency (ID tokens, logout tokens, SSO cookies).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningKey {
+    /// Key id (`kid`).
+    pub kid: String,
+    /// PKCS#1 DER of the private key.
+    pub private_der: Vec<u8>,
+    /// Public modulus, big-endian.
+    pub n: Vec<u8>,
+    /// Public exponent, big-endian.
+    pub e: Vec<u8>,
+    /// When it was added.
+    pub created_ms: u64,
+    /// When a newer key replaced it as the current one.
+    pub retired_ms: Option<u64>,
+    /// It stays published (verifiable) until this time after retiring.
+    pub publish_until_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("created_ms", &self.created_ms)
+            .field("retired_ms", &self.retired_ms)
+            .field("publish_until_ms", &self.publish_until_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// Whether the key may still verify signatures at `now_ms`.
+    pub fn published_at(&self, now_ms: u64) -> bool {
+        self.publish_until_ms.is_none_or(|t| now_ms < t)
+    }
+}
+
+/// What sign-in throttling counts against: an account name or a source address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ThrottleSubject {
+    /// SHA-256 of the lower-cased account name as typed (known or not, so the
+    /// state reveals nothing about which accounts exist).
+    Account(SecretHash),
+    /// Source IP address as text.
+    Source(String),
+}
+
+impl ThrottleSubject {
+    /// Storage key suffix.
+    pub fn key(&self) -> Vec<u8> {
+        match self {
+            ThrottleSubject::Account(h) => [b"a:".as_slice(), h].concat(),
+            ThrottleSubject::Source(ip) => [b"s:".as_slice(), ip.as_bytes()].concat(),
+        }
+    }
+}
+
+/// Failed sign-ins counted for one subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Failures {
+    /// Failures in the current window.
+    pub count: u32,
+    /// Start of the current window.
+    pub window_start_ms: u64,
+    /// Sign-in is refused until this time.
+    pub locked_until_ms: u64,
+}
+
+/// Throttling rule carried in the command, so every node applies the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThrottleRule {
+    /// Failures counted within this window.
+    pub window_ms: u64,
+    /// Failures of one account that lock it.
+    pub max_account_failures: u32,
+    /// Failures from one source address that lock it.
+    pub max_source_failures: u32,
+    /// How long a lock lasts.
+    pub lockout_ms: u64,
+}
+
+impl Failures {
+    /// Counts one failure at `now_ms` under `rule` with limit `max`.
+    pub fn record(mut self, now_ms: u64, rule: &ThrottleRule, max: u32) -> Self {
+        if now_ms >= self.window_start_ms.saturating_add(rule.window_ms) {
+            self.count = 0;
+            self.window_start_ms = now_ms;
+        }
+        self.count = self.count.saturating_add(1);
+        if self.count >= max {
+            self.locked_until_ms = now_ms.saturating_add(rule.lockout_ms);
+            self.count = 0;
+            self.window_start_ms = now_ms;
+        }
+        self
+    }
+
+    /// Whether sign-in is refused at `now_ms`.
+    pub fn locked_at(&self, now_ms: u64) -> bool {
+        now_ms < self.locked_until_ms
+    }
+}
+
+/// What the token endpoint needs after a successful redemption, returned by
+/// the state machine so the answering node need not have applied it locally.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The user (password hash removed).
+    pub user: crate::model::User,
+    /// The session.
+    pub sid: String,
+    /// `auth_time`, ms.
+    pub auth_time_ms: u64,
+    /// The site.
+    pub client_id: String,
+    /// The ticket's nonce.
+    pub nonce: Option<String>,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// The user's login parameters for the site.
+    pub params: LoginParams,
+    /// Expiry of the access token.
+    pub expires_ms: u64,
+}
+
+/// Outcome of revoking a session: who must hear of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedSession {
+    /// Public id of the session.
+    pub sid: String,
+    /// The user.
+    pub user_id: u64,
+    /// Sites that got tickets in the session.
+    pub sites: Vec<String>,
+    /// How many access tokens went with it.
+    pub tokens_revoked: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_locks_after_max_and_window_resets() {
+        let rule = ThrottleRule {
+            window_ms: 1000,
+            max_account_failures: 3,
+            max_source_failures: 10,
+            lockout_ms: 5000,
+        };
+        let mut f = Failures::default();
+        f = f.record(10, &rule, 3);
+        f = f.record(20, &rule, 3);
+        assert!(!f.locked_at(20));
+        f = f.record(30, &rule, 3);
+        assert!(f.locked_at(31));
+        assert!(!f.locked_at(5030));
+        // Failures outside the window start a new count.
+        let mut g = Failures::default().record(0, &rule, 3).record(10, &rule, 3);
+        g = g.record(2000, &rule, 3);
+        assert_eq!(g.count, 1);
+    }
+
+    #[test]
+    fn sid_is_stable_and_not_the_key() {
+        let key = secret_hash(b"secret");
+        assert_eq!(public_sid(&key), public_sid(&key));
+        assert_eq!(public_sid(&key).len(), 32);
+        assert_ne!(public_sid(&key), hex_lower(&key[..16]));
+    }
+}
