@@ -7,8 +7,10 @@ pub mod browser;
 pub mod client;
 pub mod harness;
 pub mod load;
+pub mod partner;
 pub mod poll;
 pub mod proxy;
+pub mod sso;
 
 pub use browser::Browser;
 pub use client::{metric_value, AdminClient, ApiError};

@@ -10,5 +10,7 @@ mod cluster {
     mod membership;
     mod public_port;
     mod replication;
+    mod sso_browser;
+    mod sso_protocol;
     mod support;
 }

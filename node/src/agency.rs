@@ -262,19 +262,20 @@ impl Agency {
         if self.keys.has_current()? {
             return Ok(());
         }
-        self.rotate_signing_key().await
+        self.rotate_signing_key(None).await
     }
 
-    /// Adds a new current signing key; the previous one stays published until
-    /// every token it signed has expired.
-    pub async fn rotate_signing_key(&self) -> Result<()> {
+    /// Adds a new current signing key. The previous one stays published until
+    /// every token and cookie it signed has expired, or for `retire_old_after_s`
+    /// (0 after a key compromise: everything it signed stops verifying at once).
+    pub async fn rotate_signing_key(&self, retire_old_after_s: Option<u64>) -> Result<()> {
         let key = tokio::task::spawn_blocking(crate::keys::generate)
             .await
             .map_err(|e| NodeError::Internal(e.to_string()))?
             .map_err(|e| NodeError::Internal(format!("generating a key: {e}")))?;
-        let publish_old_for_ms = (self.config.sso.access_token_ttl_s
-            + self.config.sso.session_lifetime_s.min(86_400))
-            * 1000;
+        let publish_old_for_ms = retire_old_after_s.unwrap_or(
+            self.config.sso.access_token_ttl_s + self.config.sso.session_lifetime_s,
+        ) * 1000;
         self.write(
             Op::AddSigningKey {
                 key: Box::new(key),

@@ -150,8 +150,19 @@ async fn revoke_trust(
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn rotate_key(_: Admin, agency: web::Data<Agency>) -> Result<HttpResponse> {
-    agency.rotate_signing_key().await?;
+/// `POST /admin/v1/keys/rotate[?retire_old_after_s=N]`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateParams {
+    retire_old_after_s: Option<u64>,
+}
+
+async fn rotate_key(
+    _: Admin,
+    agency: web::Data<Agency>,
+    params: web::Query<RotateParams>,
+) -> Result<HttpResponse> {
+    agency.rotate_signing_key(params.retire_old_after_s).await?;
     let jwks = agency.keys.jwks()?;
     Ok(HttpResponse::Ok().json(jwks))
 }

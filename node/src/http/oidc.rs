@@ -383,6 +383,9 @@ async fn introspect(
         .as_deref()
         .ok_or_else(|| NodeError::invalid("token is required"))?;
     let inactive = || no_store(HttpResponse::Ok()).json(serde_json::json!({ "active": false }));
+    // A resource server asks to decide access: answer as of now, not as of
+    // this node's replication lag (a revocation a moment ago must show).
+    agency.read_barrier(Consistency::Linearizable).await?;
     let Some(t) = live_token(&agency, value).await else {
         return Ok(inactive());
     };
