@@ -180,3 +180,179 @@ async fn state_survives_reopen() {
     let (_db, sm) = store(dir.path());
     assert_eq!(sm.reader().digest().unwrap(), digest);
 }
+
+mod sso {
+    use baa_proto::sso::{
+        public_sid, secret_hash, AccessToken, LoginTicket, Session, Site, ThrottleRule,
+        ThrottleSubject,
+    };
+
+    use super::*;
+
+    fn one(res: Vec<Vec<CommandResult>>) -> CommandResult {
+        res.into_iter().next().unwrap().into_iter().next().unwrap()
+    }
+
+    fn session(key: [u8; 32]) -> Op {
+        Op::CreateSession {
+            session: Box::new(Session {
+                key,
+                sid: public_sid(&key),
+                user_id: 1,
+                username: String::new(),
+                agency: "a".into(),
+                created_ms: 0,
+                last_seen_ms: 0,
+                idle_timeout_ms: 60_000,
+                absolute_expiry_ms: 120_000,
+                auth_time_ms: 0,
+                methods: vec!["pwd".into()],
+                sites: vec![],
+            }),
+            account: secret_hash(b"alice"),
+        }
+    }
+
+    fn ticket(hash: [u8; 32], key: [u8; 32]) -> Op {
+        Op::IssueTicket(Box::new(LoginTicket {
+            hash,
+            session_key: key,
+            client_id: "shop".into(),
+            redirect_uri: "https://shop.example/cb".into(),
+            nonce: Some("n".into()),
+            code_challenge: Some("c".repeat(43)),
+            scopes: vec!["openid".into()],
+            issued_ms: 0,
+            expires_ms: 60_000,
+            used: false,
+            tokens: vec![],
+        }))
+    }
+
+    fn redeem(hash: [u8; 32], token: [u8; 32], challenge: &str) -> Op {
+        Op::RedeemTicket {
+            hash,
+            client_id: "shop".into(),
+            redirect_uri: "https://shop.example/cb".into(),
+            verifier_challenge: Some(challenge.into()),
+            token: Box::new(AccessToken {
+                hash: token,
+                session_key: [0; 32],
+                sid: String::new(),
+                user_id: 0,
+                client_id: "shop".into(),
+                scopes: vec![],
+                issued_ms: 0,
+                expires_ms: 3_600_000,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn ticket_redeems_once_and_reuse_revokes_its_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, mut sm) = store(dir.path());
+        let key = secret_hash(b"session");
+        let site = Op::AddSite(Box::new(Site {
+            client_id: "shop".into(),
+            name: "Shop".into(),
+            redirect_uris: vec!["https://shop.example/cb".into()],
+            post_logout_redirect_uris: vec![],
+            secret_hash: Some(secret_hash(b"secret")),
+            backchannel_logout_uri: None,
+            allowed_scopes: vec!["openid".into()],
+            created_ms: 0,
+        }));
+        let code = secret_hash(b"code");
+        let ok = "c".repeat(43);
+        let res = sm
+            .apply(vec![
+                entry(1, None, create("alice")),
+                entry(2, None, site),
+                entry(3, None, session(key)),
+                entry(4, None, ticket(code, key)),
+                entry(5, None, redeem(code, [1; 32], "wrong-challenge")),
+                entry(6, None, redeem(code, [2; 32], &ok)),
+            ])
+            .await
+            .unwrap();
+        let codes: Vec<_> = res
+            .iter()
+            .map(|r| r[0].as_ref().err().map(|e| e.code))
+            .collect();
+        assert_eq!(
+            codes,
+            vec![None, None, None, None, Some(ErrorCode::InvalidGrant), None]
+        );
+        let reader = sm.reader();
+        assert!(reader.access_token(&[2; 32]).unwrap().is_some());
+        // The second redemption fails and takes the first one's token with it.
+        let again = one(sm
+            .apply(vec![entry(7, None, redeem(code, [3; 32], &ok))])
+            .await
+            .unwrap());
+        assert_eq!(again.unwrap_err().code, ErrorCode::InvalidGrant);
+        assert!(reader.access_token(&[2; 32]).unwrap().is_none());
+        assert!(reader.access_token(&[3; 32]).unwrap().is_none());
+        // Revoking the session removes every token bound to it.
+        let code2 = secret_hash(b"code2");
+        sm.apply(vec![
+            entry(8, None, ticket(code2, key)),
+            entry(9, None, redeem(code2, [4; 32], &ok)),
+        ])
+        .await
+        .unwrap();
+        assert!(reader.access_token(&[4; 32]).unwrap().is_some());
+        let r = one(sm
+            .apply(vec![entry(10, None, Op::RevokeSession { key })])
+            .await
+            .unwrap());
+        match r.unwrap() {
+            Outcome::Revoked(r) => {
+                assert_eq!(r.tokens_revoked, 1);
+                assert_eq!(r.sites, vec!["shop".to_string()]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(reader.access_token(&[4; 32]).unwrap().is_none());
+        assert!(reader.session(&key).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn failures_lock_and_sign_in_forgives_the_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, mut sm) = store(dir.path());
+        let rule = ThrottleRule {
+            window_ms: 60_000,
+            max_account_failures: 2,
+            max_source_failures: 100,
+            lockout_ms: 60_000,
+        };
+        let fail = Op::RecordSignInFailure {
+            account: secret_hash(b"alice"),
+            source: "10.0.0.1".into(),
+            rule,
+        };
+        sm.apply(vec![
+            entry(1, None, create("alice")),
+            entry(2, None, fail.clone()),
+            entry(3, None, fail),
+        ])
+        .await
+        .unwrap();
+        let reader = sm.reader();
+        let acct = ThrottleSubject::Account(secret_hash(b"alice"));
+        assert!(reader.failures(&acct).unwrap().locked_at(1004));
+        assert_eq!(
+            reader
+                .failures(&ThrottleSubject::Source("10.0.0.1".into()))
+                .unwrap()
+                .count,
+            2
+        );
+        sm.apply(vec![entry(4, None, session(secret_hash(b"s")))])
+            .await
+            .unwrap();
+        assert!(!reader.failures(&acct).unwrap().locked_at(1005));
+    }
+}
