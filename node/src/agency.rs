@@ -273,9 +273,9 @@ impl Agency {
             .await
             .map_err(|e| NodeError::Internal(e.to_string()))?
             .map_err(|e| NodeError::Internal(format!("generating a key: {e}")))?;
-        let publish_old_for_ms = retire_old_after_s.unwrap_or(
-            self.config.sso.access_token_ttl_s + self.config.sso.session_lifetime_s,
-        ) * 1000;
+        let publish_old_for_ms = retire_old_after_s
+            .unwrap_or(self.config.sso.access_token_ttl_s + self.config.sso.session_lifetime_s)
+            * 1000;
         self.write(
             Op::AddSigningKey {
                 key: Box::new(key),

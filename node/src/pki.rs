@@ -110,6 +110,29 @@ pub fn issue_node(dir: &Path, name: &str, sans: &[String]) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Whether the certificate at `path` exists and names every one of `sans`
+/// (DNS names or IP addresses) among its subject alternative names.
+pub fn cert_names_all(path: &Path, sans: &[String]) -> anyhow::Result<bool> {
+    let pem = match std::fs::read_to_string(path) {
+        Ok(pem) => pem,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let params = CertificateParams::from_ca_cert_pem(&pem)
+        .with_context(|| format!("parsing {}", path.display()))?;
+    Ok(sans.iter().all(|want| {
+        let ip = want.parse::<IpAddr>().ok();
+        params
+            .subject_alt_names
+            .iter()
+            .any(|have| match (have, ip) {
+                (SanType::IpAddress(a), Some(b)) => *a == b,
+                (SanType::DnsName(n), None) => n.as_str().eq_ignore_ascii_case(want),
+                _ => false,
+            })
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +156,27 @@ mod tests {
             init_ca(dir.path(), "test").is_err(),
             "must not overwrite a CA"
         );
+    }
+
+    #[test]
+    fn certificate_names_are_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), "test").unwrap();
+        issue_node(dir.path(), "node1", &["login.baa.localtest".into()]).unwrap();
+        let (cert, _) = node_paths(dir.path(), "node1");
+        let names = |sans: &[&str]| {
+            let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+            cert_names_all(&cert, &sans).unwrap()
+        };
+        assert!(names(&[
+            "login.baa.localtest",
+            "localhost",
+            "127.0.0.1",
+            "::1"
+        ]));
+        assert!(!names(&["shop.baa.localtest"]));
+        assert!(!names(&["10.0.0.1"]));
+        let missing = dir.path().join("nope.pem");
+        assert!(!cert_names_all(&missing, &[]).unwrap());
     }
 }

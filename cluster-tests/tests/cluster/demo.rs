@@ -1,5 +1,6 @@
-//! Acceptance 8: `baa demo` starts a working cluster, stops every child on
-//! SIGINT, and keeps its data across runs.
+//! Acceptance 8: `baa demo` starts a working cluster and its two partner
+//! sites, names a demo user and password, stops every child on SIGINT, and
+//! keeps its data across runs.
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -17,11 +18,17 @@ use tokio::process::{Child, Command};
 
 const NODES: u16 = 3;
 
-/// A base port such that base.. and base+100.. (NODES each) are free right now.
+/// The demo's partner sites: client id and port offset from the base port.
+const SITES: [(&str, u16); 2] = [("shop", 200), ("news", 201)];
+
+/// A base port such that base.. and base+100.. (NODES each) and the sites'
+/// ports are free right now.
 fn free_base_port() -> u16 {
     for _ in 0..200 {
         let base = 20_000 + (rand::random::<u16>() % 20_000);
-        let ports = (0..NODES).flat_map(|i| [base + i, base + 100 + i]);
+        let ports = (0..NODES)
+            .flat_map(|i| [base + i, base + 100 + i])
+            .chain(SITES.iter().map(|(_, offset)| base + offset));
         let held: Vec<_> = ports
             .map(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)))
             .collect();
@@ -34,11 +41,14 @@ fn free_base_port() -> u16 {
 
 struct Demo {
     child: Child,
-    /// `baa serve` children seen while the demo ran; killed if the test fails.
+    /// `baa serve` and `baa partner-site` children seen while the demo ran;
+    /// killed if the test fails.
     children: Vec<u32>,
     urls: Vec<String>,
     ca: PathBuf,
     token: String,
+    user: String,
+    password: String,
 }
 
 async fn start_demo(dir: &Path, base: u16, log: &Path) -> Demo {
@@ -60,6 +70,7 @@ async fn start_demo(dir: &Path, base: u16, log: &Path) -> Demo {
         .expect("spawning baa demo");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let (mut urls, mut ca, mut token) = (Vec::new(), None, None);
+    let (mut user, mut password) = (None, None);
     let ready = tokio::time::timeout(Duration::from_secs(180), async {
         while let Some(line) = lines.next_line().await.expect("reading demo stdout") {
             let t = line.trim();
@@ -76,6 +87,10 @@ async fn start_demo(dir: &Path, base: u16, log: &Path) -> Demo {
                 ca = Some(PathBuf::from(p));
             } else if let Some(tok) = t.strip_prefix("admin token: ") {
                 token = Some(tok.to_string());
+            } else if let Some(u) = t.strip_prefix("demo user: ") {
+                user = Some(u.to_string());
+            } else if let Some(p) = t.strip_prefix("password: ") {
+                password = Some(p.to_string());
             }
         }
         false
@@ -99,6 +114,8 @@ async fn start_demo(dir: &Path, base: u16, log: &Path) -> Demo {
         urls,
         ca: ca.expect("CA certificate line"),
         token: token.expect("admin token line"),
+        user: user.expect("demo user line"),
+        password: password.expect("password line"),
     }
 }
 
@@ -111,11 +128,20 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Live (non-zombie) `serve` children of `parent`.
-fn children_of(parent: u32) -> Vec<u32> {
+/// PIDs of live `baa partner-site` processes whose command line mentions `needle`.
+fn sites_mentioning(needle: &str) -> Vec<u32> {
     live_processes()
         .into_iter()
-        .filter(|(_, ppid, cmd)| *ppid == parent && cmd.contains("serve"))
+        .filter(|(_, _, cmd)| cmd.contains(needle) && cmd.contains("partner-site"))
+        .map(|p| p.0)
+        .collect()
+}
+
+/// Live (non-zombie) children of `parent` whose command line contains `word`.
+fn children_of(parent: u32, word: &str) -> Vec<u32> {
+    live_processes()
+        .into_iter()
+        .filter(|(_, ppid, cmd)| *ppid == parent && cmd.contains(word))
         .map(|p| p.0)
         .collect()
 }
@@ -184,13 +210,32 @@ impl Demo {
         }
     }
 
-    /// Records the demo's `baa serve` children (its child processes running `serve`).
-    fn record_children(&mut self) -> Vec<u32> {
+    /// Records the demo's children; returns the `baa serve` ones and the
+    /// `baa partner-site` ones.
+    fn record_children(&mut self) -> (Vec<u32>, Vec<u32>) {
         let pid = self.child.id().expect("demo pid");
-        let mut children = children_of(pid);
-        children.sort();
-        self.children.clone_from(&children);
-        children
+        let mut nodes = children_of(pid, " serve ");
+        nodes.sort();
+        let mut sites = children_of(pid, " partner-site ");
+        sites.sort();
+        self.children = nodes.iter().chain(&sites).copied().collect();
+        (nodes, sites)
+    }
+
+    /// Every demo partner site answers `/status.json` with its client id.
+    async fn sites_up(&self, base: u16) {
+        let http = https_client(&self.ca, None, DEFAULT_REQUEST_TIMEOUT);
+        for (client_id, offset) in SITES {
+            let url = format!("https://127.0.0.1:{}/status.json", base + offset);
+            let resp = http
+                .get(&url)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+            assert_eq!(resp.status(), StatusCode::OK, "GET {url}");
+            let body: serde_json::Value = resp.json().await.expect("status.json is JSON");
+            assert_eq!(body["client_id"], client_id, "GET {url}: {body}");
+        }
     }
 
     /// SIGINT; the demo exits 0 and no `baa serve` child of it survives.
@@ -212,12 +257,17 @@ impl Demo {
             .collect();
         assert!(
             survivors.is_empty(),
-            "baa serve children survived the demo: {survivors:?}"
+            "children survived the demo: {survivors:?}"
         );
         let strays = processes_mentioning(dir);
         assert!(
             strays.is_empty(),
             "baa serve processes still running on the demo dir: {strays:?}"
+        );
+        let strays = sites_mentioning(dir);
+        assert!(
+            strays.is_empty(),
+            "baa partner-site processes still running on the demo dir: {strays:?}"
         );
         self.children.clear();
     }
@@ -225,7 +275,7 @@ impl Demo {
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        // Only on failure: do not leave node processes behind.
+        // Only on failure: do not leave node or site processes behind.
         for &pid in &self.children {
             if is_alive(pid) {
                 signal(pid, libc::SIGKILL);
@@ -246,15 +296,32 @@ async fn demo_runs_stops_cleanly_and_keeps_data() {
     // The same ports both times: the generated configs and the membership record them.
     let base = free_base_port();
 
-    // First run: create a user.
+    // First run: both sites answer, a demo user is named; create a user.
     let mut demo = start_demo(&dir, base, &log).await;
     demo.all_ready().await;
-    let children = demo.record_children();
+    let (nodes, sites) = demo.record_children();
     assert_eq!(
-        children.len(),
+        nodes.len(),
         NODES as usize,
-        "baa serve children of the demo: {children:?}"
+        "baa serve children of the demo: {nodes:?}"
     );
+    assert_eq!(
+        sites.len(),
+        SITES.len(),
+        "baa partner-site children of the demo: {sites:?}"
+    );
+    demo.sites_up(base).await;
+    assert_eq!(demo.user, "alice");
+    assert!(
+        demo.password.len() >= 8,
+        "demo password {:?}",
+        demo.password
+    );
+    demo.admin(0)
+        .get_user(&demo.user, Consistency::Linearizable)
+        .await
+        .expect("the demo user exists");
+    let password = demo.password.clone();
     let created = demo
         .admin(1)
         .create_user(
@@ -268,15 +335,23 @@ async fn demo_runs_stops_cleanly_and_keeps_data() {
         .expect("create a user through the demo");
     demo.interrupt(&dir_s).await;
 
-    // Second run on the same directory: the user is still there.
+    // Second run on the same directory: the user is still there, the sites
+    // (registered before) come up again, the demo password is the same.
     let mut demo = start_demo(&dir, base, &log).await;
     demo.all_ready().await;
-    let children = demo.record_children();
+    let (nodes, sites) = demo.record_children();
     assert_eq!(
-        children.len(),
+        nodes.len(),
         NODES as usize,
-        "baa serve children of the second demo: {children:?}"
+        "baa serve children of the second demo: {nodes:?}"
     );
+    assert_eq!(
+        sites.len(),
+        SITES.len(),
+        "baa partner-site children of the second demo: {sites:?}"
+    );
+    demo.sites_up(base).await;
+    assert_eq!(demo.password, password, "the demo password is kept");
     let again = demo
         .admin(0)
         .get_user("demo-persist", Consistency::Linearizable)

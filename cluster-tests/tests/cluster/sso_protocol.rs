@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use baa_cluster_tests::harness::CONVERGE_DEADLINE;
 use baa_cluster_tests::sso::{
-    add_confidential_site, add_site, create_user, introspect_active, query_params, redeem, Agent,
-    Answer, AuthRequest, TestSite, SSO_COOKIE,
+    add_confidential_site, add_site, create_user, introspect_active, redeem, Agent, Answer,
+    AuthRequest, TestSite, SSO_COOKIE,
 };
 use baa_cluster_tests::{poll_until, Cluster, ClusterOptions};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -265,15 +265,6 @@ async fn redirect_uri_must_match_exactly() {
     cluster.assert_no_panics();
 }
 
-/// Sums a metric over every node.
-async fn total(cluster: &Cluster, name: &str) -> f64 {
-    let mut sum = 0.0;
-    for id in cluster.running_ids() {
-        sum += cluster.metric(id, name).await.unwrap_or(0.0);
-    }
-    sum
-}
-
 /// The sign-in page's body with the per-response values (CSP nonce) blanked.
 fn normalised(body: &str, typed: &str) -> String {
     let mut out = String::new();
@@ -365,7 +356,7 @@ async fn tampered_expired_or_orphaned_cookies_are_no_session() {
     create_user(&cluster, "alice", PASSWORD).await;
     create_user(&cluster, "mallory", PASSWORD).await;
     let shop = add_confidential_site(&cluster, "shop", "https://shop.baa.localtest:9443/cb").await;
-    let mut alice = signed_in_with_trust(&cluster, 1, &shop).await;
+    let alice = signed_in_with_trust(&cluster, 1, &shop).await;
     let good = alice.sso_cookie().unwrap();
     let silent = AuthRequest::new(&shop).set("prompt", "none");
     let n2 = cluster.public_url(2);
@@ -548,5 +539,4 @@ async fn third_party_oidc_client_completes_the_code_flow() {
         serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
     assert_eq!(line["ok"], true, "{line}");
     assert_eq!(line["preferred_username"], "alice");
-    let _ = query_params;
 }

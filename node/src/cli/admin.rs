@@ -1,14 +1,17 @@
-//! `baa cluster …` and `baa user …`: thin clients of the admin API.
+//! `baa cluster …`, `baa user …`, `baa site …` and `baa keys …`: thin
+//! clients of the admin API.
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use baa_proto::api::{
-    ClusterStatus, CreateUserRequest, JoinRequest, LeaveRequest, UpdateUserRequest, UserList,
-    UserView,
+    ClusterStatus, CreateSiteRequest, CreateUserRequest, CreatedSite, JoinRequest, LeaveRequest,
+    SiteList, SiteView, TrustList, UpdateUserRequest, UserList, UserView,
 };
 use baa_proto::model::NodeId;
+use baa_proto::sso::AccountName;
 use clap::Subcommand;
 
 use super::client::{AdminClient, Connection};
@@ -110,6 +113,91 @@ pub enum UserCommand {
         /// Login name.
         username: String,
     },
+    /// A user's trust relationships with partner sites.
+    Trust {
+        #[command(subcommand)]
+        command: TrustCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// List the sites a user has approved, with the login parameters chosen.
+    List {
+        /// Login name.
+        username: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Withdraw a user's approval of a site; the next sign-in there asks again.
+    Revoke {
+        /// Login name.
+        username: String,
+        /// The site's client id.
+        client_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SiteCommand {
+    /// Register a partner site (an OpenID Connect client).
+    Add {
+        /// The site's client id: 1-64 of a-z 0-9 . _ -
+        #[arg(long)]
+        client_id: String,
+        /// Name shown to users.
+        #[arg(long)]
+        name: String,
+        /// Login handler: an exact redirect URI (repeatable, at least one).
+        #[arg(long = "redirect-uri", required = true)]
+        redirect_uris: Vec<String>,
+        /// Where logout may return to (repeatable).
+        #[arg(long = "post-logout-redirect-uri")]
+        post_logout_redirect_uris: Vec<String>,
+        /// URI the agency calls to log a session out at the site.
+        #[arg(long)]
+        backchannel_logout_uri: Option<String>,
+        /// A scope the site may ask for (repeatable); default openid, profile, email.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// A public client: no secret, PKCE required.
+        #[arg(long, conflicts_with = "client_secret_file")]
+        public: bool,
+        /// Read the client secret (32-256 characters, first line) from this
+        /// file instead of generating one.
+        #[arg(long)]
+        client_secret_file: Option<PathBuf>,
+        /// Print the registered site and its secret as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List partner sites.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one partner site.
+    Get {
+        /// The site's client id.
+        client_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a partner site; users' approvals of it go with it.
+    Remove {
+        /// The site's client id.
+        client_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a new signing key current; the old one stays published until the
+    /// tokens it signed have expired. Prints the published keys (JWKS).
+    Rotate,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -317,5 +405,233 @@ pub async fn user(conn: &Connection, command: UserCommand) -> anyhow::Result<()>
                 .await?;
             print_json(&user)
         }
+        UserCommand::Trust { command } => trust(&client, command).await,
+    }
+}
+
+async fn trust(client: &AdminClient, command: TrustCommand) -> anyhow::Result<()> {
+    match command {
+        TrustCommand::List { username, json } => {
+            let list: TrustList = client
+                .get(&format!("/admin/v1/users/{username}/trust"))
+                .await?;
+            if json {
+                return print_json(&list.trust);
+            }
+            if list.trust.is_empty() {
+                println!("{username} has approved no site");
+                return Ok(());
+            }
+            println!(
+                "{:<24}  {:<9}  {:<5}  {:<5}  {:<24}  scopes",
+                "site", "account", "name", "email", "approved"
+            );
+            for t in &list.trust {
+                let account = match t.params.account_name {
+                    AccountName::Username => "username",
+                    AccountName::Pseudonym => "pseudonym",
+                };
+                println!(
+                    "{:<24}  {:<9}  {:<5}  {:<5}  {:<24}  {}",
+                    t.client_id,
+                    account,
+                    yes_no(t.params.share_name),
+                    yes_no(t.params.share_email),
+                    time_ms(t.created_ms),
+                    t.scopes.join(" ")
+                );
+            }
+            Ok(())
+        }
+        TrustCommand::Revoke {
+            username,
+            client_id,
+        } => {
+            client
+                .delete(&format!("/admin/v1/users/{username}/trust/{client_id}"))
+                .await?;
+            println!("{username} no longer trusts {client_id}");
+            Ok(())
+        }
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// Milliseconds since the epoch as an RFC 3339 UTC time.
+fn time_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn print_site(site: &SiteView) {
+    println!("site {}", site.client_id);
+    println!("  name: {}", site.name);
+    println!(
+        "  client type: {}",
+        if site.public {
+            "public (PKCE, no secret)"
+        } else {
+            "confidential"
+        }
+    );
+    for u in &site.redirect_uris {
+        println!("  redirect URI: {u}");
+    }
+    for u in &site.post_logout_redirect_uris {
+        println!("  post-logout redirect URI: {u}");
+    }
+    if let Some(u) = &site.backchannel_logout_uri {
+        println!("  back-channel logout URI: {u}");
+    }
+    println!("  scopes: {}", site.allowed_scopes.join(" "));
+    println!("  registered: {}", time_ms(site.created_ms));
+}
+
+fn read_secret_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the client secret file {}", path.display()))?;
+    let secret = text.lines().next().unwrap_or_default().trim().to_string();
+    anyhow::ensure!(!secret.is_empty(), "{} is empty", path.display());
+    Ok(secret)
+}
+
+/// Runs a `baa site` subcommand.
+pub async fn site(conn: &Connection, command: SiteCommand) -> anyhow::Result<()> {
+    let client = AdminClient::new(conn)?;
+    match command {
+        SiteCommand::Add {
+            client_id,
+            name,
+            redirect_uris,
+            post_logout_redirect_uris,
+            backchannel_logout_uri,
+            scopes,
+            public,
+            client_secret_file,
+            json,
+        } => {
+            let client_secret = client_secret_file
+                .as_deref()
+                .map(read_secret_file)
+                .transpose()?;
+            let generated = !public && client_secret.is_none();
+            let req = CreateSiteRequest {
+                client_id,
+                name: Some(name),
+                redirect_uris,
+                post_logout_redirect_uris,
+                backchannel_logout_uri,
+                allowed_scopes: (!scopes.is_empty()).then_some(scopes),
+                public,
+                client_secret,
+            };
+            let created: CreatedSite = client.post("/admin/v1/sites", &req).await?;
+            if json {
+                return print_json(&created);
+            }
+            print_site(&created.site);
+            match (&created.client_secret, generated) {
+                (Some(secret), true) => {
+                    println!();
+                    println!("client secret: {secret}");
+                    println!(
+                        "This secret is shown only once and cannot be read back; store it now."
+                    );
+                }
+                (Some(_), false) => println!("  client secret: as given in the file"),
+                (None, _) => {}
+            }
+            Ok(())
+        }
+        SiteCommand::List { json } => {
+            let list: SiteList = client.get("/admin/v1/sites").await?;
+            if json {
+                return print_json(&list.sites);
+            }
+            if list.sites.is_empty() {
+                println!("no partner sites");
+                return Ok(());
+            }
+            println!(
+                "{:<24}  {:<24}  {:<12}  redirect URIs",
+                "client id", "name", "type"
+            );
+            for s in &list.sites {
+                println!(
+                    "{:<24}  {:<24}  {:<12}  {}",
+                    s.client_id,
+                    s.name,
+                    if s.public { "public" } else { "confidential" },
+                    s.redirect_uris.join(" ")
+                );
+            }
+            Ok(())
+        }
+        SiteCommand::Get { client_id, json } => {
+            let site: SiteView = client.get(&format!("/admin/v1/sites/{client_id}")).await?;
+            if json {
+                return print_json(&site);
+            }
+            print_site(&site);
+            Ok(())
+        }
+        SiteCommand::Remove { client_id } => {
+            client
+                .delete(&format!("/admin/v1/sites/{client_id}"))
+                .await?;
+            println!("site {client_id} removed");
+            Ok(())
+        }
+    }
+}
+
+/// Runs a `baa keys` subcommand.
+pub async fn keys(conn: &Connection, command: KeysCommand) -> anyhow::Result<()> {
+    let client = AdminClient::new(conn)?;
+    match command {
+        KeysCommand::Rotate => {
+            // The leader answers after applying the rotation, so the keys it
+            // lists include the new one.
+            let leader = leader_client(&client).await?;
+            let jwks: serde_json::Value = leader
+                .post("/admin/v1/keys/rotate", &serde_json::json!({}))
+                .await?;
+            print_json(&jwks)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::time_ms;
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(time_ms(0), "1970-01-01T00:00:00Z");
+        assert_eq!(time_ms(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(time_ms(1_709_251_199_999), "2024-02-29T23:59:59Z");
     }
 }

@@ -32,6 +32,11 @@ pub struct ApiError {
     pub body: ErrorBody,
 }
 
+/// The API's error code, when `e` is an error answered by the API.
+pub fn error_code(e: &anyhow::Error) -> Option<baa_proto::ErrorCode> {
+    e.downcast_ref::<ApiError>().map(|a| a.body.error)
+}
+
 /// An authenticated admin API client bound to one node.
 #[derive(Clone)]
 pub struct AdminClient {
@@ -75,7 +80,8 @@ impl AdminClient {
         }
     }
 
-    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+    /// Sends `req` with the credential; the body of a success, or the API's error.
+    async fn call(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Vec<u8>> {
         let resp = req
             .bearer_auth(&self.token)
             .send()
@@ -84,7 +90,7 @@ impl AdminClient {
         let status = resp.status();
         let bytes = resp.bytes().await?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).context("decoding the answer");
+            return Ok(bytes.to_vec());
         }
         match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(body) => Err(ApiError {
@@ -94,6 +100,11 @@ impl AdminClient {
             .into()),
             Err(_) => anyhow::bail!("{status}: {}", String::from_utf8_lossy(&bytes)),
         }
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        let bytes = self.call(req).await?;
+        serde_json::from_slice(&bytes).context("decoding the answer")
     }
 
     /// GET a JSON resource.
@@ -120,6 +131,13 @@ impl AdminClient {
     ) -> anyhow::Result<T> {
         self.send(self.http.patch(format!("{}{path}", self.base)).json(body))
             .await
+    }
+
+    /// DELETE a resource; the answer has no body.
+    pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        self.call(self.http.delete(format!("{}{path}", self.base)))
+            .await
+            .map(drop)
     }
 
     /// Whether `GET path` answers 200 (no credential needed).

@@ -1,18 +1,25 @@
 //! `baa demo`: a local cluster of child processes with generated PKI, sled data
 //! under one directory (reused on the next run), the cluster initialised and a
-//! leader elected. Ctrl-C stops every child.
+//! leader elected; single sign-on configured for `*.baa.localtest`, two demo
+//! partner sites registered and running, and a demo user. Ctrl-C stops every
+//! child.
 
+use std::future::Future;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use baa_proto::api::ClusterStatus;
+use baa_proto::api::{
+    ClusterStatus, CreateSiteRequest, CreateUserRequest, CreatedSite, SiteView, UpdateUserRequest,
+    UserView,
+};
+use baa_proto::ErrorCode;
 use clap::Args;
 
-use super::client::{AdminClient, ApiError};
-use crate::config::{FileConfig, LogFormat, Peer, RaftTuning, TlsFiles};
+use super::client::{error_code, AdminClient, ApiError};
+use crate::config::{FileConfig, LogFormat, Peer, RaftTuning, SsoConfig, TlsFiles};
 use crate::pki;
 
 #[derive(Debug, Args)]
@@ -23,22 +30,96 @@ pub struct DemoArgs {
     /// Number of nodes.
     #[arg(long, default_value_t = 3)]
     nodes: u16,
-    /// First public port; node i listens on base+i-1 and its cluster port on base+100+i-1.
+    /// First public port; node i listens on base+i-1 and its cluster port on
+    /// base+100+i-1; the partner sites listen on base+200 and base+201.
     #[arg(long, default_value_t = 8441)]
     base_port: u16,
 }
 
-/// The children; dropping it stops them.
-struct Children(Vec<Child>);
+/// The agency's name in its SSO cookies.
+const AGENCY: &str = "baa-demo";
+/// The agency's host name, as browsers and partner sites see it.
+const AGENCY_HOST: &str = "login.baa.localtest";
+/// The shared cookie domain of the agency and its partner sites.
+const COOKIE_DOMAIN: &str = "baa.localtest";
+
+/// The demo user.
+const DEMO_USER: &str = "alice";
+const DEMO_USER_NAME: &str = "Alice Example";
+const DEMO_USER_EMAIL: &str = "alice@example.test";
+
+/// A demo partner site.
+struct DemoSite {
+    /// Client id, certificate and file name stem.
+    id: &'static str,
+    /// Name shown to users.
+    name: &'static str,
+    /// Host name under the cookie domain.
+    host: &'static str,
+    /// Port offset from `--base-port`.
+    offset: u16,
+}
+
+const SITES: [DemoSite; 2] = [
+    DemoSite {
+        id: "shop",
+        name: "Demo Shop",
+        host: "shop.baa.localtest",
+        offset: 200,
+    },
+    DemoSite {
+        id: "news",
+        name: "Demo News",
+        host: "news.baa.localtest",
+        offset: 201,
+    },
+];
+
+impl DemoSite {
+    fn port(&self, base: u16) -> u16 {
+        base + self.offset
+    }
+
+    /// The site's URL as the browser sees it.
+    fn public_url(&self, base: u16) -> String {
+        format!("https://{}:{}", self.host, self.port(base))
+    }
+
+    fn secret_file(&self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}-client-secret", self.id))
+    }
+
+    /// The registration the demo wants for this site.
+    fn registration(&self, base: u16, secret: &str) -> CreateSiteRequest {
+        let url = self.public_url(base);
+        CreateSiteRequest {
+            client_id: self.id.into(),
+            name: Some(self.name.into()),
+            redirect_uris: vec![format!("{url}/callback")],
+            post_logout_redirect_uris: vec![format!("{url}/")],
+            // The agency calls the site directly; the site's certificate names 127.0.0.1.
+            backchannel_logout_uri: Some(format!(
+                "https://127.0.0.1:{}/backchannel-logout",
+                self.port(base)
+            )),
+            allowed_scopes: Some(["openid", "profile", "email"].map(String::from).to_vec()),
+            public: false,
+            client_secret: Some(secret.into()),
+        }
+    }
+}
+
+/// The children, by name; dropping it stops them.
+struct Children(Vec<(String, Child)>);
 
 impl Children {
     fn stop(&mut self) {
-        for c in &self.0 {
-            // SIGTERM lets each node stop its listeners and flush.
+        for (_, c) in &self.0 {
+            // SIGTERM lets each child stop its listeners and flush.
             unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
         }
         let deadline = Instant::now() + Duration::from_secs(15);
-        for c in &mut self.0 {
+        for (_, c) in &mut self.0 {
             loop {
                 match c.try_wait() {
                     Ok(Some(_)) | Err(_) => break,
@@ -53,6 +134,43 @@ impl Children {
         }
         self.0.clear();
     }
+
+    /// Starts `cmd` with its output appended to `log`; the kernel stops it
+    /// should the demo die without cleaning up.
+    fn spawn(
+        &mut self,
+        name: String,
+        mut cmd: std::process::Command,
+        log: &Path,
+    ) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        self.0.push((name, child));
+        Ok(())
+    }
+
+    /// An error naming the first child that has exited.
+    fn check(&mut self) -> anyhow::Result<()> {
+        for (name, c) in &mut self.0 {
+            if let Some(status) = c.try_wait()? {
+                anyhow::bail!("{name} exited ({status})");
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Children {
@@ -61,37 +179,169 @@ impl Drop for Children {
     }
 }
 
+/// The CA, node certificates naming the agency host, and the sites' certificates.
+/// A certificate from an older demo that lacks a name is issued again.
 fn ensure_pki(dir: &Path, nodes: u16) -> anyhow::Result<()> {
     if !pki::ca_cert_path(dir).exists() {
         pki::init_ca(dir, "baa demo")?;
     }
-    for i in 1..=nodes {
-        let name = format!("node{i}");
-        if !pki::node_paths(dir, &name).0.exists() {
-            pki::issue_node(dir, &name, &[])?;
+    let mut wanted: Vec<(String, Vec<String>)> = (1..=nodes)
+        .map(|i| (format!("node{i}"), vec![AGENCY_HOST.to_string()]))
+        .collect();
+    wanted.extend(
+        SITES
+            .iter()
+            .map(|s| (s.id.to_string(), vec![s.host.to_string()])),
+    );
+    for (name, sans) in wanted {
+        if !pki::cert_names_all(&pki::node_paths(dir, &name).0, &sans)? {
+            pki::issue_node(dir, &name, &sans)?;
         }
     }
     Ok(())
 }
 
-fn ensure_token(path: &Path) -> anyhow::Result<String> {
-    if let Ok(t) = std::fs::read_to_string(path) {
-        return Ok(t.trim().to_string());
+/// The secret kept in `path` (mode 0600), made by `make` when the file does
+/// not exist yet; and whether it was made now.
+fn ensure_secret_file(
+    path: &Path,
+    make: impl FnOnce() -> String,
+) -> anyhow::Result<(String, bool)> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => {
+            let t = t.trim().to_string();
+            anyhow::ensure!(
+                !t.is_empty(),
+                "{} is empty; delete it to make a new one",
+                path.display()
+            );
+            return Ok((t, false));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
-    let token = hex::encode(rand::random::<[u8; 24]>());
+    let secret = make();
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)?;
-    f.write_all(token.as_bytes())?;
-    Ok(token)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(secret.as_bytes())?;
+    Ok((secret, true))
+}
+
+/// A password that is easy to type: four groups of four hex digits.
+fn new_password() -> String {
+    rand::random::<[u8; 8]>()
+        .chunks(2)
+        .map(hex::encode)
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 fn addr(port: u16) -> String {
     format!("127.0.0.1:{port}")
+}
+
+/// Whether a failed admin call may succeed when tried again: no answer, a
+/// server-side error, or a node that is not (or no longer) the leader.
+fn retryable(e: &anyhow::Error) -> bool {
+    match e.downcast_ref::<ApiError>() {
+        None => true,
+        Some(a) => a.status >= 500 || a.body.error == ErrorCode::NotLeader,
+    }
+}
+
+/// Runs `f` until it succeeds, fails for good, or `deadline` passes.
+async fn retry<T, F, Fut>(what: &str, deadline: Instant, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if retryable(&e) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e.context(what.to_string())),
+        }
+    }
+}
+
+fn same_registration(have: &SiteView, want: &CreateSiteRequest) -> bool {
+    !have.public
+        && Some(&have.name) == want.name.as_ref()
+        && have.redirect_uris == want.redirect_uris
+        && have.post_logout_redirect_uris == want.post_logout_redirect_uris
+        && have.backchannel_logout_uri == want.backchannel_logout_uri
+        && Some(&have.allowed_scopes) == want.allowed_scopes.as_ref()
+}
+
+/// Registers the site as `want` says. An existing registration is kept when
+/// it matches and its secret is the one on file (`fresh_secret` false);
+/// otherwise it is removed and registered again.
+async fn ensure_site(
+    client: &AdminClient,
+    want: &CreateSiteRequest,
+    fresh_secret: bool,
+) -> anyhow::Result<()> {
+    match client.post::<_, CreatedSite>("/admin/v1/sites", want).await {
+        Ok(_) => return Ok(()),
+        Err(e) if error_code(&e) == Some(ErrorCode::SiteExists) => {}
+        Err(e) => return Err(e),
+    }
+    let path = format!("/admin/v1/sites/{}", want.client_id);
+    let have: SiteView = client
+        .get(&format!("{path}?consistency=linearizable"))
+        .await?;
+    if !fresh_secret && same_registration(&have, want) {
+        return Ok(());
+    }
+    match client.delete(&path).await {
+        Ok(()) => {}
+        Err(e) if error_code(&e) == Some(ErrorCode::SiteNotFound) => {}
+        Err(e) => return Err(e),
+    }
+    client
+        .post::<_, CreatedSite>("/admin/v1/sites", want)
+        .await
+        .map(drop)
+}
+
+/// Creates the demo user with `password`; an existing one gets the password
+/// only when it was made now (`fresh_password`).
+async fn ensure_user(
+    client: &AdminClient,
+    password: &str,
+    fresh_password: bool,
+) -> anyhow::Result<()> {
+    let req = CreateUserRequest {
+        username: DEMO_USER.into(),
+        display_name: Some(DEMO_USER_NAME.into()),
+        email: Some(DEMO_USER_EMAIL.into()),
+        password: Some(password.into()),
+        ..Default::default()
+    };
+    match client.post::<_, UserView>("/admin/v1/users", &req).await {
+        Ok(_) => Ok(()),
+        Err(e) if error_code(&e) == Some(ErrorCode::UserExists) => {
+            if fresh_password {
+                let update = UpdateUserRequest {
+                    password: Some(password.into()),
+                    ..Default::default()
+                };
+                client
+                    .patch::<_, UserView>(&format!("/admin/v1/users/{DEMO_USER}"), &update)
+                    .await?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -99,18 +349,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         (1..=9).contains(&args.nodes),
         "--nodes must be between 1 and 9"
     );
+    let last_offset = SITES.iter().map(|s| s.offset).max().unwrap_or(0);
     anyhow::ensure!(
-        args.base_port.checked_add(100 + args.nodes).is_some(),
+        args.base_port.checked_add(last_offset).is_some(),
         "--base-port too high"
     );
+    let base = args.base_port;
     std::fs::create_dir_all(&args.dir)?;
     let dir = std::fs::canonicalize(&args.dir)?;
     let pki_dir = dir.join("pki");
     ensure_pki(&pki_dir, args.nodes)?;
     let token_file = dir.join("admin-token");
-    let token = ensure_token(&token_file)?;
-    let public = |i: u16| addr(args.base_port + i - 1);
-    let cluster = |i: u16| addr(args.base_port + 100 + i - 1);
+    let (token, _) = ensure_secret_file(&token_file, || hex::encode(rand::random::<[u8; 24]>()))?;
+    let public = |i: u16| addr(base + i - 1);
+    let cluster = |i: u16| addr(base + 100 + i - 1);
+    let agency_url = |i: u16| format!("https://{AGENCY_HOST}:{}", base + i - 1);
+    let issuer = agency_url(1);
+    let ca = pki::ca_cert_path(&pki_dir);
 
     let exe = std::env::current_exe().context("locating the baa binary")?;
     let mut children = Children(Vec::new());
@@ -129,13 +384,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             log_format: LogFormat::Json,
             log_level: "info".into(),
             tls: TlsFiles {
-                ca_cert: pki::ca_cert_path(&pki_dir),
+                ca_cert: ca.clone(),
                 cert,
                 key,
             },
             raft: RaftTuning::default(),
             limits: Default::default(),
-            sso: Default::default(),
+            sso: SsoConfig {
+                agency: AGENCY.into(),
+                issuer: Some(issuer.clone()),
+                cookie_domain: Some(COOKIE_DOMAIN.into()),
+                ..Default::default()
+            },
             peers: (1..=args.nodes)
                 .filter(|j| *j != i)
                 .map(|j| Peer {
@@ -147,30 +407,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         };
         let config_path = dir.join(format!("node{i}.toml"));
         std::fs::write(&config_path, toml::to_string_pretty(&file)?)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(format!("node{i}.log")))?;
         let mut cmd = std::process::Command::new(&exe);
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // If the demo dies without cleaning up, the kernel stops the nodes too.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        children
-            .0
-            .push(cmd.spawn().with_context(|| format!("starting node {i}"))?);
+        cmd.arg("serve").arg("--config").arg(&config_path);
+        children.spawn(format!("node {i}"), cmd, &dir.join(format!("node{i}.log")))?;
     }
 
-    let ca = pki::ca_cert_path(&pki_dir);
     let clients: Vec<AdminClient> = (1..=args.nodes)
         .map(|i| AdminClient::with(&format!("https://{}", public(i)), &ca, &token))
         .collect::<Result<_, _>>()?;
@@ -184,7 +425,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 dir.display(),
                 i + 1
             );
-            check_children(&mut children)?;
+            children.check()?;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -193,9 +434,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .await
     {
         Ok(_) => {}
-        Err(e)
-            if e.downcast_ref::<ApiError>()
-                .is_some_and(|a| a.body.error == baa_proto::ErrorCode::AlreadyInitialized) => {}
+        Err(e) if error_code(&e) == Some(ErrorCode::AlreadyInitialized) => {}
         Err(e) => return Err(e.context("initialising the cluster")),
     }
     for (i, c) in clients.iter().enumerate() {
@@ -205,12 +444,85 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 "node {} did not become ready",
                 i + 1
             );
-            check_children(&mut children)?;
+            children.check()?;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let status: ClusterStatus = clients[0].get("/admin/v1/cluster/status").await?;
 
+    // Partner sites and the demo user, registered through the admin API.
+    let admin = &clients[0];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for site in &SITES {
+        let (secret, fresh) = ensure_secret_file(&site.secret_file(&dir), || {
+            hex::encode(rand::random::<[u8; 32]>())
+        })?;
+        let want = site.registration(base, &secret);
+        retry(
+            &format!("registering the site {}", site.id),
+            deadline,
+            || ensure_site(admin, &want, fresh),
+        )
+        .await?;
+    }
+    let (password, fresh) = ensure_secret_file(&dir.join(format!("{DEMO_USER}-password")), || {
+        new_password()
+    })?;
+    retry("creating the demo user", deadline, || {
+        ensure_user(admin, &password, fresh)
+    })
+    .await?;
+
+    for site in &SITES {
+        let (cert, key) = pki::node_paths(&pki_dir, site.id);
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("partner-site")
+            .arg("--listen")
+            .arg(addr(site.port(base)))
+            .arg("--cert-file")
+            .arg(&cert)
+            .arg("--key-file")
+            .arg(&key)
+            .arg("--ca-file")
+            .arg(&ca)
+            .arg("--public-url")
+            .arg(site.public_url(base))
+            .arg("--name")
+            .arg(site.name)
+            .arg("--client-id")
+            .arg(site.id)
+            .arg("--client-secret-file")
+            .arg(site.secret_file(&dir))
+            .arg("--issuer")
+            .arg(&issuer)
+            .arg("--resolve")
+            .arg(format!("{AGENCY_HOST}=127.0.0.1"))
+            .arg("--scope")
+            .arg("openid profile email");
+        for i in 1..=args.nodes {
+            cmd.arg("--agency").arg(agency_url(i));
+        }
+        children.spawn(
+            format!("site {}", site.id),
+            cmd,
+            &dir.join(format!("{}.log", site.id)),
+        )?;
+    }
+    for site in &SITES {
+        let probe = AdminClient::with(&format!("https://{}", addr(site.port(base))), &ca, "")?;
+        while !probe.is_ok("/status.json").await {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "site {} did not start; see {}/{}.log",
+                site.id,
+                dir.display(),
+                site.id
+            );
+            children.check()?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    let status: ClusterStatus = clients[0].get("/admin/v1/cluster/status").await?;
     println!(
         "baa demo: {}-node agency cluster (data in {})",
         args.nodes,
@@ -231,6 +543,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         public(1),
         ca.display()
     );
+    println!();
+    println!("Single sign-on (agency {AGENCY}, cookie domain {COOKIE_DOMAIN}):");
+    println!("  agency: {issuer}/");
+    for site in &SITES {
+        println!("  {} site: {}/", site.id, site.public_url(base));
+    }
+    println!("  demo user: {DEMO_USER}");
+    println!("  password: {password}");
+    println!(
+        "Browsers must resolve *.{COOKIE_DOMAIN} to 127.0.0.1, e.g. with this /etc/hosts line:"
+    );
+    let hosts: Vec<&str> = std::iter::once(AGENCY_HOST)
+        .chain(SITES.iter().map(|s| s.host))
+        .collect();
+    println!("    127.0.0.1 {}", hosts.join(" "));
+    println!("  or by starting Chromium with --host-resolver-rules=\"MAP *.localtest 127.0.0.1\";");
+    println!("  and must trust the demo CA at {}.", ca.display());
     println!("baa demo is ready. Press Ctrl-C to stop.");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -240,24 +569,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = watch.tick() => {
-                if let Err(e) = check_children(&mut children) {
+                if let Err(e) = children.check() {
                     eprintln!("baa demo: {e:#}; stopping");
                     break;
                 }
             }
         }
     }
-    println!("baa demo: stopping nodes");
+    println!("baa demo: stopping nodes and sites");
     children.stop();
     println!("baa demo: stopped");
-    Ok(())
-}
-
-fn check_children(children: &mut Children) -> anyhow::Result<()> {
-    for (i, c) in children.0.iter_mut().enumerate() {
-        if let Some(status) = c.try_wait()? {
-            anyhow::bail!("node {} exited ({status})", i + 1);
-        }
-    }
     Ok(())
 }

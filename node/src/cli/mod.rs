@@ -1,4 +1,5 @@
-//! The `baa` command line: `serve`, `pki`, `cluster`, `user` and `demo`.
+//! The `baa` command line: `serve`, `pki`, `cluster`, `user`, `site`, `keys`,
+//! `demo` and `partner-site`.
 
 mod admin;
 mod client;
@@ -41,6 +42,16 @@ enum Command {
     User {
         #[command(subcommand)]
         command: admin::UserCommand,
+    },
+    /// Manage partner sites (OpenID Connect clients).
+    Site {
+        #[command(subcommand)]
+        command: admin::SiteCommand,
+    },
+    /// Manage the agency's token-signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: admin::KeysCommand,
     },
     /// Run a local demo cluster.
     Demo(demo::DemoArgs),
@@ -160,6 +171,12 @@ pub fn main() -> ExitCode {
         }
         Command::User { command } => {
             runtime().and_then(|rt| rt.block_on(admin::user(&cli.conn, command)))
+        }
+        Command::Site { command } => {
+            runtime().and_then(|rt| rt.block_on(admin::site(&cli.conn, command)))
+        }
+        Command::Keys { command } => {
+            runtime().and_then(|rt| rt.block_on(admin::keys(&cli.conn, command)))
         }
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         Command::PartnerSite(args) => partner::run(args),

@@ -74,6 +74,9 @@ struct Flow {
     nonce: String,
     verifier: String,
     expires: Instant,
+    /// Rotation position of the node that got the authorization request; the
+    /// ticket is redeemed at the one after it, so the two steps never share a node.
+    node: usize,
 }
 
 /// A signed-in browser.
@@ -258,7 +261,7 @@ impl Site {
             error: Option<String>,
             error_description: Option<String>,
         }
-        let agency = self.agencies.next();
+        let agency = self.agencies.at(flow.node + 1);
         let resp = self
             .http
             .post(format!("{agency}/sso/token"))
@@ -428,6 +431,7 @@ async fn login(req: HttpRequest, site: web::Data<Site>) -> HttpResponse {
     let nonce = oidc::random_token();
     let verifier = oidc::random_token();
     let challenge = oidc::pkce_challenge(&verifier);
+    let node = site.agencies.next_index();
     {
         let mut st = site.state();
         let now = Instant::now();
@@ -445,10 +449,11 @@ async fn login(req: HttpRequest, site: web::Data<Site>) -> HttpResponse {
                 nonce: nonce.clone(),
                 verifier,
                 expires: now + FLOW_LIFETIME,
+                node,
             },
         );
     }
-    let agency = site.agencies.next();
+    let agency = site.agencies.at(node);
     let mut url = match url::Url::parse(&format!("{agency}/sso/authorize")) {
         Ok(u) => u,
         Err(e) => return site.login_failure(format!("bad agency URL: {e}")),

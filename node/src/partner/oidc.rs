@@ -59,8 +59,17 @@ impl RoundRobin {
 
     /// The next base URL.
     pub fn next(&self) -> &str {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.urls.len();
-        &self.urls[i]
+        self.at(self.next_index())
+    }
+
+    /// Takes the next position in the rotation.
+    pub fn next_index(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.urls.len()
+    }
+
+    /// The URL `i` positions into the rotation (wrapping).
+    pub fn at(&self, i: usize) -> &str {
+        &self.urls[i % self.urls.len()]
     }
 }
 
