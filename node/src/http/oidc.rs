@@ -352,16 +352,26 @@ struct TokenQuery {
     client: ClientAuthForm,
 }
 
+/// The authenticated caller and the token it asks about.
+fn client_and_token<'a>(
+    agency: &Agency,
+    req: &HttpRequest,
+    form: &'a TokenQuery,
+) -> Result<(Site, &'a str), NodeError> {
+    let site = authenticate_client(agency, req, &form.client)?;
+    let value = form
+        .token
+        .as_deref()
+        .ok_or_else(|| NodeError::invalid("token is required"))?;
+    Ok((site, value))
+}
+
 async fn revoke(
     req: HttpRequest,
     agency: web::Data<Agency>,
     form: web::Form<TokenQuery>,
 ) -> Result<HttpResponse, NodeError> {
-    let site = authenticate_client(&agency, &req, &form.client)?;
-    let value = form
-        .token
-        .as_deref()
-        .ok_or_else(|| NodeError::invalid("token is required"))?;
+    let (site, value) = client_and_token(&agency, &req, &form)?;
     let hash = secret_hash(value.as_bytes());
     // RFC 7009: answer 200 whether or not the token existed; only its owner revokes it.
     if let Some(t) = agency.state.access_token(&hash)? {
@@ -377,11 +387,7 @@ async fn introspect(
     agency: web::Data<Agency>,
     form: web::Form<TokenQuery>,
 ) -> Result<HttpResponse, NodeError> {
-    let site = authenticate_client(&agency, &req, &form.client)?;
-    let value = form
-        .token
-        .as_deref()
-        .ok_or_else(|| NodeError::invalid("token is required"))?;
+    let (site, value) = client_and_token(&agency, &req, &form)?;
     let inactive = || no_store(HttpResponse::Ok()).json(serde_json::json!({ "active": false }));
     // A resource server asks to decide access: answer as of now, not as of
     // this node's replication lag (a revocation a moment ago must show).

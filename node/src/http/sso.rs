@@ -276,6 +276,15 @@ fn check_authz(agency: &Agency, p: &AuthParams) -> Result<Authz, AuthzError> {
     Ok(a)
 }
 
+/// Checks an authorization request; a refusal is already the response
+/// (error page, or the error delivered to the site).
+fn checked(agency: &Agency, p: &AuthParams) -> Result<Authz, HttpResponse> {
+    check_authz(agency, p).map_err(|e| match e {
+        AuthzError::Page(code, msg) => error_page(agency, StatusCode::BAD_REQUEST, code, &msg),
+        AuthzError::Site(a, code, msg) => deliver_error(&a, &agency.config.issuer, code, &msg),
+    })
+}
+
 /// The origin (`scheme://host[:port]`) of a URI, for the CSP form-action.
 fn origin_of(uri: &str) -> String {
     match url::Url::parse(uri) {
@@ -381,6 +390,16 @@ fn csrf_token(req: &HttpRequest) -> (String, Option<Cookie<'static>>) {
         .same_site(SameSite::Lax)
         .finish();
     (v, Some(c))
+}
+
+/// The answer to a form whose CSRF token does not match the cookie.
+fn csrf_refused(agency: &Agency) -> HttpResponse {
+    error_page(
+        agency,
+        StatusCode::BAD_REQUEST,
+        "csrf_mismatch",
+        "The form expired or was not sent from this agency's page. Go back and try again.",
+    )
 }
 
 fn csrf_ok(req: &HttpRequest, submitted: &str) -> bool {
@@ -580,14 +599,9 @@ async fn authorize(
     issuer: web::Data<Addr<TicketIssuer>>,
     params: AuthParams,
 ) -> HttpResponse {
-    let a = match check_authz(&agency, &params) {
+    let a = match checked(&agency, &params) {
         Ok(a) => a,
-        Err(AuthzError::Page(code, msg)) => {
-            return error_page(&agency, StatusCode::BAD_REQUEST, code, &msg)
-        }
-        Err(AuthzError::Site(a, code, msg)) => {
-            return deliver_error(&a, &agency.config.issuer, code, &msg)
-        }
+        Err(resp) => return resp,
     };
     let session = current_session(&req, &gate, &agency).await;
     continue_flow(&req, &agency, &issuer, &params, &a, session, false).await
@@ -670,23 +684,13 @@ async fn sign_in_post(
 ) -> HttpResponse {
     let form = form.into_inner();
     if !csrf_ok(&req, &form.csrf) {
-        return error_page(
-            &agency,
-            StatusCode::BAD_REQUEST,
-            "csrf_mismatch",
-            "The form expired or was not sent from this agency's page. Go back and try again.",
-        );
+        return csrf_refused(&agency);
     }
     // Where the sign-in continues: a partner site's request, or the home page.
     let authz = if form.params.client_id.is_some() {
-        match check_authz(&agency, &form.params) {
+        match checked(&agency, &form.params) {
             Ok(a) => Some(a),
-            Err(AuthzError::Page(code, msg)) => {
-                return error_page(&agency, StatusCode::BAD_REQUEST, code, &msg)
-            }
-            Err(AuthzError::Site(a, code, msg)) => {
-                return deliver_error(&a, &agency.config.issuer, code, &msg)
-            }
+            Err(resp) => return resp,
         }
     } else {
         None
@@ -853,21 +857,11 @@ async fn consent_post(
 ) -> HttpResponse {
     let form = form.into_inner();
     if !csrf_ok(&req, &form.csrf) {
-        return error_page(
-            &agency,
-            StatusCode::BAD_REQUEST,
-            "csrf_mismatch",
-            "The form expired or was not sent from this agency's page. Go back and try again.",
-        );
+        return csrf_refused(&agency);
     }
-    let a = match check_authz(&agency, &form.params) {
+    let a = match checked(&agency, &form.params) {
         Ok(a) => a,
-        Err(AuthzError::Page(code, msg)) => {
-            return error_page(&agency, StatusCode::BAD_REQUEST, code, &msg)
-        }
-        Err(AuthzError::Site(a, code, msg)) => {
-            return deliver_error(&a, &agency.config.issuer, code, &msg)
-        }
+        Err(resp) => return resp,
     };
     let Some(v) = current_session(&req, &gate, &agency).await else {
         return sign_in_page(
@@ -1092,12 +1086,7 @@ async fn logout_post(
 ) -> HttpResponse {
     let form = form.into_inner();
     if !csrf_ok(&req, &form.csrf) {
-        return error_page(
-            &agency,
-            StatusCode::BAD_REQUEST,
-            "csrf_mismatch",
-            "The form expired or was not sent from this agency's page. Go back and try again.",
-        );
+        return csrf_refused(&agency);
     }
     let p = LogoutParams {
         id_token_hint: form.params.id_token_hint,
