@@ -1,0 +1,1069 @@
+//! Benchmark: single sign-on through the public endpoints of a 3-node baa
+//! cluster, each figure next to a reference measured in the same invocation.
+//!
+//! 1. Ticket issue + redeem with the SSO cookie already present: a closed-loop
+//!    client sends `GET /sso/authorize` (answered with a 303 carrying a
+//!    one-time ticket) and redeems the ticket at `POST /sso/token` on the next
+//!    node (an ID token comes back). Reference: the foundation's replicated
+//!    write (`PATCH /admin/v1/users/…`, driven as `bench-writes` drives it) at
+//!    the same concurrency on the same cluster; rounds alternate the two.
+//! 2. Password sign-in (`POST /sso/signin`, a 303 with a new SSO cookie) next
+//!    to the argon2id verification alone (same parameters as the nodes) on as
+//!    many threads as a node's hasher pool; rounds alternate the two.
+//!
+//! Build in release and run: `ops/bench-sso` (see BENCHMARKS.md).
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use baa_cluster_tests::{Cluster, ClusterOptions};
+use baa_proto::api::{CreateUserRequest, CreatedSite};
+use baa_proto::cookie::SSO_COOKIE;
+use clap::Parser;
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use reqwest::{Method, StatusCode};
+
+/// The agency's CSRF cookie (double-submit: the form field carries the same value).
+const CSRF_COOKIE: &str = "__Host-baa_csrf";
+const USER: &str = "bench";
+const PASSWORD: &str = "bench-password-0123456789";
+const CLIENT_ID: &str = "bench";
+const REDIRECT_URI: &str = "https://bench.example/cb";
+/// Share of failed operations above which the program exits non-zero.
+const MAX_ERROR_SHARE: f64 = 0.01;
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "baa single sign-on: ticket issue + redeem vs replicated writes, password sign-in vs argon2id"
+)]
+struct Args {
+    /// Concurrent clients per level for ticket issue + redeem and the write reference.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    levels: Vec<usize>,
+    /// Concurrent clients per level for password sign-ins.
+    #[arg(long, value_delimiter = ',', default_value = "4,16")]
+    signin_levels: Vec<usize>,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Warm-up seconds before each measured run of clients.
+    #[arg(long, default_value_t = 1)]
+    warmup: u64,
+    /// Measured rounds per level; the median round is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Threads for the argon2id reference (a node's hasher pool has 2).
+    #[arg(long, default_value_t = 2)]
+    hash_threads: usize,
+    /// Skip the ticket issue + redeem part.
+    #[arg(long)]
+    no_flows: bool,
+    /// Skip the password sign-in part.
+    #[arg(long)]
+    no_signins: bool,
+}
+
+/// What one measured run produced.
+#[derive(Default)]
+struct RunResult {
+    ops: usize,
+    errors: usize,
+    elapsed: Duration,
+    p50_ms: f64,
+    p99_ms: f64,
+    first_error: Option<String>,
+    /// CPU seconds the nodes spent during the measured window.
+    node_cpu_s: f64,
+    /// CPU seconds this program (the load generator) spent during it.
+    self_cpu_s: f64,
+}
+
+impl RunResult {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+    /// CPU milliseconds (nodes and load generator) per successful operation.
+    fn cpu_ms_per_op(&self) -> f64 {
+        (self.node_cpu_s + self.self_cpu_s) * 1000.0 / self.ops.max(1) as f64
+    }
+}
+
+/// User + system CPU seconds of process `pid` (`None`: this process).
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let path = pid.map_or_else(
+        || "/proc/self/stat".to_string(),
+        |p| format!("/proc/{p}/stat"),
+    );
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return 0.0;
+    };
+    // Fields after the command name: state is the first, utime the 12th, stime the 13th.
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// CPU seconds of the nodes and of this process, now.
+fn cpu_snapshot(pids: &[u32]) -> (f64, f64) {
+    (
+        pids.iter().map(|p| cpu_seconds(Some(*p))).sum(),
+        cpu_seconds(None),
+    )
+}
+
+/// The run with the median rate.
+fn median(mut runs: Vec<RunResult>) -> RunResult {
+    runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    let mid = runs.len() / 2;
+    runs.swap_remove(mid)
+}
+
+/// Successes and failures over every run of a level.
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    ops: usize,
+    errors: usize,
+}
+
+impl Tally {
+    fn add(&mut self, r: &RunResult) {
+        self.ops += r.ops;
+        self.errors += r.errors;
+    }
+    fn error_share(&self) -> f64 {
+        let total = self.ops + self.errors;
+        if total == 0 {
+            1.0
+        } else {
+            self.errors as f64 / total as f64
+        }
+    }
+}
+
+/// One HTTPS client per simulated browser or site: its own keep-alive
+/// connection to each node, redirects never followed.
+fn client_for(ca: &Path) -> anyhow::Result<reqwest::Client> {
+    let ca = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+    Ok(reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+        .http1_only()
+        .pool_max_idle_per_host(1)
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()?)
+}
+
+/// The value of cookie `name` among a response's `Set-Cookie` headers.
+fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            let (pair, _) = v.split_once(';').unwrap_or((v, ""));
+            let (n, value) = pair.split_once('=')?;
+            (n.trim() == name && !value.is_empty()).then(|| value.to_string())
+        })
+}
+
+/// The value of query parameter `name` in a `Location` header.
+fn location_param(resp: &reqwest::Response, name: &str) -> Result<String, String> {
+    let loc = resp
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or("no Location header")?;
+    let url = url::Url::parse(loc).map_err(|e| format!("Location {loc:?}: {e}"))?;
+    if let Some((_, e)) = url.query_pairs().find(|(k, _)| k == "error") {
+        return Err(format!("site error {e} in {loc}"));
+    }
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .ok_or_else(|| format!("no {name} in {loc}"))
+}
+
+/// The authorization request of the benchmark site (answer in the query).
+fn authorize_query() -> [(&'static str, &'static str); 7] {
+    [
+        ("response_type", "code"),
+        ("client_id", CLIENT_ID),
+        ("redirect_uri", REDIRECT_URI),
+        ("scope", "openid profile"),
+        ("state", "s"),
+        ("nonce", "n"),
+        ("response_mode", "query"),
+    ]
+}
+
+/// A status error with the start of the body, for diagnostics.
+async fn unexpected(what: &str, resp: reqwest::Response) -> String {
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    let body: String = body.chars().take(200).collect();
+    format!("{what}: HTTP {status}: {body}")
+}
+
+/// A CSRF pair (cookie value = form value) from `GET /sso/signin`.
+async fn csrf_pair(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    let resp = http.get(format!("{base}/sso/signin")).send().await?;
+    if resp.status() != StatusCode::OK {
+        bail!(unexpected("GET /sso/signin", resp).await);
+    }
+    let csrf = set_cookie(&resp, CSRF_COOKIE).ok_or_else(|| anyhow!("no {CSRF_COOKIE} cookie"))?;
+    let page = resp.text().await?;
+    if !page.contains(&format!("value=\"{csrf}\"")) {
+        bail!("the sign-in page does not carry the CSRF cookie's value");
+    }
+    Ok(csrf)
+}
+
+/// One password sign-in; the new SSO cookie value.
+async fn sign_in(http: &reqwest::Client, base: &str, csrf: &str) -> Result<String, String> {
+    let resp = http
+        .post(format!("{base}/sso/signin"))
+        .header(COOKIE, format!("{CSRF_COOKIE}={csrf}"))
+        .form(&[("csrf", csrf), ("username", USER), ("password", PASSWORD)])
+        .send()
+        .await
+        .map_err(|e| format!("POST /sso/signin: {e}"))?;
+    if resp.status() != StatusCode::SEE_OTHER {
+        return Err(unexpected("POST /sso/signin", resp).await);
+    }
+    let sso = set_cookie(&resp, SSO_COOKIE).ok_or_else(|| format!("no {SSO_COOKIE} cookie"))?;
+    let _ = resp.bytes().await;
+    Ok(sso)
+}
+
+/// One closed-loop client of the workload.
+enum Worker {
+    /// Ticket issue on node `i`, redeem on node `i + 1`, with a signed-in session.
+    Flow {
+        http: reqwest::Client,
+        nodes: Vec<String>,
+        client: usize,
+        sso: String,
+        secret: String,
+    },
+    /// The foundation's replicated write: one attribute of the client's own user.
+    Write {
+        http: reqwest::Client,
+        base: String,
+        token: String,
+        user: String,
+    },
+    /// A full password sign-in with a CSRF pair obtained once.
+    SignIn {
+        http: reqwest::Client,
+        nodes: Vec<String>,
+        client: usize,
+        csrf: String,
+    },
+}
+
+impl Worker {
+    async fn once(&self, seq: u64) -> Result<(), String> {
+        match self {
+            Worker::Flow {
+                http,
+                nodes,
+                client,
+                sso,
+                secret,
+            } => {
+                let n = nodes.len();
+                let i = (client + seq as usize) % n;
+                let resp = http
+                    .get(format!("{}/sso/authorize", nodes[i]))
+                    .query(&authorize_query())
+                    .header(COOKIE, format!("{SSO_COOKIE}={sso}"))
+                    .send()
+                    .await
+                    .map_err(|e| format!("GET /sso/authorize: {e}"))?;
+                if resp.status() != StatusCode::SEE_OTHER {
+                    return Err(unexpected("GET /sso/authorize", resp).await);
+                }
+                let code = location_param(&resp, "code")?;
+                let _ = resp.bytes().await;
+                let resp = http
+                    .post(format!("{}/sso/token", nodes[(i + 1) % n]))
+                    .basic_auth(CLIENT_ID, Some(secret))
+                    .form(&[
+                        ("grant_type", "authorization_code"),
+                        ("code", &code),
+                        ("redirect_uri", REDIRECT_URI),
+                    ])
+                    .send()
+                    .await
+                    .map_err(|e| format!("POST /sso/token: {e}"))?;
+                if resp.status() != StatusCode::OK {
+                    return Err(unexpected("POST /sso/token", resp).await);
+                }
+                let body: serde_json::Value = resp
+                    .json()
+                    .await
+                    .map_err(|e| format!("POST /sso/token body: {e}"))?;
+                match body["id_token"].as_str() {
+                    Some(t) if t.split('.').count() == 3 => Ok(()),
+                    _ => Err(format!("POST /sso/token: no ID token in {body}")),
+                }
+            }
+            Worker::Write {
+                http,
+                base,
+                token,
+                user,
+            } => {
+                let resp = http
+                    .patch(format!("{base}/admin/v1/users/{user}"))
+                    .bearer_auth(token)
+                    .json(&serde_json::json!({ "attributes": { "n": seq.to_string() } }))
+                    .send()
+                    .await
+                    .map_err(|e| format!("PATCH user: {e}"))?;
+                if !resp.status().is_success() {
+                    return Err(unexpected("PATCH user", resp).await);
+                }
+                let _ = resp.bytes().await;
+                Ok(())
+            }
+            Worker::SignIn {
+                http,
+                nodes,
+                client,
+                csrf,
+            } => {
+                let base = &nodes[(client + seq as usize) % nodes.len()];
+                sign_in(http, base, csrf).await.map(drop)
+            }
+        }
+    }
+}
+
+/// Runs the workers closed-loop: `warmup`, then `secs` measured; `pids` are
+/// the node processes whose CPU time is recorded.
+async fn measure(
+    workers: &[Arc<Worker>],
+    pids: &[u32],
+    warmup: Duration,
+    secs: Duration,
+) -> RunResult {
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in workers {
+        let w = w.clone();
+        let measuring = measuring.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0usize;
+            let mut first_error = None;
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                let t = Instant::now();
+                let res = w.once(seq).await;
+                if measuring.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+                    match res {
+                        Ok(()) => lat.push(t.elapsed().as_micros() as u64),
+                        Err(e) => {
+                            errors += 1;
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+            (lat, errors, first_error)
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    let cpu_before = cpu_snapshot(pids);
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(secs).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    let cpu_after = cpu_snapshot(pids);
+    let mut all = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    for t in tasks {
+        match t.await {
+            Ok((lat, e, fe)) => {
+                all.extend(lat);
+                errors += e;
+                if first_error.is_none() {
+                    first_error = fe;
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert(format!("client task: {e}"));
+            }
+        }
+    }
+    all.sort_unstable();
+    let pct = |p: f64| {
+        if all.is_empty() {
+            f64::NAN
+        } else {
+            all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64 / 1000.0
+        }
+    };
+    RunResult {
+        ops: all.len(),
+        errors,
+        elapsed,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        first_error,
+        node_cpu_s: cpu_after.0 - cpu_before.0,
+        self_cpu_s: cpu_after.1 - cpu_before.1,
+    }
+}
+
+/// argon2id verifications per second of `password` against `hash` on `threads`
+/// threads for `secs`.
+async fn argon2_rate(hash: String, threads: usize, secs: Duration) -> anyhow::Result<RunResult> {
+    tokio::task::spawn_blocking(move || {
+        let parsed = PasswordHash::new(&hash).map_err(|e| anyhow!("parsing the hash: {e}"))?;
+        let count = AtomicU64::new(0);
+        let failed = AtomicU64::new(0);
+        let cpu_before = cpu_seconds(None);
+        let started = Instant::now();
+        let end = started + secs;
+        std::thread::scope(|s| {
+            for _ in 0..threads.max(1) {
+                s.spawn(|| {
+                    let a = Argon2::default();
+                    while Instant::now() < end {
+                        if a.verify_password(PASSWORD.as_bytes(), &parsed).is_ok() {
+                            count.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        Ok(RunResult {
+            ops: count.into_inner() as usize,
+            errors: failed.into_inner() as usize,
+            elapsed: started.elapsed(),
+            p50_ms: f64::NAN,
+            p99_ms: f64::NAN,
+            first_error: None,
+            node_cpu_s: 0.0,
+            self_cpu_s: cpu_seconds(None) - cpu_before,
+        })
+    })
+    .await?
+}
+
+/// The machine: CPU count and model, memory.
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == "model name").then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or_else(String::new, |kb| {
+            format!(", {:.0} GiB RAM", kb / 1024.0 / 1024.0)
+        });
+    format!("{cpus} CPUs (nproc), {model}{mem_gib}")
+}
+
+/// Server-side time by route and Raft proposal time, summed over the nodes.
+const SERVER_SERIES: [(&str, &str, &str); 5] = [
+    (
+        "authorize",
+        "baa_http_request_duration_seconds",
+        "route=\"/sso/authorize\"",
+    ),
+    (
+        "token",
+        "baa_http_request_duration_seconds",
+        "route=\"/sso/token\"",
+    ),
+    (
+        "signin",
+        "baa_http_request_duration_seconds",
+        "route=\"/sso/signin\"",
+    ),
+    (
+        "PATCH user",
+        "baa_http_request_duration_seconds",
+        "route=\"/admin/v1/users/{username}\"",
+    ),
+    ("raft proposal", "baa_raft_proposal_duration_seconds", ""),
+];
+
+/// (sum, count) of each of [`SERVER_SERIES`] over every node, now.
+async fn server_times(cluster: &Cluster) -> Vec<(f64, f64)> {
+    let mut out = vec![(0.0, 0.0); SERVER_SERIES.len()];
+    for id in cluster.ids() {
+        let Ok(text) = cluster.admin(id).metrics().await else {
+            continue;
+        };
+        for (k, (_, name, label)) in SERVER_SERIES.iter().enumerate() {
+            let value = |suffix: &str| -> f64 {
+                let prefix = format!("{name}_{suffix}");
+                text.lines()
+                    .filter(|l| {
+                        l.split(['{', ' ']).next() == Some(prefix.as_str()) && l.contains(label)
+                    })
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum()
+            };
+            out[k].0 += value("sum");
+            out[k].1 += value("count");
+        }
+    }
+    out
+}
+
+/// Mean server-side milliseconds per series between two [`server_times`].
+fn server_means(before: &[(f64, f64)], after: &[(f64, f64)]) -> String {
+    SERVER_SERIES
+        .iter()
+        .zip(before.iter().zip(after))
+        .filter(|(_, (b, a))| a.1 > b.1)
+        .map(|((what, _, _), (b, a))| {
+            format!(
+                "{what} {:.2} ms over {:.0}",
+                (a.0 - b.0) / (a.1 - b.1) * 1000.0,
+                a.1 - b.1
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// CPU milliseconds per operation, nodes and load generator apart.
+fn cpu_split(r: &RunResult) -> String {
+    let per = |s: f64| s * 1000.0 / r.ops.max(1) as f64;
+    format!(
+        "CPU ms each: nodes {:.2} + generator {:.2}",
+        per(r.node_cpu_s),
+        per(r.self_cpu_s)
+    )
+}
+
+fn report_errors(what: &str, r: &RunResult) {
+    if r.errors > 0 {
+        eprintln!(
+            "    {what}: {} failed; first: {}",
+            r.errors,
+            r.first_error.as_deref().unwrap_or("?")
+        );
+    }
+}
+
+/// Creates the bench user, `writers` write-reference users and the benchmark
+/// site; returns the site's secret.
+async fn setup(cluster: &Cluster, writers: usize) -> anyhow::Result<String> {
+    let admin = cluster.admin(1);
+    let user = CreateUserRequest {
+        username: USER.into(),
+        password: Some(PASSWORD.into()),
+        display_name: Some("Bench User".into()),
+        email: Some("bench@bench.example".into()),
+        ..Default::default()
+    };
+    admin
+        .create_user(&user, None)
+        .await
+        .context("creating the bench user")?;
+    for c in 0..writers {
+        let req = CreateUserRequest {
+            username: format!("bench-{c}"),
+            ..Default::default()
+        };
+        admin
+            .create_user(&req, None)
+            .await
+            .context("creating the write-reference users")?;
+    }
+    let resp = admin
+        .request(Method::POST, "/admin/v1/sites")
+        .json(&serde_json::json!({ "client_id": CLIENT_ID, "redirect_uris": [REDIRECT_URI] }))
+        .send()
+        .await?;
+    if resp.status() != StatusCode::CREATED {
+        bail!(unexpected("POST /admin/v1/sites", resp).await);
+    }
+    let created: CreatedSite = resp.json().await?;
+    created
+        .client_secret
+        .ok_or_else(|| anyhow!("the confidential site came back without a secret"))
+}
+
+/// Signs in once and approves the benchmark site (the trust relationship).
+async fn establish_trust(cluster: &Cluster) -> anyhow::Result<()> {
+    let base = cluster.public_url(1);
+    let http = client_for(&cluster.ca_pem())?;
+    let csrf = csrf_pair(&http, &base).await?;
+    let sso = sign_in(&http, &base, &csrf).await.map_err(|e| anyhow!(e))?;
+    let cookies = format!("{CSRF_COOKIE}={csrf}; {SSO_COOKIE}={sso}");
+    let resp = http
+        .get(format!("{base}/sso/authorize"))
+        .query(&authorize_query())
+        .header(COOKIE, &cookies)
+        .send()
+        .await?;
+    if resp.status() != StatusCode::OK {
+        bail!(unexpected("GET /sso/authorize (trust page expected)", resp).await);
+    }
+    let _ = resp.bytes().await;
+    let mut form: Vec<(&str, &str)> = vec![
+        ("csrf", &csrf),
+        ("decision", "approve"),
+        ("account_name", "username"),
+        ("share_name", "1"),
+    ];
+    form.extend(authorize_query());
+    let resp = http
+        .post(format!("{base}/sso/consent"))
+        .header(COOKIE, &cookies)
+        .form(&form)
+        .send()
+        .await?;
+    if resp.status() != StatusCode::SEE_OTHER {
+        bail!(unexpected("POST /sso/consent", resp).await);
+    }
+    location_param(&resp, "code").map_err(|e| anyhow!("POST /sso/consent: {e}"))?;
+    Ok(())
+}
+
+/// The running nodes' process ids.
+fn node_pids(cluster: &Cluster) -> Vec<u32> {
+    cluster
+        .ids()
+        .iter()
+        .filter_map(|id| cluster.node(*id).pid())
+        .collect()
+}
+
+/// One row of the flow table.
+struct FlowRow {
+    clients: usize,
+    flows: RunResult,
+    writes: RunResult,
+    ratio: f64,
+}
+
+/// Ticket issue + redeem vs replicated writes, per level.
+async fn bench_flows(
+    cluster: &Cluster,
+    args: &Args,
+    secret: &str,
+    tallies: &mut Vec<(String, Tally)>,
+) -> anyhow::Result<Vec<FlowRow>> {
+    let ca = cluster.ca_pem();
+    let nodes: Vec<String> = cluster
+        .ids()
+        .iter()
+        .map(|id| cluster.public_url(*id))
+        .collect();
+    let max = args.levels.iter().copied().max().unwrap_or(1);
+    // One signed-in browser per client, each with its own session.
+    let mut flow_workers = Vec::new();
+    let mut write_workers = Vec::new();
+    for c in 0..max {
+        let http = client_for(&ca)?;
+        let base = &nodes[c % nodes.len()];
+        let csrf = csrf_pair(&http, base).await?;
+        let sso = sign_in(&http, base, &csrf)
+            .await
+            .map_err(|e| anyhow!("signing in client {c}: {e}"))?;
+        flow_workers.push(Arc::new(Worker::Flow {
+            http,
+            nodes: nodes.clone(),
+            client: c,
+            sso,
+            secret: secret.to_string(),
+        }));
+        write_workers.push(Arc::new(Worker::Write {
+            http: client_for(&ca)?,
+            base: base.clone(),
+            token: cluster.admin_token().to_string(),
+            user: format!("bench-{c}"),
+        }));
+    }
+    let pids = node_pids(cluster);
+    let warmup = Duration::from_secs(args.warmup);
+    let secs = Duration::from_secs(args.seconds);
+    let mut rows = Vec::new();
+    for &c in &args.levels {
+        let before = server_times(cluster).await;
+        let mut flows = Vec::new();
+        let mut writes = Vec::new();
+        let mut tally = Tally::default();
+        // Rounds alternate the two loads so that drift on a shared machine
+        // hits both; the median round of each is reported.
+        for round in 0..args.rounds {
+            let f = measure(&flow_workers[..c], &pids, warmup, secs).await;
+            let w = measure(&write_workers[..c], &pids, warmup, secs).await;
+            eprintln!(
+                "  {c} clients, round {}: {:.0} flows/s ({} failed, {}), {:.0} writes/s ({} failed, {})",
+                round + 1,
+                f.rate(),
+                f.errors,
+                cpu_split(&f),
+                w.rate(),
+                w.errors,
+                cpu_split(&w)
+            );
+            report_errors("flows", &f);
+            report_errors("writes", &w);
+            tally.add(&f);
+            flows.push(f);
+            writes.push(w);
+        }
+        eprintln!(
+            "  [{c} clients, server side: {}]",
+            server_means(&before, &server_times(cluster).await)
+        );
+        tallies.push((format!("ticket issue + redeem, {c} clients"), tally));
+        let flows = median(flows);
+        let writes = median(writes);
+        let ratio = flows.rate() / writes.rate();
+        rows.push(FlowRow {
+            clients: c,
+            flows,
+            writes,
+            ratio,
+        });
+    }
+    Ok(rows)
+}
+
+/// One row of the sign-in table.
+struct SignInRow {
+    clients: usize,
+    signins: RunResult,
+    ratio: f64,
+}
+
+/// Password sign-ins vs argon2id alone, per level.
+async fn bench_signins(
+    cluster: &Cluster,
+    args: &Args,
+    tallies: &mut Vec<(String, Tally)>,
+) -> anyhow::Result<(RunResult, Vec<SignInRow>)> {
+    let ca = cluster.ca_pem();
+    let nodes: Vec<String> = cluster
+        .ids()
+        .iter()
+        .map(|id| cluster.public_url(*id))
+        .collect();
+    let hash = Argon2::default()
+        .hash_password(PASSWORD.as_bytes(), &SaltString::generate(&mut OsRng))
+        .map_err(|e| anyhow!("hashing: {e}"))?
+        .to_string();
+    let max = args.signin_levels.iter().copied().max().unwrap_or(1);
+    let mut workers = Vec::new();
+    for c in 0..max {
+        let http = client_for(&ca)?;
+        let csrf = csrf_pair(&http, &nodes[c % nodes.len()]).await?;
+        workers.push(Arc::new(Worker::SignIn {
+            http,
+            nodes: nodes.clone(),
+            client: c,
+            csrf,
+        }));
+    }
+    let pids = node_pids(cluster);
+    let warmup = Duration::from_secs(args.warmup);
+    let secs = Duration::from_secs(args.seconds);
+    let before = server_times(cluster).await;
+    let mut pure = Vec::new();
+    let mut per_level: Vec<Vec<RunResult>> =
+        args.signin_levels.iter().map(|_| Vec::new()).collect();
+    let mut level_tallies = vec![Tally::default(); args.signin_levels.len()];
+    for round in 0..args.rounds {
+        let p = argon2_rate(hash.clone(), args.hash_threads, secs).await?;
+        eprintln!(
+            "  round {}: argon2id alone {:.1}/s on {} threads ({:.1} CPU ms each)",
+            round + 1,
+            p.rate(),
+            args.hash_threads,
+            p.cpu_ms_per_op()
+        );
+        pure.push(p);
+        for (k, &c) in args.signin_levels.iter().enumerate() {
+            let r = measure(&workers[..c], &pids, warmup, secs).await;
+            eprintln!(
+                "  round {}: {c} clients, {:.1} sign-ins/s ({} failed, {})",
+                round + 1,
+                r.rate(),
+                r.errors,
+                cpu_split(&r)
+            );
+            report_errors("sign-ins", &r);
+            level_tallies[k].add(&r);
+            per_level[k].push(r);
+        }
+    }
+    eprintln!(
+        "  [server side: {}]",
+        server_means(&before, &server_times(cluster).await)
+    );
+    let pure = median(pure);
+    let mut rows = Vec::new();
+    for ((c, runs), tally) in args.signin_levels.iter().zip(per_level).zip(level_tallies) {
+        tallies.push((format!("password sign-in, {c} clients"), tally));
+        let signins = median(runs);
+        let ratio = signins.rate() / pure.rate();
+        rows.push(SignInRow {
+            clients: *c,
+            signins,
+            ratio,
+        });
+    }
+    Ok((pure, rows))
+}
+
+fn print_flows(args: &Args, rows: &[FlowRow]) {
+    println!();
+    println!(
+        "Ticket issue + redeem (SSO cookie present) vs replicated writes; median of {} rounds of {}s (after {}s warm-up) per level",
+        args.rounds, args.seconds, args.warmup
+    );
+    println!(
+        "{:>7} | {:>8} {:>7} {:>7} {:>6} {:>6} | {:>8} {:>7} {:>7} {:>6} {:>6} | {:>12}",
+        "clients",
+        "flows/s",
+        "p50 ms",
+        "p99 ms",
+        "CPU ms",
+        "errors",
+        "writes/s",
+        "p50 ms",
+        "p99 ms",
+        "CPU ms",
+        "errors",
+        "flows/writes"
+    );
+    for r in rows {
+        println!(
+            "{:>7} | {:>8.0} {:>7.2} {:>7.2} {:>6.2} {:>6} | {:>8.0} {:>7.2} {:>7.2} {:>6.2} {:>6} | {:>12.2}",
+            r.clients,
+            r.flows.rate(),
+            r.flows.p50_ms,
+            r.flows.p99_ms,
+            r.flows.cpu_ms_per_op(),
+            r.flows.errors,
+            r.writes.rate(),
+            r.writes.p50_ms,
+            r.writes.p99_ms,
+            r.writes.cpu_ms_per_op(),
+            r.writes.errors,
+            r.ratio
+        );
+    }
+    println!("CPU ms: CPU time of the three nodes and the load generator per completed operation");
+    println!("target: flows/writes >= 0.5 at every level");
+}
+
+fn print_signins(args: &Args, pure: &RunResult, rows: &[SignInRow]) {
+    println!();
+    println!(
+        "Password sign-in vs argon2id verify alone (m=19456, t=2, p=1) on {} threads; median of {} rounds of {}s",
+        args.hash_threads, args.rounds, args.seconds
+    );
+    println!(
+        "argon2id verify alone: {:.1}/s ({:.1} CPU ms each)",
+        pure.rate(),
+        pure.cpu_ms_per_op()
+    );
+    println!(
+        "{:>7} | {:>10} {:>8} {:>8} {:>6} {:>6} | {:>12}",
+        "clients", "sign-ins/s", "p50 ms", "p99 ms", "CPU ms", "errors", "vs argon2id"
+    );
+    for r in rows {
+        println!(
+            "{:>7} | {:>10.1} {:>8.1} {:>8.1} {:>6.1} {:>6} | {:>12.2}",
+            r.clients,
+            r.signins.rate(),
+            r.signins.p50_ms,
+            r.signins.p99_ms,
+            r.signins.cpu_ms_per_op(),
+            r.signins.errors,
+            r.ratio
+        );
+    }
+    println!("target: sign-ins / argon2id alone >= 0.85");
+}
+
+fn print_markdown(pure: Option<&RunResult>, flows: &[FlowRow], signins: &[SignInRow]) {
+    println!();
+    println!("Markdown:");
+    if !flows.is_empty() {
+        println!();
+        println!("| clients | flows/s | flow p50 ms | flow p99 ms | CPU ms/flow | writes/s | write p50 ms | write p99 ms | CPU ms/write | flows/writes |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in flows {
+            println!(
+                "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                r.clients,
+                r.flows.rate(),
+                r.flows.p50_ms,
+                r.flows.p99_ms,
+                r.flows.cpu_ms_per_op(),
+                r.writes.rate(),
+                r.writes.p50_ms,
+                r.writes.p99_ms,
+                r.writes.cpu_ms_per_op(),
+                r.ratio
+            );
+        }
+    }
+    if let Some(pure) = pure {
+        println!();
+        println!("| clients | sign-ins/s | p50 ms | p99 ms | CPU ms/sign-in | argon2id alone/s | sign-ins/argon2id |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|");
+        for r in signins {
+            println!(
+                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |",
+                r.clients,
+                r.signins.rate(),
+                r.signins.p50_ms,
+                r.signins.p99_ms,
+                r.signins.cpu_ms_per_op(),
+                pure.rate(),
+                r.ratio
+            );
+        }
+    }
+}
+
+async fn run(args: &Args) -> anyhow::Result<bool> {
+    if args.rounds == 0 || args.seconds == 0 {
+        bail!("--rounds and --seconds must be at least 1");
+    }
+    if args.levels.contains(&0) || args.signin_levels.contains(&0) {
+        bail!("levels must be at least 1 client");
+    }
+    println!("baa single sign-on benchmark");
+    println!("machine: {}", machine());
+    println!(
+        "command: {}",
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
+    println!("cluster: 3 baa nodes on loopback, TLS on every hop, clients spread over the nodes, each with its own keep-alive connections");
+    let opts = ClusterOptions {
+        log_level: "warn".into(),
+        ..ClusterOptions::default()
+    };
+    eprintln!("starting a 3-node cluster");
+    let cluster = Cluster::start_with(opts).await;
+    let writers = if args.no_flows {
+        0
+    } else {
+        args.levels.iter().copied().max().unwrap_or(1)
+    };
+    let secret = setup(&cluster, writers).await?;
+    establish_trust(&cluster).await?;
+    eprintln!("set up: user {USER}, site {CLIENT_ID}, trust approved");
+    let pids = node_pids(&cluster);
+    let idle_before = cpu_snapshot(&pids).0;
+    let idle_started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = (cpu_snapshot(&pids).0 - idle_before) / idle_started.elapsed().as_secs_f64();
+    println!(
+        "idle cluster: the three nodes use {:.1}% of one core with no load (counted in the CPU columns)",
+        idle * 100.0
+    );
+
+    let mut tallies = Vec::new();
+    let flows = if args.no_flows {
+        Vec::new()
+    } else {
+        eprintln!("ticket issue + redeem vs replicated writes");
+        bench_flows(&cluster, args, &secret, &mut tallies).await?
+    };
+    let signins = if args.no_signins {
+        None
+    } else {
+        eprintln!("password sign-in vs argon2id alone");
+        Some(bench_signins(&cluster, args, &mut tallies).await?)
+    };
+    cluster.assert_no_panics();
+    drop(cluster);
+
+    if !flows.is_empty() {
+        print_flows(args, &flows);
+    }
+    if let Some((pure, rows)) = &signins {
+        print_signins(args, pure, rows);
+    }
+    print_markdown(
+        signins.as_ref().map(|(p, _)| p),
+        &flows,
+        signins.as_ref().map_or(&[][..], |(_, r)| r),
+    );
+    let mut ok = true;
+    for (what, t) in &tallies {
+        if t.error_share() > MAX_ERROR_SHARE {
+            eprintln!(
+                "FAILED: {what}: {} of {} operations failed ({:.2}%)",
+                t.errors,
+                t.ops + t.errors,
+                t.error_share() * 100.0
+            );
+            ok = false;
+        }
+    }
+    Ok(ok)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("bench-sso: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn error_share_counts_failures_over_all_attempts() {
+        let t = Tally { ops: 99, errors: 1 };
+        assert!((t.error_share() - 0.01).abs() < 1e-9);
+        assert_eq!(Tally::default().error_share(), 1.0);
+    }
+}
