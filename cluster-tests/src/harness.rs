@@ -51,6 +51,8 @@ pub struct ClusterOptions {
     pub write_timeout_ms: Option<u64>,
     /// Extra `[sso]` settings (agency, issuer and cookie domain are set by the harness).
     pub sso: toml::Table,
+    /// `[limits]` settings.
+    pub limits: toml::Table,
 }
 
 /// The agency's host name in tests (mapped to loopback in the browser).
@@ -73,6 +75,7 @@ impl Default for ClusterOptions {
             logs_to_keep: None,
             write_timeout_ms: None,
             sso: toml::Table::new(),
+            limits: toml::Table::new(),
         }
     }
 }
@@ -100,6 +103,7 @@ struct NodeConfig {
     log_level: String,
     tls: TlsConfig,
     raft: RaftConfig,
+    limits: toml::Table,
     sso: toml::Table,
     peers: Vec<PeerConfig>,
 }
@@ -508,6 +512,7 @@ impl Cluster {
                 logs_to_keep: o.logs_to_keep,
                 write_timeout_ms: o.write_timeout_ms,
             },
+            limits: o.limits.clone(),
             sso: {
                 let mut t = toml::Table::new();
                 t.insert("agency".into(), AGENCY_NAME.into());
@@ -920,6 +925,7 @@ mod tests {
                 logs_to_keep: None,
                 write_timeout_ms: None,
             },
+            limits: toml::Table::new(),
             sso: toml::Table::new(),
             peers: vec![PeerConfig {
                 id: 2,

@@ -175,12 +175,26 @@ impl Default for RaftTuning {
 pub struct Limits {
     /// Largest accepted JSON body, in bytes.
     pub max_json_bytes: usize,
+    /// Threads hashing and verifying passwords (argon2id, ~19 MiB each).
+    /// 0 = one per CPU. Lower it when several nodes share a machine.
+    pub password_hash_threads: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_json_bytes: 1024 * 1024,
+            password_hash_threads: 0,
+        }
+    }
+}
+
+impl Limits {
+    /// The size of the password-hashing pool.
+    pub fn hash_threads(&self) -> usize {
+        match self.password_hash_threads {
+            0 => std::thread::available_parallelism().map_or(2, usize::from),
+            n => n,
         }
     }
 }

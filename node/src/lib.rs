@@ -147,7 +147,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
         keys,
     });
-    let hasher = actors::hasher::start(2);
+    let hasher = actors::hasher::start(config.limits.hash_threads());
     let _reaper =
         actors::reaper::Reaper::new(agency.clone(), actors::reaper::REAPER_INTERVAL).start();
 

@@ -86,12 +86,17 @@ pub enum Op {
         before_ms: u64,
     },
     /// Start a session after a successful sign-in; clears the account's
-    /// failure count. Times are set from the command's time.
+    /// failure count. Refused with `too_many_attempts` while the account or
+    /// the source address is locked, so a lock recorded a moment ago on
+    /// another node holds even if this node has not applied it yet. Times are
+    /// set from the command's time.
     CreateSession {
         /// The new session (timestamps are overwritten at apply).
         session: Box<Session>,
         /// Throttle key of the account name, whose failures are forgiven.
         account: SecretHash,
+        /// Source address of the sign-in.
+        source: String,
     },
     /// Record use of a session (slides its idle expiry).
     TouchSession {

@@ -59,9 +59,17 @@ struct Args {
     /// Measured rounds per level; the median round is reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Threads for the argon2id reference (a node's hasher pool has 2).
+    /// Threads for the argon2id reference (one per core of this machine).
     #[arg(long, default_value_t = 2)]
     hash_threads: usize,
+    /// `[limits] password_hash_threads` of each node (0 = one per CPU, the default).
+    #[arg(long, default_value_t = 0)]
+    node_hash_threads: usize,
+    /// Send every sign-in to this node (as a node on its own machine would
+    /// take them); 0 spreads them over all nodes, whose hashing pools then
+    /// share this machine's cores.
+    #[arg(long, default_value_t = 2)]
+    signin_node: u64,
     /// Skip the ticket issue + redeem part.
     #[arg(long)]
     no_flows: bool,
@@ -786,6 +794,10 @@ async fn bench_signins(
         .hash_password(PASSWORD.as_bytes(), &SaltString::generate(&mut OsRng))
         .map_err(|e| anyhow!("hashing: {e}"))?
         .to_string();
+    let nodes: Vec<String> = match args.signin_node {
+        0 => nodes,
+        id => vec![cluster.public_url(id)],
+    };
     let max = args.signin_levels.iter().copied().max().unwrap_or(1);
     let mut workers = Vec::new();
     for c in 0..max {
@@ -897,6 +909,12 @@ fn print_signins(args: &Args, pure: &RunResult, rows: &[SignInRow]) {
         "Password sign-in vs argon2id verify alone (m=19456, t=2, p=1) on {} threads; median of {} rounds of {}s",
         args.hash_threads, args.rounds, args.seconds
     );
+    match args.signin_node {
+        0 => println!("sign-ins spread over every node (their hashing pools share this machine)"),
+        id => println!(
+            "sign-ins sent to node {id} (hashing pool: one thread per CPU, as on its own machine)"
+        ),
+    }
     println!(
         "argon2id verify alone: {:.1}/s ({:.1} CPU ms each)",
         pure.rate(),
@@ -977,10 +995,14 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         std::env::args().collect::<Vec<_>>().join(" ")
     );
     println!("cluster: 3 baa nodes on loopback, TLS on every hop, clients spread over the nodes, each with its own keep-alive connections");
-    let opts = ClusterOptions {
+    let mut opts = ClusterOptions {
         log_level: "warn".into(),
         ..ClusterOptions::default()
     };
+    opts.limits.insert(
+        "password_hash_threads".into(),
+        (args.node_hash_threads as i64).into(),
+    );
     eprintln!("starting a 3-node cluster");
     let cluster = Cluster::start_with(opts).await;
     let writers = if args.no_flows {

@@ -8,7 +8,7 @@ use actix::Addr;
 use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
-use baa_proto::command::{Consistency, Op, Outcome};
+use baa_proto::command::{Op, Outcome};
 use baa_proto::cookie::{SESSION_SECRET_LEN, SSO_COOKIE};
 use baa_proto::sso::{
     pseudonym, public_sid, secret_hash, AccountName, LoginParams, Session, Site, ThrottleRule,
@@ -714,8 +714,9 @@ async fn sign_in_post(
         .map(|a| a.ip().to_string())
         .unwrap_or_else(|| "unknown".into());
 
-    // Lockouts are replicated; read them as of now, not as of this node's lag.
-    let _ = agency.read_barrier(Consistency::Linearizable).await;
+    // A lock known here refuses at once, without hashing. A lock this node has
+    // not applied yet is enforced by the state machine, which refuses the
+    // session (below) in log order.
     let now = now_ms();
     let locked = [
         ThrottleSubject::Account(account),
@@ -726,9 +727,8 @@ async fn sign_in_post(
     .map(|f| f.locked_until_ms)
     .filter(|t| *t > now)
     .max();
-    if let Some(until) = locked {
+    let locked_page = |retry_after_s: u64| {
         agency.metrics.sign_ins.with_label_values(&["locked"]).inc();
-        let retry_after = until.saturating_sub(now).div_ceil(1000).max(1);
         let mut resp = sign_in_page(
             &req,
             &agency,
@@ -738,10 +738,13 @@ async fn sign_in_post(
             Some("Too many failed sign-ins. Wait a few minutes, then try again."),
             StatusCode::TOO_MANY_REQUESTS,
         );
-        if let Ok(v) = header::HeaderValue::from_str(&retry_after.to_string()) {
+        if let Ok(v) = header::HeaderValue::from_str(&retry_after_s.max(1).to_string()) {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
-        return resp;
+        resp
+    };
+    if let Some(until) = locked {
+        return locked_page(until.saturating_sub(now).div_ceil(1000));
     }
 
     let user = agency.state.user(&typed).ok().flatten();
@@ -804,12 +807,17 @@ async fn sign_in_post(
             Op::CreateSession {
                 session: Box::new(session),
                 account,
+                source: source.clone(),
             },
             None,
         )
         .await;
     let session = match created {
         Ok(Outcome::Session(s)) => *s,
+        Err(NodeError::Apply(e)) if e.code == baa_proto::ErrorCode::TooManyAttempts => {
+            let s = agency.config.sso.lockout_s;
+            return locked_page(s);
+        }
         Ok(_) => return internal(&agency, &NodeError::Internal("unexpected outcome".into())),
         Err(e) => return internal(&agency, &e),
     };

@@ -55,7 +55,11 @@ pub(super) fn apply_sso(
     op: &Op,
 ) -> Result<CommandResult, StorageError> {
     match op {
-        Op::CreateSession { session, account } => create_session(st, now, session, account),
+        Op::CreateSession {
+            session,
+            account,
+            source,
+        } => create_session(st, now, session, account, source),
         Op::TouchSession { key: k } => {
             let sk = key(PREFIX_SESSION, k);
             let Some(mut s) = st.get::<Session>(&sk)? else {
@@ -206,7 +210,26 @@ fn create_session(
     now: u64,
     session: &Session,
     account: &SecretHash,
+    source: &str,
 ) -> Result<CommandResult, StorageError> {
+    let account_key = key(PREFIX_FAILURES, &ThrottleSubject::Account(*account).key());
+    let source_key = key(
+        PREFIX_FAILURES,
+        &ThrottleSubject::Source(source.to_string()).key(),
+    );
+    for k in [&account_key, &source_key] {
+        if let Some(f) = st.get::<Failures>(k)? {
+            if f.locked_at(now) {
+                return refuse(
+                    ErrorCode::TooManyAttempts,
+                    format!(
+                        "locked for {} s more",
+                        f.locked_until_ms.saturating_sub(now).div_ceil(1000)
+                    ),
+                );
+            }
+        }
+    }
     let Some(user) = user_by_id(st, session.user_id)? else {
         return refuse(ErrorCode::UserNotFound, "no such user");
     };
@@ -228,10 +251,7 @@ fn create_session(
     s.absolute_expiry_ms = now.saturating_add(lifetime);
     s.sites.clear();
     st.put(&sk, &s)?;
-    st.remove(&key(
-        PREFIX_FAILURES,
-        &ThrottleSubject::Account(*account).key(),
-    ));
+    st.remove(&account_key);
     Ok(Ok(Outcome::Session(Box::new(s))))
 }
 

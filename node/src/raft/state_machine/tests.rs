@@ -210,6 +210,7 @@ mod sso {
                 sites: vec![],
             }),
             account: secret_hash(b"alice"),
+            source: "10.0.0.2".into(),
         }
     }
 
@@ -350,9 +351,26 @@ mod sso {
                 .count,
             2
         );
-        sm.apply(vec![entry(4, None, session(secret_hash(b"s")))])
+        // While the account is locked, even a verified password makes no session.
+        let locked = one(sm
+            .apply(vec![entry(4, None, session(secret_hash(b"s")))])
             .await
-            .unwrap();
-        assert!(!reader.failures(&acct).unwrap().locked_at(1005));
+            .unwrap());
+        assert_eq!(locked.unwrap_err().code, ErrorCode::TooManyAttempts);
+        assert!(reader.session(&secret_hash(b"s")).unwrap().is_none());
+        // After the lock, a sign-in forgives the account's failures.
+        let later = Command {
+            request_id: None,
+            time_ms: 1003 + 60_000,
+            op: session(secret_hash(b"s")),
+        };
+        let e = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 5),
+            payload: EntryPayload::Normal(Proposal {
+                commands: vec![later],
+            }),
+        };
+        assert!(one(sm.apply(vec![e]).await.unwrap()).is_ok());
+        assert_eq!(reader.failures(&acct).unwrap(), Default::default());
     }
 }
