@@ -90,6 +90,13 @@ pub struct SsoConfig {
     /// Extra PEM roots for calls to partner sites (back-channel logout).
     /// The agency's own CA is always trusted.
     pub partner_ca_file: Option<PathBuf>,
+    /// A session used by an app through its token has its use recorded (its
+    /// idle expiry slid) at most once per this many seconds.
+    pub session_touch_interval_s: u64,
+    /// Lifetime of a device code (RFC 8628).
+    pub device_code_ttl_s: u64,
+    /// Minimum seconds between device-code polls.
+    pub device_poll_interval_s: u64,
 }
 
 impl Default for SsoConfig {
@@ -107,6 +114,9 @@ impl Default for SsoConfig {
             max_source_failures: 50,
             lockout_s: 300,
             partner_ca_file: None,
+            session_touch_interval_s: 60,
+            device_code_ttl_s: 600,
+            device_poll_interval_s: 5,
         }
     }
 }

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::User;
 use crate::sso::{
-    AccessToken, Grant, LoginTicket, RevokedSession, SecretHash, Session, SigningKey, Site,
-    ThrottleRule, Trust,
+    AccessToken, DeviceGrant, DevicePoll, Grant, LoginTicket, RefreshToken, RevokedSession,
+    SecretHash, Session, SigningKey, Site, ThrottleRule, Trust,
 };
 use crate::ErrorCode;
 
@@ -139,6 +139,42 @@ pub enum Op {
         verifier_challenge: Option<String>,
         /// The access token to store if the redemption succeeds.
         token: Box<AccessToken>,
+        /// A refresh token to store with it (the app asked for `offline_access`).
+        refresh: Option<Box<RefreshToken>>,
+    },
+    /// Exchange a refresh token for a new access and refresh token, once:
+    /// a used one revokes its whole family.
+    Refresh {
+        /// SHA-256 of the presented refresh token.
+        hash: SecretHash,
+        /// The authenticated client presenting it.
+        client_id: String,
+        /// The new access token.
+        token: Box<AccessToken>,
+        /// The new refresh token (same family).
+        refresh: Box<RefreshToken>,
+    },
+    /// Store a new device authorization.
+    StartDevice(Box<DeviceGrant>),
+    /// The user approves or declines a device authorization by its user code.
+    DecideDevice {
+        /// Normalised user code.
+        user_code: String,
+        /// The deciding browser session.
+        session_key: SecretHash,
+        /// Approve (true) or decline.
+        approve: bool,
+    },
+    /// The app polls a device authorization; on approval the tokens are stored.
+    PollDevice {
+        /// SHA-256 of the device code.
+        device_hash: SecretHash,
+        /// The polling client.
+        client_id: String,
+        /// The access token to store if approved.
+        token: Box<AccessToken>,
+        /// The refresh token to store if approved.
+        refresh: Option<Box<RefreshToken>>,
     },
     /// Revoke one access token.
     RevokeToken {
@@ -184,6 +220,10 @@ impl Op {
             Op::IssueTicket(_) => "issue_ticket",
             Op::RedeemTicket { .. } => "redeem_ticket",
             Op::RevokeToken { .. } => "revoke_token",
+            Op::Refresh { .. } => "refresh",
+            Op::StartDevice(_) => "start_device",
+            Op::DecideDevice { .. } => "decide_device",
+            Op::PollDevice { .. } => "poll_device",
             Op::RecordSignInFailure { .. } => "record_sign_in_failure",
             Op::AddSigningKey { .. } => "add_signing_key",
             Op::PurgeExpired => "purge_expired",
@@ -244,6 +284,10 @@ pub enum Outcome {
     Removed(bool),
     /// A command that produces nothing but success.
     Done,
+    /// A device authorization not granted yet.
+    DevicePending(DevicePoll),
+    /// The device authorization a user code names (its client id).
+    DeviceDecided(String),
     /// Entries that carry no command (blank and membership entries).
     Empty,
 }

@@ -58,6 +58,14 @@ pub enum ErrorCode {
     UnsupportedGrantType,
     /// The request's form token (CSRF) is missing or wrong.
     CsrfMismatch,
+    /// Device grant: the user has not decided yet (RFC 8628).
+    AuthorizationPending,
+    /// Device grant: polling too fast (RFC 8628).
+    SlowDown,
+    /// Device grant: the device code expired (RFC 8628).
+    ExpiredToken,
+    /// The user declined.
+    AccessDenied,
     /// Storage failed; the node may need attention.
     StorageError,
     /// Something unexpected went wrong inside the node.
@@ -93,6 +101,10 @@ impl ErrorCode {
             ErrorCode::NoSigningKey => "no_signing_key",
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
             ErrorCode::CsrfMismatch => "csrf_mismatch",
+            ErrorCode::AuthorizationPending => "authorization_pending",
+            ErrorCode::SlowDown => "slow_down",
+            ErrorCode::ExpiredToken => "expired_token",
+            ErrorCode::AccessDenied => "access_denied",
             ErrorCode::StorageError => "storage_error",
             ErrorCode::Internal => "internal",
         }

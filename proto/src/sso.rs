@@ -190,6 +190,76 @@ pub struct AccessToken {
     pub expires_ms: u64,
 }
 
+/// A refresh token, stored by hash. Tokens made from one another form a
+/// family (RFC 6819 §5.2.2.3): presenting a used one revokes the family.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshToken {
+    /// SHA-256 of the token value.
+    pub hash: SecretHash,
+    /// The family: the hash of the first token of the chain.
+    pub family: SecretHash,
+    /// The browser session it continues.
+    pub session_key: SecretHash,
+    /// The app (client) it was issued to.
+    pub client_id: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Issue time.
+    pub issued_ms: u64,
+    /// Expiry.
+    pub expires_ms: u64,
+    /// Set when it was exchanged for a new pair.
+    pub used: bool,
+}
+
+/// Where a device authorization (RFC 8628) stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceStatus {
+    /// Waiting for the user.
+    Pending,
+    /// The user approved it from this browser session.
+    Approved {
+        /// The approving session.
+        session_key: SecretHash,
+    },
+    /// The user declined.
+    Denied,
+    /// Tokens were handed out.
+    Done,
+}
+
+/// A device authorization request, stored by the hash of its device code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceGrant {
+    /// SHA-256 of the device code.
+    pub device_hash: SecretHash,
+    /// The user code, normalised (upper case, no separator).
+    pub user_code: String,
+    /// The app.
+    pub client_id: String,
+    /// Requested scopes.
+    pub scopes: Vec<String>,
+    /// Issue time.
+    pub issued_ms: u64,
+    /// Expiry.
+    pub expires_ms: u64,
+    /// Minimum seconds between polls.
+    pub interval_s: u64,
+    /// Time of the last poll.
+    pub last_poll_ms: u64,
+    /// Where it stands.
+    pub status: DeviceStatus,
+}
+
+/// Normalises a user code as typed: letters only, upper case.
+pub fn normalise_user_code(typed: &str) -> String {
+    typed
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
 /// An RSA signing key of the agency (ID tokens, logout tokens, SSO cookies).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SigningKey {
@@ -313,6 +383,15 @@ pub struct Grant {
     pub params: LoginParams,
     /// Expiry of the access token.
     pub expires_ms: u64,
+}
+
+/// Outcome of a device poll that was not yet granted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DevicePoll {
+    /// Keep polling.
+    Pending,
+    /// Polling too fast; the interval is now this many seconds.
+    SlowDown(u64),
 }
 
 /// Outcome of revoking a session: who must hear of it.

@@ -16,9 +16,13 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         }
         ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::InvalidGrant | ErrorCode::UnsupportedGrantType | ErrorCode::CsrfMismatch => {
-            StatusCode::BAD_REQUEST
-        }
+        ErrorCode::InvalidGrant
+        | ErrorCode::UnsupportedGrantType
+        | ErrorCode::CsrfMismatch
+        | ErrorCode::AuthorizationPending
+        | ErrorCode::SlowDown
+        | ErrorCode::ExpiredToken
+        | ErrorCode::AccessDenied => StatusCode::BAD_REQUEST,
         ErrorCode::NotFound
         | ErrorCode::UserNotFound
         | ErrorCode::SiteNotFound

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod admin_sso;
 pub mod error;
 pub mod health;
+pub mod native;
 pub mod oidc;
 pub mod pages;
 pub mod sso;
@@ -19,6 +20,7 @@ use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpServer};
 
 use crate::actors::hasher::PasswordHasher;
+use crate::actors::native_broker::NativeBroker;
 use crate::actors::session_gate::SessionGate;
 use crate::actors::ticket_issuer::TicketIssuer;
 use crate::agency::Agency;
@@ -79,12 +81,14 @@ pub fn start(
         // One gate and one issuer per worker: their messages never cross threads.
         let agency = public_data.clone().into_inner();
         let gate = web::Data::new(SessionGate::new(agency.clone()).start());
-        let issuer = web::Data::new(TicketIssuer::new(agency).start());
+        let issuer = web::Data::new(TicketIssuer::new(agency.clone()).start());
+        let broker = web::Data::new(NativeBroker::new(agency).start());
         App::new()
             .app_data(public_data.clone())
             .app_data(hasher.clone())
             .app_data(gate)
             .app_data(issuer)
+            .app_data(broker)
             .app_data(backchannel.clone())
             .app_data(
                 web::FormConfig::default()
@@ -109,6 +113,7 @@ pub fn start(
             // Single sign-on.
             .configure(oidc::configure)
             .configure(sso::configure)
+            .configure(native::configure)
             .default_service(web::to(error::not_found))
     })
     .workers(2)

@@ -9,8 +9,8 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use baa_proto::command::{Consistency, Op, Outcome};
 use baa_proto::sso::{
-    pseudonym, secret_hash, AccessToken, AccountName, Grant, LoginParams, RevokedSession,
-    SecretHash, Site,
+    pseudonym, secret_hash, AccessToken, AccountName, DevicePoll, Grant, LoginParams, RefreshToken,
+    RevokedSession, SecretHash, Site,
 };
 use baa_proto::ErrorCode;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -59,10 +59,11 @@ async fn discovery(agency: web::Data<Agency>) -> HttpResponse {
         "introspection_endpoint": format!("{i}/sso/introspect"),
         "response_types_supported": ["code"],
         "response_modes_supported": ["form_post", "query"],
-        "grant_types_supported": ["authorization_code"],
+        "grant_types_supported": ["authorization_code", "refresh_token", DEVICE_GRANT],
+        "device_authorization_endpoint": format!("{i}/sso/device_authorization"),
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
-        "scopes_supported": ["openid", "profile", "email"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "sid",
             "preferred_username", "name", "email", "amr", "at_hash"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
@@ -83,9 +84,11 @@ async fn jwks(agency: web::Data<Agency>) -> Result<HttpResponse, NodeError> {
 
 /// Client credentials as sent: HTTP Basic or form fields.
 #[derive(Debug, Default, Deserialize)]
-struct ClientAuthForm {
-    client_id: Option<String>,
-    client_secret: Option<String>,
+pub struct ClientAuthForm {
+    /// `client_id` (form).
+    pub client_id: Option<String>,
+    /// `client_secret` (form).
+    pub client_secret: Option<String>,
 }
 
 fn form_decode(s: &str) -> Option<String> {
@@ -95,7 +98,7 @@ fn form_decode(s: &str) -> Option<String> {
 
 /// Authenticates the calling site (RFC 6749 §2.3). A public client names
 /// itself and proves possession through PKCE later.
-fn authenticate_client(
+pub fn authenticate_client(
     agency: &Agency,
     req: &HttpRequest,
     form: &ClientAuthForm,
@@ -143,6 +146,8 @@ fn authenticate_client(
 struct TokenForm {
     grant_type: Option<String>,
     code: Option<String>,
+    refresh_token: Option<String>,
+    device_code: Option<String>,
     redirect_uri: Option<String>,
     code_verifier: Option<String>,
     #[serde(flatten)]
@@ -215,82 +220,143 @@ async fn token(
     result
 }
 
+/// The RFC 8628 grant type.
+pub const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// A fresh access token and refresh token candidate for a grant. The state
+/// machine keeps the refresh token only when `offline_access` was granted.
+fn new_tokens(agency: &Agency, client_id: &str) -> (String, AccessToken, String, RefreshToken) {
+    let (access, access_hash) = random_secret();
+    let (refresh, refresh_hash) = random_secret();
+    let now = now_ms();
+    let sso = &agency.config.sso;
+    let at = AccessToken {
+        hash: access_hash,
+        session_key: [0; 32],
+        sid: String::new(),
+        user_id: 0,
+        client_id: client_id.to_string(),
+        scopes: Vec::new(),
+        issued_ms: now,
+        expires_ms: now + sso.access_token_ttl_s * 1000,
+    };
+    let rt = RefreshToken {
+        hash: refresh_hash,
+        family: refresh_hash,
+        session_key: [0; 32],
+        client_id: client_id.to_string(),
+        scopes: Vec::new(),
+        issued_ms: now,
+        expires_ms: now + sso.session_lifetime_s * 1000,
+        used: false,
+    };
+    (access, at, refresh, rt)
+}
+
 async fn redeem(
     agency: &Agency,
     req: &HttpRequest,
     form: &TokenForm,
 ) -> Result<HttpResponse, NodeError> {
-    match form.grant_type.as_deref() {
-        Some("authorization_code") => {}
-        Some(_) => {
-            return Err(NodeError::BadRequest {
-                code: ErrorCode::UnsupportedGrantType,
-                message: "only authorization_code is supported".into(),
-            })
-        }
-        None => return Err(NodeError::invalid("grant_type is required")),
+    let grant_type = form
+        .grant_type
+        .as_deref()
+        .ok_or_else(|| NodeError::invalid("grant_type is required"))?;
+    if !matches!(
+        grant_type,
+        "authorization_code" | "refresh_token" | DEVICE_GRANT
+    ) {
+        return Err(NodeError::BadRequest {
+            code: ErrorCode::UnsupportedGrantType,
+            message: format!("supported: authorization_code, refresh_token, {DEVICE_GRANT}"),
+        });
     }
     let site = authenticate_client(agency, req, &form.client)?;
-    let code = form
-        .code
-        .as_deref()
-        .filter(|c| !c.is_empty() && c.len() <= 128)
-        .ok_or_else(|| NodeError::invalid("code is required"))?;
-    let redirect_uri = form
-        .redirect_uri
-        .clone()
-        .ok_or_else(|| NodeError::invalid("redirect_uri is required"))?;
-    let verifier_challenge = match &form.code_verifier {
-        Some(v) => {
-            let ok = (43..=128).contains(&v.len())
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
-            if !ok {
-                return Err(NodeError::BadRequest {
-                    code: ErrorCode::InvalidGrant,
-                    message: "code_verifier is malformed".into(),
-                });
-            }
-            Some(s256(v))
-        }
-        None => None,
+    let (access, at, refresh, rt) = new_tokens(agency, &site.client_id);
+    let required = |v: &Option<String>, name: &str| {
+        v.as_deref()
+            .filter(|c| !c.is_empty() && c.len() <= 128)
+            .map(str::to_string)
+            .ok_or_else(|| NodeError::invalid(format!("{name} is required")))
     };
-    let (access, access_hash) = random_secret();
-    let now = now_ms();
-    let op = Op::RedeemTicket {
-        hash: secret_hash(code.as_bytes()),
-        client_id: site.client_id.clone(),
-        redirect_uri,
-        verifier_challenge,
-        token: Box::new(AccessToken {
-            hash: access_hash,
-            session_key: [0; 32],
-            sid: String::new(),
-            user_id: 0,
+    let op = match grant_type {
+        "authorization_code" => {
+            let code = required(&form.code, "code")?;
+            let redirect_uri = form
+                .redirect_uri
+                .clone()
+                .ok_or_else(|| NodeError::invalid("redirect_uri is required"))?;
+            let verifier_challenge = match &form.code_verifier {
+                Some(v) => {
+                    let ok = (43..=128).contains(&v.len())
+                        && v.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+                    if !ok {
+                        return Err(NodeError::BadRequest {
+                            code: ErrorCode::InvalidGrant,
+                            message: "code_verifier is malformed".into(),
+                        });
+                    }
+                    Some(s256(v))
+                }
+                None => None,
+            };
+            Op::RedeemTicket {
+                hash: secret_hash(code.as_bytes()),
+                client_id: site.client_id.clone(),
+                redirect_uri,
+                verifier_challenge,
+                token: Box::new(at),
+                refresh: Some(Box::new(rt)),
+            }
+        }
+        "refresh_token" => Op::Refresh {
+            hash: secret_hash(required(&form.refresh_token, "refresh_token")?.as_bytes()),
             client_id: site.client_id.clone(),
-            scopes: Vec::new(),
-            issued_ms: now,
-            expires_ms: now + agency.config.sso.access_token_ttl_s * 1000,
-        }),
+            token: Box::new(at),
+            refresh: Box::new(rt),
+        },
+        _ => Op::PollDevice {
+            device_hash: secret_hash(required(&form.device_code, "device_code")?.as_bytes()),
+            client_id: site.client_id.clone(),
+            token: Box::new(at),
+            refresh: Some(Box::new(rt)),
+        },
     };
     let grant = match agency.write(op, None).await? {
         Outcome::Granted(g) => g,
-        _ => return Err(NodeError::Internal("unexpected redemption outcome".into())),
+        Outcome::DevicePending(DevicePoll::Pending) => {
+            return Err(NodeError::BadRequest {
+                code: ErrorCode::AuthorizationPending,
+                message: "the user has not decided yet".into(),
+            })
+        }
+        Outcome::DevicePending(DevicePoll::SlowDown(s)) => {
+            return Err(NodeError::BadRequest {
+                code: ErrorCode::SlowDown,
+                message: format!("poll at most every {s} seconds"),
+            })
+        }
+        _ => return Err(NodeError::Internal("unexpected grant outcome".into())),
     };
-    let id_token = id_token(agency, &grant, &access)?;
-    let expires_in = grant.expires_ms.saturating_sub(now_ms()) / 1000;
-    Ok(no_store(HttpResponse::Ok()).json(serde_json::json!({
+    let mut body = serde_json::json!({
         "access_token": access,
         "token_type": "Bearer",
-        "expires_in": expires_in,
-        "id_token": id_token,
+        "expires_in": grant.expires_ms.saturating_sub(now_ms()) / 1000,
         "scope": grant.scopes.join(" "),
-    })))
+    });
+    if grant.scopes.iter().any(|s| s == "offline_access") {
+        body["refresh_token"] = refresh.into();
+    }
+    if grant_type != "refresh_token" && grant.scopes.iter().any(|s| s == "openid") {
+        body["id_token"] = id_token(agency, &grant, &access)?.into();
+    }
+    Ok(no_store(HttpResponse::Ok()).json(body))
 }
 
 /// Finds a live access token (and its session), reading through to the
 /// leader once when this node has not yet applied it.
-async fn live_token(agency: &Agency, value: &str) -> Option<AccessToken> {
+pub async fn live_token(agency: &Agency, value: &str) -> Option<AccessToken> {
     let hash: SecretHash = secret_hash(value.as_bytes());
     let find = |a: &Agency| -> Option<AccessToken> {
         let t = a.state.access_token(&hash).ok().flatten()?;
@@ -305,7 +371,8 @@ async fn live_token(agency: &Agency, value: &str) -> Option<AccessToken> {
     find(agency)
 }
 
-fn bearer(req: &HttpRequest) -> Option<String> {
+/// The bearer token of the `Authorization` header.
+pub fn bearer(req: &HttpRequest) -> Option<String> {
     req.headers()
         .get(header::AUTHORIZATION)?
         .to_str()

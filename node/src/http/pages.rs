@@ -392,6 +392,83 @@ pub fn signed_out(csp: &Csp, continue_to: Option<&str>) -> Markup {
     )
 }
 
+/// The device page: enter the code an app shows (RFC 8628).
+pub fn device_entry(csp: &Csp, csrf: &str, user_code: &str, error: Option<&str>) -> Markup {
+    layout(
+        csp,
+        "Connect a device",
+        html! {
+            h1 { "Connect a device or app" }
+            p { "Enter the code the app shows you." }
+            @if let Some(e) = error {
+                div id="error" role="alert" { (e) }
+            }
+            form id="device" method="post" action="/device" {
+                (hidden_fields(Some(csrf), &[]))
+                label for="user_code" { "Code" }
+                input id="user_code" name="user_code" type="text" value=(user_code)
+                    autocomplete="one-time-code" autocapitalize="characters" spellcheck="false" required;
+                button type="submit" id="submit" { "Continue" }
+            }
+        },
+    )
+}
+
+/// The device page's confirmation: which app, approve or decline.
+pub fn device_confirm(
+    csp: &Csp,
+    csrf: &str,
+    user_code: &str,
+    app_name: &str,
+    scopes: &[String],
+) -> Markup {
+    layout(
+        csp,
+        "Connect a device",
+        html! {
+            h1 { "Connect " strong id="app-name" { (app_name) } "?" }
+            p { "The app asks to use your session at the agency. It gets:" }
+            ul {
+                @for s in scopes { li { (s) } }
+            }
+            form id="device-confirm" method="post" action="/device/decide" {
+                (hidden_fields(Some(csrf), &[("user_code".to_string(), user_code.to_string())]))
+                button type="submit" id="approve" name="decision" value="approve" { "Connect" }
+                button type="submit" id="deny" name="decision" value="deny" { "Cancel" }
+            }
+        },
+    )
+}
+
+/// The device page after the decision.
+pub fn device_done(csp: &Csp, approved: bool) -> Markup {
+    layout(
+        csp,
+        "Connect a device",
+        html! {
+            @if approved {
+                h1 id="done" { "Connected." }
+                p { "You can return to the app now." }
+            } @else {
+                h1 id="done" { "Not connected." }
+                p { "The app was not given access." }
+            }
+        },
+    )
+}
+
+/// The page a native app's loopback listener is redirected to after sign-in.
+pub fn app_done(csp: &Csp) -> Markup {
+    layout(
+        csp,
+        "Signed in",
+        html! {
+            h1 id="done" { "You are signed in." }
+            p { "You can close this window and return to the app." }
+        },
+    )
+}
+
 /// What the agency's landing page shows.
 #[derive(Debug)]
 pub struct HomePage<'a> {

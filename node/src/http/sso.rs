@@ -66,9 +66,27 @@ pub struct AuthParams {
     response_mode: Option<String>,
     prompt: Option<String>,
     max_age: Option<String>,
+    /// Where a plain sign-in continues (an agency path, e.g. the device page).
+    #[serde(rename = "continue")]
+    continue_to: Option<String>,
 }
 
 impl AuthParams {
+    /// A plain sign-in that continues at the agency path `path`.
+    pub fn continue_to(path: &str) -> Self {
+        Self {
+            continue_to: Some(path.to_string()),
+            ..Default::default()
+        }
+    }
+
+    /// The continuation if it is a safe agency path (never another host).
+    fn safe_continue(&self) -> Option<&str> {
+        self.continue_to
+            .as_deref()
+            .filter(|p| p.starts_with("/device") && !p.contains("//") && !p.contains('\\'))
+    }
+
     fn hidden(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         let mut push = |k: &str, v: &Option<String>| {
@@ -87,6 +105,7 @@ impl AuthParams {
         push("response_mode", &self.response_mode);
         push("prompt", &self.prompt);
         push("max_age", &self.max_age);
+        push("continue", &self.continue_to);
         out
     }
 }
@@ -148,8 +167,13 @@ fn check_authz(agency: &Agency, p: &AuthParams) -> Result<Authz, AuthzError> {
     let Some(redirect_uri) = p.redirect_uri.clone() else {
         return page("invalid_request", "The request has no redirect_uri.");
     };
-    // Exact string comparison: no normalisation, no prefix or pattern match.
-    if !site.redirect_uris.iter().any(|u| u == &redirect_uri) {
+    // Exact string comparison (no normalisation, no prefix or pattern
+    // match), except the port of a loopback URI (RFC 8252 §7.3).
+    if !site
+        .redirect_uris
+        .iter()
+        .any(|u| redirect_matches(u, &redirect_uri))
+    {
         return page(
             "invalid_redirect_uri",
             "The redirect URI is not one the partner site registered. You were not sent anywhere.",
@@ -276,6 +300,44 @@ fn check_authz(agency: &Agency, p: &AuthParams) -> Result<Authz, AuthzError> {
     Ok(a)
 }
 
+/// Whether `candidate` may be used for the registered `registered`: equal
+/// strings, or for an `http` loopback registration (a native app's local
+/// listener) the same URI on any port.
+pub fn redirect_matches(registered: &str, candidate: &str) -> bool {
+    if registered == candidate {
+        return true;
+    }
+    // Compared as typed, never as parsed: no normalisation (`..`, case,
+    // escapes, default ports) may make two different strings match.
+    let loopback = |u: &str| u.starts_with("http://127.0.0.1") || u.starts_with("http://[::1]");
+    loopback(registered)
+        && loopback(candidate)
+        && !candidate.contains(['@', '#', '\\'])
+        && canonical(candidate) == canonical(registered)
+}
+
+/// A loopback URI with its port removed, as typed (no parsing normalisation).
+fn canonical(uri: &str) -> String {
+    let Some(rest) = uri.strip_prefix("http://") else {
+        return uri.to_string();
+    };
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let host = match authority.rfind(':') {
+        Some(i)
+            if !authority[i + 1..].is_empty()
+                && authority[i + 1..].bytes().all(|b| b.is_ascii_digit())
+                && !authority.ends_with(']') =>
+        {
+            &authority[..i]
+        }
+        _ => authority,
+    };
+    format!("http://{host}{path}")
+}
+
 /// Checks an authorization request; a refusal is already the response
 /// (error page, or the error delivered to the site).
 fn checked(agency: &Agency, p: &AuthParams) -> Result<Authz, HttpResponse> {
@@ -374,7 +436,7 @@ pub async fn current_session(
 }
 
 /// The request's CSRF token, or a new one with the cookie that carries it.
-fn csrf_token(req: &HttpRequest) -> (String, Option<Cookie<'static>>) {
+pub fn csrf_token(req: &HttpRequest) -> (String, Option<Cookie<'static>>) {
     if let Some(v) = cookie_value(req, CSRF_COOKIE) {
         if v.len() == 43 {
             return (v, None);
@@ -393,7 +455,7 @@ fn csrf_token(req: &HttpRequest) -> (String, Option<Cookie<'static>>) {
 }
 
 /// The answer to a form whose CSRF token does not match the cookie.
-fn csrf_refused(agency: &Agency) -> HttpResponse {
+pub fn csrf_refused(agency: &Agency) -> HttpResponse {
     error_page(
         agency,
         StatusCode::BAD_REQUEST,
@@ -402,14 +464,16 @@ fn csrf_refused(agency: &Agency) -> HttpResponse {
     )
 }
 
-fn csrf_ok(req: &HttpRequest, submitted: &str) -> bool {
+/// Whether the submitted form token matches the CSRF cookie (constant time).
+pub fn csrf_ok(req: &HttpRequest, submitted: &str) -> bool {
     match cookie_value(req, CSRF_COOKIE) {
         Some(c) => !c.is_empty() && bool::from(c.as_bytes().ct_eq(submitted.as_bytes())),
         None => false,
     }
 }
 
-fn with_cookie(mut resp: HttpResponse, c: Option<Cookie<'static>>) -> HttpResponse {
+/// Adds `c` (if any) to `resp`.
+pub fn with_cookie(mut resp: HttpResponse, c: Option<Cookie<'static>>) -> HttpResponse {
     if let Some(c) = c {
         let _ = resp.add_cookie(&c);
     }
@@ -429,8 +493,9 @@ fn sso_cookie(agency: &Agency, value: String, max_age_s: i64) -> Cookie<'static>
     b.finish()
 }
 
+/// The sign-in page, carrying `params` through.
 #[allow(clippy::too_many_arguments)]
-fn sign_in_page(
+pub fn sign_in_page(
     req: &HttpRequest,
     agency: &Agency,
     params: &AuthParams,
@@ -663,7 +728,8 @@ pub fn dummy_hash() -> &'static str {
     })
 }
 
-fn throttle_rule(agency: &Agency) -> ThrottleRule {
+/// The sign-in throttling rule of this node's configuration.
+pub fn throttle_rule(agency: &Agency) -> ThrottleRule {
     let s = &agency.config.sso;
     ThrottleRule {
         window_ms: s.throttle_window_s * 1000,
@@ -832,7 +898,10 @@ async fn sign_in_post(
     let resp = match authz {
         Some(a) => continue_flow(&req, &agency, &issuer, &form.params, &a, Some(v), true).await,
         None => HttpResponse::SeeOther()
-            .insert_header((header::LOCATION, "/"))
+            .insert_header((
+                header::LOCATION,
+                form.params.safe_continue().unwrap_or("/").to_string(),
+            ))
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .finish(),
     };
@@ -1140,4 +1209,49 @@ async fn perform_logout(
         }
     };
     with_cookie(resp, Some(clear))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redirect_matches;
+
+    #[test]
+    fn loopback_redirects_match_on_any_port_only() {
+        let reg = "http://127.0.0.1/callback";
+        for ok in [
+            "http://127.0.0.1/callback",
+            "http://127.0.0.1:1/callback",
+            "http://127.0.0.1:51234/callback",
+        ] {
+            assert!(redirect_matches(reg, ok), "{ok}");
+        }
+        assert!(redirect_matches("http://[::1]/cb", "http://[::1]:8080/cb"));
+        assert!(redirect_matches(
+            "http://127.0.0.1:9/cb",
+            "http://127.0.0.1:7/cb"
+        ));
+        for bad in [
+            "http://127.0.0.1.evil.localtest/callback",
+            "http://127.0.0.1.evil.localtest:80/callback",
+            "http://127.0.0.1:80@evil.localtest/callback",
+            "http://localhost:5000/callback",
+            "http://127.0.0.2:5000/callback",
+            "https://127.0.0.1:5000/callback",
+            "http://127.0.0.1:5000/callback/x",
+            "http://127.0.0.1:5000/Callback",
+            "http://127.0.0.1:5000/callback?x=1",
+            "http://127.0.0.1:5000/callback#f",
+            "http://127.0.0.1:5000/../callback",
+            "http://127.0.0.1:/callback",
+            "http://127.0.0.1:5000:6000/callback",
+            "http://[::1]:5000/callback",
+        ] {
+            assert!(!redirect_matches(reg, bad), "{bad}");
+        }
+        // Non-loopback registrations match exactly only.
+        assert!(!redirect_matches(
+            "https://shop.example/cb",
+            "https://shop.example:444/cb"
+        ));
+    }
 }

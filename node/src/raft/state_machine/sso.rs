@@ -5,8 +5,8 @@
 use baa_proto::command::{ApplyError, CommandResult, Op, Outcome};
 use baa_proto::model::User;
 use baa_proto::sso::{
-    AccessToken, Failures, Grant, LoginTicket, RevokedSession, SecretHash, Session, SigningKey,
-    Site, ThrottleRule, ThrottleSubject, Trust,
+    AccessToken, DeviceGrant, DevicePoll, DeviceStatus, Failures, Grant, LoginTicket, RefreshToken,
+    RevokedSession, SecretHash, Session, SigningKey, Site, ThrottleRule, ThrottleSubject, Trust,
 };
 use baa_proto::ErrorCode;
 
@@ -27,6 +27,12 @@ const PREFIX_FAILURES: &[u8] = b"f/";
 const KEY_CURRENT_KID: &[u8] = b"m/current_kid";
 /// Index: user id → username, to find a session's user.
 const PREFIX_USER_BY_ID: &[u8] = b"U/";
+const PREFIX_REFRESH: &[u8] = b"R/";
+/// Index: family ++ refresh hash → ().
+const PREFIX_FAMILY: &[u8] = b"Q/";
+const PREFIX_DEVICE: &[u8] = b"D/";
+/// Index: normalised user code → device hash.
+const PREFIX_USER_CODE: &[u8] = b"d/";
 
 /// How long a used ticket is kept after expiry, so a late second redemption
 /// still finds it and revokes the first one's tokens.
@@ -141,6 +147,7 @@ pub(super) fn apply_sso(
             redirect_uri,
             verifier_challenge,
             token,
+            refresh,
         } => redeem(
             st,
             now,
@@ -149,7 +156,41 @@ pub(super) fn apply_sso(
             redirect_uri,
             verifier_challenge.as_deref(),
             token,
+            refresh.as_deref(),
         ),
+        Op::Refresh {
+            hash,
+            client_id,
+            token,
+            refresh,
+        } => refresh_tokens(st, now, hash, client_id, token, refresh),
+        Op::StartDevice(d) => {
+            let k = key(PREFIX_DEVICE, &d.device_hash);
+            let uk = key(PREFIX_USER_CODE, d.user_code.as_bytes());
+            if st.get::<DeviceGrant>(&k)?.is_some() || st.get::<SecretHash>(&uk)?.is_some() {
+                return Ok(Err(invalid("device or user code collision")));
+            }
+            let lifetime = d.expires_ms.saturating_sub(d.issued_ms);
+            let mut d = d.as_ref().clone();
+            d.issued_ms = now;
+            d.expires_ms = now.saturating_add(lifetime);
+            d.last_poll_ms = 0;
+            d.status = DeviceStatus::Pending;
+            st.put(&k, &d)?;
+            st.put(&uk, &d.device_hash)?;
+            Ok(Ok(Outcome::Done))
+        }
+        Op::DecideDevice {
+            user_code,
+            session_key,
+            approve,
+        } => decide_device(st, now, user_code, session_key, *approve),
+        Op::PollDevice {
+            device_hash,
+            client_id,
+            token,
+            refresh,
+        } => poll_device(st, now, device_hash, client_id, token, refresh.as_deref()),
         Op::RevokeToken { hash } => {
             let k = key(PREFIX_TOKEN, hash);
             match st.get::<AccessToken>(&k)? {
@@ -321,6 +362,7 @@ fn redeem(
     redirect_uri: &str,
     verifier_challenge: Option<&str>,
     token: &AccessToken,
+    refresh: Option<&RefreshToken>,
 ) -> Result<CommandResult, StorageError> {
     let bad = |m: &str| refuse(ErrorCode::InvalidGrant, m);
     let tk = key(PREFIX_TICKET, hash);
@@ -337,6 +379,9 @@ fn redeem(
             if let Some(at) = st.get::<AccessToken>(&key(PREFIX_TOKEN, &h))? {
                 st.remove(&key(PREFIX_TOKEN, &h));
                 st.remove(&[PREFIX_SESSION_TOKENS, &at.session_key, &h].concat());
+            }
+            if let Some(rt) = st.get::<RefreshToken>(&key(PREFIX_REFRESH, &h))? {
+                revoke_family(st, &rt.family)?;
             }
         }
         st.put(&tk, &t)?;
@@ -361,11 +406,43 @@ fn redeem(
     if !session.alive_at(now) {
         return bad("the session has ended");
     }
+    t.used = true;
+    t.tokens.push(token.hash);
+    if let Some(r) = refresh {
+        t.tokens.push(r.hash);
+    }
+    st.put(&tk, &t)?;
+    let scopes = t.scopes.clone();
+    grant(
+        st,
+        now,
+        &session,
+        client_id,
+        &scopes,
+        t.nonce.clone(),
+        token,
+        refresh,
+    )
+}
+
+/// Stores the access token (and refresh token) of a grant for `session`
+/// and describes it, or refuses when the user can no longer sign in.
+#[allow(clippy::too_many_arguments)]
+fn grant(
+    st: &mut Staged<'_>,
+    now: u64,
+    session: &Session,
+    client_id: &str,
+    scopes: &[String],
+    nonce: Option<String>,
+    token: &AccessToken,
+    refresh: Option<&RefreshToken>,
+) -> Result<CommandResult, StorageError> {
     let Some(mut user) = user_by_id(st, session.user_id)? else {
-        return bad("the user no longer exists");
+        return refuse(ErrorCode::InvalidGrant, "the user no longer exists");
     };
     if user.disabled {
-        return bad("the account is disabled");
+        return refuse(ErrorCode::InvalidGrant, "the account is disabled");
     }
     let params = st
         .get::<Trust>(&trust_key(user.id, client_id))?
@@ -376,32 +453,198 @@ fn redeem(
     let expires_ms = now.saturating_add(lifetime).min(session.absolute_expiry_ms);
     let at = AccessToken {
         hash: token.hash,
-        session_key: t.session_key,
+        session_key: session.key,
         sid: session.sid.clone(),
         user_id: user.id,
         client_id: client_id.to_string(),
-        scopes: t.scopes.clone(),
+        scopes: scopes.to_vec(),
         issued_ms: now,
         expires_ms,
     };
     st.put(&key(PREFIX_TOKEN, &token.hash), &at)?;
     st.put(
-        &[PREFIX_SESSION_TOKENS, &t.session_key, &token.hash].concat(),
+        &[PREFIX_SESSION_TOKENS, &session.key, &token.hash].concat(),
         &(),
     )?;
-    t.used = true;
-    t.tokens.push(token.hash);
-    st.put(&tk, &t)?;
+    let offline = scopes.iter().any(|s| s == "offline_access");
+    if let Some(r) = refresh.filter(|_| offline) {
+        let lifetime = r.expires_ms.saturating_sub(r.issued_ms);
+        let rt = RefreshToken {
+            session_key: session.key,
+            client_id: client_id.to_string(),
+            scopes: scopes.to_vec(),
+            issued_ms: now,
+            expires_ms: now.saturating_add(lifetime).min(session.absolute_expiry_ms),
+            used: false,
+            ..r.clone()
+        };
+        st.put(&key(PREFIX_REFRESH, &rt.hash), &rt)?;
+        st.put(&[PREFIX_FAMILY, &rt.family, &rt.hash].concat(), &())?;
+    }
     Ok(Ok(Outcome::Granted(Box::new(Grant {
         user,
-        sid: session.sid,
+        sid: session.sid.clone(),
         auth_time_ms: session.auth_time_ms,
         client_id: client_id.to_string(),
-        nonce: t.nonce.clone(),
-        scopes: t.scopes.clone(),
+        nonce,
+        scopes: scopes.to_vec(),
         params,
         expires_ms,
     }))))
+}
+
+/// A live session by key, or why not.
+fn live_session(
+    st: &Staged<'_>,
+    now: u64,
+    k: &SecretHash,
+) -> Result<Option<Session>, StorageError> {
+    Ok(st
+        .get::<Session>(&key(PREFIX_SESSION, k))?
+        .filter(|s| s.alive_at(now)))
+}
+
+/// Revokes every refresh token of a family.
+fn revoke_family(st: &mut Staged<'_>, family: &SecretHash) -> Result<(), StorageError> {
+    let prefix = key(PREFIX_FAMILY, family);
+    for ik in st.keys_with_prefix(&prefix)? {
+        st.remove(&key(PREFIX_REFRESH, &ik[prefix.len()..]));
+        st.remove(&ik);
+    }
+    Ok(())
+}
+
+fn refresh_tokens(
+    st: &mut Staged<'_>,
+    now: u64,
+    hash: &SecretHash,
+    client_id: &str,
+    token: &AccessToken,
+    new_refresh: &RefreshToken,
+) -> Result<CommandResult, StorageError> {
+    let bad = |m: &str| refuse(ErrorCode::InvalidGrant, m);
+    let rk = key(PREFIX_REFRESH, hash);
+    let Some(mut old) = st.get::<RefreshToken>(&rk)? else {
+        return bad("the refresh token is unknown, expired or revoked");
+    };
+    if old.client_id != client_id {
+        return bad("the refresh token was issued to another client");
+    }
+    if old.used {
+        // Reuse: one of the two holders is not the app; neither keeps access.
+        revoke_family(st, &old.family)?;
+        return bad("the refresh token was already used; its family is revoked");
+    }
+    if now >= old.expires_ms {
+        return bad("the refresh token has expired");
+    }
+    let Some(mut session) = live_session(st, now, &old.session_key)? else {
+        return bad("the session has ended");
+    };
+    old.used = true;
+    st.put(&rk, &old)?;
+    // Using the app keeps the browser session alive.
+    session.last_seen_ms = session.last_seen_ms.max(now);
+    st.put(&key(PREFIX_SESSION, &session.key), &session)?;
+    let next = RefreshToken {
+        family: old.family,
+        ..new_refresh.clone()
+    };
+    let scopes = old.scopes.clone();
+    grant(
+        st,
+        now,
+        &session,
+        client_id,
+        &scopes,
+        None,
+        token,
+        Some(&next),
+    )
+}
+
+fn decide_device(
+    st: &mut Staged<'_>,
+    now: u64,
+    user_code: &str,
+    session_key: &SecretHash,
+    approve: bool,
+) -> Result<CommandResult, StorageError> {
+    let Some(hash) = st.get::<SecretHash>(&key(PREFIX_USER_CODE, user_code.as_bytes()))? else {
+        return refuse(ErrorCode::InvalidGrant, "no such code");
+    };
+    let dk = key(PREFIX_DEVICE, &hash);
+    let Some(mut d) = st.get::<DeviceGrant>(&dk)? else {
+        return refuse(ErrorCode::InvalidGrant, "no such code");
+    };
+    if now >= d.expires_ms {
+        return refuse(ErrorCode::ExpiredToken, "the code has expired");
+    }
+    if d.status != DeviceStatus::Pending {
+        return refuse(ErrorCode::InvalidGrant, "the code was already used");
+    }
+    if live_session(st, now, session_key)?.is_none() {
+        return refuse(ErrorCode::SessionNotFound, "the session has ended");
+    }
+    d.status = if approve {
+        DeviceStatus::Approved {
+            session_key: *session_key,
+        }
+    } else {
+        DeviceStatus::Denied
+    };
+    st.put(&dk, &d)?;
+    Ok(Ok(Outcome::DeviceDecided(d.client_id)))
+}
+
+fn poll_device(
+    st: &mut Staged<'_>,
+    now: u64,
+    device_hash: &SecretHash,
+    client_id: &str,
+    token: &AccessToken,
+    refresh: Option<&RefreshToken>,
+) -> Result<CommandResult, StorageError> {
+    let dk = key(PREFIX_DEVICE, device_hash);
+    let Some(mut d) = st.get::<DeviceGrant>(&dk)? else {
+        return refuse(ErrorCode::InvalidGrant, "the device code is unknown");
+    };
+    if d.client_id != client_id {
+        return refuse(
+            ErrorCode::InvalidGrant,
+            "the device code belongs to another client",
+        );
+    }
+    if now >= d.expires_ms {
+        return refuse(ErrorCode::ExpiredToken, "the device code has expired");
+    }
+    let too_soon = d.last_poll_ms > 0 && now < d.last_poll_ms + d.interval_s * 1000;
+    d.last_poll_ms = now;
+    if too_soon {
+        // RFC 8628 §3.5: every slow_down adds 5 seconds to the interval.
+        d.interval_s += 5;
+        st.put(&dk, &d)?;
+        return Ok(Ok(Outcome::DevicePending(DevicePoll::SlowDown(
+            d.interval_s,
+        ))));
+    }
+    match d.status.clone() {
+        DeviceStatus::Pending => {
+            st.put(&dk, &d)?;
+            Ok(Ok(Outcome::DevicePending(DevicePoll::Pending)))
+        }
+        DeviceStatus::Denied => refuse(ErrorCode::AccessDenied, "the user declined"),
+        DeviceStatus::Done => refuse(ErrorCode::InvalidGrant, "the device code was already used"),
+        DeviceStatus::Approved { session_key } => {
+            let Some(session) = live_session(st, now, &session_key)? else {
+                return refuse(ErrorCode::InvalidGrant, "the approving session has ended");
+            };
+            d.status = DeviceStatus::Done;
+            st.put(&dk, &d)?;
+            let scopes = d.scopes.clone();
+            grant(st, now, &session, client_id, &scopes, None, token, refresh)
+        }
+    }
 }
 
 fn record_failure(
@@ -453,6 +696,24 @@ fn purge_expired(st: &mut Staged<'_>, now: u64) -> Result<CommandResult, Storage
             if now >= t.expires_ms {
                 st.remove(&k);
                 st.remove(&[PREFIX_SESSION_TOKENS, &t.session_key, &t.hash].concat());
+                n += 1;
+            }
+        }
+    }
+    for k in st.keys_with_prefix(PREFIX_REFRESH)? {
+        if let Some(r) = st.get::<RefreshToken>(&k)? {
+            if now >= r.expires_ms {
+                st.remove(&k);
+                st.remove(&[PREFIX_FAMILY, &r.family, &r.hash].concat());
+                n += 1;
+            }
+        }
+    }
+    for k in st.keys_with_prefix(PREFIX_DEVICE)? {
+        if let Some(d) = st.get::<DeviceGrant>(&k)? {
+            if now >= d.expires_ms {
+                st.remove(&k);
+                st.remove(&key(PREFIX_USER_CODE, d.user_code.as_bytes()));
                 n += 1;
             }
         }
@@ -528,6 +789,19 @@ impl StateReader {
     /// The access token with hash `hash`.
     pub fn access_token(&self, hash: &SecretHash) -> Result<Option<AccessToken>, StorageError> {
         self.get(&key(PREFIX_TOKEN, hash))
+    }
+
+    /// The refresh token with hash `hash`.
+    pub fn refresh_token(&self, hash: &SecretHash) -> Result<Option<RefreshToken>, StorageError> {
+        self.get(&key(PREFIX_REFRESH, hash))
+    }
+
+    /// The device authorization a user code names.
+    pub fn device_by_user_code(&self, code: &str) -> Result<Option<DeviceGrant>, StorageError> {
+        match self.get::<SecretHash>(&key(PREFIX_USER_CODE, code.as_bytes()))? {
+            Some(h) => self.get(&key(PREFIX_DEVICE, &h)),
+            None => Ok(None),
+        }
     }
 
     /// The login ticket with hash `hash`.

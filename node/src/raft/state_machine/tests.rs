@@ -246,6 +246,7 @@ mod sso {
                 issued_ms: 0,
                 expires_ms: 3_600_000,
             }),
+            refresh: None,
         }
     }
 

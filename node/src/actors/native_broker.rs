@@ -1,0 +1,108 @@
+//! The native broker: translates a secure token held by a non-browser app
+//! back into the browser session it was made from (the token → session
+//! mapping is replicated), and keeps that session alive while the app uses
+//! it — recorded at most once per configured interval, not per request.
+//! One broker runs on each HTTP worker.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, ActorFutureExt, Context, Handler, Message, ResponseActFuture, WrapFuture};
+use baa_proto::command::Op;
+use baa_proto::model::User;
+use baa_proto::sso::{SecretHash, Session};
+
+use crate::agency::{now_ms, Agency};
+
+/// Who a token or cookie speaks for.
+#[derive(Debug, Clone)]
+pub struct Translated {
+    /// The browser session.
+    pub session: Session,
+    /// Its user.
+    pub user: User,
+}
+
+/// Translate an access token. Deliberately not `Debug`: it holds a secret.
+#[derive(Message)]
+#[rtype(result = "Option<Translated>")]
+pub struct TranslateToken(pub String);
+
+/// Translates tokens on one worker and remembers when it last recorded use
+/// of each session.
+pub struct NativeBroker {
+    agency: Arc<Agency>,
+    touched: HashMap<SecretHash, Instant>,
+}
+
+impl NativeBroker {
+    /// A broker for `agency`.
+    pub fn new(agency: Arc<Agency>) -> Self {
+        Self {
+            agency,
+            touched: HashMap::new(),
+        }
+    }
+}
+
+impl Actor for NativeBroker {
+    type Context = Context<Self>;
+}
+
+/// Looks a token up and checks it and its session, without recording use.
+pub async fn lookup(agency: &Agency, token: &str) -> Option<Translated> {
+    let t = crate::http::oidc::live_token(agency, token).await?;
+    let session = agency.state.session(&t.session_key).ok().flatten()?;
+    let user = agency.state.user_by_id(session.user_id).ok().flatten()?;
+    (!user.disabled).then_some(Translated { session, user })
+}
+
+impl Handler<TranslateToken> for NativeBroker {
+    type Result = ResponseActFuture<Self, Option<Translated>>;
+
+    fn handle(&mut self, msg: TranslateToken, _: &mut Self::Context) -> Self::Result {
+        let agency = self.agency.clone();
+        Box::pin(
+            async move { lookup(&agency, &msg.0).await }
+                .into_actor(self)
+                .map(|found, act, _| {
+                    if let Some(t) = &found {
+                        act.record_use(&t.session);
+                    }
+                    found
+                }),
+        )
+    }
+}
+
+impl NativeBroker {
+    /// Slides the session's idle expiry when the last recorded use is older
+    /// than the interval (checked against the replicated `last_seen` and this
+    /// worker's own memory, so a busy app causes one write per interval).
+    fn record_use(&mut self, s: &Session) {
+        let every = Duration::from_secs(self.agency.config.sso.session_touch_interval_s);
+        let now = Instant::now();
+        if self
+            .touched
+            .get(&s.key)
+            .is_some_and(|t| now.duration_since(*t) < every)
+        {
+            return;
+        }
+        if now_ms().saturating_sub(s.last_seen_ms) < every.as_millis() as u64 {
+            return;
+        }
+        self.touched.insert(s.key, now);
+        if self.touched.len() > 100_000 {
+            self.touched.retain(|_, t| now.duration_since(*t) < every);
+        }
+        let agency = self.agency.clone();
+        let key = s.key;
+        actix::spawn(async move {
+            if let Err(e) = agency.write(Op::TouchSession { key }, None).await {
+                tracing::debug!(error = %e, "recording session use failed");
+            }
+        });
+    }
+}

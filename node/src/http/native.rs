@@ -1,0 +1,369 @@
+//! Sessions for non-browser apps: the device authorization endpoint and the
+//! device page (RFC 8628), and `/auth/verify`, the forward-auth check that
+//! translates an SSO cookie or an app's bearer token into its session.
+
+use actix::Addr;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use baa_proto::command::{Op, Outcome};
+use baa_proto::cookie::SSO_COOKIE;
+use baa_proto::sso::{
+    normalise_user_code, secret_hash, DeviceGrant, DeviceStatus, ThrottleSubject,
+};
+use baa_proto::ErrorCode;
+use rand::Rng;
+use serde::Deserialize;
+
+use super::oidc::{authenticate_client, bearer, ClientAuthForm};
+use super::pages::{self, Csp};
+use super::sso::{
+    csrf_ok, csrf_refused, csrf_token, current_session, error_page, sign_in_page, with_cookie,
+    AuthParams,
+};
+use crate::actors::native_broker::{NativeBroker, TranslateToken, Translated};
+use crate::actors::session_gate::SessionGate;
+use crate::actors::ticket_issuer::random_secret;
+use crate::agency::{now_ms, Agency};
+use crate::error::NodeError;
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        super::resource("/sso/device_authorization").route(web::post().to(device_authorization)),
+    )
+    .service(
+        super::resource("/device")
+            .route(web::get().to(device_get))
+            .route(web::post().to(device_post)),
+    )
+    .service(super::resource("/device/decide").route(web::post().to(device_decide)))
+    .service(super::resource("/auth/verify").route(web::get().to(verify)));
+}
+
+/// Letters of user codes: no vowels (no words), no look-alikes.
+const USER_CODE_ALPHABET: &[u8] = b"BCDFGHJKLMNPQRSTVWXZ";
+
+fn new_user_code() -> String {
+    let mut rng = rand::rngs::OsRng;
+    (0..8)
+        .map(|_| USER_CODE_ALPHABET[rng.gen_range(0..USER_CODE_ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Shows a user code as people read it: `BCDF-GHJK`.
+fn display_code(code: &str) -> String {
+    if code.len() == 8 {
+        format!("{}-{}", &code[..4], &code[4..])
+    } else {
+        code.to_string()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct DeviceAuthForm {
+    scope: Option<String>,
+    #[serde(flatten)]
+    client: ClientAuthForm,
+}
+
+async fn device_authorization(
+    req: HttpRequest,
+    agency: web::Data<Agency>,
+    form: web::Form<DeviceAuthForm>,
+) -> Result<HttpResponse, NodeError> {
+    let site = authenticate_client(&agency, &req, &form.client)?;
+    let scopes: Vec<String> = form
+        .scope
+        .as_deref()
+        .unwrap_or("openid")
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if let Some(s) = scopes.iter().find(|s| !site.allowed_scopes.contains(s)) {
+        return Err(NodeError::invalid(format!(
+            "scope {s} is not allowed for this client"
+        )));
+    }
+    let sso = &agency.config.sso;
+    let (device_code, device_hash) = random_secret();
+    let user_code = new_user_code();
+    let now = now_ms();
+    let grant = DeviceGrant {
+        device_hash,
+        user_code: user_code.clone(),
+        client_id: site.client_id.clone(),
+        scopes,
+        issued_ms: now,
+        expires_ms: now + sso.device_code_ttl_s * 1000,
+        interval_s: sso.device_poll_interval_s,
+        last_poll_ms: 0,
+        status: DeviceStatus::Pending,
+    };
+    agency.write(Op::StartDevice(Box::new(grant)), None).await?;
+    let uri = format!("{}/device", agency.config.issuer);
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(serde_json::json!({
+            "device_code": device_code,
+            "user_code": display_code(&user_code),
+            "verification_uri": uri,
+            "verification_uri_complete": format!("{uri}?user_code={}", display_code(&user_code)),
+            "expires_in": sso.device_code_ttl_s,
+            "interval": sso.device_poll_interval_s,
+        })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct DeviceQuery {
+    user_code: Option<String>,
+}
+
+fn page(status: StatusCode, body: impl FnOnce(&Csp) -> maud::Markup) -> HttpResponse {
+    let csp = Csp::new(Vec::new());
+    let markup = body(&csp);
+    pages::html_response(status, markup, &csp)
+}
+
+/// The device page for `code` as typed: the confirmation when it names a
+/// pending request, else the entry form with `error`.
+fn device_page(
+    agency: &Agency,
+    req: &HttpRequest,
+    typed: &str,
+    error: Option<&str>,
+) -> HttpResponse {
+    let (csrf, cookie) = csrf_token(req);
+    let code = normalise_user_code(typed);
+    let pending = agency
+        .state
+        .device_by_user_code(&code)
+        .ok()
+        .flatten()
+        .filter(|d| d.status == DeviceStatus::Pending && now_ms() < d.expires_ms);
+    let resp = match (pending, error) {
+        (Some(d), None) => {
+            let name = agency
+                .state
+                .site(&d.client_id)
+                .ok()
+                .flatten()
+                .map_or_else(|| d.client_id.clone(), |s| s.name);
+            agency
+                .metrics
+                .pages
+                .with_label_values(&["device_confirm"])
+                .inc();
+            page(StatusCode::OK, |csp| {
+                pages::device_confirm(csp, &csrf, &display_code(&code), &name, &d.scopes)
+            })
+        }
+        _ => {
+            agency.metrics.pages.with_label_values(&["device"]).inc();
+            let status = if error.is_some() {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::OK
+            };
+            page(status, |csp| pages::device_entry(csp, &csrf, typed, error))
+        }
+    };
+    with_cookie(resp, cookie)
+}
+
+async fn device_get(
+    req: HttpRequest,
+    agency: web::Data<Agency>,
+    gate: web::Data<Addr<SessionGate>>,
+    query: web::Query<DeviceQuery>,
+) -> HttpResponse {
+    let typed = query.user_code.clone().unwrap_or_default();
+    if current_session(&req, &gate, &agency).await.is_none() {
+        let path = match &query.user_code {
+            Some(c) => format!("/device?user_code={}", normalise_user_code(c)),
+            None => "/device".into(),
+        };
+        return sign_in_page(
+            &req,
+            &agency,
+            &AuthParams::continue_to(&path),
+            Some("a device"),
+            "",
+            None,
+            StatusCode::OK,
+        );
+    }
+    device_page(&agency, &req, &typed, None)
+}
+
+#[derive(Debug, Deserialize)]
+struct DeviceForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    user_code: String,
+    #[serde(default)]
+    decision: String,
+}
+
+const BAD_CODE: &str = "That code is not valid or has expired. Check it and try again.";
+
+async fn device_post(
+    req: HttpRequest,
+    agency: web::Data<Agency>,
+    gate: web::Data<Addr<SessionGate>>,
+    form: web::Form<DeviceForm>,
+) -> HttpResponse {
+    if !csrf_ok(&req, &form.csrf) {
+        return csrf_refused(&agency);
+    }
+    if current_session(&req, &gate, &agency).await.is_none() {
+        return sign_in_page(
+            &req,
+            &agency,
+            &AuthParams::continue_to("/device"),
+            Some("a device"),
+            "",
+            None,
+            StatusCode::UNAUTHORIZED,
+        );
+    }
+    // Guessing codes is throttled like guessing passwords: per source address.
+    let source = req
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let now = now_ms();
+    let locked = agency
+        .state
+        .failures(&ThrottleSubject::Source(source.clone()))
+        .map(|f| f.locked_at(now))
+        .unwrap_or(false);
+    if locked {
+        let mut resp = device_page(
+            &agency,
+            &req,
+            &form.user_code,
+            Some("Too many wrong codes. Wait a few minutes, then try again."),
+        );
+        *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        return resp;
+    }
+    let code = normalise_user_code(&form.user_code);
+    let valid = agency
+        .state
+        .device_by_user_code(&code)
+        .ok()
+        .flatten()
+        .is_some_and(|d| d.status == DeviceStatus::Pending && now < d.expires_ms);
+    if !valid {
+        let op = Op::RecordSignInFailure {
+            account: secret_hash(format!("device-code:{code}").as_bytes()),
+            source,
+            rule: super::sso::throttle_rule(&agency),
+        };
+        if let Err(e) = agency.write(op, None).await {
+            tracing::warn!(error = %e, "could not record a wrong device code");
+        }
+        return device_page(&agency, &req, &form.user_code, Some(BAD_CODE));
+    }
+    device_page(&agency, &req, &form.user_code, None)
+}
+
+async fn device_decide(
+    req: HttpRequest,
+    agency: web::Data<Agency>,
+    gate: web::Data<Addr<SessionGate>>,
+    form: web::Form<DeviceForm>,
+) -> HttpResponse {
+    if !csrf_ok(&req, &form.csrf) {
+        return csrf_refused(&agency);
+    }
+    let Some(v) = current_session(&req, &gate, &agency).await else {
+        return sign_in_page(
+            &req,
+            &agency,
+            &AuthParams::continue_to("/device"),
+            Some("a device"),
+            "",
+            None,
+            StatusCode::UNAUTHORIZED,
+        );
+    };
+    let approve = form.decision == "approve";
+    let op = Op::DecideDevice {
+        user_code: normalise_user_code(&form.user_code),
+        session_key: v.key,
+        approve,
+    };
+    match agency.write(op, None).await {
+        Ok(Outcome::DeviceDecided(client)) => {
+            tracing::info!(client = %client, approved = approve, sid = %v.session.sid, "device decision");
+            page(StatusCode::OK, |csp| pages::device_done(csp, approve))
+        }
+        Ok(_) => error_page(
+            &agency,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Unexpected outcome.",
+        ),
+        Err(NodeError::Apply(e)) if e.code != ErrorCode::StorageError => {
+            device_page(&agency, &req, &form.user_code, Some(BAD_CODE))
+        }
+        Err(e) => error_page(
+            &agency,
+            super::error::status_of(e.code()),
+            e.code().as_str(),
+            &e.to_string(),
+        ),
+    }
+}
+
+fn verified(agency: &Agency, t: &Translated) -> HttpResponse {
+    let mut resp = HttpResponse::Ok();
+    resp.insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header(("X-Baa-User", t.user.username.clone()))
+        .insert_header(("X-Baa-Session", t.session.sid.clone()))
+        .insert_header(("X-Baa-Agency", agency.config.sso.agency.clone()));
+    resp.finish()
+}
+
+/// `GET /auth/verify`: 200 with `X-Baa-User`, `X-Baa-Session`,
+/// `X-Baa-Agency` for a valid SSO cookie or app token, else 401 — the
+/// convention of nginx `auth_request`, Traefik ForwardAuth and Caddy
+/// `forward_auth`.
+async fn verify(
+    req: HttpRequest,
+    agency: web::Data<Agency>,
+    gate: web::Data<Addr<SessionGate>>,
+    broker: web::Data<Addr<NativeBroker>>,
+) -> HttpResponse {
+    let found = match bearer(&req) {
+        Some(token) => broker.send(TranslateToken(token)).await.ok().flatten(),
+        None if req.cookie(SSO_COOKIE).is_some() => {
+            match current_session(&req, &gate, &agency).await {
+                Some(v) => agency
+                    .state
+                    .user_by_id(v.session.user_id)
+                    .ok()
+                    .flatten()
+                    .map(|user| Translated {
+                        session: v.session,
+                        user,
+                    }),
+                None => None,
+            }
+        }
+        None => None,
+    };
+    match found {
+        Some(t) => verified(&agency, &t),
+        None => HttpResponse::Unauthorized()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"baa\""))
+            .json(serde_json::json!({
+                "error": "unauthorized",
+                "error_description": "no valid session cookie or token",
+            })),
+    }
+}
