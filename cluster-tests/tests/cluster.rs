@@ -8,6 +8,7 @@ mod cluster {
     mod demo;
     mod faults;
     mod membership;
+    mod native;
     mod public_port;
     mod replication;
     mod sso_browser;
