@@ -53,6 +53,8 @@ pub struct ClusterOptions {
     pub sso: toml::Table,
     /// `[limits]` settings.
     pub limits: toml::Table,
+    /// `[[gateway]]` apps, one table each (`name`, `upstream`, ...).
+    pub gateway: Vec<toml::Table>,
 }
 
 /// The agency's host name in tests (mapped to loopback in the browser).
@@ -76,6 +78,7 @@ impl Default for ClusterOptions {
             write_timeout_ms: None,
             sso: toml::Table::new(),
             limits: toml::Table::new(),
+            gateway: Vec::new(),
         }
     }
 }
@@ -106,6 +109,8 @@ struct NodeConfig {
     limits: toml::Table,
     sso: toml::Table,
     peers: Vec<PeerConfig>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    gateway: Vec<toml::Table>,
 }
 
 #[derive(Serialize)]
@@ -532,6 +537,7 @@ impl Cluster {
                     cluster_addr: self.node(p).cluster_advertise().to_string(),
                 })
                 .collect(),
+            gateway: o.gateway.clone(),
         };
         let text = toml::to_string(&cfg).expect("serialising node config");
         std::fs::write(&node.config_path, text).expect("writing node config");
@@ -932,6 +938,7 @@ mod tests {
                 public_addr: "127.0.0.1:2000".into(),
                 cluster_addr: "127.0.0.1:2002".into(),
             }],
+            gateway: Vec::new(),
         };
         let text = toml::to_string(&cfg).unwrap();
         println!("{text}");

@@ -56,6 +56,101 @@ pub struct FileConfig {
     /// Single sign-on: agency name, issuer, cookie, lifetimes, throttling.
     #[serde(default)]
     pub sso: SsoConfig,
+    /// Upstream apps served under `/gw/<name>/` to apps holding a token (`[[gateway]]`).
+    #[serde(default)]
+    pub gateway: Vec<GatewayApp>,
+}
+
+/// An upstream app behind the gateway: requests to `/gw/<name>/<path>` that
+/// carry an app's token are forwarded to `<upstream>/<path>` with a session
+/// cookie signed by the agency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayApp {
+    /// The app's name in the path: 1-64 characters of `a-z 0-9 -`, unique.
+    pub name: String,
+    /// Base URL requests are forwarded to: `http://` or `https://`, no query or fragment.
+    pub upstream: String,
+    /// Name of the session cookie the upstream expects.
+    #[serde(default = "default_gateway_cookie_name")]
+    pub cookie_name: String,
+    /// Lifetime of the signed session assertion in that cookie, in seconds.
+    #[serde(default = "default_gateway_cookie_ttl_s")]
+    pub cookie_ttl_s: u64,
+}
+
+fn default_gateway_cookie_name() -> String {
+    "baa_session".into()
+}
+
+fn default_gateway_cookie_ttl_s() -> u64 {
+    300
+}
+
+impl GatewayApp {
+    /// Checks one app's fields (names are checked for uniqueness by the caller).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=64).contains(&self.name.len())
+                && self
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+            "gateway name {:?} must be 1-64 characters of a-z 0-9 -",
+            self.name
+        );
+        let url = url::Url::parse(&self.upstream)
+            .map_err(|e| anyhow::anyhow!("gateway {}: upstream is not a URL: {e}", self.name))?;
+        anyhow::ensure!(
+            matches!(url.scheme(), "http" | "https")
+                && url.has_host()
+                && self.upstream.contains("://"),
+            "gateway {}: upstream must be an absolute http:// or https:// URL",
+            self.name
+        );
+        anyhow::ensure!(
+            url.query().is_none()
+                && url.fragment().is_none()
+                && !self.upstream.contains(['?', '#']),
+            "gateway {}: upstream must have no query or fragment",
+            self.name
+        );
+        anyhow::ensure!(
+            url.username().is_empty() && url.password().is_none(),
+            "gateway {}: upstream must not carry credentials",
+            self.name
+        );
+        // A cookie name is an RFC 7230 token.
+        anyhow::ensure!(
+            !self.cookie_name.is_empty()
+                && self
+                    .cookie_name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)),
+            "gateway {}: cookie_name must be a non-empty token (letters, digits, !#$%&'*+-.^_`|~)",
+            self.name
+        );
+        anyhow::ensure!(
+            self.cookie_ttl_s > 0,
+            "gateway {}: cookie_ttl_s must be positive",
+            self.name
+        );
+        Ok(())
+    }
+}
+
+/// Checks every gateway app and that their names are unique.
+pub fn validate_gateway(apps: &[GatewayApp]) -> anyhow::Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for app in apps {
+        app.validate()?;
+        anyhow::ensure!(
+            seen.insert(app.name.as_str()),
+            "gateway name {:?} is used twice",
+            app.name
+        );
+    }
+    Ok(())
 }
 
 /// Single-sign-on settings. Every node of an agency must use the same values
@@ -269,6 +364,8 @@ pub struct Config {
     pub sso: SsoConfig,
     /// The OpenID Connect issuer URL.
     pub issuer: String,
+    /// Upstream apps behind the gateway.
+    pub gateway: Vec<GatewayApp>,
 }
 
 impl Config {
@@ -383,6 +480,7 @@ impl Config {
             issuer.starts_with("https://") && !issuer.contains(['?', '#']),
             "sso.issuer must be an https URL without query or fragment"
         );
+        validate_gateway(&f.gateway)?;
         let mut sso = f.sso.clone();
         sso.partner_ca_file = sso.partner_ca_file.as_deref().map(abs);
         Ok(Config {
@@ -412,6 +510,7 @@ impl Config {
             peers: f.peers,
             sso,
             issuer,
+            gateway: f.gateway,
         })
     }
 
@@ -467,6 +566,52 @@ mod tests {
         let f: FileConfig =
             toml::from_str(&MINIMAL.replace("0123456789abcdef0123", "short")).unwrap();
         assert!(Config::from_file(f, Overrides::default(), Path::new("/")).is_err());
+    }
+
+    fn with_gateway(extra: &str) -> anyhow::Result<Config> {
+        let f: FileConfig = toml::from_str(&format!("{MINIMAL}\n{extra}"))?;
+        Config::from_file(f, Overrides::default(), Path::new("/"))
+    }
+
+    #[test]
+    fn gateway_apps_get_defaults() {
+        let c = with_gateway(
+            "[[gateway]]\nname = \"wiki\"\nupstream = \"http://127.0.0.1:9000/base/\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.gateway.len(), 1);
+        assert_eq!(c.gateway[0].cookie_name, "baa_session");
+        assert_eq!(c.gateway[0].cookie_ttl_s, 300);
+        assert!(with_gateway("").unwrap().gateway.is_empty());
+    }
+
+    #[test]
+    fn gateway_apps_are_validated() {
+        let app = |name: &str, upstream: &str| {
+            format!("[[gateway]]\nname = \"{name}\"\nupstream = \"{upstream}\"\n")
+        };
+        let ok = "http://app.internal:8080";
+        assert!(with_gateway(&app("a-1", "https://app.internal/x")).is_ok());
+        for bad in [
+            app("", ok),
+            app("Wiki", ok),
+            app("wi_ki", ok),
+            app("wiki/x", ok),
+            app(&"a".repeat(65), ok),
+            app("wiki", "ftp://app.internal/"),
+            app("wiki", "/relative"),
+            app("wiki", "app.internal:8080"),
+            app("wiki", "http://app.internal/?q=1"),
+            app("wiki", "http://app.internal/#top"),
+            app("wiki", "http://user:pw@app.internal/"),
+            format!("{}{}", app("wiki", ok), app("wiki", ok)),
+            format!("{}cookie_name = \"a b\"\n", app("wiki", ok)),
+            format!("{}cookie_ttl_s = 0\n", app("wiki", ok)),
+        ] {
+            assert!(with_gateway(&bad).is_err(), "accepted {bad}");
+        }
+        let unknown = format!("{}bogus = 1\n", app("wiki", ok));
+        assert!(toml::from_str::<FileConfig>(&format!("{MINIMAL}\n{unknown}")).is_err());
     }
 
     #[test]

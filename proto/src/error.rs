@@ -66,6 +66,8 @@ pub enum ErrorCode {
     ExpiredToken,
     /// The user declined.
     AccessDenied,
+    /// The gateway could not reach the upstream app or read its answer.
+    BadGateway,
     /// Storage failed; the node may need attention.
     StorageError,
     /// Something unexpected went wrong inside the node.
@@ -105,6 +107,7 @@ impl ErrorCode {
             ErrorCode::SlowDown => "slow_down",
             ErrorCode::ExpiredToken => "expired_token",
             ErrorCode::AccessDenied => "access_denied",
+            ErrorCode::BadGateway => "bad_gateway",
             ErrorCode::StorageError => "storage_error",
             ErrorCode::Internal => "internal",
         }

@@ -404,6 +404,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                     cluster_addr: cluster(j),
                 })
                 .collect(),
+            gateway: Vec::new(),
         };
         let config_path = dir.join(format!("node{i}.toml"));
         std::fs::write(&config_path, toml::to_string_pretty(&file)?)?;

@@ -39,6 +39,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::MembershipRejected => StatusCode::CONFLICT,
         ErrorCode::NotLeader => StatusCode::MISDIRECTED_REQUEST,
         ErrorCode::NoLeader | ErrorCode::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
         ErrorCode::StorageError | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod admin_sso;
 pub mod error;
+pub mod gateway;
 pub mod health;
 pub mod native;
 pub mod oidc;
@@ -73,6 +74,7 @@ pub fn start(
     let hasher = web::Data::new(hasher);
     let json_limit = config.limits.max_json_bytes;
     let backchannel = web::Data::new(oidc::Backchannel::new(&data)?);
+    let upstreams = web::Data::new(gateway::UpstreamClient::new(&data)?);
     // The dummy hash for unknown accounts is made now, not on the first sign-in.
     sso::dummy_hash();
 
@@ -90,6 +92,7 @@ pub fn start(
             .app_data(issuer)
             .app_data(broker)
             .app_data(backchannel.clone())
+            .app_data(upstreams.clone())
             .app_data(
                 web::FormConfig::default()
                     .limit(64 * 1024)
@@ -114,6 +117,7 @@ pub fn start(
             .configure(oidc::configure)
             .configure(sso::configure)
             .configure(native::configure)
+            .configure(gateway::configure)
             .default_service(web::to(error::not_found))
     })
     .workers(2)

@@ -354,6 +354,7 @@ fn issue_ticket(
     Ok(Ok(Outcome::Done))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn redeem(
     st: &mut Staged<'_>,
     now: u64,
