@@ -11,6 +11,7 @@ pub mod partner;
 pub mod poll;
 pub mod proxy;
 pub mod sso;
+pub mod upstream;
 
 pub use browser::Browser;
 pub use client::{metric_value, AdminClient, ApiError};

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use baa_cluster_tests::sso::{add_site, create_user, query_params, Agent, AuthRequest, TestSite};
+use baa_cluster_tests::upstream::Upstream;
 use baa_cluster_tests::{poll_until, Cluster, ClusterOptions};
 use reqwest::StatusCode;
 
@@ -121,7 +122,16 @@ async fn verify(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_pkce_refresh_rotation_and_verify() {
-    let cluster = Cluster::start(3).await;
+    let upstream = Upstream::start().await;
+    let mut opts = ClusterOptions::default();
+    let mut app = toml::Table::new();
+    app.insert("name".into(), "app".into());
+    app.insert(
+        "upstream".into(),
+        format!("http://127.0.0.1:{}", upstream.port).into(),
+    );
+    opts.gateway.push(app);
+    let cluster = Cluster::start_with(opts).await;
     create_user(&cluster, "alice", PASSWORD).await;
     let site = native_client(&cluster).await;
 
@@ -220,6 +230,31 @@ async fn loopback_pkce_refresh_rotation_and_verify() {
     let (s, _) = verify(&cluster, 2, "not-a-token").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 
+    // The gateway forwards with that session's cookie and without the token;
+    // with no valid token nothing is forwarded.
+    let resp = gateway(&cluster, 3, Some(&access)).await;
+    assert_eq!(resp, StatusCode::OK);
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].starts_with("GET /hello?x=1 "), "{}", seen[0]);
+    assert!(!seen[0].contains(&access) && !seen[0].to_lowercase().contains("authorization:"));
+    assert!(
+        seen[0]
+            .to_lowercase()
+            .contains(&format!("x-baa-session: {sid}")),
+        "{}",
+        seen[0]
+    );
+    assert!(seen[0].contains("baa_session="), "{}", seen[0]);
+    for token in [None, Some("not-a-token")] {
+        assert_eq!(gateway(&cluster, 1, token).await, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "forwarded without a valid token"
+    );
+
     // Acceptance 5: rotation, and a reused refresh token revokes its family.
     let (s, t2) = token_call(
         &cluster,
@@ -290,7 +325,29 @@ async fn loopback_pkce_refresh_rotation_and_verify() {
     let took = signed_out.elapsed();
     println!("token refused on every node {took:?} after sign-out");
     assert!(took <= Duration::from_secs(1), "{took:?}");
+    let introspected: serde_json::Value = cluster
+        .http()
+        .post(format!("{}/sso/introspect", cluster.public_url(3)))
+        .form(&[("token", access.as_str()), ("client_id", CLI)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(introspected["active"], false);
+    assert_eq!(upstream.requests().len(), 1);
     cluster.assert_no_panics();
+}
+
+async fn gateway(cluster: &Cluster, node: u64, token: Option<&str>) -> StatusCode {
+    let mut req = cluster
+        .http()
+        .get(format!("{}/gw/app/hello?x=1", cluster.public_url(node)));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.expect("gateway").status()
 }
 
 async fn device_start(cluster: &Cluster, node: u64) -> serde_json::Value {
