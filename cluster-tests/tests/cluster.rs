@@ -9,6 +9,7 @@ mod cluster {
     mod faults;
     mod membership;
     mod native;
+    mod native_cli;
     mod public_port;
     mod replication;
     mod sso_browser;

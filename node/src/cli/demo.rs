@@ -465,6 +465,26 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         )
         .await?;
     }
+    // The public native client `baa login` uses (loopback, any port).
+    let cli = CreateSiteRequest {
+        client_id: "baa-cli".into(),
+        name: Some("baa command line".into()),
+        redirect_uris: vec!["http://127.0.0.1/callback".into()],
+        allowed_scopes: Some(
+            ["openid", "profile", "offline_access"]
+                .map(String::from)
+                .to_vec(),
+        ),
+        public: true,
+        ..Default::default()
+    };
+    retry("registering the baa-cli client", deadline, || async {
+        match admin.post::<_, CreatedSite>("/admin/v1/sites", &cli).await {
+            Err(e) if error_code(&e) != Some(ErrorCode::SiteExists) => Err(e),
+            _ => Ok(()),
+        }
+    })
+    .await?;
     let (password, fresh) = ensure_secret_file(&dir.join(format!("{DEMO_USER}-password")), || {
         new_password()
     })?;
@@ -550,6 +570,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     for site in &SITES {
         println!("  {} site: {}/", site.id, site.public_url(base));
     }
+    println!(
+        "  native app: baa login --agency {issuer} --ca {} --resolve login.baa.localtest=127.0.0.1",
+        ca.display()
+    );
     println!("  demo user: {DEMO_USER}");
     println!("  password: {password}");
     println!(

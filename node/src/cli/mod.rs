@@ -4,6 +4,7 @@
 mod admin;
 mod client;
 mod demo;
+mod login;
 mod partner;
 
 use std::net::SocketAddr;
@@ -57,6 +58,18 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run a demo partner site (an OpenID Connect relying party) that signs users in through the agency.
     PartnerSite(partner::PartnerArgs),
+    /// Sign this app in at an agency through the system browser (loopback
+    /// redirect), or with --device by entering a code on any device.
+    Login(login::LoginArgs),
+    /// Show who this app is signed in as.
+    Whoami(login::WhoamiArgs),
+    /// Revoke this app's tokens at the agency and delete the token file.
+    ///
+    /// Only the app is signed out: the browser stays signed in at the agency;
+    /// sign out there to end that session too.
+    Logout(login::LogoutArgs),
+    /// GET a URL (e.g. an app behind the agency's gateway) with this app's token and print the body.
+    Fetch(login::FetchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +193,18 @@ pub fn main() -> ExitCode {
         }
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         Command::PartnerSite(args) => partner::run(args),
+        Command::Login(args) => {
+            runtime().and_then(|rt| rt.block_on(login::login(cli.conn.ca.clone(), args)))
+        }
+        Command::Whoami(args) => {
+            runtime().and_then(|rt| rt.block_on(login::whoami(cli.conn.ca.clone(), args)))
+        }
+        Command::Logout(args) => {
+            runtime().and_then(|rt| rt.block_on(login::logout(cli.conn.ca.clone(), args)))
+        }
+        Command::Fetch(args) => {
+            runtime().and_then(|rt| rt.block_on(login::fetch(cli.conn.ca.clone(), args)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

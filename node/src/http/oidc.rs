@@ -441,10 +441,12 @@ async fn revoke(
     let (site, value) = client_and_token(&agency, &req, &form)?;
     let hash = secret_hash(value.as_bytes());
     // RFC 7009: answer 200 whether or not the token existed; only its owner revokes it.
-    if let Some(t) = agency.state.access_token(&hash)? {
-        if t.client_id == site.client_id {
-            agency.write(Op::RevokeToken { hash }, None).await?;
-        }
+    let owner = match agency.state.access_token(&hash)? {
+        Some(t) => Some(t.client_id),
+        None => agency.state.refresh_token(&hash)?.map(|r| r.client_id),
+    };
+    if owner.as_deref() == Some(site.client_id.as_str()) {
+        agency.write(Op::RevokeToken { hash }, None).await?;
     }
     Ok(no_store(HttpResponse::Ok()).finish())
 }

@@ -193,10 +193,15 @@ pub(super) fn apply_sso(
         } => poll_device(st, now, device_hash, client_id, token, refresh.as_deref()),
         Op::RevokeToken { hash } => {
             let k = key(PREFIX_TOKEN, hash);
-            match st.get::<AccessToken>(&k)? {
-                Some(t) => {
-                    st.remove(&k);
-                    st.remove(&[PREFIX_SESSION_TOKENS, &t.session_key, hash].concat());
+            if let Some(t) = st.get::<AccessToken>(&k)? {
+                st.remove(&k);
+                st.remove(&[PREFIX_SESSION_TOKENS, &t.session_key, hash].concat());
+                return Ok(Ok(Outcome::Removed(true)));
+            }
+            // A refresh token takes its whole family with it (RFC 7009 §2.1).
+            match st.get::<RefreshToken>(&key(PREFIX_REFRESH, hash))? {
+                Some(r) => {
+                    revoke_family(st, &r.family)?;
                     Ok(Ok(Outcome::Removed(true)))
                 }
                 None => Ok(Ok(Outcome::Removed(false))),
