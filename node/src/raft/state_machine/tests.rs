@@ -375,3 +375,167 @@ mod sso {
         assert_eq!(reader.failures(&acct).unwrap(), Default::default());
     }
 }
+
+mod native {
+    use baa_proto::sso::{
+        public_sid, secret_hash, AccessToken, DeviceGrant, DevicePoll, DeviceStatus, RefreshToken,
+        Session,
+    };
+
+    use super::*;
+
+    fn at(hash: [u8; 32]) -> Box<AccessToken> {
+        Box::new(AccessToken {
+            hash,
+            session_key: [0; 32],
+            sid: String::new(),
+            user_id: 0,
+            client_id: "cli".into(),
+            scopes: vec![],
+            issued_ms: 0,
+            expires_ms: 3_600_000,
+        })
+    }
+
+    fn rt(hash: [u8; 32]) -> Box<RefreshToken> {
+        Box::new(RefreshToken {
+            hash,
+            family: hash,
+            session_key: [0; 32],
+            client_id: "cli".into(),
+            scopes: vec![],
+            issued_ms: 0,
+            expires_ms: 3_600_000,
+            used: false,
+        })
+    }
+
+    fn at_time(index: u64, time_ms: u64, op: Op) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal {
+                commands: vec![Command {
+                    request_id: None,
+                    time_ms,
+                    op,
+                }],
+            }),
+        }
+    }
+
+    fn code(r: &[Vec<CommandResult>]) -> Option<ErrorCode> {
+        r[0][0].as_ref().err().map(|e| e.code)
+    }
+
+    #[tokio::test]
+    async fn device_grant_polls_and_refresh_tokens_rotate_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, mut sm) = store(dir.path());
+        let key = secret_hash(b"session");
+        let session = Session {
+            key,
+            sid: public_sid(&key),
+            user_id: 1,
+            username: String::new(),
+            agency: "a".into(),
+            created_ms: 0,
+            last_seen_ms: 0,
+            idle_timeout_ms: 600_000,
+            absolute_expiry_ms: 6_000_000,
+            auth_time_ms: 0,
+            methods: vec![],
+            sites: vec![],
+        };
+        let device = DeviceGrant {
+            device_hash: [9; 32],
+            user_code: "BCDFGHJK".into(),
+            client_id: "cli".into(),
+            scopes: vec!["openid".into(), "offline_access".into()],
+            issued_ms: 0,
+            expires_ms: 600_000,
+            interval_s: 5,
+            last_poll_ms: 0,
+            status: DeviceStatus::Pending,
+        };
+        let poll = |a: u8, r: u8| Op::PollDevice {
+            device_hash: [9; 32],
+            client_id: "cli".into(),
+            token: at([a; 32]),
+            refresh: Some(rt([r; 32])),
+        };
+        sm.apply(vec![
+            at_time(1, 1000, create("alice")),
+            at_time(
+                2,
+                1000,
+                Op::CreateSession {
+                    session: Box::new(session),
+                    account: [0; 32],
+                    source: "s".into(),
+                },
+            ),
+            at_time(3, 1000, Op::StartDevice(Box::new(device))),
+        ])
+        .await
+        .unwrap();
+        // First poll: pending; a second one a second later: slow down (+5 s).
+        let r = sm.apply(vec![at_time(4, 2000, poll(1, 2))]).await.unwrap();
+        assert_eq!(r[0][0], Ok(Outcome::DevicePending(DevicePoll::Pending)));
+        let r = sm.apply(vec![at_time(5, 3000, poll(1, 2))]).await.unwrap();
+        assert_eq!(
+            r[0][0],
+            Ok(Outcome::DevicePending(DevicePoll::SlowDown(10)))
+        );
+        // The user approves; a poll after the new interval gets the tokens.
+        let decide = Op::DecideDevice {
+            user_code: "BCDFGHJK".into(),
+            session_key: key,
+            approve: true,
+        };
+        sm.apply(vec![at_time(6, 4000, decide)]).await.unwrap();
+        let r = sm
+            .apply(vec![at_time(7, 14_000, poll(1, 2))])
+            .await
+            .unwrap();
+        assert!(matches!(r[0][0], Ok(Outcome::Granted(_))), "{r:?}");
+        let reader = sm.reader();
+        assert!(reader.access_token(&[1; 32]).unwrap().is_some());
+        assert!(reader.refresh_token(&[2; 32]).unwrap().is_some());
+        let r = sm
+            .apply(vec![at_time(8, 30_000, poll(3, 4))])
+            .await
+            .unwrap();
+        assert_eq!(
+            code(&r),
+            Some(ErrorCode::InvalidGrant),
+            "a spent device code"
+        );
+
+        // Refresh rotates once; reusing the old token revokes the family.
+        let refresh = |old: u8, a: u8, r: u8| Op::Refresh {
+            hash: [old; 32],
+            client_id: "cli".into(),
+            token: at([a; 32]),
+            refresh: rt([r; 32]),
+        };
+        let r = sm
+            .apply(vec![at_time(9, 31_000, refresh(2, 5, 6))])
+            .await
+            .unwrap();
+        assert!(matches!(r[0][0], Ok(Outcome::Granted(_))), "{r:?}");
+        assert_eq!(
+            reader.refresh_token(&[6; 32]).unwrap().unwrap().family,
+            [2; 32]
+        );
+        let r = sm
+            .apply(vec![at_time(10, 32_000, refresh(2, 7, 8))])
+            .await
+            .unwrap();
+        assert_eq!(code(&r), Some(ErrorCode::InvalidGrant));
+        assert!(
+            reader.refresh_token(&[6; 32]).unwrap().is_none(),
+            "family survived reuse"
+        );
+        assert!(reader.access_token(&[7; 32]).unwrap().is_none());
+    }
+}
