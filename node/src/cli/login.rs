@@ -91,7 +91,7 @@ pub struct FetchArgs {
     url: String,
 }
 
-fn parse_resolve(s: &str) -> Result<(String, IpAddr), String> {
+pub(super) fn parse_resolve(s: &str) -> Result<(String, IpAddr), String> {
     let (host, ip) = s
         .split_once('=')
         .ok_or_else(|| format!("expected HOST=IP, got {s:?}"))?;

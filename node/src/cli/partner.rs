@@ -45,7 +45,7 @@ pub struct PartnerArgs {
     #[arg(long = "agency", required = true)]
     agencies: Vec<String>,
     /// HOST=IP: calls to the agency resolve HOST to IP (the port comes from the URL).
-    #[arg(long = "resolve", value_parser = parse_resolve)]
+    #[arg(long = "resolve", value_parser = super::login::parse_resolve)]
     resolve: Vec<(String, IpAddr)>,
     /// Scopes requested at sign-in.
     #[arg(long, default_value = "openid profile email")]
@@ -56,19 +56,6 @@ pub struct PartnerArgs {
     /// `tracing` filter, e.g. `info`.
     #[arg(long, default_value = "info")]
     log_level: String,
-}
-
-fn parse_resolve(s: &str) -> Result<(String, IpAddr), String> {
-    let (host, ip) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected HOST=IP, got {s:?}"))?;
-    let ip = ip
-        .parse()
-        .map_err(|_| format!("{ip:?} is not an IP address"))?;
-    if host.is_empty() {
-        return Err(format!("expected HOST=IP, got {s:?}"));
-    }
-    Ok((host.to_string(), ip))
 }
 
 /// Runs the partner site until SIGINT/SIGTERM.
@@ -100,23 +87,4 @@ pub fn run(args: PartnerArgs) -> anyhow::Result<()> {
         scope: args.scope,
     };
     actix_rt::System::new().block_on(crate::partner::run(config))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_resolve;
-
-    #[test]
-    fn resolve_flag() {
-        assert_eq!(
-            parse_resolve("login.baa.localtest=127.0.0.1").unwrap(),
-            (
-                "login.baa.localtest".to_string(),
-                "127.0.0.1".parse().unwrap()
-            )
-        );
-        assert!(parse_resolve("login.baa.localtest").is_err());
-        assert!(parse_resolve("=127.0.0.1").is_err());
-        assert!(parse_resolve("h=nope").is_err());
-    }
 }

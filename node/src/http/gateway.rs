@@ -59,20 +59,9 @@ impl UpstreamClient {
     /// A client trusting the agency's CA and the configured partner CA for
     /// `https://` upstreams. Redirects are relayed, not followed.
     pub fn new(agency: &Agency) -> anyhow::Result<Self> {
-        let mut b = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
+        let b = super::oidc::partner_client(agency)?
             .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::none());
-        let mut files = vec![agency.config.tls.ca_cert.clone()];
-        files.extend(agency.config.sso.partner_ca_file.clone());
-        for f in files {
-            let pem = std::fs::read(&f)?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
-                b = b.add_root_certificate(cert);
-            }
-        }
+            .read_timeout(Duration::from_secs(60));
         Ok(Self(b.build()?))
     }
 }

@@ -183,17 +183,27 @@ async fn device_get(
             Some(c) => format!("/device?user_code={}", normalise_user_code(c)),
             None => "/device".into(),
         };
-        return sign_in_page(
-            &req,
-            &agency,
-            &AuthParams::continue_to(&path),
-            Some("a device"),
-            "",
-            None,
-            StatusCode::OK,
-        );
+        return sign_in_first(&req, &agency, &path, StatusCode::OK);
     }
     device_page(&agency, &req, &typed, None)
+}
+
+/// The sign-in page, continuing at the device page `path` afterwards.
+fn sign_in_first(
+    req: &HttpRequest,
+    agency: &Agency,
+    path: &str,
+    status: StatusCode,
+) -> HttpResponse {
+    sign_in_page(
+        req,
+        agency,
+        &AuthParams::continue_to(path),
+        Some("a device"),
+        "",
+        None,
+        status,
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,15 +228,7 @@ async fn device_post(
         return csrf_refused(&agency);
     }
     if current_session(&req, &gate, &agency).await.is_none() {
-        return sign_in_page(
-            &req,
-            &agency,
-            &AuthParams::continue_to("/device"),
-            Some("a device"),
-            "",
-            None,
-            StatusCode::UNAUTHORIZED,
-        );
+        return sign_in_first(&req, &agency, "/device", StatusCode::UNAUTHORIZED);
     }
     // Guessing codes is throttled like guessing passwords: per source address.
     let source = req
@@ -280,15 +282,7 @@ async fn device_decide(
         return csrf_refused(&agency);
     }
     let Some(v) = current_session(&req, &gate, &agency).await else {
-        return sign_in_page(
-            &req,
-            &agency,
-            &AuthParams::continue_to("/device"),
-            Some("a device"),
-            "",
-            None,
-            StatusCode::UNAUTHORIZED,
-        );
+        return sign_in_first(&req, &agency, "/device", StatusCode::UNAUTHORIZED);
     };
     let approve = form.decision == "approve";
     let op = Op::DecideDevice {

@@ -492,6 +492,24 @@ pub struct Backchannel {
     client: reqwest::Client,
 }
 
+/// An HTTP client builder for calls to partner sites and upstream apps:
+/// trusts the agency's CA and `[sso] partner_ca_file`, follows no redirects.
+pub fn partner_client(agency: &Agency) -> anyhow::Result<reqwest::ClientBuilder> {
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .redirect(reqwest::redirect::Policy::none());
+    let mut files = vec![agency.config.tls.ca_cert.clone()];
+    files.extend(agency.config.sso.partner_ca_file.clone());
+    for f in files {
+        let pem = std::fs::read(&f)?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    Ok(b)
+}
+
 /// Attempts per site, and the wait before the first retry (doubling).
 const BACKCHANNEL_ATTEMPTS: u32 = 4;
 const BACKCHANNEL_FIRST_RETRY: Duration = Duration::from_millis(500);
@@ -499,19 +517,7 @@ const BACKCHANNEL_FIRST_RETRY: Duration = Duration::from_millis(500);
 impl Backchannel {
     /// A sender trusting the agency's CA and the configured partner CA.
     pub fn new(agency: &Agency) -> anyhow::Result<Self> {
-        let mut b = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none());
-        let mut files = vec![agency.config.tls.ca_cert.clone()];
-        files.extend(agency.config.sso.partner_ca_file.clone());
-        for f in files {
-            let pem = std::fs::read(&f)?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
-                b = b.add_root_certificate(cert);
-            }
-        }
+        let b = partner_client(agency)?.timeout(Duration::from_secs(5));
         Ok(Self { client: b.build()? })
     }
 
