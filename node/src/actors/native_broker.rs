@@ -52,8 +52,7 @@ impl Actor for NativeBroker {
 
 /// Looks a token up and checks it and its session, without recording use.
 pub async fn lookup(agency: &Agency, token: &str) -> Option<Translated> {
-    let t = crate::http::oidc::live_token(agency, token).await?;
-    let session = agency.state.session(&t.session_key).ok().flatten()?;
+    let (_, session) = crate::http::oidc::live_token(agency, token).await?;
     let user = agency.state.user_by_id(session.user_id).ok().flatten()?;
     (!user.disabled).then_some(Translated { session, user })
 }

@@ -10,7 +10,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use baa_proto::command::{Consistency, Op, Outcome};
 use baa_proto::sso::{
     pseudonym, secret_hash, AccessToken, AccountName, DevicePoll, Grant, LoginParams, RefreshToken,
-    RevokedSession, SecretHash, Site,
+    RevokedSession, SecretHash, Session, Site,
 };
 use baa_proto::ErrorCode;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -354,18 +354,18 @@ async fn redeem(
     Ok(no_store(HttpResponse::Ok()).json(body))
 }
 
-/// Finds a live access token (and its session), reading through to the
+/// Finds a live access token and its session, reading through to the
 /// leader once when this node has not yet applied it.
-pub async fn live_token(agency: &Agency, value: &str) -> Option<AccessToken> {
+pub async fn live_token(agency: &Agency, value: &str) -> Option<(AccessToken, Session)> {
     let hash: SecretHash = secret_hash(value.as_bytes());
-    let find = |a: &Agency| -> Option<AccessToken> {
+    let find = |a: &Agency| -> Option<(AccessToken, Session)> {
         let t = a.state.access_token(&hash).ok().flatten()?;
         let s = a.state.session(&t.session_key).ok().flatten()?;
         let now = now_ms();
-        (now < t.expires_ms && s.alive_at(now)).then_some(t)
+        (now < t.expires_ms && s.alive_at(now)).then_some((t, s))
     };
-    if let Some(t) = find(agency) {
-        return Some(t);
+    if let Some(found) = find(agency) {
+        return Some(found);
     }
     agency.read_barrier(Consistency::Linearizable).await.ok()?;
     find(agency)
@@ -394,7 +394,7 @@ async fn userinfo(req: HttpRequest, agency: web::Data<Agency>) -> HttpResponse {
     let Some(value) = bearer(&req) else {
         return unauthorized();
     };
-    let Some(t) = live_token(&agency, &value).await else {
+    let Some((t, _)) = live_token(&agency, &value).await else {
         return unauthorized();
     };
     let Some(user) = agency.state.user_by_id(t.user_id).ok().flatten() else {
@@ -461,7 +461,7 @@ async fn introspect(
     // A resource server asks to decide access: answer as of now, not as of
     // this node's replication lag (a revocation a moment ago must show).
     agency.read_barrier(Consistency::Linearizable).await?;
-    let Some(t) = live_token(&agency, value).await else {
+    let Some((t, _)) = live_token(&agency, value).await else {
         return Ok(inactive());
     };
     if t.client_id != site.client_id {

@@ -1,0 +1,859 @@
+//! Benchmark: token → session translation for native apps on a 3-node baa
+//! cluster, next to cookie validation and the trivial endpoint of the same
+//! server, all measured in the same invocation.
+//!
+//! Every client is a native app signed in once (its own browser session,
+//! its own access token from the loopback authorization-code flow with PKCE)
+//! with its own keep-alive HTTPS connection to node i mod 3. Three loads:
+//!
+//! 1. Token → session translation: `GET /auth/verify` with
+//!    `Authorization: Bearer <access token>` → 200 with `X-Baa-User`.
+//! 2. Cookie validation: `GET /auth/verify` with the client's SSO cookie → 200.
+//! 3. Reference: `GET /healthz`, the server's trivial 200.
+//!
+//! Per level, rounds alternate the three loads; medians are reported with
+//! the ratios translation/trivial and cookie/trivial.
+//!
+//! Build in release and run: `ops/bench-native` (see BENCHMARKS.md).
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use baa_cluster_tests::sso::{pkce, CSRF_COOKIE, SSO_COOKIE};
+use baa_cluster_tests::{Cluster, ClusterOptions};
+use baa_proto::api::CreateUserRequest;
+use clap::Parser;
+use reqwest::header::{AUTHORIZATION, COOKIE, LOCATION, SET_COOKIE};
+use reqwest::{Method, StatusCode};
+
+const USER: &str = "bench";
+const PASSWORD: &str = "bench-password-0123456789";
+const CLIENT_ID: &str = "bench-cli";
+/// Share of failed requests above which the program exits non-zero.
+const MAX_ERROR_SHARE: f64 = 0.01;
+/// Translation rate / trivial rate the issue asks for.
+const TARGET: f64 = 0.7;
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "baa native apps: token → session translation and cookie validation vs the trivial endpoint"
+)]
+struct Args {
+    /// Concurrent clients per level.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    levels: Vec<usize>,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Warm-up seconds before each measured run.
+    #[arg(long, default_value_t = 1)]
+    warmup: u64,
+    /// Measured rounds per level; the median round of each load is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+/// What one measured run produced.
+#[derive(Default)]
+struct RunResult {
+    ops: usize,
+    errors: usize,
+    elapsed: Duration,
+    p50_ms: f64,
+    p99_ms: f64,
+    first_error: Option<String>,
+    /// CPU seconds the nodes spent during the measured window.
+    node_cpu_s: f64,
+    /// CPU seconds this program (the load generator) spent during it.
+    self_cpu_s: f64,
+}
+
+impl RunResult {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+    /// CPU milliseconds (nodes and load generator) per successful request.
+    fn cpu_ms_per_op(&self) -> f64 {
+        (self.node_cpu_s + self.self_cpu_s) * 1000.0 / self.ops.max(1) as f64
+    }
+}
+
+/// User + system CPU seconds of process `pid` (`None`: this process).
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let path = pid.map_or_else(
+        || "/proc/self/stat".to_string(),
+        |p| format!("/proc/{p}/stat"),
+    );
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return 0.0;
+    };
+    // Fields after the command name: state is the first, utime the 12th, stime the 13th.
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// CPU seconds of the nodes and of this process, now.
+fn cpu_snapshot(pids: &[u32]) -> (f64, f64) {
+    (
+        pids.iter().map(|p| cpu_seconds(Some(*p))).sum(),
+        cpu_seconds(None),
+    )
+}
+
+/// The run with the median rate.
+fn median(mut runs: Vec<RunResult>) -> RunResult {
+    runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    let mid = runs.len() / 2;
+    runs.swap_remove(mid)
+}
+
+/// Successes and failures over every run of a load at a level.
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    ops: usize,
+    errors: usize,
+}
+
+impl Tally {
+    fn add(&mut self, r: &RunResult) {
+        self.ops += r.ops;
+        self.errors += r.errors;
+    }
+    fn error_share(&self) -> f64 {
+        let total = self.ops + self.errors;
+        if total == 0 {
+            1.0
+        } else {
+            self.errors as f64 / total as f64
+        }
+    }
+}
+
+/// One HTTPS client per simulated app: its own keep-alive connection,
+/// redirects never followed.
+fn client_for(ca: &Path) -> anyhow::Result<reqwest::Client> {
+    let ca = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+    Ok(reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+        .http1_only()
+        .pool_max_idle_per_host(1)
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()?)
+}
+
+/// The value of cookie `name` among a response's `Set-Cookie` headers.
+fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            let (pair, _) = v.split_once(';').unwrap_or((v, ""));
+            let (n, value) = pair.split_once('=')?;
+            (n.trim() == name && !value.is_empty()).then(|| value.to_string())
+        })
+}
+
+/// The value of query parameter `name` in a `Location` header.
+fn location_param(resp: &reqwest::Response, name: &str) -> anyhow::Result<String> {
+    let loc = resp
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| anyhow!("no Location header"))?;
+    let url = url::Url::parse(loc).with_context(|| format!("Location {loc:?}"))?;
+    if let Some((_, e)) = url.query_pairs().find(|(k, _)| k == "error") {
+        bail!("error {e} in {loc}");
+    }
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .ok_or_else(|| anyhow!("no {name} in {loc}"))
+}
+
+/// A status error with the start of the body, for diagnostics.
+async fn unexpected(what: &str, resp: reqwest::Response) -> String {
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    let body: String = body.chars().take(200).collect();
+    format!("{what}: HTTP {status}: {body}")
+}
+
+/// Signs in at `base` with a fresh CSRF pair; returns (CSRF value, SSO cookie value).
+async fn sign_in(http: &reqwest::Client, base: &str) -> anyhow::Result<(String, String)> {
+    let resp = http.get(format!("{base}/sso/signin")).send().await?;
+    if resp.status() != StatusCode::OK {
+        bail!(unexpected("GET /sso/signin", resp).await);
+    }
+    let csrf = set_cookie(&resp, CSRF_COOKIE).ok_or_else(|| anyhow!("no {CSRF_COOKIE} cookie"))?;
+    let _ = resp.bytes().await;
+    let resp = http
+        .post(format!("{base}/sso/signin"))
+        .header(COOKIE, format!("{CSRF_COOKIE}={csrf}"))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("username", USER),
+            ("password", PASSWORD),
+        ])
+        .send()
+        .await?;
+    if resp.status() != StatusCode::SEE_OTHER {
+        bail!(unexpected("POST /sso/signin", resp).await);
+    }
+    let sso = set_cookie(&resp, SSO_COOKIE).ok_or_else(|| anyhow!("no {SSO_COOKIE} cookie"))?;
+    let _ = resp.bytes().await;
+    Ok((csrf, sso))
+}
+
+/// Everything one simulated app needs: a session and a token from it.
+struct App {
+    http: reqwest::Client,
+    base: String,
+    sso: String,
+    token: String,
+}
+
+/// Signs in at `base`, runs the loopback authorization-code flow with PKCE
+/// for the native client (approving the trust page if it comes up), redeems
+/// the code and checks both credentials once at `/auth/verify`.
+async fn new_app(ca: &Path, base: &str, port: u16) -> anyhow::Result<App> {
+    let http = client_for(ca)?;
+    let (csrf, sso) = sign_in(&http, base).await?;
+    let cookies = format!("{CSRF_COOKIE}={csrf}; {SSO_COOKIE}={sso}");
+    let redirect_uri = format!("http://127.0.0.1:{port}/callback");
+    let (verifier, challenge) = pkce();
+    let query = [
+        ("response_type", "code"),
+        ("client_id", CLIENT_ID),
+        ("redirect_uri", &redirect_uri),
+        ("scope", "openid profile offline_access"),
+        ("state", "s"),
+        ("code_challenge", &challenge),
+        ("code_challenge_method", "S256"),
+        ("response_mode", "query"),
+    ];
+    let resp = http
+        .get(format!("{base}/sso/authorize"))
+        .query(&query)
+        .header(COOKIE, &cookies)
+        .send()
+        .await?;
+    let resp = match resp.status() {
+        StatusCode::SEE_OTHER => resp,
+        StatusCode::OK => {
+            // The trust page: approve it once for the user.
+            let _ = resp.bytes().await;
+            let mut form: Vec<(&str, &str)> = vec![
+                ("csrf", &csrf),
+                ("decision", "approve"),
+                ("account_name", "username"),
+                ("share_name", "1"),
+            ];
+            form.extend(query);
+            let resp = http
+                .post(format!("{base}/sso/consent"))
+                .header(COOKIE, &cookies)
+                .form(&form)
+                .send()
+                .await?;
+            if resp.status() != StatusCode::SEE_OTHER {
+                bail!(unexpected("POST /sso/consent", resp).await);
+            }
+            resp
+        }
+        _ => bail!(unexpected("GET /sso/authorize", resp).await),
+    };
+    let code = location_param(&resp, "code").context("authorization")?;
+    let _ = resp.bytes().await;
+    let resp = http
+        .post(format!("{base}/sso/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", &redirect_uri),
+            ("code_verifier", &verifier),
+            ("client_id", CLIENT_ID),
+        ])
+        .send()
+        .await?;
+    if resp.status() != StatusCode::OK {
+        bail!(unexpected("POST /sso/token", resp).await);
+    }
+    let body: serde_json::Value = resp.json().await.context("token response")?;
+    let token = body["access_token"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no access_token in {body}"))?
+        .to_string();
+    let app = App {
+        http,
+        base: base.to_string(),
+        sso,
+        token,
+    };
+    for load in [Load::Translate, Load::Cookie] {
+        app.once(load)
+            .await
+            .map_err(|e| anyhow!("first {}: {e}", load.name()))?;
+    }
+    Ok(app)
+}
+
+/// The three measured loads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// `/auth/verify` with the access token.
+    Translate,
+    /// `/auth/verify` with the SSO cookie.
+    Cookie,
+    /// `/healthz`.
+    Trivial,
+}
+
+impl Load {
+    const ALL: [Load; 3] = [Load::Translate, Load::Cookie, Load::Trivial];
+
+    fn name(self) -> &'static str {
+        match self {
+            Load::Translate => "translations",
+            Load::Cookie => "cookie validations",
+            Load::Trivial => "healthz",
+        }
+    }
+}
+
+impl App {
+    async fn once(&self, load: Load) -> Result<(), String> {
+        let (path, req) = match load {
+            Load::Translate => (
+                "/auth/verify",
+                self.http
+                    .get(format!("{}/auth/verify", self.base))
+                    .header(AUTHORIZATION, format!("Bearer {}", self.token)),
+            ),
+            Load::Cookie => (
+                "/auth/verify",
+                self.http
+                    .get(format!("{}/auth/verify", self.base))
+                    .header(COOKIE, format!("{SSO_COOKIE}={}", self.sso)),
+            ),
+            Load::Trivial => ("/healthz", self.http.get(format!("{}/healthz", self.base))),
+        };
+        let resp = req.send().await.map_err(|e| format!("GET {path}: {e}"))?;
+        if resp.status() != StatusCode::OK {
+            return Err(unexpected(&format!("GET {path}"), resp).await);
+        }
+        if load != Load::Trivial {
+            let user = resp
+                .headers()
+                .get("x-baa-user")
+                .and_then(|v| v.to_str().ok());
+            if user != Some(USER) {
+                return Err(format!("GET {path}: X-Baa-User {user:?}"));
+            }
+        }
+        let _ = resp.bytes().await;
+        Ok(())
+    }
+}
+
+/// Runs `load` closed-loop on every app: `warmup`, then `secs` measured;
+/// `pids` are the node processes whose CPU time is recorded.
+async fn measure(
+    apps: &[Arc<App>],
+    load: Load,
+    pids: &[u32],
+    warmup: Duration,
+    secs: Duration,
+) -> RunResult {
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for app in apps {
+        let app = app.clone();
+        let measuring = measuring.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0usize;
+            let mut first_error = None;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let res = app.once(load).await;
+                if measuring.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+                    match res {
+                        Ok(()) => lat.push(t.elapsed().as_micros() as u64),
+                        Err(e) => {
+                            errors += 1;
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+            (lat, errors, first_error)
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    let cpu_before = cpu_snapshot(pids);
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(secs).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    let cpu_after = cpu_snapshot(pids);
+    let mut all = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    for t in tasks {
+        match t.await {
+            Ok((lat, e, fe)) => {
+                all.extend(lat);
+                errors += e;
+                if first_error.is_none() {
+                    first_error = fe;
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert(format!("client task: {e}"));
+            }
+        }
+    }
+    all.sort_unstable();
+    let pct = |p: f64| {
+        if all.is_empty() {
+            f64::NAN
+        } else {
+            all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64 / 1000.0
+        }
+    };
+    RunResult {
+        ops: all.len(),
+        errors,
+        elapsed,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        first_error,
+        node_cpu_s: cpu_after.0 - cpu_before.0,
+        self_cpu_s: cpu_after.1 - cpu_before.1,
+    }
+}
+
+/// The machine: CPU count and model, memory.
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == "model name").then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or_else(String::new, |kb| {
+            format!(", {:.0} GiB RAM", kb / 1024.0 / 1024.0)
+        });
+    format!("{cpus} CPUs (nproc), {model}{mem_gib}")
+}
+
+/// Server-side series summed over the nodes: (name, metric, label filter).
+const SERVER_SERIES: [(&str, &str, &str); 3] = [
+    (
+        "/auth/verify",
+        "baa_http_request_duration_seconds",
+        "route=\"/auth/verify\"",
+    ),
+    (
+        "/healthz",
+        "baa_http_request_duration_seconds",
+        "route=\"/healthz\"",
+    ),
+    ("raft proposals", "baa_raft_proposal_duration_seconds", ""),
+];
+
+/// (sum, count) of each of [`SERVER_SERIES`] over every node, now.
+async fn server_times(cluster: &Cluster) -> Vec<(f64, f64)> {
+    let mut out = vec![(0.0, 0.0); SERVER_SERIES.len()];
+    for id in cluster.ids() {
+        let Ok(text) = cluster.admin(id).metrics().await else {
+            continue;
+        };
+        for (k, (_, name, label)) in SERVER_SERIES.iter().enumerate() {
+            let value = |suffix: &str| -> f64 {
+                let prefix = format!("{name}_{suffix}");
+                text.lines()
+                    .filter(|l| {
+                        l.split(['{', ' ']).next() == Some(prefix.as_str()) && l.contains(label)
+                    })
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum()
+            };
+            out[k].0 += value("sum");
+            out[k].1 += value("count");
+        }
+    }
+    out
+}
+
+/// Mean server-side milliseconds per series between two [`server_times`]
+/// (warm-ups included).
+fn server_means(before: &[(f64, f64)], after: &[(f64, f64)]) -> String {
+    SERVER_SERIES
+        .iter()
+        .zip(before.iter().zip(after))
+        .filter(|(_, (b, a))| a.1 > b.1)
+        .map(|((what, _, _), (b, a))| {
+            format!(
+                "{what} {:.3} ms over {:.0}",
+                (a.0 - b.0) / (a.1 - b.1) * 1000.0,
+                a.1 - b.1
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// CPU milliseconds per request, nodes and load generator apart.
+fn cpu_split(r: &RunResult) -> String {
+    let per = |s: f64| s * 1000.0 / r.ops.max(1) as f64;
+    format!(
+        "CPU ms each: nodes {:.3} + generator {:.3}",
+        per(r.node_cpu_s),
+        per(r.self_cpu_s)
+    )
+}
+
+fn report_errors(what: &str, r: &RunResult) {
+    if r.errors > 0 {
+        eprintln!(
+            "    {what}: {} failed; first: {}",
+            r.errors,
+            r.first_error.as_deref().unwrap_or("?")
+        );
+    }
+}
+
+/// Creates the bench user and registers the public native client.
+async fn setup(cluster: &Cluster) -> anyhow::Result<()> {
+    let admin = cluster.admin(1);
+    let user = CreateUserRequest {
+        username: USER.into(),
+        password: Some(PASSWORD.into()),
+        display_name: Some("Bench User".into()),
+        email: Some("bench@bench.example".into()),
+        ..Default::default()
+    };
+    admin
+        .create_user(&user, None)
+        .await
+        .context("creating the bench user")?;
+    let resp = admin
+        .request(Method::POST, "/admin/v1/sites")
+        .json(&serde_json::json!({
+            "client_id": CLIENT_ID,
+            "redirect_uris": ["http://127.0.0.1/callback"],
+            "allowed_scopes": ["openid", "profile", "offline_access"],
+            "public": true,
+        }))
+        .send()
+        .await?;
+    if resp.status() != StatusCode::CREATED {
+        bail!(unexpected("POST /admin/v1/sites", resp).await);
+    }
+    let _ = resp.bytes().await;
+    Ok(())
+}
+
+/// The running nodes' process ids.
+fn node_pids(cluster: &Cluster) -> Vec<u32> {
+    cluster
+        .ids()
+        .iter()
+        .filter_map(|id| cluster.node(*id).pid())
+        .collect()
+}
+
+/// One row of the table: the median run of each load at one level.
+struct Row {
+    clients: usize,
+    translate: RunResult,
+    cookie: RunResult,
+    trivial: RunResult,
+}
+
+impl Row {
+    fn translate_ratio(&self) -> f64 {
+        self.translate.rate() / self.trivial.rate()
+    }
+    fn cookie_ratio(&self) -> f64 {
+        self.cookie.rate() / self.trivial.rate()
+    }
+}
+
+/// The three loads per level, rounds alternating them.
+async fn bench(
+    cluster: &Cluster,
+    args: &Args,
+    apps: &[Arc<App>],
+    tallies: &mut Vec<(String, Tally)>,
+) -> Vec<Row> {
+    let pids = node_pids(cluster);
+    let warmup = Duration::from_secs(args.warmup);
+    let secs = Duration::from_secs(args.seconds);
+    let mut rows = Vec::new();
+    for &c in &args.levels {
+        let mut runs: [Vec<RunResult>; 3] = Default::default();
+        let mut level_tallies = [Tally::default(); 3];
+        let mut server: [String; 3] = Default::default();
+        let mut server_totals = vec![vec![(0.0, 0.0); SERVER_SERIES.len()]; 3];
+        // Rounds alternate the loads (and rotate which goes first) so that
+        // drift on a shared machine hits all three; medians are reported.
+        for round in 0..args.rounds {
+            let mut line = Vec::new();
+            for k in 0..Load::ALL.len() {
+                let i = (k + round) % Load::ALL.len();
+                let load = Load::ALL[i];
+                let before = server_times(cluster).await;
+                let r = measure(&apps[..c], load, &pids, warmup, secs).await;
+                let after = server_times(cluster).await;
+                for (t, (b, a)) in server_totals[i].iter_mut().zip(before.iter().zip(&after)) {
+                    t.0 += a.0 - b.0;
+                    t.1 += a.1 - b.1;
+                }
+                line.push(format!(
+                    "{:.0} {}/s ({} failed, {})",
+                    r.rate(),
+                    load.name(),
+                    r.errors,
+                    cpu_split(&r)
+                ));
+                report_errors(load.name(), &r);
+                level_tallies[i].add(&r);
+                runs[i].push(r);
+            }
+            eprintln!("  {c} clients, round {}: {}", round + 1, line.join("; "));
+        }
+        for (i, load) in Load::ALL.iter().enumerate() {
+            let zero = vec![(0.0, 0.0); SERVER_SERIES.len()];
+            server[i] = server_means(&zero, &server_totals[i]);
+            eprintln!(
+                "  [{c} clients, server side during {}: {}]",
+                load.name(),
+                server[i]
+            );
+            tallies.push((format!("{}, {c} clients", load.name()), level_tallies[i]));
+        }
+        let [t, k, h] = runs;
+        rows.push(Row {
+            clients: c,
+            translate: median(t),
+            cookie: median(k),
+            trivial: median(h),
+        });
+    }
+    rows
+}
+
+fn print_table(args: &Args, rows: &[Row]) {
+    println!();
+    println!(
+        "Token → session translation and cookie validation (GET /auth/verify) vs GET /healthz; median of {} rounds of {}s (after {}s warm-up) per level",
+        args.rounds, args.seconds, args.warmup
+    );
+    println!(
+        "{:>7} | {:>8} {:>6} {:>6} {:>6} {:>4} | {:>8} {:>6} {:>6} {:>6} {:>4} | {:>8} {:>6} {:>6} {:>6} {:>4} | {:>7} {:>7}",
+        "clients",
+        "token/s",
+        "p50",
+        "p99",
+        "CPU ms",
+        "err",
+        "cookie/s",
+        "p50",
+        "p99",
+        "CPU ms",
+        "err",
+        "health/s",
+        "p50",
+        "p99",
+        "CPU ms",
+        "err",
+        "tok/hz",
+        "cook/hz"
+    );
+    for r in rows {
+        let cells = |x: &RunResult| {
+            format!(
+                "{:>8.0} {:>6.2} {:>6.2} {:>6.3} {:>4}",
+                x.rate(),
+                x.p50_ms,
+                x.p99_ms,
+                x.cpu_ms_per_op(),
+                x.errors
+            )
+        };
+        println!(
+            "{:>7} | {} | {} | {} | {:>7.2} {:>7.2}",
+            r.clients,
+            cells(&r.translate),
+            cells(&r.cookie),
+            cells(&r.trivial),
+            r.translate_ratio(),
+            r.cookie_ratio()
+        );
+    }
+    println!("p50/p99 in ms; CPU ms: CPU time of the three nodes and the load generator per completed request");
+    println!("target: translations/healthz >= {TARGET} at every level");
+}
+
+fn print_markdown(rows: &[Row]) {
+    println!();
+    println!("Markdown:");
+    println!();
+    println!("| clients | translations/s | p50 ms | p99 ms | CPU ms | cookie validations/s | p50 ms | p99 ms | CPU ms | healthz/s | p50 ms | p99 ms | CPU ms | translation/trivial | cookie/trivial |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let cells = |x: &RunResult| {
+            format!(
+                "{:.0} | {:.2} | {:.2} | {:.3}",
+                x.rate(),
+                x.p50_ms,
+                x.p99_ms,
+                x.cpu_ms_per_op()
+            )
+        };
+        println!(
+            "| {} | {} | {} | {} | {:.2} | {:.2} |",
+            r.clients,
+            cells(&r.translate),
+            cells(&r.cookie),
+            cells(&r.trivial),
+            r.translate_ratio(),
+            r.cookie_ratio()
+        );
+    }
+}
+
+async fn run(args: &Args) -> anyhow::Result<bool> {
+    if args.rounds == 0 || args.seconds == 0 {
+        bail!("--rounds and --seconds must be at least 1");
+    }
+    if args.levels.is_empty() || args.levels.contains(&0) {
+        bail!("levels must be at least 1 client");
+    }
+    println!("baa native-app benchmark: token → session translation");
+    println!("machine: {}", machine());
+    println!(
+        "command: {}",
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
+    println!("cluster: 3 baa nodes on loopback, TLS on every hop, client i on node i mod 3 with its own keep-alive connection");
+    let opts = ClusterOptions {
+        log_level: "warn".into(),
+        ..ClusterOptions::default()
+    };
+    eprintln!("starting a 3-node cluster");
+    let cluster = Cluster::start_with(opts).await;
+    setup(&cluster).await?;
+    let ca = cluster.ca_pem();
+    let nodes: Vec<String> = cluster
+        .ids()
+        .iter()
+        .map(|id| cluster.public_url(*id))
+        .collect();
+    let max = args.levels.iter().copied().max().unwrap_or(1);
+    let mut apps = Vec::new();
+    for c in 0..max {
+        let base = &nodes[c % nodes.len()];
+        let app = new_app(&ca, base, 40_000 + c as u16)
+            .await
+            .with_context(|| format!("setting up client {c}"))?;
+        apps.push(Arc::new(app));
+    }
+    eprintln!("set up: user {USER}, native client {CLIENT_ID}, {max} sessions with a token each");
+    let pids = node_pids(&cluster);
+    let idle_before = cpu_snapshot(&pids).0;
+    let idle_started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = (cpu_snapshot(&pids).0 - idle_before) / idle_started.elapsed().as_secs_f64();
+    println!(
+        "idle cluster: the three nodes use {:.1}% of one core with no load (counted in the CPU columns)",
+        idle * 100.0
+    );
+
+    let mut tallies = Vec::new();
+    let rows = bench(&cluster, args, &apps, &mut tallies).await;
+    cluster.assert_no_panics();
+    drop(apps);
+    drop(cluster);
+
+    print_table(args, &rows);
+    print_markdown(&rows);
+    let mut ok = true;
+    for (what, t) in &tallies {
+        if t.error_share() > MAX_ERROR_SHARE {
+            eprintln!(
+                "FAILED: {what}: {} of {} requests failed ({:.2}%)",
+                t.errors,
+                t.ops + t.errors,
+                t.error_share() * 100.0
+            );
+            ok = false;
+        }
+    }
+    Ok(ok)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("bench-native: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{median, RunResult, Tally};
+    use std::time::Duration;
+
+    #[test]
+    fn error_share_counts_failures_over_all_attempts() {
+        let t = Tally { ops: 99, errors: 1 };
+        assert!((t.error_share() - 0.01).abs() < 1e-9);
+        assert_eq!(Tally::default().error_share(), 1.0);
+    }
+
+    #[test]
+    fn median_picks_the_middle_rate() {
+        let run = |ops| RunResult {
+            ops,
+            elapsed: Duration::from_secs(1),
+            ..RunResult::default()
+        };
+        assert_eq!(median(vec![run(5), run(1), run(3)]).ops, 3);
+    }
+}
