@@ -13,7 +13,6 @@
 //!
 //! Build in release and run: `ops/bench-sso` (see BENCHMARKS.md).
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,11 +22,15 @@ use anyhow::{anyhow, bail, Context};
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use baa_cluster_tests::bench::{
+    client_for, cpu_seconds, cpu_snapshot, machine, median, node_pids, report_errors, set_cookie,
+    unexpected, RunResult, Tally,
+};
 use baa_cluster_tests::{Cluster, ClusterOptions};
 use baa_proto::api::{CreateUserRequest, CreatedSite};
 use baa_proto::cookie::SSO_COOKIE;
 use clap::Parser;
-use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use reqwest::header::{COOKIE, LOCATION};
 use reqwest::{Method, StatusCode};
 
 /// The agency's CSRF cookie (double-submit: the form field carries the same value).
@@ -78,117 +81,6 @@ struct Args {
     no_signins: bool,
 }
 
-/// What one measured run produced.
-#[derive(Default)]
-struct RunResult {
-    ops: usize,
-    errors: usize,
-    elapsed: Duration,
-    p50_ms: f64,
-    p99_ms: f64,
-    first_error: Option<String>,
-    /// CPU seconds the nodes spent during the measured window.
-    node_cpu_s: f64,
-    /// CPU seconds this program (the load generator) spent during it.
-    self_cpu_s: f64,
-}
-
-impl RunResult {
-    fn rate(&self) -> f64 {
-        self.ops as f64 / self.elapsed.as_secs_f64()
-    }
-    /// CPU milliseconds (nodes and load generator) per successful operation.
-    fn cpu_ms_per_op(&self) -> f64 {
-        (self.node_cpu_s + self.self_cpu_s) * 1000.0 / self.ops.max(1) as f64
-    }
-}
-
-/// User + system CPU seconds of process `pid` (`None`: this process).
-fn cpu_seconds(pid: Option<u32>) -> f64 {
-    let path = pid.map_or_else(
-        || "/proc/self/stat".to_string(),
-        |p| format!("/proc/{p}/stat"),
-    );
-    let Ok(stat) = std::fs::read_to_string(path) else {
-        return 0.0;
-    };
-    // Fields after the command name: state is the first, utime the 12th, stime the 13th.
-    let Some((_, rest)) = stat.rsplit_once(") ") else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (ticks(11) + ticks(12)) / hz
-}
-
-/// CPU seconds of the nodes and of this process, now.
-fn cpu_snapshot(pids: &[u32]) -> (f64, f64) {
-    (
-        pids.iter().map(|p| cpu_seconds(Some(*p))).sum(),
-        cpu_seconds(None),
-    )
-}
-
-/// The run with the median rate.
-fn median(mut runs: Vec<RunResult>) -> RunResult {
-    runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-    let mid = runs.len() / 2;
-    runs.swap_remove(mid)
-}
-
-/// Successes and failures over every run of a level.
-#[derive(Default, Clone, Copy)]
-struct Tally {
-    ops: usize,
-    errors: usize,
-}
-
-impl Tally {
-    fn add(&mut self, r: &RunResult) {
-        self.ops += r.ops;
-        self.errors += r.errors;
-    }
-    fn error_share(&self) -> f64 {
-        let total = self.ops + self.errors;
-        if total == 0 {
-            1.0
-        } else {
-            self.errors as f64 / total as f64
-        }
-    }
-}
-
-/// One HTTPS client per simulated browser or site: its own keep-alive
-/// connection to each node, redirects never followed.
-fn client_for(ca: &Path) -> anyhow::Result<reqwest::Client> {
-    let ca = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-    Ok(reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
-        .http1_only()
-        .pool_max_idle_per_host(1)
-        .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10))
-        .build()?)
-}
-
-/// The value of cookie `name` among a response's `Set-Cookie` headers.
-fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get_all(SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| {
-            let (pair, _) = v.split_once(';').unwrap_or((v, ""));
-            let (n, value) = pair.split_once('=')?;
-            (n.trim() == name && !value.is_empty()).then(|| value.to_string())
-        })
-}
-
 /// The value of query parameter `name` in a `Location` header.
 fn location_param(resp: &reqwest::Response, name: &str) -> Result<String, String> {
     let loc = resp
@@ -217,14 +109,6 @@ fn authorize_query() -> [(&'static str, &'static str); 7] {
         ("nonce", "n"),
         ("response_mode", "query"),
     ]
-}
-
-/// A status error with the start of the body, for diagnostics.
-async fn unexpected(what: &str, resp: reqwest::Response) -> String {
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    let body: String = body.chars().take(200).collect();
-    format!("{what}: HTTP {status}: {body}")
 }
 
 /// A CSRF pair (cookie value = form value) from `GET /sso/signin`.
@@ -484,28 +368,6 @@ async fn argon2_rate(hash: String, threads: usize, secs: Duration) -> anyhow::Re
     .await?
 }
 
-/// The machine: CPU count and model, memory.
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            (k.trim() == "model name").then(|| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_gib = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or_else(String::new, |kb| {
-            format!(", {:.0} GiB RAM", kb / 1024.0 / 1024.0)
-        });
-    format!("{cpus} CPUs (nproc), {model}{mem_gib}")
-}
-
 /// Server-side time by route and Raft proposal time, summed over the nodes.
 const SERVER_SERIES: [(&str, &str, &str); 5] = [
     (
@@ -582,16 +444,6 @@ fn cpu_split(r: &RunResult) -> String {
     )
 }
 
-fn report_errors(what: &str, r: &RunResult) {
-    if r.errors > 0 {
-        eprintln!(
-            "    {what}: {} failed; first: {}",
-            r.errors,
-            r.first_error.as_deref().unwrap_or("?")
-        );
-    }
-}
-
 /// Creates the bench user, `writers` write-reference users and the benchmark
 /// site; returns the site's secret.
 async fn setup(cluster: &Cluster, writers: usize) -> anyhow::Result<String> {
@@ -666,15 +518,6 @@ async fn establish_trust(cluster: &Cluster) -> anyhow::Result<()> {
     }
     location_param(&resp, "code").map_err(|e| anyhow!("POST /sso/consent: {e}"))?;
     Ok(())
-}
-
-/// The running nodes' process ids.
-fn node_pids(cluster: &Cluster) -> Vec<u32> {
-    cluster
-        .ids()
-        .iter()
-        .filter_map(|id| cluster.node(*id).pid())
-        .collect()
 }
 
 /// One row of the flow table.

@@ -1,0 +1,182 @@
+//! Pieces shared by the benchmark programs: run results with CPU accounting
+//! from `/proc`, medians, failure tallies, an HTTPS client trusting the
+//! cluster CA, and the machine description printed with every report.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use reqwest::header::SET_COOKIE;
+
+use crate::Cluster;
+
+/// What one measured run produced.
+#[derive(Default)]
+pub struct RunResult {
+    /// Successful operations.
+    pub ops: usize,
+    /// Failed operations.
+    pub errors: usize,
+    /// Measured time.
+    pub elapsed: Duration,
+    /// Median latency.
+    pub p50_ms: f64,
+    /// 99th percentile latency.
+    pub p99_ms: f64,
+    /// The first failure, for the report.
+    pub first_error: Option<String>,
+    /// CPU seconds the nodes spent during the measured window.
+    pub node_cpu_s: f64,
+    /// CPU seconds this program (the load generator) spent during it.
+    pub self_cpu_s: f64,
+}
+
+impl RunResult {
+    /// Successful operations per second.
+    pub fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+    /// CPU milliseconds (nodes and load generator) per successful request.
+    pub fn cpu_ms_per_op(&self) -> f64 {
+        (self.node_cpu_s + self.self_cpu_s) * 1000.0 / self.ops.max(1) as f64
+    }
+}
+
+/// User + system CPU seconds of process `pid` (`None`: this process).
+pub fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let path = pid.map_or_else(
+        || "/proc/self/stat".to_string(),
+        |p| format!("/proc/{p}/stat"),
+    );
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return 0.0;
+    };
+    // Fields after the command name: state is the first, utime the 12th, stime the 13th.
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// CPU seconds of the nodes and of this process, now.
+pub fn cpu_snapshot(pids: &[u32]) -> (f64, f64) {
+    (
+        pids.iter().map(|p| cpu_seconds(Some(*p))).sum(),
+        cpu_seconds(None),
+    )
+}
+
+/// The run with the median rate.
+pub fn median(mut runs: Vec<RunResult>) -> RunResult {
+    runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    let mid = runs.len() / 2;
+    runs.swap_remove(mid)
+}
+
+/// Successes and failures over every run of a load at a level.
+#[derive(Default, Clone, Copy)]
+pub struct Tally {
+    /// Successful operations.
+    pub ops: usize,
+    /// Failed operations.
+    pub errors: usize,
+}
+
+impl Tally {
+    /// Counts one run.
+    pub fn add(&mut self, r: &RunResult) {
+        self.ops += r.ops;
+        self.errors += r.errors;
+    }
+    /// Failed share of all attempts (1 when nothing ran).
+    pub fn error_share(&self) -> f64 {
+        let total = self.ops + self.errors;
+        if total == 0 {
+            1.0
+        } else {
+            self.errors as f64 / total as f64
+        }
+    }
+}
+
+/// One HTTPS client per simulated app: its own keep-alive connection,
+/// redirects never followed.
+pub fn client_for(ca: &Path) -> anyhow::Result<reqwest::Client> {
+    let ca = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+    Ok(reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+        .http1_only()
+        .pool_max_idle_per_host(1)
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()?)
+}
+
+/// The value of cookie `name` among a response's `Set-Cookie` headers.
+pub fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            let (pair, _) = v.split_once(';').unwrap_or((v, ""));
+            let (n, value) = pair.split_once('=')?;
+            (n.trim() == name && !value.is_empty()).then(|| value.to_string())
+        })
+}
+
+/// A status error with the start of the body, for diagnostics.
+pub async fn unexpected(what: &str, resp: reqwest::Response) -> String {
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    let body: String = body.chars().take(200).collect();
+    format!("{what}: HTTP {status}: {body}")
+}
+
+/// The machine: CPU count and model, memory.
+pub fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == "model name").then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or_else(String::new, |kb| {
+            format!(", {:.0} GiB RAM", kb / 1024.0 / 1024.0)
+        });
+    format!("{cpus} CPUs (nproc), {model}{mem_gib}")
+}
+
+pub fn report_errors(what: &str, r: &RunResult) {
+    if r.errors > 0 {
+        eprintln!(
+            "    {what}: {} failed; first: {}",
+            r.errors,
+            r.first_error.as_deref().unwrap_or("?")
+        );
+    }
+}
+
+/// The running nodes' process ids.
+pub fn node_pids(cluster: &Cluster) -> Vec<u32> {
+    cluster
+        .ids()
+        .iter()
+        .filter_map(|id| cluster.node(*id).pid())
+        .collect()
+}
