@@ -53,8 +53,9 @@ impl Actor for NativeBroker {
 /// Looks a token up and checks it and its session, without recording use.
 pub async fn lookup(agency: &Agency, token: &str) -> Option<Translated> {
     let (_, session) = crate::http::oidc::live_token(agency, token).await?;
-    let user = agency.state.user_by_id(session.user_id).ok().flatten()?;
-    (!user.disabled).then_some(Translated { session, user })
+    // Usernames never change, so the session's name finds the user in one read.
+    let user = agency.state.user(&session.username).ok().flatten()?;
+    (user.id == session.user_id && !user.disabled).then_some(Translated { session, user })
 }
 
 impl Handler<TranslateToken> for NativeBroker {

@@ -71,7 +71,7 @@ async fn device_authorization(
     agency: web::Data<Agency>,
     form: web::Form<DeviceAuthForm>,
 ) -> Result<HttpResponse, NodeError> {
-    let site = authenticate_client(&agency, &req, &form.client)?;
+    let site = authenticate_client(&agency, &req, &form.client).await?;
     let scopes: Vec<String> = form
         .scope
         .as_deref()

@@ -98,7 +98,7 @@ fn form_decode(s: &str) -> Option<String> {
 
 /// Authenticates the calling site (RFC 6749 §2.3). A public client names
 /// itself and proves possession through PKCE later.
-pub fn authenticate_client(
+pub async fn authenticate_client(
     agency: &Agency,
     req: &HttpRequest,
     form: &ClientAuthForm,
@@ -133,12 +133,24 @@ pub fn authenticate_client(
         (None, Some(id), s) => (id.clone(), s.clone()),
         (None, None, _) => return Err(invalid()),
     };
-    let site = agency.state.site(&client_id)?.ok_or_else(invalid)?;
+    let site = registered_site(agency, &client_id)
+        .await?
+        .ok_or_else(invalid)?;
     match (&site.secret_hash, secret) {
         (Some(h), Some(s)) if bool::from(h.ct_eq(&secret_hash(s.as_bytes()))) => Ok(site),
         (None, None) => Ok(site),
         _ => Err(invalid()),
     }
+}
+
+/// A registered site, reading through to the leader once when this node
+/// does not know it yet (registered a moment ago through another node).
+pub async fn registered_site(agency: &Agency, client_id: &str) -> Result<Option<Site>, NodeError> {
+    if let Some(site) = agency.state.site(client_id)? {
+        return Ok(Some(site));
+    }
+    agency.read_barrier(Consistency::Linearizable).await?;
+    Ok(agency.state.site(client_id)?)
 }
 
 /// The token request.
@@ -271,7 +283,7 @@ async fn redeem(
             message: format!("supported: authorization_code, refresh_token, {DEVICE_GRANT}"),
         });
     }
-    let site = authenticate_client(agency, req, &form.client)?;
+    let site = authenticate_client(agency, req, &form.client).await?;
     let (access, at, refresh, rt) = new_tokens(agency, &site.client_id);
     let required = |v: &Option<String>, name: &str| {
         v.as_deref()
@@ -420,12 +432,12 @@ struct TokenQuery {
 }
 
 /// The authenticated caller and the token it asks about.
-fn client_and_token<'a>(
+async fn client_and_token<'a>(
     agency: &Agency,
     req: &HttpRequest,
     form: &'a TokenQuery,
 ) -> Result<(Site, &'a str), NodeError> {
-    let site = authenticate_client(agency, req, &form.client)?;
+    let site = authenticate_client(agency, req, &form.client).await?;
     let value = form
         .token
         .as_deref()
@@ -438,7 +450,7 @@ async fn revoke(
     agency: web::Data<Agency>,
     form: web::Form<TokenQuery>,
 ) -> Result<HttpResponse, NodeError> {
-    let (site, value) = client_and_token(&agency, &req, &form)?;
+    let (site, value) = client_and_token(&agency, &req, &form).await?;
     let hash = secret_hash(value.as_bytes());
     // RFC 7009: answer 200 whether or not the token existed; only its owner revokes it.
     let owner = match agency.state.access_token(&hash)? {
@@ -456,7 +468,7 @@ async fn introspect(
     agency: web::Data<Agency>,
     form: web::Form<TokenQuery>,
 ) -> Result<HttpResponse, NodeError> {
-    let (site, value) = client_and_token(&agency, &req, &form)?;
+    let (site, value) = client_and_token(&agency, &req, &form).await?;
     let inactive = || no_store(HttpResponse::Ok()).json(serde_json::json!({ "active": false }));
     // A resource server asks to decide access: answer as of now, not as of
     // this node's replication lag (a revocation a moment ago must show).

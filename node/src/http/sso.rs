@@ -8,7 +8,7 @@ use actix::Addr;
 use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
-use baa_proto::command::{Op, Outcome};
+use baa_proto::command::{Consistency, Op, Outcome};
 use baa_proto::cookie::{SESSION_SECRET_LEN, SSO_COOKIE};
 use baa_proto::sso::{
     pseudonym, public_sid, secret_hash, AccountName, LoginParams, Session, Site, ThrottleRule,
@@ -340,8 +340,15 @@ fn canonical(uri: &str) -> String {
 
 /// Checks an authorization request; a refusal is already the response
 /// (error page, or the error delivered to the site).
-fn checked(agency: &Agency, p: &AuthParams) -> Result<Authz, HttpResponse> {
-    check_authz(agency, p).map_err(|e| match e {
+async fn checked(agency: &Agency, p: &AuthParams) -> Result<Authz, HttpResponse> {
+    let mut result = check_authz(agency, p);
+    if matches!(result, Err(AuthzError::Page("unknown_site", _))) {
+        // Registered a moment ago through another node? Ask the leader once.
+        if agency.read_barrier(Consistency::Linearizable).await.is_ok() {
+            result = check_authz(agency, p);
+        }
+    }
+    result.map_err(|e| match e {
         AuthzError::Page(code, msg) => error_page(agency, StatusCode::BAD_REQUEST, code, &msg),
         AuthzError::Site(a, code, msg) => deliver_error(&a, &agency.config.issuer, code, &msg),
     })
@@ -664,7 +671,7 @@ async fn authorize(
     issuer: web::Data<Addr<TicketIssuer>>,
     params: AuthParams,
 ) -> HttpResponse {
-    let a = match checked(&agency, &params) {
+    let a = match checked(&agency, &params).await {
         Ok(a) => a,
         Err(resp) => return resp,
     };
@@ -754,7 +761,7 @@ async fn sign_in_post(
     }
     // Where the sign-in continues: a partner site's request, or the home page.
     let authz = if form.params.client_id.is_some() {
-        match checked(&agency, &form.params) {
+        match checked(&agency, &form.params).await {
             Ok(a) => Some(a),
             Err(resp) => return resp,
         }
@@ -936,7 +943,7 @@ async fn consent_post(
     if !csrf_ok(&req, &form.csrf) {
         return csrf_refused(&agency);
     }
-    let a = match checked(&agency, &form.params) {
+    let a = match checked(&agency, &form.params).await {
         Ok(a) => a,
         Err(resp) => return resp,
     };
