@@ -688,60 +688,51 @@ fn purge_expired(st: &mut Staged<'_>, now: u64) -> Result<CommandResult, Storage
             }
         }
     }
-    for k in st.keys_with_prefix(PREFIX_TICKET)? {
-        if let Some(t) = st.get::<LoginTicket>(&k)? {
-            let grace = if t.used { USED_TICKET_GRACE_MS } else { 0 };
-            if now >= t.expires_ms.saturating_add(grace) {
-                st.remove(&k);
-                n += 1;
-            }
-        }
-    }
-    for k in st.keys_with_prefix(PREFIX_TOKEN)? {
-        if let Some(t) = st.get::<AccessToken>(&k)? {
-            if now >= t.expires_ms {
-                st.remove(&k);
-                st.remove(&[PREFIX_SESSION_TOKENS, &t.session_key, &t.hash].concat());
-                n += 1;
-            }
-        }
-    }
-    for k in st.keys_with_prefix(PREFIX_REFRESH)? {
-        if let Some(r) = st.get::<RefreshToken>(&k)? {
-            if now >= r.expires_ms {
-                st.remove(&k);
-                st.remove(&[PREFIX_FAMILY, &r.family, &r.hash].concat());
-                n += 1;
-            }
-        }
-    }
-    for k in st.keys_with_prefix(PREFIX_DEVICE)? {
-        if let Some(d) = st.get::<DeviceGrant>(&k)? {
-            if now >= d.expires_ms {
-                st.remove(&k);
-                st.remove(&key(PREFIX_USER_CODE, d.user_code.as_bytes()));
-                n += 1;
-            }
-        }
-    }
-    for k in st.keys_with_prefix(PREFIX_FAILURES)? {
-        if let Some(f) = st.get::<Failures>(&k)? {
-            // A record outside any window and lock no longer matters.
-            if now >= f.locked_until_ms && now >= f.window_start_ms.saturating_add(3_600_000) {
-                st.remove(&k);
-                n += 1;
-            }
-        }
-    }
-    for k in st.keys_with_prefix(PREFIX_KEY)? {
-        if let Some(key) = st.get::<SigningKey>(&k)? {
-            if !key.published_at(now) {
-                st.remove(&k);
-                n += 1;
-            }
-        }
-    }
+    // Each kind: the records to drop, with the index entries that go with them.
+    n += purge_where(st, PREFIX_TICKET, |t: &LoginTicket| {
+        let grace = if t.used { USED_TICKET_GRACE_MS } else { 0 };
+        (now >= t.expires_ms.saturating_add(grace)).then(Vec::new)
+    })?;
+    n += purge_where(st, PREFIX_TOKEN, |t: &AccessToken| {
+        (now >= t.expires_ms)
+            .then(|| vec![[PREFIX_SESSION_TOKENS, &t.session_key, &t.hash].concat()])
+    })?;
+    n += purge_where(st, PREFIX_REFRESH, |r: &RefreshToken| {
+        (now >= r.expires_ms).then(|| vec![[PREFIX_FAMILY, &r.family, &r.hash].concat()])
+    })?;
+    n += purge_where(st, PREFIX_DEVICE, |d: &DeviceGrant| {
+        (now >= d.expires_ms).then(|| vec![key(PREFIX_USER_CODE, d.user_code.as_bytes())])
+    })?;
+    // A throttle record outside any window and lock no longer matters.
+    n += purge_where(st, PREFIX_FAILURES, |f: &Failures| {
+        (now >= f.locked_until_ms && now >= f.window_start_ms.saturating_add(3_600_000))
+            .then(Vec::new)
+    })?;
+    n += purge_where(st, PREFIX_KEY, |k: &SigningKey| {
+        (!k.published_at(now)).then(Vec::new)
+    })?;
     Ok(Ok(Outcome::Purged(n)))
+}
+
+/// Removes every record under `prefix` for which `doomed` names the index
+/// keys to remove with it; returns how many records went.
+fn purge_where<T: serde::de::DeserializeOwned>(
+    st: &mut Staged<'_>,
+    prefix: &[u8],
+    doomed: impl Fn(&T) -> Option<Vec<Vec<u8>>>,
+) -> Result<u64, StorageError> {
+    let mut n = 0;
+    for k in st.keys_with_prefix(prefix)? {
+        let Some(extra) = st.get::<T>(&k)?.as_ref().and_then(&doomed) else {
+            continue;
+        };
+        st.remove(&k);
+        for e in extra {
+            st.remove(&e);
+        }
+        n += 1;
+    }
+    Ok(n)
 }
 
 impl StateReader {

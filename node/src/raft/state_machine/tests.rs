@@ -321,6 +321,38 @@ mod sso {
     }
 
     #[tokio::test]
+    async fn purge_drops_expired_tickets_and_keeps_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, mut sm) = store(dir.path());
+        let key = secret_hash(b"session");
+        sm.apply(vec![
+            entry(1, None, create("alice")),
+            entry(2, None, session(key)),
+            entry(3, None, ticket(secret_hash(b"t1"), key)),
+        ])
+        .await
+        .unwrap();
+        let purge = |index: u64, time_ms: u64| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal {
+                commands: vec![Command {
+                    request_id: None,
+                    time_ms,
+                    op: Op::PurgeExpired,
+                }],
+            }),
+        };
+        let r = one(sm.apply(vec![purge(4, 2_000)]).await.unwrap());
+        assert_eq!(r, Ok(Outcome::Purged(0)));
+        assert!(sm.reader().ticket(&secret_hash(b"t1")).unwrap().is_some());
+        // Past the ticket's 60 s and the session's 60 s idle timeout.
+        let r = one(sm.apply(vec![purge(5, 200_000)]).await.unwrap());
+        assert_eq!(r, Ok(Outcome::Purged(2)));
+        assert!(sm.reader().ticket(&secret_hash(b"t1")).unwrap().is_none());
+        assert!(sm.reader().session(&key).unwrap().is_none());
+    }
+
+    #[tokio::test]
     async fn failures_lock_and_sign_in_forgives_the_account() {
         let dir = tempfile::tempdir().unwrap();
         let (_db, mut sm) = store(dir.path());
