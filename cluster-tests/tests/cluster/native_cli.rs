@@ -66,35 +66,33 @@ async fn kill_script_browser(dir: &Path, profile: &Path) {
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let needle = format!("--user-data-dir={}", profile.display());
     poll_until(Duration::from_secs(20), "Chromium gone", || {
-        let needle = needle.clone();
-        async move {
-            let alive = std::fs::read_dir("/proc").ok()?.flatten().any(|e| {
-                std::fs::read(e.path().join("cmdline"))
-                    .map(|c| {
-                        String::from_utf8_lossy(&c)
-                            .replace('\0', " ")
-                            .contains(&needle)
-                    })
-                    .unwrap_or(false)
-            });
-            if alive {
-                // Renderer and GPU helpers may outlive the browser process briefly.
-                for e in std::fs::read_dir("/proc").ok()?.flatten() {
-                    let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-                    if String::from_utf8_lossy(&cmd)
-                        .replace('\0', " ")
-                        .contains(&needle)
-                    {
-                        if let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() {
-                            unsafe { libc::kill(p, libc::SIGKILL) };
-                        }
-                    }
-                }
-            }
-            (!alive).then_some(())
+        // Renderer and GPU helpers may outlive the browser process briefly.
+        let left = pids_with_arg(&needle);
+        for p in &left {
+            unsafe { libc::kill(*p, libc::SIGKILL) };
         }
+        async move { left.is_empty().then_some(()) }
     })
     .await;
+}
+
+/// Processes whose command line contains `needle`.
+fn pids_with_arg(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(needle)
+                })
+                .unwrap_or(false)
+        })
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+        .collect()
 }
 
 /// Signs alice in with the WebDriver-driven browser and approves the CLI
