@@ -2,8 +2,11 @@
 //! from `/proc`, medians, failure tallies, an HTTPS client trusting the
 //! cluster CA, and the machine description printed with every report.
 
+use std::future::Future;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use reqwest::header::SET_COOKIE;
@@ -40,6 +43,135 @@ impl RunResult {
     pub fn cpu_ms_per_op(&self) -> f64 {
         (self.node_cpu_s + self.self_cpu_s) * 1000.0 / self.ops.max(1) as f64
     }
+}
+
+/// Raw figures of one or more measured slices of a load; summed slice by
+/// slice, then turned into a [`RunResult`].
+#[derive(Default)]
+pub struct Samples {
+    /// Latency of every successful operation, in microseconds.
+    pub latencies_us: Vec<u64>,
+    /// Failed operations.
+    pub errors: usize,
+    /// Measured time.
+    pub elapsed: Duration,
+    /// The first failure, for the report.
+    pub first_error: Option<String>,
+    /// CPU seconds the nodes spent while measuring.
+    pub node_cpu_s: f64,
+    /// CPU seconds this program spent while measuring.
+    pub self_cpu_s: f64,
+}
+
+impl Samples {
+    /// Adds another slice of the same load.
+    pub fn absorb(&mut self, other: Samples) {
+        self.latencies_us.extend(other.latencies_us);
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.node_cpu_s += other.node_cpu_s;
+        self.self_cpu_s += other.self_cpu_s;
+    }
+
+    /// Rate, percentiles and CPU of everything absorbed.
+    pub fn finish(mut self) -> RunResult {
+        self.latencies_us.sort_unstable();
+        let all = &self.latencies_us;
+        let pct = |p: f64| {
+            if all.is_empty() {
+                f64::NAN
+            } else {
+                all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64 / 1000.0
+            }
+        };
+        RunResult {
+            ops: all.len(),
+            errors: self.errors,
+            elapsed: self.elapsed,
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            first_error: self.first_error,
+            node_cpu_s: self.node_cpu_s,
+            self_cpu_s: self.self_cpu_s,
+        }
+    }
+}
+
+/// Runs `op` closed-loop, one task per client: `warmup` unmeasured, then
+/// `secs` measured; `pids` are the node processes whose CPU time is recorded.
+/// `op` gets the client and a per-client sequence number.
+pub async fn closed_loop<C, F, Fut>(
+    clients: &[Arc<C>],
+    op: F,
+    pids: &[u32],
+    warmup: Duration,
+    secs: Duration,
+) -> Samples
+where
+    C: Send + Sync + 'static,
+    F: Fn(Arc<C>, u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in clients {
+        let (c, op) = (c.clone(), op.clone());
+        let (measuring, stop) = (measuring.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0usize;
+            let mut first_error = None;
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                let t = Instant::now();
+                let res = op(c.clone(), seq).await;
+                if measuring.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+                    match res {
+                        Ok(()) => lat.push(t.elapsed().as_micros() as u64),
+                        Err(e) => {
+                            errors += 1;
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+            (lat, errors, first_error)
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    let cpu_before = cpu_snapshot(pids);
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(secs).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    let cpu_after = cpu_snapshot(pids);
+    let mut out = Samples {
+        elapsed,
+        node_cpu_s: cpu_after.0 - cpu_before.0,
+        self_cpu_s: cpu_after.1 - cpu_before.1,
+        ..Samples::default()
+    };
+    for t in tasks {
+        match t.await {
+            Ok((lat, e, fe)) => out.absorb(Samples {
+                latencies_us: lat,
+                errors: e,
+                first_error: fe,
+                ..Samples::default()
+            }),
+            Err(e) => {
+                out.errors += 1;
+                out.first_error.get_or_insert(format!("client task: {e}"));
+            }
+        }
+    }
+    out
 }
 
 /// User + system CPU seconds of process `pid` (`None`: this process).

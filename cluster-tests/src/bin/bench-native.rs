@@ -11,21 +11,22 @@
 //! 2. Cookie validation: `GET /auth/verify` with the client's SSO cookie → 200.
 //! 3. Reference: `GET /healthz`, the server's trivial 200.
 //!
-//! Per level, rounds alternate the three loads; medians are reported with
-//! the ratios translation/trivial and cookie/trivial.
+//! Per level, each round interleaves the three loads in short slices (so a
+//! slow spell of the shared machine hits all three alike); the median round
+//! of each load is reported with the ratios translation/trivial and
+//! cookie/trivial.
 //!
 //! Build in release and run: `ops/bench-native` (see BENCHMARKS.md).
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use baa_cluster_tests::bench::{
-    client_for, cpu_snapshot, machine, median, node_pids, report_errors, set_cookie, unexpected,
-    RunResult, Tally,
+    client_for, closed_loop, cpu_snapshot, machine, median, node_pids, report_errors, set_cookie,
+    unexpected, RunResult, Samples, Tally,
 };
 use baa_cluster_tests::sso::{pkce, CSRF_COOKIE, SSO_COOKIE};
 use baa_cluster_tests::{Cluster, ClusterOptions};
@@ -50,12 +51,19 @@ struct Args {
     /// Concurrent clients per level.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     levels: Vec<usize>,
-    /// Measured seconds per run.
+    /// Measured seconds per load per round.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// Warm-up seconds before each measured run.
+    /// Warm-up seconds per load at the start of each level.
     #[arg(long, default_value_t = 1)]
     warmup: u64,
+    /// Length of one measured slice in milliseconds; a round runs the loads
+    /// in turn, a slice at a time, until each has had `seconds`.
+    #[arg(long, default_value_t = 500)]
+    slice_ms: u64,
+    /// Unmeasured milliseconds at the start of every slice.
+    #[arg(long, default_value_t = 100)]
+    settle_ms: u64,
     /// Measured rounds per level; the median round of each load is reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -255,86 +263,23 @@ impl App {
     }
 }
 
-/// Runs `load` closed-loop on every app: `warmup`, then `secs` measured;
-/// `pids` are the node processes whose CPU time is recorded.
+/// Runs `load` closed-loop on every app: `settle` unmeasured, then `secs`
+/// measured; `pids` are the node processes whose CPU time is recorded.
 async fn measure(
     apps: &[Arc<App>],
     load: Load,
     pids: &[u32],
-    warmup: Duration,
+    settle: Duration,
     secs: Duration,
-) -> RunResult {
-    let measuring = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for app in apps {
-        let app = app.clone();
-        let measuring = measuring.clone();
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut errors = 0usize;
-            let mut first_error = None;
-            while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                let res = app.once(load).await;
-                if measuring.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
-                    match res {
-                        Ok(()) => lat.push(t.elapsed().as_micros() as u64),
-                        Err(e) => {
-                            errors += 1;
-                            first_error.get_or_insert(e);
-                        }
-                    }
-                }
-            }
-            (lat, errors, first_error)
-        }));
-    }
-    tokio::time::sleep(warmup).await;
-    let cpu_before = cpu_snapshot(pids);
-    measuring.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(secs).await;
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    let cpu_after = cpu_snapshot(pids);
-    let mut all = Vec::new();
-    let mut errors = 0;
-    let mut first_error = None;
-    for t in tasks {
-        match t.await {
-            Ok((lat, e, fe)) => {
-                all.extend(lat);
-                errors += e;
-                if first_error.is_none() {
-                    first_error = fe;
-                }
-            }
-            Err(e) => {
-                errors += 1;
-                first_error.get_or_insert(format!("client task: {e}"));
-            }
-        }
-    }
-    all.sort_unstable();
-    let pct = |p: f64| {
-        if all.is_empty() {
-            f64::NAN
-        } else {
-            all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64 / 1000.0
-        }
-    };
-    RunResult {
-        ops: all.len(),
-        errors,
-        elapsed,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        first_error,
-        node_cpu_s: cpu_after.0 - cpu_before.0,
-        self_cpu_s: cpu_after.1 - cpu_before.1,
-    }
+) -> Samples {
+    closed_loop(
+        apps,
+        move |app: Arc<App>, _| async move { app.once(load).await },
+        pids,
+        settle,
+        secs,
+    )
+    .await
 }
 
 /// Server-side series summed over the nodes: (name, metric, label filter).
@@ -461,27 +406,39 @@ async fn bench(
 ) -> Vec<Row> {
     let pids = node_pids(cluster);
     let warmup = Duration::from_secs(args.warmup);
-    let secs = Duration::from_secs(args.seconds);
+    let slice = Duration::from_millis(args.slice_ms);
+    let settle = Duration::from_millis(args.settle_ms);
+    let slices = (args.seconds * 1000).div_ceil(args.slice_ms).max(1);
     let mut rows = Vec::new();
     for &c in &args.levels {
+        for load in Load::ALL {
+            let _ = measure(&apps[..c], load, &pids, warmup, Duration::ZERO).await;
+        }
         let mut runs: [Vec<RunResult>; 3] = Default::default();
         let mut level_tallies = [Tally::default(); 3];
         let mut server: [String; 3] = Default::default();
         let mut server_totals = vec![vec![(0.0, 0.0); SERVER_SERIES.len()]; 3];
-        // Rounds alternate the loads (and rotate which goes first) so that
-        // drift on a shared machine hits all three; medians are reported.
         for round in 0..args.rounds {
-            let mut line = Vec::new();
-            for k in 0..Load::ALL.len() {
-                let i = (k + round) % Load::ALL.len();
-                let load = Load::ALL[i];
-                let before = server_times(cluster).await;
-                let r = measure(&apps[..c], load, &pids, warmup, secs).await;
-                let after = server_times(cluster).await;
-                for (t, (b, a)) in server_totals[i].iter_mut().zip(before.iter().zip(&after)) {
-                    t.0 += a.0 - b.0;
-                    t.1 += a.1 - b.1;
+            // The loads take turns a slice at a time, the order rotating, so
+            // that drift on a shared machine hits all three alike.
+            let mut samples: [Samples; 3] = Default::default();
+            for n in 0..slices as usize {
+                for k in 0..Load::ALL.len() {
+                    let i = (k + n + round) % Load::ALL.len();
+                    let before = server_times(cluster).await;
+                    let part = measure(&apps[..c], Load::ALL[i], &pids, settle, slice).await;
+                    let after = server_times(cluster).await;
+                    for (t, (b, a)) in server_totals[i].iter_mut().zip(before.iter().zip(&after)) {
+                        t.0 += a.0 - b.0;
+                        t.1 += a.1 - b.1;
+                    }
+                    samples[i].absorb(part);
                 }
+            }
+            let mut line = Vec::new();
+            for (i, s) in samples.into_iter().enumerate() {
+                let load = Load::ALL[i];
+                let r = s.finish();
                 line.push(format!(
                     "{:.0} {}/s ({} failed, {})",
                     r.rate(),
@@ -519,8 +476,8 @@ async fn bench(
 fn print_table(args: &Args, rows: &[Row]) {
     println!();
     println!(
-        "Token → session translation and cookie validation (GET /auth/verify) vs GET /healthz; median of {} rounds of {}s (after {}s warm-up) per level",
-        args.rounds, args.seconds, args.warmup
+        "Token → session translation and cookie validation (GET /auth/verify) vs GET /healthz; median of {} rounds per level, each {}s per load in interleaved {} ms slices (+{} ms settling each), after {}s warm-up per load",
+        args.rounds, args.seconds, args.slice_ms, args.settle_ms, args.warmup
     );
     println!(
         "{:>7} | {:>8} {:>6} {:>6} {:>6} {:>4} | {:>8} {:>6} {:>6} {:>6} {:>4} | {:>8} {:>6} {:>6} {:>6} {:>4} | {:>7} {:>7}",
@@ -597,8 +554,8 @@ fn print_markdown(rows: &[Row]) {
 }
 
 async fn run(args: &Args) -> anyhow::Result<bool> {
-    if args.rounds == 0 || args.seconds == 0 {
-        bail!("--rounds and --seconds must be at least 1");
+    if args.rounds == 0 || args.seconds == 0 || args.slice_ms == 0 {
+        bail!("--rounds, --seconds and --slice-ms must be at least 1");
     }
     if args.levels.is_empty() || args.levels.contains(&0) {
         bail!("levels must be at least 1 client");

@@ -14,7 +14,7 @@
 //! Build in release and run: `ops/bench-sso` (see BENCHMARKS.md).
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,8 +23,8 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use baa_cluster_tests::bench::{
-    client_for, cpu_seconds, cpu_snapshot, machine, median, node_pids, report_errors, set_cookie,
-    unexpected, RunResult, Tally,
+    client_for, closed_loop, cpu_seconds, cpu_snapshot, machine, median, node_pids, report_errors,
+    set_cookie, unexpected, RunResult, Tally,
 };
 use baa_cluster_tests::{Cluster, ClusterOptions};
 use baa_proto::api::{CreateUserRequest, CreatedSite};
@@ -255,79 +255,15 @@ async fn measure(
     warmup: Duration,
     secs: Duration,
 ) -> RunResult {
-    let measuring = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for w in workers {
-        let w = w.clone();
-        let measuring = measuring.clone();
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut errors = 0usize;
-            let mut first_error = None;
-            let mut seq = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                seq += 1;
-                let t = Instant::now();
-                let res = w.once(seq).await;
-                if measuring.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
-                    match res {
-                        Ok(()) => lat.push(t.elapsed().as_micros() as u64),
-                        Err(e) => {
-                            errors += 1;
-                            first_error.get_or_insert(e);
-                        }
-                    }
-                }
-            }
-            (lat, errors, first_error)
-        }));
-    }
-    tokio::time::sleep(warmup).await;
-    let cpu_before = cpu_snapshot(pids);
-    measuring.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(secs).await;
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    let cpu_after = cpu_snapshot(pids);
-    let mut all = Vec::new();
-    let mut errors = 0;
-    let mut first_error = None;
-    for t in tasks {
-        match t.await {
-            Ok((lat, e, fe)) => {
-                all.extend(lat);
-                errors += e;
-                if first_error.is_none() {
-                    first_error = fe;
-                }
-            }
-            Err(e) => {
-                errors += 1;
-                first_error.get_or_insert(format!("client task: {e}"));
-            }
-        }
-    }
-    all.sort_unstable();
-    let pct = |p: f64| {
-        if all.is_empty() {
-            f64::NAN
-        } else {
-            all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64 / 1000.0
-        }
-    };
-    RunResult {
-        ops: all.len(),
-        errors,
-        elapsed,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        first_error,
-        node_cpu_s: cpu_after.0 - cpu_before.0,
-        self_cpu_s: cpu_after.1 - cpu_before.1,
-    }
+    closed_loop(
+        workers,
+        |w: Arc<Worker>, seq| async move { w.once(seq).await },
+        pids,
+        warmup,
+        secs,
+    )
+    .await
+    .finish()
 }
 
 /// argon2id verifications per second of `password` against `hash` on `threads`
