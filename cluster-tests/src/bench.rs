@@ -209,6 +209,12 @@ pub fn median(mut runs: Vec<RunResult>) -> RunResult {
     runs.swap_remove(mid)
 }
 
+/// The median of `values` (the upper middle one for an even count; NaN for none).
+pub fn median_of(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// Successes and failures over every run of a load at a level.
 #[derive(Default, Clone, Copy)]
 pub struct Tally {
@@ -311,4 +317,42 @@ pub fn node_pids(cluster: &Cluster) -> Vec<u32> {
         .iter()
         .filter_map(|id| cluster.node(*id).pid())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Samples;
+    use std::time::Duration;
+
+    #[test]
+    fn slices_add_up_to_one_result() {
+        let slice = |lat: Vec<u64>, errors, cpu| Samples {
+            latencies_us: lat,
+            errors,
+            elapsed: Duration::from_millis(500),
+            first_error: (errors > 0).then(|| "boom".to_string()),
+            node_cpu_s: cpu,
+            self_cpu_s: cpu / 2.0,
+        };
+        let mut all = Samples::default();
+        all.absorb(slice((1..=60).map(|i| i * 1000).collect(), 0, 0.2));
+        all.absorb(slice((61..=100).map(|i| i * 1000).collect(), 2, 0.3));
+        let r = all.finish();
+        assert_eq!(r.ops, 100);
+        assert_eq!(r.errors, 2);
+        assert_eq!(r.elapsed, Duration::from_secs(1));
+        assert_eq!(r.rate(), 100.0);
+        assert_eq!(r.p50_ms, 51.0);
+        assert_eq!(r.p99_ms, 100.0);
+        assert_eq!(r.first_error.as_deref(), Some("boom"));
+        assert!((r.node_cpu_s - 0.5).abs() < 1e-9);
+        assert!((r.cpu_ms_per_op() - 7.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn nothing_measured_has_no_percentiles() {
+        let r = Samples::default().finish();
+        assert_eq!(r.ops, 0);
+        assert!(r.p50_ms.is_nan());
+    }
 }

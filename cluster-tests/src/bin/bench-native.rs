@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use baa_cluster_tests::bench::{
-    client_for, closed_loop, cpu_snapshot, machine, median, node_pids, report_errors, set_cookie,
-    unexpected, RunResult, Samples, Tally,
+    client_for, closed_loop, cpu_snapshot, machine, median, median_of, node_pids, report_errors,
+    set_cookie, unexpected, RunResult, Samples, Tally,
 };
 use baa_cluster_tests::sso::{pkce, CSRF_COOKIE, SSO_COOKIE};
 use baa_cluster_tests::{Cluster, ClusterOptions};
@@ -386,14 +386,17 @@ struct Row {
     translate: RunResult,
     cookie: RunResult,
     trivial: RunResult,
+    /// Per round: (translation, cookie validation) / trivial, measured side
+    /// by side; the reported ratios are their medians.
+    ratios: Vec<(f64, f64)>,
 }
 
 impl Row {
     fn translate_ratio(&self) -> f64 {
-        self.translate.rate() / self.trivial.rate()
+        median_of(self.ratios.iter().map(|r| r.0).collect())
     }
     fn cookie_ratio(&self) -> f64 {
-        self.cookie.rate() / self.trivial.rate()
+        median_of(self.ratios.iter().map(|r| r.1).collect())
     }
 }
 
@@ -415,6 +418,7 @@ async fn bench(
             let _ = measure(&apps[..c], load, &pids, warmup, Duration::ZERO).await;
         }
         let mut runs: [Vec<RunResult>; 3] = Default::default();
+        let mut ratios = Vec::new();
         let mut level_tallies = [Tally::default(); 3];
         let mut server: [String; 3] = Default::default();
         let mut server_totals = vec![vec![(0.0, 0.0); SERVER_SERIES.len()]; 3];
@@ -450,6 +454,8 @@ async fn bench(
                 level_tallies[i].add(&r);
                 runs[i].push(r);
             }
+            let rate = |i: usize| runs[i].last().map_or(f64::NAN, RunResult::rate);
+            ratios.push((rate(0) / rate(2), rate(1) / rate(2)));
             eprintln!("  {c} clients, round {}: {}", round + 1, line.join("; "));
         }
         for (i, load) in Load::ALL.iter().enumerate() {
@@ -468,6 +474,7 @@ async fn bench(
             translate: median(t),
             cookie: median(k),
             trivial: median(h),
+            ratios,
         });
     }
     rows
@@ -522,6 +529,7 @@ fn print_table(args: &Args, rows: &[Row]) {
         );
     }
     println!("p50/p99 in ms; CPU ms: CPU time of the three nodes and the load generator per completed request");
+    println!("ratios: median over the rounds of the ratio measured within each round (rates above: the median round of each load)");
     println!("target: translations/healthz >= {TARGET} at every level");
 }
 

@@ -6,15 +6,19 @@
 //!    one-time ticket) and redeems the ticket at `POST /sso/token` on the next
 //!    node (an ID token comes back). Reference: the foundation's replicated
 //!    write (`PATCH /admin/v1/users/…`, driven as `bench-writes` drives it) at
-//!    the same concurrency on the same cluster; rounds alternate the two.
+//!    the same concurrency on the same cluster.
 //! 2. Password sign-in (`POST /sso/signin`, a 303 with a new SSO cookie) next
 //!    to the argon2id verification alone (same parameters as the nodes) on as
-//!    many threads as a node's hasher pool; rounds alternate the two.
+//!    many threads as a node's hasher pool.
+//!
+//! Each round runs the loads it compares in turn, a short slice at a time
+//! (the order rotating), so that a slow spell of the shared machine hits them
+//! alike; the median round of each is reported.
 //!
 //! Build in release and run: `ops/bench-sso` (see BENCHMARKS.md).
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,8 +27,8 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use baa_cluster_tests::bench::{
-    client_for, closed_loop, cpu_seconds, cpu_snapshot, machine, median, node_pids, report_errors,
-    set_cookie, unexpected, RunResult, Tally,
+    client_for, closed_loop, cpu_seconds, cpu_snapshot, machine, median, median_of, node_pids,
+    report_errors, set_cookie, unexpected, RunResult, Samples, Tally,
 };
 use baa_cluster_tests::{Cluster, ClusterOptions};
 use baa_proto::api::{CreateUserRequest, CreatedSite};
@@ -53,12 +57,19 @@ struct Args {
     /// Concurrent clients per level for password sign-ins.
     #[arg(long, value_delimiter = ',', default_value = "4,16")]
     signin_levels: Vec<usize>,
-    /// Measured seconds per run.
+    /// Measured seconds per load per round.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// Warm-up seconds before each measured run of clients.
+    /// Warm-up seconds per load at the start of each level.
     #[arg(long, default_value_t = 1)]
     warmup: u64,
+    /// Length of one measured slice in milliseconds; a round runs the loads
+    /// in turn, a slice at a time, until each has had `seconds`.
+    #[arg(long, default_value_t = 1000)]
+    slice_ms: u64,
+    /// Unmeasured milliseconds at the start of every slice.
+    #[arg(long, default_value_t = 200)]
+    settle_ms: u64,
     /// Measured rounds per level; the median round is reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -254,7 +265,7 @@ async fn measure(
     pids: &[u32],
     warmup: Duration,
     secs: Duration,
-) -> RunResult {
+) -> Samples {
     closed_loop(
         workers,
         |w: Arc<Worker>, seq| async move { w.once(seq).await },
@@ -263,43 +274,65 @@ async fn measure(
         secs,
     )
     .await
-    .finish()
 }
 
-/// argon2id verifications per second of `password` against `hash` on `threads`
-/// threads for `secs`.
-async fn argon2_rate(hash: String, threads: usize, secs: Duration) -> anyhow::Result<RunResult> {
+/// argon2id verifications of the bench password against `hash`, closed loop
+/// on `threads` threads: `settle` unmeasured, then `secs` measured (only
+/// verifications finishing inside the window count, as for the clients).
+async fn argon2_rate(
+    hash: String,
+    threads: usize,
+    settle: Duration,
+    secs: Duration,
+) -> anyhow::Result<Samples> {
     tokio::task::spawn_blocking(move || {
         let parsed = PasswordHash::new(&hash).map_err(|e| anyhow!("parsing the hash: {e}"))?;
-        let count = AtomicU64::new(0);
-        let failed = AtomicU64::new(0);
-        let cpu_before = cpu_seconds(None);
-        let started = Instant::now();
-        let end = started + secs;
-        std::thread::scope(|s| {
-            for _ in 0..threads.max(1) {
-                s.spawn(|| {
-                    let a = Argon2::default();
-                    while Instant::now() < end {
-                        if a.verify_password(PASSWORD.as_bytes(), &parsed).is_ok() {
-                            count.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            failed.fetch_add(1, Ordering::Relaxed);
+        let stop = AtomicBool::new(false);
+        let from = Instant::now() + settle;
+        let to = from + secs;
+        let mut cpu = (0.0, 0.0);
+        let per_thread: Vec<(Vec<u64>, usize)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads.max(1))
+                .map(|_| {
+                    s.spawn(|| {
+                        let a = Argon2::default();
+                        let (mut lat, mut failed) = (Vec::new(), 0usize);
+                        while !stop.load(Ordering::Relaxed) {
+                            let t = Instant::now();
+                            let ok = a.verify_password(PASSWORD.as_bytes(), &parsed).is_ok();
+                            let done = Instant::now();
+                            if done >= from && done <= to {
+                                if ok {
+                                    lat.push((done - t).as_micros() as u64);
+                                } else {
+                                    failed += 1;
+                                }
+                            }
                         }
-                    }
-                });
-            }
+                        (lat, failed)
+                    })
+                })
+                .collect();
+            std::thread::sleep(from.saturating_duration_since(Instant::now()));
+            cpu.0 = cpu_seconds(None);
+            std::thread::sleep(to.saturating_duration_since(Instant::now()));
+            cpu.1 = cpu_seconds(None);
+            stop.store(true, Ordering::Relaxed);
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
         });
-        Ok(RunResult {
-            ops: count.into_inner() as usize,
-            errors: failed.into_inner() as usize,
-            elapsed: started.elapsed(),
-            p50_ms: f64::NAN,
-            p99_ms: f64::NAN,
-            first_error: None,
-            node_cpu_s: 0.0,
-            self_cpu_s: cpu_seconds(None) - cpu_before,
-        })
+        let mut out = Samples {
+            elapsed: secs,
+            self_cpu_s: cpu.1 - cpu.0,
+            ..Samples::default()
+        };
+        for (lat, failed) in per_thread {
+            out.latencies_us.extend(lat);
+            out.errors += failed;
+        }
+        Ok(out)
     })
     .await?
 }
@@ -461,6 +494,7 @@ struct FlowRow {
     clients: usize,
     flows: RunResult,
     writes: RunResult,
+    /// Median over the rounds of flows/writes measured side by side.
     ratio: f64,
 }
 
@@ -504,18 +538,27 @@ async fn bench_flows(
     }
     let pids = node_pids(cluster);
     let warmup = Duration::from_secs(args.warmup);
-    let secs = Duration::from_secs(args.seconds);
+    let (slices, slice, settle) = slicing(args);
     let mut rows = Vec::new();
     for &c in &args.levels {
         let before = server_times(cluster).await;
         let mut flows = Vec::new();
         let mut writes = Vec::new();
         let mut tally = Tally::default();
-        // Rounds alternate the two loads so that drift on a shared machine
-        // hits both; the median round of each is reported.
+        let mut ratios = Vec::new();
+        let loads = [&flow_workers[..c], &write_workers[..c]];
+        for load in loads {
+            let _ = measure(load, &pids, warmup, Duration::ZERO).await;
+        }
         for round in 0..args.rounds {
-            let f = measure(&flow_workers[..c], &pids, warmup, secs).await;
-            let w = measure(&write_workers[..c], &pids, warmup, secs).await;
+            let mut samples: [Samples; 2] = Default::default();
+            for n in 0..slices {
+                for k in 0..loads.len() {
+                    let i = (k + n + round) % loads.len();
+                    samples[i].absorb(measure(loads[i], &pids, settle, slice).await);
+                }
+            }
+            let [f, w] = samples.map(Samples::finish);
             eprintln!(
                 "  {c} clients, round {}: {:.0} flows/s ({} failed, {}), {:.0} writes/s ({} failed, {})",
                 round + 1,
@@ -529,6 +572,7 @@ async fn bench_flows(
             report_errors("flows", &f);
             report_errors("writes", &w);
             tally.add(&f);
+            ratios.push(f.rate() / w.rate());
             flows.push(f);
             writes.push(w);
         }
@@ -539,7 +583,7 @@ async fn bench_flows(
         tallies.push((format!("ticket issue + redeem, {c} clients"), tally));
         let flows = median(flows);
         let writes = median(writes);
-        let ratio = flows.rate() / writes.rate();
+        let ratio = median_of(ratios);
         rows.push(FlowRow {
             clients: c,
             flows,
@@ -550,10 +594,21 @@ async fn bench_flows(
     Ok(rows)
 }
 
+/// Slices per round, slice length and settling time per slice.
+fn slicing(args: &Args) -> (usize, Duration, Duration) {
+    let slices = (args.seconds * 1000).div_ceil(args.slice_ms).max(1) as usize;
+    (
+        slices,
+        Duration::from_millis(args.slice_ms),
+        Duration::from_millis(args.settle_ms),
+    )
+}
+
 /// One row of the sign-in table.
 struct SignInRow {
     clients: usize,
     signins: RunResult,
+    /// Median over the rounds of sign-ins/argon2id measured side by side.
     ratio: f64,
 }
 
@@ -591,14 +646,35 @@ async fn bench_signins(
     }
     let pids = node_pids(cluster);
     let warmup = Duration::from_secs(args.warmup);
-    let secs = Duration::from_secs(args.seconds);
+    let (slices, slice, settle) = slicing(args);
     let before = server_times(cluster).await;
     let mut pure = Vec::new();
     let mut per_level: Vec<Vec<RunResult>> =
         args.signin_levels.iter().map(|_| Vec::new()).collect();
     let mut level_tallies = vec![Tally::default(); args.signin_levels.len()];
+    let mut level_ratios: Vec<Vec<f64>> = args.signin_levels.iter().map(|_| Vec::new()).collect();
+    for &c in &args.signin_levels {
+        let _ = measure(&workers[..c], &pids, warmup, Duration::ZERO).await;
+    }
+    // Load 0 is argon2id alone, load k the k-th sign-in level.
+    let loads = args.signin_levels.len() + 1;
     for round in 0..args.rounds {
-        let p = argon2_rate(hash.clone(), args.hash_threads, secs).await?;
+        let mut samples: Vec<Samples> = (0..loads).map(|_| Samples::default()).collect();
+        for n in 0..slices {
+            for k in 0..loads {
+                let i = (k + n + round) % loads;
+                let part = match i {
+                    0 => argon2_rate(hash.clone(), args.hash_threads, settle, slice).await?,
+                    _ => {
+                        let c = args.signin_levels[i - 1];
+                        measure(&workers[..c], &pids, settle, slice).await
+                    }
+                };
+                samples[i].absorb(part);
+            }
+        }
+        let mut samples = samples.into_iter().map(Samples::finish);
+        let p = samples.next().unwrap_or_default();
         eprintln!(
             "  round {}: argon2id alone {:.1}/s on {} threads ({:.1} CPU ms each)",
             round + 1,
@@ -606,9 +682,9 @@ async fn bench_signins(
             args.hash_threads,
             p.cpu_ms_per_op()
         );
+        let p_rate = p.rate();
         pure.push(p);
-        for (k, &c) in args.signin_levels.iter().enumerate() {
-            let r = measure(&workers[..c], &pids, warmup, secs).await;
+        for ((k, &c), r) in args.signin_levels.iter().enumerate().zip(samples) {
             eprintln!(
                 "  round {}: {c} clients, {:.1} sign-ins/s ({} failed, {})",
                 round + 1,
@@ -618,6 +694,7 @@ async fn bench_signins(
             );
             report_errors("sign-ins", &r);
             level_tallies[k].add(&r);
+            level_ratios[k].push(r.rate() / p_rate);
             per_level[k].push(r);
         }
     }
@@ -627,10 +704,16 @@ async fn bench_signins(
     );
     let pure = median(pure);
     let mut rows = Vec::new();
-    for ((c, runs), tally) in args.signin_levels.iter().zip(per_level).zip(level_tallies) {
+    for (((c, runs), tally), ratios) in args
+        .signin_levels
+        .iter()
+        .zip(per_level)
+        .zip(level_tallies)
+        .zip(level_ratios)
+    {
         tallies.push((format!("password sign-in, {c} clients"), tally));
         let signins = median(runs);
-        let ratio = signins.rate() / pure.rate();
+        let ratio = median_of(ratios);
         rows.push(SignInRow {
             clients: *c,
             signins,
@@ -643,8 +726,8 @@ async fn bench_signins(
 fn print_flows(args: &Args, rows: &[FlowRow]) {
     println!();
     println!(
-        "Ticket issue + redeem (SSO cookie present) vs replicated writes; median of {} rounds of {}s (after {}s warm-up) per level",
-        args.rounds, args.seconds, args.warmup
+        "Ticket issue + redeem (SSO cookie present) vs replicated writes; median of {} rounds per level, each {}s per load in interleaved {} ms slices (+{} ms settling each), after {}s warm-up per load",
+        args.rounds, args.seconds, args.slice_ms, args.settle_ms, args.warmup
     );
     println!(
         "{:>7} | {:>8} {:>7} {:>7} {:>6} {:>6} | {:>8} {:>7} {:>7} {:>6} {:>6} | {:>12}",
@@ -679,14 +762,15 @@ fn print_flows(args: &Args, rows: &[FlowRow]) {
         );
     }
     println!("CPU ms: CPU time of the three nodes and the load generator per completed operation");
+    println!("flows/writes: median over the rounds of the ratio measured within each round");
     println!("target: flows/writes >= 0.5 at every level");
 }
 
 fn print_signins(args: &Args, pure: &RunResult, rows: &[SignInRow]) {
     println!();
     println!(
-        "Password sign-in vs argon2id verify alone (m=19456, t=2, p=1) on {} threads; median of {} rounds of {}s",
-        args.hash_threads, args.rounds, args.seconds
+        "Password sign-in vs argon2id verify alone (m=19456, t=2, p=1) on {} threads; median of {} rounds, each {}s per load in interleaved {} ms slices (+{} ms settling each)",
+        args.hash_threads, args.rounds, args.seconds, args.slice_ms, args.settle_ms
     );
     match args.signin_node {
         0 => println!("sign-ins spread over every node (their hashing pools share this machine)"),
@@ -715,6 +799,7 @@ fn print_signins(args: &Args, pure: &RunResult, rows: &[SignInRow]) {
             r.ratio
         );
     }
+    println!("vs argon2id: median over the rounds of the ratio measured within each round");
     println!("target: sign-ins / argon2id alone >= 0.85");
 }
 
@@ -761,8 +846,8 @@ fn print_markdown(pure: Option<&RunResult>, flows: &[FlowRow], signins: &[SignIn
 }
 
 async fn run(args: &Args) -> anyhow::Result<bool> {
-    if args.rounds == 0 || args.seconds == 0 {
-        bail!("--rounds and --seconds must be at least 1");
+    if args.rounds == 0 || args.seconds == 0 || args.slice_ms == 0 {
+        bail!("--rounds, --seconds and --slice-ms must be at least 1");
     }
     if args.levels.contains(&0) || args.signin_levels.contains(&0) {
         bail!("levels must be at least 1 client");
