@@ -12,7 +12,7 @@ use baa_proto::api::{
 use baa_proto::command::{Command, Consistency, Op, Outcome, RequestId};
 use baa_proto::model::{BaaNode, NodeId};
 use baa_proto::ErrorCode;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, RaftMetrics};
 
 use crate::config::Config;
@@ -20,6 +20,7 @@ use crate::error::{NodeError, Result};
 use crate::metrics::Metrics;
 use crate::raft::network::ClusterClient;
 use crate::raft::proposer::{self, Attempt, Proposer};
+use crate::raft::read_index::ReadRounds;
 use crate::raft::state_machine::StateReader;
 use crate::raft::Raft;
 
@@ -41,6 +42,8 @@ pub struct Agency {
     pub proposer: Proposer,
     /// The replicated signing keys.
     pub keys: crate::keys::KeyRing,
+    /// Read indexes for linearizable reads, one round at a time.
+    pub reads: ReadRounds,
 }
 
 /// Milliseconds since the Unix epoch on this node's clock.
@@ -138,53 +141,28 @@ impl Agency {
             if remaining.is_zero() {
                 return Err(NodeError::Timeout);
             }
-            let index = match self.leader() {
-                Some((leader, _)) if leader == self.id => self.read_index_as_leader().await.ok(),
-                Some((_, Some(node))) => {
-                    let reply: std::result::Result<ReadIndexReply, _> = self
-                        .cluster
-                        .call(&node.cluster_addr, "/cluster/v1/read-index", &(), remaining)
-                        .await;
-                    reply.ok().and_then(|r| r.ok())
+            match tokio::time::timeout(remaining, self.reads.next_index()).await {
+                Ok(Some(index)) => {
+                    return match self
+                        .raft
+                        .wait(Some(remaining))
+                        .applied_index_at_least(index, "linearizable read")
+                        .await
+                    {
+                        Ok(_) => Ok(()),
+                        Err(_) => Err(NodeError::Timeout),
+                    };
                 }
-                _ => None,
-            };
-            if let Some(index) = index {
-                return match self
-                    .raft
-                    .wait(Some(remaining))
-                    .applied_index_at_least(index, "linearizable read")
-                    .await
-                {
-                    Ok(_) => Ok(()),
-                    Err(_) => Err(NodeError::Timeout),
-                };
+                Ok(None) => tokio::time::sleep(Duration::from_millis(50).min(remaining)).await,
+                Err(_) => return Err(NodeError::Timeout),
             }
-            tokio::time::sleep(Duration::from_millis(50).min(remaining)).await;
         }
     }
 
     /// Confirms leadership with a quorum and returns the index a reader must
     /// have applied.
     pub async fn read_index_as_leader(&self) -> ReadIndexReply {
-        match self.raft.get_read_log_id().await {
-            Ok((read, applied)) => Ok(read.max(applied).map(|l| l.index)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(ForwardError::NotLeader {
-                    leader: f.leader_id,
-                })
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                Err(ForwardError::Failed {
-                    code: ErrorCode::NoLeader,
-                    message: e.to_string(),
-                })
-            }
-            Err(RaftError::Fatal(e)) => Err(ForwardError::Failed {
-                code: ErrorCode::Internal,
-                message: e.to_string(),
-            }),
-        }
+        crate::raft::read_index::leader_read_index(&self.raft).await
     }
 
     /// The committed log index, from openraft's state.

@@ -137,13 +137,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         raft: raft.clone(),
         state: reader,
         cluster: cluster.clone(),
-        metrics,
+        metrics: metrics.clone(),
         config: config.clone(),
         proposer: raft::proposer::Proposer::start(
             config.node_id,
             raft.clone(),
+            cluster.clone(),
+            config.write_timeout(),
+        ),
+        reads: raft::read_index::ReadRounds::start(
+            config.node_id,
+            raft.clone(),
             cluster,
             config.write_timeout(),
+            metrics,
         ),
         keys,
     });

@@ -39,6 +39,10 @@ pub struct Metrics {
     pub proposal_duration: Histogram,
     /// Writes forwarded to the leader by this node.
     pub writes_forwarded: IntCounter,
+    /// Read-index rounds this node ran for linearizable reads.
+    pub read_index_rounds: IntCounter,
+    /// Linearizable reads those rounds answered.
+    pub read_index_readers: IntCounter,
     /// Log flushes (fsyncs) done by the group-commit flusher.
     pub log_flushes: IntCounter,
     /// Log appends acknowledged by those flushes.
@@ -175,6 +179,14 @@ impl Metrics {
                     "Time from proposal to applied result"
                 )
                 .buckets(LATENCY_BUCKETS.to_vec())
+            )),
+            read_index_rounds: reg!(IntCounter::new(
+                "baa_read_index_rounds_total",
+                "Read-index rounds run by this node for linearizable reads"
+            )),
+            read_index_readers: reg!(IntCounter::new(
+                "baa_read_index_readers_total",
+                "Linearizable reads answered by this node's read-index rounds"
             )),
             writes_forwarded: reg!(IntCounter::new(
                 "baa_writes_forwarded_total",

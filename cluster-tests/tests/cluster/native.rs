@@ -540,3 +540,76 @@ async fn app_use_keeps_the_session_alive_and_idle_sessions_expire() {
         "{idle:?}"
     );
 }
+
+/// Translation reads through to the leader when a node does not know a token
+/// (one made a moment ago through another node must not be refused), and
+/// made-up tokens take that path too. Concurrent misses share read-index
+/// rounds, so a flood of them cannot make the leader confirm its leadership
+/// once per request, and a real token is still honoured in the middle of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_tokens_share_read_index_rounds() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use futures::StreamExt as _;
+
+    const FLOOD: usize = 400;
+    const CONCURRENCY: usize = 50;
+    let cluster = Cluster::start(3).await;
+    create_user(&cluster, "alice", PASSWORD).await;
+    let site = native_client(&cluster).await;
+    let leader = cluster.leader().await;
+    let node = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let port = 40_000 + (std::process::id() % 20_000) as u16;
+    let (_agent, req, code) = loopback_code(&cluster, &site, port).await;
+
+    let counters = || async {
+        let text = cluster.metrics(node).await;
+        let v = |name| baa_cluster_tests::client::metric_value(&text, name).unwrap_or(0.0);
+        (
+            v("baa_read_index_rounds_total"),
+            v("baa_read_index_readers_total"),
+        )
+    };
+    let (rounds_before, readers_before) = counters().await;
+    let url = format!("{}/auth/verify", cluster.public_url(node));
+    let flood = futures::stream::iter(0..FLOOD)
+        .map(|_| {
+            let token = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+            cluster.http().get(&url).bearer_auth(token).send()
+        })
+        .buffer_unordered(CONCURRENCY)
+        .map(|r| r.expect("verify with a made-up token").status())
+        .collect::<Vec<_>>();
+    let real = async {
+        let (s, tok) = redeem_public(&cluster, leader, &code, port, req.verifier.as_deref()).await;
+        assert_eq!(s, StatusCode::OK, "{tok}");
+        let access = tok["access_token"]
+            .as_str()
+            .expect("access token")
+            .to_string();
+        verify(&cluster, node, &access).await
+    };
+    let (statuses, (status, headers)) = tokio::join!(flood, real);
+
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::UNAUTHORIZED),
+        "made-up tokens: {statuses:?}"
+    );
+    assert_eq!(status, StatusCode::OK, "a real token during the flood");
+    assert_eq!(headers["x-baa-user"], "alice");
+    let (rounds_after, readers_after) = counters().await;
+    let (rounds, readers) = (rounds_after - rounds_before, readers_after - readers_before);
+    println!("{readers} linearizable reads on node {node} answered by {rounds} read-index rounds");
+    assert!(
+        readers >= FLOOD as f64,
+        "every miss reads through: {readers} reads for {FLOOD} made-up tokens"
+    );
+    assert!(
+        rounds * 4.0 <= readers,
+        "{rounds} read-index rounds for {readers} reads: misses do not share rounds"
+    );
+}

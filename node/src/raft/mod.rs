@@ -4,6 +4,7 @@
 pub mod log_store;
 pub mod network;
 pub mod proposer;
+pub mod read_index;
 pub mod rpc;
 pub mod state_machine;
 

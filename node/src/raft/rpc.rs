@@ -19,7 +19,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/raft/vote", web::post().to(vote))
         .route("/raft/snapshot", web::post().to(snapshot))
         .route("/cluster/v1/write", web::post().to(forwarded_write))
-        .route("/cluster/v1/read-index", web::post().to(read_index));
+        .route(
+            super::read_index::READ_INDEX_PATH,
+            web::post().to(read_index),
+        );
 }
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, NodeError> {
