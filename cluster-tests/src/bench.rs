@@ -100,6 +100,16 @@ impl Samples {
     }
 }
 
+/// How a round that gives each load `seconds` in slices of `slice_ms` (each
+/// after `settle_ms` unmeasured) is cut: slices per load, slice, settling.
+pub fn slicing(seconds: u64, slice_ms: u64, settle_ms: u64) -> (usize, Duration, Duration) {
+    (
+        (seconds * 1000).div_ceil(slice_ms.max(1)).max(1) as usize,
+        Duration::from_millis(slice_ms),
+        Duration::from_millis(settle_ms),
+    )
+}
+
 /// Runs `op` closed-loop, one task per client: `warmup` unmeasured, then
 /// `secs` measured; `pids` are the node processes whose CPU time is recorded.
 /// `op` gets the client and a per-client sequence number.
@@ -308,6 +318,61 @@ pub fn report_errors(what: &str, r: &RunResult) {
             r.first_error.as_deref().unwrap_or("?")
         );
     }
+}
+
+/// A server-side series summed over the nodes: (name shown, histogram
+/// metric, label filter).
+pub type Series = (&'static str, &'static str, &'static str);
+
+/// (sum, count) of each of `series` over every node of `cluster`, now.
+pub async fn server_times(cluster: &Cluster, series: &[Series]) -> Vec<(f64, f64)> {
+    let mut out = vec![(0.0, 0.0); series.len()];
+    for id in cluster.ids() {
+        let Ok(text) = cluster.admin(id).metrics().await else {
+            continue;
+        };
+        for (k, (_, name, label)) in series.iter().enumerate() {
+            let value = |suffix: &str| -> f64 {
+                let prefix = format!("{name}_{suffix}");
+                text.lines()
+                    .filter(|l| {
+                        l.split(['{', ' ']).next() == Some(prefix.as_str()) && l.contains(label)
+                    })
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum()
+            };
+            out[k].0 += value("sum");
+            out[k].1 += value("count");
+        }
+    }
+    out
+}
+
+/// Mean server-side milliseconds per series between two [`server_times`].
+pub fn server_means(series: &[Series], before: &[(f64, f64)], after: &[(f64, f64)]) -> String {
+    series
+        .iter()
+        .zip(before.iter().zip(after))
+        .filter(|(_, (b, a))| a.1 > b.1)
+        .map(|((what, _, _), (b, a))| {
+            format!(
+                "{what} {:.3} ms over {:.0}",
+                (a.0 - b.0) / (a.1 - b.1) * 1000.0,
+                a.1 - b.1
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// CPU milliseconds per completed operation, nodes and load generator apart.
+pub fn cpu_split(r: &RunResult) -> String {
+    let per = |s: f64| s * 1000.0 / r.ops.max(1) as f64;
+    format!(
+        "CPU ms each: nodes {:.3} + generator {:.3}",
+        per(r.node_cpu_s),
+        per(r.self_cpu_s)
+    )
 }
 
 /// The running nodes' process ids.

@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use baa_cluster_tests::bench::{
-    client_for, closed_loop, cpu_snapshot, machine, median, median_of, node_pids, report_errors,
-    set_cookie, unexpected, RunResult, Samples, Tally,
+    client_for, closed_loop, cpu_snapshot, cpu_split, machine, median, median_of, node_pids,
+    report_errors, server_means, server_times, set_cookie, slicing, unexpected, RunResult, Samples,
+    Series, Tally,
 };
 use baa_cluster_tests::sso::{pkce, CSRF_COOKIE, SSO_COOKIE};
 use baa_cluster_tests::{Cluster, ClusterOptions};
@@ -283,7 +284,7 @@ async fn measure(
 }
 
 /// Server-side series summed over the nodes: (name, metric, label filter).
-const SERVER_SERIES: [(&str, &str, &str); 3] = [
+const SERVER_SERIES: [Series; 3] = [
     (
         "/auth/verify",
         "baa_http_request_duration_seconds",
@@ -296,58 +297,6 @@ const SERVER_SERIES: [(&str, &str, &str); 3] = [
     ),
     ("raft proposals", "baa_raft_proposal_duration_seconds", ""),
 ];
-
-/// (sum, count) of each of [`SERVER_SERIES`] over every node, now.
-async fn server_times(cluster: &Cluster) -> Vec<(f64, f64)> {
-    let mut out = vec![(0.0, 0.0); SERVER_SERIES.len()];
-    for id in cluster.ids() {
-        let Ok(text) = cluster.admin(id).metrics().await else {
-            continue;
-        };
-        for (k, (_, name, label)) in SERVER_SERIES.iter().enumerate() {
-            let value = |suffix: &str| -> f64 {
-                let prefix = format!("{name}_{suffix}");
-                text.lines()
-                    .filter(|l| {
-                        l.split(['{', ' ']).next() == Some(prefix.as_str()) && l.contains(label)
-                    })
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum()
-            };
-            out[k].0 += value("sum");
-            out[k].1 += value("count");
-        }
-    }
-    out
-}
-
-/// Mean server-side milliseconds per series between two [`server_times`]
-/// (warm-ups included).
-fn server_means(before: &[(f64, f64)], after: &[(f64, f64)]) -> String {
-    SERVER_SERIES
-        .iter()
-        .zip(before.iter().zip(after))
-        .filter(|(_, (b, a))| a.1 > b.1)
-        .map(|((what, _, _), (b, a))| {
-            format!(
-                "{what} {:.3} ms over {:.0}",
-                (a.0 - b.0) / (a.1 - b.1) * 1000.0,
-                a.1 - b.1
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// CPU milliseconds per request, nodes and load generator apart.
-fn cpu_split(r: &RunResult) -> String {
-    let per = |s: f64| s * 1000.0 / r.ops.max(1) as f64;
-    format!(
-        "CPU ms each: nodes {:.3} + generator {:.3}",
-        per(r.node_cpu_s),
-        per(r.self_cpu_s)
-    )
-}
 
 /// Creates the bench user and registers the public native client.
 async fn setup(cluster: &Cluster) -> anyhow::Result<()> {
@@ -409,9 +358,7 @@ async fn bench(
 ) -> Vec<Row> {
     let pids = node_pids(cluster);
     let warmup = Duration::from_secs(args.warmup);
-    let slice = Duration::from_millis(args.slice_ms);
-    let settle = Duration::from_millis(args.settle_ms);
-    let slices = (args.seconds * 1000).div_ceil(args.slice_ms).max(1);
+    let (slices, slice, settle) = slicing(args.seconds, args.slice_ms, args.settle_ms);
     let mut rows = Vec::new();
     for &c in &args.levels {
         for load in Load::ALL {
@@ -426,12 +373,12 @@ async fn bench(
             // The loads take turns a slice at a time, the order rotating, so
             // that drift on a shared machine hits all three alike.
             let mut samples: [Samples; 3] = Default::default();
-            for n in 0..slices as usize {
+            for n in 0..slices {
                 for k in 0..Load::ALL.len() {
                     let i = (k + n + round) % Load::ALL.len();
-                    let before = server_times(cluster).await;
+                    let before = server_times(cluster, &SERVER_SERIES).await;
                     let part = measure(&apps[..c], Load::ALL[i], &pids, settle, slice).await;
-                    let after = server_times(cluster).await;
+                    let after = server_times(cluster, &SERVER_SERIES).await;
                     for (t, (b, a)) in server_totals[i].iter_mut().zip(before.iter().zip(&after)) {
                         t.0 += a.0 - b.0;
                         t.1 += a.1 - b.1;
@@ -460,7 +407,7 @@ async fn bench(
         }
         for (i, load) in Load::ALL.iter().enumerate() {
             let zero = vec![(0.0, 0.0); SERVER_SERIES.len()];
-            server[i] = server_means(&zero, &server_totals[i]);
+            server[i] = server_means(&SERVER_SERIES, &zero, &server_totals[i]);
             eprintln!(
                 "  [{c} clients, server side during {}: {}]",
                 load.name(),

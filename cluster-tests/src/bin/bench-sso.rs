@@ -27,8 +27,9 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use baa_cluster_tests::bench::{
-    client_for, closed_loop, cpu_seconds, cpu_snapshot, machine, median, median_of, node_pids,
-    report_errors, set_cookie, unexpected, RunResult, Samples, Tally,
+    client_for, closed_loop, cpu_seconds, cpu_snapshot, cpu_split, machine, median, median_of,
+    node_pids, report_errors, server_means, server_times, set_cookie, slicing, unexpected,
+    RunResult, Samples, Series, Tally,
 };
 use baa_cluster_tests::{Cluster, ClusterOptions};
 use baa_proto::api::{CreateUserRequest, CreatedSite};
@@ -338,7 +339,7 @@ async fn argon2_rate(
 }
 
 /// Server-side time by route and Raft proposal time, summed over the nodes.
-const SERVER_SERIES: [(&str, &str, &str); 5] = [
+const SERVER_SERIES: [Series; 5] = [
     (
         "authorize",
         "baa_http_request_duration_seconds",
@@ -361,57 +362,6 @@ const SERVER_SERIES: [(&str, &str, &str); 5] = [
     ),
     ("raft proposal", "baa_raft_proposal_duration_seconds", ""),
 ];
-
-/// (sum, count) of each of [`SERVER_SERIES`] over every node, now.
-async fn server_times(cluster: &Cluster) -> Vec<(f64, f64)> {
-    let mut out = vec![(0.0, 0.0); SERVER_SERIES.len()];
-    for id in cluster.ids() {
-        let Ok(text) = cluster.admin(id).metrics().await else {
-            continue;
-        };
-        for (k, (_, name, label)) in SERVER_SERIES.iter().enumerate() {
-            let value = |suffix: &str| -> f64 {
-                let prefix = format!("{name}_{suffix}");
-                text.lines()
-                    .filter(|l| {
-                        l.split(['{', ' ']).next() == Some(prefix.as_str()) && l.contains(label)
-                    })
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum()
-            };
-            out[k].0 += value("sum");
-            out[k].1 += value("count");
-        }
-    }
-    out
-}
-
-/// Mean server-side milliseconds per series between two [`server_times`].
-fn server_means(before: &[(f64, f64)], after: &[(f64, f64)]) -> String {
-    SERVER_SERIES
-        .iter()
-        .zip(before.iter().zip(after))
-        .filter(|(_, (b, a))| a.1 > b.1)
-        .map(|((what, _, _), (b, a))| {
-            format!(
-                "{what} {:.2} ms over {:.0}",
-                (a.0 - b.0) / (a.1 - b.1) * 1000.0,
-                a.1 - b.1
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// CPU milliseconds per operation, nodes and load generator apart.
-fn cpu_split(r: &RunResult) -> String {
-    let per = |s: f64| s * 1000.0 / r.ops.max(1) as f64;
-    format!(
-        "CPU ms each: nodes {:.2} + generator {:.2}",
-        per(r.node_cpu_s),
-        per(r.self_cpu_s)
-    )
-}
 
 /// Creates the bench user, `writers` write-reference users and the benchmark
 /// site; returns the site's secret.
@@ -538,10 +488,10 @@ async fn bench_flows(
     }
     let pids = node_pids(cluster);
     let warmup = Duration::from_secs(args.warmup);
-    let (slices, slice, settle) = slicing(args);
+    let (slices, slice, settle) = slicing(args.seconds, args.slice_ms, args.settle_ms);
     let mut rows = Vec::new();
     for &c in &args.levels {
-        let before = server_times(cluster).await;
+        let before = server_times(cluster, &SERVER_SERIES).await;
         let mut flows = Vec::new();
         let mut writes = Vec::new();
         let mut tally = Tally::default();
@@ -578,7 +528,11 @@ async fn bench_flows(
         }
         eprintln!(
             "  [{c} clients, server side: {}]",
-            server_means(&before, &server_times(cluster).await)
+            server_means(
+                &SERVER_SERIES,
+                &before,
+                &server_times(cluster, &SERVER_SERIES).await
+            )
         );
         tallies.push((format!("ticket issue + redeem, {c} clients"), tally));
         let flows = median(flows);
@@ -592,16 +546,6 @@ async fn bench_flows(
         });
     }
     Ok(rows)
-}
-
-/// Slices per round, slice length and settling time per slice.
-fn slicing(args: &Args) -> (usize, Duration, Duration) {
-    let slices = (args.seconds * 1000).div_ceil(args.slice_ms).max(1) as usize;
-    (
-        slices,
-        Duration::from_millis(args.slice_ms),
-        Duration::from_millis(args.settle_ms),
-    )
 }
 
 /// One row of the sign-in table.
@@ -646,8 +590,8 @@ async fn bench_signins(
     }
     let pids = node_pids(cluster);
     let warmup = Duration::from_secs(args.warmup);
-    let (slices, slice, settle) = slicing(args);
-    let before = server_times(cluster).await;
+    let (slices, slice, settle) = slicing(args.seconds, args.slice_ms, args.settle_ms);
+    let before = server_times(cluster, &SERVER_SERIES).await;
     let mut pure = Vec::new();
     let mut per_level: Vec<Vec<RunResult>> =
         args.signin_levels.iter().map(|_| Vec::new()).collect();
@@ -700,7 +644,11 @@ async fn bench_signins(
     }
     eprintln!(
         "  [server side: {}]",
-        server_means(&before, &server_times(cluster).await)
+        server_means(
+            &SERVER_SERIES,
+            &before,
+            &server_times(cluster, &SERVER_SERIES).await
+        )
     );
     let pure = median(pure);
     let mut rows = Vec::new();
