@@ -20,8 +20,26 @@ use crate::metrics::Metrics;
 
 use super::{Entry, LogId, StorageError, TypeConfig, Vote};
 
-const KEY_VOTE: &[u8] = b"vote";
-const KEY_LAST_PURGED: &[u8] = b"last_purged";
+/// A key of the meta tree together with the type stored under it, so that
+/// a record is always read back as the type it was written as.
+struct MetaKey<T> {
+    key: &'static [u8],
+    _type: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> MetaKey<T> {
+    const fn new(key: &'static [u8]) -> Self {
+        Self {
+            key,
+            _type: std::marker::PhantomData,
+        }
+    }
+}
+
+const VOTE: MetaKey<Vote> = MetaKey::new(b"vote");
+/// Written as `Option<LogId>` since the first release; kept so that data
+/// directories of every release open unchanged.
+const LAST_PURGED: MetaKey<Option<LogId>> = MetaKey::new(b"last_purged");
 
 /// The sled-backed Raft log. Cheap to clone: readers share the trees.
 #[derive(Clone)]
@@ -61,9 +79,12 @@ impl LogStore {
 
     fn get_meta<T: serde::de::DeserializeOwned>(
         &self,
-        key: &[u8],
+        key: &MetaKey<T>,
     ) -> Result<Option<T>, StorageError> {
-        let raw = self.meta.get(key).map_err(|e| StorageIOError::read(&e))?;
+        let raw = self
+            .meta
+            .get(key.key)
+            .map_err(|e| StorageIOError::read(&e))?;
         raw.map(|v| {
             codec::decode_record(&v).map_err(|e| StorageIOError::read(AnyError::new(&e)).into())
         })
@@ -72,13 +93,13 @@ impl LogStore {
 
     async fn put_meta<T: serde::Serialize>(
         &self,
-        key: &[u8],
+        key: &MetaKey<T>,
         value: &T,
     ) -> Result<(), StorageError> {
         let bytes =
             codec::encode_record(value).map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
         self.meta
-            .insert(key, bytes)
+            .insert(key.key, bytes)
             .map_err(|e| StorageIOError::write(&e))?;
         self.db
             .flush_async()
@@ -124,7 +145,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = self.get_meta(KEY_LAST_PURGED)?;
+        let last_purged = self.get_meta(&LAST_PURGED)?.flatten();
         let last = match self.log.last().map_err(|e| StorageIOError::read_logs(&e))? {
             Some((_, v)) => Some(Self::decode_entry(&v)?.log_id),
             None => last_purged,
@@ -140,11 +161,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.put_meta(KEY_VOTE, vote).await
+        self.put_meta(&VOTE, vote).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.get_meta(KEY_VOTE)
+        self.get_meta(&VOTE)
     }
 
     // `save_committed` / `read_committed` keep openraft's no-op defaults: the
@@ -211,7 +232,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Record the purge point first: a crash in between leaves extra entries, never a gap.
-        self.put_meta(KEY_LAST_PURGED, &Some(log_id)).await?;
+        self.put_meta(&LAST_PURGED, &Some(log_id)).await?;
         let mut batch = sled::Batch::default();
         for item in self.log.range(..=index_key(log_id.index)) {
             let (k, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
@@ -243,5 +264,96 @@ fn group_commit(db: sled::Db, rx: mpsc::Receiver<LogFlushed<TypeConfig>>, metric
         for callback in group.drain(..) {
             callback.log_io_completed(result.clone().map_err(std::io::Error::other));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::{Duration, Instant};
+
+    use baa_proto::command::{Command, Op, Proposal};
+    use baa_proto::model::BaaNode;
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, EntryPayload, Membership};
+
+    use super::*;
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    /// One entry of each payload kind, in turn.
+    fn entry(index: u64) -> Entry {
+        let payload = match index % 3 {
+            0 => EntryPayload::Blank,
+            1 => EntryPayload::Normal(Proposal {
+                commands: vec![Command {
+                    request_id: Some(format!("req-{index}")),
+                    time_ms: 1_000 + index,
+                    op: Op::PurgeExpired,
+                }],
+            }),
+            _ => {
+                let node = BaaNode {
+                    public_addr: "127.0.0.1:1".into(),
+                    cluster_addr: "127.0.0.1:2".into(),
+                };
+                EntryPayload::Membership(Membership::new(
+                    vec![BTreeSet::from([1])],
+                    BTreeMap::from([(1, node)]),
+                ))
+            }
+        };
+        Entry {
+            log_id: log_id(2, index),
+            payload,
+        }
+    }
+
+    /// Opens the store at `dir`, waiting for the flusher thread of a store
+    /// dropped just before to release the database's file lock.
+    fn open(dir: &std::path::Path) -> LogStore {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => return LogStore::open(&db, 1, Metrics::new()).unwrap(),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("reopening the log store: {e}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_record_reads_back_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let vote = Vote::new_committed(2, 1);
+        let all: Vec<Entry> = (1..=30).map(entry).collect();
+        {
+            let mut store = open(dir.path());
+            store.save_vote(&Vote::new(1, 3)).await.unwrap();
+            store.save_vote(&vote).await.unwrap();
+            store.blocking_append(all.clone()).await.unwrap();
+            store.truncate(log_id(2, 26)).await.unwrap();
+            store.purge(log_id(2, 10)).await.unwrap();
+        }
+        let mut store = open(dir.path());
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(2, 10)));
+        assert_eq!(state.last_log_id, Some(log_id(2, 25)));
+        assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+        let entries = store.try_get_log_entries(0..100).await.unwrap();
+        assert_eq!(entries, all[10..25].to_vec());
+
+        // Purging everything leaves the purge point as the last log id.
+        store.purge(log_id(2, 25)).await.unwrap();
+        drop(store);
+        let mut store = open(dir.path());
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(2, 25)));
+        assert_eq!(state.last_log_id, Some(log_id(2, 25)));
+        assert!(store.try_get_log_entries(..).await.unwrap().is_empty());
     }
 }
