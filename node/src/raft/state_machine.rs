@@ -8,6 +8,7 @@
 //! the active tree, sent in chunks by openraft and installed into a fresh tree
 //! that replaces the old one with a single pointer update.
 
+use std::collections::BTreeMap;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,13 +29,10 @@ use super::{
 use crate::metrics::Metrics;
 
 mod apply;
+mod keyspace;
 mod sso;
 
-const KEY_APPLIED: &[u8] = b"m/applied";
-const KEY_MEMBERSHIP: &[u8] = b"m/membership";
-const KEY_NEXT_USER_ID: &[u8] = b"m/next_user_id";
-const PREFIX_USER: &[u8] = b"u/";
-const PREFIX_REQUEST: &[u8] = b"r/";
+use keyspace::{KEY_APPLIED, KEY_MEMBERSHIP, PREFIX_REQUEST, PREFIX_USER};
 
 const ROOT_ACTIVE: &[u8] = b"active";
 const ROOT_SEQ: &[u8] = b"seq";
@@ -288,6 +286,19 @@ impl StateReader {
             out.push(codec::decode_record(&v).map_err(sm_read_err)?);
         }
         Ok(out)
+    }
+
+    /// Decodes every record as the type its key family holds (see
+    /// `keyspace`) and counts them by family; the first record that does not
+    /// read back is an error naming it.
+    pub fn check_records(&self) -> Result<BTreeMap<&'static str, usize>, String> {
+        let tree = self.shared.tree();
+        let mut counts = BTreeMap::new();
+        for item in tree.iter() {
+            let (k, v) = item.map_err(|e| e.to_string())?;
+            *counts.entry(keyspace::decode(&k, &v)?).or_insert(0) += 1;
+        }
+        Ok(counts)
     }
 
     /// The applied log index and a SHA-256 digest of every record, taken

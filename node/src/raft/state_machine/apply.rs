@@ -8,7 +8,8 @@ use baa_proto::model::{self, User};
 use baa_proto::ErrorCode;
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{read_tree, user_key, RequestRecord, KEY_NEXT_USER_ID, PREFIX_REQUEST};
+use super::keyspace::{KEY_NEXT_USER_ID, PREFIX_REQUEST};
+use super::{read_tree, user_key, RequestRecord};
 use crate::raft::{sm_read_err, sm_write_err, StorageError};
 
 /// Writes of one apply batch, visible to later entries of the same batch and

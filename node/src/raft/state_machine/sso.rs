@@ -11,28 +11,14 @@ use baa_proto::sso::{
 use baa_proto::ErrorCode;
 
 use super::apply::{invalid, Staged};
-use super::{read_tree, StateReader, PREFIX_USER};
+use super::keyspace::{
+    KEY_CURRENT_KID, PREFIX_DEVICE, PREFIX_FAILURES, PREFIX_FAMILY, PREFIX_KEY, PREFIX_REFRESH,
+    PREFIX_SESSION, PREFIX_SESSION_TOKENS, PREFIX_SITE, PREFIX_TICKET, PREFIX_TOKEN, PREFIX_TRUST,
+    PREFIX_USER, PREFIX_USER_BY_ID, PREFIX_USER_CODE,
+};
+use super::{read_tree, StateReader};
 use crate::raft::{sm_read_err, StorageError};
 use baa_proto::codec;
-
-const PREFIX_SESSION: &[u8] = b"s/";
-const PREFIX_SITE: &[u8] = b"c/";
-const PREFIX_TRUST: &[u8] = b"t/";
-const PREFIX_TICKET: &[u8] = b"k/";
-const PREFIX_TOKEN: &[u8] = b"x/";
-/// Index: session key ++ token hash → ().
-const PREFIX_SESSION_TOKENS: &[u8] = b"X/";
-const PREFIX_KEY: &[u8] = b"K/";
-const PREFIX_FAILURES: &[u8] = b"f/";
-const KEY_CURRENT_KID: &[u8] = b"m/current_kid";
-/// Index: user id → username, to find a session's user.
-const PREFIX_USER_BY_ID: &[u8] = b"U/";
-const PREFIX_REFRESH: &[u8] = b"R/";
-/// Index: family ++ refresh hash → ().
-const PREFIX_FAMILY: &[u8] = b"Q/";
-const PREFIX_DEVICE: &[u8] = b"D/";
-/// Index: normalised user code → device hash.
-const PREFIX_USER_CODE: &[u8] = b"d/";
 
 /// How long a used ticket is kept after expiry, so a late second redemption
 /// still finds it and revokes the first one's tokens.

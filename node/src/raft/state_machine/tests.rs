@@ -193,7 +193,7 @@ mod sso {
         res.into_iter().next().unwrap().into_iter().next().unwrap()
     }
 
-    fn session(key: [u8; 32]) -> Op {
+    pub(super) fn session(key: [u8; 32]) -> Op {
         Op::CreateSession {
             session: Box::new(Session {
                 key,
@@ -214,7 +214,7 @@ mod sso {
         }
     }
 
-    fn ticket(hash: [u8; 32], key: [u8; 32]) -> Op {
+    pub(super) fn ticket(hash: [u8; 32], key: [u8; 32]) -> Op {
         Op::IssueTicket(Box::new(LoginTicket {
             hash,
             session_key: key,
@@ -230,7 +230,7 @@ mod sso {
         }))
     }
 
-    fn redeem(hash: [u8; 32], token: [u8; 32], challenge: &str) -> Op {
+    pub(super) fn redeem(hash: [u8; 32], token: [u8; 32], challenge: &str) -> Op {
         Op::RedeemTicket {
             hash,
             client_id: "shop".into(),
@@ -416,7 +416,7 @@ mod native {
 
     use super::*;
 
-    fn at(hash: [u8; 32]) -> Box<AccessToken> {
+    pub(super) fn at(hash: [u8; 32]) -> Box<AccessToken> {
         Box::new(AccessToken {
             hash,
             session_key: [0; 32],
@@ -429,7 +429,7 @@ mod native {
         })
     }
 
-    fn rt(hash: [u8; 32]) -> Box<RefreshToken> {
+    pub(super) fn rt(hash: [u8; 32]) -> Box<RefreshToken> {
         Box::new(RefreshToken {
             hash,
             family: hash,
@@ -442,7 +442,7 @@ mod native {
         })
     }
 
-    fn at_time(index: u64, time_ms: u64, op: Op) -> Entry {
+    pub(super) fn at_time(index: u64, time_ms: u64, op: Op) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(Proposal {
@@ -569,5 +569,300 @@ mod native {
             "family survived reuse"
         );
         assert!(reader.access_token(&[7; 32]).unwrap().is_none());
+    }
+}
+
+/// Every write path of the state machine, then a close and a reopen: every
+/// record reads back as the type its family holds, and the state is equal.
+mod reopen {
+    use std::collections::BTreeSet;
+
+    use super::native::{at, at_time, rt};
+    use super::sso::{redeem, session, ticket};
+    use super::*;
+    use baa_proto::model::BaaNode;
+    use baa_proto::sso::{
+        secret_hash, AccountName, DeviceGrant, DeviceStatus, LoginParams, SigningKey, Site,
+        ThrottleRule, Trust,
+    };
+
+    /// Index of `op`'s variant. Exhaustive, so a new command cannot be added
+    /// without this test noticing that it does not exercise it.
+    fn variant(op: &Op) -> usize {
+        match op {
+            Op::CreateUser(_) => 0,
+            Op::UpdateUser { .. } => 1,
+            Op::SetUserDisabled { .. } => 2,
+            Op::PurgeRequestResults { .. } => 3,
+            Op::CreateSession { .. } => 4,
+            Op::TouchSession { .. } => 5,
+            Op::RevokeSession { .. } => 6,
+            Op::AddSite(_) => 7,
+            Op::RemoveSite { .. } => 8,
+            Op::SetTrust(_) => 9,
+            Op::RevokeTrust { .. } => 10,
+            Op::IssueTicket(_) => 11,
+            Op::RedeemTicket { .. } => 12,
+            Op::Refresh { .. } => 13,
+            Op::StartDevice(_) => 14,
+            Op::DecideDevice { .. } => 15,
+            Op::PollDevice { .. } => 16,
+            Op::RevokeToken { .. } => 17,
+            Op::RecordSignInFailure { .. } => 18,
+            Op::AddSigningKey { .. } => 19,
+            Op::PurgeExpired => 20,
+        }
+    }
+    const VARIANTS: usize = 21;
+
+    fn site(client_id: &str) -> Op {
+        Op::AddSite(Box::new(Site {
+            client_id: client_id.into(),
+            name: client_id.into(),
+            redirect_uris: vec!["https://shop.example/cb".into()],
+            post_logout_redirect_uris: vec![],
+            secret_hash: Some(secret_hash(b"secret")),
+            backchannel_logout_uri: None,
+            allowed_scopes: vec!["openid".into()],
+            created_ms: 0,
+        }))
+    }
+
+    fn trust(client_id: &str) -> Op {
+        Op::SetTrust(Box::new(Trust {
+            user_id: 1,
+            client_id: client_id.into(),
+            scopes: vec!["openid".into()],
+            params: LoginParams {
+                account_name: AccountName::Username,
+                share_name: true,
+                share_email: false,
+            },
+            created_ms: 0,
+            updated_ms: 0,
+        }))
+    }
+
+    fn signing_key(kid: &str) -> Op {
+        Op::AddSigningKey {
+            key: Box::new(SigningKey {
+                kid: kid.into(),
+                private_der: vec![1, 2, 3],
+                n: vec![4, 5],
+                e: vec![1, 0, 1],
+                created_ms: 0,
+                retired_ms: None,
+                publish_until_ms: None,
+            }),
+            publish_old_for_ms: 3_600_000,
+        }
+    }
+
+    /// The ops of every write path, each expected to succeed, in an order
+    /// in which each one's preconditions hold.
+    fn every_write() -> Vec<Op> {
+        let key = secret_hash(b"session");
+        let other = secret_hash(b"other session");
+        let code = secret_hash(b"code");
+        let challenge = "c".repeat(43);
+        let device = DeviceGrant {
+            device_hash: [9; 32],
+            user_code: "BCDFGHJK".into(),
+            client_id: "cli".into(),
+            scopes: vec!["openid".into(), "offline_access".into()],
+            issued_ms: 0,
+            expires_ms: 600_000,
+            interval_s: 5,
+            last_poll_ms: 0,
+            status: DeviceStatus::Pending,
+        };
+        vec![
+            create("alice"),
+            set_attr("alice", "k", "v"),
+            Op::SetUserDisabled {
+                username: "alice".into(),
+                disabled: false,
+            },
+            site("shop"),
+            site("news"),
+            session(key),
+            Op::TouchSession { key },
+            trust("shop"),
+            trust("news"),
+            Op::RevokeTrust {
+                user_id: 1,
+                client_id: "news".into(),
+            },
+            Op::RemoveSite {
+                client_id: "news".into(),
+            },
+            ticket(code, key),
+            redeem(code, [2; 32], &challenge),
+            Op::StartDevice(Box::new(device)),
+            Op::DecideDevice {
+                user_code: "BCDFGHJK".into(),
+                session_key: key,
+                approve: true,
+            },
+            Op::PollDevice {
+                device_hash: [9; 32],
+                client_id: "cli".into(),
+                token: at([3; 32]),
+                refresh: Some(rt([4; 32])),
+            },
+            Op::Refresh {
+                hash: [4; 32],
+                client_id: "cli".into(),
+                token: at([5; 32]),
+                refresh: rt([6; 32]),
+            },
+            Op::RevokeToken { hash: [3; 32] },
+            Op::RecordSignInFailure {
+                account: secret_hash(b"mallory"),
+                source: "10.0.0.9".into(),
+                rule: ThrottleRule {
+                    window_ms: 60_000,
+                    max_account_failures: 5,
+                    max_source_failures: 50,
+                    lockout_ms: 60_000,
+                },
+            },
+            signing_key("k1"),
+            signing_key("k2"),
+            session(other),
+            Op::RevokeSession { key: other },
+            Op::PurgeRequestResults { before_ms: 0 },
+            Op::PurgeExpired,
+        ]
+    }
+
+    fn membership(index: u64) -> Entry {
+        let node = BaaNode {
+            public_addr: "127.0.0.1:1".into(),
+            cluster_addr: "127.0.0.1:2".into(),
+        };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Membership(openraft::Membership::new(
+                vec![BTreeSet::from([1])],
+                std::collections::BTreeMap::from([(1, node)]),
+            )),
+        }
+    }
+
+    /// Applies every write path, one entry each (with a request id on every
+    /// other one), plus a membership and a blank entry; returns the next index.
+    async fn apply_everything(sm: &mut StateMachineStore) -> u64 {
+        let ops = every_write();
+        let seen: BTreeSet<usize> = ops.iter().map(variant).collect();
+        assert_eq!(seen, (0..VARIANTS).collect(), "a write path is missing");
+        sm.apply(vec![membership(1)]).await.unwrap();
+        let mut index = 2;
+        for op in ops {
+            let mut e = at_time(index, 10_000 + index * 1_000, op);
+            if let EntryPayload::Normal(p) = &mut e.payload {
+                p.commands[0].request_id = (index % 2 == 0).then(|| format!("req-{index}"));
+            }
+            let res = sm.apply(vec![e]).await.unwrap();
+            assert!(res[0][0].is_ok(), "entry {index}: {res:?}");
+            index += 1;
+        }
+        sm.apply(vec![Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }])
+        .await
+        .unwrap();
+        index + 1
+    }
+
+    /// Everything a restarted node reads back from its state machine.
+    async fn observe(
+        sm: &mut StateMachineStore,
+    ) -> (
+        Option<crate::raft::LogId>,
+        StoredMembership,
+        (Option<u64>, String),
+        Option<SnapshotMeta>,
+        std::collections::BTreeMap<&'static str, usize>,
+    ) {
+        let (applied, membership) = sm.applied_state().await.unwrap();
+        let snapshot = sm.get_current_snapshot().await.unwrap().map(|s| s.meta);
+        (
+            applied,
+            membership,
+            sm.reader().digest().unwrap(),
+            snapshot,
+            sm.reader().check_records().unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn every_record_reads_back_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (before, snapshot) = {
+            let (db, mut sm) = store(dir.path());
+            let next = apply_everything(&mut sm).await;
+            let snapshot = sm
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap()
+                .meta;
+            // Writes after the snapshot are on disk too, not only in it.
+            sm.apply(vec![entry(next, Some("req-last"), create("bob"))])
+                .await
+                .unwrap();
+            db.flush().unwrap();
+            (observe(&mut sm).await, snapshot)
+        };
+        let families: BTreeSet<&str> = before.4.keys().copied().collect();
+        let all: BTreeSet<&str> = [
+            "applied",
+            "membership",
+            "next_user_id",
+            "current_kid",
+            "user",
+            "user_by_id",
+            "request",
+            "session",
+            "site",
+            "trust",
+            "ticket",
+            "access_token",
+            "session_tokens",
+            "signing_key",
+            "failures",
+            "refresh_token",
+            "family",
+            "device",
+            "user_code",
+        ]
+        .into();
+        assert_eq!(families, all, "every key family is written");
+        assert_eq!(before.3.as_ref(), Some(&snapshot));
+
+        let (_db, mut sm) = store(dir.path());
+        assert_eq!(observe(&mut sm).await, before);
+
+        // A node that installs that snapshot and applies on reopens equal too.
+        let other = tempfile::tempdir().unwrap();
+        let expected = {
+            let (db, mut b) = store(other.path());
+            let snap = sm.get_current_snapshot().await.unwrap().unwrap();
+            let mut incoming = b.begin_receiving_snapshot().await.unwrap();
+            let mut src = *snap.snapshot;
+            tokio::io::copy(&mut src, &mut *incoming).await.unwrap();
+            b.install_snapshot(&snap.meta, incoming).await.unwrap();
+            let next = snap.meta.last_log_id.unwrap().index + 1;
+            b.apply(vec![entry(next, None, create("carol"))])
+                .await
+                .unwrap();
+            db.flush().unwrap();
+            observe(&mut b).await
+        };
+        let (_db, mut b) = store(other.path());
+        assert_eq!(observe(&mut b).await, expected);
     }
 }

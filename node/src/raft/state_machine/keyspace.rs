@@ -1,0 +1,88 @@
+//! Every key of the state machine's tree, in one table: what each prefix
+//! holds and the type its values are encoded as. Keys are a one- or
+//! two-byte family prefix followed by the record's own key; the families are
+//! disjoint, so a scan of one prefix never sees another family's records.
+
+use baa_proto::codec;
+use baa_proto::model::User;
+use baa_proto::sso::{
+    AccessToken, DeviceGrant, Failures, LoginTicket, RefreshToken, SecretHash, Session, SigningKey,
+    Site, Trust,
+};
+
+use super::RequestRecord;
+use crate::raft::{LogId, StoredMembership};
+
+/// The log id of the last applied entry: `Option<LogId>`.
+pub(super) const KEY_APPLIED: &[u8] = b"m/applied";
+/// The last applied membership: `StoredMembership`.
+pub(super) const KEY_MEMBERSHIP: &[u8] = b"m/membership";
+/// The id the next created user gets: `u64`.
+pub(super) const KEY_NEXT_USER_ID: &[u8] = b"m/next_user_id";
+/// The key id of the current signing key: `String`.
+pub(super) const KEY_CURRENT_KID: &[u8] = b"m/current_kid";
+/// username → `User`.
+pub(super) const PREFIX_USER: &[u8] = b"u/";
+/// user id (big-endian) → username (`String`), to find a session's user.
+pub(super) const PREFIX_USER_BY_ID: &[u8] = b"U/";
+/// request id → `RequestRecord`, the first result of a command that carried it.
+pub(super) const PREFIX_REQUEST: &[u8] = b"r/";
+/// session key (hash of the cookie secret) → `Session`.
+pub(super) const PREFIX_SESSION: &[u8] = b"s/";
+/// client id → `Site`.
+pub(super) const PREFIX_SITE: &[u8] = b"c/";
+/// user id (big-endian) ++ client id → `Trust`.
+pub(super) const PREFIX_TRUST: &[u8] = b"t/";
+/// ticket hash → `LoginTicket`.
+pub(super) const PREFIX_TICKET: &[u8] = b"k/";
+/// access-token hash → `AccessToken`.
+pub(super) const PREFIX_TOKEN: &[u8] = b"x/";
+/// Index: session key ++ access-token hash → `()`.
+pub(super) const PREFIX_SESSION_TOKENS: &[u8] = b"X/";
+/// key id → `SigningKey`.
+pub(super) const PREFIX_KEY: &[u8] = b"K/";
+/// throttle subject → `Failures`.
+pub(super) const PREFIX_FAILURES: &[u8] = b"f/";
+/// refresh-token hash → `RefreshToken`.
+pub(super) const PREFIX_REFRESH: &[u8] = b"R/";
+/// Index: family ++ refresh-token hash → `()`.
+pub(super) const PREFIX_FAMILY: &[u8] = b"Q/";
+/// device-code hash → `DeviceGrant`.
+pub(super) const PREFIX_DEVICE: &[u8] = b"D/";
+/// Index: normalised user code → device-code hash (`SecretHash`).
+pub(super) const PREFIX_USER_CODE: &[u8] = b"d/";
+
+/// Decodes `value` as the type its key's family holds and returns the
+/// family's name: a check that every record on disk reads back.
+pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
+    fn as_<T: serde::de::DeserializeOwned>(
+        name: &'static str,
+        value: &[u8],
+    ) -> Result<&'static str, String> {
+        codec::decode_record::<T>(value)
+            .map(|_| name)
+            .map_err(|e| format!("{name}: {e}"))
+    }
+    match key {
+        KEY_APPLIED => as_::<Option<LogId>>("applied", value),
+        KEY_MEMBERSHIP => as_::<StoredMembership>("membership", value),
+        KEY_NEXT_USER_ID => as_::<u64>("next_user_id", value),
+        KEY_CURRENT_KID => as_::<String>("current_kid", value),
+        k if k.starts_with(PREFIX_USER) => as_::<User>("user", value),
+        k if k.starts_with(PREFIX_USER_BY_ID) => as_::<String>("user_by_id", value),
+        k if k.starts_with(PREFIX_REQUEST) => as_::<RequestRecord>("request", value),
+        k if k.starts_with(PREFIX_SESSION) => as_::<Session>("session", value),
+        k if k.starts_with(PREFIX_SITE) => as_::<Site>("site", value),
+        k if k.starts_with(PREFIX_TRUST) => as_::<Trust>("trust", value),
+        k if k.starts_with(PREFIX_TICKET) => as_::<LoginTicket>("ticket", value),
+        k if k.starts_with(PREFIX_TOKEN) => as_::<AccessToken>("access_token", value),
+        k if k.starts_with(PREFIX_SESSION_TOKENS) => as_::<()>("session_tokens", value),
+        k if k.starts_with(PREFIX_KEY) => as_::<SigningKey>("signing_key", value),
+        k if k.starts_with(PREFIX_FAILURES) => as_::<Failures>("failures", value),
+        k if k.starts_with(PREFIX_REFRESH) => as_::<RefreshToken>("refresh_token", value),
+        k if k.starts_with(PREFIX_FAMILY) => as_::<()>("family", value),
+        k if k.starts_with(PREFIX_DEVICE) => as_::<DeviceGrant>("device", value),
+        k if k.starts_with(PREFIX_USER_CODE) => as_::<SecretHash>("user_code", value),
+        k => Err(format!("no family for key {}", String::from_utf8_lossy(k))),
+    }
+}
