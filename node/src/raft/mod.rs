@@ -8,6 +8,9 @@ pub mod read_index;
 pub mod rpc;
 pub mod state_machine;
 
+#[cfg(test)]
+mod compat_tests;
+
 use baa_proto::command::{CommandResult, Proposal};
 use baa_proto::model::{BaaNode, NodeId};
 
