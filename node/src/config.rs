@@ -518,6 +518,17 @@ impl Config {
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.raft.write_timeout_ms)
     }
+
+    /// The bound on one forwarding of writes to the leader: about one
+    /// election timeout, so a write sent to a follower moves on to a new
+    /// leader when the old one stops answering, long before `write_timeout`.
+    pub fn forward_attempt_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.raft
+                .election_timeout_max_ms
+                .min(self.raft.write_timeout_ms),
+        )
+    }
 }
 
 #[cfg(test)]

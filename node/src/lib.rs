@@ -144,6 +144,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             raft.clone(),
             cluster.clone(),
             config.write_timeout(),
+            config.forward_attempt_timeout(),
         ),
         reads: raft::read_index::ReadRounds::start(
             config.node_id,

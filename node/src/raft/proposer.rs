@@ -51,13 +51,23 @@ struct Context {
     id: NodeId,
     raft: Raft,
     cluster: Arc<ClusterClient>,
+    /// Bounds one proposal on the leader.
     timeout: Duration,
+    /// Bounds one forwarding call to the leader.
+    forward_timeout: Duration,
 }
 
 impl Proposer {
     /// Starts the proposer task of node `id`. `timeout` bounds one group's
-    /// proposal or forwarding call.
-    pub fn start(id: NodeId, raft: Raft, cluster: Arc<ClusterClient>, timeout: Duration) -> Self {
+    /// proposal on the leader, `forward_timeout` one forwarding call from a
+    /// follower (which also ends as soon as this node sees the leader change).
+    pub fn start(
+        id: NodeId,
+        raft: Raft,
+        cluster: Arc<ClusterClient>,
+        timeout: Duration,
+        forward_timeout: Duration,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(
             Context {
@@ -65,6 +75,7 @@ impl Proposer {
                 raft,
                 cluster,
                 timeout,
+                forward_timeout,
             },
             rx,
         ));
@@ -111,7 +122,7 @@ async fn dispatch(ctx: &Context, group: Vec<Pending>) {
     let leader = super::known_leader(&ctx.raft);
     let outcome = match leader {
         Some((l, _)) if l == ctx.id => propose(&ctx.raft, commands, ctx.timeout).await,
-        Some((_, Some(node))) => forward(ctx, &node, commands).await,
+        Some((l, Some(node))) => forward(ctx, l, &node, commands).await,
         _ => Err(Attempt::Retry(NodeError::NoLeader)),
     };
     match outcome {
@@ -142,6 +153,20 @@ async fn dispatch(ctx: &Context, group: Vec<Pending>) {
     }
 }
 
+/// Resolves when this node's view of the leader is no longer `leader`.
+async fn leader_changed(raft: &Raft, leader: NodeId) {
+    let mut metrics = raft.metrics();
+    loop {
+        if metrics.borrow_and_update().current_leader != Some(leader) {
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            // Raft has stopped: the forwarding call's own timeout ends it.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Proposes `commands` as one entry on this node, which must be the leader.
 pub async fn propose(
     raft: &Raft,
@@ -161,20 +186,31 @@ pub async fn propose(
     }
 }
 
+/// Sends `commands` to `leader` in one call. The call is abandoned (and
+/// the writes retried under the same request ids) when it takes longer than
+/// the forwarding timeout or when this node sees another leader (or none):
+/// a paused leader must not hold writes once the others have moved on. A
+/// leader that applied them before going quiet answers the retry with the
+/// remembered results.
 async fn forward(
     ctx: &Context,
+    leader_id: NodeId,
     leader: &BaaNode,
     commands: Vec<Command>,
 ) -> Result<Vec<CommandResult>, Attempt> {
-    let reply: Result<ForwardedWriteReply, _> = ctx
-        .cluster
-        .call(
-            &leader.cluster_addr,
-            "/cluster/v1/write",
-            &ForwardedWrite { commands },
-            ctx.timeout,
-        )
-        .await;
+    let request = ForwardedWrite { commands };
+    let call = ctx.cluster.call::<_, ForwardedWriteReply>(
+        &leader.cluster_addr,
+        "/cluster/v1/write",
+        &request,
+        ctx.forward_timeout,
+    );
+    let reply = tokio::select! {
+        reply = call => reply,
+        () = leader_changed(&ctx.raft, leader_id) => {
+            return Err(Attempt::Retry(NodeError::NoLeader));
+        }
+    };
     match reply {
         Ok(Ok(results)) => Ok(results),
         Ok(Err(ForwardError::NotLeader { .. })) => Err(Attempt::Retry(NodeError::NoLeader)),
