@@ -1,6 +1,7 @@
 //! Acceptance 8: `baa demo` starts a working cluster and its two partner
 //! sites, names a demo user and password, stops every child on SIGINT, and
-//! keeps its data across runs.
+//! keeps its data across runs, also after every node has purged its log; a
+//! node that exits takes the demo down with the end of its log on screen.
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -210,6 +211,54 @@ impl Demo {
         }
     }
 
+    /// Writes through every node until every node has purged its Raft log
+    /// (more writes than one snapshot threshold of the demo's default
+    /// configuration); returns the number of acknowledged writes. Each
+    /// writer overwrites one attribute of its own user, so every write costs
+    /// the same.
+    async fn write_until_purged(&self, users: &[String]) -> u64 {
+        let purged = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = users
+            .iter()
+            .enumerate()
+            .map(|(c, user)| {
+                let admin = self.admin(c % self.urls.len());
+                let (user, purged) = (user.clone(), purged.clone());
+                tokio::spawn(async move {
+                    let mut acked = 0u64;
+                    while !purged.load(std::sync::atomic::Ordering::Relaxed) {
+                        let value = acked.to_string();
+                        let rid = format!("{user}-{value}");
+                        match admin.set_attribute(&user, "n", &value, Some(&rid)).await {
+                            Ok(_) => acked += 1,
+                            Err(e) if e.is_retryable() => {}
+                            Err(e) => panic!("write {rid}: {e}"),
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        for i in 0..self.urls.len() {
+            let admin = self.admin(i);
+            poll_until(
+                Duration::from_secs(600),
+                &format!("demo node {} purged its log", i + 1),
+                || async {
+                    let s = admin.status().await.ok()?;
+                    s.purged_index.is_some().then_some(())
+                },
+            )
+            .await;
+        }
+        purged.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = 0;
+        for w in writers {
+            total += w.await.expect("writer task");
+        }
+        total
+    }
+
     /// Records the demo's children; returns the `baa serve` ones and the
     /// `baa partner-site` ones.
     fn record_children(&mut self) -> (Vec<u32>, Vec<u32>) {
@@ -333,6 +382,25 @@ async fn demo_runs_stops_cleanly_and_keeps_data() {
         )
         .await
         .expect("create a user through the demo");
+    let writers: Vec<String> = (0..3).map(|c| format!("demo-load-{c}")).collect();
+    for (i, user) in writers.iter().enumerate() {
+        demo.admin(i)
+            .create_user(
+                &CreateUserRequest {
+                    username: user.clone(),
+                    ..Default::default()
+                },
+                Some(&format!("demo-create-{user}")),
+            )
+            .await
+            .expect("create a writer's user");
+    }
+    let started = std::time::Instant::now();
+    let writes = demo.write_until_purged(&writers).await;
+    println!(
+        "{writes} writes in {} s until every demo node had purged its log",
+        started.elapsed().as_secs()
+    );
     demo.interrupt(&dir_s).await;
 
     // Second run on the same directory: the user is still there, the sites
@@ -367,4 +435,49 @@ async fn demo_runs_stops_cleanly_and_keeps_data() {
         "the demo log mentions a panic:\n{}",
         tail(&log, 40)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_shows_the_end_of_the_log_of_a_node_that_exits() {
+    let tmp = tempfile::Builder::new()
+        .prefix("baa-demo-test-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path().join("demo");
+    let log = tmp.path().join("demo.log");
+    let mut demo = start_demo(&dir, free_base_port(), &log).await;
+    demo.all_ready().await;
+    let (nodes, _) = demo.record_children();
+    assert_eq!(nodes.len(), NODES as usize, "baa serve children: {nodes:?}");
+
+    // Which child is node 2: the one whose command line names its config.
+    let node2 = nodes
+        .iter()
+        .copied()
+        .find(|&pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("node2.toml"))
+        })
+        .expect("the process of node 2");
+    signal(node2, libc::SIGKILL);
+    let status = tokio::time::timeout(Duration::from_secs(60), demo.child.wait())
+        .await
+        .expect("baa demo did not exit within 60 s of a node's death")
+        .unwrap();
+    assert!(!status.success(), "baa demo exit status: {status}");
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    let node_log = std::fs::read_to_string(dir.join("node2.log")).unwrap();
+    let last = node_log.lines().last().expect("node 2 logged something");
+    assert!(
+        stderr.contains("node 2 exited") && stderr.contains(last),
+        "the demo's error does not show the end of node 2's log:\n{stderr}"
+    );
+    let survivors: Vec<u32> = demo
+        .children
+        .iter()
+        .copied()
+        .filter(|&p| is_alive(p))
+        .collect();
+    assert!(survivors.is_empty(), "children survived: {survivors:?}");
+    demo.children.clear();
 }

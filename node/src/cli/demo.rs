@@ -109,23 +109,33 @@ impl DemoSite {
     }
 }
 
-/// The children, by name; dropping it stops them.
-struct Children(Vec<(String, Child)>);
+/// One supervised child process and the file its output goes to.
+struct Supervised {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+/// The children; dropping it stops them.
+struct Children(Vec<Supervised>);
+
+/// Lines of a child's log shown when it exits, so the cause is on the screen.
+const EXIT_LOG_LINES: usize = 20;
 
 impl Children {
     fn stop(&mut self) {
-        for (_, c) in &self.0 {
+        for s in &self.0 {
             // SIGTERM lets each child stop its listeners and flush.
-            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+            unsafe { libc::kill(s.child.id() as libc::pid_t, libc::SIGTERM) };
         }
         let deadline = Instant::now() + Duration::from_secs(15);
-        for (_, c) in &mut self.0 {
+        for s in &mut self.0 {
             loop {
-                match c.try_wait() {
+                match s.child.try_wait() {
                     Ok(Some(_)) | Err(_) => break,
                     Ok(None) if Instant::now() > deadline => {
-                        let _ = c.kill();
-                        let _ = c.wait();
+                        let _ = s.child.kill();
+                        let _ = s.child.wait();
                         break;
                     }
                     Ok(None) => std::thread::sleep(Duration::from_millis(50)),
@@ -143,14 +153,14 @@ impl Children {
         mut cmd: std::process::Command,
         log: &Path,
     ) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .with_context(|| format!("opening {}", log.display()))?;
         cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+            .stdout(file.try_clone()?)
+            .stderr(file);
         unsafe {
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
@@ -158,18 +168,44 @@ impl Children {
             });
         }
         let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
-        self.0.push((name, child));
+        self.0.push(Supervised {
+            name,
+            child,
+            log: log.to_path_buf(),
+        });
         Ok(())
     }
 
-    /// An error naming the first child that has exited.
+    /// An error naming the first child that has exited, with the last lines
+    /// of its log.
     fn check(&mut self) -> anyhow::Result<()> {
-        for (name, c) in &mut self.0 {
-            if let Some(status) = c.try_wait()? {
-                anyhow::bail!("{name} exited ({status})");
+        for s in &mut self.0 {
+            if let Some(status) = s.child.try_wait()? {
+                anyhow::bail!(
+                    "{} exited ({status}); the last lines of {}:\n{}",
+                    s.name,
+                    s.log.display(),
+                    last_lines(&s.log, EXIT_LOG_LINES)
+                );
             }
         }
         Ok(())
+    }
+}
+
+/// The last `n` lines of the file at `path`, indented (or why there are none).
+fn last_lines(path: &Path, n: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(n)..]
+                .iter()
+                .map(|l| format!("    {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+        Err(e) => format!("    (cannot read it: {e})"),
     }
 }
 
@@ -589,20 +625,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut watch = tokio::time::interval(Duration::from_millis(500));
-    loop {
+    let outcome = loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = term.recv() => break Ok(()),
             _ = watch.tick() => {
                 if let Err(e) = children.check() {
-                    eprintln!("baa demo: {e:#}; stopping");
-                    break;
+                    break Err(e);
                 }
             }
         }
-    }
+    };
     println!("baa demo: stopping nodes and sites");
     children.stop();
     println!("baa demo: stopped");
-    Ok(())
+    outcome
 }
