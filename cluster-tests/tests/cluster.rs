@@ -12,6 +12,7 @@ mod cluster {
     mod native_cli;
     mod public_port;
     mod replication;
+    mod restarts;
     mod sso_browser;
     mod sso_protocol;
     mod support;
