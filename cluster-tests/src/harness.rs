@@ -115,9 +115,11 @@ struct NodeConfig {
 
 #[derive(Serialize)]
 struct TlsConfig {
-    ca_cert: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    cluster_ca: PathBuf,
+    cluster_cert: PathBuf,
+    cluster_key: PathBuf,
 }
 
 #[derive(Serialize)]
@@ -419,13 +421,60 @@ impl Cluster {
     pub fn issuer(&self) -> String {
         self.agency_url(1)
     }
-    /// The node's certificate and key as one PEM (it is also a client certificate).
+    /// The node's cluster certificate and key as one PEM (its identity on the cluster port).
     pub fn node_identity_pem(&self, id: NodeId) -> Vec<u8> {
         let pki = self.pki_dir();
         client::identity_pem(
-            &pki.join(format!("node{id}.pem")),
-            &pki.join(format!("node{id}.key")),
+            &pki.join(format!("node{id}-cluster.pem")),
+            &pki.join(format!("node{id}-cluster.key")),
         )
+    }
+    /// The CA that signs the certificates of the cluster port (nodes only).
+    pub fn cluster_ca_pem(&self) -> PathBuf {
+        self.pki_dir().join("cluster-ca.pem")
+    }
+    /// Issues a certificate for partner site `name` at `host`, as the demo does;
+    /// returns it with its key as one PEM.
+    pub async fn issue_site_identity(&self, name: &str, host: &str) -> Vec<u8> {
+        let pki = self.pki_dir();
+        run_baa(
+            &self.bin,
+            &[
+                "pki",
+                "issue",
+                "--dir",
+                path_str(&pki),
+                "--name",
+                name,
+                "--san",
+                host,
+            ],
+        )
+        .await
+        .assert_success("baa pki issue (site)");
+        client::identity_pem(
+            &pki.join(format!("{name}.pem")),
+            &pki.join(format!("{name}.key")),
+        )
+    }
+    /// Issues a node certificate for node `id` (which need not be a member);
+    /// returns its cluster identity as one PEM.
+    pub async fn issue_node_identity(&self, id: NodeId) -> Vec<u8> {
+        let pki = self.pki_dir();
+        run_baa(
+            &self.bin,
+            &[
+                "pki",
+                "issue",
+                "--dir",
+                path_str(&pki),
+                "--node",
+                &id.to_string(),
+            ],
+        )
+        .await
+        .assert_success("baa pki issue (node)");
+        self.node_identity_pem(id)
     }
     /// An admin client of node `id`.
     pub fn admin(&self, id: NodeId) -> AdminClient {
@@ -505,9 +554,11 @@ impl Cluster {
             log_format: "text".into(),
             log_level: o.log_level.clone(),
             tls: TlsConfig {
-                ca_cert: pki.join("ca.pem"),
                 cert: pki.join(format!("node{id}.pem")),
                 key: pki.join(format!("node{id}.key")),
+                cluster_ca: pki.join("cluster-ca.pem"),
+                cluster_cert: pki.join(format!("node{id}-cluster.pem")),
+                cluster_key: pki.join(format!("node{id}-cluster.key")),
             },
             raft: RaftConfig {
                 heartbeat_interval_ms: o.heartbeat_interval_ms,
@@ -523,6 +574,11 @@ impl Cluster {
                 t.insert("agency".into(), AGENCY_NAME.into());
                 t.insert("issuer".into(), self.issuer().into());
                 t.insert("cookie_domain".into(), COOKIE_DOMAIN.into());
+                // Partner sites and upstreams get certificates of the web CA.
+                t.insert(
+                    "partner_ca_file".into(),
+                    path_str(&pki.join("ca.pem")).into(),
+                );
                 for (k, v) in &o.sso {
                     t.insert(k.clone(), v.clone());
                 }
@@ -650,7 +706,6 @@ impl Cluster {
     /// it and waits for `/healthz`. It is not a member until joined.
     pub async fn add_node(&mut self, id: NodeId) {
         assert!(!self.nodes.contains_key(&id), "node {id} exists");
-        let name = format!("node{id}");
         let pki = self.pki_dir();
         run_baa(
             &self.bin,
@@ -659,8 +714,8 @@ impl Cluster {
                 "issue",
                 "--dir",
                 path_str(&pki),
-                "--name",
-                &name,
+                "--node",
+                &id.to_string(),
                 "--san",
                 AGENCY_HOST,
             ],
@@ -919,9 +974,11 @@ mod tests {
             log_format: "text".into(),
             log_level: "info".into(),
             tls: TlsConfig {
-                ca_cert: "/p/ca.pem".into(),
                 cert: "/p/node1.pem".into(),
                 key: "/p/node1.key".into(),
+                cluster_ca: "/p/cluster-ca.pem".into(),
+                cluster_cert: "/p/node1-cluster.pem".into(),
+                cluster_key: "/p/node1-cluster.key".into(),
             },
             raft: RaftConfig {
                 heartbeat_interval_ms: None,
@@ -946,6 +1003,6 @@ mod tests {
         assert_eq!(v["raft"]["snapshot_after_logs"].as_integer(), Some(200));
         assert!(v["raft"].get("logs_to_keep").is_none());
         assert_eq!(v["peers"][0]["id"].as_integer(), Some(2));
-        assert_eq!(v["tls"]["ca_cert"].as_str(), Some("/p/ca.pem"));
+        assert_eq!(v["tls"]["cluster_ca"].as_str(), Some("/p/cluster-ca.pem"));
     }
 }

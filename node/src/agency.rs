@@ -70,6 +70,16 @@ impl Agency {
         crate::raft::known_leader(&self.raft)
     }
 
+    /// Whether node `id` may speak on this node's cluster port: it is in the
+    /// membership (voter or learner), or this node has no membership yet (a
+    /// node being added first hears from the leader before it knows anyone).
+    pub fn admits_peer(&self, id: NodeId) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        membership.nodes().next().is_none() || membership.get_node(&id).is_some()
+    }
+
     /// Replicates `op` and returns its outcome. Any node accepts writes; a
     /// follower forwards to the leader. Retries across leader changes until the
     /// configured deadline, under one request id so nothing is applied twice.

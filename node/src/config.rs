@@ -182,8 +182,9 @@ pub struct SsoConfig {
     pub max_source_failures: u32,
     /// How long a lock lasts, in seconds.
     pub lockout_s: u64,
-    /// Extra PEM roots for calls to partner sites (back-channel logout).
-    /// The agency's own CA is always trusted.
+    /// PEM roots trusted for calls to partner sites (back-channel logout) and
+    /// gateway upstreams over HTTPS. Without it such calls fail: the cluster
+    /// CA is never trusted for them.
     pub partner_ca_file: Option<PathBuf>,
     /// A session used by an app through its token has its use recorded (its
     /// idle expiry slid) at most once per this many seconds.
@@ -231,16 +232,28 @@ fn default_log_level() -> String {
     "info".into()
 }
 
-/// Paths of the PEM files this node uses.
+/// Paths of the PEM files this node uses. The public listener and the
+/// cluster port have separate certificates from separate CAs: the cluster CA
+/// must issue node certificates and nothing else (README, "Security model").
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
-    /// The agency CA; peers' client certificates must chain to it.
-    pub ca_cert: PathBuf,
-    /// This node's certificate, used on both listeners and as client certificate.
+    /// Certificate (chain) of the public listener, naming the agency's host.
     pub cert: PathBuf,
-    /// This node's private key.
+    /// Private key of the public listener.
     pub key: PathBuf,
+    /// The cluster CA: peers' certificates on the cluster port must chain to
+    /// it. It must sign nothing but node certificates.
+    pub cluster_ca: PathBuf,
+    /// This node's cluster certificate (`CN=node<id>`, server and client
+    /// authentication), from the cluster CA.
+    pub cluster_cert: PathBuf,
+    /// This node's cluster key.
+    pub cluster_key: PathBuf,
+    /// Replaced by `cluster_ca` (one CA for everything let any certificate it
+    /// signed into the cluster); only read to say so.
+    #[serde(default, skip_serializing)]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// Raft timing and log compaction.
@@ -480,6 +493,12 @@ impl Config {
             issuer.starts_with("https://") && !issuer.contains(['?', '#']),
             "sso.issuer must be an https URL without query or fragment"
         );
+        anyhow::ensure!(
+            f.tls.ca_cert.is_none(),
+            "tls.ca_cert is no longer read: the cluster port takes its own CA, which must issue \
+             node certificates only (tls.cluster_ca, tls.cluster_cert, tls.cluster_key; \
+             `baa pki init` makes both CAs). See README, \"Security model\""
+        );
         validate_gateway(&f.gateway)?;
         let mut sso = f.sso.clone();
         sso.partner_ca_file = sso.partner_ca_file.as_deref().map(abs);
@@ -501,9 +520,12 @@ impl Config {
             log_format: f.log_format,
             log_level: f.log_level,
             tls: TlsFiles {
-                ca_cert: abs(&f.tls.ca_cert),
                 cert: abs(&f.tls.cert),
                 key: abs(&f.tls.key),
+                cluster_ca: abs(&f.tls.cluster_ca),
+                cluster_cert: abs(&f.tls.cluster_cert),
+                cluster_key: abs(&f.tls.cluster_key),
+                ca_cert: None,
             },
             raft: f.raft,
             limits: f.limits,
@@ -542,9 +564,11 @@ mod tests {
         cluster_listen = "127.0.0.1:9441"
         admin_token = "0123456789abcdef0123"
         [tls]
-        ca_cert = "pki/ca.pem"
         cert = "pki/node1.pem"
         key = "pki/node1.key"
+        cluster_ca = "pki/cluster-ca.pem"
+        cluster_cert = "pki/node1-cluster.pem"
+        cluster_key = "pki/node1-cluster.key"
     "#;
 
     #[test]
@@ -570,6 +594,14 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Config::from_file(f, o, Path::new("/")).unwrap().node_id, 7);
+    }
+
+    #[test]
+    fn one_ca_for_everything_is_refused_with_a_pointer() {
+        let text = MINIMAL.replace("[tls]", "[tls]\nca_cert = \"pki/ca.pem\"");
+        let f: FileConfig = toml::from_str(&text).unwrap();
+        let e = Config::from_file(f, Overrides::default(), Path::new("/")).unwrap_err();
+        assert!(e.to_string().contains("tls.cluster_ca"), "{e}");
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub enum NodeError {
     /// Missing or wrong credential.
     #[error("a valid admin credential is required")]
     Unauthorized,
+    /// A cluster-port peer whose certificate names no current member.
+    #[error("the client certificate does not name a current member of this cluster")]
+    NotAMember,
     /// No such route.
     #[error("no such endpoint")]
     NotFound,
@@ -73,6 +76,7 @@ impl NodeError {
         match self {
             NodeError::BadRequest { code, .. } => *code,
             NodeError::Unauthorized => ErrorCode::Unauthorized,
+            NodeError::NotAMember => ErrorCode::NotAMember,
             NodeError::NotFound => ErrorCode::NotFound,
             NodeError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             NodeError::Apply(e) => e.code,

@@ -110,10 +110,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let keys = keys::KeyRing::new(reader.clone());
 
     let identity = NodeIdentity {
-        ca: config.tls.ca_cert.clone(),
         cert: config.tls.cert.clone(),
         key: config.tls.key.clone(),
+        cluster_ca: config.tls.cluster_ca.clone(),
+        cluster_cert: config.tls.cluster_cert.clone(),
+        cluster_key: config.tls.cluster_key.clone(),
     };
+    identity.check_names_node(config.node_id)?;
     let cluster = Arc::new(ClusterClient::new(
         identity.cluster_client()?,
         config.cluster_source_ip,

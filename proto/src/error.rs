@@ -37,6 +37,8 @@ pub enum ErrorCode {
     NotLeader,
     /// A frame on the cluster port could not be decoded.
     MalformedFrame,
+    /// The cluster port's peer is not a current member of the cluster.
+    NotAMember,
     /// No partner site with that client id.
     SiteNotFound,
     /// A partner site with that client id already exists.
@@ -93,6 +95,7 @@ impl ErrorCode {
             ErrorCode::MembershipRejected => "membership_rejected",
             ErrorCode::NotLeader => "not_leader",
             ErrorCode::MalformedFrame => "malformed_frame",
+            ErrorCode::NotAMember => "not_a_member",
             ErrorCode::SiteNotFound => "site_not_found",
             ErrorCode::SiteExists => "site_exists",
             ErrorCode::InvalidGrant => "invalid_grant",

@@ -210,7 +210,7 @@ struct Etcd {
 }
 
 impl Etcd {
-    async fn start(bin: &Path, pki: &Path, ca: &Path) -> Etcd {
+    async fn start(bin: &Path, pki: &Path) -> Etcd {
         let dir = tempfile::Builder::new()
             .prefix("baa-bench-etcd-")
             .tempdir()
@@ -225,8 +225,12 @@ impl Etcd {
         let mut client_urls = Vec::new();
         for (i, (cp, pp)) in ports.iter().enumerate() {
             let name = format!("e{}", i + 1);
+            // Clients get the nodes' public certificates, peers their cluster
+            // certificates and CA: the same TLS set-up as baa's.
             let cert = pki.join(format!("node{}.pem", i + 1));
             let key = pki.join(format!("node{}.key", i + 1));
+            let peer_cert = pki.join(format!("node{}-cluster.pem", i + 1));
+            let peer_key = pki.join(format!("node{}-cluster.key", i + 1));
             let client_url = format!("https://127.0.0.1:{cp}");
             let peer_url = format!("https://127.0.0.1:{pp}");
             let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).expect("log");
@@ -258,11 +262,11 @@ impl Etcd {
                 .arg("--key-file")
                 .arg(&key)
                 .arg("--peer-cert-file")
-                .arg(&cert)
+                .arg(&peer_cert)
                 .arg("--peer-key-file")
-                .arg(&key)
+                .arg(&peer_key)
                 .arg("--peer-trusted-ca-file")
-                .arg(ca)
+                .arg(pki.join("cluster-ca.pem"))
                 .args([
                     "--peer-client-cert-auth",
                     "--logger",
@@ -288,7 +292,7 @@ impl Etcd {
             client_urls,
             _dir: dir,
         };
-        let http = https_client(ca, None, Duration::from_secs(2));
+        let http = https_client(&pki.join("ca.pem"), None, Duration::from_secs(2));
         let deadline = Instant::now() + Duration::from_secs(60);
         for url in &etcd.client_urls {
             loop {
@@ -389,7 +393,7 @@ async fn main() {
     let etcd = if args.baa_only {
         None
     } else {
-        Some(Etcd::start(&args.etcd, &cluster.pki_dir(), &ca).await)
+        Some(Etcd::start(&args.etcd, &cluster.pki_dir()).await)
     };
     let etcd_targets: Vec<Target> = etcd
         .iter()

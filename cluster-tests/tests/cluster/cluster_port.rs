@@ -1,5 +1,7 @@
 //! Acceptance 6: the cluster port refuses everything but well-formed mTLS traffic
-//! from the agency's own certificates, and bad input changes nothing.
+//! from the agency's own certificates, and bad input changes nothing; C1: of
+//! those, only the certificates of current members (a partner site's
+//! certificate, a node that is not or no longer a member: refused).
 
 use std::time::Duration;
 
@@ -26,7 +28,7 @@ async fn cluster_port_rejects_bad_clients_and_frames() {
     let timeout = Duration::from_secs(30);
 
     // 1. TLS without a client certificate.
-    let anonymous = https_client(&cluster.ca_pem(), None, timeout);
+    let anonymous = https_client(&cluster.cluster_ca_pem(), None, timeout);
     assert_refused(&anonymous, &base, "without a client certificate").await;
     assert_node_serves(&cluster, NODE, "probe", "after-no-cert").await;
 
@@ -46,10 +48,10 @@ async fn cluster_port_rejects_bad_clients_and_frames() {
     .await
     .assert_success("second CA");
     let foreign = https_client(
-        &cluster.ca_pem(),
+        &cluster.cluster_ca_pem(),
         Some(&identity_pem(
-            &other.join("node1.pem"),
-            &other.join("node1.key"),
+            &other.join("node1-cluster.pem"),
+            &other.join("node1-cluster.key"),
         )),
         timeout,
     );
@@ -80,9 +82,9 @@ async fn cluster_port_rejects_bad_clients_and_frames() {
     );
     assert_node_serves(&cluster, NODE, "probe", "after-garbage").await;
 
-    // A valid mTLS client: node 2's certificate is also a client certificate.
+    // A valid mTLS client: node 2's cluster certificate.
     let peer = https_client(
-        &cluster.ca_pem(),
+        &cluster.cluster_ca_pem(),
         Some(&cluster.node_identity_pem(2)),
         timeout,
     );
@@ -177,4 +179,100 @@ async fn assert_refused(client: &reqwest::Client, base: &str, what: &str) {
         "request {what} got an answer: {:?}",
         r.map(|r| r.status())
     );
+}
+
+/// A forwarded write setting attribute `key` of `user`, as bincode.
+fn forwarded_write(user: &str, key: &str) -> Vec<u8> {
+    codec::encode(&ForwardedWrite {
+        commands: vec![Command {
+            request_id: Some(format!("intruder-{key}")),
+            time_ms: 1,
+            op: Op::UpdateUser {
+                username: user.into(),
+                patch: UserPatch {
+                    attributes: [(key.to_string(), Some("x".to_string()))].into(),
+                    ..Default::default()
+                },
+            },
+        }],
+    })
+    .unwrap()
+}
+
+/// POSTs a forwarded write to node `id`'s cluster port presenting
+/// `identity`; it must be refused (no TLS session, or 403 `not_a_member`)
+/// and leave the user without attribute `key`.
+async fn assert_cannot_write(cluster: &Cluster, id: u64, identity: &[u8], key: &str, who: &str) {
+    let client = https_client(
+        &cluster.cluster_ca_pem(),
+        Some(identity),
+        Duration::from_secs(30),
+    );
+    let url = format!(
+        "https://{}/cluster/v1/write",
+        cluster.node(id).cluster_listen()
+    );
+    let sent = client
+        .post(url)
+        .header("content-type", "application/octet-stream")
+        .body(forwarded_write("probe", key))
+        .send()
+        .await;
+    match sent {
+        Err(e) => println!("{who}: refused at the TLS layer ({e})"),
+        Ok(resp) => assert_error(resp, StatusCode::FORBIDDEN, ErrorCode::NotAMember).await,
+    }
+    let view = cluster
+        .admin(id)
+        .get_user("probe", baa_proto::command::Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert!(
+        !view.attributes.contains_key(key),
+        "{who} wrote through the cluster port: {view:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c1_a_partner_site_certificate_cannot_write_through_the_cluster_port() {
+    let cluster = Cluster::start(3).await;
+    create_user(&cluster, 1, "probe").await;
+    let leader = cluster.leader().await;
+    // The shop's certificate, as the demo and the partner-site harness issue it.
+    let shop = cluster
+        .issue_site_identity("shop", "shop.baa.localtest")
+        .await;
+    assert_cannot_write(&cluster, leader, &shop, "by-shop", "the shop").await;
+    cluster.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c1_only_current_members_speak_on_the_cluster_port() {
+    let mut cluster = Cluster::start(3).await;
+    create_user(&cluster, 1, "probe").await;
+    // A node certificate of this agency naming a node that is not a member.
+    let stranger = cluster.issue_node_identity(9).await;
+    let leader = cluster.leader().await;
+    assert_cannot_write(&cluster, leader, &stranger, "by-node9", "node 9").await;
+
+    // A member may; after it has left, it may not.
+    let leaving = if leader == 3 { 2 } else { 3 };
+    let identity = cluster.node_identity_pem(leaving);
+    cluster
+        .leave(leader, leaving)
+        .await
+        .assert_success("baa cluster leave");
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != leaving).collect();
+    cluster.wait_for_membership(&rest, &rest).await;
+    cluster.stop(leaving).await;
+    let leader = cluster.leader_among(&rest).await;
+    assert_cannot_write(
+        &cluster,
+        leader,
+        &identity,
+        "by-left-node",
+        "a node that left",
+    )
+    .await;
+    cluster.assert_no_panics();
 }

@@ -215,23 +215,24 @@ impl Drop for Children {
     }
 }
 
-/// The CA, node certificates naming the agency host, and the sites' certificates.
-/// A certificate from an older demo that lacks a name is issued again.
+/// The web CA with the nodes' public certificates (naming the agency host)
+/// and the sites' certificates, and the cluster CA with the nodes' cluster
+/// certificates. A certificate from an older demo that lacks a name, or that
+/// could authenticate a client where it should not, is issued again.
 fn ensure_pki(dir: &Path, nodes: u16) -> anyhow::Result<()> {
-    if !pki::ca_cert_path(dir).exists() {
-        pki::init_ca(dir, "baa demo")?;
+    pki::ensure_cas(dir, "baa demo")?;
+    let agency_host = [AGENCY_HOST.to_string()];
+    for i in 1..=u64::from(nodes) {
+        let public = pki::server_paths(dir, &pki::node_name(i)).0;
+        let cluster = pki::cluster_paths(dir, i).0;
+        if !pki::cert_fits(&public, &agency_host, false)? || !pki::cert_fits(&cluster, &[], true)? {
+            pki::issue_node(dir, i, &agency_host, &[])?;
+        }
     }
-    let mut wanted: Vec<(String, Vec<String>)> = (1..=nodes)
-        .map(|i| (format!("node{i}"), vec![AGENCY_HOST.to_string()]))
-        .collect();
-    wanted.extend(
-        SITES
-            .iter()
-            .map(|s| (s.id.to_string(), vec![s.host.to_string()])),
-    );
-    for (name, sans) in wanted {
-        if !pki::cert_names_all(&pki::node_paths(dir, &name).0, &sans)? {
-            pki::issue_node(dir, &name, &sans)?;
+    for site in &SITES {
+        let sans = [site.host.to_string()];
+        if !pki::cert_fits(&pki::server_paths(dir, site.id).0, &sans, false)? {
+            pki::issue_server(dir, site.id, &sans)?;
         }
     }
     Ok(())
@@ -406,7 +407,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the baa binary")?;
     let mut children = Children(Vec::new());
     for i in 1..=args.nodes {
-        let (cert, key) = pki::node_paths(&pki_dir, &format!("node{i}"));
+        let (cert, key) = pki::server_paths(&pki_dir, &pki::node_name(u64::from(i)));
+        let (cluster_cert, cluster_key) = pki::cluster_paths(&pki_dir, u64::from(i));
         let file = FileConfig {
             node_id: u64::from(i),
             data_dir: dir.join(format!("node{i}")),
@@ -420,9 +422,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             log_format: LogFormat::Json,
             log_level: "info".into(),
             tls: TlsFiles {
-                ca_cert: ca.clone(),
                 cert,
                 key,
+                cluster_ca: pki::cluster_ca_cert_path(&pki_dir),
+                cluster_cert,
+                cluster_key,
+                ca_cert: None,
             },
             raft: RaftTuning::default(),
             limits: Default::default(),
@@ -430,6 +435,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 agency: AGENCY.into(),
                 issuer: Some(issuer.clone()),
                 cookie_domain: Some(COOKIE_DOMAIN.into()),
+                // The sites' certificates come from the demo's web CA.
+                partner_ca_file: Some(ca.clone()),
                 ..Default::default()
             },
             peers: (1..=args.nodes)
@@ -530,7 +537,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     .await?;
 
     for site in &SITES {
-        let (cert, key) = pki::node_paths(&pki_dir, site.id);
+        let (cert, key) = pki::server_paths(&pki_dir, site.id);
         let mut cmd = std::process::Command::new(&exe);
         cmd.arg("partner-site")
             .arg("--listen")

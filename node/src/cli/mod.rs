@@ -96,32 +96,45 @@ struct ServeArgs {
 
 #[derive(Debug, Subcommand)]
 enum PkiCommand {
-    /// Create a new agency CA and certificates node1..nodeN in DIR.
+    /// Create the web CA (public listeners, partner sites) and the cluster CA
+    /// (node certificates only) in DIR, and certificates for node1..nodeN.
     Init {
         /// Output directory.
         #[arg(long)]
         dir: PathBuf,
-        /// How many node certificates to issue.
+        /// How many nodes to issue certificates for.
         #[arg(long, default_value_t = 3)]
         nodes: u32,
-        /// Agency name written into the CA's subject.
+        /// Agency name written into the CAs' subjects.
         #[arg(long, default_value = "baa")]
         agency: String,
-        /// Extra DNS names or IP addresses for every node certificate.
+        /// Extra DNS names or IP addresses for every node's public certificate.
         #[arg(long)]
         san: Vec<String>,
+        /// Extra DNS names or IP addresses for every node's cluster certificate
+        /// (the hosts of `cluster_advertise`).
+        #[arg(long)]
+        cluster_san: Vec<String>,
     },
-    /// Issue one more node certificate from the CA in DIR.
+    /// Issue one more certificate from the CAs in DIR: a node's two
+    /// certificates (--node), or a server certificate for a partner site or
+    /// an upstream app (--name; server authentication only).
     Issue {
-        /// Directory holding ca.pem and ca.key.
+        /// Directory holding the CAs.
         #[arg(long)]
         dir: PathBuf,
-        /// File name stem of the new certificate, e.g. node4.
+        /// File name stem of a server certificate, e.g. `shop`.
+        #[arg(long, required_unless_present = "node", conflicts_with = "node")]
+        name: Option<String>,
+        /// A node id: issues `node<id>.pem` (public) and `node<id>-cluster.pem`.
         #[arg(long)]
-        name: String,
-        /// Extra DNS names or IP addresses.
+        node: Option<u64>,
+        /// Extra DNS names or IP addresses (the public certificate's).
         #[arg(long)]
         san: Vec<String>,
+        /// Extra DNS names or IP addresses of a node's cluster certificate.
+        #[arg(long, requires = "node")]
+        cluster_san: Vec<String>,
     },
 }
 
@@ -154,20 +167,34 @@ fn pki(command: PkiCommand) -> anyhow::Result<()> {
             nodes,
             agency,
             san,
+            cluster_san,
         } => {
             crate::pki::init_ca(&dir, &agency)?;
-            for i in 1..=nodes {
-                crate::pki::issue_node(&dir, &format!("node{i}"), &san)?;
+            for i in 1..=u64::from(nodes) {
+                crate::pki::issue_node(&dir, i, &san, &cluster_san)?;
             }
             println!(
-                "agency CA and {nodes} node certificates written to {}",
+                "web CA, cluster CA and certificates of {nodes} nodes written to {}",
                 dir.display()
             );
         }
-        PkiCommand::Issue { dir, name, san } => {
-            crate::pki::issue_node(&dir, &name, &san)?;
-            println!("certificate {name} written to {}", dir.display());
-        }
+        PkiCommand::Issue {
+            dir,
+            name,
+            node,
+            san,
+            cluster_san,
+        } => match (node, name) {
+            (Some(id), _) => {
+                crate::pki::issue_node(&dir, id, &san, &cluster_san)?;
+                println!("certificates of node {id} written to {}", dir.display());
+            }
+            (None, Some(name)) => {
+                crate::pki::issue_server(&dir, &name, &san)?;
+                println!("certificate {name} written to {}", dir.display());
+            }
+            (None, None) => anyhow::bail!("give --node or --name"),
+        },
     }
     Ok(())
 }

@@ -32,6 +32,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::NoSigningKey => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::NotAMember => StatusCode::FORBIDDEN,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::UserExists
         | ErrorCode::SiteExists

@@ -130,11 +130,13 @@ pub fn start(
         App::new()
             .app_data(data.clone())
             .app_data(Listener("cluster"))
+            .wrap(from_fn(crate::raft::rpc::authorize_peer))
             .wrap(from_fn(record_metrics))
             // Raft RPC and forwarded requests.
             .configure(crate::raft::rpc::configure)
             .default_service(web::to(error::not_found))
     })
+    .on_connect(crate::tls::record_peer_node)
     .workers(2)
     .tcp_nodelay(true)
     .shutdown_timeout(5)

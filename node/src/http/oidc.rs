@@ -505,15 +505,14 @@ pub struct Backchannel {
 }
 
 /// An HTTP client builder for calls to partner sites and upstream apps:
-/// trusts the agency's CA and `[sso] partner_ca_file`, follows no redirects.
+/// trusts the roots of `[sso] partner_ca_file` (never the cluster CA),
+/// follows no redirects.
 pub fn partner_client(agency: &Agency) -> anyhow::Result<reqwest::ClientBuilder> {
     let mut b = reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
         .redirect(reqwest::redirect::Policy::none());
-    let mut files = vec![agency.config.tls.ca_cert.clone()];
-    files.extend(agency.config.sso.partner_ca_file.clone());
-    for f in files {
+    for f in agency.config.sso.partner_ca_file.iter() {
         let pem = std::fs::read(&f)?;
         for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
             b = b.add_root_certificate(cert);

@@ -1,7 +1,12 @@
 //! Cluster-port handlers: Raft RPCs from peers and requests forwarded by
-//! followers. Bodies are decoded with a size limit; anything undecodable gets
-//! 400 `malformed_frame` and changes nothing.
+//! followers. Only current members speak: every request's client certificate
+//! (already checked against the cluster CA by TLS) must name a node of the
+//! membership, else 403 `not_a_member`. Bodies are decoded with a size
+//! limit; anything undecodable gets 400 `malformed_frame` and changes nothing.
 
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
 use baa_proto::api::{ForwardedWrite, ForwardedWriteReply, ReadIndexReply};
 use baa_proto::codec;
@@ -11,6 +16,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use super::TypeConfig;
 use crate::agency::Agency;
 use crate::error::NodeError;
+use crate::tls::PeerNode;
 use baa_proto::ErrorCode;
 
 /// Registers the cluster-port routes.
@@ -23,6 +29,31 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             super::read_index::READ_INDEX_PATH,
             web::post().to(read_index),
         );
+}
+
+/// Middleware of the cluster listener: refuses requests from any peer that
+/// is not a current member (see [`Agency::admits_peer`]).
+pub async fn authorize_peer(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let peer = req.conn_data::<PeerNode>().and_then(|p| p.0);
+    let admitted = match (peer, req.app_data::<web::Data<Agency>>()) {
+        (Some(id), Some(agency)) => agency.admits_peer(id),
+        _ => false,
+    };
+    if !admitted {
+        tracing::warn!(
+            peer = ?peer,
+            path = req.path(),
+            "refused a cluster-port request: the peer is not a current member"
+        );
+        let resp = actix_web::ResponseError::error_response(&NodeError::NotAMember);
+        return Ok(req.into_response(resp).map_into_right_body());
+    }
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_left_body)
 }
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, NodeError> {
