@@ -16,10 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::harness::Cluster;
 
-/// Name of the SSO cookie.
-pub const SSO_COOKIE: &str = "__Secure-baa_sso";
-/// Name of the CSRF cookie.
-pub const CSRF_COOKIE: &str = "__Host-baa_csrf";
+pub use baa_proto::cookie::{CSRF_COOKIE, SSO_COOKIE};
 
 /// A registered partner site.
 #[derive(Debug, Clone)]

@@ -3,6 +3,7 @@
 //! on small machines. The modules live in `tests/cluster/`.
 
 mod cluster {
+    mod attacks;
     mod browser_smoke;
     mod cluster_port;
     mod demo;

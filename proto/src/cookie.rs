@@ -15,6 +15,37 @@ pub const MAX_COOKIE_LEN: usize = 1024;
 /// Bytes of randomness in a session secret.
 pub const SESSION_SECRET_LEN: usize = 32;
 
+/// Name of the CSRF cookie (double submit). The `__Host-` prefix makes
+/// browsers refuse it from any other host or with a `Domain`, which holds only
+/// if its name is compared exactly: see [`exact_value`].
+pub const CSRF_COOKIE: &str = "__Host-baa_csrf";
+
+/// The value of the cookie named exactly `name` (byte for byte: no
+/// percent-decoding, no trimming of anything but the separator's spaces) in
+/// the `Cookie` header values `headers`. `None` when it is absent or sent
+/// more than once: a second cookie of the same name can only come from
+/// another host under a shared domain, and which one the browser meant is
+/// unknowable.
+pub fn exact_value<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &str) -> Option<&'a str> {
+    let mut found = None;
+    for header in headers {
+        for pair in header.split(|&b| b == b';') {
+            let pair = pair.strip_prefix(b" ").unwrap_or(pair);
+            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+                continue;
+            };
+            if &pair[..eq] != name.as_bytes() {
+                continue;
+            }
+            let value = std::str::from_utf8(&pair[eq + 1..]).ok()?;
+            if found.replace(value.trim_end_matches(' ')).is_some() {
+                return None;
+            }
+        }
+    }
+    found
+}
+
 /// Why a cookie value was refused. Callers treat every case as "no session".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CookieError {
@@ -121,6 +152,32 @@ mod tests {
         assert_eq!(c.kid, "k1");
         assert_eq!(c.signed, input);
         assert_eq!(c.signature, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn cookie_names_match_exactly() {
+        let find = |h: &'static str| exact_value([h.as_bytes()], CSRF_COOKIE);
+        assert_eq!(find("__Host-baa_csrf=abc"), Some("abc"));
+        assert_eq!(find("a=1; __Host-baa_csrf=abc; b=2"), Some("abc"));
+        assert_eq!(find("a=1;__Host-baa_csrf=abc"), Some("abc"));
+        for forged in [
+            "%5F%5FHost-baa_csrf=abc",
+            "\u{2000}__Host-baa_csrf=abc",
+            "__Host-baa_csrf\u{2000}=abc",
+            "__Host-baa_csrf =abc",
+            "__host-baa_csrf=abc",
+            "__Host-baa%5Fcsrf=abc",
+            "x__Host-baa_csrf=abc",
+        ] {
+            assert_eq!(find(forged), None, "{forged:?}");
+        }
+        // Twice (one planted by a sibling host): ambiguous, so absent.
+        assert_eq!(find("__Host-baa_csrf=a; __Host-baa_csrf=b"), None);
+        let two = [
+            "__Host-baa_csrf=a".as_bytes(),
+            "__Host-baa_csrf=b".as_bytes(),
+        ];
+        assert_eq!(exact_value(two, CSRF_COOKIE), None);
     }
 
     #[test]

@@ -334,7 +334,7 @@ async fn verify(
 ) -> HttpResponse {
     let found = match bearer(&req) {
         Some(token) => broker.send(TranslateToken(token)).await.ok().flatten(),
-        None if req.cookie(SSO_COOKIE).is_some() => {
+        None if super::sso::cookie_value(&req, SSO_COOKIE).is_some() => {
             match current_session(&req, &gate, &agency).await {
                 Some(v) => agency
                     .state

@@ -9,7 +9,7 @@ use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use baa_proto::command::{Consistency, Op, Outcome};
-use baa_proto::cookie::{SESSION_SECRET_LEN, SSO_COOKIE};
+use baa_proto::cookie::{CSRF_COOKIE, SESSION_SECRET_LEN, SSO_COOKIE};
 use baa_proto::sso::{
     pseudonym, public_sid, secret_hash, AccountName, LoginParams, Session, Site, ThrottleRule,
     ThrottleSubject, Trust,
@@ -26,9 +26,6 @@ use crate::actors::session_gate::{SessionGate, ValidSession, ValidateCookie};
 use crate::actors::ticket_issuer::{IssueTicket, TicketIssuer, TicketRequest};
 use crate::agency::{now_ms, Agency};
 use crate::error::NodeError;
-
-/// Name of the CSRF cookie (double-submit; host-only).
-pub const CSRF_COOKIE: &str = "__Host-baa_csrf";
 
 /// Registers the browser-facing routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -421,8 +418,16 @@ pub fn error_page(agency: &Agency, status: StatusCode, code: &str, message: &str
     pages::html_response(status, body, &csp)
 }
 
-fn cookie_value(req: &HttpRequest, name: &str) -> Option<String> {
-    req.cookie(name).map(|c| c.value().to_string())
+/// The value of the cookie named exactly `name` (see
+/// [`baa_proto::cookie::exact_value`]): actix's own cookie parsing decodes
+/// and trims names, which would let a sibling host's `%5F%5FHost-…` cookie
+/// pass for a `__Host-` one.
+pub fn cookie_value(req: &HttpRequest, name: &str) -> Option<String> {
+    let headers = req
+        .headers()
+        .get_all(header::COOKIE)
+        .map(header::HeaderValue::as_bytes);
+    baa_proto::cookie::exact_value(headers, name).map(String::from)
 }
 
 /// The current session, if the request's SSO cookie proves one.
