@@ -513,7 +513,7 @@ pub fn partner_client(agency: &Agency) -> anyhow::Result<reqwest::ClientBuilder>
         .tls_built_in_root_certs(false)
         .redirect(reqwest::redirect::Policy::none());
     for f in agency.config.sso.partner_ca_file.iter() {
-        let pem = std::fs::read(&f)?;
+        let pem = std::fs::read(f)?;
         for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
             b = b.add_root_certificate(cert);
         }
