@@ -8,7 +8,7 @@ The script plays the browser itself: it sends the agency's SSO cookie with the
 authorization request and reads the auto-submitting form the agency returns.
 
     authlib_flow.py --issuer URL --discovery-base URL --client-id ID
-        --client-secret S --redirect-uri URI --sso-cookie NAME=VALUE
+        --client-secret S --redirect-uri URI --sso-cookie "NAME=VALUE; NAME=VALUE"
         --ca-file ca.pem [--resolve HOST=IP ...]
 
 `--resolve HOST=IP` connects to IP whenever a URL names HOST, while TLS still
@@ -310,13 +310,14 @@ def main(argv):
     p.add_argument("--client-id", required=True)
     p.add_argument("--client-secret", required=True)
     p.add_argument("--redirect-uri", required=True)
-    p.add_argument("--sso-cookie", required=True, help="NAME=VALUE")
+    p.add_argument("--sso-cookie", required=True, help="the agency cookies: NAME=VALUE; NAME=VALUE")
     p.add_argument("--ca-file", required=True)
     p.add_argument("--resolve", action="append", default=[], metavar="HOST=IP")
     secrets = []
     try:
         args = p.parse_args(argv)
-        secrets += [args.client_secret, args.sso_cookie.partition("=")[2]]
+        secrets += [args.client_secret]
+        secrets += [c.partition("=")[2] for c in args.sso_cookie.split("; ")]
         result = run(args, secrets)
     except Exception as e:  # every failure becomes one JSON line
         msg = redact(f"{type(e).__name__}: {e}", secrets)

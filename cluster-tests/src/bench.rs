@@ -280,6 +280,16 @@ pub fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
         })
 }
 
+/// The agency cookies a sign-in answer sets, as one `Cookie` header value.
+pub fn sso_cookies(resp: &reqwest::Response) -> Option<String> {
+    use crate::sso::{SsoCookies, REFERENCE_COOKIE, SESSION_COOKIE};
+    let c = SsoCookies {
+        session: set_cookie(resp, SESSION_COOKIE)?,
+        reference: set_cookie(resp, REFERENCE_COOKIE)?,
+    };
+    Some(c.header())
+}
+
 /// A status error with the start of the body, for diagnostics.
 pub async fn unexpected(what: &str, resp: reqwest::Response) -> String {
     let status = resp.status();

@@ -16,7 +16,27 @@ use sha2::{Digest, Sha256};
 
 use crate::harness::Cluster;
 
-pub use baa_proto::cookie::{CSRF_COOKIE, SSO_COOKIE};
+pub use baa_proto::cookie::{CSRF_COOKIE, REFERENCE_COOKIE, SESSION_COOKIE};
+
+/// A browser's two agency cookies: the host-only session cookie (the
+/// bearer) and the shared-domain reference cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsoCookies {
+    /// Value of the session cookie.
+    pub session: String,
+    /// Value of the reference cookie.
+    pub reference: String,
+}
+
+impl SsoCookies {
+    /// Both as one `Cookie` header value.
+    pub fn header(&self) -> String {
+        format!(
+            "{SESSION_COOKIE}={}; {REFERENCE_COOKIE}={}",
+            self.session, self.reference
+        )
+    }
+}
 
 /// A registered partner site.
 #[derive(Debug, Clone)]
@@ -207,9 +227,25 @@ impl Agent {
         }
     }
 
-    /// The SSO cookie's value, if set.
-    pub fn sso_cookie(&self) -> Option<String> {
-        self.cookies.get(SSO_COOKIE).cloned()
+    /// The agency cookies, if both are set.
+    pub fn sso_cookies(&self) -> Option<SsoCookies> {
+        Some(SsoCookies {
+            session: self.cookies.get(SESSION_COOKIE)?.clone(),
+            reference: self.cookies.get(REFERENCE_COOKIE)?.clone(),
+        })
+    }
+
+    /// Whether the agency's session cookie is set.
+    pub fn has_session_cookie(&self) -> bool {
+        self.cookies.contains_key(SESSION_COOKIE)
+    }
+
+    /// Sets both agency cookies.
+    pub fn set_sso_cookies(&mut self, c: &SsoCookies) {
+        self.cookies
+            .insert(SESSION_COOKIE.into(), c.session.clone());
+        self.cookies
+            .insert(REFERENCE_COOKIE.into(), c.reference.clone());
     }
 
     fn cookie_header(&self) -> String {

@@ -1,13 +1,16 @@
 //! The agency's signing keys: RSA keys replicated through Raft, used to sign
-//! ID tokens, logout tokens and SSO cookies (RS256), and published as JWKS.
-//! Keys are generated here (RustCrypto `rsa`, only for generation); signing
-//! and verification go through `jsonwebtoken` (ring).
+//! ID tokens and logout tokens (RS256), and published as JWKS. Each RSA key
+//! also yields, deterministically on every node, an Ed25519 key that signs
+//! the agency reference cookie (EdDSA: compact, and never valid as an ID
+//! token); it is published, retired and rotated with its RSA key. Keys are
+//! generated here (RustCrypto `rsa`, only for generation); signing and
+//! verification go through `jsonwebtoken` (ring).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use baa_proto::cookie::{self, SsoCookie};
+use baa_proto::cookie::{Reference, MAX_COOKIE_LEN, REFERENCE_TYP};
 use baa_proto::sso::SigningKey;
 use baa_proto::ErrorCode;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -46,10 +49,46 @@ pub fn generate() -> anyhow::Result<SigningKey> {
     })
 }
 
+/// PKCS#8 v1 prefix of an Ed25519 private key; the 32-byte seed follows.
+const ED25519_PKCS8_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// The reference-cookie key that RSA key `k` yields: an Ed25519 key whose
+/// seed is a hash of the RSA private key under a label of its own.
+struct ReferenceKey {
+    kid: String,
+    x: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+fn reference_key(k: &SigningKey) -> Option<ReferenceKey> {
+    let seed: [u8; 32] =
+        Sha256::digest([b"baa reference key v1\0".as_slice(), &k.private_der].concat()).into();
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).ok()?;
+    let public = ring::signature::KeyPair::public_key(&pair)
+        .as_ref()
+        .to_vec();
+    let x = URL_SAFE_NO_PAD.encode(&public);
+    let pkcs8 = [ED25519_PKCS8_PREFIX.as_slice(), &seed].concat();
+    Some(ReferenceKey {
+        kid: format!(
+            "ref-{}",
+            URL_SAFE_NO_PAD.encode(&Sha256::digest(&public)[..12])
+        ),
+        encoding: EncodingKey::from_ed_der(&pkcs8),
+        decoding: DecodingKey::from_ed_components(&x).ok()?,
+        x,
+    })
+}
+
 struct Loaded {
     at: Instant,
     current: Option<(String, Arc<EncodingKey>)>,
     verify: HashMap<String, Arc<DecodingKey>>,
+    reference_current: Option<(String, Arc<EncodingKey>)>,
+    reference_verify: HashMap<String, Arc<DecodingKey>>,
     jwks: serde_json::Value,
 }
 
@@ -89,6 +128,8 @@ impl KeyRing {
         let now = now_ms();
         let mut verify = HashMap::new();
         let mut current = None;
+        let mut reference_verify = HashMap::new();
+        let mut reference_current = None;
         let mut jwks = Vec::new();
         for k in keys.iter().filter(|k| k.published_at(now)) {
             let dk = DecodingKey::from_rsa_raw_components(&k.n, &k.e);
@@ -101,17 +142,34 @@ impl KeyRing {
                 "n": URL_SAFE_NO_PAD.encode(&k.n),
                 "e": URL_SAFE_NO_PAD.encode(&k.e),
             }));
-            if current_kid.as_deref() == Some(k.kid.as_str()) {
+            let is_current = current_kid.as_deref() == Some(k.kid.as_str());
+            if is_current {
                 current = Some((
                     k.kid.clone(),
                     Arc::new(EncodingKey::from_rsa_der(&k.private_der)),
                 ));
+            }
+            if let Some(r) = reference_key(k) {
+                jwks.push(serde_json::json!({
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "use": "sig",
+                    "alg": "EdDSA",
+                    "kid": r.kid,
+                    "x": r.x,
+                }));
+                if is_current {
+                    reference_current = Some((r.kid.clone(), Arc::new(r.encoding)));
+                }
+                reference_verify.insert(r.kid, Arc::new(r.decoding));
             }
         }
         let loaded = Arc::new(Loaded {
             at: Instant::now(),
             current,
             verify,
+            reference_current,
+            reference_verify,
             jwks: serde_json::json!({ "keys": jwks }),
         });
         if let Ok(mut g) = self.loaded.write() {
@@ -166,26 +224,65 @@ impl KeyRing {
             .map(|d| d.claims)
     }
 
-    /// A new SSO cookie value for `secret`, signed with the current key.
-    pub fn sign_cookie(&self, agency: &str, secret: &[u8]) -> Result<String, NodeError> {
+    /// An agency reference (the shared-domain cookie's value) for `claims`,
+    /// signed with the current reference key.
+    pub fn sign_reference(&self, claims: &Reference) -> Result<String, NodeError> {
         let l = self.load()?;
-        let (kid, key) = l.current.as_ref().ok_or_else(no_key)?;
-        let input = cookie::signing_input(agency, secret, now_ms() / 1000, kid);
-        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), key, Algorithm::RS256)
-            .map_err(|e| NodeError::Internal(format!("signing a cookie: {e}")))?;
-        Ok(format!("{input}.{sig}"))
+        let (kid, key) = l.reference_current.as_ref().ok_or_else(no_key)?;
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.clone());
+        header.typ = Some(REFERENCE_TYP.into());
+        jsonwebtoken::encode(&header, claims, key)
+            .map_err(|e| NodeError::Internal(format!("signing a reference: {e}")))
     }
 
-    /// Whether a parsed cookie carries a valid signature by a published key.
-    pub fn cookie_signature_valid(&self, c: &SsoCookie) -> bool {
-        let Ok(l) = self.load() else {
-            return false;
+    /// The claims of a reference this agency (`issuer`) signed with a
+    /// published key and that has not expired.
+    pub fn verify_reference(&self, value: &str, issuer: &str) -> Option<Reference> {
+        if value.len() > MAX_COOKIE_LEN {
+            return None;
+        }
+        let header = jsonwebtoken::decode_header(value).ok()?;
+        if header.alg != Algorithm::EdDSA || header.typ.as_deref() != Some(REFERENCE_TYP) {
+            return None;
+        }
+        let l = self.load().ok()?;
+        let key = l.reference_verify.get(header.kid.as_deref()?)?;
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.set_issuer(&[issuer]);
+        v.set_required_spec_claims(&["exp", "iss"]);
+        v.validate_aud = false;
+        v.leeway = 0;
+        jsonwebtoken::decode::<Reference>(value, key, &v)
+            .ok()
+            .map(|d| d.claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_keys_are_derived_alike_everywhere_and_verify() {
+        let rsa = generate().unwrap();
+        let (a, b) = (reference_key(&rsa).unwrap(), reference_key(&rsa).unwrap());
+        assert_eq!((&a.kid, &a.x), (&b.kid, &b.x), "the same key on every node");
+        let other = reference_key(&generate().unwrap()).unwrap();
+        assert_ne!(a.kid, other.kid);
+
+        let claims = Reference {
+            iss: "https://login.example".into(),
+            sid: "s".into(),
+            iat: 1,
+            exp: u64::MAX / 2,
         };
-        let Some(key) = l.verify.get(&c.kid) else {
-            return false;
-        };
-        let sig = URL_SAFE_NO_PAD.encode(&c.signature);
-        jsonwebtoken::crypto::verify(&sig, c.signed.as_bytes(), key, Algorithm::RS256)
-            .unwrap_or(false)
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some(REFERENCE_TYP.into());
+        let token = jsonwebtoken::encode(&header, &claims, &a.encoding).unwrap();
+        let v = Validation::new(Algorithm::EdDSA);
+        let got = jsonwebtoken::decode::<Reference>(&token, &b.decoding, &v).unwrap();
+        assert_eq!(got.claims, claims);
+        assert!(jsonwebtoken::decode::<Reference>(&token, &other.decoding, &v).is_err());
     }
 }

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod partner;
 pub mod pki;
 pub mod raft;
+pub mod sso;
 pub mod tls;
 
 use std::sync::Arc;

@@ -1,19 +1,57 @@
-//! The SSO cookie's value format (no cryptography here: the node signs and
-//! verifies). A value is
-//! `v1.<agency>.<session secret, base64url>.<issued, unix seconds>.<kid>.<signature, base64url>`
-//! where the signature is RS256 over everything before the last dot, by the
-//! issuing agency's key `kid`, which that agency publishes in its JWKS.
+//! The agency's browser cookies (no cryptography here: the node signs and
+//! verifies). Two cookies, so that what partner sites can read grants nothing:
+//!
+//! - the **session cookie** [`SESSION_COOKIE`], host-only on the agency's host
+//!   (`__Host-`): the bearer, a 256-bit random secret (base64url) whose
+//!   SHA-256 is the session's key;
+//! - the **agency reference cookie** [`REFERENCE_COOKIE`], on the shared
+//!   cookie domain: a compact JWS (EdDSA, key in the agency's JWKS) of
+//!   [`Reference`] claims — the issuing agency's issuer URL, the session's
+//!   public handle, issue and expiry times. Partner sites and peer agencies
+//!   verify it and learn where the user is signed in; it is no credential.
+//!
+//! A browser is signed in only when both name the same live session.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use serde::{Deserialize, Serialize};
 
-/// Cookie name. `__Secure-` rather than `__Host-`: the cookie must carry the
-/// shared `Domain` so partner sites under it and every agency node see it.
-pub const SSO_COOKIE: &str = "__Secure-baa_sso";
+/// Name of the session cookie (host-only bearer).
+pub const SESSION_COOKIE: &str = "__Host-baa_session";
+/// Name of the agency reference cookie (shared domain, signed, not a credential).
+pub const REFERENCE_COOKIE: &str = "__Secure-baa_ref";
+/// The JOSE `typ` of a reference, so no other JWT of the agency passes for one.
+pub const REFERENCE_TYP: &str = "baa-ref+jwt";
 /// Longest accepted cookie value.
 pub const MAX_COOKIE_LEN: usize = 1024;
 /// Bytes of randomness in a session secret.
 pub const SESSION_SECRET_LEN: usize = 32;
+
+/// The claims of an agency reference cookie.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reference {
+    /// Issuer URL of the agency where the session lives.
+    pub iss: String,
+    /// The session's public handle (`sid`, as in ID tokens).
+    pub sid: String,
+    /// Issued at, Unix seconds.
+    pub iat: u64,
+    /// Expires at, Unix seconds (the session's absolute expiry).
+    pub exp: u64,
+}
+
+/// The session cookie's value for `secret`.
+pub fn session_value(secret: &[u8; SESSION_SECRET_LEN]) -> String {
+    URL_SAFE_NO_PAD.encode(secret)
+}
+
+/// The secret in a session cookie's value, if it is well-formed.
+pub fn parse_session(value: &str) -> Option<[u8; SESSION_SECRET_LEN]> {
+    if value.len() != 43 {
+        return None;
+    }
+    URL_SAFE_NO_PAD.decode(value).ok()?.try_into().ok()
+}
 
 /// Name of the CSRF cookie (double submit). The `__Host-` prefix makes
 /// browsers refuse it from any other host or with a `Domain`, which holds only
@@ -46,94 +84,11 @@ pub fn exact_value<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &str) 
     found
 }
 
-/// Why a cookie value was refused. Callers treat every case as "no session".
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CookieError {
-    /// Not of the expected shape.
-    #[error("malformed SSO cookie")]
-    Malformed,
-    /// A format version this node does not know.
-    #[error("unsupported SSO cookie version")]
-    Version,
-}
-
-/// A parsed, not yet verified, SSO cookie.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SsoCookie {
-    /// Name of the issuing agency.
-    pub agency: String,
-    /// The session secret (its SHA-256 is the session key).
-    pub secret: Vec<u8>,
-    /// Issue time, Unix seconds.
-    pub issued_s: u64,
-    /// Id of the signing key.
-    pub kid: String,
-    /// The signed text: everything before the signature.
-    pub signed: String,
-    /// The signature bytes.
-    pub signature: Vec<u8>,
-}
-
-/// Checks a name used inside the cookie (agency name, key id).
+/// Checks a name used in configuration (agency name, key id).
 pub fn valid_label(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// The text to sign for a new cookie.
-pub fn signing_input(agency: &str, secret: &[u8], issued_s: u64, kid: &str) -> String {
-    format!(
-        "v1.{agency}.{}.{issued_s}.{kid}",
-        URL_SAFE_NO_PAD.encode(secret)
-    )
-}
-
-/// The complete cookie value from the signing input and its signature.
-pub fn assemble(signing_input: &str, signature: &[u8]) -> String {
-    format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
-}
-
-/// Parses a cookie value without verifying it.
-pub fn parse(value: &str) -> Result<SsoCookie, CookieError> {
-    if value.len() > MAX_COOKIE_LEN || !value.is_ascii() {
-        return Err(CookieError::Malformed);
-    }
-    let (signed, sig) = value.rsplit_once('.').ok_or(CookieError::Malformed)?;
-    let parts: Vec<&str> = signed.split('.').collect();
-    let [version, agency, secret, issued, kid] = parts[..] else {
-        return Err(CookieError::Malformed);
-    };
-    if version != "v1" {
-        return Err(CookieError::Version);
-    }
-    if !valid_label(agency) || !valid_label(kid) {
-        return Err(CookieError::Malformed);
-    }
-    let secret = URL_SAFE_NO_PAD
-        .decode(secret)
-        .map_err(|_| CookieError::Malformed)?;
-    if secret.len() != SESSION_SECRET_LEN {
-        return Err(CookieError::Malformed);
-    }
-    if issued.is_empty() || issued.len() > 12 || !issued.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(CookieError::Malformed);
-    }
-    let issued_s = issued.parse().map_err(|_| CookieError::Malformed)?;
-    let signature = URL_SAFE_NO_PAD
-        .decode(sig)
-        .map_err(|_| CookieError::Malformed)?;
-    if signature.is_empty() {
-        return Err(CookieError::Malformed);
-    }
-    Ok(SsoCookie {
-        agency: agency.to_string(),
-        secret,
-        issued_s,
-        kid: kid.to_string(),
-        signed: signed.to_string(),
-        signature,
-    })
 }
 
 #[cfg(test)]
@@ -141,17 +96,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trip() {
-        let secret = [7u8; 32];
-        let input = signing_input("agency-1", &secret, 1_700_000_000, "k1");
-        let value = assemble(&input, &[1, 2, 3]);
-        let c = parse(&value).unwrap();
-        assert_eq!(c.agency, "agency-1");
-        assert_eq!(c.secret, secret);
-        assert_eq!(c.issued_s, 1_700_000_000);
-        assert_eq!(c.kid, "k1");
-        assert_eq!(c.signed, input);
-        assert_eq!(c.signature, vec![1, 2, 3]);
+    fn session_values_round_trip_and_refuse_garbage() {
+        let secret = [7u8; SESSION_SECRET_LEN];
+        let v = session_value(&secret);
+        assert_eq!(parse_session(&v), Some(secret));
+        for bad in [
+            "",
+            "x",
+            &v[1..],
+            &format!("{v}A"),
+            &v.replace(&v[..1], "+"),
+            &"é".repeat(22),
+        ] {
+            assert_eq!(parse_session(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
@@ -178,27 +136,5 @@ mod tests {
             "__Host-baa_csrf=b".as_bytes(),
         ];
         assert_eq!(exact_value(two, CSRF_COOKIE), None);
-    }
-
-    #[test]
-    fn refuses_malformed_values() {
-        let secret = [7u8; 32];
-        let good = assemble(&signing_input("a", &secret, 5, "k"), &[9]);
-        assert!(parse(&good).is_ok());
-        for bad in [
-            "",
-            "v1",
-            "v1.a.b.c.d",
-            &good.replace("v1.", "v2."),
-            &assemble(&signing_input("a", &[7u8; 31], 5, "k"), &[9]),
-            &assemble(&signing_input("a b", &secret, 5, "k"), &[9]),
-            &assemble(&signing_input("a", &secret, 5, "k.x"), &[9]),
-            &format!("{good}!"),
-            &"x".repeat(MAX_COOKIE_LEN + 1),
-            &good.replace(".5.", ".-5."),
-            &format!("{}.", signing_input("a", &secret, 5, "k")),
-        ] {
-            assert!(parse(bad).is_err(), "accepted {bad:?}");
-        }
     }
 }

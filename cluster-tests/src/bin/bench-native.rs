@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use baa_cluster_tests::bench::{
     client_for, closed_loop, cpu_snapshot, cpu_split, machine, median, median_of, node_pids,
-    report_errors, server_means, server_times, set_cookie, slicing, unexpected, RunResult, Samples,
-    Series, Tally,
+    report_errors, server_means, server_times, set_cookie, slicing, sso_cookies, unexpected,
+    RunResult, Samples, Series, Tally,
 };
-use baa_cluster_tests::sso::{pkce, CSRF_COOKIE, SSO_COOKIE};
+use baa_cluster_tests::sso::{pkce, CSRF_COOKIE};
 use baa_cluster_tests::{Cluster, ClusterOptions};
 use baa_proto::api::CreateUserRequest;
 use clap::Parser;
@@ -108,7 +108,7 @@ async fn sign_in(http: &reqwest::Client, base: &str) -> anyhow::Result<(String, 
     if resp.status() != StatusCode::SEE_OTHER {
         bail!(unexpected("POST /sso/signin", resp).await);
     }
-    let sso = set_cookie(&resp, SSO_COOKIE).ok_or_else(|| anyhow!("no {SSO_COOKIE} cookie"))?;
+    let sso = sso_cookies(&resp).ok_or_else(|| anyhow!("no agency cookies"))?;
     let _ = resp.bytes().await;
     Ok((csrf, sso))
 }
@@ -127,7 +127,7 @@ struct App {
 async fn new_app(ca: &Path, base: &str, port: u16) -> anyhow::Result<App> {
     let http = client_for(ca)?;
     let (csrf, sso) = sign_in(&http, base).await?;
-    let cookies = format!("{CSRF_COOKIE}={csrf}; {SSO_COOKIE}={sso}");
+    let cookies = format!("{CSRF_COOKIE}={csrf}; {sso}");
     let redirect_uri = format!("http://127.0.0.1:{port}/callback");
     let (verifier, challenge) = pkce();
     let query = [
@@ -242,7 +242,7 @@ impl App {
                 "/auth/verify",
                 self.http
                     .get(format!("{}/auth/verify", self.base))
-                    .header(COOKIE, format!("{SSO_COOKIE}={}", self.sso)),
+                    .header(COOKIE, self.sso.as_str()),
             ),
             Load::Trivial => ("/healthz", self.http.get(format!("{}/healthz", self.base))),
         };

@@ -28,12 +28,11 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use baa_cluster_tests::bench::{
     client_for, closed_loop, cpu_seconds, cpu_snapshot, cpu_split, machine, median, median_of,
-    node_pids, report_errors, server_means, server_times, set_cookie, slicing, unexpected,
-    RunResult, Samples, Series, Tally,
+    node_pids, report_errors, server_means, server_times, set_cookie, slicing, sso_cookies,
+    unexpected, RunResult, Samples, Series, Tally,
 };
 use baa_cluster_tests::{Cluster, ClusterOptions};
 use baa_proto::api::{CreateUserRequest, CreatedSite};
-use baa_proto::cookie::SSO_COOKIE;
 use clap::Parser;
 use reqwest::header::{COOKIE, LOCATION};
 use reqwest::{Method, StatusCode};
@@ -149,7 +148,7 @@ async fn sign_in(http: &reqwest::Client, base: &str, csrf: &str) -> Result<Strin
     if resp.status() != StatusCode::SEE_OTHER {
         return Err(unexpected("POST /sso/signin", resp).await);
     }
-    let sso = set_cookie(&resp, SSO_COOKIE).ok_or_else(|| format!("no {SSO_COOKIE} cookie"))?;
+    let sso = sso_cookies(&resp).ok_or_else(|| "no agency cookies".to_string())?;
     let _ = resp.bytes().await;
     Ok(sso)
 }
@@ -195,7 +194,7 @@ impl Worker {
                 let resp = http
                     .get(format!("{}/sso/authorize", nodes[i]))
                     .query(&authorize_query())
-                    .header(COOKIE, format!("{SSO_COOKIE}={sso}"))
+                    .header(COOKIE, sso.as_str())
                     .send()
                     .await
                     .map_err(|e| format!("GET /sso/authorize: {e}"))?;
@@ -408,7 +407,7 @@ async fn establish_trust(cluster: &Cluster) -> anyhow::Result<()> {
     let http = client_for(&cluster.ca_pem())?;
     let csrf = csrf_pair(&http, &base).await?;
     let sso = sign_in(&http, &base, &csrf).await.map_err(|e| anyhow!(e))?;
-    let cookies = format!("{CSRF_COOKIE}={csrf}; {SSO_COOKIE}={sso}");
+    let cookies = format!("{CSRF_COOKIE}={csrf}; {sso}");
     let resp = http
         .get(format!("{base}/sso/authorize"))
         .query(&authorize_query())

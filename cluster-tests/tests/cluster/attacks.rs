@@ -2,8 +2,11 @@
 //! case id leads the name), tried against a real cluster as an attacker
 //! would. C1 lives with the other cluster-port checks in `cluster_port.rs`.
 
-use baa_cluster_tests::sso::{create_user, Agent, CSRF_COOKIE, SSO_COOKIE};
+use baa_cluster_tests::sso::{
+    add_confidential_site, create_user, query_params, Agent, AuthRequest, CSRF_COOKIE,
+};
 use baa_cluster_tests::Cluster;
+use reqwest::header::SET_COOKIE;
 use reqwest::StatusCode;
 
 const PASSWORD: &str = "correct horse battery";
@@ -43,7 +46,7 @@ async fn h5_csrf_cookie_names_are_matched_exactly() {
         );
         assert!(answer.body.contains("csrf_mismatch"), "{}", answer.body);
         assert!(
-            !agent.cookies.contains_key(SSO_COOKIE),
+            !agent.has_session_cookie(),
             "a forged sign-in made a session"
         );
     }
@@ -56,5 +59,73 @@ async fn h5_csrf_cookie_names_are_matched_exactly() {
         "{}",
         signed_in.body
     );
+    cluster.assert_no_panics();
+}
+
+/// H4: everything a sibling host under the shared cookie domain receives
+/// (every cookie the agency sets with `Domain=`) opens nothing: replayed
+/// alone it passes no forward-auth check and signs no one in at a site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h4_shared_domain_cookies_open_nothing() {
+    let cluster = Cluster::start(3).await;
+    create_user(&cluster, "alice", PASSWORD).await;
+    let site = add_confidential_site(&cluster, "shop", "https://shop.baa.localtest/cb").await;
+    let base = cluster.public_url(1);
+    let mut user = Agent::new(&cluster);
+    let signed_in = user.sign_in(&base, "alice", PASSWORD).await;
+    assert_eq!(
+        signed_in.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        signed_in.body
+    );
+    // The victim's session works: the site gets as far as the trust question.
+    let own = user
+        .get(
+            &AuthRequest::new(&site)
+                .set("response_mode", "query")
+                .set("prompt", "none")
+                .url(&base),
+        )
+        .await;
+    let own = query_params(&own.location().unwrap_or_default());
+    assert_eq!(
+        own.get("error").map(String::as_str),
+        Some("consent_required")
+    );
+
+    let mut thief = Agent::new(&cluster);
+    for v in signed_in.headers.get_all(SET_COOKIE) {
+        let v = v.to_str().unwrap();
+        if v.to_ascii_lowercase().contains("domain=") {
+            let (name, value) = v.split(';').next().unwrap().split_once('=').unwrap();
+            thief.cookies.insert(name.to_string(), value.to_string());
+        }
+    }
+    assert!(!thief.cookies.is_empty(), "no shared-domain cookie was set");
+    for node in 1..=3 {
+        let base = cluster.public_url(node);
+        let verify = thief.get(&format!("{base}/auth/verify")).await;
+        assert_eq!(
+            verify.status,
+            StatusCode::UNAUTHORIZED,
+            "node {node}: shared-domain cookies {:?} passed /auth/verify",
+            thief.cookies.keys()
+        );
+        let silent = thief
+            .get(
+                &AuthRequest::new(&site)
+                    .set("response_mode", "query")
+                    .set("prompt", "none")
+                    .url(&base),
+            )
+            .await;
+        let silent = query_params(&silent.location().unwrap_or_default());
+        assert_eq!(
+            silent.get("error").map(String::as_str),
+            Some("login_required"),
+            "node {node}: shared-domain cookies were taken for a session: {silent:?}"
+        );
+    }
     cluster.assert_no_panics();
 }

@@ -207,10 +207,7 @@ async fn loopback_pkce_refresh_rotation_and_verify() {
         let resp = cluster
             .http()
             .get(format!("{}/auth/verify", cluster.public_url(1)))
-            .header(
-                "cookie",
-                format!("__Secure-baa_sso={}", agent.sso_cookie().unwrap()),
-            )
+            .header("cookie", agent.sso_cookies().unwrap().header())
             .send()
             .await
             .unwrap();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use baa_cluster_tests::browser::DEFAULT_DEADLINE;
 use baa_cluster_tests::harness::AGENCY_HOST;
-use baa_cluster_tests::sso::{add_site, create_user, SSO_COOKIE};
+use baa_cluster_tests::sso::{add_site, create_user, SsoCookies, REFERENCE_COOKIE, SESSION_COOKIE};
 use baa_cluster_tests::upstream::Upstream;
 use baa_cluster_tests::{poll_until, Browser, Cluster, ClusterOptions};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -97,8 +97,8 @@ fn pids_with_arg(needle: &str) -> Vec<i32> {
 
 /// Signs alice in with the WebDriver-driven browser and approves the CLI
 /// client once (its loopback redirect then fails to connect, which is fine:
-/// the trust relationship is what this step is for). Returns the SSO cookie.
-async fn sign_in_and_trust_cli(cluster: &Cluster, browser: &Browser) -> String {
+/// the trust relationship is what this step is for). Returns the agency cookies.
+async fn sign_in_and_trust_cli(cluster: &Cluster, browser: &Browser) -> SsoCookies {
     let base = cluster.agency_url(1);
     browser.goto(&format!("{base}/sso/signin")).await.unwrap();
     browser.fill("#username", "alice").await.unwrap();
@@ -131,12 +131,20 @@ async fn sign_in_and_trust_cli(cluster: &Cluster, browser: &Browser) -> String {
         )
         .await
         .ok();
+    // The agency's own page: its host-only session cookie is visible there.
+    browser.goto(&format!("{base}/")).await.unwrap();
     let cookies = browser.cookies().await.unwrap();
-    cookies
-        .into_iter()
-        .find(|(n, _, _)| n == SSO_COOKIE)
-        .map(|(_, v, _)| v)
-        .expect("SSO cookie in the browser")
+    let value = |name: &str| {
+        cookies
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, v, _)| v.clone())
+            .unwrap_or_else(|| panic!("no {name} in the browser: {cookies:?}"))
+    };
+    SsoCookies {
+        session: value(SESSION_COOKIE),
+        reference: value(REFERENCE_COOKIE),
+    }
 }
 
 fn jwt_claims(jwt: &str) -> serde_json::Value {
@@ -269,7 +277,7 @@ async fn baa_login_goes_on_after_the_browser_is_killed() {
         let resp = cluster
             .http()
             .get(format!("{}/auth/verify", cluster.public_url(3)))
-            .header("cookie", format!("{SSO_COOKIE}={cookie}"))
+            .header("cookie", cookie.header())
             .send()
             .await
             .unwrap();
@@ -292,7 +300,7 @@ async fn baa_login_goes_on_after_the_browser_is_killed() {
     for (what, secret) in [
         ("access token", &access),
         ("refresh token", &refresh),
-        ("SSO cookie", &cookie),
+        ("session cookie", &cookie.session),
     ] {
         assert!(
             !outputs.contains(secret.as_str()),

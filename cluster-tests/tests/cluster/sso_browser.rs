@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use baa_cluster_tests::browser::DEFAULT_DEADLINE;
 use baa_cluster_tests::harness::{AGENCY_HOST, CONVERGE_DEADLINE, COOKIE_DOMAIN};
 use baa_cluster_tests::partner::PartnerSite;
-use baa_cluster_tests::sso::{self, Agent, AuthRequest, TestSite, SSO_COOKIE};
+use baa_cluster_tests::sso::{
+    self, Agent, AuthRequest, SsoCookies, TestSite, REFERENCE_COOKIE, SESSION_COOKIE,
+};
 use baa_cluster_tests::{poll_until, Browser, Cluster};
 use baa_proto::model::NodeId;
 use reqwest::StatusCode;
@@ -229,13 +231,18 @@ async fn seamless_login_across_sites() {
     );
     assert!(st["sessions"][0]["claims"].get("email").is_none(), "{st}");
 
-    // The SSO cookie is on the shared domain.
+    // The shop sees the agency reference cookie (shared domain), never the
+    // session cookie (host-only on the agency).
     let cookies = must("reading cookies", b.cookies().await);
     assert!(
         cookies
             .iter()
-            .any(|(n, _, d)| n == SSO_COOKIE && d == &format!(".{COOKIE_DOMAIN}")),
-        "no {SSO_COOKIE} for .{COOKIE_DOMAIN} on shop: {cookies:?}"
+            .any(|(n, _, d)| n == REFERENCE_COOKIE && d == &format!(".{COOKIE_DOMAIN}")),
+        "no {REFERENCE_COOKIE} for .{COOKIE_DOMAIN} on shop: {cookies:?}"
+    );
+    assert!(
+        !cookies.iter().any(|(n, _, _)| n == SESSION_COOKIE),
+        "the session cookie is visible on shop: {cookies:?}"
     );
 
     // News: the trust page only, with the username and the email.
@@ -320,16 +327,16 @@ async fn seamless_login_across_sites() {
     cluster.assert_no_panics();
 }
 
-/// A `prompt=none` request of `site` at node `id` carrying only `cookie`:
+/// A `prompt=none` request of `site` at node `id` carrying only `cookies`:
 /// `Ok(code)` or `Err(error)` from the auto-submitted form.
 async fn probe(
     cluster: &Cluster,
     id: NodeId,
     site: &TestSite,
-    cookie: &str,
+    cookies: &SsoCookies,
 ) -> Result<String, String> {
     let mut agent = Agent::new(cluster);
-    agent.cookies.insert(SSO_COOKIE.into(), cookie.into());
+    agent.set_sso_cookies(cookies);
     let req = AuthRequest::new(site).set("prompt", "none");
     let answer = agent.get(&req.url(&cluster.public_url(id))).await;
     assert_eq!(answer.status, StatusCode::OK, "node {id}: {}", answer.body);
@@ -371,19 +378,30 @@ async fn sign_out_reaches_every_node_and_both_sites() {
         Some(sid.as_str())
     );
 
+    // The agency's cookies, as the browser holds them on the agency's host.
+    must(
+        "the agency's home page",
+        b.goto(&format!("{}/", cluster.agency_url(ids[0]))).await,
+    );
     let cookies = must("reading cookies", b.cookies().await);
-    let sso_cookie = cookies
-        .iter()
-        .find(|(n, _, _)| n == SSO_COOKIE)
-        .map(|(_, v, _)| v.clone())
-        .unwrap_or_else(|| panic!("no {SSO_COOKIE} visible on news: {cookies:?}"));
+    let value = |name: &str| {
+        cookies
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, v, _)| v.clone())
+            .unwrap_or_else(|| panic!("no {name} visible on the agency: {cookies:?}"))
+    };
+    let sso_cookie = SsoCookies {
+        session: value(SESSION_COOKIE),
+        reference: value(REFERENCE_COOKIE),
+    };
 
     // A third site gets a ticket and an access token through the same session.
     let tool =
         sso::add_confidential_site(cluster, "tool", "https://tool.baa.localtest:8443/callback")
             .await;
     let mut agent = Agent::new(cluster);
-    agent.cookies.insert(SSO_COOKIE.into(), sso_cookie.clone());
+    agent.set_sso_cookies(&sso_cookie);
     let base = cluster.public_url(ids[1]);
     let req = AuthRequest::new(&tool);
     let page = agent.get(&req.url(&base)).await;
@@ -462,7 +480,7 @@ async fn sign_out_reaches_every_node_and_both_sites() {
     // Every node refuses the old cookie within the bound.
     let mut refused_after: BTreeMap<NodeId, Duration> = BTreeMap::new();
     let give_up = returned + CONVERGE_DEADLINE;
-    let (tool_ref, cookie_ref) = (&tool, sso_cookie.as_str());
+    let (tool_ref, cookie_ref) = (&tool, &sso_cookie);
     while refused_after.len() < ids.len() {
         let pending: Vec<NodeId> = ids
             .iter()
@@ -546,8 +564,8 @@ async fn sign_out_reaches_every_node_and_both_sites() {
     assert_eq!(claim(b, "preferred_username").await, None);
     let cookies = must("reading cookies", b.cookies().await);
     assert!(
-        !cookies.iter().any(|(n, _, _)| n == SSO_COOKIE),
-        "the browser still holds {SSO_COOKIE}: {cookies:?}"
+        !cookies.iter().any(|(n, _, _)| n == REFERENCE_COOKIE),
+        "the browser still holds {REFERENCE_COOKIE}: {cookies:?}"
     );
     cluster.assert_no_panics();
 }

@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use baa_cluster_tests::harness::CONVERGE_DEADLINE;
 use baa_cluster_tests::sso::{
     add_confidential_site, add_site, create_user, introspect_active, redeem, Agent, Answer,
-    AuthRequest, TestSite, SSO_COOKIE,
+    AuthRequest, SsoCookies, TestSite,
 };
+use baa_cluster_tests::sso::{REFERENCE_COOKIE, SESSION_COOKIE};
 use baa_cluster_tests::{poll_until, Cluster, ClusterOptions};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use reqwest::StatusCode;
+use serde_json::json;
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -48,7 +50,7 @@ async fn signed_in_with_trust(cluster: &Cluster, node: u64, site: &TestSite) -> 
     let base = cluster.public_url(node);
     let a = agent.sign_in(&base, "alice", PASSWORD).await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
-    assert!(agent.sso_cookie().is_some());
+    assert!(agent.sso_cookies().is_some());
     let trust = agent.get(&AuthRequest::new(site).url(&base)).await;
     assert!(trust.body.contains("id=\"trust\""), "{}", trust.body);
     let page = agent.approve(&base, &trust, "username", true, true).await;
@@ -303,7 +305,7 @@ async fn failed_sign_ins_are_throttled_cluster_wide() {
         normalised(&wrong.body, "bob"),
         normalised(&unknown.body, "nobodyxx")
     );
-    assert!(agent.sso_cookie().is_none());
+    assert!(!agent.has_session_cookie());
     println!("wrong password answered in {wrong_time:?}, unknown user in {unknown_time:?}");
 
     // Four failures spread over the three nodes lock alice everywhere.
@@ -330,7 +332,7 @@ async fn failed_sign_ins_are_throttled_cluster_wide() {
         let retry: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
         assert!((1..=120).contains(&retry), "{retry}");
         assert!(
-            agent.sso_cookie().is_none(),
+            !agent.has_session_cookie(),
             "a locked account got a session"
         );
     }
@@ -357,13 +359,16 @@ async fn tampered_expired_or_orphaned_cookies_are_no_session() {
     create_user(&cluster, "mallory", PASSWORD).await;
     let shop = add_confidential_site(&cluster, "shop", "https://shop.baa.localtest:9443/cb").await;
     let alice = signed_in_with_trust(&cluster, 1, &shop).await;
-    let good = alice.sso_cookie().unwrap();
+    let good = alice.sso_cookies().unwrap();
     let silent = AuthRequest::new(&shop).set("prompt", "none");
     let n2 = cluster.public_url(2);
 
-    let answer_with = |cookie: String| {
+    let answer_with = |session: Option<String>, reference: Option<String>| {
         let mut a = Agent::new(&cluster);
-        a.cookies.insert(SSO_COOKIE.into(), cookie);
+        a.cookies
+            .extend(session.map(|v| (SESSION_COOKIE.to_string(), v)));
+        a.cookies
+            .extend(reference.map(|v| (REFERENCE_COOKIE.to_string(), v)));
         let url = silent.url(&n2);
         let redirect = shop.redirect_uri.clone();
         async move {
@@ -371,27 +376,48 @@ async fn tampered_expired_or_orphaned_cookies_are_no_session() {
             posted(&page, &redirect)
         }
     };
-    assert!(answer_with(good.clone()).await.contains_key("code"));
+    let both = |c: &SsoCookies| (Some(c.session.clone()), Some(c.reference.clone()));
+    let (s, r) = both(&good);
+    assert!(answer_with(s, r).await.contains_key("code"));
 
     let flip = |s: &str, at: usize| {
         let mut b = s.as_bytes().to_vec();
         b[at] = if b[at] == b'A' { b'B' } else { b'A' };
         String::from_utf8(b).unwrap()
     };
-    let parts: Vec<&str> = good.split('.').collect();
-    let secret_at = parts[0].len() + parts[1].len() + 2 + 3;
+    let mut mallory = Agent::new(&cluster);
+    mallory
+        .sign_in(&cluster.public_url(3), "mallory", PASSWORD)
+        .await;
+    let planted = mallory.sso_cookies().unwrap();
+    let (s, r) = both(&good);
     let variants = [
-        ("flipped signature byte", flip(&good, good.len() - 5)),
-        ("flipped session byte", flip(&good, secret_at)),
         (
-            "other agency",
-            good.replacen("baa-test.", "other-agency.", 1),
+            "flipped session byte",
+            Some(flip(&good.session, 5)),
+            r.clone(),
         ),
-        ("truncated", good[..good.len() - 10].to_string()),
-        ("garbage", "v1.baa-test.%%%.1.k.x".to_string()),
+        (
+            "flipped reference signature",
+            s.clone(),
+            Some(flip(&good.reference, good.reference.len() - 5)),
+        ),
+        ("session alone", s.clone(), None),
+        ("reference alone", None, r.clone()),
+        (
+            "another session's reference",
+            s.clone(),
+            Some(planted.reference.clone()),
+        ),
+        (
+            "truncated session",
+            Some(good.session[..40].to_string()),
+            r.clone(),
+        ),
+        ("garbage", Some("%%%".into()), Some("x.y.z".into())),
     ];
-    for (what, cookie) in variants {
-        let f = answer_with(cookie).await;
+    for (what, session, reference) in variants {
+        let f = answer_with(session, reference).await;
         assert_eq!(
             f.get("error").map(String::as_str),
             Some("login_required"),
@@ -399,22 +425,13 @@ async fn tampered_expired_or_orphaned_cookies_are_no_session() {
         );
     }
 
-    // A planted session id (mallory's own cookie) is replaced at sign-in.
-    let mut mallory = Agent::new(&cluster);
-    mallory
-        .sign_in(&cluster.public_url(3), "mallory", PASSWORD)
-        .await;
-    let planted = mallory.sso_cookie().unwrap();
+    // A planted session (mallory's own cookies) is replaced at sign-in.
     let mut victim = Agent::new(&cluster);
-    victim.cookies.insert(SSO_COOKIE.into(), planted.clone());
+    victim.set_sso_cookies(&planted);
     victim.sign_in(&n2, "alice", PASSWORD).await;
-    let fresh = victim.sso_cookie().unwrap();
-    assert_ne!(fresh, planted);
-    assert_ne!(
-        fresh.split('.').nth(2),
-        planted.split('.').nth(2),
-        "same session id"
-    );
+    let fresh = victim.sso_cookies().unwrap();
+    assert_ne!(fresh.session, planted.session, "same session id");
+    assert_ne!(fresh.reference, planted.reference);
 
     // Signed by a key that is no longer published: an emergency rotation
     // retires the old key at once, and cookies it signed stop working.
@@ -430,7 +447,8 @@ async fn tampered_expired_or_orphaned_cookies_are_no_session() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     poll_until(CONVERGE_DEADLINE, "old-key cookie refused", || {
-        let check = answer_with(good.clone());
+        let (s, r) = both(&good);
+        let check = answer_with(s, r);
         async move {
             (check.await.get("error").map(String::as_str) == Some("login_required")).then_some(())
         }
@@ -440,10 +458,12 @@ async fn tampered_expired_or_orphaned_cookies_are_no_session() {
     // Expired: after the session lifetime (20 s here) a new session's cookie stops working.
     let mut late = Agent::new(&cluster);
     late.sign_in(&n2, "alice", PASSWORD).await;
-    let cookie = late.sso_cookie().unwrap();
-    assert!(answer_with(cookie.clone()).await.contains_key("code"));
+    let cookie = late.sso_cookies().unwrap();
+    let (s, r) = both(&cookie);
+    assert!(answer_with(s, r).await.contains_key("code"));
     tokio::time::sleep(Duration::from_secs(21)).await;
-    let f = answer_with(cookie).await;
+    let (s, r) = both(&cookie);
+    let f = answer_with(s, r).await;
     assert_eq!(
         f.get("error").map(String::as_str),
         Some("login_required"),
@@ -514,7 +534,7 @@ async fn third_party_oidc_client_completes_the_code_flow() {
     )
     .await;
     let agent = signed_in_with_trust(&cluster, 2, &site).await;
-    let cookie = agent.sso_cookie().unwrap();
+    let cookie = agent.sso_cookies().unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/oidc/authlib_flow.py");
     let out = tokio::process::Command::new(python)
         .arg(script)
@@ -523,7 +543,7 @@ async fn third_party_oidc_client_completes_the_code_flow() {
         .args(["--client-id", &site.client_id])
         .args(["--client-secret", site.secret.as_deref().unwrap()])
         .args(["--redirect-uri", &site.redirect_uri])
-        .args(["--sso-cookie", &format!("{SSO_COOKIE}={cookie}")])
+        .args(["--sso-cookie", &cookie.header()])
         .args(["--ca-file", cluster.ca_pem().to_str().unwrap()])
         .args(["--resolve", "login.baa.localtest=127.0.0.1"])
         .output()
@@ -539,4 +559,144 @@ async fn third_party_oidc_client_completes_the_code_flow() {
         serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
     assert_eq!(line["ok"], true, "{line}");
     assert_eq!(line["preferred_username"], "alice");
+}
+
+/// Asks node `id`'s status endpoint about `reference`, as `site`.
+async fn session_status(
+    cluster: &Cluster,
+    id: u64,
+    site: &TestSite,
+    reference: &str,
+) -> serde_json::Value {
+    let resp = cluster
+        .http()
+        .post(format!("{}/sso/session_status", cluster.public_url(id)))
+        .basic_auth(&site.client_id, site.secret.as_deref())
+        .form(&[("reference", reference)])
+        .send()
+        .await
+        .expect("status request");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    resp.json().await.expect("status JSON")
+}
+
+/// Polls every node until `site`'s status answer about `reference` is
+/// `want`; returns the time it took the slowest node, from `since`.
+async fn status_flips(
+    cluster: &Cluster,
+    site: &TestSite,
+    reference: &str,
+    want: serde_json::Value,
+    since: Instant,
+) -> Duration {
+    let mut slowest = Duration::ZERO;
+    for id in cluster.ids() {
+        poll_until(
+            CONVERGE_DEADLINE,
+            &format!("node {id} answers {want} to {}", site.client_id),
+            || async { (session_status(cluster, id, site, reference).await == want).then_some(()) },
+        )
+        .await;
+        slowest = slowest.max(since.elapsed());
+    }
+    slowest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_endpoint_answers_sites_and_flips_within_a_second() {
+    let cluster = Cluster::start(3).await;
+    create_user(&cluster, "alice", PASSWORD).await;
+    let shop = add_confidential_site(&cluster, "shop", "https://shop.baa.localtest:9443/cb").await;
+    let news = add_confidential_site(&cluster, "news", "https://news.baa.localtest:9443/cb").await;
+    let mut agent = signed_in_with_trust(&cluster, 1, &shop).await;
+    let reference = agent.sso_cookies().unwrap().reference;
+    let since = Instant::now();
+    status_flips(
+        &cluster,
+        &shop,
+        &reference,
+        json!({"active": true, "trusted": true}),
+        since,
+    )
+    .await;
+    status_flips(
+        &cluster,
+        &news,
+        &reference,
+        json!({"active": true, "trusted": false}),
+        since,
+    )
+    .await;
+    // Not a reference of this agency's: simply inactive. No credential: refused.
+    for bad in ["", "x.y.z", &reference[..reference.len() - 4]] {
+        assert_eq!(
+            session_status(&cluster, 2, &shop, bad).await,
+            json!({"active": false, "trusted": false}),
+            "{bad:?}"
+        );
+    }
+    let anonymous = cluster
+        .http()
+        .post(format!("{}/sso/session_status", cluster.public_url(3)))
+        .form(&[("reference", reference.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+
+    // Trust revoked: every node tells the shop within a second.
+    let revoked = cluster
+        .http()
+        .delete(format!(
+            "{}/admin/v1/users/alice/trust/shop",
+            cluster.public_url(2)
+        ))
+        .bearer_auth(cluster.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert!(revoked.status().is_success(), "{}", revoked.status());
+    let t = Instant::now();
+    let after_revoke = status_flips(
+        &cluster,
+        &shop,
+        &reference,
+        json!({"active": true, "trusted": false}),
+        t,
+    )
+    .await;
+
+    // Signed out: every node says inactive within a second.
+    let base = cluster.public_url(3);
+    let page = agent.get(&format!("{base}/sso/logout")).await;
+    let csrf = page
+        .inputs()
+        .get("csrf")
+        .cloned()
+        .expect("csrf on the sign-out page");
+    let out = agent
+        .post_form(&format!("{base}/sso/logout"), &[("csrf".into(), csrf)])
+        .await;
+    assert_eq!(out.status, StatusCode::OK, "{}", out.body);
+    let t = Instant::now();
+    let after_sign_out = status_flips(
+        &cluster,
+        &news,
+        &reference,
+        json!({"active": false, "trusted": false}),
+        t,
+    )
+    .await;
+    println!(
+        "status answers flipped on every node {} ms after the trust revocation and {} ms after the sign-out",
+        after_revoke.as_millis(),
+        after_sign_out.as_millis()
+    );
+    assert!(after_revoke <= Duration::from_secs(1), "{after_revoke:?}");
+    assert!(
+        after_sign_out <= Duration::from_secs(1),
+        "{after_sign_out:?}"
+    );
+    cluster.assert_no_panics();
 }

@@ -1,30 +1,39 @@
-//! The session gate: validates an SSO cookie — format, issuing agency,
-//! signature by a published key, session record, expiry — and answers with
-//! the live session or nothing. One gate runs on each HTTP worker, so a check
-//! never crosses threads.
+//! The session gate: checks a browser's two cookies — the host-only session
+//! cookie (the bearer) and the agency reference cookie (signed by this
+//! agency, naming the session) — and answers with the live session they both
+//! name, or nothing. One gate runs on each HTTP worker, so a check never
+//! crosses threads.
 
 use std::sync::Arc;
 
 use actix::{Actor, Context, Handler, Message, ResponseFuture};
 use baa_proto::command::Consistency;
 use baa_proto::cookie;
-use baa_proto::sso::{secret_hash, SecretHash, Session};
+use baa_proto::sso::{public_sid, secret_hash, SecretHash, Session};
 
 use crate::agency::{now_ms, Agency};
 
-/// A session the cookie proved.
+/// A session the cookies proved.
 #[derive(Debug, Clone)]
 pub struct ValidSession {
     /// The session record.
     pub session: Session,
-    /// Its key (SHA-256 of the cookie's secret).
+    /// Its key (SHA-256 of the session cookie's secret).
     pub key: SecretHash,
 }
 
-/// Validate an SSO cookie value. Deliberately not `Debug`: it holds a secret.
+/// A browser's cookie values. Deliberately not `Debug`: the session cookie is a secret.
+pub struct BrowserCookies {
+    /// The session cookie (bearer).
+    pub session: String,
+    /// The agency reference cookie, if the browser sent one.
+    pub reference: Option<String>,
+}
+
+/// Validate a browser's cookies.
 #[derive(Message)]
 #[rtype(result = "Option<ValidSession>")]
-pub struct ValidateCookie(pub String);
+pub struct ValidateCookies(pub BrowserCookies);
 
 /// Validates SSO cookies against the local state.
 pub struct SessionGate {
@@ -42,36 +51,30 @@ impl Actor for SessionGate {
     type Context = Context<Self>;
 }
 
-/// Outcome of the checks that need no state lookup.
-enum Precheck {
-    Valid(SecretHash),
-    Refused(&'static str),
+/// The session key the cookies name, if they agree: the session cookie's
+/// secret hashes to the key whose public handle the reference (signed by
+/// this agency, unexpired) names.
+fn precheck(agency: &Agency, cookies: &BrowserCookies) -> Result<SecretHash, &'static str> {
+    let secret = cookie::parse_session(&cookies.session).ok_or("malformed")?;
+    let reference = cookies.reference.as_deref().ok_or("no_reference")?;
+    let reference = agency
+        .keys
+        .verify_reference(reference, &agency.config.issuer)
+        .ok_or("reference")?;
+    let key = secret_hash(&secret);
+    if reference.sid != public_sid(&key) {
+        return Err("mismatch");
+    }
+    Ok(key)
 }
 
-fn precheck(agency: &Agency, value: &str) -> Precheck {
-    let Ok(c) = cookie::parse(value) else {
-        return Precheck::Refused("malformed");
-    };
-    if c.agency != agency.config.sso.agency {
-        // A peer agency's cookie: cross-agency validation belongs to federation.
-        return Precheck::Refused("foreign");
-    }
-    let now_s = now_ms() / 1000;
-    if c.issued_s > now_s + 300 || now_s >= c.issued_s + agency.config.sso.session_lifetime_s {
-        return Precheck::Refused("expired");
-    }
-    if !agency.keys.cookie_signature_valid(&c) {
-        return Precheck::Refused("signature");
-    }
-    Precheck::Valid(secret_hash(&c.secret))
-}
-
-/// Validates `value` (for callers that are not actors, e.g. on the same worker).
-pub async fn validate(agency: &Agency, value: &str) -> Option<ValidSession> {
+/// Validates a browser's cookies (for callers that are not actors, e.g. on
+/// the same worker).
+pub async fn validate(agency: &Agency, cookies: &BrowserCookies) -> Option<ValidSession> {
     let m = &agency.metrics.cookie_validations;
-    let key = match precheck(agency, value) {
-        Precheck::Valid(k) => k,
-        Precheck::Refused(why) => {
+    let key = match precheck(agency, cookies) {
+        Ok(k) => k,
+        Err(why) => {
             m.with_label_values(&[why]).inc();
             return None;
         }
@@ -79,8 +82,9 @@ pub async fn validate(agency: &Agency, value: &str) -> Option<ValidSession> {
     let lookup = |a: &Agency| a.state.session(&key).ok().flatten();
     let mut found = lookup(agency);
     if found.is_none() {
-        // The signature proves we issued it, so the session may just not have
-        // reached this node yet (sign-in answered by another node a moment ago).
+        // The signed reference proves we issued this session, so it may just
+        // not have reached this node yet (sign-in answered by another node a
+        // moment ago).
         if agency.read_barrier(Consistency::Linearizable).await.is_ok() {
             found = lookup(agency);
         }
@@ -97,10 +101,10 @@ pub async fn validate(agency: &Agency, value: &str) -> Option<ValidSession> {
     }
 }
 
-impl Handler<ValidateCookie> for SessionGate {
+impl Handler<ValidateCookies> for SessionGate {
     type Result = ResponseFuture<Option<ValidSession>>;
 
-    fn handle(&mut self, msg: ValidateCookie, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: ValidateCookies, _: &mut Self::Context) -> Self::Result {
         let agency = self.agency.clone();
         Box::pin(async move { validate(&agency, &msg.0).await })
     }

@@ -6,7 +6,7 @@ use actix::Addr;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use baa_proto::command::{Op, Outcome};
-use baa_proto::cookie::SSO_COOKIE;
+use baa_proto::cookie::SESSION_COOKIE;
 use baa_proto::sso::{
     normalise_user_code, secret_hash, DeviceGrant, DeviceStatus, ThrottleSubject,
 };
@@ -334,7 +334,7 @@ async fn verify(
 ) -> HttpResponse {
     let found = match bearer(&req) {
         Some(token) => broker.send(TranslateToken(token)).await.ok().flatten(),
-        None if super::sso::cookie_value(&req, SSO_COOKIE).is_some() => {
+        None if super::sso::cookie_value(&req, SESSION_COOKIE).is_some() => {
             match current_session(&req, &gate, &agency).await {
                 Some(v) => agency
                     .state

@@ -37,7 +37,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(userinfo)),
     )
     .service(super::resource("/sso/revoke").route(web::post().to(revoke)))
-    .service(super::resource("/sso/introspect").route(web::post().to(introspect)));
+    .service(super::resource("/sso/introspect").route(web::post().to(introspect)))
+    .service(super::resource("/sso/session_status").route(web::post().to(session_status)));
 }
 
 fn no_store(mut b: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
@@ -72,6 +73,7 @@ async fn discovery(agency: web::Data<Agency>) -> HttpResponse {
         "backchannel_logout_supported": true,
         "backchannel_logout_session_supported": true,
         "authorization_response_iss_parameter_supported": true,
+        "baa_session_status_endpoint": format!("{i}/sso/session_status"),
     }))
 }
 
@@ -496,6 +498,30 @@ async fn introspect(
         "exp": t.expires_ms / 1000,
         "token_type": "Bearer",
     })))
+}
+
+/// The status request of a partner site: the reference cookie it received.
+#[derive(Debug, Deserialize)]
+struct StatusForm {
+    reference: Option<String>,
+    #[serde(flatten)]
+    client: ClientAuthForm,
+}
+
+/// `POST /sso/session_status`: is the session this reference names alive,
+/// and does its user trust the calling site? (No identity in the answer.)
+async fn session_status(
+    req: HttpRequest,
+    agency: web::Data<Agency>,
+    form: web::Form<StatusForm>,
+) -> Result<HttpResponse, NodeError> {
+    let site = authenticate_client(&agency, &req, &form.client).await?;
+    let reference = form
+        .reference
+        .as_deref()
+        .ok_or_else(|| NodeError::invalid("reference is required"))?;
+    let status = crate::sso::status::session_status(&agency, &site, reference)?;
+    Ok(no_store(HttpResponse::Ok()).json(status))
 }
 
 /// Sends OIDC back-channel logout tokens to partner sites, with retries.

@@ -9,7 +9,9 @@ use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use baa_proto::command::{Consistency, Op, Outcome};
-use baa_proto::cookie::{CSRF_COOKIE, SESSION_SECRET_LEN, SSO_COOKIE};
+use baa_proto::cookie::{
+    Reference, CSRF_COOKIE, REFERENCE_COOKIE, SESSION_COOKIE, SESSION_SECRET_LEN,
+};
 use baa_proto::sso::{
     pseudonym, public_sid, secret_hash, AccountName, LoginParams, Session, Site, ThrottleRule,
     ThrottleSubject, Trust,
@@ -22,7 +24,7 @@ use subtle::ConstantTimeEq;
 
 use super::pages::{self, Csp};
 use crate::actors::hasher::{PasswordHasher, VerifyPassword};
-use crate::actors::session_gate::{SessionGate, ValidSession, ValidateCookie};
+use crate::actors::session_gate::{BrowserCookies, SessionGate, ValidSession, ValidateCookies};
 use crate::actors::ticket_issuer::{IssueTicket, TicketIssuer, TicketRequest};
 use crate::agency::{now_ms, Agency};
 use crate::error::NodeError;
@@ -430,13 +432,14 @@ pub fn cookie_value(req: &HttpRequest, name: &str) -> Option<String> {
     baa_proto::cookie::exact_value(headers, name).map(String::from)
 }
 
-/// The current session, if the request's SSO cookie proves one.
+/// The current session, if the request's cookies prove one (see the
+/// session gate).
 pub async fn current_session(
     req: &HttpRequest,
     gate: &Addr<SessionGate>,
     agency: &Agency,
 ) -> Option<ValidSession> {
-    let Some(value) = cookie_value(req, SSO_COOKIE) else {
+    let Some(session) = cookie_value(req, SESSION_COOKIE) else {
         agency
             .metrics
             .cookie_validations
@@ -444,7 +447,11 @@ pub async fn current_session(
             .inc();
         return None;
     };
-    gate.send(ValidateCookie(value)).await.ok().flatten()
+    let cookies = BrowserCookies {
+        session,
+        reference: cookie_value(req, REFERENCE_COOKIE),
+    };
+    gate.send(ValidateCookies(cookies)).await.ok().flatten()
 }
 
 /// The request's CSRF token, or a new one with the cookie that carries it.
@@ -485,15 +492,35 @@ pub fn csrf_ok(req: &HttpRequest, submitted: &str) -> bool {
 }
 
 /// Adds `c` (if any) to `resp`.
-pub fn with_cookie(mut resp: HttpResponse, c: Option<Cookie<'static>>) -> HttpResponse {
-    if let Some(c) = c {
+pub fn with_cookie(resp: HttpResponse, c: Option<Cookie<'static>>) -> HttpResponse {
+    with_cookies(resp, c)
+}
+
+/// Adds every cookie of `cookies` to `resp`.
+pub fn with_cookies(
+    mut resp: HttpResponse,
+    cookies: impl IntoIterator<Item = Cookie<'static>>,
+) -> HttpResponse {
+    for c in cookies {
         let _ = resp.add_cookie(&c);
     }
     resp
 }
 
-fn sso_cookie(agency: &Agency, value: String, max_age_s: i64) -> Cookie<'static> {
-    let mut b = Cookie::build(SSO_COOKIE, value)
+/// The session cookie: host-only (`__Host-`: no `Domain`, `Path=/`), the bearer.
+fn session_cookie(value: String, max_age_s: i64) -> Cookie<'static> {
+    Cookie::build(SESSION_COOKIE, value)
+        .path("/")
+        .secure(true)
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .max_age(CookieDuration::seconds(max_age_s))
+        .finish()
+}
+
+/// The agency reference cookie, on the shared cookie domain when one is set.
+fn reference_cookie(agency: &Agency, value: String, max_age_s: i64) -> Cookie<'static> {
+    let mut b = Cookie::build(REFERENCE_COOKIE, value)
         .path("/")
         .secure(true)
         .http_only(true)
@@ -503,6 +530,30 @@ fn sso_cookie(agency: &Agency, value: String, max_age_s: i64) -> Cookie<'static>
         b = b.domain(d.clone());
     }
     b.finish()
+}
+
+/// Both cookies of a new session, or the clearing of both (`None`).
+fn browser_cookies(
+    agency: &Agency,
+    new: Option<(&[u8; SESSION_SECRET_LEN], &Session)>,
+) -> Result<[Cookie<'static>; 2], NodeError> {
+    let Some((secret, session)) = new else {
+        return Ok([
+            session_cookie(String::new(), 0),
+            reference_cookie(agency, String::new(), 0),
+        ]);
+    };
+    let reference = agency.keys.sign_reference(&Reference {
+        iss: agency.config.issuer.clone(),
+        sid: session.sid.clone(),
+        iat: session.created_ms / 1000,
+        exp: session.absolute_expiry_ms / 1000,
+    })?;
+    let max_age = (session.absolute_expiry_ms.saturating_sub(now_ms()) / 1000) as i64;
+    Ok([
+        session_cookie(baa_proto::cookie::session_value(secret), max_age),
+        reference_cookie(agency, reference, max_age),
+    ])
 }
 
 /// The sign-in page, carrying `params` through.
@@ -899,13 +950,12 @@ async fn sign_in_post(
         Ok(_) => return internal(&agency, &NodeError::Internal("unexpected outcome".into())),
         Err(e) => return internal(&agency, &e),
     };
-    let cookie_value = match agency.keys.sign_cookie(&s.agency, &secret) {
-        Ok(v) => v,
+    let cookies = match browser_cookies(&agency, Some((&secret, &session))) {
+        Ok(c) => c,
         Err(e) => return internal(&agency, &e),
     };
     agency.metrics.sign_ins.with_label_values(&["ok"]).inc();
     tracing::info!(user = %user.username, sid = %session.sid, "signed in");
-    let cookie = sso_cookie(&agency, cookie_value, s.session_lifetime_s as i64);
     let v = ValidSession { session, key };
     let resp = match authz {
         Some(a) => continue_flow(&req, &agency, &issuer, &form.params, &a, Some(v), true).await,
@@ -917,7 +967,7 @@ async fn sign_in_post(
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .finish(),
     };
-    with_cookie(resp, Some(cookie))
+    with_cookies(resp, cookies)
 }
 
 /// The trust page's form.
@@ -1209,7 +1259,10 @@ async fn perform_logout(
             Err(e) => return internal(agency, &e),
         }
     }
-    let clear = sso_cookie(agency, String::new(), 0);
+    let clear = match browser_cookies(agency, None) {
+        Ok(c) => c,
+        Err(e) => return internal(agency, &e),
+    };
     let resp = match target {
         Some(t) => HttpResponse::SeeOther()
             .insert_header((header::LOCATION, t))
@@ -1220,7 +1273,7 @@ async fn perform_logout(
             pages::html_response(StatusCode::OK, pages::signed_out(&csp, None), &csp)
         }
     };
-    with_cookie(resp, Some(clear))
+    with_cookies(resp, clear)
 }
 
 #[cfg(test)]

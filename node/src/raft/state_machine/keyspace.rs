@@ -29,6 +29,8 @@ pub(super) const PREFIX_USER_BY_ID: &[u8] = b"U/";
 pub(super) const PREFIX_REQUEST: &[u8] = b"r/";
 /// session key (hash of the cookie secret) → `Session`.
 pub(super) const PREFIX_SESSION: &[u8] = b"s/";
+/// Index: session's public handle (`sid`) → session key (`SecretHash`).
+pub(super) const PREFIX_SESSION_BY_SID: &[u8] = b"I/";
 /// client id → `Site`.
 pub(super) const PREFIX_SITE: &[u8] = b"c/";
 /// user id (big-endian) ++ client id → `Trust`.
@@ -72,6 +74,7 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
         k if k.starts_with(PREFIX_USER_BY_ID) => as_::<String>("user_by_id", value),
         k if k.starts_with(PREFIX_REQUEST) => as_::<RequestRecord>("request", value),
         k if k.starts_with(PREFIX_SESSION) => as_::<Session>("session", value),
+        k if k.starts_with(PREFIX_SESSION_BY_SID) => as_::<SecretHash>("session_by_sid", value),
         k if k.starts_with(PREFIX_SITE) => as_::<Site>("site", value),
         k if k.starts_with(PREFIX_TRUST) => as_::<Trust>("trust", value),
         k if k.starts_with(PREFIX_TICKET) => as_::<LoginTicket>("ticket", value),

@@ -13,8 +13,8 @@ use baa_proto::ErrorCode;
 use super::apply::{invalid, Staged};
 use super::keyspace::{
     KEY_CURRENT_KID, PREFIX_DEVICE, PREFIX_FAILURES, PREFIX_FAMILY, PREFIX_KEY, PREFIX_REFRESH,
-    PREFIX_SESSION, PREFIX_SESSION_TOKENS, PREFIX_SITE, PREFIX_TICKET, PREFIX_TOKEN, PREFIX_TRUST,
-    PREFIX_USER, PREFIX_USER_BY_ID, PREFIX_USER_CODE,
+    PREFIX_SESSION, PREFIX_SESSION_BY_SID, PREFIX_SESSION_TOKENS, PREFIX_SITE, PREFIX_TICKET,
+    PREFIX_TOKEN, PREFIX_TRUST, PREFIX_USER, PREFIX_USER_BY_ID, PREFIX_USER_CODE,
 };
 use super::{read_tree, StateReader};
 use crate::raft::{sm_read_err, StorageError};
@@ -283,6 +283,7 @@ fn create_session(
     s.absolute_expiry_ms = now.saturating_add(lifetime);
     s.sites.clear();
     st.put(&sk, &s)?;
+    st.put(&key(PREFIX_SESSION_BY_SID, s.sid.as_bytes()), &s.key)?;
     st.remove(&account_key);
     Ok(Ok(Outcome::Session(Box::new(s))))
 }
@@ -293,6 +294,7 @@ fn revoke_session(st: &mut Staged<'_>, k: &SecretHash) -> Result<CommandResult, 
         return refuse(ErrorCode::SessionNotFound, "no such session");
     };
     st.remove(&sk);
+    st.remove(&key(PREFIX_SESSION_BY_SID, s.sid.as_bytes()));
     let tokens_revoked = revoke_session_tokens(st, k)?;
     Ok(Ok(Outcome::Revoked(RevokedSession {
         sid: s.sid,
@@ -670,6 +672,7 @@ fn purge_expired(st: &mut Staged<'_>, now: u64) -> Result<CommandResult, Storage
         if let Some(s) = st.get::<Session>(&k)? {
             if !s.alive_at(now) {
                 st.remove(&k);
+                st.remove(&key(PREFIX_SESSION_BY_SID, s.sid.as_bytes()));
                 n += 1 + revoke_session_tokens(st, &s.key)?;
             }
         }
@@ -739,6 +742,14 @@ impl StateReader {
     /// The session with key `key`, if stored (alive or not).
     pub fn session(&self, k: &SecretHash) -> Result<Option<Session>, StorageError> {
         self.get(&key(PREFIX_SESSION, k))
+    }
+
+    /// The session whose public handle is `sid`, if stored (alive or not).
+    pub fn session_by_sid(&self, sid: &str) -> Result<Option<Session>, StorageError> {
+        match self.get::<SecretHash>(&key(PREFIX_SESSION_BY_SID, sid.as_bytes()))? {
+            Some(k) => self.session(&k),
+            None => Ok(None),
+        }
     }
 
     /// The user with id `id`.

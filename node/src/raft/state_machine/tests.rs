@@ -827,6 +827,7 @@ mod reopen {
             "user_by_id",
             "request",
             "session",
+            "session_by_sid",
             "site",
             "trust",
             "ticket",
