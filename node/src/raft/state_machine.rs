@@ -53,6 +53,11 @@ pub struct SmShared {
     /// write lock; reads, digests and snapshot builds take the read lock.
     active: RwLock<sled::Tree>,
     snapshot_dir: PathBuf,
+    /// Held while the current snapshot's two files are replaced, and while
+    /// a reader reads the meta and opens the data: a reader never pairs one
+    /// snapshot's meta with another's data (an open file keeps its contents
+    /// when a newer one is renamed over it).
+    snapshot_files: std::sync::Mutex<()>,
     metrics: Arc<Metrics>,
     snapshot_seq: AtomicU64,
 }
@@ -104,6 +109,7 @@ impl StateMachineStore {
             root,
             active: RwLock::new(active),
             snapshot_dir: snapshot_dir.to_path_buf(),
+            snapshot_files: std::sync::Mutex::new(()),
             metrics,
             snapshot_seq: AtomicU64::new(0),
         };
@@ -155,8 +161,9 @@ impl SmShared {
         )
     }
 
-    /// Writes the whole active tree to the current snapshot files and returns its meta.
-    fn dump_snapshot(&self) -> anyhow::Result<SnapshotMeta> {
+    /// Writes the whole active tree to the current snapshot files and returns
+    /// its meta with the data file opened.
+    fn dump_snapshot(&self) -> anyhow::Result<(SnapshotMeta, std::fs::File)> {
         let (meta_path, data_path) = self.snapshot_paths();
         let tmp = self.snapshot_dir.join("build.data.tmp");
         let tree = self.tree();
@@ -182,9 +189,28 @@ impl SmShared {
             last_membership: membership,
             snapshot_id,
         };
+        let _files = self.lock_snapshot_files();
         std::fs::rename(&tmp, &data_path)?;
         write_meta(&meta_path, &meta)?;
-        Ok(meta)
+        let data = std::fs::File::open(&data_path)?;
+        Ok((meta, data))
+    }
+
+    fn lock_snapshot_files(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A poisoned lock guards no data of its own; the files are intact.
+        self.snapshot_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current snapshot's meta and its data file, read as one pair.
+    fn current_snapshot(&self) -> anyhow::Result<Option<(SnapshotMeta, std::fs::File)>> {
+        let (meta_path, data_path) = self.snapshot_paths();
+        let _files = self.lock_snapshot_files();
+        let Some(meta) = read_meta(&meta_path)? else {
+            return Ok(None);
+        };
+        Ok(Some((meta, std::fs::File::open(&data_path)?)))
     }
 
     /// Replaces the state with the snapshot in `file`, streamed into a fresh tree.
@@ -410,6 +436,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut out = std::fs::File::create(&tmp)?;
             std::io::copy(&mut f, &mut out)?;
             out.sync_all()?;
+            let _files = shared.lock_snapshot_files();
             std::fs::rename(&tmp, &data_path)?;
             write_meta(&meta_path, &meta)?;
             Ok(())
@@ -432,16 +459,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let (meta_path, data_path) = self.shared.snapshot_paths();
-        let Some(meta) = read_meta(&meta_path).map_err(sm_read_err)? else {
-            return Ok(None);
-        };
-        let file = tokio::fs::File::open(&data_path)
+        let shared = self.shared.clone();
+        let current = tokio::task::spawn_blocking(move || shared.current_snapshot())
             .await
+            .map_err(sm_read_err)?
             .map_err(sm_read_err)?;
-        Ok(Some(Snapshot {
+        Ok(current.map(|(meta, file)| Snapshot {
             meta,
-            snapshot: Box::new(file),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         }))
     }
 }
@@ -454,18 +479,14 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let shared = self.shared.clone();
-        let meta = tokio::task::spawn_blocking(move || shared.dump_snapshot())
+        let (meta, file) = tokio::task::spawn_blocking(move || shared.dump_snapshot())
             .await
             .map_err(sm_read_err)?
-            .map_err(sm_read_err)?;
-        let (_, data_path) = self.shared.snapshot_paths();
-        let file = tokio::fs::File::open(&data_path)
-            .await
             .map_err(sm_read_err)?;
         self.shared.metrics.snapshots_built.inc();
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(file),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         })
     }
 }
