@@ -104,9 +104,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     claim_data_dir(&db, config.node_id)?;
 
     let metrics = Metrics::new();
-    let log_store = LogStore::open(&db, config.node_id, metrics.clone())?;
     let state_machine =
         StateMachineStore::open(&db, &config.data_dir.join("snapshots"), metrics.clone())?;
+    let log_store = LogStore::open(
+        &db,
+        config.node_id,
+        metrics.clone(),
+        state_machine.snapshot_cover(),
+    )?;
     let reader = state_machine.reader();
     let keys = keys::KeyRing::new(reader.clone());
 

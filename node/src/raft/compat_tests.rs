@@ -46,7 +46,9 @@ async fn release_0_1_0_data_after_a_purge_opens() {
             .open()
             .unwrap();
 
-        let mut log = LogStore::open(&db, node, Metrics::new()).unwrap();
+        let sm =
+            StateMachineStore::open(&db, &dir.path().join("snapshots"), Metrics::new()).unwrap();
+        let mut log = LogStore::open(&db, node, Metrics::new(), sm.snapshot_cover()).unwrap();
         let state = log.get_log_state().await.unwrap();
         assert_eq!(
             state.last_purged_log_id.map(|l| l.index),

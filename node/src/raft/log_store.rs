@@ -18,7 +18,7 @@ use std::sync::{mpsc, Arc};
 
 use crate::metrics::Metrics;
 
-use super::{Entry, LogId, StorageError, TypeConfig, Vote};
+use super::{Entry, LogId, SnapshotCover, StorageError, TypeConfig, Vote};
 
 /// A key of the meta tree together with the type stored under it, so that
 /// a record is always read back as the type it was written as.
@@ -50,15 +50,19 @@ pub struct LogStore {
     flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
     node_id: NodeId,
     metrics: Arc<Metrics>,
+    /// What the snapshot on disk covers: purges go no further.
+    cover: SnapshotCover,
 }
 
 impl LogStore {
     /// Opens (or creates) the log trees in `db` and starts the flusher thread,
-    /// which ends when the last clone of the store is dropped.
+    /// which ends when the last clone of the store is dropped. Purges stop at
+    /// what `cover` says the snapshot on disk covers.
     pub fn open(
         db: &sled::Db,
         node_id: NodeId,
         metrics: Arc<Metrics>,
+        cover: SnapshotCover,
     ) -> Result<Self, sled::Error> {
         let (flusher, rx) = mpsc::channel();
         let flush_db = db.clone();
@@ -74,6 +78,7 @@ impl LogStore {
             flusher,
             node_id,
             metrics,
+            cover,
         })
     }
 
@@ -231,6 +236,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Never past the snapshot on disk (see `SnapshotCover`); what is left
+        // goes at a later purge.
+        let log_id = match self.cover.get() {
+            Some(covered) if covered.index < log_id.index => covered,
+            Some(_) => log_id,
+            None => return Ok(()),
+        };
+        if self
+            .get_meta(&LAST_PURGED)?
+            .flatten()
+            .is_some_and(|p| p.index >= log_id.index)
+        {
+            return Ok(());
+        }
         // Record the purge point first: a crash in between leaves extra entries, never a gap.
         self.put_meta(&LAST_PURGED, &Some(log_id)).await?;
         let mut batch = sled::Batch::default();
@@ -317,7 +336,11 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match sled::Config::new().path(dir).open() {
-                Ok(db) => return LogStore::open(&db, 1, Metrics::new()).unwrap(),
+                Ok(db) => {
+                    let cover = SnapshotCover::default();
+                    cover.set(Some(log_id(2, 1_000)));
+                    return LogStore::open(&db, 1, Metrics::new(), cover).unwrap();
+                }
                 Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
@@ -355,5 +378,29 @@ mod tests {
         assert_eq!(state.last_purged_log_id, Some(log_id(2, 25)));
         assert_eq!(state.last_log_id, Some(log_id(2, 25)));
         assert!(store.try_get_log_entries(..).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn purges_stop_at_the_snapshot_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        store.blocking_append((1..=30).map(entry)).await.unwrap();
+        store.cover.set(Some(log_id(2, 12)));
+        store.purge(log_id(2, 20)).await.unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(2, 12)));
+        assert_eq!(
+            store.try_get_log_entries(..).await.unwrap()[0].log_id.index,
+            13
+        );
+        // Once the snapshot covers more, the next purge catches up.
+        store.cover.set(Some(log_id(2, 25)));
+        store.purge(log_id(2, 22)).await.unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(2, 22)));
+        store.cover.set(None);
+        store.purge(log_id(2, 28)).await.unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(2, 22)));
     }
 }

@@ -41,6 +41,28 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, BaaNode>;
 /// Vote of this configuration.
 pub type Vote = openraft::Vote<NodeId>;
 
+/// The last log id the snapshot on disk covers, shared by the state machine
+/// (which moves it when a snapshot's files are in place) and the log store
+/// (which purges no further). openraft may ask to purge the log up to a
+/// snapshot being installed before that install is durable; purging then
+/// would leave a node that crashes in between with a purged log and an older
+/// snapshot, which it cannot start from. Entries kept a little longer are
+/// purged at the next purge.
+#[derive(Clone, Default)]
+pub struct SnapshotCover(std::sync::Arc<std::sync::RwLock<Option<LogId>>>);
+
+impl SnapshotCover {
+    /// The covered log id, if any snapshot is on disk.
+    pub fn get(&self) -> Option<LogId> {
+        *self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that the snapshot on disk now covers `upto`.
+    pub fn set(&self, upto: Option<LogId>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = upto;
+    }
+}
+
 /// Wraps any displayable failure as a storage error for openraft.
 pub(crate) fn sm_read_err(e: impl std::fmt::Display) -> StorageError {
     openraft::StorageIOError::read_state_machine(openraft::AnyError::error(e.to_string())).into()

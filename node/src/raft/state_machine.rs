@@ -23,8 +23,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{
-    sm_read_err, sm_write_err, Entry, LogId, SnapshotMeta, StorageError, StoredMembership,
-    TypeConfig,
+    sm_read_err, sm_write_err, Entry, LogId, SnapshotCover, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
 };
 use crate::metrics::Metrics;
 
@@ -58,6 +58,8 @@ pub struct SmShared {
     /// snapshot's meta with another's data (an open file keeps its contents
     /// when a newer one is renamed over it).
     snapshot_files: std::sync::Mutex<()>,
+    /// What the snapshot on disk covers, for the log store's purges.
+    cover: SnapshotCover,
     metrics: Arc<Metrics>,
     snapshot_seq: AtomicU64,
 }
@@ -104,18 +106,26 @@ impl StateMachineStore {
                 std::fs::remove_file(path)?;
             }
         }
+        let cover = SnapshotCover::default();
+        cover.set(read_meta(&snapshot_dir.join("current.meta"))?.and_then(|m| m.last_log_id));
         let shared = SmShared {
             db: db.clone(),
             root,
             active: RwLock::new(active),
             snapshot_dir: snapshot_dir.to_path_buf(),
             snapshot_files: std::sync::Mutex::new(()),
+            cover,
             metrics,
             snapshot_seq: AtomicU64::new(0),
         };
         Ok(Self {
             shared: Arc::new(shared),
         })
+    }
+
+    /// What the snapshot on disk covers: the log store must purge no further.
+    pub fn snapshot_cover(&self) -> SnapshotCover {
+        self.shared.cover.clone()
     }
 
     /// A reader sharing this state machine.
@@ -192,6 +202,7 @@ impl SmShared {
         let _files = self.lock_snapshot_files();
         std::fs::rename(&tmp, &data_path)?;
         write_meta(&meta_path, &meta)?;
+        self.cover.set(meta.last_log_id);
         let data = std::fs::File::open(&data_path)?;
         Ok((meta, data))
     }
@@ -439,6 +450,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let _files = shared.lock_snapshot_files();
             std::fs::rename(&tmp, &data_path)?;
             write_meta(&meta_path, &meta)?;
+            shared.cover.set(meta.last_log_id);
             Ok(())
         })
         .await
