@@ -129,3 +129,51 @@ async fn h4_shared_domain_cookies_open_nothing() {
     }
     cluster.assert_no_panics();
 }
+
+/// M1: guessing user codes at `/device/decide` is throttled like at
+/// `/device`: past the per-source limit (50 by default) the answer is 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m1_device_decisions_are_throttled() {
+    let cluster = Cluster::start(3).await;
+    create_user(&cluster, "alice", PASSWORD).await;
+    let base = cluster.public_url(1);
+    let mut agent = Agent::new(&cluster);
+    let signed_in = agent.sign_in(&base, "alice", PASSWORD).await;
+    assert_eq!(
+        signed_in.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        signed_in.body
+    );
+    let page = agent.get(&format!("{base}/device")).await;
+    let csrf = page
+        .inputs()
+        .get("csrf")
+        .cloned()
+        .expect("csrf on the device page");
+    let letters = b"BCDFGHJKLMNPQRSTVWXZ";
+    let mut throttled_at = None;
+    for i in 0..60usize {
+        let code: String = (0..8)
+            .map(|j| letters[(i * 7 + j * 13 + i / 3) % letters.len()] as char)
+            .collect();
+        let answer = agent
+            .post_form(
+                &format!("{base}/device/decide"),
+                &[
+                    ("csrf".into(), csrf.clone()),
+                    ("user_code".into(), code),
+                    ("decision".into(), "approve".into()),
+                ],
+            )
+            .await;
+        if answer.status == StatusCode::TOO_MANY_REQUESTS {
+            throttled_at = Some(i);
+            break;
+        }
+        assert_ne!(answer.status, StatusCode::OK, "wrong code {i} accepted");
+    }
+    let at = throttled_at.expect("60 wrong codes at /device/decide and never a 429");
+    println!("/device/decide throttled after {at} wrong codes");
+    cluster.assert_no_panics();
+}

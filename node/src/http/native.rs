@@ -230,26 +230,8 @@ async fn device_post(
     if current_session(&req, &gate, &agency).await.is_none() {
         return sign_in_first(&req, &agency, "/device", StatusCode::UNAUTHORIZED);
     }
-    // Guessing codes is throttled like guessing passwords: per source address.
-    let source = req
-        .peer_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let now = now_ms();
-    let locked = agency
-        .state
-        .failures(&ThrottleSubject::Source(source.clone()))
-        .map(|f| f.locked_at(now))
-        .unwrap_or(false);
-    if locked {
-        let mut resp = device_page(
-            &agency,
-            &req,
-            &form.user_code,
-            Some("Too many wrong codes. Wait a few minutes, then try again."),
-        );
-        *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-        return resp;
+    if let Some(refused) = code_guessing_locked(&agency, &req, &form.user_code) {
+        return refused;
     }
     let code = normalise_user_code(&form.user_code);
     let valid = agency
@@ -257,19 +239,52 @@ async fn device_post(
         .device_by_user_code(&code)
         .ok()
         .flatten()
-        .is_some_and(|d| d.status == DeviceStatus::Pending && now < d.expires_ms);
+        .is_some_and(|d| d.status == DeviceStatus::Pending && now_ms() < d.expires_ms);
     if !valid {
-        let op = Op::RecordSignInFailure {
-            account: secret_hash(format!("device-code:{code}").as_bytes()),
-            source,
-            rule: super::sso::throttle_rule(&agency),
-        };
-        if let Err(e) = agency.write(op, None).await {
-            tracing::warn!(error = %e, "could not record a wrong device code");
-        }
+        record_wrong_code(&agency, &req, &code).await;
         return device_page(&agency, &req, &form.user_code, Some(BAD_CODE));
     }
     device_page(&agency, &req, &form.user_code, None)
+}
+
+/// The source address user codes are throttled by.
+fn code_source(req: &HttpRequest) -> String {
+    req.peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Guessing user codes is throttled like guessing passwords, per source
+/// address, on the entry page and the decision alike: the 429 page while
+/// the source is locked.
+fn code_guessing_locked(agency: &Agency, req: &HttpRequest, typed: &str) -> Option<HttpResponse> {
+    let locked = agency
+        .state
+        .failures(&ThrottleSubject::Source(code_source(req)))
+        .map(|f| f.locked_at(now_ms()))
+        .unwrap_or(false);
+    locked.then(|| {
+        let mut resp = device_page(
+            agency,
+            req,
+            typed,
+            Some("Too many wrong codes. Wait a few minutes, then try again."),
+        );
+        *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        resp
+    })
+}
+
+/// Counts one wrong user code against the request's source address.
+async fn record_wrong_code(agency: &Agency, req: &HttpRequest, code: &str) {
+    let op = Op::RecordSignInFailure {
+        account: secret_hash(format!("device-code:{code}").as_bytes()),
+        source: code_source(req),
+        rule: super::sso::throttle_rule(agency),
+    };
+    if let Err(e) = agency.write(op, None).await {
+        tracing::warn!(error = %e, "could not record a wrong device code");
+    }
 }
 
 async fn device_decide(
@@ -284,9 +299,13 @@ async fn device_decide(
     let Some(v) = current_session(&req, &gate, &agency).await else {
         return sign_in_first(&req, &agency, "/device", StatusCode::UNAUTHORIZED);
     };
+    if let Some(refused) = code_guessing_locked(&agency, &req, &form.user_code) {
+        return refused;
+    }
     let approve = form.decision == "approve";
+    let code = normalise_user_code(&form.user_code);
     let op = Op::DecideDevice {
-        user_code: normalise_user_code(&form.user_code),
+        user_code: code.clone(),
         session_key: v.key,
         approve,
     };
@@ -302,6 +321,7 @@ async fn device_decide(
             "Unexpected outcome.",
         ),
         Err(NodeError::Apply(e)) if e.code != ErrorCode::StorageError => {
+            record_wrong_code(&agency, &req, &code).await;
             device_page(&agency, &req, &form.user_code, Some(BAD_CODE))
         }
         Err(e) => error_page(
