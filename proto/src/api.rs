@@ -294,3 +294,50 @@ pub struct TrustList {
     /// The user's trust relationships.
     pub trust: Vec<crate::sso::Trust>,
 }
+
+/// A session as the admin API shows it: no secret, only its public handle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionView {
+    /// Public handle (`sid`, as in ID tokens and the reference cookie).
+    pub sid: String,
+    /// Sign-in time, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Last use, ms since the Unix epoch.
+    pub last_seen_ms: u64,
+    /// When it ends unless used again (idle timeout), ms since the Unix epoch.
+    pub idle_expiry_ms: u64,
+    /// When it ends regardless (absolute lifetime), ms since the Unix epoch.
+    pub absolute_expiry_ms: u64,
+    /// Sign-in methods.
+    pub methods: Vec<String>,
+    /// Sites that got tickets in the session.
+    pub sites: Vec<String>,
+}
+
+impl From<&crate::sso::Session> for SessionView {
+    fn from(s: &crate::sso::Session) -> Self {
+        SessionView {
+            sid: s.sid.clone(),
+            created_ms: s.created_ms,
+            last_seen_ms: s.last_seen_ms,
+            idle_expiry_ms: s.last_seen_ms.saturating_add(s.idle_timeout_ms),
+            absolute_expiry_ms: s.absolute_expiry_ms,
+            methods: s.methods.clone(),
+            sites: s.sites.clone(),
+        }
+    }
+}
+
+/// `GET /admin/v1/users/{username}/sessions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionList {
+    /// The user's live sessions, oldest first.
+    pub sessions: Vec<SessionView>,
+}
+
+/// `DELETE /admin/v1/users/{username}/sessions` and `DELETE /admin/v1/sessions/{sid}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionsEnded {
+    /// How many sessions ended.
+    pub revoked: usize,
+}

@@ -200,6 +200,11 @@ pub enum Op {
     },
     /// Remove expired sessions, tickets, tokens, throttle records and keys.
     PurgeExpired,
+    /// End every session of a user, and the tokens bound to them.
+    RevokeUserSessions {
+        /// The user.
+        username: String,
+    },
 }
 
 impl Op {
@@ -227,6 +232,7 @@ impl Op {
             Op::RecordSignInFailure { .. } => "record_sign_in_failure",
             Op::AddSigningKey { .. } => "add_signing_key",
             Op::PurgeExpired => "purge_expired",
+            Op::RevokeUserSessions { .. } => "revoke_user_sessions",
         }
     }
 }
@@ -290,6 +296,8 @@ pub enum Outcome {
     DeviceDecided(String),
     /// Entries that carry no command (blank and membership entries).
     Empty,
+    /// Sessions ended together (a user's, e.g.).
+    RevokedAll(Vec<RevokedSession>),
 }
 
 /// Why the state machine refused a command. Refusals are deterministic: every

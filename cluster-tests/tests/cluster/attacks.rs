@@ -2,10 +2,14 @@
 //! case id leads the name), tried against a real cluster as an attacker
 //! would. C1 lives with the other cluster-port checks in `cluster_port.rs`.
 
+use std::time::{Duration, Instant};
+
+use baa_cluster_tests::harness::CONVERGE_DEADLINE;
 use baa_cluster_tests::sso::{
-    add_confidential_site, create_user, query_params, Agent, AuthRequest, CSRF_COOKIE,
+    self, add_confidential_site, create_user, query_params, Agent, AuthRequest, TestSite,
+    CSRF_COOKIE,
 };
-use baa_cluster_tests::Cluster;
+use baa_cluster_tests::{poll_until, Cluster};
 use reqwest::header::SET_COOKIE;
 use reqwest::StatusCode;
 
@@ -175,5 +179,339 @@ async fn m1_device_decisions_are_throttled() {
     }
     let at = throttled_at.expect("60 wrong codes at /device/decide and never a 429");
     println!("/device/decide throttled after {at} wrong codes");
+    cluster.assert_no_panics();
+}
+
+/// A site that may ask for refresh tokens (`offline_access`).
+async fn offline_site(cluster: &Cluster, client_id: &str) -> TestSite {
+    sso::add_site(
+        cluster,
+        serde_json::json!({
+            "client_id": client_id,
+            "name": client_id,
+            "redirect_uris": [format!("https://{client_id}.baa.localtest/cb")],
+            "allowed_scopes": ["openid", "profile", "offline_access"],
+        }),
+    )
+    .await
+}
+
+/// Signs `alice` in at node 1 (or reuses `agent`'s session), approves
+/// `site` and redeems a code with `offline_access`: the token answer.
+async fn tokens_for(cluster: &Cluster, agent: &mut Agent, site: &TestSite) -> serde_json::Value {
+    let base = cluster.public_url(1);
+    if !agent.has_session_cookie() {
+        let a = agent.sign_in(&base, "alice", PASSWORD).await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    }
+    let req = AuthRequest::new(site).set("scope", "openid offline_access");
+    let mut page = agent.get(&req.url(&base)).await;
+    if page.body.contains("id=\"trust\"") {
+        page = agent.approve(&base, &page, "username", false, false).await;
+    }
+    let code = page
+        .inputs()
+        .get("code")
+        .cloned()
+        .unwrap_or_else(|| panic!("no code: {}", page.body));
+    let (status, tokens) = sso::redeem(
+        cluster.http(),
+        &cluster.public_url(2),
+        site,
+        &code,
+        req.verifier.as_deref(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    assert!(tokens["refresh_token"].is_string(), "{tokens}");
+    tokens
+}
+
+/// `grant_type=refresh_token` as `site` at node `id`.
+async fn refresh(
+    cluster: &Cluster,
+    id: u64,
+    site: &TestSite,
+    token: &str,
+) -> (StatusCode, serde_json::Value) {
+    let resp = cluster
+        .http()
+        .post(format!("{}/sso/token", cluster.public_url(id)))
+        .basic_auth(&site.client_id, site.secret.as_deref())
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", token)])
+        .send()
+        .await
+        .expect("refresh request");
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// `GET /sso/userinfo` with `token` at node `id`: the status.
+async fn userinfo(cluster: &Cluster, id: u64, token: &str) -> StatusCode {
+    cluster
+        .http()
+        .get(format!("{}/sso/userinfo", cluster.public_url(id)))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("userinfo request")
+        .status()
+}
+
+/// Polls every node until `dead` holds of it; the slowest node's time from `since`.
+async fn dead_everywhere<F, Fut>(cluster: &Cluster, what: &str, since: Instant, dead: F) -> Duration
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut slowest = Duration::ZERO;
+    for id in cluster.ids() {
+        poll_until(CONVERGE_DEADLINE, &format!("{what} on node {id}"), || {
+            let f = dead(id);
+            async move { f.await.then_some(()) }
+        })
+        .await;
+        slowest = slowest.max(since.elapsed());
+    }
+    slowest
+}
+
+/// L1: reusing a refresh token revokes its family *and* the access tokens
+/// issued from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l1_refresh_reuse_kills_the_family_s_access_tokens() {
+    let cluster = Cluster::start(3).await;
+    create_user(&cluster, "alice", PASSWORD).await;
+    let app = offline_site(&cluster, "app").await;
+    let mut agent = Agent::new(&cluster);
+    let first = tokens_for(&cluster, &mut agent, &app).await;
+    let r1 = first["refresh_token"].as_str().unwrap();
+    let (status, second) = refresh(&cluster, 3, &app, r1).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    let a2 = second["access_token"].as_str().unwrap().to_string();
+    assert_eq!(userinfo(&cluster, 1, &a2).await, StatusCode::OK);
+    // An attacker replays the first refresh token.
+    let (status, _) = refresh(&cluster, 2, &app, r1).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let t = Instant::now();
+    let a2 = a2.as_str();
+    let took = dead_everywhere(&cluster, "the family's access token refused", t, |id| {
+        let cluster = &cluster;
+        async move { userinfo(cluster, id, a2).await == StatusCode::UNAUTHORIZED }
+    })
+    .await;
+    println!("access token of the reused family dead everywhere after {took:?}");
+    let r2 = second["refresh_token"].as_str().unwrap();
+    assert_eq!(
+        refresh(&cluster, 1, &app, r2).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    cluster.assert_no_panics();
+}
+
+/// M5: revoking a trust relationship, or removing a site, revokes the
+/// tokens the site holds for it — refresh tokens included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m5_revoking_trust_or_removing_a_site_revokes_its_tokens() {
+    let cluster = Cluster::start(3).await;
+    create_user(&cluster, "alice", PASSWORD).await;
+    let (shop, news) = (
+        offline_site(&cluster, "shop").await,
+        offline_site(&cluster, "news").await,
+    );
+    let mut agent = Agent::new(&cluster);
+    let at_shop = tokens_for(&cluster, &mut agent, &shop).await;
+    let at_news = tokens_for(&cluster, &mut agent, &news).await;
+    let admin = |method: reqwest::Method, path: &str| {
+        cluster
+            .http()
+            .request(method, format!("{}/admin/v1{path}", cluster.public_url(3)))
+            .bearer_auth(cluster.admin_token())
+            .send()
+    };
+    let resp = admin(reqwest::Method::DELETE, "/users/alice/trust/shop")
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let t = Instant::now();
+    let access = at_shop["access_token"].as_str().unwrap();
+    let took = dead_everywhere(&cluster, "shop's access token refused", t, |id| {
+        let cluster = &cluster;
+        async move { userinfo(cluster, id, access).await == StatusCode::UNAUTHORIZED }
+    })
+    .await;
+    let shop_refresh = at_shop["refresh_token"].as_str().unwrap();
+    assert_eq!(
+        refresh(&cluster, 2, &shop, shop_refresh).await.0,
+        StatusCode::BAD_REQUEST,
+        "shop's refresh token survived the revoked trust"
+    );
+    // The other site is untouched.
+    let news_access = at_news["access_token"].as_str().unwrap();
+    assert_eq!(userinfo(&cluster, 1, news_access).await, StatusCode::OK);
+
+    let resp = admin(reqwest::Method::DELETE, "/sites/news").await.unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let t = Instant::now();
+    let took_site = dead_everywhere(&cluster, "news's access token refused", t, |id| {
+        let cluster = &cluster;
+        async move { userinfo(cluster, id, news_access).await == StatusCode::UNAUTHORIZED }
+    })
+    .await;
+    println!("tokens dead everywhere {took:?} after the trust revocation, {took_site:?} after the site removal");
+    cluster.assert_no_panics();
+}
+
+/// Everything that opens alice's session: the browser cookies at
+/// `/auth/verify`, the site's access token at userinfo, its refresh token.
+struct Held {
+    agent: Agent,
+    site: TestSite,
+    access: String,
+    refresh: String,
+}
+
+impl Held {
+    async fn new(cluster: &Cluster, site: &TestSite) -> Held {
+        let mut agent = Agent::new(cluster);
+        let tokens = tokens_for(cluster, &mut agent, site).await;
+        Held {
+            agent,
+            site: site.clone(),
+            access: tokens["access_token"].as_str().unwrap().to_string(),
+            refresh: tokens["refresh_token"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// Whether nothing of it opens anything on node `id` any more.
+    async fn dead_on(&self, cluster: &Cluster, id: u64) -> bool {
+        let mut agent = self.agent.clone();
+        let verify = agent
+            .get(&format!("{}/auth/verify", cluster.public_url(id)))
+            .await;
+        let introspect = sso::introspect_active(
+            cluster.http(),
+            &cluster.public_url(id),
+            &self.site,
+            &self.access,
+        )
+        .await;
+        verify.status == StatusCode::UNAUTHORIZED
+            && !introspect
+            && userinfo(cluster, id, &self.access).await == StatusCode::UNAUTHORIZED
+    }
+
+    /// Asserts it is dead on every node within a second of `since`, and
+    /// that its refresh token is refused.
+    async fn assert_dead_within_a_second(&self, cluster: &Cluster, what: &str, since: Instant) {
+        let took = dead_everywhere(cluster, what, since, |id| self.dead_on(cluster, id)).await;
+        println!("{what}: cookies and tokens refused on every node after {took:?}");
+        assert!(took <= Duration::from_secs(1), "{what}: took {took:?}");
+        let (status, body) = refresh(cluster, 1, &self.site, &self.refresh).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: refresh {body}");
+    }
+}
+
+/// H3: disabling a user or resetting their password ends their sessions and
+/// tokens on every node within a second; the admin API lists and ends a
+/// user's sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_disabling_or_resetting_a_password_ends_sessions() {
+    let cluster = Cluster::start(3).await;
+    create_user(&cluster, "alice", PASSWORD).await;
+    let app = offline_site(&cluster, "app").await;
+    let admin = |method: reqwest::Method, path: &str| {
+        cluster
+            .http()
+            .request(method, format!("{}/admin/v1{path}", cluster.public_url(2)))
+            .bearer_auth(cluster.admin_token())
+    };
+
+    let held = Held::new(&cluster, &app).await;
+    assert!(!held.dead_on(&cluster, 3).await);
+    let resp = admin(reqwest::Method::POST, "/users/alice/disable")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    held.assert_dead_within_a_second(&cluster, "disabled", Instant::now())
+        .await;
+
+    let resp = admin(reqwest::Method::POST, "/users/alice/enable")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let held = Held::new(&cluster, &app).await;
+    let resp = admin(reqwest::Method::PATCH, "/users/alice")
+        .json(&serde_json::json!({ "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    held.assert_dead_within_a_second(&cluster, "password reset", Instant::now())
+        .await;
+
+    // The admin API lists a user's sessions and ends one, or all.
+    let (one, two) = (
+        Held::new(&cluster, &app).await,
+        Held::new(&cluster, &app).await,
+    );
+    let listed: serde_json::Value = admin(reqwest::Method::GET, "/users/alice/sessions")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sids: Vec<&str> = listed["sessions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{listed}"))
+        .iter()
+        .map(|s| s["sid"].as_str().unwrap())
+        .collect();
+    assert_eq!(sids.len(), 2, "{listed}");
+    let mut probe = one.agent.clone();
+    let one_sid = probe
+        .get(&format!("{}/auth/verify", cluster.public_url(1)))
+        .await
+        .headers["x-baa-session"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(sids.contains(&one_sid.as_str()), "{listed}");
+    let resp = admin(reqwest::Method::DELETE, &format!("/sessions/{one_sid}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    one.assert_dead_within_a_second(&cluster, "one session ended", Instant::now())
+        .await;
+    assert!(
+        !two.dead_on(&cluster, 1).await,
+        "the other session ended too"
+    );
+    let resp = admin(reqwest::Method::DELETE, "/users/alice/sessions")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    two.assert_dead_within_a_second(&cluster, "every session ended", Instant::now())
+        .await;
+
+    // And the CLI: an empty list now; an unknown session is a clear error.
+    let out = cluster
+        .cli(1, &["session", "list", "--user", "alice"])
+        .await;
+    out.assert_success("baa session list");
+    assert!(!out.stdout.contains(&one_sid), "{}", out.stdout);
+    let out = cluster
+        .cli(1, &["session", "revoke", "--sid", &one_sid])
+        .await;
+    assert!(
+        !out.status.success() && out.stderr.contains("session_not_found"),
+        "{}",
+        out.stderr
+    );
     cluster.assert_no_panics();
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use baa_proto::api::{
     ClusterStatus, CreateSiteRequest, CreateUserRequest, CreatedSite, JoinRequest, LeaveRequest,
-    SiteList, SiteView, TrustList, UpdateUserRequest, UserList, UserView,
+    SessionList, SiteList, SiteView, TrustList, UpdateUserRequest, UserList, UserView,
 };
 use baa_proto::model::NodeId;
 use baa_proto::sso::AccountName;
@@ -137,6 +137,72 @@ pub enum TrustCommand {
         /// The site's client id.
         client_id: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// List a user's live sessions (public handles only, never a secret).
+    List {
+        /// Login name.
+        #[arg(long)]
+        user: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End sessions, with every token bound to them; their sites hear of it
+    /// over the back channel.
+    Revoke {
+        /// End every session of this user.
+        #[arg(long, required_unless_present = "sid", conflicts_with = "sid")]
+        user: Option<String>,
+        /// End the session with this public handle.
+        #[arg(long)]
+        sid: Option<String>,
+    },
+}
+
+/// Runs a `baa session` subcommand.
+pub async fn session(conn: &Connection, command: SessionCommand) -> anyhow::Result<()> {
+    let client = AdminClient::new(conn)?;
+    match command {
+        SessionCommand::List { user, json } => {
+            let list: SessionList = client
+                .get(&format!("/admin/v1/users/{user}/sessions"))
+                .await?;
+            if json {
+                return print_json(&list.sessions);
+            }
+            if list.sessions.is_empty() {
+                println!("{user} has no live session");
+                return Ok(());
+            }
+            println!(
+                "{:<32}  {:<24}  {:<24}  sites",
+                "sid", "signed in", "last used"
+            );
+            for s in &list.sessions {
+                println!(
+                    "{:<32}  {:<24}  {:<24}  {}",
+                    s.sid,
+                    time_ms(s.created_ms),
+                    time_ms(s.last_seen_ms),
+                    s.sites.join(" ")
+                );
+            }
+            Ok(())
+        }
+        SessionCommand::Revoke { user, sid } => {
+            let path = match (&user, &sid) {
+                (_, Some(sid)) => format!("/admin/v1/sessions/{sid}"),
+                (Some(user), None) => format!("/admin/v1/users/{user}/sessions"),
+                (None, None) => anyhow::bail!("give --user or --sid"),
+            };
+            let ended: baa_proto::api::SessionsEnded = client.delete_json(&path).await?;
+            println!("{} session(s) ended", ended.revoked);
+            Ok(())
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -140,6 +140,12 @@ impl AdminClient {
             .map(drop)
     }
 
+    /// DELETE a resource that answers with a JSON body.
+    pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.delete(format!("{}{path}", self.base)))
+            .await
+    }
+
     /// Whether `GET path` answers 200 (no credential needed).
     pub async fn is_ok(&self, path: &str) -> bool {
         matches!(self.http.get(format!("{}{path}", self.base)).timeout(Duration::from_secs(2)).send().await,

@@ -49,6 +49,11 @@ enum Command {
         #[command(subcommand)]
         command: admin::SiteCommand,
     },
+    /// List and end users' sessions.
+    Session {
+        #[command(subcommand)]
+        command: admin::SessionCommand,
+    },
     /// Manage the agency's token-signing keys.
     Keys {
         #[command(subcommand)]
@@ -214,6 +219,9 @@ pub fn main() -> ExitCode {
         }
         Command::Site { command } => {
             runtime().and_then(|rt| rt.block_on(admin::site(&cli.conn, command)))
+        }
+        Command::Session { command } => {
+            runtime().and_then(|rt| rt.block_on(admin::session(&cli.conn, command)))
         }
         Command::Keys { command } => {
             runtime().and_then(|rt| rt.block_on(admin::keys(&cli.conn, command)))

@@ -190,6 +190,7 @@ async fn update_user(
     _: Admin,
     agency: web::Data<Agency>,
     hasher: web::Data<Addr<PasswordHasher>>,
+    backchannel: web::Data<super::oidc::Backchannel>,
     request_id: RequestIdHeader,
     path: web::Path<String>,
     body: web::Json<UpdateUserRequest>,
@@ -218,39 +219,73 @@ async fn update_user(
         attributes: req.attributes,
         password_hash,
     };
+    let username = path.into_inner();
+    let ends_sessions = patch.password_hash.is_some();
     let op = Op::UpdateUser {
-        username: path.into_inner(),
+        username: username.clone(),
         patch,
     };
-    Ok(HttpResponse::Ok().json(user_of(agency.write(op, request_id.0).await?)?))
+    write_user(
+        &agency,
+        &backchannel,
+        op,
+        &username,
+        ends_sessions,
+        request_id,
+    )
+    .await
 }
 
-async fn set_disabled(
-    agency: &Agency,
-    username: String,
-    disabled: bool,
+/// Writes a change to a user; one that ends the user's sessions (a new
+/// password, a disabled account) tells their sites over the back channel.
+async fn write_user(
+    agency: &web::Data<Agency>,
+    backchannel: &super::oidc::Backchannel,
+    op: Op,
+    username: &str,
+    ends_sessions: bool,
     request_id: RequestIdHeader,
 ) -> Result<HttpResponse> {
-    let op = Op::SetUserDisabled { username, disabled };
-    Ok(HttpResponse::Ok().json(user_of(agency.write(op, request_id.0).await?)?))
+    let ending = if ends_sessions {
+        crate::sso::sessions::about_to_end(agency, username)?
+    } else {
+        Vec::new()
+    };
+    let user = user_of(agency.write(op, request_id.0).await?)?;
+    for r in ending {
+        backchannel.notify(agency.clone().into_inner(), r);
+    }
+    Ok(HttpResponse::Ok().json(user))
 }
 
 async fn disable_user(
     _: Admin,
     agency: web::Data<Agency>,
+    backchannel: web::Data<super::oidc::Backchannel>,
     request_id: RequestIdHeader,
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
-    set_disabled(&agency, path.into_inner(), true, request_id).await
+    let username = path.into_inner();
+    let op = Op::SetUserDisabled {
+        username: username.clone(),
+        disabled: true,
+    };
+    write_user(&agency, &backchannel, op, &username, true, request_id).await
 }
 
 async fn enable_user(
     _: Admin,
     agency: web::Data<Agency>,
+    backchannel: web::Data<super::oidc::Backchannel>,
     request_id: RequestIdHeader,
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
-    set_disabled(&agency, path.into_inner(), false, request_id).await
+    let username = path.into_inner();
+    let op = Op::SetUserDisabled {
+        username: username.clone(),
+        disabled: false,
+    };
+    write_user(&agency, &backchannel, op, &username, false, request_id).await
 }
 
 async fn cluster_init(_: Admin, agency: web::Data<Agency>) -> Result<HttpResponse> {

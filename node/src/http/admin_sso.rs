@@ -1,8 +1,10 @@
 //! Admin API for single sign-on: partner sites, users' trust relationships
-//! and signing-key rotation.
+//! and sessions, and signing-key rotation.
 
 use actix_web::{web, HttpResponse};
-use baa_proto::api::{CreateSiteRequest, CreatedSite, SiteList, SiteView, TrustList};
+use baa_proto::api::{
+    CreateSiteRequest, CreatedSite, SessionList, SessionsEnded, SiteList, SiteView, TrustList,
+};
 use baa_proto::command::{ApplyError, Op, Outcome};
 use baa_proto::sso::{secret_hash, Site};
 use baa_proto::ErrorCode;
@@ -28,7 +30,51 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(resource("/users/{username}/trust").route(get().to(list_trust)))
     .service(resource("/users/{username}/trust/{client_id}").route(delete().to(revoke_trust)))
+    .service(
+        resource("/users/{username}/sessions")
+            .route(get().to(list_sessions))
+            .route(delete().to(end_user_sessions)),
+    )
+    .service(resource("/sessions/{sid}").route(delete().to(end_session)))
     .service(resource("/keys/rotate").route(post().to(rotate_key)));
+}
+
+async fn list_sessions(
+    _: Admin,
+    agency: web::Data<Agency>,
+    path: web::Path<String>,
+    params: web::Query<ReadParams>,
+) -> Result<HttpResponse> {
+    agency.read_barrier(params.consistency).await?;
+    let sessions = crate::sso::sessions::list(&agency, &path.into_inner())?;
+    Ok(HttpResponse::Ok().json(SessionList { sessions }))
+}
+
+async fn end_user_sessions(
+    _: Admin,
+    agency: web::Data<Agency>,
+    backchannel: web::Data<super::oidc::Backchannel>,
+    request_id: RequestIdHeader,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
+    let ended = crate::sso::sessions::end_all(&agency, &path.into_inner(), request_id.0).await?;
+    let revoked = ended.len();
+    for r in ended {
+        backchannel.notify(agency.clone().into_inner(), r);
+    }
+    Ok(HttpResponse::Ok().json(SessionsEnded { revoked }))
+}
+
+async fn end_session(
+    _: Admin,
+    agency: web::Data<Agency>,
+    backchannel: web::Data<super::oidc::Backchannel>,
+    request_id: RequestIdHeader,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
+    let ended = crate::sso::sessions::end_one(&agency, &path.into_inner(), request_id.0).await?;
+    backchannel.notify(agency.clone().into_inner(), ended);
+    Ok(HttpResponse::Ok().json(SessionsEnded { revoked: 1 }))
 }
 
 async fn create_site(

@@ -375,6 +375,8 @@ pub async fn live_token(agency: &Agency, value: &str) -> Option<(AccessToken, Se
     let find = |a: &Agency| -> Option<(AccessToken, Session)> {
         let t = a.state.access_token(&hash).ok().flatten()?;
         let s = a.state.session(&t.session_key).ok().flatten()?;
+        // A removed site's tokens die with it, whatever index missed them.
+        a.state.site(&t.client_id).ok().flatten()?;
         let now = now_ms();
         (now < t.expires_ms && s.alive_at(now)).then_some((t, s))
     };

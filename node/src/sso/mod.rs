@@ -2,4 +2,5 @@
 //! input and return typed values and errors, for the HTTP handlers (which
 //! parse, call one function here, and render) to use.
 
+pub mod sessions;
 pub mod status;

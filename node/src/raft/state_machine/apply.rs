@@ -91,15 +91,34 @@ pub(super) fn apply_op(
     match op {
         Op::CreateUser(new) => create_user(st, now_ms, new),
         Op::UpdateUser { username, patch } => {
-            update_user(st, now_ms, username, |u| apply_patch(u, patch))
+            let r = update_user(st, now_ms, username, |u| apply_patch(u, patch))?;
+            // A new password ends every session opened with the old one.
+            if patch.password_hash.is_some() {
+                end_sessions_of(st, &r)?;
+            }
+            Ok(r)
         }
-        Op::SetUserDisabled { username, disabled } => update_user(st, now_ms, username, |u| {
-            u.disabled = *disabled;
-            Ok(())
-        }),
+        Op::SetUserDisabled { username, disabled } => {
+            let r = update_user(st, now_ms, username, |u| {
+                u.disabled = *disabled;
+                Ok(())
+            })?;
+            if *disabled {
+                end_sessions_of(st, &r)?;
+            }
+            Ok(r)
+        }
         Op::PurgeRequestResults { before_ms } => purge_requests(st, *before_ms),
         _ => super::sso::apply_sso(st, now_ms, op),
     }
+}
+
+/// Ends the sessions of the user an update just changed (if it succeeded).
+fn end_sessions_of(st: &mut Staged<'_>, result: &CommandResult) -> Result<(), StorageError> {
+    if let Ok(Outcome::User(u)) = result {
+        super::sso::end_user_sessions(st, u.id)?;
+    }
+    Ok(())
 }
 
 fn validate_new(new: &NewUser) -> Result<(), ApplyError> {

@@ -31,6 +31,8 @@ pub(super) const PREFIX_REQUEST: &[u8] = b"r/";
 pub(super) const PREFIX_SESSION: &[u8] = b"s/";
 /// Index: session's public handle (`sid`) → session key (`SecretHash`).
 pub(super) const PREFIX_SESSION_BY_SID: &[u8] = b"I/";
+/// Index: user id (big-endian) ++ session key → `()`: a user's sessions.
+pub(super) const PREFIX_USER_SESSIONS: &[u8] = b"V/";
 /// client id → `Site`.
 pub(super) const PREFIX_SITE: &[u8] = b"c/";
 /// user id (big-endian) ++ client id → `Trust`.
@@ -39,7 +41,7 @@ pub(super) const PREFIX_TRUST: &[u8] = b"t/";
 pub(super) const PREFIX_TICKET: &[u8] = b"k/";
 /// access-token hash → `AccessToken`.
 pub(super) const PREFIX_TOKEN: &[u8] = b"x/";
-/// Index: session key ++ access-token hash → `()`.
+/// Index: session key ++ token hash → `()`: the access and refresh tokens of a session.
 pub(super) const PREFIX_SESSION_TOKENS: &[u8] = b"X/";
 /// key id → `SigningKey`.
 pub(super) const PREFIX_KEY: &[u8] = b"K/";
@@ -75,6 +77,7 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
         k if k.starts_with(PREFIX_REQUEST) => as_::<RequestRecord>("request", value),
         k if k.starts_with(PREFIX_SESSION) => as_::<Session>("session", value),
         k if k.starts_with(PREFIX_SESSION_BY_SID) => as_::<SecretHash>("session_by_sid", value),
+        k if k.starts_with(PREFIX_USER_SESSIONS) => as_::<()>("user_sessions", value),
         k if k.starts_with(PREFIX_SITE) => as_::<Site>("site", value),
         k if k.starts_with(PREFIX_TRUST) => as_::<Trust>("trust", value),
         k if k.starts_with(PREFIX_TICKET) => as_::<LoginTicket>("ticket", value),

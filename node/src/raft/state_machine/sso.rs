@@ -15,6 +15,7 @@ use super::keyspace::{
     KEY_CURRENT_KID, PREFIX_DEVICE, PREFIX_FAILURES, PREFIX_FAMILY, PREFIX_KEY, PREFIX_REFRESH,
     PREFIX_SESSION, PREFIX_SESSION_BY_SID, PREFIX_SESSION_TOKENS, PREFIX_SITE, PREFIX_TICKET,
     PREFIX_TOKEN, PREFIX_TRUST, PREFIX_USER, PREFIX_USER_BY_ID, PREFIX_USER_CODE,
+    PREFIX_USER_SESSIONS,
 };
 use super::{read_tree, StateReader};
 use crate::raft::{sm_read_err, StorageError};
@@ -30,6 +31,10 @@ fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
 
 fn trust_key(user_id: u64, client_id: &str) -> Vec<u8> {
     [PREFIX_TRUST, &user_id.to_be_bytes(), client_id.as_bytes()].concat()
+}
+
+fn user_session_key(user_id: u64, session: &SecretHash) -> Vec<u8> {
+    [PREFIX_USER_SESSIONS, &user_id.to_be_bytes(), session].concat()
 }
 
 pub(super) fn user_by_id_key(id: u64) -> Vec<u8> {
@@ -92,6 +97,9 @@ pub(super) fn apply_sso(
                     && &tk[PREFIX_TRUST.len() + 8..] == client_id.as_bytes()
                 {
                     st.remove(&tk);
+                    let mut id = [0u8; 8];
+                    id.copy_from_slice(&tk[PREFIX_TRUST.len()..PREFIX_TRUST.len() + 8]);
+                    revoke_user_client_tokens(st, u64::from_be_bytes(id), client_id)?;
                 }
             }
             Ok(Ok(Outcome::Removed(true)))
@@ -124,6 +132,7 @@ pub(super) fn apply_sso(
                 return refuse(ErrorCode::TrustNotFound, "no such trust relationship");
             }
             st.remove(&k);
+            revoke_user_client_tokens(st, *user_id, client_id)?;
             Ok(Ok(Outcome::Removed(true)))
         }
         Op::IssueTicket(t) => issue_ticket(st, now, t),
@@ -185,9 +194,11 @@ pub(super) fn apply_sso(
                 return Ok(Ok(Outcome::Removed(true)));
             }
             // A refresh token takes its whole family with it (RFC 7009 §2.1).
+            // and the access tokens of the same grant (its client in its session).
             match st.get::<RefreshToken>(&key(PREFIX_REFRESH, hash))? {
                 Some(r) => {
                     revoke_family(st, &r.family)?;
+                    revoke_client_tokens(st, &r.session_key, &r.client_id)?;
                     Ok(Ok(Outcome::Removed(true)))
                 }
                 None => Ok(Ok(Outcome::Removed(false))),
@@ -223,6 +234,12 @@ pub(super) fn apply_sso(
             Ok(Ok(Outcome::Done))
         }
         Op::PurgeExpired => purge_expired(st, now),
+        Op::RevokeUserSessions { username } => {
+            let Some(user) = st.get::<User>(&key(PREFIX_USER, username.as_bytes()))? else {
+                return refuse(ErrorCode::UserNotFound, format!("no user named {username}"));
+            };
+            Ok(Ok(Outcome::RevokedAll(end_user_sessions(st, user.id)?)))
+        }
         Op::CreateUser(_)
         | Op::UpdateUser { .. }
         | Op::SetUserDisabled { .. }
@@ -284,6 +301,7 @@ fn create_session(
     s.sites.clear();
     st.put(&sk, &s)?;
     st.put(&key(PREFIX_SESSION_BY_SID, s.sid.as_bytes()), &s.key)?;
+    st.put(&user_session_key(s.user_id, &s.key), &())?;
     st.remove(&account_key);
     Ok(Ok(Outcome::Session(Box::new(s))))
 }
@@ -295,6 +313,7 @@ fn revoke_session(st: &mut Staged<'_>, k: &SecretHash) -> Result<CommandResult, 
     };
     st.remove(&sk);
     st.remove(&key(PREFIX_SESSION_BY_SID, s.sid.as_bytes()));
+    st.remove(&user_session_key(s.user_id, k));
     let tokens_revoked = revoke_session_tokens(st, k)?;
     Ok(Ok(Outcome::Revoked(RevokedSession {
         sid: s.sid,
@@ -304,16 +323,86 @@ fn revoke_session(st: &mut Staged<'_>, k: &SecretHash) -> Result<CommandResult, 
     })))
 }
 
+/// Removes every token of session `k` (access and refresh); returns how many.
 fn revoke_session_tokens(st: &mut Staged<'_>, k: &SecretHash) -> Result<u64, StorageError> {
-    let prefix = key(PREFIX_SESSION_TOKENS, k);
+    revoke_tokens_where(st, k, |_| true)
+}
+
+/// Removes the tokens of session `session` that `doomed` picks by client
+/// id, with their index entries; returns how many.
+fn revoke_tokens_where(
+    st: &mut Staged<'_>,
+    session: &SecretHash,
+    doomed: impl Fn(&str) -> bool,
+) -> Result<u64, StorageError> {
+    let prefix = key(PREFIX_SESSION_TOKENS, session);
     let mut n = 0;
     for ik in st.keys_with_prefix(&prefix)? {
         let hash = &ik[prefix.len()..];
-        st.remove(&key(PREFIX_TOKEN, hash));
+        let (tk, rk) = (key(PREFIX_TOKEN, hash), key(PREFIX_REFRESH, hash));
+        if let Some(t) = st.get::<AccessToken>(&tk)? {
+            if !doomed(&t.client_id) {
+                continue;
+            }
+            st.remove(&tk);
+        } else if let Some(r) = st.get::<RefreshToken>(&rk)? {
+            if !doomed(&r.client_id) {
+                continue;
+            }
+            st.remove(&rk);
+            st.remove(&[PREFIX_FAMILY, &r.family, hash].concat());
+        }
         st.remove(&ik);
         n += 1;
     }
     Ok(n)
+}
+
+/// Removes the tokens `client_id` holds in session `session`: what reuse
+/// detection of one of its grants takes with it.
+fn revoke_client_tokens(
+    st: &mut Staged<'_>,
+    session: &SecretHash,
+    client_id: &str,
+) -> Result<u64, StorageError> {
+    revoke_tokens_where(st, session, |c| c == client_id)
+}
+
+/// Removes the tokens `client_id` holds in any session of user `user_id`
+/// (its trust was revoked, or the site removed).
+fn revoke_user_client_tokens(
+    st: &mut Staged<'_>,
+    user_id: u64,
+    client_id: &str,
+) -> Result<u64, StorageError> {
+    let prefix = [PREFIX_USER_SESSIONS, &user_id.to_be_bytes()].concat();
+    let mut n = 0;
+    for uk in st.keys_with_prefix(&prefix)? {
+        let mut session = [0u8; 32];
+        session.copy_from_slice(&uk[prefix.len()..]);
+        n += revoke_client_tokens(st, &session, client_id)?;
+    }
+    Ok(n)
+}
+
+/// Ends every session of user `user_id` with its tokens (the account was
+/// disabled, its password reset, or an administrator asked).
+pub(super) fn end_user_sessions(
+    st: &mut Staged<'_>,
+    user_id: u64,
+) -> Result<Vec<RevokedSession>, StorageError> {
+    let prefix = [PREFIX_USER_SESSIONS, &user_id.to_be_bytes()].concat();
+    let mut ended = Vec::new();
+    for uk in st.keys_with_prefix(&prefix)? {
+        let mut session = [0u8; 32];
+        session.copy_from_slice(&uk[prefix.len()..]);
+        match revoke_session(st, &session)? {
+            Ok(Outcome::Revoked(r)) => ended.push(r),
+            // A dangling index entry: nothing left to end.
+            _ => st.remove(&uk),
+        }
+    }
+    Ok(ended)
 }
 
 fn issue_ticket(
@@ -378,6 +467,7 @@ fn redeem(
                 revoke_family(st, &rt.family)?;
             }
         }
+        revoke_client_tokens(st, &t.session_key, client_id)?;
         st.put(&tk, &t)?;
         return bad("the ticket was already redeemed");
     }
@@ -438,6 +528,12 @@ fn grant(
     if user.disabled {
         return refuse(ErrorCode::InvalidGrant, "the account is disabled");
     }
+    if st
+        .get::<Site>(&key(PREFIX_SITE, client_id.as_bytes()))?
+        .is_none()
+    {
+        return refuse(ErrorCode::InvalidGrant, "the site is no longer registered");
+    }
     let params = st
         .get::<Trust>(&trust_key(user.id, client_id))?
         .map(|tr| tr.params)
@@ -474,6 +570,10 @@ fn grant(
         };
         st.put(&key(PREFIX_REFRESH, &rt.hash), &rt)?;
         st.put(&[PREFIX_FAMILY, &rt.family, &rt.hash].concat(), &())?;
+        st.put(
+            &[PREFIX_SESSION_TOKENS, &session.key, &rt.hash].concat(),
+            &(),
+        )?;
     }
     Ok(Ok(Outcome::Granted(Box::new(Grant {
         user,
@@ -502,7 +602,12 @@ fn live_session(
 fn revoke_family(st: &mut Staged<'_>, family: &SecretHash) -> Result<(), StorageError> {
     let prefix = key(PREFIX_FAMILY, family);
     for ik in st.keys_with_prefix(&prefix)? {
-        st.remove(&key(PREFIX_REFRESH, &ik[prefix.len()..]));
+        let hash = &ik[prefix.len()..];
+        let rk = key(PREFIX_REFRESH, hash);
+        if let Some(r) = st.get::<RefreshToken>(&rk)? {
+            st.remove(&[PREFIX_SESSION_TOKENS, &r.session_key, hash].concat());
+        }
+        st.remove(&rk);
         st.remove(&ik);
     }
     Ok(())
@@ -525,8 +630,10 @@ fn refresh_tokens(
         return bad("the refresh token was issued to another client");
     }
     if old.used {
-        // Reuse: one of the two holders is not the app; neither keeps access.
+        // Reuse: one of the two holders is not the app; neither keeps access,
+        // to the refresh tokens or to the access tokens issued from them.
         revoke_family(st, &old.family)?;
+        revoke_client_tokens(st, &old.session_key, client_id)?;
         return bad("the refresh token was already used; its family is revoked");
     }
     if now >= old.expires_ms {
@@ -673,6 +780,7 @@ fn purge_expired(st: &mut Staged<'_>, now: u64) -> Result<CommandResult, Storage
             if !s.alive_at(now) {
                 st.remove(&k);
                 st.remove(&key(PREFIX_SESSION_BY_SID, s.sid.as_bytes()));
+                st.remove(&user_session_key(s.user_id, &s.key));
                 n += 1 + revoke_session_tokens(st, &s.key)?;
             }
         }
@@ -687,7 +795,12 @@ fn purge_expired(st: &mut Staged<'_>, now: u64) -> Result<CommandResult, Storage
             .then(|| vec![[PREFIX_SESSION_TOKENS, &t.session_key, &t.hash].concat()])
     })?;
     n += purge_where(st, PREFIX_REFRESH, |r: &RefreshToken| {
-        (now >= r.expires_ms).then(|| vec![[PREFIX_FAMILY, &r.family, &r.hash].concat()])
+        (now >= r.expires_ms).then(|| {
+            vec![
+                [PREFIX_FAMILY, &r.family, &r.hash].concat(),
+                [PREFIX_SESSION_TOKENS, &r.session_key, &r.hash].concat(),
+            ]
+        })
     })?;
     n += purge_where(st, PREFIX_DEVICE, |d: &DeviceGrant| {
         (now >= d.expires_ms).then(|| vec![key(PREFIX_USER_CODE, d.user_code.as_bytes())])
@@ -742,6 +855,24 @@ impl StateReader {
     /// The session with key `key`, if stored (alive or not).
     pub fn session(&self, k: &SecretHash) -> Result<Option<Session>, StorageError> {
         self.get(&key(PREFIX_SESSION, k))
+    }
+
+    /// Every stored session of user `user_id` (alive or not).
+    pub fn sessions_of(&self, user_id: u64) -> Result<Vec<Session>, StorageError> {
+        let prefix = [PREFIX_USER_SESSIONS, &user_id.to_be_bytes()].concat();
+        let keys: Vec<Vec<u8>> = {
+            let tree = self.shared.tree();
+            tree.scan_prefix(&prefix)
+                .keys()
+                .map(|k| k.map(|k| k[prefix.len()..].to_vec()))
+                .collect::<Result<_, _>>()
+                .map_err(sm_read_err)?
+        };
+        let mut out = Vec::new();
+        for k in keys {
+            out.extend(self.get::<Session>(&key(PREFIX_SESSION, &k))?);
+        }
+        Ok(out)
     }
 
     /// The session whose public handle is `sid`, if stored (alive or not).

@@ -495,8 +495,25 @@ mod native {
             token: at([a; 32]),
             refresh: Some(rt([r; 32])),
         };
+        let mut first = at_time(1, 1000, create("alice"));
+        if let EntryPayload::Normal(p) = &mut first.payload {
+            p.commands.push(Command {
+                request_id: None,
+                time_ms: 1000,
+                op: Op::AddSite(Box::new(baa_proto::sso::Site {
+                    client_id: "cli".into(),
+                    name: "cli".into(),
+                    redirect_uris: vec!["http://127.0.0.1/cb".into()],
+                    post_logout_redirect_uris: vec![],
+                    secret_hash: None,
+                    backchannel_logout_uri: None,
+                    allowed_scopes: vec!["openid".into(), "offline_access".into()],
+                    created_ms: 0,
+                })),
+            });
+        }
         sm.apply(vec![
-            at_time(1, 1000, create("alice")),
+            first,
             at_time(
                 2,
                 1000,
@@ -611,9 +628,10 @@ mod reopen {
             Op::RecordSignInFailure { .. } => 18,
             Op::AddSigningKey { .. } => 19,
             Op::PurgeExpired => 20,
+            Op::RevokeUserSessions { .. } => 21,
         }
     }
-    const VARIANTS: usize = 21;
+    const VARIANTS: usize = 22;
 
     fn site(client_id: &str) -> Op {
         Op::AddSite(Box::new(Site {
@@ -665,6 +683,10 @@ mod reopen {
         let other = secret_hash(b"other session");
         let code = secret_hash(b"code");
         let challenge = "c".repeat(43);
+        let mut bobs_session = session(secret_hash(b"bob's session"));
+        if let Op::CreateSession { session, .. } = &mut bobs_session {
+            session.user_id = 2;
+        }
         let device = DeviceGrant {
             device_hash: [9; 32],
             user_code: "BCDFGHJK".into(),
@@ -685,6 +707,7 @@ mod reopen {
             },
             site("shop"),
             site("news"),
+            site("cli"),
             session(key),
             Op::TouchSession { key },
             trust("shop"),
@@ -731,6 +754,11 @@ mod reopen {
             signing_key("k2"),
             session(other),
             Op::RevokeSession { key: other },
+            create("bob"),
+            bobs_session,
+            Op::RevokeUserSessions {
+                username: "bob".into(),
+            },
             Op::PurgeRequestResults { before_ms: 0 },
             Op::PurgeExpired,
         ]
@@ -828,6 +856,7 @@ mod reopen {
             "request",
             "session",
             "session_by_sid",
+            "user_sessions",
             "site",
             "trust",
             "ticket",

@@ -1,0 +1,86 @@
+//! A user's sessions as an administrator sees them: list them, end one by
+//! its public handle, end them all. Ending a session ends every token bound
+//! to it; the caller tells the sites (back-channel logout) with what comes back.
+
+use baa_proto::api::SessionView;
+use baa_proto::command::{Op, Outcome, RequestId};
+use baa_proto::sso::RevokedSession;
+use baa_proto::ErrorCode;
+
+use crate::agency::{now_ms, Agency};
+use crate::error::{NodeError, Result};
+
+fn user_id(agency: &Agency, username: &str) -> Result<u64> {
+    agency.state.user(username)?.map(|u| u.id).ok_or_else(|| {
+        NodeError::Apply(baa_proto::command::ApplyError::new(
+            ErrorCode::UserNotFound,
+            format!("no user named {username}"),
+        ))
+    })
+}
+
+/// The user's live sessions, oldest first.
+pub fn list(agency: &Agency, username: &str) -> Result<Vec<SessionView>> {
+    let now = now_ms();
+    let mut sessions = agency.state.sessions_of(user_id(agency, username)?)?;
+    sessions.retain(|s| s.alive_at(now));
+    sessions.sort_by_key(|s| s.created_ms);
+    Ok(sessions.iter().map(SessionView::from).collect())
+}
+
+/// What the user's sessions are now, as they will look once ended: for
+/// telling the sites after a change that ends them all (a disabled account,
+/// a new password).
+pub fn about_to_end(agency: &Agency, username: &str) -> Result<Vec<RevokedSession>> {
+    let Some(user) = agency.state.user(username)? else {
+        return Ok(Vec::new());
+    };
+    Ok(agency
+        .state
+        .sessions_of(user.id)?
+        .into_iter()
+        .map(|s| RevokedSession {
+            sid: s.sid,
+            user_id: s.user_id,
+            sites: s.sites,
+            tokens_revoked: 0,
+        })
+        .collect())
+}
+
+/// Ends every session of the user.
+pub async fn end_all(
+    agency: &Agency,
+    username: &str,
+    request_id: Option<RequestId>,
+) -> Result<Vec<RevokedSession>> {
+    let op = Op::RevokeUserSessions {
+        username: username.to_string(),
+    };
+    match agency.write(op, request_id).await? {
+        Outcome::RevokedAll(ended) => Ok(ended),
+        other => Err(NodeError::Internal(format!("unexpected outcome {other:?}"))),
+    }
+}
+
+/// Ends the session whose public handle is `sid`.
+pub async fn end_one(
+    agency: &Agency,
+    sid: &str,
+    request_id: Option<RequestId>,
+) -> Result<RevokedSession> {
+    let not_found = || {
+        NodeError::Apply(baa_proto::command::ApplyError::new(
+            ErrorCode::SessionNotFound,
+            format!("no session {sid}"),
+        ))
+    };
+    let session = agency.state.session_by_sid(sid)?.ok_or_else(not_found)?;
+    match agency
+        .write(Op::RevokeSession { key: session.key }, request_id)
+        .await?
+    {
+        Outcome::Revoked(r) => Ok(r),
+        other => Err(NodeError::Internal(format!("unexpected outcome {other:?}"))),
+    }
+}
