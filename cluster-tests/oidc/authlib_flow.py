@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Runs the OIDC authorization code flow against the agency with Authlib, an
-OIDC client library written elsewhere: PKCE (S256), response_mode=form_post,
+OIDC client library written elsewhere: PKCE (S256), the code by query,
 client_secret_basic at the token endpoint, ID token validated through
 discovery and JWKS, then the userinfo endpoint.
 
-The script plays the browser itself: it sends the agency's SSO cookie with the
-authorization request and reads the auto-submitting form the agency returns.
+The script plays the browser itself: it sends the agency's cookies with the
+authorization request (Authlib's defaults: no response_mode) and reads the code
+from the redirect to the site's redirect URI.
 
     authlib_flow.py --issuer URL --discovery-base URL --client-id ID
         --client-secret S --redirect-uri URI --sso-cookie "NAME=VALUE; NAME=VALUE"
@@ -23,8 +24,7 @@ import argparse
 import json
 import sys
 import warnings
-from html.parser import HTMLParser
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 TIMEOUT_SECONDS = 30
 
@@ -33,52 +33,27 @@ class FlowError(Exception):
     """A step of the flow did not go as the protocol says."""
 
 
-class FormParser(HTMLParser):
-    """Collects every <form> with its method, action and named <input> values."""
-
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.forms = []
-
-    def handle_starttag(self, tag, attrs):
-        a = {k: (v if v is not None else "") for k, v in attrs}
-        if tag == "form":
-            self.forms.append(
-                {
-                    "method": a.get("method", "get").lower(),
-                    "action": a.get("action", ""),
-                    "inputs": {},
-                }
-            )
-        elif tag == "input" and self.forms and "name" in a:
-            self.forms[-1]["inputs"][a["name"]] = a.get("value", "")
-
-
-def parse_form_post(html, redirect_uri, state, issuer):
-    """Returns the authorization code from a form_post page after checking
-    that it posts to `redirect_uri` with the expected `state` (and `iss`, when
-    the agency sends one, RFC 9207)."""
-    parser = FormParser()
-    parser.feed(html)
-    parser.close()
-    forms = [f for f in parser.forms if f["method"] == "post"]
-    if len(forms) != 1:
-        raise FlowError(f"expected one POST form in the form_post page, found {len(forms)}")
-    form = forms[0]
-    if form["action"] != redirect_uri:
-        raise FlowError(f"form action {form['action']!r} is not the redirect URI {redirect_uri!r}")
-    fields = form["inputs"]
+def parse_redirect(location, redirect_uri, state, issuer):
+    """Returns the authorization code from the redirect to the site (the code
+    in the query, OIDC Core 3.1.2.5) after checking that it goes to
+    `redirect_uri` with the expected `state` (and `iss`, when the agency sends
+    one, RFC 9207)."""
+    parts = urlsplit(location)
+    target = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    if target != redirect_uri:
+        raise FlowError(f"redirected to {target!r}, not the redirect URI {redirect_uri!r}")
+    fields = dict(parse_qsl(parts.query))
     if "error" in fields:
         raise FlowError(
             f"authorization error {fields['error']!r}: {fields.get('error_description', '')!r}"
         )
     if fields.get("state") != state:
-        raise FlowError("form_post state does not match the request's state")
+        raise FlowError("the redirect's state does not match the request's state")
     if "iss" in fields and fields["iss"] != issuer:
-        raise FlowError(f"form_post iss {fields['iss']!r} is not the issuer {issuer!r}")
+        raise FlowError(f"the redirect's iss {fields['iss']!r} is not the issuer {issuer!r}")
     code = fields.get("code", "")
     if not code:
-        raise FlowError("form_post page carries no code")
+        raise FlowError("the redirect carries no code")
     return code
 
 
@@ -171,22 +146,21 @@ def run(args, secrets):
     code_verifier = generate_token(48)
     nonce = generate_token(24)
     secrets.append(code_verifier)
+    # Authlib's defaults: no response_mode, so the code comes in the query.
     auth_url, state = client.create_authorization_url(
         meta["authorization_endpoint"],
         code_verifier=code_verifier,
         nonce=nonce,
-        response_mode="form_post",
     )
 
     # The browser's part: the user already has an SSO session (cookie).
     resp = http.get(auth_url, headers={"Cookie": args.sso_cookie}, allow_redirects=False, **tls)
-    if resp.status_code != 200:
-        where = f" to {redirect_location(resp)}" if resp.is_redirect else ""
+    if resp.status_code not in (302, 303):
         raise FlowError(
-            f"authorization endpoint answered HTTP {resp.status_code}{where}, "
-            "expected the form_post page"
+            f"authorization endpoint answered HTTP {resp.status_code}, "
+            "expected a redirect to the site with the code"
         )
-    code = parse_form_post(resp.text, args.redirect_uri, state, args.issuer)
+    code = parse_redirect(resp.headers.get("Location", ""), args.redirect_uri, state, args.issuer)
     secrets.append(code)
 
     token = client.fetch_token(
@@ -240,36 +214,25 @@ def run(args, secrets):
 
 
 def self_test():
-    """Checks the parts that need no agency; raises AssertionError on failure."""
-    page = """<!doctype html><html><body onload="document.forms[0].submit()">
-      <form method="POST" action="https://partner.localtest:8443/cb">
-        <input type="hidden" name="code" value="c0de&amp;1">
-        <input type="hidden" name="state" value="st4te">
-        <input type="hidden" name="iss" value="https://login.baa.localtest:9443">
-        <noscript><button type="submit">Continue</button></noscript>
-      </form></body></html>"""
+    """Offline checks of the parsing and redaction helpers."""
     redirect = "https://partner.localtest:8443/cb"
     issuer = "https://login.baa.localtest:9443"
-    assert parse_form_post(page, redirect, "st4te", issuer) == "c0de&1"
+    good = f"{redirect}?code=c0de%261&state=st4te&iss={issuer}"
+    assert parse_redirect(good, redirect, "st4te", issuer) == "c0de&1"
 
-    def fails(html, state="st4te", redirect_uri=redirect, needle=""):
+    def fails(location, state="st4te", redirect_uri=redirect, needle=""):
         try:
-            parse_form_post(html, redirect_uri, state, issuer)
+            parse_redirect(location, redirect_uri, state, issuer)
         except FlowError as e:
             assert needle in str(e), (needle, str(e))
             return
-        raise AssertionError(f"accepted: {html!r}")
+        raise AssertionError(f"accepted: {location!r}")
 
-    fails(page, state="other", needle="state")
-    fails(page, redirect_uri="https://evil.localtest/cb", needle="action")
-    fails(page.replace("https://login.baa.localtest:9443", "https://x"), needle="iss")
-    fails(page.replace('name="code" value="c0de&amp;1"', 'name="code" value=""'), needle="no code")
-    fails("<p>no form</p>", needle="found 0")
-    fails(
-        '<form method="post" action="https://partner.localtest:8443/cb">'
-        '<input name="error" value="login_required"><input name="state" value="st4te"></form>',
-        needle="login_required",
-    )
+    fails(good, state="other", needle="state")
+    fails(good, redirect_uri="https://evil.localtest/cb", needle="redirect URI")
+    fails(good.replace(issuer, "https://x"), needle="iss")
+    fails(f"{redirect}?state=st4te", needle="no code")
+    fails(f"{redirect}?error=login_required&state=st4te", needle="login_required")
 
     assert parse_resolve(["Login.baa.localtest=127.0.0.1"]) == {"login.baa.localtest": "127.0.0.1"}
     for bad in ("nohost", "=1.2.3.4", "host="):

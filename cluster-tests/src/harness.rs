@@ -251,11 +251,18 @@ pub fn baa_bin() -> PathBuf {
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
+///
+/// Chosen at random below the kernel's ephemeral range (Linux: from 32768):
+/// a port the kernel hands out for port 0 is also what it hands to outgoing
+/// connections, so a listener started a moment later could find it taken.
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("binding 127.0.0.1:0")
-        .port()
+    for _ in 0..1_000 {
+        let port = 10_000 + rand::random::<u16>() % 22_000;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 10000 and 32000 on 127.0.0.1")
 }
 
 /// A random alphanumeric string.

@@ -83,6 +83,7 @@ impl PartnerSite {
                 "redirect_uris": [format!("{url}/callback")],
                 "post_logout_redirect_uris": [format!("{url}/")],
                 "backchannel_logout_uri": format!("https://127.0.0.1:{port}/backchannel-logout"),
+                "default_response_mode": "form_post",
             }),
         )
         .await;

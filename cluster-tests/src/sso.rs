@@ -98,7 +98,8 @@ pub async fn add_site(cluster: &Cluster, body: serde_json::Value) -> TestSite {
     }
 }
 
-/// A confidential site with one redirect URI.
+/// A confidential seed-style site with one redirect URI: the ticket comes
+/// by the auto-submitting form unless it asks otherwise.
 pub async fn add_confidential_site(cluster: &Cluster, client_id: &str, redirect: &str) -> TestSite {
     add_site(
         cluster,
@@ -106,6 +107,7 @@ pub async fn add_confidential_site(cluster: &Cluster, client_id: &str, redirect:
             "client_id": client_id,
             "name": format!("Site {client_id}"),
             "redirect_uris": [redirect],
+            "default_response_mode": "form_post",
         }),
     )
     .await

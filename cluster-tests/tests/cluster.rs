@@ -6,6 +6,7 @@ mod cluster {
     mod attacks;
     mod browser_smoke;
     mod cluster_port;
+    mod conformance;
     mod demo;
     mod faults;
     mod membership;

@@ -236,13 +236,35 @@ impl Agency {
             );
         }
         match self.raft.initialize(members).await {
-            Ok(()) => self.ensure_signing_key().await,
+            Ok(()) => {
+                self.ensure_signing_key().await?;
+                self.pairwise_salt().await.map(drop)
+            }
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
                 Err(NodeError::AlreadyInitialized)
             }
             Err(RaftError::APIError(e)) => Err(NodeError::Membership(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(NodeError::Internal(e.to_string())),
         }
+    }
+
+    /// The salt of pairwise identifiers, made (once, cluster-wide: the first
+    /// proposal wins) when the agency has none yet.
+    pub async fn pairwise_salt(&self) -> Result<baa_proto::sso::PairwiseSalt> {
+        if let Some(salt) = self.state.pairwise_salt()? {
+            return Ok(salt);
+        }
+        self.write(
+            Op::SetPairwiseSalt {
+                salt: rand::random(),
+            },
+            None,
+        )
+        .await?;
+        self.read_barrier(Consistency::Linearizable).await?;
+        self.state
+            .pairwise_salt()?
+            .ok_or_else(|| NodeError::Internal("the pairwise salt was not stored".into()))
     }
 
     /// Makes a signing key when the agency has none (first start of a cluster).

@@ -233,6 +233,10 @@ pub struct CreateSiteRequest {
     /// The client secret to use (at least 32 characters); generated when absent.
     #[serde(default)]
     pub client_secret: Option<String>,
+    /// How tickets reach the site when its request names no `response_mode`:
+    /// `query` (default, as OIDC says) or `form_post` (seed-style sites).
+    #[serde(default)]
+    pub default_response_mode: Option<crate::sso::ResponseMode>,
 }
 
 /// A partner site as the admin API shows it (never the secret).
@@ -252,8 +256,21 @@ pub struct SiteView {
     pub allowed_scopes: Vec<String>,
     /// Whether it is a public client.
     pub public: bool,
+    /// How tickets reach it when its request names no `response_mode`.
+    #[serde(default)]
+    pub default_response_mode: crate::sso::ResponseMode,
     /// Registration time, ms.
     pub created_ms: u64,
+}
+
+impl SiteView {
+    /// The view of `s` with its options.
+    pub fn new(s: &crate::sso::Site, options: crate::sso::SiteOptions) -> Self {
+        Self {
+            default_response_mode: options.default_response_mode,
+            ..Self::from(s)
+        }
+    }
 }
 
 impl From<&crate::sso::Site> for SiteView {
@@ -266,6 +283,7 @@ impl From<&crate::sso::Site> for SiteView {
             backchannel_logout_uri: s.backchannel_logout_uri.clone(),
             allowed_scopes: s.allowed_scopes.clone(),
             public: s.secret_hash.is_none(),
+            default_response_mode: Default::default(),
             created_ms: s.created_ms,
         }
     }

@@ -205,6 +205,19 @@ pub enum Op {
         /// The user.
         username: String,
     },
+    /// Set the salt of pairwise identifiers, unless one is set (first wins).
+    SetPairwiseSalt {
+        /// 256 random bits.
+        salt: crate::sso::PairwiseSalt,
+    },
+    /// Register a partner site with its options; fails with `site_exists`
+    /// if the id is taken. (`AddSite` is the same with default options.)
+    RegisterSite {
+        /// The site.
+        site: Box<Site>,
+        /// Its options.
+        options: crate::sso::SiteOptions,
+    },
 }
 
 impl Op {
@@ -233,6 +246,8 @@ impl Op {
             Op::AddSigningKey { .. } => "add_signing_key",
             Op::PurgeExpired => "purge_expired",
             Op::RevokeUserSessions { .. } => "revoke_user_sessions",
+            Op::SetPairwiseSalt { .. } => "set_pairwise_salt",
+            Op::RegisterSite { .. } => "register_site",
         }
     }
 }

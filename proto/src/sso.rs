@@ -21,17 +21,68 @@ pub fn public_sid(key: &SecretHash) -> String {
     hex_lower(&d[..16])
 }
 
-/// The per-site pseudonym of a user: stable for the pair, unlinkable across sites.
-pub fn pseudonym(user_id: u64, client_id: &str) -> String {
-    let d = Sha256::digest(
+/// How the authorization endpoint delivers a ticket to a site's redirect URI.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseMode {
+    /// In the redirect's query (OIDC Core §3.1.2.5: the default of `code`).
+    #[default]
+    Query,
+    /// By an auto-submitting form (the seed's delivery).
+    FormPost,
+}
+
+/// A site's settings kept apart from its registration record (which keeps
+/// its stored shape): for now how tickets reach it when it does not ask.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteOptions {
+    /// The `response_mode` used when the request names none.
+    pub default_response_mode: ResponseMode,
+}
+
+/// The agency's secret salt of pairwise identifiers (replicated, made once).
+pub type PairwiseSalt = [u8; 32];
+
+fn pairwise(label: &[u8], salt: &PairwiseSalt, user_id: u64, client_id: &str) -> [u8; 32] {
+    Sha256::digest(
         [
-            b"baa-pseudonym:".as_slice(),
+            label,
+            salt.as_slice(),
             &user_id.to_be_bytes(),
             client_id.as_bytes(),
         ]
         .concat(),
-    );
+    )
+    .into()
+}
+
+/// The per-site pseudonym of a user, shown as the account name: stable for
+/// the pair, unlinkable across sites without the agency's salt.
+pub fn pseudonym(salt: &PairwiseSalt, user_id: u64, client_id: &str) -> String {
+    let d = pairwise(b"baa-pseudonym:", salt, user_id, client_id);
     format!("u-{}", hex_lower(&d[..6]))
+}
+
+/// The pairwise subject identifier (`sub`) of a user at a site where the
+/// user chose a pseudonym (OIDC Core §8.1).
+pub fn pairwise_sub(salt: &PairwiseSalt, user_id: u64, client_id: &str) -> String {
+    hex_lower(&pairwise(b"baa-pairwise-sub:", salt, user_id, client_id)[..16])
+}
+
+/// What a site knows a user as: `sub` and account name.
+pub fn subject(
+    salt: &PairwiseSalt,
+    user: &crate::model::User,
+    client_id: &str,
+    params: &LoginParams,
+) -> (String, String) {
+    match params.account_name {
+        AccountName::Username => (user.id.to_string(), user.username.clone()),
+        AccountName::Pseudonym => (
+            pairwise_sub(salt, user.id, client_id),
+            pseudonym(salt, user.id, client_id),
+        ),
+    }
 }
 
 /// Lower-case hex of `bytes`.

@@ -191,6 +191,7 @@ async fn offline_site(cluster: &Cluster, client_id: &str) -> TestSite {
             "name": client_id,
             "redirect_uris": [format!("https://{client_id}.baa.localtest/cb")],
             "allowed_scopes": ["openid", "profile", "offline_access"],
+            "default_response_mode": "form_post",
         }),
     )
     .await
@@ -513,5 +514,185 @@ async fn h3_disabling_or_resetting_a_password_ends_sessions() {
         "{}",
         out.stderr
     );
+    cluster.assert_no_panics();
+}
+
+/// M4: a public native client never gets a code without the user seeing a
+/// page (RFC 8252 §8.6): any local program can claim its loopback redirect,
+/// so an earlier approval does not carry over; `prompt=none` gets
+/// `consent_required`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m4_public_native_clients_ask_the_user_every_time() {
+    let cluster = Cluster::start(3).await;
+    create_user(&cluster, "alice", PASSWORD).await;
+    let cli = sso::add_site(
+        &cluster,
+        serde_json::json!({
+            "client_id": "baa-cli",
+            "name": "baa command line",
+            "redirect_uris": ["http://127.0.0.1/callback"],
+            "allowed_scopes": ["openid", "profile", "offline_access"],
+            "public": true,
+        }),
+    )
+    .await;
+    let base = cluster.public_url(1);
+    let mut agent = Agent::new(&cluster);
+    let signed_in = agent.sign_in(&base, "alice", PASSWORD).await;
+    assert_eq!(
+        signed_in.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        signed_in.body
+    );
+    let request = |port: u16| {
+        AuthRequest::new(&cli)
+            .set("redirect_uri", &format!("http://127.0.0.1:{port}/callback"))
+            .set("scope", "openid profile")
+            .set("response_mode", "query")
+    };
+    let trust = agent.get(&request(40001).url(&base)).await;
+    assert!(trust.body.contains("id=\"trust\""), "{}", trust.body);
+    let done = agent.approve(&base, &trust, "username", false, false).await;
+    assert!(query_params(&done.location().unwrap()).contains_key("code"));
+
+    // Another local program, another port, the same browser session.
+    let again = agent.get(&request(40002).url(&base)).await;
+    assert!(
+        again.body.contains("id=\"trust\""),
+        "a second authorization of the public client got no page: {} {:?}",
+        again.status,
+        again.location()
+    );
+    let silent = agent
+        .get(&request(40003).set("prompt", "none").url(&base))
+        .await;
+    let silent = query_params(&silent.location().unwrap_or_default());
+    assert_eq!(
+        silent.get("error").map(String::as_str),
+        Some("consent_required"),
+        "{silent:?}"
+    );
+    cluster.assert_no_panics();
+}
+
+fn jwt_claims(jwt: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).expect("JWT payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+/// M3: a user who chose a pseudonym is not linkable across sites: `sub` is a
+/// salted pairwise identifier per site, never the global user id, and
+/// introspection does not name the user to such a site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m3_pseudonyms_are_unlinkable() {
+    let cluster = Cluster::start(3).await;
+    create_user(&cluster, "alice", PASSWORD).await;
+    let global_id = cluster
+        .admin(1)
+        .get_user("alice", baa_proto::command::Consistency::Linearizable)
+        .await
+        .unwrap()
+        .id
+        .to_string();
+    let base = cluster.public_url(1);
+    let mut agent = Agent::new(&cluster);
+    agent.sign_in(&base, "alice", PASSWORD).await;
+    let mut seen = Vec::new();
+    for name in ["shop", "news"] {
+        let site =
+            add_confidential_site(&cluster, name, &format!("https://{name}.baa.localtest/cb"))
+                .await;
+        let req = AuthRequest::new(&site).set("scope", "openid profile");
+        let trust = agent.get(&req.url(&base)).await;
+        let page = agent
+            .approve(&base, &trust, "pseudonym", false, false)
+            .await;
+        let code = page
+            .inputs()
+            .get("code")
+            .cloned()
+            .unwrap_or_else(|| panic!("{}", page.body));
+        let (status, tokens) =
+            sso::redeem(cluster.http(), &base, &site, &code, req.verifier.as_deref()).await;
+        assert_eq!(status, StatusCode::OK, "{tokens}");
+        let claims = jwt_claims(tokens["id_token"].as_str().unwrap());
+        let sub = claims["sub"].as_str().unwrap().to_string();
+        assert_ne!(sub, global_id, "{name}: the global user id is the sub");
+        assert_ne!(claims["preferred_username"], "alice");
+        let introspected: serde_json::Value = cluster
+            .http()
+            .post(format!("{base}/sso/introspect"))
+            .basic_auth(&site.client_id, site.secret.as_deref())
+            .form(&[("token", tokens["access_token"].as_str().unwrap())])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(introspected["active"], true);
+        assert_eq!(introspected["sub"], sub.as_str(), "{introspected}");
+        let text = introspected.to_string();
+        assert!(
+            !text.contains("\"alice\"") && !text.contains(&format!("\"{global_id}\"")),
+            "{text}"
+        );
+        seen.push(sub);
+    }
+    assert_ne!(seen[0], seen[1], "the same sub at two sites");
+    cluster.assert_no_panics();
+}
+
+/// L2: every answer of the agency carries HSTS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l2_hsts_on_every_response() {
+    let cluster = Cluster::start(3).await;
+    let base = cluster.public_url(2);
+    let http = cluster.http();
+    let answers = [
+        ("GET /", http.get(format!("{base}/")).send().await),
+        (
+            "GET /healthz",
+            http.get(format!("{base}/healthz")).send().await,
+        ),
+        ("GET /nope", http.get(format!("{base}/nope")).send().await),
+        (
+            "GET /sso/authorize",
+            http.get(format!("{base}/sso/authorize")).send().await,
+        ),
+        (
+            "GET jwks",
+            http.get(format!("{base}/.well-known/jwks.json"))
+                .send()
+                .await,
+        ),
+        (
+            "POST /sso/token",
+            http.post(format!("{base}/sso/token")).send().await,
+        ),
+        (
+            "DELETE /healthz",
+            http.delete(format!("{base}/healthz")).send().await,
+        ),
+    ];
+    for (what, answer) in answers {
+        let answer = answer.unwrap();
+        let hsts = answer
+            .headers()
+            .get("strict-transport-security")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("{what} ({}) has no HSTS", answer.status()));
+        let max_age: u64 = hsts
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("max-age="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!(max_age >= 31_536_000, "{what}: {hsts}");
+    }
     cluster.assert_no_panics();
 }

@@ -12,6 +12,7 @@ use baa_proto::api::{
 };
 use baa_proto::model::NodeId;
 use baa_proto::sso::AccountName;
+use baa_proto::sso::ResponseMode;
 use clap::Subcommand;
 
 use super::client::{AdminClient, Connection};
@@ -234,6 +235,11 @@ pub enum SiteCommand {
         /// file instead of generating one.
         #[arg(long)]
         client_secret_file: Option<PathBuf>,
+        /// How tickets reach the site when it names no response_mode:
+        /// `query` (the default, as OpenID Connect says) or `form_post`
+        /// (an auto-submitting form, for seed-style sites).
+        #[arg(long, value_parser = parse_response_mode)]
+        default_response_mode: Option<ResponseMode>,
         /// Print the registered site and its secret as JSON.
         #[arg(long)]
         json: bool,
@@ -573,7 +579,20 @@ fn print_site(site: &SiteView) {
         println!("  back-channel logout URI: {u}");
     }
     println!("  scopes: {}", site.allowed_scopes.join(" "));
+    let mode = match site.default_response_mode {
+        ResponseMode::Query => "query",
+        ResponseMode::FormPost => "form_post",
+    };
+    println!("  default response_mode: {mode}");
     println!("  registered: {}", time_ms(site.created_ms));
+}
+
+fn parse_response_mode(s: &str) -> Result<ResponseMode, String> {
+    match s {
+        "query" => Ok(ResponseMode::Query),
+        "form_post" => Ok(ResponseMode::FormPost),
+        other => Err(format!("{other:?}: expected query or form_post")),
+    }
 }
 
 fn read_secret_file(path: &std::path::Path) -> anyhow::Result<String> {
@@ -597,6 +616,7 @@ pub async fn site(conn: &Connection, command: SiteCommand) -> anyhow::Result<()>
             scopes,
             public,
             client_secret_file,
+            default_response_mode,
             json,
         } => {
             let client_secret = client_secret_file
@@ -613,6 +633,7 @@ pub async fn site(conn: &Connection, command: SiteCommand) -> anyhow::Result<()>
                 allowed_scopes: (!scopes.is_empty()).then_some(scopes),
                 public,
                 client_secret,
+                default_response_mode,
             };
             let created: CreatedSite = client.post("/admin/v1/sites", &req).await?;
             if json {

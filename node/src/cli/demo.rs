@@ -15,6 +15,7 @@ use baa_proto::api::{
     ClusterStatus, CreateSiteRequest, CreateUserRequest, CreatedSite, SiteView, UpdateUserRequest,
     UserView,
 };
+use baa_proto::sso::ResponseMode;
 use baa_proto::ErrorCode;
 use clap::Args;
 
@@ -105,6 +106,8 @@ impl DemoSite {
             allowed_scopes: Some(["openid", "profile", "email"].map(String::from).to_vec()),
             public: false,
             client_secret: Some(secret.into()),
+            // Seed-style sites: the ticket comes by the auto-submitting form.
+            default_response_mode: Some(ResponseMode::FormPost),
         }
     }
 }
@@ -316,6 +319,7 @@ fn same_registration(have: &SiteView, want: &CreateSiteRequest) -> bool {
         && have.post_logout_redirect_uris == want.post_logout_redirect_uris
         && have.backchannel_logout_uri == want.backchannel_logout_uri
         && Some(&have.allowed_scopes) == want.allowed_scopes.as_ref()
+        && Some(have.default_response_mode) == want.default_response_mode
 }
 
 /// Registers the site as `want` says. An existing registration is kept when

@@ -6,7 +6,7 @@ use baa_proto::api::{
     CreateSiteRequest, CreatedSite, SessionList, SessionsEnded, SiteList, SiteView, TrustList,
 };
 use baa_proto::command::{ApplyError, Op, Outcome};
-use baa_proto::sso::{secret_hash, Site};
+use baa_proto::sso::{secret_hash, Site, SiteOptions};
 use baa_proto::ErrorCode;
 
 use super::admin::{Admin, ReadParams, RequestIdHeader};
@@ -112,12 +112,16 @@ async fn create_site(
         created_ms: 0,
     };
     baa_proto::model::validate_site(&site).map_err(|e| NodeError::invalid(e.0))?;
-    match agency
-        .write(Op::AddSite(Box::new(site)), request_id.0)
-        .await?
-    {
+    let options = SiteOptions {
+        default_response_mode: req.default_response_mode.unwrap_or_default(),
+    };
+    let op = Op::RegisterSite {
+        site: Box::new(site),
+        options,
+    };
+    match agency.write(op, request_id.0).await? {
         Outcome::Site(s) => Ok(HttpResponse::Created().json(CreatedSite {
-            site: SiteView::from(s.as_ref()),
+            site: SiteView::new(&s, options),
             client_secret: secret,
         })),
         other => Err(NodeError::Internal(format!("unexpected outcome {other:?}"))),
@@ -130,7 +134,12 @@ async fn list_sites(
     params: web::Query<ReadParams>,
 ) -> Result<HttpResponse> {
     agency.read_barrier(params.consistency).await?;
-    let sites = agency.state.sites()?.iter().map(SiteView::from).collect();
+    let sites = agency
+        .state
+        .sites()?
+        .iter()
+        .map(|s| Ok(SiteView::new(s, agency.state.site_options(&s.client_id)?)))
+        .collect::<Result<_>>()?;
     Ok(HttpResponse::Ok().json(SiteList { sites }))
 }
 
@@ -147,7 +156,8 @@ async fn get_site(
     agency.read_barrier(params.consistency).await?;
     let id = path.into_inner();
     let site = agency.state.site(&id)?.ok_or_else(|| no_site(&id))?;
-    Ok(HttpResponse::Ok().json(SiteView::from(&site)))
+    let options = agency.state.site_options(&id)?;
+    Ok(HttpResponse::Ok().json(SiteView::new(&site, options)))
 }
 
 async fn remove_site(

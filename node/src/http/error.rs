@@ -49,11 +49,22 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
 pub fn error_response(code: ErrorCode, message: impl Into<String>) -> HttpResponse {
     let mut resp = HttpResponse::build(status_of(code));
     resp.insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"));
-    if code == ErrorCode::Unauthorized {
-        resp.insert_header((
-            actix_web::http::header::WWW_AUTHENTICATE,
-            "Bearer realm=\"baa-admin\"",
-        ));
+    match code {
+        ErrorCode::Unauthorized => {
+            resp.insert_header((
+                actix_web::http::header::WWW_AUTHENTICATE,
+                "Bearer realm=\"baa-admin\"",
+            ));
+        }
+        // RFC 6749 §5.2: a client that authenticated (or could have) by
+        // HTTP Basic hears the scheme back.
+        ErrorCode::InvalidClient => {
+            resp.insert_header((
+                actix_web::http::header::WWW_AUTHENTICATE,
+                "Basic realm=\"baa\"",
+            ));
+        }
+        _ => {}
     }
     resp.json(ErrorBody {
         error: code,

@@ -107,6 +107,11 @@ pub fn start(
             .app_data(web::QueryConfig::default().error_handler(error::query_error))
             .app_data(web::PathConfig::default().error_handler(error::path_error))
             .wrap(from_fn(record_metrics))
+            // Browsers use TLS for the agency from the first answer on.
+            .wrap(
+                actix_web::middleware::DefaultHeaders::new()
+                    .add(("Strict-Transport-Security", "max-age=31536000")),
+            )
             // Health and metrics.
             .service(resource("/healthz").route(web::get().to(health::healthz)))
             .service(resource("/readyz").route(web::get().to(health::readyz)))

@@ -9,7 +9,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use baa_proto::command::{Consistency, Op, Outcome};
 use baa_proto::sso::{
-    pseudonym, secret_hash, AccessToken, AccountName, DevicePoll, Grant, LoginParams, RefreshToken,
+    secret_hash, subject, AccessToken, DevicePoll, Grant, LoginParams, PairwiseSalt, RefreshToken,
     RevokedSession, SecretHash, Session, Site,
 };
 use baa_proto::ErrorCode;
@@ -62,7 +62,7 @@ async fn discovery(agency: web::Data<Agency>) -> HttpResponse {
         "response_modes_supported": ["form_post", "query"],
         "grant_types_supported": ["authorization_code", "refresh_token", DEVICE_GRANT],
         "device_authorization_endpoint": format!("{i}/sso/device_authorization"),
-        "subject_types_supported": ["public"],
+        "subject_types_supported": ["public", "pairwise"],
         "id_token_signing_alg_values_supported": ["RS256"],
         "scopes_supported": ["openid", "profile", "email", "offline_access"],
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "sid",
@@ -74,6 +74,9 @@ async fn discovery(agency: web::Data<Agency>) -> HttpResponse {
         "backchannel_logout_session_supported": true,
         "authorization_response_iss_parameter_supported": true,
         "baa_session_status_endpoint": format!("{i}/sso/session_status"),
+        // Both default to true when absent (OIDC Discovery §3).
+        "request_uri_parameter_supported": false,
+        "request_parameter_supported": false,
     }))
 }
 
@@ -175,18 +178,16 @@ pub fn s256(verifier: &str) -> String {
 
 /// The claims a site sees, by the user's login parameters and the scopes.
 fn user_claims(
+    salt: &PairwiseSalt,
     user: &baa_proto::model::User,
     client_id: &str,
     params: &LoginParams,
     scopes: &[String],
 ) -> serde_json::Map<String, serde_json::Value> {
     let mut m = serde_json::Map::new();
-    m.insert("sub".into(), user.id.to_string().into());
+    let (sub, name) = subject(salt, user, client_id, params);
+    m.insert("sub".into(), sub.into());
     if scopes.iter().any(|s| s == "profile") {
-        let name = match params.account_name {
-            AccountName::Username => user.username.clone(),
-            AccountName::Pseudonym => pseudonym(user.id, client_id),
-        };
         m.insert("preferred_username".into(), name.into());
         if params.share_name {
             m.insert("name".into(), user.display_name.clone().into());
@@ -195,14 +196,21 @@ fn user_claims(
     if scopes.iter().any(|s| s == "email") && params.share_email {
         if let Some(e) = &user.email {
             m.insert("email".into(), e.clone().into());
+            // An administrator typed it in; no one proved the user receives mail there.
+            m.insert("email_verified".into(), false.into());
         }
     }
     m
 }
 
-fn id_token(agency: &Agency, g: &Grant, access_token: &str) -> Result<String, NodeError> {
+fn id_token(
+    agency: &Agency,
+    salt: &PairwiseSalt,
+    g: &Grant,
+    access_token: &str,
+) -> Result<String, NodeError> {
     let now_s = now_ms() / 1000;
-    let mut claims = user_claims(&g.user, &g.client_id, &g.params, &g.scopes);
+    let mut claims = user_claims(salt, &g.user, &g.client_id, &g.params, &g.scopes);
     let digest = Sha256::digest(access_token.as_bytes());
     let at_hash = URL_SAFE_NO_PAD.encode(&digest[..16]);
     claims.insert("iss".into(), agency.config.issuer.clone().into());
@@ -363,7 +371,8 @@ async fn redeem(
         body["refresh_token"] = refresh.into();
     }
     if grant_type != "refresh_token" && grant.scopes.iter().any(|s| s == "openid") {
-        body["id_token"] = id_token(agency, &grant, &access)?.into();
+        let salt = agency.pairwise_salt().await?;
+        body["id_token"] = id_token(agency, &salt, &grant, &access)?.into();
     }
     Ok(no_store(HttpResponse::Ok()).json(body))
 }
@@ -423,7 +432,10 @@ async fn userinfo(req: HttpRequest, agency: web::Data<Agency>) -> HttpResponse {
         .flatten()
         .map(|tr| tr.params)
         .unwrap_or_default();
-    let claims = user_claims(&user, &t.client_id, &params, &t.scopes);
+    let Ok(salt) = agency.pairwise_salt().await else {
+        return unauthorized();
+    };
+    let claims = user_claims(&salt, &user, &t.client_id, &params, &t.scopes);
     no_store(HttpResponse::Ok()).json(claims)
 }
 
@@ -477,29 +489,68 @@ async fn introspect(
     // A resource server asks to decide access: answer as of now, not as of
     // this node's replication lag (a revocation a moment ago must show).
     agency.read_barrier(Consistency::Linearizable).await?;
-    let Some((t, _)) = live_token(&agency, value).await else {
+    let found = match live_token(&agency, value).await {
+        Some((t, s)) => Some((
+            t.client_id,
+            t.scopes,
+            s,
+            t.issued_ms,
+            t.expires_ms,
+            "Bearer",
+        )),
+        // RFC 7662 §2.1: a refresh token too, to its own client.
+        None => live_refresh_token(&agency, value).map(|(r, s)| {
+            (
+                r.client_id,
+                r.scopes,
+                s,
+                r.issued_ms,
+                r.expires_ms,
+                "refresh_token",
+            )
+        }),
+    };
+    let Some((client_id, scopes, session, issued_ms, expires_ms, token_type)) = found else {
         return Ok(inactive());
     };
-    if t.client_id != site.client_id {
+    if client_id != site.client_id {
         return Ok(inactive());
     }
-    let username = agency
+    let Some(user) = agency.state.user_by_id(session.user_id)? else {
+        return Ok(inactive());
+    };
+    let params = agency
         .state
-        .user_by_id(t.user_id)?
-        .map(|u| u.username)
+        .trust(user.id, &client_id)?
+        .map(|tr| tr.params)
         .unwrap_or_default();
+    // The site learns the user as it knows them: a pseudonym stays one.
+    let (sub, username) = subject(&agency.pairwise_salt().await?, &user, &client_id, &params);
     Ok(no_store(HttpResponse::Ok()).json(serde_json::json!({
         "active": true,
         "iss": agency.config.issuer,
-        "sub": t.user_id.to_string(),
+        "sub": sub,
         "username": username,
-        "client_id": t.client_id,
-        "scope": t.scopes.join(" "),
-        "sid": t.sid,
-        "iat": t.issued_ms / 1000,
-        "exp": t.expires_ms / 1000,
-        "token_type": "Bearer",
+        "client_id": client_id,
+        "scope": scopes.join(" "),
+        "sid": session.sid,
+        "iat": issued_ms / 1000,
+        "exp": expires_ms / 1000,
+        "token_type": token_type,
     })))
+}
+
+/// A refresh token that can still be used, with its session.
+fn live_refresh_token(agency: &Agency, value: &str) -> Option<(RefreshToken, Session)> {
+    let r = agency
+        .state
+        .refresh_token(&secret_hash(value.as_bytes()))
+        .ok()
+        .flatten()?;
+    let s = agency.state.session(&r.session_key).ok().flatten()?;
+    agency.state.site(&r.client_id).ok().flatten()?;
+    let now = now_ms();
+    (!r.used && now < r.expires_ms && s.alive_at(now)).then_some((r, s))
 }
 
 /// The status request of a partner site: the reference cookie it received.
@@ -562,12 +613,26 @@ impl Backchannel {
 
     /// Tells every site that got a ticket in the revoked session, in the background.
     pub fn notify(&self, agency: Arc<Agency>, r: RevokedSession) {
+        let salt = agency.state.pairwise_salt().ok().flatten();
+        let user = agency.state.user_by_id(r.user_id).ok().flatten();
         for client_id in r.sites {
             let Some(site) = agency.state.site(&client_id).ok().flatten() else {
                 continue;
             };
             let Some(uri) = site.backchannel_logout_uri.clone() else {
                 continue;
+            };
+            // The subject as this site knows it (a pseudonym's pairwise `sub`).
+            let params = agency
+                .state
+                .trust(r.user_id, &client_id)
+                .ok()
+                .flatten()
+                .map(|t| t.params)
+                .unwrap_or_default();
+            let sub = match (&salt, &user) {
+                (Some(salt), Some(user)) => subject(salt, user, &client_id, &params).0,
+                _ => r.user_id.to_string(),
             };
             let mut jti = [0u8; 16];
             rand::rngs::OsRng.fill_bytes(&mut jti);
@@ -578,7 +643,7 @@ impl Backchannel {
                 "iat": now_s,
                 "exp": now_s + 300,
                 "jti": URL_SAFE_NO_PAD.encode(jti),
-                "sub": r.user_id.to_string(),
+                "sub": sub,
                 "sid": r.sid,
                 "events": { "http://schemas.openid.net/event/backchannel-logout": {} },
             });
@@ -633,6 +698,7 @@ impl Backchannel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use baa_proto::sso::{pairwise_sub, pseudonym, AccountName};
 
     #[test]
     fn pkce_s256_matches_rfc7636_example() {
@@ -663,12 +729,28 @@ mod tests {
             share_name: false,
             share_email: true,
         };
-        let c = user_claims(&user, "shop", &p, &scopes);
-        assert_eq!(c["sub"], "7");
-        assert_eq!(c["preferred_username"], pseudonym(7, "shop").as_str());
+        let salt = [3u8; 32];
+        let c = user_claims(&salt, &user, "shop", &p, &scopes);
+        assert_eq!(c["sub"], pairwise_sub(&salt, 7, "shop").as_str());
+        assert_ne!(
+            c["sub"],
+            user_claims(&salt, &user, "news", &p, &scopes)["sub"]
+        );
+        assert_ne!(
+            c["sub"],
+            user_claims(&[4u8; 32], &user, "shop", &p, &scopes)["sub"]
+        );
+        assert_eq!(
+            c["preferred_username"],
+            pseudonym(&salt, 7, "shop").as_str()
+        );
         assert!(!c.contains_key("name"));
         assert_eq!(c["email"], "alice@example.test");
-        let c = user_claims(&user, "shop", &LoginParams::default(), &scopes[..1]);
+        let c = user_claims(&salt, &user, "shop", &LoginParams::default(), &scopes[..1]);
         assert_eq!(c.len(), 1, "openid alone gives only sub");
+        assert_eq!(
+            c["sub"], "7",
+            "a user who shows their name has the public sub"
+        );
     }
 }

@@ -13,8 +13,8 @@ use baa_proto::cookie::{
     Reference, CSRF_COOKIE, REFERENCE_COOKIE, SESSION_COOKIE, SESSION_SECRET_LEN,
 };
 use baa_proto::sso::{
-    pseudonym, public_sid, secret_hash, AccountName, LoginParams, Session, Site, ThrottleRule,
-    ThrottleSubject, Trust,
+    pseudonym, public_sid, secret_hash, AccountName, LoginParams, ResponseMode, Session, Site,
+    ThrottleRule, ThrottleSubject, Trust,
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -178,10 +178,15 @@ fn check_authz(agency: &Agency, p: &AuthParams) -> Result<Authz, AuthzError> {
             "The redirect URI is not one the partner site registered. You were not sent anywhere.",
         );
     }
-    let mode = match p.response_mode.as_deref() {
-        None | Some("form_post") => Mode::FormPost,
-        Some("query") => Mode::Query,
-        Some(_) => Mode::FormPost,
+    // No response_mode: the site's registered default (query unless it
+    // registered form_post, OIDC Core §3.1.2.5).
+    let registered = match agency.state.site_options(&site.client_id) {
+        Ok(o) => o.default_response_mode,
+        Err(_) => return page("storage_error", "The agency could not read its records."),
+    };
+    let mode = match (p.response_mode.as_deref(), registered) {
+        (Some("form_post"), _) | (None, ResponseMode::FormPost) => Mode::FormPost,
+        _ => Mode::Query,
     };
     let prompts: Vec<&str> = p.prompt.as_deref().unwrap_or("").split(' ').collect();
     let mut a = Authz {
@@ -585,13 +590,17 @@ pub fn sign_in_page(
     with_cookie(pages::html_response(status, body, &csp), cookie)
 }
 
-fn trust_page(
+async fn trust_page(
     req: &HttpRequest,
     agency: &Agency,
     params: &AuthParams,
     a: &Authz,
     s: &Session,
 ) -> HttpResponse {
+    let salt = match agency.pairwise_salt().await {
+        Ok(salt) => salt,
+        Err(e) => return internal(agency, &e),
+    };
     let user = match agency.state.user_by_id(s.user_id) {
         Ok(Some(u)) => u,
         _ => {
@@ -607,7 +616,7 @@ fn trust_page(
     let (csrf, cookie) = csrf_token(req);
     let csp = Csp::new(Vec::new());
     let hidden = params.hidden();
-    let pseudo = pseudonym(user.id, &a.site.client_id);
+    let pseudo = pseudonym(&salt, user.id, &a.site.client_id);
     let body = pages::trust(
         &csp,
         &pages::TrustPage {
@@ -706,7 +715,11 @@ async fn continue_flow(
     let covers = trust
         .as_ref()
         .is_some_and(|t| a.scopes.iter().all(|s| t.scopes.contains(s)));
-    if !covers || a.prompt_consent {
+    // A public native client's loopback redirect can be claimed by any local
+    // program, so an earlier approval never carries over (RFC 8252 §8.6):
+    // the user sees the page every time.
+    let public_client = a.site.secret_hash.is_none();
+    if !covers || a.prompt_consent || public_client {
         if a.prompt_none {
             return deliver_error(
                 a,
@@ -715,7 +728,7 @@ async fn continue_flow(
                 "the user has not approved this site",
             );
         }
-        return trust_page(req, agency, params, a, &v.session);
+        return trust_page(req, agency, params, a, &v.session).await;
     }
     issue_and_deliver(agency, issuer, a, &v).await
 }

@@ -6,8 +6,8 @@
 use baa_proto::codec;
 use baa_proto::model::User;
 use baa_proto::sso::{
-    AccessToken, DeviceGrant, Failures, LoginTicket, RefreshToken, SecretHash, Session, SigningKey,
-    Site, Trust,
+    AccessToken, DeviceGrant, Failures, LoginTicket, PairwiseSalt, RefreshToken, SecretHash,
+    Session, SigningKey, Site, SiteOptions, Trust,
 };
 
 use super::RequestRecord;
@@ -21,6 +21,8 @@ pub(super) const KEY_MEMBERSHIP: &[u8] = b"m/membership";
 pub(super) const KEY_NEXT_USER_ID: &[u8] = b"m/next_user_id";
 /// The key id of the current signing key: `String`.
 pub(super) const KEY_CURRENT_KID: &[u8] = b"m/current_kid";
+/// The salt of pairwise subject identifiers: `PairwiseSalt`.
+pub(super) const KEY_PAIRWISE_SALT: &[u8] = b"m/pairwise_salt";
 /// username → `User`.
 pub(super) const PREFIX_USER: &[u8] = b"u/";
 /// user id (big-endian) → username (`String`), to find a session's user.
@@ -35,6 +37,8 @@ pub(super) const PREFIX_SESSION_BY_SID: &[u8] = b"I/";
 pub(super) const PREFIX_USER_SESSIONS: &[u8] = b"V/";
 /// client id → `Site`.
 pub(super) const PREFIX_SITE: &[u8] = b"c/";
+/// client id → `SiteOptions` (absent: the defaults).
+pub(super) const PREFIX_SITE_OPTIONS: &[u8] = b"O/";
 /// user id (big-endian) ++ client id → `Trust`.
 pub(super) const PREFIX_TRUST: &[u8] = b"t/";
 /// ticket hash → `LoginTicket`.
@@ -72,6 +76,7 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
         KEY_MEMBERSHIP => as_::<StoredMembership>("membership", value),
         KEY_NEXT_USER_ID => as_::<u64>("next_user_id", value),
         KEY_CURRENT_KID => as_::<String>("current_kid", value),
+        KEY_PAIRWISE_SALT => as_::<PairwiseSalt>("pairwise_salt", value),
         k if k.starts_with(PREFIX_USER) => as_::<User>("user", value),
         k if k.starts_with(PREFIX_USER_BY_ID) => as_::<String>("user_by_id", value),
         k if k.starts_with(PREFIX_REQUEST) => as_::<RequestRecord>("request", value),
@@ -79,6 +84,7 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
         k if k.starts_with(PREFIX_SESSION_BY_SID) => as_::<SecretHash>("session_by_sid", value),
         k if k.starts_with(PREFIX_USER_SESSIONS) => as_::<()>("user_sessions", value),
         k if k.starts_with(PREFIX_SITE) => as_::<Site>("site", value),
+        k if k.starts_with(PREFIX_SITE_OPTIONS) => as_::<SiteOptions>("site_options", value),
         k if k.starts_with(PREFIX_TRUST) => as_::<Trust>("trust", value),
         k if k.starts_with(PREFIX_TICKET) => as_::<LoginTicket>("ticket", value),
         k if k.starts_with(PREFIX_TOKEN) => as_::<AccessToken>("access_token", value),

@@ -6,16 +6,17 @@ use baa_proto::command::{ApplyError, CommandResult, Op, Outcome};
 use baa_proto::model::User;
 use baa_proto::sso::{
     AccessToken, DeviceGrant, DevicePoll, DeviceStatus, Failures, Grant, LoginTicket, RefreshToken,
-    RevokedSession, SecretHash, Session, SigningKey, Site, ThrottleRule, ThrottleSubject, Trust,
+    RevokedSession, SecretHash, Session, SigningKey, Site, SiteOptions, ThrottleRule,
+    ThrottleSubject, Trust,
 };
 use baa_proto::ErrorCode;
 
 use super::apply::{invalid, Staged};
 use super::keyspace::{
-    KEY_CURRENT_KID, PREFIX_DEVICE, PREFIX_FAILURES, PREFIX_FAMILY, PREFIX_KEY, PREFIX_REFRESH,
-    PREFIX_SESSION, PREFIX_SESSION_BY_SID, PREFIX_SESSION_TOKENS, PREFIX_SITE, PREFIX_TICKET,
-    PREFIX_TOKEN, PREFIX_TRUST, PREFIX_USER, PREFIX_USER_BY_ID, PREFIX_USER_CODE,
-    PREFIX_USER_SESSIONS,
+    KEY_CURRENT_KID, KEY_PAIRWISE_SALT, PREFIX_DEVICE, PREFIX_FAILURES, PREFIX_FAMILY, PREFIX_KEY,
+    PREFIX_REFRESH, PREFIX_SESSION, PREFIX_SESSION_BY_SID, PREFIX_SESSION_TOKENS, PREFIX_SITE,
+    PREFIX_SITE_OPTIONS, PREFIX_TICKET, PREFIX_TOKEN, PREFIX_TRUST, PREFIX_USER, PREFIX_USER_BY_ID,
+    PREFIX_USER_CODE, PREFIX_USER_SESSIONS,
 };
 use super::{read_tree, StateReader};
 use crate::raft::{sm_read_err, StorageError};
@@ -70,28 +71,15 @@ pub(super) fn apply_sso(
             Ok(Ok(Outcome::Session(Box::new(s))))
         }
         Op::RevokeSession { key: k } => revoke_session(st, k),
-        Op::AddSite(site) => {
-            if let Err(e) = baa_proto::model::validate_site(site) {
-                return Ok(Err(invalid(e)));
-            }
-            let k = key(PREFIX_SITE, site.client_id.as_bytes());
-            if st.get::<Site>(&k)?.is_some() {
-                return refuse(
-                    ErrorCode::SiteExists,
-                    format!("site {} already exists", site.client_id),
-                );
-            }
-            let mut site = site.as_ref().clone();
-            site.created_ms = now;
-            st.put(&k, &site)?;
-            Ok(Ok(Outcome::Site(Box::new(site))))
-        }
+        Op::AddSite(site) => register_site(st, now, site, SiteOptions::default()),
+        Op::RegisterSite { site, options } => register_site(st, now, site, *options),
         Op::RemoveSite { client_id } => {
             let k = key(PREFIX_SITE, client_id.as_bytes());
             if st.get::<Site>(&k)?.is_none() {
                 return refuse(ErrorCode::SiteNotFound, format!("no site {client_id}"));
             }
             st.remove(&k);
+            st.remove(&key(PREFIX_SITE_OPTIONS, client_id.as_bytes()));
             for tk in st.keys_with_prefix(PREFIX_TRUST)? {
                 if tk.len() >= PREFIX_TRUST.len() + 8
                     && &tk[PREFIX_TRUST.len() + 8..] == client_id.as_bytes()
@@ -234,6 +222,15 @@ pub(super) fn apply_sso(
             Ok(Ok(Outcome::Done))
         }
         Op::PurgeExpired => purge_expired(st, now),
+        Op::SetPairwiseSalt { salt } => {
+            if st
+                .get::<baa_proto::sso::PairwiseSalt>(KEY_PAIRWISE_SALT)?
+                .is_none()
+            {
+                st.put(KEY_PAIRWISE_SALT, salt)?;
+            }
+            Ok(Ok(Outcome::Done))
+        }
         Op::RevokeUserSessions { username } => {
             let Some(user) = st.get::<User>(&key(PREFIX_USER, username.as_bytes()))? else {
                 return refuse(ErrorCode::UserNotFound, format!("no user named {username}"));
@@ -245,6 +242,34 @@ pub(super) fn apply_sso(
         | Op::SetUserDisabled { .. }
         | Op::PurgeRequestResults { .. } => Ok(Err(invalid("not an SSO command"))),
     }
+}
+
+fn register_site(
+    st: &mut Staged<'_>,
+    now: u64,
+    site: &Site,
+    options: SiteOptions,
+) -> Result<CommandResult, StorageError> {
+    if let Err(e) = baa_proto::model::validate_site(site) {
+        return Ok(Err(invalid(e)));
+    }
+    let k = key(PREFIX_SITE, site.client_id.as_bytes());
+    if st.get::<Site>(&k)?.is_some() {
+        return refuse(
+            ErrorCode::SiteExists,
+            format!("site {} already exists", site.client_id),
+        );
+    }
+    let mut site = site.clone();
+    site.created_ms = now;
+    st.put(&k, &site)?;
+    if options != SiteOptions::default() {
+        st.put(
+            &key(PREFIX_SITE_OPTIONS, site.client_id.as_bytes()),
+            &options,
+        )?;
+    }
+    Ok(Ok(Outcome::Site(Box::new(site))))
 }
 
 fn user_by_id(st: &Staged<'_>, id: u64) -> Result<Option<User>, StorageError> {
@@ -855,6 +880,18 @@ impl StateReader {
     /// The session with key `key`, if stored (alive or not).
     pub fn session(&self, k: &SecretHash) -> Result<Option<Session>, StorageError> {
         self.get(&key(PREFIX_SESSION, k))
+    }
+
+    /// The options of site `client_id` (the defaults when it has none).
+    pub fn site_options(&self, client_id: &str) -> Result<SiteOptions, StorageError> {
+        Ok(self
+            .get(&key(PREFIX_SITE_OPTIONS, client_id.as_bytes()))?
+            .unwrap_or_default())
+    }
+
+    /// The salt of pairwise identifiers, once set.
+    pub fn pairwise_salt(&self) -> Result<Option<baa_proto::sso::PairwiseSalt>, StorageError> {
+        self.get(KEY_PAIRWISE_SALT)
     }
 
     /// Every stored session of user `user_id` (alive or not).

@@ -629,9 +629,11 @@ mod reopen {
             Op::AddSigningKey { .. } => 19,
             Op::PurgeExpired => 20,
             Op::RevokeUserSessions { .. } => 21,
+            Op::SetPairwiseSalt { .. } => 22,
+            Op::RegisterSite { .. } => 23,
         }
     }
-    const VARIANTS: usize = 22;
+    const VARIANTS: usize = 24;
 
     fn site(client_id: &str) -> Op {
         Op::AddSite(Box::new(Site {
@@ -708,6 +710,21 @@ mod reopen {
             site("shop"),
             site("news"),
             site("cli"),
+            Op::RegisterSite {
+                site: Box::new(Site {
+                    client_id: "seed".into(),
+                    name: "seed".into(),
+                    redirect_uris: vec!["https://seed.example/cb".into()],
+                    post_logout_redirect_uris: vec![],
+                    secret_hash: Some(secret_hash(b"secret")),
+                    backchannel_logout_uri: None,
+                    allowed_scopes: vec!["openid".into()],
+                    created_ms: 0,
+                }),
+                options: baa_proto::sso::SiteOptions {
+                    default_response_mode: baa_proto::sso::ResponseMode::FormPost,
+                },
+            },
             session(key),
             Op::TouchSession { key },
             trust("shop"),
@@ -759,6 +776,7 @@ mod reopen {
             Op::RevokeUserSessions {
                 username: "bob".into(),
             },
+            Op::SetPairwiseSalt { salt: [7; 32] },
             Op::PurgeRequestResults { before_ms: 0 },
             Op::PurgeExpired,
         ]
@@ -851,6 +869,7 @@ mod reopen {
             "membership",
             "next_user_id",
             "current_kid",
+            "pairwise_salt",
             "user",
             "user_by_id",
             "request",
@@ -858,6 +877,7 @@ mod reopen {
             "session_by_sid",
             "user_sessions",
             "site",
+            "site_options",
             "trust",
             "ticket",
             "access_token",
