@@ -90,11 +90,35 @@ fn connection_listed<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> 
         .collect()
 }
 
+/// Headers by which proxies tell upstreams who the client is, which path
+/// or method it really asked for: only the gateway may say such things, so
+/// a client's own are dropped (upstream frameworks honour them).
+const SPOOFABLE: &[&str] = &[
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
+    "x-remote-addr",
+    "x-remote-ip",
+    "x-originating-ip",
+    "client-ip",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-original-method",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-host",
+];
+
 /// Whether an incoming request header (lower-case name) goes to the upstream.
 /// Besides hop-by-hop headers this drops the credentials (`Authorization`,
 /// `Cookie`), `Host`, `Content-Length` and `Expect` (the body is sent whole),
-/// and everything the gateway itself asserts (`X-Baa-*`, `Forwarded`,
-/// `X-Forwarded-*`; `X-Forwarded-For` is extended, not copied).
+/// everything the gateway itself asserts (`X-Baa-*`, `Forwarded`,
+/// `X-Forwarded-*`; `X-Forwarded-For` is extended, not copied), and the
+/// client-address, rewrite and method-override headers of [`SPOOFABLE`].
 fn forwards_request_header(name: &str, listed: &[String]) -> bool {
     !(is_hop_by_hop(name)
         || listed.iter().any(|l| l == name)
@@ -102,6 +126,7 @@ fn forwards_request_header(name: &str, listed: &[String]) -> bool {
             name,
             "host" | "authorization" | "cookie" | "content-length" | "expect" | "forwarded"
         )
+        || SPOOFABLE.contains(&name)
         || name.starts_with("x-baa-")
         || name.starts_with("x-forwarded-"))
 }
@@ -379,6 +404,48 @@ async fn forward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// L6: headers by which a client could speak for the gateway — claim an
+    /// address, rewrite the path the upstream routes on, or change the
+    /// method behind the gateway's back — never reach the upstream.
+    #[test]
+    fn l6_client_sent_routing_and_identity_headers_are_dropped() {
+        let mut h = header::HeaderMap::new();
+        let spoofed = [
+            "x-real-ip",
+            "x-client-ip",
+            "true-client-ip",
+            "cf-connecting-ip",
+            "x-cluster-client-ip",
+            "x-remote-addr",
+            "x-remote-ip",
+            "x-originating-ip",
+            "client-ip",
+            "x-original-url",
+            "x-original-uri",
+            "x-rewrite-url",
+            "x-original-method",
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+            "x-host",
+        ];
+        for n in spoofed {
+            h.append(
+                header::HeaderName::from_static(n),
+                header::HeaderValue::from_static("1.2.3.4"),
+            );
+        }
+        h.append(
+            header::HeaderName::from_static("x-custom"),
+            header::HeaderValue::from_static("kept"),
+        );
+        let out = upstream_headers(&h);
+        for n in spoofed {
+            assert!(!out.contains_key(n), "{n} was forwarded");
+        }
+        assert_eq!(out["x-custom"], "kept");
+    }
 
     #[test]
     fn hop_by_hop_and_credentials_are_not_forwarded() {
