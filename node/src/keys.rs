@@ -23,6 +23,11 @@ use crate::agency::now_ms;
 use crate::error::NodeError;
 use crate::raft::state_machine::StateReader;
 
+/// `typ` of the agency's ID tokens.
+pub const ID_TOKEN_TYP: &str = "JWT";
+/// `typ` of back-channel logout tokens (OIDC Back-Channel Logout §2.4).
+pub const LOGOUT_TOKEN_TYP: &str = "logout+jwt";
+
 /// Size of generated RSA keys.
 pub const RSA_BITS: usize = 2048;
 
@@ -206,15 +211,18 @@ impl KeyRing {
             .map_err(|e| NodeError::Internal(format!("signing a token: {e}")))
     }
 
-    /// Verifies an RS256 JWT signed by one of our published keys. Audience and
-    /// expiry checks are the caller's, through `validation`.
+    /// Verifies an RS256 JWT signed by one of our published keys for the
+    /// purpose `typ` names (an ID token never passes for a logout token or a
+    /// session assertion, nor the other way round). Audience and expiry
+    /// checks are the caller's, through `validation`.
     pub fn verify_jwt<T: DeserializeOwned>(
         &self,
         token: &str,
         validation: &Validation,
+        typ: &str,
     ) -> Option<T> {
         let header = jsonwebtoken::decode_header(token).ok()?;
-        if header.alg != Algorithm::RS256 {
+        if header.alg != Algorithm::RS256 || header.typ.as_deref() != Some(typ) {
             return None;
         }
         let l = self.load().ok()?;
@@ -262,6 +270,61 @@ impl KeyRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key ring over a fresh state machine holding one signing key.
+    async fn ring(dir: &std::path::Path) -> KeyRing {
+        use baa_proto::command::{Command, Op, Proposal};
+        use openraft::storage::RaftStateMachine;
+        use openraft::{CommittedLeaderId, EntryPayload, LogId};
+        let db = sled::Config::new().path(dir.join("db")).open().unwrap();
+        let mut sm = crate::raft::state_machine::StateMachineStore::open(
+            &db,
+            &dir.join("snap"),
+            crate::metrics::Metrics::new(),
+        )
+        .unwrap();
+        let entry = crate::raft::Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+            payload: EntryPayload::Normal(Proposal {
+                commands: vec![Command {
+                    request_id: None,
+                    time_ms: now_ms(),
+                    op: Op::AddSigningKey {
+                        key: Box::new(generate().unwrap()),
+                        publish_old_for_ms: 0,
+                    },
+                }],
+            }),
+        };
+        sm.apply(vec![entry]).await.unwrap();
+        KeyRing::new(sm.reader())
+    }
+
+    /// L3: a JWT signed for one purpose (a gateway session assertion, a
+    /// logout token) does not pass where another is expected (an ID token
+    /// as `id_token_hint`): each carries its `typ` and is checked for it.
+    #[tokio::test]
+    async fn l3_jwts_of_one_purpose_do_not_pass_for_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = ring(dir.path()).await;
+        let claims = serde_json::json!({ "iss": "https://login.example", "sub": "1", "aud": "x" });
+        let mut v = Validation::new(Algorithm::RS256);
+        v.validate_exp = false;
+        v.validate_aud = false;
+        v.required_spec_claims.clear();
+        let id_token = keys.sign_jwt(&claims, ID_TOKEN_TYP).unwrap();
+        assert!(keys
+            .verify_jwt::<serde_json::Value>(&id_token, &v, ID_TOKEN_TYP)
+            .is_some());
+        for other in ["baa-session+jwt", "logout+jwt"] {
+            let token = keys.sign_jwt(&claims, other).unwrap();
+            assert!(
+                keys.verify_jwt::<serde_json::Value>(&token, &v, ID_TOKEN_TYP)
+                    .is_none(),
+                "a {other} passed for an ID token"
+            );
+        }
+    }
 
     #[test]
     fn reference_keys_are_derived_alike_everywhere_and_verify() {

@@ -224,7 +224,7 @@ fn id_token(
     if let Some(n) = &g.nonce {
         claims.insert("nonce".into(), n.clone().into());
     }
-    agency.keys.sign_jwt(&claims, "JWT")
+    agency.keys.sign_jwt(&claims, crate::keys::ID_TOKEN_TYP)
 }
 
 async fn token(
@@ -647,7 +647,7 @@ impl Backchannel {
                 "sid": r.sid,
                 "events": { "http://schemas.openid.net/event/backchannel-logout": {} },
             });
-            let token = match agency.keys.sign_jwt(&claims, "logout+jwt") {
+            let token = match agency.keys.sign_jwt(&claims, crate::keys::LOGOUT_TOKEN_TYP) {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot sign a logout token");

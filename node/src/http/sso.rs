@@ -1120,7 +1120,9 @@ fn hint_claims(agency: &Agency, token: &str) -> Option<HintClaims> {
     v.validate_aud = false;
     v.set_issuer(&[agency.config.issuer.as_str()]);
     v.required_spec_claims.clear();
-    agency.keys.verify_jwt::<HintClaims>(token, &v)
+    agency
+        .keys
+        .verify_jwt::<HintClaims>(token, &v, crate::keys::ID_TOKEN_TYP)
 }
 
 /// Checks the logout parameters; `Ok(Some(uri))` is where to return after.
