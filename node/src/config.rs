@@ -296,6 +296,10 @@ pub struct Limits {
     /// Threads hashing and verifying passwords (argon2id, ~19 MiB each).
     /// 0 = one per CPU. Lower it when several nodes share a machine.
     pub password_hash_threads: usize,
+    /// Password checks waiting for a hashing thread, at most; past it a
+    /// sign-in gets 503 `temporarily_unavailable` with `Retry-After` instead
+    /// of queueing without end. 0: 32 per thread.
+    pub max_pending_hashes: usize,
 }
 
 impl Default for Limits {
@@ -303,12 +307,22 @@ impl Default for Limits {
         Self {
             max_json_bytes: 1024 * 1024,
             password_hash_threads: 0,
+            max_pending_hashes: 0,
         }
     }
 }
 
 impl Limits {
     /// The size of the password-hashing pool.
+    /// The bound on password checks waiting for a hashing thread.
+    pub fn pending_hashes(&self) -> usize {
+        match self.max_pending_hashes {
+            0 => 32 * self.hash_threads(),
+            n => n,
+        }
+    }
+
+    /// The number of hashing threads.
     pub fn hash_threads(&self) -> usize {
         match self.password_hash_threads {
             0 => std::thread::available_parallelism().map_or(2, usize::from),

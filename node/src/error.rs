@@ -22,6 +22,9 @@ pub enum NodeError {
     /// Missing or wrong credential.
     #[error("a valid admin credential is required")]
     Unauthorized,
+    /// A bounded queue of this node is full; the client should retry shortly.
+    #[error("the agency is busy; retry in a moment")]
+    Busy,
     /// A cluster-port peer whose certificate names no current member.
     #[error("the client certificate does not name a current member of this cluster")]
     NotAMember,
@@ -77,6 +80,7 @@ impl NodeError {
             NodeError::BadRequest { code, .. } => *code,
             NodeError::Unauthorized => ErrorCode::Unauthorized,
             NodeError::NotAMember => ErrorCode::NotAMember,
+            NodeError::Busy => ErrorCode::TemporarilyUnavailable,
             NodeError::NotFound => ErrorCode::NotFound,
             NodeError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             NodeError::Apply(e) => e.code,

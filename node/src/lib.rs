@@ -164,7 +164,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
         keys,
     });
-    let hasher = actors::hasher::start(config.limits.hash_threads());
+    let hasher = actors::hasher::Hashers::start(
+        config.limits.hash_threads(),
+        config.limits.pending_hashes(),
+    );
     let _reaper =
         actors::reaper::Reaper::new(agency.clone(), actors::reaper::REAPER_INTERVAL).start();
 

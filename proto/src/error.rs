@@ -70,6 +70,8 @@ pub enum ErrorCode {
     AccessDenied,
     /// The gateway could not reach the upstream app or read its answer.
     BadGateway,
+    /// The node is busy (a bounded queue is full); retry after `Retry-After`.
+    TemporarilyUnavailable,
     /// Storage failed; the node may need attention.
     StorageError,
     /// Something unexpected went wrong inside the node.
@@ -111,6 +113,7 @@ impl ErrorCode {
             ErrorCode::ExpiredToken => "expired_token",
             ErrorCode::AccessDenied => "access_denied",
             ErrorCode::BadGateway => "bad_gateway",
+            ErrorCode::TemporarilyUnavailable => "temporarily_unavailable",
             ErrorCode::StorageError => "storage_error",
             ErrorCode::Internal => "internal",
         }

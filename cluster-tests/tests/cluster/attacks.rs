@@ -696,3 +696,54 @@ async fn l2_hsts_on_every_response() {
     }
     cluster.assert_no_panics();
 }
+
+/// L8: a flood of sign-ins is answered 503 `Retry-After` once the hashing
+/// queue is full, at once, instead of waiting behind each other without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l8_a_flood_of_sign_ins_gets_busy_not_an_endless_queue() {
+    let cluster = Cluster::start(3).await;
+    create_user(&cluster, "alice", PASSWORD).await;
+    let base = cluster.public_url(1);
+    let mut agent = Agent::new(&cluster);
+    let page = agent.get(&format!("{base}/sso/signin")).await;
+    let csrf = page.inputs().get("csrf").cloned().expect("csrf");
+    let flood = (0..300).map(|_| {
+        let mut agent = agent.clone();
+        let (url, csrf) = (format!("{base}/sso/signin"), csrf.clone());
+        async move {
+            let started = Instant::now();
+            let answer = agent
+                .post_form(
+                    &url,
+                    &[
+                        ("csrf".into(), csrf),
+                        ("username".into(), "alice".into()),
+                        ("password".into(), PASSWORD.into()),
+                    ],
+                )
+                .await;
+            (answer, started.elapsed())
+        }
+    });
+    let answers = futures::future::join_all(flood).await;
+    let mut busy = 0;
+    for (answer, _) in &answers {
+        match answer.status {
+            StatusCode::SEE_OTHER => {}
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(answer.headers["retry-after"], "1");
+                assert!(
+                    answer.body.contains("temporarily_unavailable"),
+                    "{}",
+                    answer.body
+                );
+                busy += 1;
+            }
+            other => panic!("a sign-in answered {other}: {}", answer.body),
+        }
+    }
+    let slowest = answers.iter().map(|(_, t)| *t).max().unwrap_or_default();
+    println!("300 concurrent sign-ins: {busy} answered busy; slowest answer {slowest:?}");
+    assert!(busy > 0, "300 concurrent sign-ins and none answered busy");
+    cluster.assert_no_panics();
+}

@@ -3,7 +3,6 @@
 
 use std::future::{ready, Ready};
 
-use actix::Addr;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use baa_proto::api::{
     CreateUserRequest, JoinRequest, LeaveRequest, UpdateUserRequest, UserList, UserView,
@@ -15,7 +14,7 @@ use baa_proto::model;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::actors::hasher::{HashPassword, PasswordHasher};
+use crate::actors::hasher::Hashers;
 use crate::agency::Agency;
 use crate::error::{NodeError, Result};
 
@@ -106,16 +105,16 @@ fn user_of(outcome: Outcome) -> Result<UserView> {
     }
 }
 
-async fn hash(hasher: &Addr<PasswordHasher>, password: String) -> Result<String> {
+async fn hash(hasher: &Hashers, password: String) -> Result<String> {
     if password.len() < 8 || password.len() > 1024 {
         return Err(NodeError::invalid(
             "a password must be 8 to 1024 bytes long",
         ));
     }
     hasher
-        .send(HashPassword(password))
+        .hash(password)
         .await
-        .map_err(|e| NodeError::Internal(format!("password hasher unavailable: {e}")))?
+        .map_err(|_| NodeError::Busy)?
         .map_err(NodeError::Internal)
 }
 
@@ -126,7 +125,7 @@ fn check<T>(r: std::result::Result<T, model::ValidationError>) -> Result<T> {
 async fn create_user(
     _: Admin,
     agency: web::Data<Agency>,
-    hasher: web::Data<Addr<PasswordHasher>>,
+    hasher: web::Data<Hashers>,
     request_id: RequestIdHeader,
     body: web::Json<CreateUserRequest>,
 ) -> Result<HttpResponse> {
@@ -189,7 +188,7 @@ async fn list_users(
 async fn update_user(
     _: Admin,
     agency: web::Data<Agency>,
-    hasher: web::Data<Addr<PasswordHasher>>,
+    hasher: web::Data<Hashers>,
     backchannel: web::Data<super::oidc::Backchannel>,
     request_id: RequestIdHeader,
     path: web::Path<String>,

@@ -39,7 +39,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::AlreadyInitialized
         | ErrorCode::MembershipRejected => StatusCode::CONFLICT,
         ErrorCode::NotLeader => StatusCode::MISDIRECTED_REQUEST,
-        ErrorCode::NoLeader | ErrorCode::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::NoLeader | ErrorCode::Timeout | ErrorCode::TemporarilyUnavailable => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
         ErrorCode::StorageError | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -55,6 +57,10 @@ pub fn error_response(code: ErrorCode, message: impl Into<String>) -> HttpRespon
                 actix_web::http::header::WWW_AUTHENTICATE,
                 "Bearer realm=\"baa-admin\"",
             ));
+        }
+        // Busy: come back in a second rather than queue.
+        ErrorCode::TemporarilyUnavailable => {
+            resp.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
         }
         // RFC 6749 §5.2: a client that authenticated (or could have) by
         // HTTP Basic hears the scheme back.

@@ -14,13 +14,13 @@ pub mod sso;
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix::{Actor, Addr};
+use actix::Actor;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpServer};
 
-use crate::actors::hasher::PasswordHasher;
+use crate::actors::hasher::Hashers;
 use crate::actors::native_broker::NativeBroker;
 use crate::actors::session_gate::SessionGate;
 use crate::actors::ticket_issuer::TicketIssuer;
@@ -66,7 +66,7 @@ async fn record_metrics(
 /// (SIGINT/SIGTERM or `ServerHandle::stop`).
 pub fn start(
     agency: Arc<Agency>,
-    hasher: Addr<PasswordHasher>,
+    hasher: Hashers,
     identity: &NodeIdentity,
 ) -> anyhow::Result<(Server, Server)> {
     let config = agency.config.clone();

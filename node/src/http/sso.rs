@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use super::pages::{self, Csp};
-use crate::actors::hasher::{PasswordHasher, VerifyPassword};
+use crate::actors::hasher::Hashers;
 use crate::actors::session_gate::{BrowserCookies, SessionGate, ValidSession, ValidateCookies};
 use crate::actors::ticket_issuer::{IssueTicket, TicketIssuer, TicketRequest};
 use crate::agency::{now_ms, Agency};
@@ -408,6 +408,19 @@ fn deliver_error(a: &Authz, issuer: &str, code: &str, description: &str) -> Http
             ("error_description".into(), description.into()),
         ],
     )
+}
+
+/// The page of a node too busy to check a password now (503, `Retry-After`).
+fn busy_page(agency: &Agency) -> HttpResponse {
+    let mut resp = error_page(
+        agency,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "The agency is busy. Try again in a moment.",
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    resp
 }
 
 /// The agency's error page; never redirects.
@@ -820,7 +833,7 @@ const BAD_CREDENTIALS: &str = "The username or password is not correct.";
 async fn sign_in_post(
     req: HttpRequest,
     agency: web::Data<Agency>,
-    hasher: web::Data<Addr<PasswordHasher>>,
+    hasher: web::Data<Hashers>,
     issuer: web::Data<Addr<TicketIssuer>>,
     form: web::Form<SignInForm>,
 ) -> HttpResponse {
@@ -894,13 +907,9 @@ async fn sign_in_post(
         .as_ref()
         .and_then(|u| u.password_hash.clone())
         .unwrap_or_else(|| dummy_hash().to_string());
-    let verified = hasher
-        .send(VerifyPassword {
-            password: form.password.clone(),
-            hash,
-        })
-        .await
-        .unwrap_or(false);
+    let Ok(verified) = hasher.verify(form.password.clone(), hash).await else {
+        return busy_page(&agency);
+    };
     let user = match user {
         Some(u) if verified && !u.disabled && u.password_hash.is_some() => u,
         _ => {
