@@ -13,7 +13,7 @@ use crate::harness::{append_file, free_port, run_baa, tail, Cluster, AGENCY_HOST
 use crate::poll::POLL_INTERVAL;
 use crate::sso::{self, TestSite};
 
-/// Deadline for a freshly spawned partner site to answer `/status.json`.
+/// Deadline for a freshly spawned partner site to answer `/healthz`.
 pub const PARTNER_START_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Sites started so far in this process: each one begins its rotation over
@@ -23,6 +23,7 @@ static STARTED: AtomicUsize = AtomicUsize::new(0);
 /// A running `baa partner-site`. Dropping it kills the process.
 pub struct PartnerSite {
     child: Option<Child>,
+    status_token: String,
     host: String,
     port: u16,
     site: TestSite,
@@ -94,6 +95,12 @@ impl PartnerSite {
         let secret_file = cluster.root().join(format!("partner-{client_id}.secret"));
         std::fs::write(&secret_file, format!("{secret}\n"))
             .unwrap_or_else(|e| panic!("{}: {e}", secret_file.display()));
+        let status_token = crate::harness::random_token(32);
+        let status_file = cluster
+            .root()
+            .join(format!("partner-{client_id}.status-token"));
+        std::fs::write(&status_file, &status_token)
+            .unwrap_or_else(|e| panic!("{}: {e}", status_file.display()));
 
         let mut agencies: Vec<String> = cluster
             .ids()
@@ -118,6 +125,7 @@ impl PartnerSite {
             .args(["--name", &name])
             .args(["--client-id", client_id])
             .args(["--client-secret-file", path_str(&secret_file)])
+            .args(["--status-token-file", path_str(&status_file)])
             .args(["--issuer", &cluster.issuer()])
             .args(["--resolve", &format!("{AGENCY_HOST}=127.0.0.1")]);
         for a in &agencies {
@@ -133,6 +141,7 @@ impl PartnerSite {
 
         let mut partner = PartnerSite {
             child: Some(child),
+            status_token,
             host: host.to_string(),
             port,
             site,
@@ -144,11 +153,11 @@ impl PartnerSite {
         partner
     }
 
-    /// Polls `/status.json` until it answers 200; panics with the log tail if
+    /// Polls `/healthz` until it answers 200; panics with the log tail if
     /// the process exits first or the deadline passes.
     async fn wait_ready(&mut self) {
         let end = Instant::now() + PARTNER_START_DEADLINE;
-        let url = self.status_url();
+        let url = format!("https://127.0.0.1:{}/healthz", self.port);
         loop {
             if let Some(status) = self
                 .child
@@ -177,10 +186,6 @@ impl PartnerSite {
         }
     }
 
-    fn status_url(&self) -> String {
-        format!("https://127.0.0.1:{}/status.json", self.port)
-    }
-
     /// `https://<host>:<port>`: the site as the browser reaches it.
     pub fn url(&self) -> String {
         format!("https://{}:{}", self.host, self.port)
@@ -206,6 +211,11 @@ impl PartnerSite {
         &self.agencies
     }
 
+    /// The URL of its `/status.json`.
+    pub fn status_url(&self) -> String {
+        format!("https://127.0.0.1:{}/status.json", self.port)
+    }
+
     /// The site's log file.
     pub fn log_path(&self) -> &Path {
         &self.log
@@ -218,12 +228,14 @@ impl PartnerSite {
             .unwrap_or_default()
     }
 
-    /// `GET /status.json` (panics unless it answers 200 with JSON).
+    /// `GET /status.json` with the status token (panics unless it answers
+    /// 200 with JSON).
     pub async fn status(&self) -> serde_json::Value {
         let url = self.status_url();
         let resp = self
             .http
             .get(&url)
+            .bearer_auth(&self.status_token)
             .send()
             .await
             .unwrap_or_else(|e| panic!("GET {url}: {e}"));

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use baa_cluster_tests::harness::CONVERGE_DEADLINE;
+use baa_cluster_tests::partner::PartnerSite;
 use baa_cluster_tests::sso::{
     self, add_confidential_site, create_user, query_params, Agent, AuthRequest, TestSite,
     CSRF_COOKIE,
@@ -745,5 +746,29 @@ async fn l8_a_flood_of_sign_ins_gets_busy_not_an_endless_queue() {
     let slowest = answers.iter().map(|(_, t)| *t).max().unwrap_or_default();
     println!("300 concurrent sign-ins: {busy} answered busy; slowest answer {slowest:?}");
     assert!(busy > 0, "300 concurrent sign-ins and none answered busy");
+    cluster.assert_no_panics();
+}
+
+/// L5: the demo partner site's `/status.json` (its users' sessions and
+/// claims) is not public: it needs the site's status token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l5_the_demo_site_status_is_not_public() {
+    let cluster = Cluster::start(3).await;
+    let shop = PartnerSite::start(&cluster, "shop", "shop.baa.localtest").await;
+    let anonymous = cluster.http().get(shop.status_url()).send().await.unwrap();
+    assert_eq!(
+        anonymous.status(),
+        StatusCode::UNAUTHORIZED,
+        "/status.json is public"
+    );
+    let wrong = cluster
+        .http()
+        .get(shop.status_url())
+        .bearer_auth("not the token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(shop.status().await["client_id"], "shop");
     cluster.assert_no_panics();
 }

@@ -271,19 +271,25 @@ impl Demo {
         (nodes, sites)
     }
 
-    /// Every demo partner site answers `/status.json` with its client id.
+    /// Every demo partner site serves its page (and keeps its sessions to
+    /// itself: no public `/status.json`).
     async fn sites_up(&self, base: u16) {
         let http = https_client(&self.ca, None, DEFAULT_REQUEST_TIMEOUT);
         for (client_id, offset) in SITES {
-            let url = format!("https://127.0.0.1:{}/status.json", base + offset);
-            let resp = http
-                .get(&url)
-                .send()
+            let site = format!("https://127.0.0.1:{}", base + offset);
+            let get = |path: &str| http.get(format!("{site}{path}")).send();
+            let health = get("/healthz")
                 .await
-                .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-            assert_eq!(resp.status(), StatusCode::OK, "GET {url}");
-            let body: serde_json::Value = resp.json().await.expect("status.json is JSON");
-            assert_eq!(body["client_id"], client_id, "GET {url}: {body}");
+                .unwrap_or_else(|e| panic!("{site}: {e}"));
+            assert_eq!(health.status(), StatusCode::OK, "{client_id} /healthz");
+            let status = get("/status.json")
+                .await
+                .unwrap_or_else(|e| panic!("{site}: {e}"));
+            assert_ne!(
+                status.status(),
+                StatusCode::OK,
+                "{client_id} /status.json is public"
+            );
         }
     }
 

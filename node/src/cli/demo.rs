@@ -577,7 +577,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     for site in &SITES {
         let probe = AdminClient::with(&format!("https://{}", addr(site.port(base))), &ca, "")?;
-        while !probe.is_ok("/status.json").await {
+        while !probe.is_ok("/healthz").await {
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "site {} did not start; see {}/{}.log",

@@ -50,6 +50,10 @@ pub struct PartnerArgs {
     /// Scopes requested at sign-in.
     #[arg(long, default_value = "openid profile email")]
     scope: String,
+    /// File holding a bearer token that opens `/status.json` (its users'
+    /// sessions and claims, for tests); without it that page is not served.
+    #[arg(long)]
+    status_token_file: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -72,6 +76,15 @@ pub fn run(args: PartnerArgs) -> anyhow::Result<()> {
             args.client_secret_file.display()
         )
     })?;
+    let status_token = args
+        .status_token_file
+        .as_ref()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading the status token file {}", f.display()))
+                .map(|t| t.trim().to_string())
+        })
+        .transpose()?;
     let config = SiteConfig {
         listen: args.listen,
         cert_file: args.cert_file,
@@ -85,6 +98,7 @@ pub fn run(args: PartnerArgs) -> anyhow::Result<()> {
         agencies: args.agencies,
         resolve: args.resolve,
         scope: args.scope,
+        status_token,
     };
     actix_rt::System::new().block_on(crate::partner::run(config))
 }

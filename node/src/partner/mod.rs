@@ -67,6 +67,9 @@ pub struct SiteConfig {
     pub resolve: Vec<(String, IpAddr)>,
     /// Scopes requested at the authorization endpoint.
     pub scope: String,
+    /// Bearer token that opens `/status.json` (sessions and claims of its
+    /// users); without one that page is not served.
+    pub status_token: Option<String>,
 }
 
 /// A login started at `/login` and not yet finished at `/callback`.
@@ -123,6 +126,7 @@ struct Site {
     http: reqwest::Client,
     keys: Mutex<HashMap<String, DecodingKey>>,
     state: Mutex<SiteState>,
+    status_token: Option<String>,
 }
 
 /// A login step that failed; the message is shown to the user and never
@@ -197,6 +201,7 @@ impl Site {
             http,
             keys: Mutex::new(HashMap::new()),
             state: Mutex::new(SiteState::default()),
+            status_token: config.status_token.clone(),
         })
     }
 
@@ -647,8 +652,38 @@ async fn backchannel_logout(site: web::Data<Site>, body: web::Bytes) -> HttpResp
     HttpResponse::Ok().finish()
 }
 
-/// `GET /status.json`: sessions and counters, for tests.
-async fn status(site: web::Data<Site>) -> HttpResponse {
+/// `GET /healthz`: 200 while the site serves (no data).
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().body("ok")
+}
+
+/// Whether the request carries the status token (compared in constant time).
+fn status_allowed(site: &Site, req: &HttpRequest) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(want) = &site.status_token else {
+        return false;
+    };
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|got| bool::from(got.as_bytes().ct_eq(want.as_bytes())))
+}
+
+/// `GET /status.json`: sessions and counters, for tests — only with the
+/// status token (it lists users' sessions and claims).
+async fn status(req: HttpRequest, site: web::Data<Site>) -> HttpResponse {
+    if site.status_token.is_none() {
+        return not_found(site).await;
+    }
+    if !status_allowed(&site, &req) {
+        return HttpResponse::Unauthorized()
+            .insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"status\""))
+            .json(json!({
+                "error": "unauthorized",
+                "error_description": "the status token is required",
+            }));
+    }
     let st = site.state();
     let mut sessions: Vec<&Session> = st.sessions.values().collect();
     sessions.sort_by_key(|s| s.created);
@@ -706,6 +741,7 @@ pub async fn run(config: SiteConfig) -> anyhow::Result<()> {
             .route("/logout", web::get().to(logout))
             .route("/backchannel-logout", web::post().to(backchannel_logout))
             .route("/status.json", web::get().to(status))
+            .route("/healthz", web::get().to(healthz))
             .default_service(web::to(not_found))
     })
     .workers(2)
