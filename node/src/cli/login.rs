@@ -469,6 +469,9 @@ pub async fn logout(ca: Option<PathBuf>, args: LogoutArgs) -> anyhow::Result<()>
 }
 
 /// The URL `baa fetch` gets: absolute, or a path at the agency.
+/// The URL `baa fetch` may send the app's token to: under the agency's own
+/// gateway (`<agency>/gw/…`) and nowhere else, so a mistyped or planted URL
+/// never receives the token.
 fn fetch_url(agency: &str, given: &str) -> anyhow::Result<Url> {
     let url = if given.starts_with('/') {
         Url::parse(&oauth::endpoint(agency, given))
@@ -477,6 +480,12 @@ fn fetch_url(agency: &str, given: &str) -> anyhow::Result<Url> {
     }
     .with_context(|| format!("{given:?} is not a URL"))?;
     oauth::check_transport(&url)?;
+    let base = Url::parse(agency).with_context(|| format!("{agency:?} is not a URL"))?;
+    anyhow::ensure!(
+        url.origin() == base.origin() && url.path().starts_with("/gw/"),
+        "{url} is not under the agency's gateway ({}/gw/…); baa fetch sends the app's token there only",
+        agency.trim_end_matches('/')
+    );
     Ok(url)
 }
 
@@ -504,6 +513,30 @@ pub async fn fetch(ca: Option<PathBuf>, args: FetchArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// L7: the token goes to the agency's gateway only.
+    #[test]
+    fn l7_fetch_sends_the_token_only_to_the_agency_s_gateway() {
+        let agency = "https://login.baa.localtest:8441";
+        for ok in [
+            "/gw/wiki/page",
+            "https://login.baa.localtest:8441/gw/wiki/",
+            "https://LOGIN.baa.localtest:8441/gw/wiki",
+        ] {
+            assert!(fetch_url(agency, ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "https://evil.localtest/gw/wiki",
+            "https://login.baa.localtest:8442/gw/wiki",
+            "https://login.baa.localtest:8441/sso/userinfo",
+            "https://login.baa.localtest:8441/gw",
+            "https://login.baa.localtest:8441/gw/../sso/userinfo",
+            "/sso/userinfo",
+            "https://login.baa.localtest:8441@evil.localtest/gw/wiki",
+        ] {
+            assert!(fetch_url(agency, bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn resolve_flag() {
