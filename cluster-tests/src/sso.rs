@@ -214,8 +214,15 @@ pub struct Agent {
 impl Agent {
     /// A new agent trusting the cluster's CA.
     pub fn new(cluster: &Cluster) -> Self {
+        Self::from_address(cluster, None)
+    }
+
+    /// A new agent whose connections leave from `source` (any 127.0.0.0/8
+    /// address: a distinct client as far as the agency can tell).
+    pub fn from_address(cluster: &Cluster, source: Option<std::net::IpAddr>) -> Self {
         let ca = std::fs::read(cluster.ca_pem()).expect("CA");
         let http = reqwest::Client::builder()
+            .local_address(source)
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
             .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("CA PEM"))
@@ -301,9 +308,21 @@ impl Agent {
 
     /// POST a form with the agent's cookies.
     pub async fn post_form(&mut self, url: &str, fields: &[(String, String)]) -> Answer {
-        let resp = self
-            .http
-            .post(url)
+        self.post_form_with(url, fields, &[]).await
+    }
+
+    /// POST a form with the agent's cookies and extra `headers`.
+    pub async fn post_form_with(
+        &mut self,
+        url: &str,
+        fields: &[(String, String)],
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut req = self.http.post(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req
             .header(COOKIE, self.cookie_header())
             .form(fields)
             .send()

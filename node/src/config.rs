@@ -176,12 +176,22 @@ pub struct SsoConfig {
     pub access_token_ttl_s: u64,
     /// Failed sign-ins are counted within windows of this many seconds.
     pub throttle_window_s: u64,
-    /// Failures of one account name within a window that lock it.
+    /// Failures of one account name from one source address within a window
+    /// that lock that pair (others can still sign in to the account): first
+    /// for a sixteenth of `lockout_s`, twice as long at each further failure.
     pub max_account_failures: u32,
+    /// Failures of one account name from all sources within a window that
+    /// lock it for everyone: high, so that no outsider locks a user out.
+    pub max_account_failures_all_sources: u32,
     /// Failures from one source address within a window that lock it.
     pub max_source_failures: u32,
-    /// How long a lock lasts, in seconds.
+    /// How long a lock lasts at most, in seconds.
     pub lockout_s: u64,
+    /// Proxies (addresses or networks, e.g. `10.0.0.0/8`) whose
+    /// `X-Forwarded-For` names the client: the source address of a request
+    /// that came through them is the last address in it that is not one of
+    /// them. Others' `X-Forwarded-For` is ignored.
+    pub trusted_proxies: Vec<String>,
     /// PEM roots trusted for calls to partner sites (back-channel logout) and
     /// gateway upstreams over HTTPS. Without it such calls fail: the cluster
     /// CA is never trusted for them.
@@ -207,8 +217,10 @@ impl Default for SsoConfig {
             access_token_ttl_s: 3600,
             throttle_window_s: 900,
             max_account_failures: 5,
+            max_account_failures_all_sources: 100,
             max_source_failures: 50,
             lockout_s: 300,
+            trusted_proxies: Vec::new(),
             partner_ca_file: None,
             session_touch_interval_s: 60,
             device_code_ttl_s: 600,
@@ -389,6 +401,8 @@ pub struct Config {
     pub peers: Vec<Peer>,
     /// Single-sign-on settings, issuer resolved.
     pub sso: SsoConfig,
+    /// `[sso] trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The OpenID Connect issuer URL.
     pub issuer: String,
     /// Upstream apps behind the gateway.
@@ -514,6 +528,17 @@ impl Config {
              `baa pki init` makes both CAs). See README, \"Security model\""
         );
         validate_gateway(&f.gateway)?;
+        let trusted_proxies = sso
+            .trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        anyhow::anyhow!("sso.trusted_proxies: {p:?} is not an address or network")
+                    })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut sso = f.sso.clone();
         sso.partner_ca_file = sso.partner_ca_file.as_deref().map(abs);
         Ok(Config {
@@ -545,6 +570,7 @@ impl Config {
             limits: f.limits,
             peers: f.peers,
             sso,
+            trusted_proxies,
             issuer,
             gateway: f.gateway,
         })

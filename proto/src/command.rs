@@ -218,6 +218,16 @@ pub enum Op {
         /// Its options.
         options: crate::sso::SiteOptions,
     },
+    /// Count one failed sign-in against the (account, source) pair, the
+    /// account and the source, under `policy`.
+    RecordFailedSignIn {
+        /// Throttle key of the account name as typed.
+        account: SecretHash,
+        /// Source IP address (the client's, through trusted proxies).
+        source: String,
+        /// The policy to apply.
+        policy: crate::sso::ThrottlePolicy,
+    },
 }
 
 impl Op {
@@ -248,6 +258,7 @@ impl Op {
             Op::RevokeUserSessions { .. } => "revoke_user_sessions",
             Op::SetPairwiseSalt { .. } => "set_pairwise_salt",
             Op::RegisterSite { .. } => "register_site",
+            Op::RecordFailedSignIn { .. } => "record_failed_sign_in",
         }
     }
 }

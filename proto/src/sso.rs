@@ -356,6 +356,9 @@ pub enum ThrottleSubject {
     Account(SecretHash),
     /// Source IP address as text.
     Source(String),
+    /// One account name tried from one source address: a targeted lock
+    /// that leaves the account to everyone else.
+    Pair(SecretHash, String),
 }
 
 impl ThrottleSubject {
@@ -364,8 +367,39 @@ impl ThrottleSubject {
         match self {
             ThrottleSubject::Account(h) => [b"a:".as_slice(), h].concat(),
             ThrottleSubject::Source(ip) => [b"s:".as_slice(), ip.as_bytes()].concat(),
+            ThrottleSubject::Pair(h, ip) => [b"p:".as_slice(), h, ip.as_bytes()].concat(),
         }
     }
+
+    /// The subjects a sign-in of `account` from `source` is checked and
+    /// counted against.
+    pub fn of_sign_in(account: &SecretHash, source: &str) -> [ThrottleSubject; 3] {
+        [
+            ThrottleSubject::Pair(*account, source.to_string()),
+            ThrottleSubject::Account(*account),
+            ThrottleSubject::Source(source.to_string()),
+        ]
+    }
+}
+
+/// Throttling policy carried in the command, so every node applies the same
+/// one: per (account, source) pair with progressive locks, and high limits
+/// per account (all sources) and per source that no single outsider turns
+/// into a lock-out of a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThrottlePolicy {
+    /// Failures counted within this window.
+    pub window_ms: u64,
+    /// Failures of one account from one source that lock that pair: first
+    /// for `lockout_ms / 16`, twice as long at each further failure, up to
+    /// `lockout_ms`.
+    pub max_pair_failures: u32,
+    /// Failures of one account from all sources that lock it for everyone.
+    pub max_account_failures: u32,
+    /// Failures from one source address that lock it.
+    pub max_source_failures: u32,
+    /// The longest lock.
+    pub lockout_ms: u64,
 }
 
 /// Failed sign-ins counted for one subject.
@@ -404,6 +438,26 @@ impl Failures {
             self.locked_until_ms = now_ms.saturating_add(rule.lockout_ms);
             self.count = 0;
             self.window_start_ms = now_ms;
+        }
+        self
+    }
+
+    /// Counts one failure of an (account, source) pair: past the limit each
+    /// failure locks the pair, for twice as long as the one before (from a
+    /// sixteenth of the lockout to all of it).
+    pub fn record_progressive(mut self, now_ms: u64, p: &ThrottlePolicy) -> Self {
+        if now_ms >= self.window_start_ms.saturating_add(p.window_ms)
+            && now_ms >= self.locked_until_ms
+        {
+            self.count = 0;
+            self.window_start_ms = now_ms;
+        }
+        self.count = self.count.saturating_add(1);
+        let max = p.max_pair_failures.max(1);
+        if self.count >= max {
+            let doublings = (self.count - max).min(4);
+            let lock = (p.lockout_ms / 16).saturating_mul(1 << doublings);
+            self.locked_until_ms = now_ms.saturating_add(lock.min(p.lockout_ms).max(1_000));
         }
         self
     }
@@ -461,6 +515,33 @@ pub struct RevokedSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pair_locks_grow_with_each_failure_up_to_the_lockout() {
+        let p = ThrottlePolicy {
+            window_ms: 10_000_000,
+            max_pair_failures: 3,
+            max_account_failures: 100,
+            max_source_failures: 50,
+            lockout_ms: 320_000,
+        };
+        let mut f = Failures::default();
+        let mut now = 1_000;
+        for _ in 0..2 {
+            f = f.record_progressive(now, &p);
+            assert!(!f.locked_at(now));
+        }
+        let mut locks = Vec::new();
+        for _ in 0..7 {
+            f = f.record_progressive(now, &p);
+            locks.push(f.locked_until_ms - now);
+            now = f.locked_until_ms;
+        }
+        assert_eq!(
+            locks,
+            [20_000, 40_000, 80_000, 160_000, 320_000, 320_000, 320_000]
+        );
+    }
 
     #[test]
     fn throttle_locks_after_max_and_window_resets() {

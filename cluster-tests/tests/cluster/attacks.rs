@@ -10,7 +10,7 @@ use baa_cluster_tests::sso::{
     self, add_confidential_site, create_user, query_params, Agent, AuthRequest, TestSite,
     CSRF_COOKIE,
 };
-use baa_cluster_tests::{poll_until, Cluster};
+use baa_cluster_tests::{poll_until, Cluster, ClusterOptions};
 use reqwest::header::SET_COOKIE;
 use reqwest::StatusCode;
 
@@ -770,5 +770,103 @@ async fn l5_the_demo_site_status_is_not_public() {
         .unwrap();
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(shop.status().await["client_id"], "shop");
+    cluster.assert_no_panics();
+}
+
+/// One sign-in POST from `agent` (whose CSRF pair it gets first) with extra headers.
+async fn sign_in_from(
+    agent: &mut Agent,
+    base: &str,
+    user: &str,
+    password: &str,
+    headers: &[(&str, &str)],
+) -> sso::Answer {
+    let page = agent.get(&format!("{base}/sso/signin")).await;
+    let csrf = page.inputs().get("csrf").cloned().expect("csrf");
+    agent
+        .post_form_with(
+            &format!("{base}/sso/signin"),
+            &[
+                ("csrf".into(), csrf),
+                ("username".into(), user.into()),
+                ("password".into(), password.into()),
+            ],
+            headers,
+        )
+        .await
+}
+
+/// M2: failures from one source lock that source's attempts at the account
+/// (briefly, longer each time), not the account for everyone: an outsider
+/// cannot lock a user out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m2_an_outsider_cannot_lock_a_user_out() {
+    let cluster = Cluster::start(3).await;
+    create_user(&cluster, "alice", PASSWORD).await;
+    let base = cluster.public_url(1);
+    let attacker: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let user: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+    let mut mallory = Agent::from_address(&cluster, Some(attacker));
+    for i in 0..5 {
+        let a = sign_in_from(&mut mallory, &base, "alice", "guess", &[]).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "guess {i}");
+    }
+    let again = sign_in_from(&mut mallory, &base, "alice", PASSWORD, &[]).await;
+    assert_eq!(
+        again.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        again.body
+    );
+    let mut alice = Agent::from_address(&cluster, Some(user));
+    let signed_in = sign_in_from(&mut alice, &base, "alice", PASSWORD, &[]).await;
+    assert_eq!(
+        signed_in.status,
+        StatusCode::SEE_OTHER,
+        "five guesses from another address locked alice out: {}",
+        signed_in.body
+    );
+    cluster.assert_no_panics();
+}
+
+/// M2: behind a trusted proxy each client is its own source (by
+/// `X-Forwarded-For`), so fifty failures of clients do not lock everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m2_behind_a_trusted_proxy_clients_are_throttled_apart() {
+    let mut opts = ClusterOptions::default();
+    opts.sso.insert(
+        "trusted_proxies".into(),
+        toml::Value::Array(vec!["127.0.0.1/32".into()]),
+    );
+    let cluster = Cluster::start_with(opts).await;
+    create_user(&cluster, "alice", PASSWORD).await;
+    let base = cluster.public_url(2);
+    let mut proxy = Agent::new(&cluster);
+    for i in 0..55 {
+        let client = format!("198.51.100.{}", i + 1);
+        let a = sign_in_from(
+            &mut proxy,
+            &base,
+            &format!("nobody{i}"),
+            "guess",
+            &[("x-forwarded-for", client.as_str())],
+        )
+        .await;
+        assert_eq!(
+            a.status,
+            StatusCode::UNAUTHORIZED,
+            "client {client}: {}",
+            a.body
+        );
+    }
+    let a = sign_in_from(
+        &mut proxy,
+        &base,
+        "alice",
+        PASSWORD,
+        &[("x-forwarded-for", "203.0.113.7")],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
     cluster.assert_no_panics();
 }

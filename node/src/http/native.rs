@@ -17,8 +17,8 @@ use serde::Deserialize;
 use super::oidc::{authenticate_client, bearer, ClientAuthForm};
 use super::pages::{self, Csp};
 use super::sso::{
-    csrf_ok, csrf_refused, csrf_token, current_session, error_page, sign_in_page, with_cookie,
-    AuthParams,
+    client_source, csrf_ok, csrf_refused, csrf_token, current_session, error_page, sign_in_page,
+    with_cookie, AuthParams,
 };
 use crate::actors::native_broker::{NativeBroker, TranslateToken, Translated};
 use crate::actors::session_gate::SessionGate;
@@ -247,20 +247,13 @@ async fn device_post(
     device_page(&agency, &req, &form.user_code, None)
 }
 
-/// The source address user codes are throttled by.
-fn code_source(req: &HttpRequest) -> String {
-    req.peer_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
 /// Guessing user codes is throttled like guessing passwords, per source
 /// address, on the entry page and the decision alike: the 429 page while
 /// the source is locked.
 fn code_guessing_locked(agency: &Agency, req: &HttpRequest, typed: &str) -> Option<HttpResponse> {
     let locked = agency
         .state
-        .failures(&ThrottleSubject::Source(code_source(req)))
+        .failures(&ThrottleSubject::Source(client_source(req, agency)))
         .map(|f| f.locked_at(now_ms()))
         .unwrap_or(false);
     locked.then(|| {
@@ -277,10 +270,10 @@ fn code_guessing_locked(agency: &Agency, req: &HttpRequest, typed: &str) -> Opti
 
 /// Counts one wrong user code against the request's source address.
 async fn record_wrong_code(agency: &Agency, req: &HttpRequest, code: &str) {
-    let op = Op::RecordSignInFailure {
+    let op = Op::RecordFailedSignIn {
         account: secret_hash(format!("device-code:{code}").as_bytes()),
-        source: code_source(req),
-        rule: super::sso::throttle_rule(agency),
+        source: client_source(req, agency),
+        policy: super::sso::throttle_policy(agency),
     };
     if let Err(e) = agency.write(op, None).await {
         tracing::warn!(error = %e, "could not record a wrong device code");

@@ -14,7 +14,7 @@ use baa_proto::cookie::{
 };
 use baa_proto::sso::{
     pseudonym, public_sid, secret_hash, AccountName, LoginParams, ResponseMode, Session, Site,
-    ThrottleRule, ThrottleSubject, Trust,
+    ThrottlePolicy, ThrottleSubject, Trust,
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -818,14 +818,59 @@ pub fn dummy_hash() -> &'static str {
 }
 
 /// The sign-in throttling rule of this node's configuration.
-pub fn throttle_rule(agency: &Agency) -> ThrottleRule {
+pub fn throttle_policy(agency: &Agency) -> ThrottlePolicy {
     let s = &agency.config.sso;
-    ThrottleRule {
+    ThrottlePolicy {
         window_ms: s.throttle_window_s * 1000,
-        max_account_failures: s.max_account_failures,
+        max_pair_failures: s.max_account_failures,
+        max_account_failures: s.max_account_failures_all_sources,
         max_source_failures: s.max_source_failures,
         lockout_ms: s.lockout_s * 1000,
     }
+}
+
+/// The client's address: the peer's, or — when the peer is a trusted proxy
+/// (`[sso] trusted_proxies`) — the last address of `X-Forwarded-For` that is
+/// not one of them. Sign-ins and code guesses are throttled by it.
+pub fn client_source(req: &HttpRequest, agency: &Agency) -> String {
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok());
+    source_of(
+        req.peer_addr().map(|a| a.ip()),
+        forwarded,
+        &agency.config.trusted_proxies,
+    )
+}
+
+fn source_of<'a>(
+    peer: Option<std::net::IpAddr>,
+    forwarded: impl Iterator<Item = &'a str>,
+    trusted: &[ipnet::IpNet],
+) -> String {
+    let Some(peer) = peer else {
+        return "unknown".into();
+    };
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer.to_string();
+    }
+    // Walk back from the proxy that called us; the first hop we do not
+    // trust is the client. Anything unparsable ends the walk there.
+    let hops: Vec<&str> = forwarded
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        match hop.parse::<std::net::IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => client = ip,
+            Ok(ip) => return ip.to_string(),
+            Err(_) => break,
+        }
+    }
+    client.to_string()
 }
 
 const BAD_CREDENTIALS: &str = "The username or password is not correct.";
@@ -864,24 +909,18 @@ async fn sign_in_post(
         );
     }
     let account = secret_hash(typed.as_bytes());
-    let source = req
-        .peer_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|| "unknown".into());
+    let source = client_source(&req, &agency);
 
     // A lock known here refuses at once, without hashing. A lock this node has
     // not applied yet is enforced by the state machine, which refuses the
     // session (below) in log order.
     let now = now_ms();
-    let locked = [
-        ThrottleSubject::Account(account),
-        ThrottleSubject::Source(source.clone()),
-    ]
-    .iter()
-    .filter_map(|s| agency.state.failures(s).ok())
-    .map(|f| f.locked_until_ms)
-    .filter(|t| *t > now)
-    .max();
+    let locked = ThrottleSubject::of_sign_in(&account, &source)
+        .iter()
+        .filter_map(|s| agency.state.failures(s).ok())
+        .map(|f| f.locked_until_ms)
+        .filter(|t| *t > now)
+        .max();
     let locked_page = |retry_after_s: u64| {
         agency.metrics.sign_ins.with_label_values(&["locked"]).inc();
         let mut resp = sign_in_page(
@@ -914,10 +953,10 @@ async fn sign_in_post(
         Some(u) if verified && !u.disabled && u.password_hash.is_some() => u,
         _ => {
             agency.metrics.sign_ins.with_label_values(&["failed"]).inc();
-            let op = Op::RecordSignInFailure {
+            let op = Op::RecordFailedSignIn {
                 account,
                 source,
-                rule: throttle_rule(&agency),
+                policy: throttle_policy(&agency),
             };
             if let Err(e) = agency.write(op, None).await {
                 tracing::warn!(error = %e, "could not record a failed sign-in");
@@ -1302,7 +1341,45 @@ async fn perform_logout(
 
 #[cfg(test)]
 mod tests {
-    use super::redirect_matches;
+    use super::{redirect_matches, source_of};
+
+    #[test]
+    fn the_client_is_the_last_untrusted_forwarded_hop() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer = |s: &str| Some(s.parse().unwrap());
+        // A client that talks to us directly: its own address, whatever it claims.
+        assert_eq!(
+            source_of(peer("192.0.2.1"), ["203.0.113.9"].into_iter(), &trusted),
+            "192.0.2.1"
+        );
+        // Through our proxies: the last hop they did not add.
+        assert_eq!(
+            source_of(
+                peer("10.0.0.2"),
+                ["198.51.100.1, 203.0.113.9, 10.0.0.5"].into_iter(),
+                &trusted
+            ),
+            "203.0.113.9"
+        );
+        assert_eq!(
+            source_of(
+                peer("10.0.0.2"),
+                ["198.51.100.1", "203.0.113.9"].into_iter(),
+                &trusted
+            ),
+            "203.0.113.9"
+        );
+        // A proxy with no header, or garbage in it: the proxy itself.
+        assert_eq!(
+            source_of(peer("10.0.0.2"), std::iter::empty(), &trusted),
+            "10.0.0.2"
+        );
+        assert_eq!(
+            source_of(peer("10.0.0.2"), ["nonsense"].into_iter(), &trusted),
+            "10.0.0.2"
+        );
+        assert_eq!(source_of(None, std::iter::empty(), &trusted), "unknown");
+    }
 
     #[test]
     fn loopback_redirects_match_on_any_port_only() {

@@ -6,8 +6,8 @@ use baa_proto::command::{ApplyError, CommandResult, Op, Outcome};
 use baa_proto::model::User;
 use baa_proto::sso::{
     AccessToken, DeviceGrant, DevicePoll, DeviceStatus, Failures, Grant, LoginTicket, RefreshToken,
-    RevokedSession, SecretHash, Session, SigningKey, Site, SiteOptions, ThrottleRule,
-    ThrottleSubject, Trust,
+    RevokedSession, SecretHash, Session, SigningKey, Site, SiteOptions, ThrottlePolicy,
+    ThrottleRule, ThrottleSubject, Trust,
 };
 use baa_proto::ErrorCode;
 
@@ -197,6 +197,11 @@ pub(super) fn apply_sso(
             source,
             rule,
         } => record_failure(st, now, account, source, rule),
+        Op::RecordFailedSignIn {
+            account,
+            source,
+            policy,
+        } => record_failed_sign_in(st, now, account, source, policy),
         Op::AddSigningKey {
             key: new,
             publish_old_for_ms,
@@ -286,12 +291,8 @@ fn create_session(
     account: &SecretHash,
     source: &str,
 ) -> Result<CommandResult, StorageError> {
-    let account_key = key(PREFIX_FAILURES, &ThrottleSubject::Account(*account).key());
-    let source_key = key(
-        PREFIX_FAILURES,
-        &ThrottleSubject::Source(source.to_string()).key(),
-    );
-    for k in [&account_key, &source_key] {
+    let keys = ThrottleSubject::of_sign_in(account, source).map(|s| key(PREFIX_FAILURES, &s.key()));
+    for k in &keys {
         if let Some(f) = st.get::<Failures>(k)? {
             if f.locked_at(now) {
                 return refuse(
@@ -327,6 +328,9 @@ fn create_session(
     st.put(&sk, &s)?;
     st.put(&key(PREFIX_SESSION_BY_SID, s.sid.as_bytes()), &s.key)?;
     st.put(&user_session_key(s.user_id, &s.key), &())?;
+    // A right password forgives the account's failures, from here and all over.
+    let [pair_key, account_key, _] = keys;
+    st.remove(&pair_key);
     st.remove(&account_key);
     Ok(Ok(Outcome::Session(Box::new(s))))
 }
@@ -794,6 +798,32 @@ fn record_failure(
         let k = key(PREFIX_FAILURES, &subject.key());
         let f = st.get::<Failures>(&k)?.unwrap_or_default();
         st.put(&k, &f.record(now, rule, max.max(1)))?;
+    }
+    Ok(Ok(Outcome::Done))
+}
+
+fn record_failed_sign_in(
+    st: &mut Staged<'_>,
+    now: u64,
+    account: &SecretHash,
+    source: &str,
+    p: &ThrottlePolicy,
+) -> Result<CommandResult, StorageError> {
+    let rule = ThrottleRule {
+        window_ms: p.window_ms,
+        max_account_failures: p.max_account_failures,
+        max_source_failures: p.max_source_failures,
+        lockout_ms: p.lockout_ms,
+    };
+    for subject in ThrottleSubject::of_sign_in(account, source) {
+        let k = key(PREFIX_FAILURES, &subject.key());
+        let f = st.get::<Failures>(&k)?.unwrap_or_default();
+        let f = match subject {
+            ThrottleSubject::Pair(..) => f.record_progressive(now, p),
+            ThrottleSubject::Account(_) => f.record(now, &rule, p.max_account_failures.max(1)),
+            ThrottleSubject::Source(_) => f.record(now, &rule, p.max_source_failures.max(1)),
+        };
+        st.put(&k, &f)?;
     }
     Ok(Ok(Outcome::Done))
 }

@@ -631,9 +631,10 @@ mod reopen {
             Op::RevokeUserSessions { .. } => 21,
             Op::SetPairwiseSalt { .. } => 22,
             Op::RegisterSite { .. } => 23,
+            Op::RecordFailedSignIn { .. } => 24,
         }
     }
-    const VARIANTS: usize = 24;
+    const VARIANTS: usize = 25;
 
     fn site(client_id: &str) -> Op {
         Op::AddSite(Box::new(Site {
@@ -763,6 +764,17 @@ mod reopen {
                 rule: ThrottleRule {
                     window_ms: 60_000,
                     max_account_failures: 5,
+                    max_source_failures: 50,
+                    lockout_ms: 60_000,
+                },
+            },
+            Op::RecordFailedSignIn {
+                account: secret_hash(b"mallory"),
+                source: "10.0.0.8".into(),
+                policy: baa_proto::sso::ThrottlePolicy {
+                    window_ms: 60_000,
+                    max_pair_failures: 5,
+                    max_account_failures: 100,
                     max_source_failures: 50,
                     lockout_ms: 60_000,
                 },
