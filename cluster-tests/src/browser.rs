@@ -199,6 +199,46 @@ impl Browser {
         })
     }
 
+    /// Takes control of a Chromium that is already running with
+    /// `--remote-debugging-port` at `debugger` (`127.0.0.1:PORT`): what a
+    /// user would click in their own browser, a test clicks through this.
+    pub async fn attach(debugger: &str) -> Result<Browser> {
+        let driver_bin = chromedriver_path();
+        let tmp = tempfile::Builder::new()
+            .prefix("baa-browser-")
+            .tempdir()
+            .context("creating the browser's temporary directory")?;
+        let log = tmp.path().join("chromedriver.log");
+        let driver = Driver::start(&driver_bin, &log).await?;
+        let mut caps = serde_json::Map::new();
+        caps.insert("browserName".into(), json!("chrome"));
+        caps.insert("acceptInsecureCerts".into(), json!(true));
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({ "debuggerAddress": debugger }),
+        );
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = ClientBuilder::rustls().context("building the WebDriver HTTP client")?;
+        builder.capabilities(caps);
+        let client = tokio::time::timeout(SESSION_DEADLINE, builder.connect(&driver.url()))
+            .await
+            .map_err(|_| anyhow::anyhow!("no WebDriver session attached to {debugger}"))?
+            .with_context(|| {
+                format!(
+                    "attaching to Chromium at {debugger}; chromedriver log tail:\n{}",
+                    tail(&log, 20)
+                )
+            })?;
+        Ok(Browser {
+            client,
+            host_rules: String::new(),
+            profile: tmp.path().to_path_buf(),
+            log,
+            driver,
+            _tmp: tmp,
+        })
+    }
+
     /// The fantoccini client, for anything the helpers do not cover.
     pub fn client(&self) -> &Client {
         &self.client

@@ -9,6 +9,7 @@ mod cluster {
     mod conformance;
     mod demo;
     mod faults;
+    mod flood;
     mod membership;
     mod native;
     mod native_cli;

@@ -44,6 +44,8 @@ pub struct Agency {
     pub keys: crate::keys::KeyRing,
     /// Read indexes for linearizable reads, one round at a time.
     pub reads: ReadRounds,
+    /// Node-local rate limits on what anonymous clients can make it write.
+    pub limits: crate::limits::Limits,
 }
 
 /// Milliseconds since the Unix epoch on this node's clock.
@@ -82,10 +84,14 @@ impl Agency {
 
     /// Replicates `op` and returns its outcome. Any node accepts writes; a
     /// follower forwards to the leader. Retries across leader changes until the
-    /// configured deadline, under one request id so nothing is applied twice.
+    /// configured deadline, under one request id so nothing is applied twice:
+    /// the caller's, or one made here when applying `op` twice would differ
+    /// (see `Op::needs_request_id`; the state machine remembers results only
+    /// under request ids).
     pub async fn write(&self, op: Op, request_id: Option<RequestId>) -> Result<Outcome> {
+        let request_id = request_id.or_else(|| op.needs_request_id().then(random_request_id));
         let cmd = Command {
-            request_id: Some(request_id.unwrap_or_else(random_request_id)),
+            request_id,
             time_ms: now_ms(),
             op,
         };

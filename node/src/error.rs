@@ -22,6 +22,12 @@ pub enum NodeError {
     /// Missing or wrong credential.
     #[error("a valid admin credential is required")]
     Unauthorized,
+    /// A node-local rate limit refused the request.
+    #[error("too many requests; retry in {retry_after_s} s")]
+    RateLimited {
+        /// When to come back.
+        retry_after_s: u64,
+    },
     /// A bounded queue of this node is full; the client should retry shortly.
     #[error("the agency is busy; retry in a moment")]
     Busy,
@@ -81,6 +87,7 @@ impl NodeError {
             NodeError::Unauthorized => ErrorCode::Unauthorized,
             NodeError::NotAMember => ErrorCode::NotAMember,
             NodeError::Busy => ErrorCode::TemporarilyUnavailable,
+            NodeError::RateLimited { .. } => ErrorCode::TooManyAttempts,
             NodeError::NotFound => ErrorCode::NotFound,
             NodeError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             NodeError::Apply(e) => e.code,

@@ -19,6 +19,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod partner;
 pub mod pki;
@@ -163,6 +164,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             metrics,
         ),
         keys,
+        limits: limits::Limits::default(),
     });
     let hasher = actors::hasher::Hashers::start(
         config.limits.hash_threads(),

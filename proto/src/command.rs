@@ -228,6 +228,19 @@ pub enum Op {
         /// The policy to apply.
         policy: crate::sso::ThrottlePolicy,
     },
+    /// Remove what has expired among the next `budget` keys of the state
+    /// after the sweep's cursor (kept in the state), then move the cursor:
+    /// bounded work per apply, the whole state over successive sweeps.
+    /// Remembered request results go when older than their cutoff (`auto-`
+    /// ids, made by nodes for their own retries, sooner).
+    Sweep {
+        /// Results of caller-supplied request ids older than this go.
+        request_cutoff_ms: u64,
+        /// Results of node-made (`auto-`) request ids older than this go.
+        auto_request_cutoff_ms: u64,
+        /// Keys to look at, at most.
+        budget: u32,
+    },
 }
 
 impl Op {
@@ -259,6 +272,7 @@ impl Op {
             Op::SetPairwiseSalt { .. } => "set_pairwise_salt",
             Op::RegisterSite { .. } => "register_site",
             Op::RecordFailedSignIn { .. } => "record_failed_sign_in",
+            Op::Sweep { .. } => "sweep",
         }
     }
 }
@@ -324,6 +338,32 @@ pub enum Outcome {
     Empty,
     /// Sessions ended together (a user's, e.g.).
     RevokedAll(Vec<RevokedSession>),
+    /// What a sweep removed, and whether it went round to the start.
+    Swept {
+        /// Records removed.
+        removed: u64,
+        /// The cursor went past the last key: the next sweep starts over.
+        wrapped: bool,
+    },
+}
+
+impl Op {
+    /// Whether a second application of the command would differ from the
+    /// first (a one-time secret, a new record), so that a node's retry
+    /// needs its first result remembered under a request id. Counting a
+    /// failure twice or purging twice does not.
+    pub fn needs_request_id(&self) -> bool {
+        !matches!(
+            self,
+            Op::RecordSignInFailure { .. }
+                | Op::RecordFailedSignIn { .. }
+                | Op::TouchSession { .. }
+                | Op::PurgeExpired
+                | Op::PurgeRequestResults { .. }
+                | Op::Sweep { .. }
+                | Op::SetPairwiseSalt { .. }
+        )
+    }
 }
 
 /// Why the state machine refused a command. Refusals are deterministic: every

@@ -159,10 +159,13 @@ async fn loopback_pkce_refresh_rotation_and_verify() {
         assert_eq!(page.status, StatusCode::BAD_REQUEST, "{uri}");
         assert!(page.location().is_none(), "{uri} redirected");
     }
-    // Another port, same path: accepted (seamlessly: trust exists now).
-    let other = agent
+    // Another port, same path: accepted — after the user approves again (a
+    // public native client asks every time, RFC 8252 §8.6).
+    let trust = agent
         .get(&loopback_request(&site, port + 1).url(&base))
         .await;
+    assert!(trust.body.contains("id=\"trust\""), "{}", trust.body);
+    let other = agent.approve(&base, &trust, "username", true, false).await;
     assert!(other
         .location()
         .unwrap()

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use baa_cluster_tests::browser::DEFAULT_DEADLINE;
-use baa_cluster_tests::harness::AGENCY_HOST;
+use baa_cluster_tests::harness::{free_port, AGENCY_HOST};
 use baa_cluster_tests::sso::{add_site, create_user, SsoCookies, REFERENCE_COOKIE, SESSION_COOKIE};
 use baa_cluster_tests::upstream::Upstream;
 use baa_cluster_tests::{poll_until, Browser, Cluster, ClusterOptions};
@@ -28,6 +28,7 @@ async fn baa(cluster: &Cluster, env: &[(&str, String)], args: &[&str]) -> (bool,
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
+        .kill_on_drop(true)
         .output()
         .await
         .expect("running baa");
@@ -38,9 +39,10 @@ async fn baa(cluster: &Cluster, env: &[(&str, String)], args: &[&str]) -> (bool,
     )
 }
 
-fn browser_env(dir: &Path, profile: &Path) -> Vec<(&'static str, String)> {
+fn browser_env(dir: &Path, profile: &Path, debug_port: u16) -> Vec<(&'static str, String)> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/headless-browser");
     vec![
+        ("BAA_TEST_DEBUG_PORT", debug_port.to_string()),
         ("BROWSER", script.to_string()),
         ("BAA_TEST_PROFILE", profile.display().to_string()),
         ("BAA_TEST_HOST_RULES", HOST_RULES.to_string()),
@@ -210,15 +212,46 @@ async fn baa_login_goes_on_after_the_browser_is_killed() {
             token_file.display().to_string(),
         ]
     };
-    let env = browser_env(dir.path(), &profile);
+    let debug_port = free_port();
+    let env = browser_env(dir.path(), &profile, debug_port);
 
-    // Acceptance 1: `baa login` through the system browser, no password prompt.
+    // Acceptance 1: `baa login` through the system browser, no password
+    // prompt; the user approves the app there (a public native client asks
+    // every time, RFC 8252 §8.6).
     let mut args = common("login");
     args.extend(["--agency".to_string(), agency.clone()]);
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (ok, out, err) = tokio::time::timeout(Duration::from_secs(90), baa(&cluster, &env, &argv))
-        .await
-        .expect("baa login finished");
+    let login = baa(&cluster, &env, &argv);
+    let approve = async {
+        let debugger = format!("127.0.0.1:{debug_port}");
+        // The browser `baa login` started answers on its debugging port.
+        poll_until(
+            DEFAULT_DEADLINE,
+            "the system browser's debugger",
+            || async {
+                let version = reqwest::get(format!("http://{debugger}/json/version")).await;
+                version.ok().filter(|r| r.status().is_success()).map(drop)
+            },
+        )
+        .await;
+        let user = Browser::attach(&debugger)
+            .await
+            .expect("attaching to the system browser");
+        user.wait_for_element("#approve", DEFAULT_DEADLINE)
+            .await
+            .expect("the trust page in the system browser");
+        assert!(
+            user.source().await.unwrap().contains("baa command line"),
+            "the page names the app"
+        );
+        user.click("#approve").await.expect("approving");
+    };
+    let ((ok, out, err), ()) = tokio::time::timeout(
+        Duration::from_secs(90),
+        futures::future::join(login, approve),
+    )
+    .await
+    .expect("baa login finished");
     assert!(ok, "baa login failed:\n{out}\n{err}");
     kill_script_browser(dir.path(), &profile).await;
 

@@ -8,11 +8,18 @@ use std::sync::Arc;
 
 use actix::{Actor, Addr, Handler, Message, SyncArbiter, SyncContext};
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use subtle::ConstantTimeEq;
 
-/// Hashes and verifies passwords on dedicated threads.
-pub struct PasswordHasher;
+/// Hashes and verifies passwords on dedicated threads; each keeps its
+/// argon2 memory (19 MiB) from one password to the next, so the node's
+/// resident memory is one such block per thread, not what the allocator
+/// happens to keep of thousands of them.
+#[derive(Default)]
+pub struct PasswordHasher {
+    work: Work,
+}
 
 impl Actor for PasswordHasher {
     type Context = SyncContext<Self>;
@@ -39,25 +46,95 @@ fn argon2() -> Argon2<'static> {
     Argon2::default()
 }
 
+/// argon2 work with its memory blocks kept between calls.
+#[derive(Default)]
+struct Work {
+    memory: Vec<Block>,
+}
+
+impl Work {
+    /// The raw hash of `password` with `salt` into `out`, in the kept memory.
+    fn raw(
+        &mut self,
+        argon: &Argon2<'_>,
+        password: &[u8],
+        salt: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), argon2::Error> {
+        let blocks = argon.params().block_count();
+        if self.memory.len() < blocks {
+            self.memory.resize(blocks, Block::default());
+        }
+        argon.hash_password_into_with_memory(password, salt, out, &mut self.memory[..blocks])
+    }
+
+    /// A PHC string of `password` with a fresh random salt.
+    fn hash(&mut self, password: &str) -> Result<String, String> {
+        let argon = argon2();
+        let salt = SaltString::generate(&mut OsRng);
+        let mut salt_buf = [0u8; 64];
+        let salt_bytes = salt.decode_b64(&mut salt_buf).map_err(|e| e.to_string())?;
+        let output = Output::init_with(Params::DEFAULT_OUTPUT_LEN, |out| {
+            self.raw(&argon, password.as_bytes(), salt_bytes, out)
+                .map_err(|_| argon2::password_hash::Error::Password)
+        })
+        .map_err(|e| e.to_string())?;
+        let phc = PasswordHash {
+            algorithm: Algorithm::Argon2id.ident(),
+            version: Some(Version::V0x13.into()),
+            params: ParamsString::try_from(argon.params()).map_err(|e| e.to_string())?,
+            salt: Some(salt.as_salt()),
+            hash: Some(output),
+        };
+        Ok(phc.to_string())
+    }
+
+    /// Whether `password` matches the PHC string `hash` (with the
+    /// parameters the string names).
+    fn verify(&mut self, password: &str, hash: &str) -> bool {
+        let Ok(phc) = PasswordHash::new(hash) else {
+            return false;
+        };
+        let (Some(expected), Some(salt)) = (phc.hash, phc.salt) else {
+            return false;
+        };
+        let Ok(params) = Params::try_from(&phc) else {
+            return false;
+        };
+        let Ok(algorithm) = Algorithm::try_from(phc.algorithm) else {
+            return false;
+        };
+        let version = match phc.version.map(Version::try_from).transpose() {
+            Ok(v) => v.unwrap_or_default(),
+            Err(_) => return false,
+        };
+        let mut salt_buf = [0u8; 64];
+        let Ok(salt_bytes) = salt.decode_b64(&mut salt_buf) else {
+            return false;
+        };
+        let argon = Argon2::new(algorithm, version, params);
+        let mut out = vec![0u8; expected.len()];
+        self.raw(&argon, password.as_bytes(), salt_bytes, &mut out)
+            .is_ok()
+            && bool::from(expected.as_bytes().ct_eq(&out))
+    }
+}
+
 /// Hashes `password` with a fresh random salt.
 pub fn hash_password(password: &str) -> Result<String, String> {
-    let salt = SaltString::generate(&mut OsRng);
-    argon2()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+    Work::default().hash(password)
 }
 
 /// Checks `password` against a stored PHC string.
 pub fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|h| argon2().verify_password(password.as_bytes(), &h).is_ok())
+    Work::default().verify(password, hash)
 }
 
 impl Handler<HashPassword> for PasswordHasher {
     type Result = Result<String, String>;
 
     fn handle(&mut self, msg: HashPassword, _: &mut Self::Context) -> Self::Result {
-        hash_password(&msg.0)
+        self.work.hash(&msg.0)
     }
 }
 
@@ -65,13 +142,13 @@ impl Handler<VerifyPassword> for PasswordHasher {
     type Result = bool;
 
     fn handle(&mut self, msg: VerifyPassword, _: &mut Self::Context) -> Self::Result {
-        verify_password(&msg.password, &msg.hash)
+        self.work.verify(&msg.password, &msg.hash)
     }
 }
 
 /// Starts a pool of `threads` hashers.
 pub fn start(threads: usize) -> Addr<PasswordHasher> {
-    SyncArbiter::start(threads.max(1), || PasswordHasher)
+    SyncArbiter::start(threads.max(1), PasswordHasher::default)
 }
 
 /// The pool's queue is full: the caller should answer "busy, retry".
@@ -163,5 +240,27 @@ mod tests {
         assert!(verify_password("correct horse", &h));
         assert!(!verify_password("wrong horse", &h));
         assert!(!verify_password("correct horse", "not a hash"));
+    }
+
+    #[test]
+    fn hashes_of_the_argon2_crate_and_other_parameters_verify() {
+        use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+        // Made by the crate's own code path (as earlier releases did), and
+        // with smaller parameters: both verify with the kept memory.
+        let mut work = Work::default();
+        for params in [
+            Params::default(),
+            Params::new(8 * 1024, 1, 1, None).unwrap(),
+        ] {
+            let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+            let salt = SaltString::generate(&mut OsRng);
+            let h = argon.hash_password(b"pw", &salt).unwrap().to_string();
+            assert!(work.verify("pw", &h), "{h}");
+            assert!(!work.verify("px", &h));
+        }
+        // And ours verify with the crate's.
+        let ours = work.hash("pw").unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(argon2().verify_password(b"pw", &parsed).is_ok());
     }
 }

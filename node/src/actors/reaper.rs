@@ -1,12 +1,13 @@
-//! The reaper: on the leader, periodically proposes the purge of state that
+//! The reaper: on the leader, periodically proposes sweeps of state that
 //! has expired (remembered request results, sessions, tickets, tokens,
-//! throttle records, retired keys) and makes a signing key if none exists.
+//! throttle records, retired keys) — each one bounded, a few in a row when
+//! there is much to do — and makes a signing key if none exists.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, AsyncContext, Context};
-use baa_proto::command::Op;
+use baa_proto::command::{Op, Outcome};
 
 use crate::agency::{now_ms, Agency};
 
@@ -16,8 +17,18 @@ use crate::agency::{now_ms, Agency};
 /// stay a small part of the state (and of every snapshot) under load.
 pub const REQUEST_RESULT_RETENTION: Duration = Duration::from_secs(120);
 
+/// How long a result remembered under a request id a node made for its own
+/// retries is kept: well past any write deadline.
+pub const AUTO_REQUEST_RESULT_RETENTION: Duration = Duration::from_secs(60);
+
 /// How often the reaper runs.
 pub const REAPER_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Keys one sweep looks at: bounds the work of one apply.
+pub const SWEEP_BUDGET: u32 = 2_000;
+
+/// Sweeps one round proposes at most (until the cursor goes round).
+const SWEEPS_PER_ROUND: usize = 50;
 
 /// Proposes purge commands while this node leads.
 pub struct Reaper {
@@ -42,16 +53,23 @@ impl Actor for Reaper {
                 return;
             }
             actix::spawn(async move {
-                let before_ms =
-                    now_ms().saturating_sub(REQUEST_RESULT_RETENTION.as_millis() as u64);
-                if let Err(e) = agency
-                    .write(Op::PurgeRequestResults { before_ms }, None)
-                    .await
-                {
-                    tracing::warn!(error = %e, "reaper: purge proposal failed");
-                }
-                if let Err(e) = agency.write(Op::PurgeExpired, None).await {
-                    tracing::warn!(error = %e, "reaper: expiry purge failed");
+                for _ in 0..SWEEPS_PER_ROUND {
+                    let now = now_ms();
+                    let op = Op::Sweep {
+                        request_cutoff_ms: now
+                            .saturating_sub(REQUEST_RESULT_RETENTION.as_millis() as u64),
+                        auto_request_cutoff_ms: now
+                            .saturating_sub(AUTO_REQUEST_RESULT_RETENTION.as_millis() as u64),
+                        budget: SWEEP_BUDGET,
+                    };
+                    match agency.write(op, None).await {
+                        Ok(Outcome::Swept { wrapped: false, .. }) => continue,
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reaper: sweep failed");
+                            break;
+                        }
+                    }
                 }
                 if let Err(e) = agency.ensure_signing_key().await {
                     tracing::warn!(error = %e, "reaper: could not make a signing key");

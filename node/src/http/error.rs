@@ -88,6 +88,14 @@ impl ResponseError for NodeError {
             tracing::error!(error = %self, "request failed");
         }
         let mut resp = error_response(self.code(), self.to_string());
+        if let NodeError::RateLimited { retry_after_s } = self {
+            if let Ok(v) =
+                actix_web::http::header::HeaderValue::from_str(&retry_after_s.to_string())
+            {
+                resp.headers_mut()
+                    .insert(actix_web::http::header::RETRY_AFTER, v);
+            }
+        }
         if let NodeError::NotLeader {
             leader_addr: Some(addr),
             ..

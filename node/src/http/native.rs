@@ -72,6 +72,17 @@ async fn device_authorization(
     form: web::Form<DeviceAuthForm>,
 ) -> Result<HttpResponse, NodeError> {
     let site = authenticate_client(&agency, &req, &form.client).await?;
+    // Anyone may start a device grant for a public client: each is a write,
+    // so they are limited per address and per client here, and capped
+    // cluster-wide by the state machine.
+    agency
+        .limits
+        .device_per_source
+        .check(&super::sso::client_source(&req, &agency))?;
+    agency.limits.device_per_client.check(&site.client_id)?;
+    if agency.state.device_grants()? >= crate::raft::state_machine::MAX_DEVICE_GRANTS {
+        return Err(NodeError::Busy);
+    }
     let scopes: Vec<String> = form
         .scope
         .as_deref()

@@ -304,6 +304,10 @@ async fn redeem(
     let op = match grant_type {
         "authorization_code" => {
             let code = required(&form.code, "code")?;
+            known(agency, "the ticket is unknown or expired", |s| {
+                s.ticket(&secret_hash(code.as_bytes()))
+            })
+            .await?;
             let redirect_uri = form
                 .redirect_uri
                 .clone()
@@ -332,18 +336,42 @@ async fn redeem(
                 refresh: Some(Box::new(rt)),
             }
         }
-        "refresh_token" => Op::Refresh {
-            hash: secret_hash(required(&form.refresh_token, "refresh_token")?.as_bytes()),
-            client_id: site.client_id.clone(),
-            token: Box::new(at),
-            refresh: Box::new(rt),
-        },
-        _ => Op::PollDevice {
-            device_hash: secret_hash(required(&form.device_code, "device_code")?.as_bytes()),
-            client_id: site.client_id.clone(),
-            token: Box::new(at),
-            refresh: Some(Box::new(rt)),
-        },
+        "refresh_token" => {
+            let hash = secret_hash(required(&form.refresh_token, "refresh_token")?.as_bytes());
+            known(
+                agency,
+                "the refresh token is unknown, expired or revoked",
+                |s| s.refresh_token(&hash),
+            )
+            .await?;
+            Op::Refresh {
+                hash,
+                client_id: site.client_id.clone(),
+                token: Box::new(at),
+                refresh: Box::new(rt),
+            }
+        }
+        _ => {
+            let device_hash = secret_hash(required(&form.device_code, "device_code")?.as_bytes());
+            let d = known(agency, "the device code is unknown or expired", |s| {
+                s.device(&device_hash)
+            })
+            .await?;
+            // Too soon: answered here, without a write (RFC 8628 §3.5).
+            let interval_ms = d.interval_s.saturating_mul(1000);
+            if d.last_poll_ms != 0 && now_ms() < d.last_poll_ms.saturating_add(interval_ms) {
+                return Err(NodeError::BadRequest {
+                    code: ErrorCode::SlowDown,
+                    message: format!("poll at most every {} seconds", d.interval_s),
+                });
+            }
+            Op::PollDevice {
+                device_hash,
+                client_id: site.client_id.clone(),
+                token: Box::new(at),
+                refresh: Some(Box::new(rt)),
+            }
+        }
     };
     let grant = match agency.write(op, None).await? {
         Outcome::Granted(g) => g,
@@ -375,6 +403,26 @@ async fn redeem(
         body["id_token"] = id_token(agency, &salt, &grant, &access)?.into();
     }
     Ok(no_store(HttpResponse::Ok()).json(body))
+}
+
+/// The record a presented one-time secret names, reading through to the
+/// leader once when this node has not applied it yet; a secret no one
+/// issued is refused here with `invalid_grant`, never proposed to Raft.
+async fn known<T>(
+    agency: &Agency,
+    unknown: &str,
+    find: impl Fn(
+        &crate::raft::state_machine::StateReader,
+    ) -> Result<Option<T>, crate::raft::StorageError>,
+) -> Result<T, NodeError> {
+    if let Some(found) = find(&agency.state)? {
+        return Ok(found);
+    }
+    agency.read_barrier(Consistency::Linearizable).await?;
+    find(&agency.state)?.ok_or_else(|| NodeError::BadRequest {
+        code: ErrorCode::InvalidGrant,
+        message: unknown.into(),
+    })
 }
 
 /// Finds a live access token and its session, reading through to the

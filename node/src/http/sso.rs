@@ -574,6 +574,22 @@ fn browser_cookies(
     ])
 }
 
+/// Where a form of the agency's pages may lead besides the agency: the
+/// origin of the redirect URI the request names, once checked against the
+/// site's registration (browsers apply `form-action` to the redirect that
+/// follows a form, so a sign-in that goes on to the site needs it).
+fn continue_origin(agency: &Agency, params: &AuthParams) -> Vec<String> {
+    let (Some(client_id), Some(uri)) = (&params.client_id, &params.redirect_uri) else {
+        return Vec::new();
+    };
+    match agency.state.site(client_id) {
+        Ok(Some(site)) if site.redirect_uris.iter().any(|r| redirect_matches(r, uri)) => {
+            vec![origin_of(uri)]
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// The sign-in page, carrying `params` through.
 #[allow(clippy::too_many_arguments)]
 pub fn sign_in_page(
@@ -587,7 +603,7 @@ pub fn sign_in_page(
 ) -> HttpResponse {
     agency.metrics.pages.with_label_values(&["sign_in"]).inc();
     let (csrf, cookie) = csrf_token(req);
-    let csp = Csp::new(Vec::new());
+    let csp = Csp::new(continue_origin(agency, params));
     let hidden = params.hidden();
     let body = pages::sign_in(
         &csp,
@@ -627,7 +643,8 @@ async fn trust_page(
     };
     agency.metrics.pages.with_label_values(&["trust"]).inc();
     let (csrf, cookie) = csrf_token(req);
-    let csp = Csp::new(Vec::new());
+    // Approving may redirect straight to the site: the form may lead there.
+    let csp = Csp::new(vec![origin_of(&a.redirect_uri)]);
     let hidden = params.hidden();
     let pseudo = pseudonym(&salt, user.id, &a.site.client_id);
     let body = pages::trust(
@@ -1238,7 +1255,8 @@ async fn logout_get(
     }
     agency.metrics.pages.with_label_values(&["sign_out"]).inc();
     let (csrf, cookie) = csrf_token(&req);
-    let csp = Csp::new(Vec::new());
+    // Confirming may return to the site's registered post-logout URI.
+    let csp = Csp::new(target.as_deref().map(origin_of).into_iter().collect());
     let mut hidden = Vec::new();
     for (k, v) in [
         ("id_token_hint", &p.id_token_hint),

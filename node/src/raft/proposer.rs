@@ -23,6 +23,9 @@ use crate::error::NodeError;
 const MAX_GROUP: usize = 256;
 /// Most groups in flight from one node.
 const MAX_IN_FLIGHT: usize = 4;
+/// Most writes waiting in one node's proposer: past it a write is refused
+/// at once as busy (503, `Retry-After`) instead of queueing without end.
+pub const MAX_QUEUED: usize = 8_192;
 
 /// What became of one submitted command.
 #[derive(Debug)]
@@ -44,6 +47,16 @@ struct Pending {
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::UnboundedSender<Pending>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A place in the proposer's queue, given back when dropped.
+struct Queued(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 #[derive(Clone)]
@@ -79,11 +92,22 @@ impl Proposer {
             },
             rx,
         ));
-        Self { tx }
+        Self {
+            tx,
+            queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        }
     }
 
-    /// Submits one command and waits for its outcome.
+    /// Submits one command and waits for its outcome; refuses it as busy
+    /// when `MAX_QUEUED` writes are waiting already.
     pub async fn submit(&self, command: Command) -> Attempt {
+        let taken = self
+            .queued
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let _place = Queued(self.queued.clone());
+        if taken >= MAX_QUEUED {
+            return Attempt::Fail(NodeError::Busy);
+        }
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Pending { command, reply }).is_err() {
             return Attempt::Fail(NodeError::Internal("the proposer has stopped".into()));

@@ -32,6 +32,8 @@ mod apply;
 mod keyspace;
 mod sso;
 
+pub use sso::MAX_DEVICE_GRANTS;
+
 use keyspace::{KEY_APPLIED, KEY_MEMBERSHIP, PREFIX_REQUEST, PREFIX_USER};
 
 const ROOT_ACTIVE: &[u8] = b"active";

@@ -45,6 +45,31 @@ impl<'a> Staged<'a> {
         self.pending.insert(key.to_vec(), None);
     }
 
+    /// Up to `limit` keys from `start` on (inclusive), in order, as staged:
+    /// the tree's keys not removed in this batch, plus pending inserts.
+    pub(super) fn keys_from(
+        &self,
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        let mut keys = std::collections::BTreeSet::new();
+        for item in self.tree.range(start.to_vec()..) {
+            if keys.len() >= limit {
+                break;
+            }
+            let (k, _) = item.map_err(sm_read_err)?;
+            if !matches!(self.pending.get(k.as_ref()), Some(None)) {
+                keys.insert(k.to_vec());
+            }
+        }
+        for (k, v) in self.pending.range(start.to_vec()..) {
+            if v.is_some() {
+                keys.insert(k.clone());
+            }
+        }
+        Ok(keys.into_iter().take(limit).collect())
+    }
+
     /// Keys under `prefix`, as staged (tree keys not removed, plus pending inserts).
     pub(super) fn keys_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StorageError> {
         let mut keys = std::collections::BTreeSet::new();

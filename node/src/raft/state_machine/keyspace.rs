@@ -21,6 +21,10 @@ pub(super) const KEY_MEMBERSHIP: &[u8] = b"m/membership";
 pub(super) const KEY_NEXT_USER_ID: &[u8] = b"m/next_user_id";
 /// The key id of the current signing key: `String`.
 pub(super) const KEY_CURRENT_KID: &[u8] = b"m/current_kid";
+/// Where the next sweep starts: a key (`Vec<u8>`; empty: the beginning).
+pub(super) const KEY_SWEEP_CURSOR: &[u8] = b"m/sweep_cursor";
+/// How many device grants are stored: `u64` (their cap is kept in apply).
+pub(super) const KEY_DEVICE_GRANTS: &[u8] = b"m/device_grants";
 /// The salt of pairwise subject identifiers: `PairwiseSalt`.
 pub(super) const KEY_PAIRWISE_SALT: &[u8] = b"m/pairwise_salt";
 /// username → `User`.
@@ -77,6 +81,8 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
         KEY_NEXT_USER_ID => as_::<u64>("next_user_id", value),
         KEY_CURRENT_KID => as_::<String>("current_kid", value),
         KEY_PAIRWISE_SALT => as_::<PairwiseSalt>("pairwise_salt", value),
+        KEY_SWEEP_CURSOR => as_::<Vec<u8>>("sweep_cursor", value),
+        KEY_DEVICE_GRANTS => as_::<u64>("device_grants", value),
         k if k.starts_with(PREFIX_USER) => as_::<User>("user", value),
         k if k.starts_with(PREFIX_USER_BY_ID) => as_::<String>("user_by_id", value),
         k if k.starts_with(PREFIX_REQUEST) => as_::<RequestRecord>("request", value),

@@ -13,14 +13,19 @@ use baa_proto::ErrorCode;
 
 use super::apply::{invalid, Staged};
 use super::keyspace::{
-    KEY_CURRENT_KID, KEY_PAIRWISE_SALT, PREFIX_DEVICE, PREFIX_FAILURES, PREFIX_FAMILY, PREFIX_KEY,
-    PREFIX_REFRESH, PREFIX_SESSION, PREFIX_SESSION_BY_SID, PREFIX_SESSION_TOKENS, PREFIX_SITE,
-    PREFIX_SITE_OPTIONS, PREFIX_TICKET, PREFIX_TOKEN, PREFIX_TRUST, PREFIX_USER, PREFIX_USER_BY_ID,
-    PREFIX_USER_CODE, PREFIX_USER_SESSIONS,
+    KEY_CURRENT_KID, KEY_DEVICE_GRANTS, KEY_PAIRWISE_SALT, KEY_SWEEP_CURSOR, PREFIX_DEVICE,
+    PREFIX_FAILURES, PREFIX_FAMILY, PREFIX_KEY, PREFIX_REFRESH, PREFIX_REQUEST, PREFIX_SESSION,
+    PREFIX_SESSION_BY_SID, PREFIX_SESSION_TOKENS, PREFIX_SITE, PREFIX_SITE_OPTIONS, PREFIX_TICKET,
+    PREFIX_TOKEN, PREFIX_TRUST, PREFIX_USER, PREFIX_USER_BY_ID, PREFIX_USER_CODE,
+    PREFIX_USER_SESSIONS,
 };
 use super::{read_tree, StateReader};
 use crate::raft::{sm_read_err, StorageError};
 use baa_proto::codec;
+
+/// Device grants stored at once, at most: an anonymous client may start
+/// them, so they are capped cluster-wide (each expires in minutes).
+pub const MAX_DEVICE_GRANTS: u64 = 10_000;
 
 /// How long a used ticket is kept after expiry, so a late second redemption
 /// still finds it and revokes the first one's tokens.
@@ -153,6 +158,14 @@ pub(super) fn apply_sso(
             if st.get::<DeviceGrant>(&k)?.is_some() || st.get::<SecretHash>(&uk)?.is_some() {
                 return Ok(Err(invalid("device or user code collision")));
             }
+            let grants = st.get::<u64>(KEY_DEVICE_GRANTS)?.unwrap_or(0);
+            if grants >= MAX_DEVICE_GRANTS {
+                return refuse(
+                    ErrorCode::TemporarilyUnavailable,
+                    "too many device authorizations are pending; retry later",
+                );
+            }
+            st.put(KEY_DEVICE_GRANTS, &(grants + 1))?;
             let lifetime = d.expires_ms.saturating_sub(d.issued_ms);
             let mut d = d.as_ref().clone();
             d.issued_ms = now;
@@ -202,6 +215,19 @@ pub(super) fn apply_sso(
             source,
             policy,
         } => record_failed_sign_in(st, now, account, source, policy),
+        Op::Sweep {
+            request_cutoff_ms,
+            auto_request_cutoff_ms,
+            budget,
+        } => sweep(
+            st,
+            now,
+            Cutoffs {
+                requests: *request_cutoff_ms,
+                auto_requests: *auto_request_cutoff_ms,
+            },
+            *budget,
+        ),
         Op::AddSigningKey {
             key: new,
             publish_old_for_ms,
@@ -828,68 +854,143 @@ fn record_failed_sign_in(
     Ok(Ok(Outcome::Done))
 }
 
+/// When remembered request results expire (see `Op::Sweep`).
+#[derive(Clone, Copy)]
+struct Cutoffs {
+    requests: u64,
+    auto_requests: u64,
+}
+
+/// Every expired record, whatever its number: the `PurgeExpired` of earlier
+/// releases (request results are `PurgeRequestResults`'s).
 fn purge_expired(st: &mut Staged<'_>, now: u64) -> Result<CommandResult, StorageError> {
     let mut n = 0u64;
-    for k in st.keys_with_prefix(PREFIX_SESSION)? {
-        if let Some(s) = st.get::<Session>(&k)? {
-            if !s.alive_at(now) {
-                st.remove(&k);
-                st.remove(&key(PREFIX_SESSION_BY_SID, s.sid.as_bytes()));
-                st.remove(&user_session_key(s.user_id, &s.key));
-                n += 1 + revoke_session_tokens(st, &s.key)?;
-            }
+    for prefix in [
+        PREFIX_SESSION,
+        PREFIX_TICKET,
+        PREFIX_TOKEN,
+        PREFIX_REFRESH,
+        PREFIX_DEVICE,
+        PREFIX_FAILURES,
+        PREFIX_KEY,
+    ] {
+        for k in st.keys_with_prefix(prefix)? {
+            n += purge_if_expired(st, now, &k, None)?;
         }
     }
-    // Each kind: the records to drop, with the index entries that go with them.
-    n += purge_where(st, PREFIX_TICKET, |t: &LoginTicket| {
-        let grace = if t.used { USED_TICKET_GRACE_MS } else { 0 };
-        (now >= t.expires_ms.saturating_add(grace)).then(Vec::new)
-    })?;
-    n += purge_where(st, PREFIX_TOKEN, |t: &AccessToken| {
-        (now >= t.expires_ms)
-            .then(|| vec![[PREFIX_SESSION_TOKENS, &t.session_key, &t.hash].concat()])
-    })?;
-    n += purge_where(st, PREFIX_REFRESH, |r: &RefreshToken| {
-        (now >= r.expires_ms).then(|| {
-            vec![
-                [PREFIX_FAMILY, &r.family, &r.hash].concat(),
-                [PREFIX_SESSION_TOKENS, &r.session_key, &r.hash].concat(),
-            ]
-        })
-    })?;
-    n += purge_where(st, PREFIX_DEVICE, |d: &DeviceGrant| {
-        (now >= d.expires_ms).then(|| vec![key(PREFIX_USER_CODE, d.user_code.as_bytes())])
-    })?;
-    // A throttle record outside any window and lock no longer matters.
-    n += purge_where(st, PREFIX_FAILURES, |f: &Failures| {
-        (now >= f.locked_until_ms && now >= f.window_start_ms.saturating_add(3_600_000))
-            .then(Vec::new)
-    })?;
-    n += purge_where(st, PREFIX_KEY, |k: &SigningKey| {
-        (!k.published_at(now)).then(Vec::new)
-    })?;
     Ok(Ok(Outcome::Purged(n)))
 }
 
-/// Removes every record under `prefix` for which `doomed` names the index
-/// keys to remove with it; returns how many records went.
-fn purge_where<T: serde::de::DeserializeOwned>(
+/// Looks at the next `budget` keys after the cursor and removes what has
+/// expired; the cursor moves on, back to the start after the last key.
+fn sweep(
     st: &mut Staged<'_>,
-    prefix: &[u8],
-    doomed: impl Fn(&T) -> Option<Vec<Vec<u8>>>,
+    now: u64,
+    cutoffs: Cutoffs,
+    budget: u32,
+) -> Result<CommandResult, StorageError> {
+    let cursor: Vec<u8> = st.get(KEY_SWEEP_CURSOR)?.unwrap_or_default();
+    let keys = st.keys_from(&cursor, budget as usize + 1)?;
+    let (batch, next) = match keys.len() > budget as usize {
+        true => (&keys[..budget as usize], keys[budget as usize].clone()),
+        false => (&keys[..], Vec::new()),
+    };
+    let mut removed = 0;
+    for k in batch {
+        removed += purge_if_expired(st, now, k, Some(cutoffs))?;
+    }
+    let wrapped = next.is_empty();
+    st.put(KEY_SWEEP_CURSOR, &next)?;
+    Ok(Ok(Outcome::Swept { removed, wrapped }))
+}
+
+/// Removes the record under `k` if it has expired at `now`, with the index
+/// entries that go with it (and a session's tokens); request results only
+/// when `cutoffs` are given. Returns how many records went.
+fn purge_if_expired(
+    st: &mut Staged<'_>,
+    now: u64,
+    k: &[u8],
+    cutoffs: Option<Cutoffs>,
 ) -> Result<u64, StorageError> {
-    let mut n = 0;
-    for k in st.keys_with_prefix(prefix)? {
-        let Some(extra) = st.get::<T>(&k)?.as_ref().and_then(&doomed) else {
-            continue;
+    fn gone<T: serde::de::DeserializeOwned>(
+        st: &mut Staged<'_>,
+        k: &[u8],
+        doomed: impl Fn(&T) -> Option<Vec<Vec<u8>>>,
+    ) -> Result<u64, StorageError> {
+        let Some(extra) = st.get::<T>(k)?.as_ref().and_then(doomed) else {
+            return Ok(0);
         };
-        st.remove(&k);
+        st.remove(k);
         for e in extra {
             st.remove(&e);
         }
-        n += 1;
+        Ok(1)
     }
-    Ok(n)
+    if k.starts_with(PREFIX_SESSION) {
+        let Some(s) = st.get::<Session>(k)? else {
+            return Ok(0);
+        };
+        if s.alive_at(now) {
+            return Ok(0);
+        }
+        st.remove(k);
+        st.remove(&key(PREFIX_SESSION_BY_SID, s.sid.as_bytes()));
+        st.remove(&user_session_key(s.user_id, &s.key));
+        return Ok(1 + revoke_session_tokens(st, &s.key)?);
+    }
+    if k.starts_with(PREFIX_TICKET) {
+        return gone(st, k, |t: &LoginTicket| {
+            let grace = if t.used { USED_TICKET_GRACE_MS } else { 0 };
+            (now >= t.expires_ms.saturating_add(grace)).then(Vec::new)
+        });
+    }
+    if k.starts_with(PREFIX_TOKEN) {
+        return gone(st, k, |t: &AccessToken| {
+            (now >= t.expires_ms)
+                .then(|| vec![[PREFIX_SESSION_TOKENS, &t.session_key, &t.hash].concat()])
+        });
+    }
+    if k.starts_with(PREFIX_REFRESH) {
+        return gone(st, k, |r: &RefreshToken| {
+            (now >= r.expires_ms).then(|| {
+                vec![
+                    [PREFIX_FAMILY, &r.family, &r.hash].concat(),
+                    [PREFIX_SESSION_TOKENS, &r.session_key, &r.hash].concat(),
+                ]
+            })
+        });
+    }
+    if k.starts_with(PREFIX_DEVICE) {
+        let n = gone(st, k, |d: &DeviceGrant| {
+            (now >= d.expires_ms).then(|| vec![key(PREFIX_USER_CODE, d.user_code.as_bytes())])
+        })?;
+        if n > 0 {
+            let grants = st.get::<u64>(KEY_DEVICE_GRANTS)?.unwrap_or(0);
+            st.put(KEY_DEVICE_GRANTS, &grants.saturating_sub(1))?;
+        }
+        return Ok(n);
+    }
+    if k.starts_with(PREFIX_FAILURES) {
+        // A throttle record outside any window and lock no longer matters.
+        return gone(st, k, |f: &Failures| {
+            (now >= f.locked_until_ms && now >= f.window_start_ms.saturating_add(3_600_000))
+                .then(Vec::new)
+        });
+    }
+    if k.starts_with(PREFIX_KEY) {
+        return gone(st, k, |k: &SigningKey| {
+            (!k.published_at(now)).then(Vec::new)
+        });
+    }
+    if let (Some(c), true) = (cutoffs, k.starts_with(PREFIX_REQUEST)) {
+        let auto = k[PREFIX_REQUEST.len()..].starts_with(b"auto-");
+        let cutoff = if auto { c.auto_requests } else { c.requests };
+        return gone(st, k, |r: &super::RequestRecord| {
+            (r.time_ms < cutoff).then(Vec::new)
+        });
+    }
+    Ok(0)
 }
 
 impl StateReader {
@@ -994,6 +1095,16 @@ impl StateReader {
             Some(h) => self.get(&key(PREFIX_DEVICE, &h)),
             None => Ok(None),
         }
+    }
+
+    /// The device grant whose device code hashes to `hash`.
+    pub fn device(&self, hash: &SecretHash) -> Result<Option<DeviceGrant>, StorageError> {
+        self.get(&key(PREFIX_DEVICE, hash))
+    }
+
+    /// How many device grants are stored (see `MAX_DEVICE_GRANTS`).
+    pub fn device_grants(&self) -> Result<u64, StorageError> {
+        Ok(self.get(KEY_DEVICE_GRANTS)?.unwrap_or(0))
     }
 
     /// The login ticket with hash `hash`.

@@ -352,6 +352,70 @@ mod sso {
         assert!(sm.reader().session(&key).unwrap().is_none());
     }
 
+    /// A sweep looks at `budget` keys at most and moves its cursor on, so
+    /// expired records all go over successive sweeps, each one bounded.
+    #[tokio::test]
+    async fn sweeps_are_bounded_and_cover_the_whole_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, mut sm) = store(dir.path());
+        let key = secret_hash(b"session");
+        let mut entries = vec![
+            entry(1, None, create("alice")),
+            entry(2, None, session(key)),
+        ];
+        for i in 0..20u64 {
+            entries.push(entry(
+                3 + i,
+                None,
+                ticket(secret_hash(&i.to_be_bytes()), key),
+            ));
+        }
+        sm.apply(entries).await.unwrap();
+        let sweep = |index: u64, time_ms: u64| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal {
+                commands: vec![Command {
+                    request_id: None,
+                    time_ms,
+                    op: Op::Sweep {
+                        request_cutoff_ms: 0,
+                        auto_request_cutoff_ms: 0,
+                        budget: 4,
+                    },
+                }],
+            }),
+        };
+        // Past every ticket's 60 s and the session's idle timeout.
+        let (mut removed, mut index, mut rounds) = (0, 100, 0);
+        loop {
+            let r = one(sm.apply(vec![sweep(index, 500_000)]).await.unwrap());
+            let Ok(Outcome::Swept {
+                removed: n,
+                wrapped,
+            }) = r
+            else {
+                panic!("{r:?}")
+            };
+            assert!(n <= 4 + 1, "a sweep of 4 keys removed {n}");
+            removed += n;
+            index += 1;
+            rounds += 1;
+            if wrapped {
+                break;
+            }
+        }
+        assert_eq!(removed, 21, "20 tickets and the session");
+        assert!(rounds > 5, "{rounds} rounds for 20+ keys at 4 a round");
+        for i in 0..20u64 {
+            assert!(sm
+                .reader()
+                .ticket(&secret_hash(&i.to_be_bytes()))
+                .unwrap()
+                .is_none());
+        }
+        assert!(sm.reader().user("alice").unwrap().is_some());
+    }
+
     #[tokio::test]
     async fn failures_lock_and_sign_in_forgives_the_account() {
         let dir = tempfile::tempdir().unwrap();
@@ -632,9 +696,10 @@ mod reopen {
             Op::SetPairwiseSalt { .. } => 22,
             Op::RegisterSite { .. } => 23,
             Op::RecordFailedSignIn { .. } => 24,
+            Op::Sweep { .. } => 25,
         }
     }
-    const VARIANTS: usize = 25;
+    const VARIANTS: usize = 26;
 
     fn site(client_id: &str) -> Op {
         Op::AddSite(Box::new(Site {
@@ -789,6 +854,11 @@ mod reopen {
                 username: "bob".into(),
             },
             Op::SetPairwiseSalt { salt: [7; 32] },
+            Op::Sweep {
+                request_cutoff_ms: 0,
+                auto_request_cutoff_ms: 0,
+                budget: 5,
+            },
             Op::PurgeRequestResults { before_ms: 0 },
             Op::PurgeExpired,
         ]
@@ -882,6 +952,8 @@ mod reopen {
             "next_user_id",
             "current_kid",
             "pairwise_salt",
+            "sweep_cursor",
+            "device_grants",
             "user",
             "user_by_id",
             "request",
