@@ -99,6 +99,7 @@ struct NodeConfig {
     data_dir: PathBuf,
     public_listen: String,
     cluster_listen: String,
+    manage_listen: String,
     cluster_advertise: String,
     cluster_source_ip: String,
     admin_token: String,
@@ -151,6 +152,7 @@ pub struct Node {
     dir: PathBuf,
     config_path: PathBuf,
     public_addr: SocketAddr,
+    manage_addr: SocketAddr,
     cluster_listen: SocketAddr,
     proxy: Proxy,
     child: Option<Child>,
@@ -172,6 +174,10 @@ impl Node {
     /// The public HTTPS listener.
     pub fn public_addr(&self) -> SocketAddr {
         self.public_addr
+    }
+    /// The management listener (admin API, metrics).
+    pub fn manage_addr(&self) -> SocketAddr {
+        self.manage_addr
     }
     /// The node's real cluster listener (bypasses the proxy).
     pub fn cluster_listen(&self) -> SocketAddr {
@@ -420,6 +426,10 @@ impl Cluster {
     pub fn public_url(&self, id: NodeId) -> String {
         format!("https://{}", self.node(id).public_addr)
     }
+    /// `https://127.0.0.1:PORT`: node `id`'s management listener (admin API, metrics).
+    pub fn manage_url(&self, id: NodeId) -> String {
+        format!("https://{}", self.node(id).manage_addr)
+    }
     /// `https://login.baa.localtest:PORT`: node `id` as a browser reaches it.
     pub fn agency_url(&self, id: NodeId) -> String {
         format!("https://{AGENCY_HOST}:{}", self.node(id).public_addr.port())
@@ -487,7 +497,7 @@ impl Cluster {
     pub fn admin(&self, id: NodeId) -> AdminClient {
         AdminClient::new(
             id,
-            self.public_url(id),
+            self.manage_url(id),
             self.token.clone(),
             self.http.clone(),
         )
@@ -495,7 +505,7 @@ impl Cluster {
     /// An admin client of node `id` with its own request timeout.
     pub fn admin_with_timeout(&self, id: NodeId, timeout: Duration) -> AdminClient {
         let http = client::https_client(&self.ca_pem(), None, timeout);
-        AdminClient::new(id, self.public_url(id), self.token.clone(), http)
+        AdminClient::new(id, self.manage_url(id), self.token.clone(), http)
     }
     /// The node's log so far.
     pub fn log(&self, id: NodeId) -> String {
@@ -519,6 +529,7 @@ impl Cluster {
         let dir = self.root.join(format!("node{id}"));
         std::fs::create_dir_all(dir.join("data")).expect("node dir");
         let public_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.fresh_port()));
+        let manage_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.fresh_port()));
         let cluster_listen = SocketAddr::from((Ipv4Addr::LOCALHOST, self.fresh_port()));
         let proxy = Proxy::start(cluster_listen).await.expect("starting proxy");
         let config_path = dir.join("baa.toml");
@@ -529,6 +540,7 @@ impl Cluster {
                 dir,
                 config_path,
                 public_addr,
+                manage_addr,
                 cluster_listen,
                 proxy,
                 child: None,
@@ -555,6 +567,7 @@ impl Cluster {
             data_dir: node.dir.join("data"),
             public_listen: node.public_addr.to_string(),
             cluster_listen: node.cluster_listen.to_string(),
+            manage_listen: node.manage_addr.to_string(),
             cluster_advertise: node.cluster_advertise().to_string(),
             cluster_source_ip: proxy::source_ip(id).to_string(),
             admin_token: self.token.clone(),
@@ -738,9 +751,9 @@ impl Cluster {
 
     // ----- CLI -------------------------------------------------------------------
 
-    /// Runs `baa --url <node id> --ca <ca> --token <token> <args>`.
+    /// Runs `baa --url <node id's admin API> --ca <ca> --token <token> <args>`.
     pub async fn cli(&self, id: NodeId, args: &[&str]) -> CliOutput {
-        let url = self.public_url(id);
+        let url = self.manage_url(id);
         let ca = self.ca_pem();
         let mut all: Vec<&str> = vec!["--url", &url, "--ca", path_str(&ca), "--token", &self.token];
         all.extend_from_slice(args);
@@ -975,6 +988,7 @@ mod tests {
             data_dir: "/tmp/x/node1/data".into(),
             public_listen: "127.0.0.1:1000".into(),
             cluster_listen: "127.0.0.1:1001".into(),
+            manage_listen: "127.0.0.1:1003".into(),
             cluster_advertise: "127.0.0.1:1002".into(),
             cluster_source_ip: "127.0.0.11".into(),
             admin_token: "t".into(),

@@ -53,7 +53,7 @@ pub struct TestSite {
 pub async fn create_user(cluster: &Cluster, username: &str, password: &str) {
     let resp = cluster
         .http()
-        .post(format!("{}/admin/v1/users", cluster.public_url(1)))
+        .post(format!("{}/admin/v1/users", cluster.manage_url(1)))
         .bearer_auth(cluster.admin_token())
         .json(&serde_json::json!({
             "username": username,
@@ -76,7 +76,7 @@ pub async fn create_user(cluster: &Cluster, username: &str, password: &str) {
 pub async fn add_site(cluster: &Cluster, body: serde_json::Value) -> TestSite {
     let resp = cluster
         .http()
-        .post(format!("{}/admin/v1/sites", cluster.public_url(1)))
+        .post(format!("{}/admin/v1/sites", cluster.manage_url(1)))
         .bearer_auth(cluster.admin_token())
         .json(&body)
         .send()

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baa_proto::api::{
-    ClusterStatus, ForwardError, ForwardedWriteReply, JoinRequest, ReadIndexReply,
+    ClusterStatus, ForwardError, ForwardedWriteReply, JoinRequest, MembershipChange,
+    MembershipReply, ReadIndexReply,
 };
 use baa_proto::command::{Command, Consistency, Op, Outcome, RequestId};
 use baa_proto::model::{BaaNode, NodeId};
@@ -47,6 +48,9 @@ pub struct Agency {
     /// Node-local rate limits on what anonymous clients can make it write.
     pub limits: crate::limits::Limits,
 }
+
+/// How long a membership change may take (a learner catching up included).
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Milliseconds since the Unix epoch on this node's clock.
 pub fn now_ms() -> u64 {
@@ -216,6 +220,33 @@ impl Agency {
         })
     }
 
+    /// Every member's own status (this node's too), asked over the cluster
+    /// port; an unreachable member gets the reason instead.
+    pub async fn member_statuses(
+        &self,
+    ) -> Result<BTreeMap<NodeId, std::result::Result<ClusterStatus, String>>> {
+        let own = self.status()?;
+        let mut out = BTreeMap::new();
+        for (id, node) in &own.nodes {
+            if *id == self.id {
+                continue;
+            }
+            let view: std::result::Result<ClusterStatus, String> = self
+                .cluster
+                .call(
+                    &node.cluster_addr,
+                    "/cluster/v1/status",
+                    &(),
+                    Duration::from_secs(5),
+                )
+                .await
+                .map_err(|e| e.to_string());
+            out.insert(*id, view);
+        }
+        out.insert(self.id, Ok(own));
+        Ok(out)
+    }
+
     /// Whether this node can serve: a member, a known leader, applied up to committed.
     pub async fn ready(&self) -> bool {
         let m = self.raft_metrics();
@@ -315,6 +346,55 @@ impl Agency {
         }
     }
 
+    /// Changes the membership, on this node if it leads, else forwarded to
+    /// the leader over the cluster port: an administrator may ask any node.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<ClusterStatus> {
+        match self.leader() {
+            Some((leader, _)) if leader == self.id => match change {
+                MembershipChange::Join(req) => self.join(req).await,
+                MembershipChange::Leave(id) => self.leave(id).await,
+            },
+            Some((_, Some(node))) => {
+                let reply: MembershipReply = self
+                    .cluster
+                    .call(
+                        &node.cluster_addr,
+                        "/cluster/v1/membership",
+                        &change,
+                        MEMBERSHIP_TIMEOUT + Duration::from_secs(10),
+                    )
+                    .await
+                    .map_err(|e| NodeError::Internal(format!("forwarding to the leader: {e}")))?;
+                reply.map_err(|e| match e {
+                    ForwardError::NotLeader { .. } => NodeError::NoLeader,
+                    ForwardError::Failed { code, message } => match code {
+                        ErrorCode::MembershipRejected => NodeError::Membership(message),
+                        ErrorCode::Timeout => NodeError::Timeout,
+                        ErrorCode::NoLeader => NodeError::NoLeader,
+                        _ => NodeError::Internal(format!("{code}: {message}")),
+                    },
+                })
+            }
+            _ => Err(NodeError::NoLeader),
+        }
+    }
+
+    /// Applies a membership change forwarded by another node; only the
+    /// leader accepts it.
+    pub async fn membership_as_leader(&self, change: MembershipChange) -> MembershipReply {
+        let result = match change {
+            MembershipChange::Join(req) => self.join(req).await,
+            MembershipChange::Leave(id) => self.leave(id).await,
+        };
+        result.map_err(|e| match e {
+            NodeError::NotLeader { leader, .. } => ForwardError::NotLeader { leader },
+            e => ForwardError::Failed {
+                code: e.code(),
+                message: e.to_string(),
+            },
+        })
+    }
+
     /// Adds a node as learner (waiting until it has caught up) and, if asked,
     /// promotes it to voter. Must run on the leader.
     pub async fn join(&self, req: JoinRequest) -> Result<ClusterStatus> {
@@ -356,7 +436,7 @@ impl Agency {
             Output = std::result::Result<T, RaftError<NodeId, ClientWriteError<NodeId, BaaNode>>>,
         >,
     ) -> Result<T> {
-        match tokio::time::timeout(Duration::from_secs(120), fut).await {
+        match tokio::time::timeout(MEMBERSHIP_TIMEOUT, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Err(NodeError::NotLeader {

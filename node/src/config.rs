@@ -21,6 +21,11 @@ pub struct FileConfig {
     pub public_listen: SocketAddr,
     /// Address of the cluster listener (Raft RPC, forwarded writes; mutual TLS).
     pub cluster_listen: SocketAddr,
+    /// Address of the management listener: the admin API and `/metrics`
+    /// (HTTPS with the public certificate), off the public listener. Default
+    /// `127.0.0.1:9443`: reachable from the node's own host only.
+    #[serde(default = "default_manage_listen")]
+    pub manage_listen: SocketAddr,
     /// `host:port` under which others reach the public listener. Default: `public_listen`.
     #[serde(default)]
     pub public_advertise: Option<String>,
@@ -240,6 +245,10 @@ pub enum LogFormat {
     Text,
 }
 
+fn default_manage_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9443))
+}
+
 fn default_log_level() -> String {
     "info".into()
 }
@@ -379,6 +388,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Public listener.
     pub public_listen: SocketAddr,
+    /// Address of the management listener (admin API, metrics).
+    pub manage_listen: SocketAddr,
     /// Cluster listener.
     pub cluster_listen: SocketAddr,
     /// How others reach this node.
@@ -545,6 +556,7 @@ impl Config {
             node_id: f.node_id,
             data_dir: abs(&f.data_dir),
             public_listen: f.public_listen,
+            manage_listen: f.manage_listen,
             cluster_listen: f.cluster_listen,
             advertise: BaaNode {
                 public_addr: f

@@ -173,14 +173,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _reaper =
         actors::reaper::Reaper::new(agency.clone(), actors::reaper::REAPER_INTERVAL).start();
 
-    let (public, cluster_server) = http::start(agency.clone(), hasher, &identity)?;
+    let listeners = http::start(agency.clone(), hasher, &identity)?;
     tracing::info!(
         node_id = config.node_id,
         public = %config.public_listen,
+        manage = %config.manage_listen,
         cluster = %config.cluster_listen,
         "baa node started"
     );
-    let (a, b) = futures::future::join(public, cluster_server).await;
+    let (a, b, c) =
+        futures::future::join3(listeners.public, listeners.manage, listeners.cluster).await;
     tracing::info!("listeners stopped; shutting down raft");
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
@@ -188,5 +190,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     db.flush_async().await?;
     a?;
     b?;
+    c?;
     Ok(())
 }

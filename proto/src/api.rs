@@ -203,6 +203,19 @@ pub enum ForwardError {
 /// Cluster port: the reply to a [`ForwardedWrite`]: one result per command.
 pub type ForwardedWriteReply = Result<Vec<CommandResult>, ForwardError>;
 
+/// Cluster port: a membership change a node forwards to the leader (an
+/// administrator may ask any node).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add a node (as learner, then by default as voter).
+    Join(JoinRequest),
+    /// Remove a node.
+    Leave(NodeId),
+}
+
+/// Cluster port: the leader's answer to a membership change.
+pub type MembershipReply = Result<ClusterStatus, ForwardError>;
+
 /// Cluster port: the reply to a read-index request: the log index a follower
 /// must have applied before its local read is linearizable.
 pub type ReadIndexReply = Result<Option<u64>, ForwardError>;

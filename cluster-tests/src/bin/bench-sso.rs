@@ -478,9 +478,10 @@ async fn bench_flows(
             sso,
             secret: secret.to_string(),
         }));
+        let ids = cluster.ids();
         write_workers.push(Arc::new(Worker::Write {
             http: client_for(&ca)?,
-            base: base.clone(),
+            base: cluster.manage_url(ids[c % ids.len()]),
             token: cluster.admin_token().to_string(),
             user: format!("bench-{c}"),
         }));

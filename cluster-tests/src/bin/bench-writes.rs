@@ -386,7 +386,7 @@ async fn main() {
     let baa: Vec<Target> = baa_nodes
         .iter()
         .map(|id| Target::Baa {
-            base: cluster.public_url(*id),
+            base: cluster.manage_url(*id),
             token: cluster.admin_token().to_string(),
         })
         .collect();

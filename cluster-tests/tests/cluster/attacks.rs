@@ -327,7 +327,7 @@ async fn m5_revoking_trust_or_removing_a_site_revokes_its_tokens() {
     let admin = |method: reqwest::Method, path: &str| {
         cluster
             .http()
-            .request(method, format!("{}/admin/v1{path}", cluster.public_url(3)))
+            .request(method, format!("{}/admin/v1{path}", cluster.manage_url(3)))
             .bearer_auth(cluster.admin_token())
             .send()
     };
@@ -425,7 +425,7 @@ async fn h3_disabling_or_resetting_a_password_ends_sessions() {
     let admin = |method: reqwest::Method, path: &str| {
         cluster
             .http()
-            .request(method, format!("{}/admin/v1{path}", cluster.public_url(2)))
+            .request(method, format!("{}/admin/v1{path}", cluster.manage_url(2)))
             .bearer_auth(cluster.admin_token())
     };
 
@@ -868,5 +868,51 @@ async fn m2_behind_a_trusted_proxy_clients_are_throttled_apart() {
     )
     .await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    cluster.assert_no_panics();
+}
+
+/// L4: `/metrics` and the admin API are off the public listener (on the
+/// management listener, loopback by default), even with the admin token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l4_metrics_and_the_admin_api_are_off_the_public_listener() {
+    let cluster = Cluster::start(3).await;
+    let public = cluster.public_url(1);
+    for path in ["/metrics", "/admin/v1/users", "/admin/v1/cluster/status"] {
+        let resp = cluster
+            .http()
+            .get(format!("{public}{path}"))
+            .bearer_auth(cluster.admin_token())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::NOT_FOUND,
+            "{path} answers on the public listener"
+        );
+    }
+    let manage = cluster.manage_url(1);
+    for path in ["/metrics", "/admin/v1/users", "/healthz"] {
+        let resp = cluster
+            .http()
+            .get(format!("{manage}{path}"))
+            .bearer_auth(cluster.admin_token())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "{path} on the management listener"
+        );
+    }
+    // The public listener still answers health probes and the agency's pages.
+    let health = cluster
+        .http()
+        .get(format!("{public}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
     cluster.assert_no_panics();
 }

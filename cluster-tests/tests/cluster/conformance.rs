@@ -58,7 +58,7 @@ async fn conformance_the_code_comes_by_query_unless_form_post_is_asked_or_regist
     assert!(page.inputs().contains_key("code"), "{}", page.body);
     let registered: serde_json::Value = cluster
         .http()
-        .get(format!("{base}/admin/v1/sites/seed"))
+        .get(format!("{}/admin/v1/sites/seed", cluster.manage_url(1)))
         .bearer_auth(cluster.admin_token())
         .send()
         .await

@@ -22,13 +22,14 @@ const NODES: u16 = 3;
 /// The demo's partner sites: client id and port offset from the base port.
 const SITES: [(&str, u16); 2] = [("shop", 200), ("news", 201)];
 
-/// A base port such that base.. and base+100.. (NODES each) and the sites'
-/// ports are free right now.
+/// A base port such that base.., base+100.. and base+300.. (NODES each) and
+/// the sites' ports are free right now.
 fn free_base_port() -> u16 {
     for _ in 0..200 {
-        let base = 20_000 + (rand::random::<u16>() % 20_000);
+        // Below the ephemeral range (from 32768), as the harness's ports.
+        let base = 10_000 + (rand::random::<u16>() % 22_000);
         let ports = (0..NODES)
-            .flat_map(|i| [base + i, base + 100 + i])
+            .flat_map(|i| [base + i, base + 100 + i, base + 300 + i])
             .chain(SITES.iter().map(|(_, offset)| base + offset));
         let held: Vec<_> = ports
             .map(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)))
@@ -78,11 +79,15 @@ async fn start_demo(dir: &Path, base: u16, log: &Path) -> Demo {
             if t.contains("baa demo is ready") {
                 return true;
             }
-            if let Some((head, url)) = t.split_once(": https://") {
+            if let Some((head, rest)) = t.split_once(": https://") {
                 if head.starts_with("node ") {
-                    // The line may carry a note after the URL, e.g. "(leader)".
-                    let url = url.split_whitespace().next().unwrap_or_default();
-                    urls.push(format!("https://{url}"));
+                    // "node I: https://PUBLIC  admin: https://ADMIN  (leader)":
+                    // the admin API is on its own listener.
+                    let admin = rest
+                        .split_once("admin: https://")
+                        .and_then(|(_, a)| a.split_whitespace().next())
+                        .unwrap_or_else(|| panic!("no admin URL in {t:?}"));
+                    urls.push(format!("https://{admin}"));
                 }
             } else if let Some(p) = t.strip_prefix("CA certificate: ") {
                 ca = Some(PathBuf::from(p));

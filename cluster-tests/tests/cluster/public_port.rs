@@ -1,4 +1,5 @@
-//! Acceptance 7: the public port answers bad requests with the documented JSON errors.
+//! Acceptance 7: the admin API (on the management listener) answers bad
+//! requests with the documented JSON errors.
 
 use baa_cluster_tests::Cluster;
 use baa_proto::api::ErrorBody;
@@ -72,7 +73,7 @@ async fn public_port_errors_are_json_with_stable_codes() {
         .await;
         let anonymous = cluster
             .http()
-            .get(format!("{}{users}", cluster.public_url(id)));
+            .get(format!("{}{users}", cluster.manage_url(id)));
         expect_error(
             "no token",
             anonymous,

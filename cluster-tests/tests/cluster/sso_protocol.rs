@@ -444,7 +444,7 @@ async fn tampered_expired_or_orphaned_cookies_are_no_session() {
         .http()
         .post(format!(
             "{}/admin/v1/keys/rotate?retire_old_after_s=0",
-            cluster.public_url(1)
+            cluster.manage_url(1)
         ))
         .bearer_auth(cluster.admin_token())
         .send()
@@ -655,7 +655,7 @@ async fn status_endpoint_answers_sites_and_flips_within_a_second() {
         .http()
         .delete(format!(
             "{}/admin/v1/users/alice/trust/shop",
-            cluster.public_url(2)
+            cluster.manage_url(2)
         ))
         .bearer_auth(cluster.admin_token())
         .send()

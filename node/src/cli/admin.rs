@@ -292,18 +292,6 @@ fn read_password() -> anyhow::Result<String> {
 }
 
 /// The leader's client, found through the node at --url.
-async fn leader_client(client: &AdminClient) -> anyhow::Result<AdminClient> {
-    let status: ClusterStatus = client.get("/admin/v1/cluster/status").await?;
-    let leader = status
-        .leader
-        .context("the cluster has no leader right now")?;
-    let node = status
-        .nodes
-        .get(&leader)
-        .context("the leader's address is unknown")?;
-    Ok(client.for_addr(&node.public_addr))
-}
-
 /// Runs a `baa cluster` subcommand.
 pub async fn cluster(conn: &Connection, command: ClusterCommand) -> anyhow::Result<()> {
     let client = AdminClient::new(conn)?;
@@ -320,36 +308,26 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> anyhow::Resu
             cluster_addr,
             learner,
         } => {
-            let leader = leader_client(&client).await?;
+            // Any node takes it: it forwards the change to the leader.
             let req = JoinRequest {
                 id,
                 public_addr,
                 cluster_addr,
                 voter: !learner,
             };
-            let status: ClusterStatus = leader.post("/admin/v1/cluster/join", &req).await?;
+            let status: ClusterStatus = client.post("/admin/v1/cluster/join", &req).await?;
             print_json(&status)
         }
         ClusterCommand::Leave { id } => {
-            let leader = leader_client(&client).await?;
-            let status: ClusterStatus = leader
+            let status: ClusterStatus = client
                 .post("/admin/v1/cluster/leave", &LeaveRequest { id })
                 .await?;
             print_json(&status)
         }
         ClusterCommand::Status { json } => {
-            let first: ClusterStatus = client.get("/admin/v1/cluster/status").await?;
-            let mut views: BTreeMap<NodeId, Result<ClusterStatus, String>> = BTreeMap::new();
-            for (id, node) in &first.nodes {
-                let r = client
-                    .for_addr(&node.public_addr)
-                    .get("/admin/v1/cluster/status")
-                    .await;
-                views.insert(*id, r.map_err(|e| format!("{e:#}")));
-            }
-            if first.nodes.is_empty() {
-                views.insert(first.node_id, Ok(first.clone()));
-            }
+            // The node asked gathers every member's view over the cluster port.
+            let views: BTreeMap<NodeId, Result<ClusterStatus, String>> =
+                client.get("/admin/v1/cluster/members").await?;
             if json {
                 let ok: Vec<&ClusterStatus> =
                     views.values().filter_map(|v| v.as_ref().ok()).collect();
@@ -700,10 +678,9 @@ pub async fn keys(conn: &Connection, command: KeysCommand) -> anyhow::Result<()>
     let client = AdminClient::new(conn)?;
     match command {
         KeysCommand::Rotate => {
-            // The leader answers after applying the rotation, so the keys it
-            // lists include the new one.
-            let leader = leader_client(&client).await?;
-            let jwks: serde_json::Value = leader
+            // The node answers once it has applied the rotation, so the keys
+            // it lists include the new one.
+            let jwks: serde_json::Value = client
                 .post("/admin/v1/keys/rotate", &serde_json::json!({}))
                 .await?;
             print_json(&jwks)

@@ -71,15 +71,6 @@ impl AdminClient {
         })
     }
 
-    /// The same credentials against another node's public address.
-    pub fn for_addr(&self, public_addr: &str) -> Self {
-        Self {
-            http: self.http.clone(),
-            base: format!("https://{public_addr}"),
-            token: self.token.clone(),
-        }
-    }
-
     /// Sends `req` with the credential; the body of a success, or the API's error.
     async fn call(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Vec<u8>> {
         let resp = req

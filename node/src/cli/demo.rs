@@ -31,8 +31,9 @@ pub struct DemoArgs {
     /// Number of nodes.
     #[arg(long, default_value_t = 3)]
     nodes: u16,
-    /// First public port; node i listens on base+i-1 and its cluster port on
-    /// base+100+i-1; the partner sites listen on base+200 and base+201.
+    /// First public port; node i listens on base+i-1, its cluster port on
+    /// base+100+i-1 and its management port (admin API, metrics) on
+    /// base+300+i-1; the partner sites listen on base+200 and base+201.
     #[arg(long, default_value_t = 8441)]
     base_port: u16,
 }
@@ -390,7 +391,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         (1..=9).contains(&args.nodes),
         "--nodes must be between 1 and 9"
     );
-    let last_offset = SITES.iter().map(|s| s.offset).max().unwrap_or(0);
+    let last_offset = SITES
+        .iter()
+        .map(|s| s.offset)
+        .max()
+        .unwrap_or(0)
+        .max(300 + args.nodes);
     anyhow::ensure!(
         args.base_port.checked_add(last_offset).is_some(),
         "--base-port too high"
@@ -404,6 +410,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let (token, _) = ensure_secret_file(&token_file, || hex::encode(rand::random::<[u8; 24]>()))?;
     let public = |i: u16| addr(base + i - 1);
     let cluster = |i: u16| addr(base + 100 + i - 1);
+    let manage = |i: u16| addr(base + 300 + i - 1);
     let agency_url = |i: u16| format!("https://{AGENCY_HOST}:{}", base + i - 1);
     let issuer = agency_url(1);
     let ca = pki::ca_cert_path(&pki_dir);
@@ -418,6 +425,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             data_dir: dir.join(format!("node{i}")),
             public_listen: public(i).parse()?,
             cluster_listen: cluster(i).parse()?,
+            manage_listen: manage(i).parse()?,
             public_advertise: None,
             cluster_advertise: None,
             cluster_source_ip: None,
@@ -461,7 +469,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 
     let clients: Vec<AdminClient> = (1..=args.nodes)
-        .map(|i| AdminClient::with(&format!("https://{}", public(i)), &ca, &token))
+        .map(|i| AdminClient::with(&format!("https://{}", manage(i)), &ca, &token))
         .collect::<Result<_, _>>()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     for (i, c) in clients.iter().enumerate() {
@@ -602,13 +610,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         } else {
             ""
         };
-        println!("  node {i}: https://{}{role}", public(i));
+        println!(
+            "  node {i}: https://{}  admin: https://{}{role}",
+            public(i),
+            manage(i)
+        );
     }
     println!("  CA certificate: {}", ca.display());
     println!("  admin token: {token}");
     println!(
         "Try:  baa --url https://{} --ca {} --token {token} user list",
-        public(1),
+        manage(1),
         ca.display()
     );
     println!();

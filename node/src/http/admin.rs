@@ -37,7 +37,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/cluster/init").route(post().to(cluster_init)))
     .service(resource("/cluster/join").route(post().to(cluster_join)))
     .service(resource("/cluster/leave").route(post().to(cluster_leave)))
-    .service(resource("/cluster/status").route(get().to(cluster_status)));
+    .service(resource("/cluster/status").route(get().to(cluster_status)))
+    .service(resource("/cluster/members").route(get().to(cluster_members)));
     super::admin_sso::configure(cfg);
 }
 
@@ -297,7 +298,8 @@ async fn cluster_join(
     agency: web::Data<Agency>,
     body: web::Json<JoinRequest>,
 ) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(agency.join(body.into_inner()).await?))
+    let change = baa_proto::api::MembershipChange::Join(body.into_inner());
+    Ok(HttpResponse::Ok().json(agency.change_membership(change).await?))
 }
 
 async fn cluster_leave(
@@ -305,9 +307,16 @@ async fn cluster_leave(
     agency: web::Data<Agency>,
     body: web::Json<LeaveRequest>,
 ) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(agency.leave(body.id).await?))
+    let change = baa_proto::api::MembershipChange::Leave(body.id);
+    Ok(HttpResponse::Ok().json(agency.change_membership(change).await?))
 }
 
 async fn cluster_status(_: Admin, agency: web::Data<Agency>) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(agency.status()?))
+}
+
+/// `GET /admin/v1/cluster/members`: every member's own status, or why it
+/// could not be had, gathered by this node over the cluster port.
+async fn cluster_members(_: Admin, agency: web::Data<Agency>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(agency.member_statuses().await?))
 }

@@ -219,6 +219,11 @@ async fn rotate_key(
     params: web::Query<RotateParams>,
 ) -> Result<HttpResponse> {
     agency.rotate_signing_key(params.retire_old_after_s).await?;
+    // Applied on the leader; here too before the keys are listed.
+    agency
+        .read_barrier(baa_proto::command::Consistency::Linearizable)
+        .await?;
+    agency.keys.invalidate();
     let jwks = agency.keys.jwks()?;
     Ok(HttpResponse::Ok().json(jwks))
 }

@@ -1,5 +1,7 @@
-//! The two HTTPS listeners. Public: health, metrics, admin API (and later the
-//! user-facing pages). Cluster: Raft RPC and forwarded requests, mutual TLS.
+//! The three HTTPS listeners. Public: the user-facing pages and the OAuth /
+//! OpenID Connect endpoints, health. Management (its own address, loopback by
+//! default): the admin API and `/metrics`, health. Cluster: Raft RPC and
+//! forwarded requests, mutual TLS between current members.
 
 pub mod admin;
 pub mod admin_sso;
@@ -62,13 +64,23 @@ async fn record_metrics(
     Ok(res)
 }
 
-/// Binds and starts both listeners. The returned servers run until stopped
+/// The three listeners of a node.
+pub struct Listeners {
+    /// Users, partner sites and apps.
+    pub public: Server,
+    /// Administrators and Prometheus.
+    pub manage: Server,
+    /// The other members.
+    pub cluster: Server,
+}
+
+/// Binds and starts the listeners. The returned servers run until stopped
 /// (SIGINT/SIGTERM or `ServerHandle::stop`).
 pub fn start(
     agency: Arc<Agency>,
     hasher: Hashers,
     identity: &NodeIdentity,
-) -> anyhow::Result<(Server, Server)> {
+) -> anyhow::Result<Listeners> {
     let config = agency.config.clone();
     let data = web::Data::from(agency);
     let hasher = web::Data::new(hasher);
@@ -77,6 +89,39 @@ pub fn start(
     let upstreams = web::Data::new(gateway::UpstreamClient::new(&data)?);
     // The dummy hash for unknown accounts is made now, not on the first sign-in.
     sso::dummy_hash();
+
+    let manage_data = data.clone();
+    let manage_hasher = hasher.clone();
+    let manage_backchannel = backchannel.clone();
+    let manage = HttpServer::new(move || {
+        App::new()
+            .app_data(manage_data.clone())
+            .app_data(manage_hasher.clone())
+            .app_data(manage_backchannel.clone())
+            .app_data(Listener("manage"))
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(json_limit)
+                    .error_handler(error::json_error),
+            )
+            .app_data(web::QueryConfig::default().error_handler(error::query_error))
+            .app_data(web::PathConfig::default().error_handler(error::path_error))
+            .wrap(from_fn(record_metrics))
+            .wrap(
+                actix_web::middleware::DefaultHeaders::new()
+                    .add(("Strict-Transport-Security", "max-age=31536000")),
+            )
+            .service(resource("/healthz").route(web::get().to(health::healthz)))
+            .service(resource("/readyz").route(web::get().to(health::readyz)))
+            .service(resource("/metrics").route(web::get().to(health::metrics)))
+            .service(web::scope("/admin/v1").configure(admin::configure))
+            .default_service(web::to(error::not_found))
+    })
+    .workers(1)
+    .tcp_nodelay(true)
+    .shutdown_timeout(5)
+    .bind_rustls_0_23(config.manage_listen, identity.public_server()?)?
+    .run();
 
     let public_data = data.clone();
     let public = HttpServer::new(move || {
@@ -112,12 +157,10 @@ pub fn start(
                 actix_web::middleware::DefaultHeaders::new()
                     .add(("Strict-Transport-Security", "max-age=31536000")),
             )
-            // Health and metrics.
+            // Health (for load balancers); metrics and the admin API live
+            // on the management listener only.
             .service(resource("/healthz").route(web::get().to(health::healthz)))
             .service(resource("/readyz").route(web::get().to(health::readyz)))
-            .service(resource("/metrics").route(web::get().to(health::metrics)))
-            // Admin API.
-            .service(web::scope("/admin/v1").configure(admin::configure))
             // Single sign-on.
             .configure(oidc::configure)
             .configure(sso::configure)
@@ -148,5 +191,9 @@ pub fn start(
     .bind_rustls_0_23(config.cluster_listen, identity.cluster_server()?)?
     .run();
 
-    Ok((public, cluster))
+    Ok(Listeners {
+        public,
+        manage,
+        cluster,
+    })
 }

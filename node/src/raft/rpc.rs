@@ -25,6 +25,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/raft/vote", web::post().to(vote))
         .route("/raft/snapshot", web::post().to(snapshot))
         .route("/cluster/v1/write", web::post().to(forwarded_write))
+        .route("/cluster/v1/membership", web::post().to(membership))
+        .route("/cluster/v1/status", web::post().to(status))
         .route(
             super::read_index::READ_INDEX_PATH,
             web::post().to(read_index),
@@ -126,6 +128,24 @@ async fn forwarded_write(
     let req: ForwardedWrite = decode(&body)?;
     let result: ForwardedWriteReply = agency.write_as_leader(req.commands).await;
     reply(&result)
+}
+
+async fn membership(
+    agency: web::Data<Agency>,
+    payload: web::Payload,
+) -> Result<HttpResponse, NodeError> {
+    let body = body(payload).await?;
+    let change: baa_proto::api::MembershipChange = decode(&body)?;
+    reply(&agency.membership_as_leader(change).await)
+}
+
+async fn status(
+    agency: web::Data<Agency>,
+    payload: web::Payload,
+) -> Result<HttpResponse, NodeError> {
+    let body = body(payload).await?;
+    let () = decode(&body)?;
+    reply(&agency.status()?)
 }
 
 async fn read_index(
