@@ -58,6 +58,8 @@ pub enum ErrorCode {
     NoSigningKey,
     /// The token endpoint does not support that grant type.
     UnsupportedGrantType,
+    /// A requested scope is unknown or not allowed for the client.
+    InvalidScope,
     /// The request's form token (CSRF) is missing or wrong.
     CsrfMismatch,
     /// Device grant: the user has not decided yet (RFC 8628).
@@ -107,6 +109,7 @@ impl ErrorCode {
             ErrorCode::TooManyAttempts => "too_many_attempts",
             ErrorCode::NoSigningKey => "no_signing_key",
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
+            ErrorCode::InvalidScope => "invalid_scope",
             ErrorCode::CsrfMismatch => "csrf_mismatch",
             ErrorCode::AuthorizationPending => "authorization_pending",
             ErrorCode::SlowDown => "slow_down",

@@ -4,7 +4,7 @@
 //! `WWW-Authenticate`, introspection of refresh tokens, and discovery.
 
 use baa_cluster_tests::sso::{self, create_user, query_params, Agent, AuthRequest};
-use baa_cluster_tests::Cluster;
+use baa_cluster_tests::{Cluster, ClusterOptions};
 use reqwest::StatusCode;
 
 const PASSWORD: &str = "correct horse battery";
@@ -167,5 +167,101 @@ async fn conformance_discovery_says_request_uri_is_unsupported() {
         .unwrap();
     // Its default is true (OIDC Discovery §3): silence claims support.
     assert_eq!(meta["request_uri_parameter_supported"], false, "{meta}");
+    cluster.assert_no_panics();
+}
+
+/// Every error an OAuth endpoint answers names a code of RFC 6749 §5.2 (or
+/// RFC 8628's); internal conditions are `temporarily_unavailable` with 503
+/// and `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_oauth_endpoints_answer_rfc_6749_codes() {
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        write_timeout_ms: Some(2_000),
+        ..ClusterOptions::nodes(3)
+    })
+    .await;
+    let shop = sso::add_confidential_site(&cluster, "shop", "https://shop.example/cb").await;
+    sso::add_site(
+        &cluster,
+        serde_json::json!({
+            "client_id": "baa-cli",
+            "redirect_uris": ["http://127.0.0.1/callback"],
+            "allowed_scopes": ["openid"],
+            "public": true,
+        }),
+    )
+    .await;
+    let base = cluster.public_url(1);
+    let http = cluster.http().clone();
+    let expect = |what: &'static str, status: StatusCode, error: &'static str| {
+        move |resp: reqwest::Response| async move {
+            assert_eq!(resp.status(), status, "{what}");
+            let retry = resp.headers().get("retry-after").cloned();
+            let body: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(body["error"], error, "{what}: {body}");
+            retry
+        }
+    };
+    let token = |form: Vec<(&'static str, String)>| {
+        http.post(format!("{base}/sso/token"))
+            .basic_auth(&shop.client_id, shop.secret.as_deref())
+            .form(&form)
+            .send()
+    };
+    let r = token(vec![("grant_type", "password".into())])
+        .await
+        .unwrap();
+    expect(
+        "an unknown grant",
+        StatusCode::BAD_REQUEST,
+        "unsupported_grant_type",
+    )(r)
+    .await;
+    let r = token(vec![("grant_type", "authorization_code".into())])
+        .await
+        .unwrap();
+    expect("no code", StatusCode::BAD_REQUEST, "invalid_request")(r).await;
+    let r = token(vec![
+        ("grant_type", "authorization_code".into()),
+        ("code", "x".repeat(100_000)),
+    ])
+    .await
+    .unwrap();
+    expect(
+        "a form too large",
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request",
+    )(r)
+    .await;
+    let r = http
+        .post(format!("{base}/sso/device_authorization"))
+        .form(&[("client_id", "baa-cli"), ("scope", "openid admin")])
+        .send()
+        .await
+        .unwrap();
+    expect(
+        "a scope not allowed",
+        StatusCode::BAD_REQUEST,
+        "invalid_scope",
+    )(r)
+    .await;
+
+    // No leader: a code the node does not know cannot be checked.
+    cluster.kill(2);
+    cluster.kill(3);
+    let r = token(vec![
+        ("grant_type", "authorization_code".into()),
+        ("code", "not-known-here".into()),
+        ("redirect_uri", shop.redirect_uri.clone()),
+    ])
+    .await
+    .unwrap();
+    let retry = expect(
+        "no leader",
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+    )(r)
+    .await;
+    assert!(retry.is_some(), "no Retry-After");
     cluster.assert_no_panics();
 }

@@ -18,6 +18,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::InvalidGrant
         | ErrorCode::UnsupportedGrantType
+        | ErrorCode::InvalidScope
         | ErrorCode::CsrfMismatch
         | ErrorCode::AuthorizationPending
         | ErrorCode::SlowDown
@@ -112,6 +113,104 @@ impl ResponseError for NodeError {
     }
 }
 
+/// An error of an OAuth endpoint (token, revocation, introspection, device
+/// authorization, session status): the body's `error` is one of the codes
+/// RFC 6749 §5.2 (with RFC 8628's device codes) defines, so any OAuth client
+/// understands it; internal conditions are `temporarily_unavailable` (503,
+/// `Retry-After`) or `server_error`.
+#[derive(Debug)]
+pub struct OAuthError(pub NodeError);
+
+impl<E: Into<NodeError>> From<E> for OAuthError {
+    fn from(e: E) -> Self {
+        OAuthError(e.into())
+    }
+}
+
+impl std::fmt::Display for OAuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The OAuth code and status of a node error code.
+fn oauth_form(code: ErrorCode) -> (&'static str, StatusCode) {
+    match code {
+        ErrorCode::InvalidClient => ("invalid_client", StatusCode::UNAUTHORIZED),
+        ErrorCode::InvalidGrant
+        | ErrorCode::UserNotFound
+        | ErrorCode::SessionNotFound
+        | ErrorCode::TrustNotFound => ("invalid_grant", StatusCode::BAD_REQUEST),
+        ErrorCode::UnsupportedGrantType => ("unsupported_grant_type", StatusCode::BAD_REQUEST),
+        ErrorCode::InvalidScope => ("invalid_scope", StatusCode::BAD_REQUEST),
+        ErrorCode::AuthorizationPending
+        | ErrorCode::SlowDown
+        | ErrorCode::ExpiredToken
+        | ErrorCode::AccessDenied => (code.as_str(), StatusCode::BAD_REQUEST),
+        ErrorCode::InvalidRequest
+        | ErrorCode::MalformedJson
+        | ErrorCode::MalformedFrame
+        | ErrorCode::UnsupportedMediaType
+        | ErrorCode::PayloadTooLarge
+        | ErrorCode::NotFound
+        | ErrorCode::MethodNotAllowed
+        | ErrorCode::SiteNotFound
+        | ErrorCode::CsrfMismatch => ("invalid_request", status_of(code)),
+        ErrorCode::Unauthorized | ErrorCode::NotAMember => {
+            ("unauthorized_client", StatusCode::UNAUTHORIZED)
+        }
+        ErrorCode::TooManyAttempts => ("temporarily_unavailable", StatusCode::TOO_MANY_REQUESTS),
+        ErrorCode::NoLeader
+        | ErrorCode::Timeout
+        | ErrorCode::TemporarilyUnavailable
+        | ErrorCode::NoSigningKey
+        | ErrorCode::NotLeader => ("temporarily_unavailable", StatusCode::SERVICE_UNAVAILABLE),
+        ErrorCode::UserExists
+        | ErrorCode::SiteExists
+        | ErrorCode::AlreadyInitialized
+        | ErrorCode::MembershipRejected
+        | ErrorCode::BadGateway
+        | ErrorCode::StorageError
+        | ErrorCode::Internal => ("server_error", StatusCode::INTERNAL_SERVER_ERROR),
+    }
+}
+
+impl ResponseError for OAuthError {
+    fn status_code(&self) -> StatusCode {
+        oauth_form(self.0.code()).1
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let code = self.0.code();
+        let (error, status) = oauth_form(code);
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %self.0, "request failed");
+        }
+        let mut resp = HttpResponse::build(status);
+        resp.insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"));
+        match error {
+            "invalid_client" => {
+                resp.insert_header((
+                    actix_web::http::header::WWW_AUTHENTICATE,
+                    "Basic realm=\"baa\"",
+                ));
+            }
+            "temporarily_unavailable" => {
+                let after = match &self.0 {
+                    NodeError::RateLimited { retry_after_s } => retry_after_s.to_string(),
+                    _ => "1".into(),
+                };
+                resp.insert_header((actix_web::http::header::RETRY_AFTER, after));
+            }
+            _ => {}
+        }
+        resp.json(serde_json::json!({
+            "error": error,
+            "error_description": self.0.to_string(),
+        }))
+    }
+}
+
 /// Maps JSON extractor failures to stable codes.
 pub fn json_error(
     err: actix_web::error::JsonPayloadError,
@@ -143,7 +242,7 @@ pub fn json_error(
 /// may hold a password).
 pub fn form_error(
     err: actix_web::error::UrlencodedError,
-    _req: &actix_web::HttpRequest,
+    req: &actix_web::HttpRequest,
 ) -> actix_web::Error {
     use actix_web::error::UrlencodedError as U;
     let e = match &err {
@@ -157,6 +256,10 @@ pub fn form_error(
         },
         _ => NodeError::invalid("the form could not be parsed"),
     };
+    // The OAuth endpoints answer in their own vocabulary.
+    if req.path().starts_with("/sso/") {
+        return OAuthError(e).into();
+    }
     e.into()
 }
 

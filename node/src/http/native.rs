@@ -70,7 +70,7 @@ async fn device_authorization(
     req: HttpRequest,
     agency: web::Data<Agency>,
     form: web::Form<DeviceAuthForm>,
-) -> Result<HttpResponse, NodeError> {
+) -> Result<HttpResponse, super::error::OAuthError> {
     let site = authenticate_client(&agency, &req, &form.client).await?;
     // Anyone may start a device grant for a public client: each is a write,
     // so they are limited per address and per client here, and capped
@@ -80,8 +80,10 @@ async fn device_authorization(
         .device_per_source
         .check(&super::sso::client_source(&req, &agency))?;
     agency.limits.device_per_client.check(&site.client_id)?;
-    if agency.state.device_grants()? >= crate::raft::state_machine::MAX_DEVICE_GRANTS {
-        return Err(NodeError::Busy);
+    if agency.state.device_grants().map_err(NodeError::from)?
+        >= crate::raft::state_machine::MAX_DEVICE_GRANTS
+    {
+        return Err(NodeError::Busy.into());
     }
     let scopes: Vec<String> = form
         .scope
@@ -92,9 +94,11 @@ async fn device_authorization(
         .map(String::from)
         .collect();
     if let Some(s) = scopes.iter().find(|s| !site.allowed_scopes.contains(s)) {
-        return Err(NodeError::invalid(format!(
-            "scope {s} is not allowed for this client"
-        )));
+        return Err(NodeError::BadRequest {
+            code: ErrorCode::InvalidScope,
+            message: format!("scope {s} is not allowed for this client"),
+        }
+        .into());
     }
     let sso = &agency.config.sso;
     let (device_code, device_hash) = random_secret();

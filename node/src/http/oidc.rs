@@ -20,6 +20,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::error::OAuthError;
 use crate::actors::ticket_issuer::random_secret;
 use crate::agency::{now_ms, Agency};
 use crate::error::NodeError;
@@ -231,7 +232,7 @@ async fn token(
     req: HttpRequest,
     agency: web::Data<Agency>,
     form: web::Form<TokenForm>,
-) -> Result<HttpResponse, NodeError> {
+) -> Result<HttpResponse, OAuthError> {
     let form = form.into_inner();
     let result = redeem(&agency, &req, &form).await;
     let label = match &result {
@@ -239,7 +240,7 @@ async fn token(
         Err(e) => e.code().as_str(),
     };
     agency.metrics.redemptions.with_label_values(&[label]).inc();
-    result
+    result.map_err(OAuthError)
 }
 
 /// The RFC 8628 grant type.
@@ -513,7 +514,7 @@ async fn revoke(
     req: HttpRequest,
     agency: web::Data<Agency>,
     form: web::Form<TokenQuery>,
-) -> Result<HttpResponse, NodeError> {
+) -> Result<HttpResponse, OAuthError> {
     let (site, value) = client_and_token(&agency, &req, &form).await?;
     let hash = secret_hash(value.as_bytes());
     // RFC 7009: answer 200 whether or not the token existed; only its owner revokes it.
@@ -531,7 +532,7 @@ async fn introspect(
     req: HttpRequest,
     agency: web::Data<Agency>,
     form: web::Form<TokenQuery>,
-) -> Result<HttpResponse, NodeError> {
+) -> Result<HttpResponse, OAuthError> {
     let (site, value) = client_and_token(&agency, &req, &form).await?;
     let inactive = || no_store(HttpResponse::Ok()).json(serde_json::json!({ "active": false }));
     // A resource server asks to decide access: answer as of now, not as of
@@ -615,7 +616,7 @@ async fn session_status(
     req: HttpRequest,
     agency: web::Data<Agency>,
     form: web::Form<StatusForm>,
-) -> Result<HttpResponse, NodeError> {
+) -> Result<HttpResponse, OAuthError> {
     let site = authenticate_client(&agency, &req, &form.client).await?;
     let reference = form
         .reference
