@@ -55,6 +55,27 @@ pub struct ClusterOptions {
     pub limits: toml::Table,
     /// `[[gateway]]` apps, one table each (`name`, `upstream`, ...).
     pub gateway: Vec<toml::Table>,
+    /// `[[forward_auth]]` apps; by default [`TOOLS_APP`] at [`TOOLS_ORIGIN`],
+    /// taking tokens of the `baa-cli` client.
+    pub forward_auth: Vec<toml::Table>,
+}
+
+/// The forward-auth app every test cluster has unless told otherwise.
+pub const TOOLS_APP: &str = "tools";
+/// Its origin.
+pub const TOOLS_ORIGIN: &str = "https://tools.baa.localtest";
+
+/// A `[[gateway]]` or `[[forward_auth]]` table: `name`, then `key` (the
+/// upstream or origin), taking tokens of the clients `accept`.
+pub fn app_table(name: &str, key: &str, url: &str, accept: &[&str]) -> toml::Table {
+    let mut t = toml::Table::new();
+    t.insert("name".into(), name.into());
+    t.insert(key.into(), url.into());
+    t.insert(
+        "accept_clients".into(),
+        toml::Value::Array(accept.iter().map(|&c| c.into()).collect()),
+    );
+    t
 }
 
 /// The agency's host name in tests (mapped to loopback in the browser).
@@ -79,6 +100,7 @@ impl Default for ClusterOptions {
             sso: toml::Table::new(),
             limits: toml::Table::new(),
             gateway: Vec::new(),
+            forward_auth: vec![app_table(TOOLS_APP, "origin", TOOLS_ORIGIN, &["baa-cli"])],
         }
     }
 }
@@ -112,6 +134,8 @@ struct NodeConfig {
     peers: Vec<PeerConfig>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     gateway: Vec<toml::Table>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    forward_auth: Vec<toml::Table>,
 }
 
 #[derive(Serialize)]
@@ -614,6 +638,7 @@ impl Cluster {
                 })
                 .collect(),
             gateway: o.gateway.clone(),
+            forward_auth: o.forward_auth.clone(),
         };
         let text = toml::to_string(&cfg).expect("serialising node config");
         std::fs::write(&node.config_path, text).expect("writing node config");
@@ -1017,6 +1042,7 @@ mod tests {
                 cluster_addr: "127.0.0.1:2002".into(),
             }],
             gateway: Vec::new(),
+            forward_auth: Vec::new(),
         };
         let text = toml::to_string(&cfg).unwrap();
         println!("{text}");

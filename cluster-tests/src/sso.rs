@@ -236,6 +236,11 @@ impl Agent {
         }
     }
 
+    /// Its HTTP client (no cookies of its own, redirects not followed).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// The agency cookies, if both are set.
     pub fn sso_cookies(&self) -> Option<SsoCookies> {
         Some(SsoCookies {

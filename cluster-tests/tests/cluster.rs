@@ -10,6 +10,7 @@ mod cluster {
     mod demo;
     mod faults;
     mod flood;
+    mod forward_auth;
     mod membership;
     mod native;
     mod native_cli;

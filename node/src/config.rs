@@ -64,6 +64,58 @@ pub struct FileConfig {
     /// Upstream apps served under `/gw/<name>/` to apps holding a token (`[[gateway]]`).
     #[serde(default)]
     pub gateway: Vec<GatewayApp>,
+    /// Apps behind a reverse proxy that asks `/auth/verify?app=<name>`
+    /// (`[[forward_auth]]`).
+    #[serde(default)]
+    pub forward_auth: Vec<ForwardAuthApp>,
+}
+
+/// An app behind a reverse proxy (nginx `auth_request`, Traefik
+/// ForwardAuth, Caddy `forward_auth`) that asks `/auth/verify?app=<name>`
+/// whether a request may pass. Browsers get a session of their own on the
+/// app's host, set through the agency (`/auth/start` → the app's
+/// `/.baa/callback`, which the proxy sends to the agency's `/auth/callback`);
+/// apps without a browser present a token of one of `accept_clients`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuthApp {
+    /// The app's name in `?app=`: 1-64 characters of `a-z 0-9 -`, unique.
+    pub name: String,
+    /// The app's origin as browsers reach it: `https://host[:port]`. Only
+    /// URLs under it are redirect targets.
+    pub origin: String,
+    /// Clients whose access tokens the app takes (its audience): tokens of
+    /// any other client, e.g. a web site's, are refused. Empty: browsers only.
+    #[serde(default)]
+    pub accept_clients: Vec<String>,
+}
+
+impl ForwardAuthApp {
+    /// Checks one app's fields (names are checked for uniqueness by the caller).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            valid_app_name(&self.name),
+            "forward_auth name {:?} must be 1-64 characters of a-z 0-9 -",
+            self.name
+        );
+        let url = url::Url::parse(&self.origin)
+            .map_err(|e| anyhow::anyhow!("forward_auth {}: origin is not a URL: {e}", self.name))?;
+        anyhow::ensure!(
+            url.scheme() == "https"
+                && url.has_host()
+                && url.origin().ascii_serialization() == self.origin,
+            "forward_auth {}: origin must be https://host[:port] with nothing after it",
+            self.name
+        );
+        Ok(())
+    }
+}
+
+fn valid_app_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// An upstream app behind the gateway: requests to `/gw/<name>/<path>` that
@@ -82,6 +134,10 @@ pub struct GatewayApp {
     /// Lifetime of the signed session assertion in that cookie, in seconds.
     #[serde(default = "default_gateway_cookie_ttl_s")]
     pub cookie_ttl_s: u64,
+    /// Clients whose access tokens the gateway takes for this app (its
+    /// audience; at least one): a token issued to anyone else, e.g. to a web
+    /// site for its sign-in, is refused.
+    pub accept_clients: Vec<String>,
 }
 
 fn default_gateway_cookie_name() -> String {
@@ -96,12 +152,13 @@ impl GatewayApp {
     /// Checks one app's fields (names are checked for uniqueness by the caller).
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            (1..=64).contains(&self.name.len())
-                && self
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+            valid_app_name(&self.name),
             "gateway name {:?} must be 1-64 characters of a-z 0-9 -",
+            self.name
+        );
+        anyhow::ensure!(
+            !self.accept_clients.is_empty(),
+            "gateway {}: accept_clients must name the clients whose tokens it takes",
             self.name
         );
         let url = url::Url::parse(&self.upstream)
@@ -145,13 +202,22 @@ impl GatewayApp {
 }
 
 /// Checks every gateway app and that their names are unique.
-pub fn validate_gateway(apps: &[GatewayApp]) -> anyhow::Result<()> {
+pub fn validate_gateway(apps: &[GatewayApp], forward: &[ForwardAuthApp]) -> anyhow::Result<()> {
     let mut seen = std::collections::HashSet::new();
     for app in apps {
         app.validate()?;
         anyhow::ensure!(
             seen.insert(app.name.as_str()),
             "gateway name {:?} is used twice",
+            app.name
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    for app in forward {
+        app.validate()?;
+        anyhow::ensure!(
+            seen.insert(app.name.as_str()),
+            "forward_auth name {:?} is used twice",
             app.name
         );
     }
@@ -418,6 +484,8 @@ pub struct Config {
     pub issuer: String,
     /// Upstream apps behind the gateway.
     pub gateway: Vec<GatewayApp>,
+    /// Apps behind forward-auth proxies.
+    pub forward_auth: Vec<ForwardAuthApp>,
 }
 
 impl Config {
@@ -538,7 +606,7 @@ impl Config {
              node certificates only (tls.cluster_ca, tls.cluster_cert, tls.cluster_key; \
              `baa pki init` makes both CAs). See README, \"Security model\""
         );
-        validate_gateway(&f.gateway)?;
+        validate_gateway(&f.gateway, &f.forward_auth)?;
         let trusted_proxies = sso
             .trusted_proxies
             .iter()
@@ -585,6 +653,7 @@ impl Config {
             trusted_proxies,
             issuer,
             gateway: f.gateway,
+            forward_auth: f.forward_auth,
         })
     }
 
@@ -671,7 +740,7 @@ mod tests {
     #[test]
     fn gateway_apps_get_defaults() {
         let c = with_gateway(
-            "[[gateway]]\nname = \"wiki\"\nupstream = \"http://127.0.0.1:9000/base/\"\n",
+            "[[gateway]]\nname = \"wiki\"\nupstream = \"http://127.0.0.1:9000/base/\"\naccept_clients = [\"baa-cli\"]\n",
         )
         .unwrap();
         assert_eq!(c.gateway.len(), 1);
@@ -683,7 +752,9 @@ mod tests {
     #[test]
     fn gateway_apps_are_validated() {
         let app = |name: &str, upstream: &str| {
-            format!("[[gateway]]\nname = \"{name}\"\nupstream = \"{upstream}\"\n")
+            format!(
+                "[[gateway]]\nname = \"{name}\"\nupstream = \"{upstream}\"\naccept_clients = [\"baa-cli\"]\n"
+            )
         };
         let ok = "http://app.internal:8080";
         assert!(with_gateway(&app("a-1", "https://app.internal/x")).is_ok());
@@ -702,11 +773,41 @@ mod tests {
             format!("{}{}", app("wiki", ok), app("wiki", ok)),
             format!("{}cookie_name = \"a b\"\n", app("wiki", ok)),
             format!("{}cookie_ttl_s = 0\n", app("wiki", ok)),
+            app("wiki", ok).replace("accept_clients = [\"baa-cli\"]\n", ""),
+            app("wiki", ok).replace("[\"baa-cli\"]", "[]"),
         ] {
             assert!(with_gateway(&bad).is_err(), "accepted {bad}");
         }
         let unknown = format!("{}bogus = 1\n", app("wiki", ok));
         assert!(toml::from_str::<FileConfig>(&format!("{MINIMAL}\n{unknown}")).is_err());
+    }
+
+    #[test]
+    fn forward_auth_apps_are_validated() {
+        let app = |name: &str, origin: &str| {
+            format!("[[forward_auth]]\nname = \"{name}\"\norigin = \"{origin}\"\n")
+        };
+        let c = with_gateway(&app("wiki", "https://wiki.example.org")).unwrap();
+        assert_eq!(c.forward_auth[0].origin, "https://wiki.example.org");
+        assert!(c.forward_auth[0].accept_clients.is_empty());
+        assert!(with_gateway(&app("wiki", "https://wiki.example.org:8443")).is_ok());
+        let ok = "https://wiki.example.org";
+        for bad in [
+            app("", ok),
+            app("Wiki", ok),
+            app("wiki", "http://wiki.example.org"),
+            app("wiki", "https://wiki.example.org/"),
+            app("wiki", "https://wiki.example.org/x"),
+            app("wiki", "wiki.example.org"),
+            format!(
+                "{}{}",
+                app("wiki", ok),
+                app("wiki", "https://other.example.org")
+            ),
+            format!("{}bogus = 1\n", app("wiki", ok)),
+        ] {
+            assert!(with_gateway(&bad).is_err(), "accepted {bad}");
+        }
     }
 
     #[test]

@@ -84,6 +84,56 @@ pub fn exact_value<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &str) 
     found
 }
 
+/// Cookie a forward-auth app's host keeps while a browser is away at the
+/// agency being signed in: a random nonce, host-only on the app's host, whose
+/// SHA-256 the agency binds into the code it sends back (no code works in
+/// another browser, so nobody can sign a victim into their own account).
+pub const APP_STATE_COOKIE: &str = "__Host-baa_app_state";
+/// The JOSE `typ` of the one-minute code that carries a session to an app.
+pub const APP_CODE_TYP: &str = "baa-app-code+jwt";
+/// The JOSE `typ` of a forward-auth app's session cookie value.
+pub const APP_SESSION_TYP: &str = "baa-app+jwt";
+
+/// Name of the session cookie of the forward-auth app `app` on its own host:
+/// host-only, one per app, so apps sharing a host do not overwrite each other.
+pub fn app_cookie_name(app: &str) -> String {
+    format!("__Host-baa_app_{app}")
+}
+
+/// Claims of the code that carries a browser's agency session to a
+/// forward-auth app's host (RS256, [`APP_CODE_TYP`], one minute).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppCode {
+    /// The agency's issuer URL.
+    pub iss: String,
+    /// The app's name: the code opens nothing elsewhere.
+    pub aud: String,
+    /// The agency session's public handle.
+    pub sid: String,
+    /// SHA-256 (base64url) of the browser's [`APP_STATE_COOKIE`] nonce.
+    pub state: String,
+    /// Where to send the browser afterwards (checked to be under the app's origin).
+    pub rd: String,
+    /// Expires at, Unix seconds.
+    pub exp: u64,
+}
+
+/// Claims of a forward-auth app's session cookie (RS256, [`APP_SESSION_TYP`]):
+/// it names the agency session, which must still be alive for it to pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppSession {
+    /// The agency's issuer URL.
+    pub iss: String,
+    /// The app's name.
+    pub aud: String,
+    /// The agency session's public handle.
+    pub sid: String,
+    /// Issued at, Unix seconds.
+    pub iat: u64,
+    /// Expires at, Unix seconds (the session's absolute expiry).
+    pub exp: u64,
+}
+
 /// Checks a name used in configuration (agency name, key id).
 pub fn valid_label(s: &str) -> bool {
     (1..=64).contains(&s.len())

@@ -29,6 +29,7 @@ use baa_cluster_tests::bench::{
     report_errors, server_means, server_times, set_cookie, slicing, sso_cookies, unexpected,
     RunResult, Samples, Series, Tally,
 };
+use baa_cluster_tests::harness::{app_table, TOOLS_APP, TOOLS_ORIGIN};
 use baa_cluster_tests::sso::{pkce, CSRF_COOKIE};
 use baa_cluster_tests::{Cluster, ClusterOptions};
 use baa_proto::api::CreateUserRequest;
@@ -235,7 +236,7 @@ impl App {
             Load::Translate => (
                 "/auth/verify",
                 self.http
-                    .get(format!("{}/auth/verify", self.base))
+                    .get(format!("{}/auth/verify?app={TOOLS_APP}", self.base))
                     .header(AUTHORIZATION, format!("Bearer {}", self.token)),
             ),
             Load::Cookie => (
@@ -524,6 +525,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     println!("cluster: 3 baa nodes on loopback, TLS on every hop, client i on node i mod 3 with its own keep-alive connection");
     let opts = ClusterOptions {
         log_level: "warn".into(),
+        forward_auth: vec![app_table(TOOLS_APP, "origin", TOOLS_ORIGIN, &[CLIENT_ID])],
         ..ClusterOptions::default()
     };
     eprintln!("starting a 3-node cluster");

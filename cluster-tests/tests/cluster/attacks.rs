@@ -4,12 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use baa_cluster_tests::harness::CONVERGE_DEADLINE;
+use baa_cluster_tests::harness::{app_table, CONVERGE_DEADLINE};
 use baa_cluster_tests::partner::PartnerSite;
 use baa_cluster_tests::sso::{
     self, add_confidential_site, create_user, query_params, Agent, AuthRequest, TestSite,
     CSRF_COOKIE,
 };
+use baa_cluster_tests::upstream::Upstream;
 use baa_cluster_tests::{poll_until, Cluster, ClusterOptions};
 use reqwest::header::SET_COOKIE;
 use reqwest::StatusCode;
@@ -227,6 +228,122 @@ async fn tokens_for(cluster: &Cluster, agent: &mut Agent, site: &TestSite) -> se
     assert_eq!(status, StatusCode::OK, "{tokens}");
     assert!(tokens["refresh_token"].is_string(), "{tokens}");
     tokens
+}
+
+/// H2: an access token opens only the apps that name its client. The token
+/// the web site `shop` got for signing alice in passes neither the
+/// forward-auth check nor the gateway, on any node; the command-line
+/// client's token, which both accept, passes both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_tokens_are_bound_to_their_audience() {
+    let upstream = Upstream::start().await;
+    let mut opts = ClusterOptions::default();
+    opts.gateway.push(app_table(
+        "app",
+        "upstream",
+        &format!("http://127.0.0.1:{}", upstream.port),
+        &["baa-cli"],
+    ));
+    let cluster = Cluster::start_with(opts).await;
+    create_user(&cluster, "alice", PASSWORD).await;
+    let shop = offline_site(&cluster, "shop").await;
+    let cli = sso::add_site(
+        &cluster,
+        serde_json::json!({
+            "client_id": "baa-cli",
+            "name": "baa command line",
+            "redirect_uris": ["http://127.0.0.1/callback"],
+            "allowed_scopes": ["openid", "profile"],
+            "public": true,
+        }),
+    )
+    .await;
+    let base = cluster.public_url(1);
+    let mut agent = Agent::new(&cluster);
+    let shop_token = tokens_for(&cluster, &mut agent, &shop).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let req = AuthRequest::new(&cli)
+        .set("scope", "openid profile")
+        .set("response_mode", "query");
+    let trust = agent.get(&req.url(&base)).await;
+    assert!(
+        trust.body.contains("id=\"trust\""),
+        "{} {:?} {}",
+        trust.status,
+        trust.location(),
+        trust.body
+    );
+    let done = agent.approve(&base, &trust, "username", false, false).await;
+    let code =
+        query_params(&done.location().unwrap_or_else(|| panic!("{}", done.body)))["code"].clone();
+    let (status, tokens) =
+        sso::redeem(cluster.http(), &base, &cli, &code, req.verifier.as_deref()).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let cli_token = tokens["access_token"].as_str().unwrap().to_string();
+
+    let http = cluster.http().clone();
+    let verify = |id: u64, query: &'static str, token: String| {
+        let url = format!("{}/auth/verify{query}", cluster.public_url(id));
+        let http = http.clone();
+        async move {
+            let resp = http.get(url).bearer_auth(token).send().await.unwrap();
+            let user = resp
+                .headers()
+                .get("x-baa-user")
+                .map(|u| u.to_str().unwrap().to_string());
+            (resp.status(), user)
+        }
+    };
+    let gateway = |id: u64, token: String| {
+        let url = format!("{}/gw/app/hello", cluster.public_url(id));
+        let http = http.clone();
+        async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    for id in 1..=3 {
+        for query in ["?app=tools", ""] {
+            assert_eq!(
+                verify(id, query, shop_token.clone()).await,
+                (StatusCode::UNAUTHORIZED, None),
+                "node {id}: shop's token passed /auth/verify{query}"
+            );
+        }
+        assert_eq!(
+            gateway(id, shop_token.clone()).await,
+            StatusCode::UNAUTHORIZED,
+            "node {id}: shop's token passed the gateway"
+        );
+        assert_eq!(
+            verify(id, "?app=tools", cli_token.clone()).await,
+            (StatusCode::OK, Some("alice".to_string())),
+            "node {id}"
+        );
+        // A token is checked against an app, never on its own.
+        assert_eq!(
+            verify(id, "", cli_token.clone()).await.0,
+            StatusCode::UNAUTHORIZED,
+            "node {id}"
+        );
+        assert_eq!(
+            gateway(id, cli_token.clone()).await,
+            StatusCode::OK,
+            "node {id}"
+        );
+    }
+    assert_eq!(
+        upstream.requests().len(),
+        3,
+        "only the accepted token got through"
+    );
+    cluster.assert_no_panics();
 }
 
 /// `grant_type=refresh_token` as `site` at node `id`.
@@ -553,7 +670,13 @@ async fn m4_public_native_clients_ask_the_user_every_time() {
             .set("response_mode", "query")
     };
     let trust = agent.get(&request(40001).url(&base)).await;
-    assert!(trust.body.contains("id=\"trust\""), "{}", trust.body);
+    assert!(
+        trust.body.contains("id=\"trust\""),
+        "{} {:?} {}",
+        trust.status,
+        trust.location(),
+        trust.body
+    );
     let done = agent.approve(&base, &trust, "username", false, false).await;
     assert!(query_params(&done.location().unwrap()).contains_key("code"));
 

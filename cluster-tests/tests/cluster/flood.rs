@@ -229,7 +229,7 @@ async fn h1_anonymous_floods_do_not_grow_the_log_or_the_node() {
         .bearer_auth(made_up(i))
         .send());
     endpoint!("GET /auth/verify (made-up token)", |i| http
-        .get(format!("{base}/auth/verify"))
+        .get(format!("{base}/auth/verify?app=tools"))
         .bearer_auth(made_up(i))
         .send());
     endpoint!("GET /auth/verify (made-up cookies)", |i| http

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use baa_cluster_tests::harness::{app_table, TOOLS_APP};
 use baa_cluster_tests::sso::{add_site, create_user, query_params, Agent, AuthRequest, TestSite};
 use baa_cluster_tests::upstream::Upstream;
 use baa_cluster_tests::{poll_until, Cluster, ClusterOptions};
@@ -106,7 +107,10 @@ async fn verify(
 ) -> (StatusCode, BTreeMap<String, String>) {
     let resp = cluster
         .http()
-        .get(format!("{}/auth/verify", cluster.public_url(node)))
+        .get(format!(
+            "{}/auth/verify?app={TOOLS_APP}",
+            cluster.public_url(node)
+        ))
         .bearer_auth(token)
         .send()
         .await
@@ -124,13 +128,12 @@ async fn verify(
 async fn loopback_pkce_refresh_rotation_and_verify() {
     let upstream = Upstream::start().await;
     let mut opts = ClusterOptions::default();
-    let mut app = toml::Table::new();
-    app.insert("name".into(), "app".into());
-    app.insert(
-        "upstream".into(),
-        format!("http://127.0.0.1:{}", upstream.port).into(),
-    );
-    opts.gateway.push(app);
+    opts.gateway.push(app_table(
+        "app",
+        "upstream",
+        &format!("http://127.0.0.1:{}", upstream.port),
+        &["baa-cli"],
+    ));
     let cluster = Cluster::start_with(opts).await;
     create_user(&cluster, "alice", PASSWORD).await;
     let site = native_client(&cluster).await;
@@ -575,7 +578,7 @@ async fn made_up_tokens_share_read_index_rounds() {
         )
     };
     let (rounds_before, readers_before) = counters().await;
-    let url = format!("{}/auth/verify", cluster.public_url(node));
+    let url = format!("{}/auth/verify?app={TOOLS_APP}", cluster.public_url(node));
     let flood = futures::stream::iter(0..FLOOD)
         .map(|_| {
             let token = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use baa_cluster_tests::browser::DEFAULT_DEADLINE;
-use baa_cluster_tests::harness::{free_port, AGENCY_HOST};
+use baa_cluster_tests::harness::{app_table, free_port, AGENCY_HOST, TOOLS_APP};
 use baa_cluster_tests::sso::{add_site, create_user, SsoCookies, REFERENCE_COOKIE, SESSION_COOKIE};
 use baa_cluster_tests::upstream::Upstream;
 use baa_cluster_tests::{poll_until, Browser, Cluster, ClusterOptions};
@@ -166,13 +166,12 @@ fn node_logs(cluster: &Cluster) -> String {
 async fn baa_login_goes_on_after_the_browser_is_killed() {
     let upstream = Upstream::start().await;
     let mut opts = ClusterOptions::default();
-    let mut app = toml::Table::new();
-    app.insert("name".into(), "app".into());
-    app.insert(
-        "upstream".into(),
-        format!("http://127.0.0.1:{}", upstream.port).into(),
-    );
-    opts.gateway.push(app);
+    opts.gateway.push(app_table(
+        "app",
+        "upstream",
+        &format!("http://127.0.0.1:{}", upstream.port),
+        &["baa-cli"],
+    ));
     // Access tokens live 2 s here, so the CLI must refresh on its own.
     opts.sso.insert("access_token_ttl_s".into(), 2.into());
     let cluster = Cluster::start_with(opts).await;
@@ -283,7 +282,10 @@ async fn baa_login_goes_on_after_the_browser_is_killed() {
     );
     let resp = cluster
         .http()
-        .get(format!("{}/auth/verify", cluster.public_url(1)))
+        .get(format!(
+            "{}/auth/verify?app={TOOLS_APP}",
+            cluster.public_url(1)
+        ))
         .bearer_auth(&access)
         .send()
         .await
@@ -354,7 +356,10 @@ async fn baa_login_goes_on_after_the_browser_is_killed() {
     assert!(!token_file.exists(), "the token file outlived logout");
     let resp = cluster
         .http()
-        .get(format!("{}/auth/verify", cluster.public_url(1)))
+        .get(format!(
+            "{}/auth/verify?app={TOOLS_APP}",
+            cluster.public_url(1)
+        ))
         .bearer_auth(&last_access)
         .send()
         .await
@@ -478,7 +483,10 @@ async fn baa_login_device_completes_in_the_browser_and_backs_off() {
         serde_json::from_str(&std::fs::read_to_string(&token_file).unwrap()).unwrap();
     let resp = cluster
         .http()
-        .get(format!("{}/auth/verify", cluster.public_url(2)))
+        .get(format!(
+            "{}/auth/verify?app={TOOLS_APP}",
+            cluster.public_url(2)
+        ))
         .bearer_auth(stored["access_token"].as_str().unwrap())
         .send()
         .await

@@ -24,10 +24,24 @@ pub struct Translated {
     pub user: User,
 }
 
-/// Translate an access token. Deliberately not `Debug`: it holds a secret.
+/// Translate an access token for an app that takes tokens of the clients
+/// `accept` only (its audience): another client's token, e.g. one a web
+/// site got for signing the user in, translates to nothing. Deliberately not
+/// `Debug`: it holds a secret.
 #[derive(Message)]
 #[rtype(result = "Option<Translated>")]
-pub struct TranslateToken(pub String);
+pub struct TranslateToken {
+    /// The access token.
+    pub token: String,
+    /// Client ids whose tokens the app takes.
+    pub accept: Vec<String>,
+}
+
+/// Record that a session was used (by a forward-auth app's cookie), at most
+/// once per interval.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RecordUse(pub Session);
 
 /// Translates tokens on one worker and remembers when it last recorded use
 /// of each session.
@@ -50,9 +64,13 @@ impl Actor for NativeBroker {
     type Context = Context<Self>;
 }
 
-/// Looks a token up and checks it and its session, without recording use.
-pub async fn lookup(agency: &Agency, token: &str) -> Option<Translated> {
-    let (_, session) = crate::http::oidc::live_token(agency, token).await?;
+/// Looks a token up and checks it, its audience and its session, without
+/// recording use.
+pub async fn lookup(agency: &Agency, token: &str, accept: &[String]) -> Option<Translated> {
+    let (t, session) = crate::http::oidc::live_token(agency, token).await?;
+    if !accept.contains(&t.client_id) {
+        return None;
+    }
     // Usernames never change, so the session's name finds the user in one read.
     let user = agency.state.user(&session.username).ok().flatten()?;
     (user.id == session.user_id && !user.disabled).then_some(Translated { session, user })
@@ -64,7 +82,7 @@ impl Handler<TranslateToken> for NativeBroker {
     fn handle(&mut self, msg: TranslateToken, _: &mut Self::Context) -> Self::Result {
         let agency = self.agency.clone();
         Box::pin(
-            async move { lookup(&agency, &msg.0).await }
+            async move { lookup(&agency, &msg.token, &msg.accept).await }
                 .into_actor(self)
                 .map(|found, act, _| {
                     if let Some(t) = &found {
@@ -73,6 +91,14 @@ impl Handler<TranslateToken> for NativeBroker {
                     found
                 }),
         )
+    }
+}
+
+impl Handler<RecordUse> for NativeBroker {
+    type Result = ();
+
+    fn handle(&mut self, msg: RecordUse, _: &mut Self::Context) {
+        self.record_use(&msg.0);
     }
 }
 

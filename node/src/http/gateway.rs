@@ -3,7 +3,9 @@
 //! that holds an access token can use a protected app that only understands a
 //! session cookie.
 //!
-//! A request must carry the app's token as `Authorization: Bearer …`; the
+//! A request must carry the app's token as `Authorization: Bearer …`, issued
+//! to one of the clients the app names in `accept_clients` (its audience: a
+//! token a web site got for signing the user in opens nothing here); the
 //! `NativeBroker` translates it back into the browser session it belongs to
 //! (and records the session's use). The SSO cookie is not accepted here: the
 //! gateway is for apps without a browser, and honouring the cookie would let
@@ -255,7 +257,7 @@ fn unauthorized() -> HttpResponse {
         .insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"baa\""))
         .json(serde_json::json!({
             "error": "unauthorized",
-            "error_description": "a valid access token is required (Authorization: Bearer)",
+            "error_description": "a valid access token of a client this app accepts is required (Authorization: Bearer)",
         }))
 }
 
@@ -320,7 +322,14 @@ async fn forward(
     };
     let token = bearer(&req).filter(|t| !t.is_empty());
     let found = match token {
-        Some(token) => broker.send(TranslateToken(token)).await.ok().flatten(),
+        Some(token) => broker
+            .send(TranslateToken {
+                token,
+                accept: app.accept_clients.clone(),
+            })
+            .await
+            .ok()
+            .flatten(),
         None => None,
     };
     let Some(t) = found else {

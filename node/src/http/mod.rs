@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod admin_sso;
 pub mod error;
+pub mod forward_auth;
 pub mod gateway;
 pub mod health;
 pub mod native;
@@ -165,6 +166,7 @@ pub fn start(
             .configure(oidc::configure)
             .configure(sso::configure)
             .configure(native::configure)
+            .configure(forward_auth::configure)
             .configure(gateway::configure)
             .default_service(web::to(error::not_found))
     })

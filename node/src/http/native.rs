@@ -1,12 +1,11 @@
 //! Sessions for non-browser apps: the device authorization endpoint and the
-//! device page (RFC 8628), and `/auth/verify`, the forward-auth check that
-//! translates an SSO cookie or an app's bearer token into its session.
+//! device page (RFC 8628). Apps use the token they get at the gateway and at
+//! forward-auth apps (`http::gateway`, `http::forward_auth`).
 
 use actix::Addr;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use baa_proto::command::{Op, Outcome};
-use baa_proto::cookie::SESSION_COOKIE;
 use baa_proto::sso::{
     normalise_user_code, secret_hash, DeviceGrant, DeviceStatus, ThrottleSubject,
 };
@@ -14,13 +13,12 @@ use baa_proto::ErrorCode;
 use rand::Rng;
 use serde::Deserialize;
 
-use super::oidc::{authenticate_client, bearer, ClientAuthForm};
+use super::oidc::{authenticate_client, ClientAuthForm};
 use super::pages::{self, Csp};
 use super::sso::{
     client_source, csrf_ok, csrf_refused, csrf_token, current_session, error_page, sign_in_page,
     with_cookie, AuthParams,
 };
-use crate::actors::native_broker::{NativeBroker, TranslateToken, Translated};
 use crate::actors::session_gate::SessionGate;
 use crate::actors::ticket_issuer::random_secret;
 use crate::agency::{now_ms, Agency};
@@ -36,8 +34,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(device_get))
             .route(web::post().to(device_post)),
     )
-    .service(super::resource("/device/decide").route(web::post().to(device_decide)))
-    .service(super::resource("/auth/verify").route(web::get().to(verify)));
+    .service(super::resource("/device/decide").route(web::post().to(device_decide)));
 }
 
 /// Letters of user codes: no vowels (no words), no look-alikes.
@@ -338,54 +335,5 @@ async fn device_decide(
             e.code().as_str(),
             &e.to_string(),
         ),
-    }
-}
-
-fn verified(agency: &Agency, t: &Translated) -> HttpResponse {
-    let mut resp = HttpResponse::Ok();
-    resp.insert_header((header::CACHE_CONTROL, "no-store"))
-        .insert_header(("X-Baa-User", t.user.username.clone()))
-        .insert_header(("X-Baa-Session", t.session.sid.clone()))
-        .insert_header(("X-Baa-Agency", agency.config.sso.agency.clone()));
-    resp.finish()
-}
-
-/// `GET /auth/verify`: 200 with `X-Baa-User`, `X-Baa-Session`,
-/// `X-Baa-Agency` for a valid SSO cookie or app token, else 401 — the
-/// convention of nginx `auth_request`, Traefik ForwardAuth and Caddy
-/// `forward_auth`.
-async fn verify(
-    req: HttpRequest,
-    agency: web::Data<Agency>,
-    gate: web::Data<Addr<SessionGate>>,
-    broker: web::Data<Addr<NativeBroker>>,
-) -> HttpResponse {
-    let found = match bearer(&req) {
-        Some(token) => broker.send(TranslateToken(token)).await.ok().flatten(),
-        None if super::sso::cookie_value(&req, SESSION_COOKIE).is_some() => {
-            match current_session(&req, &gate, &agency).await {
-                Some(v) => agency
-                    .state
-                    .user_by_id(v.session.user_id)
-                    .ok()
-                    .flatten()
-                    .map(|user| Translated {
-                        session: v.session,
-                        user,
-                    }),
-                None => None,
-            }
-        }
-        None => None,
-    };
-    match found {
-        Some(t) => verified(&agency, &t),
-        None => HttpResponse::Unauthorized()
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"baa\""))
-            .json(serde_json::json!({
-                "error": "unauthorized",
-                "error_description": "no valid session cookie or token",
-            })),
     }
 }

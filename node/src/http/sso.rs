@@ -81,9 +81,11 @@ impl AuthParams {
 
     /// The continuation if it is a safe agency path (never another host).
     fn safe_continue(&self) -> Option<&str> {
-        self.continue_to
-            .as_deref()
-            .filter(|p| p.starts_with("/device") && !p.contains("//") && !p.contains('\\'))
+        self.continue_to.as_deref().filter(|p| {
+            (p.starts_with("/device") || p.starts_with("/auth/app/"))
+                && !p.contains("//")
+                && !p.contains('\\')
+        })
     }
 
     fn hidden(&self) -> Vec<(String, String)> {
@@ -579,6 +581,15 @@ fn browser_cookies(
 /// site's registration (browsers apply `form-action` to the redirect that
 /// follows a form, so a sign-in that goes on to the site needs it).
 fn continue_origin(agency: &Agency, params: &AuthParams) -> Vec<String> {
+    // A forward-auth app's sign-in ends in a redirect to the app's host.
+    if let Some(app) = params
+        .safe_continue()
+        .and_then(|p| p.strip_prefix("/auth/app/"))
+        .and_then(|p| p.split('/').next())
+        .and_then(|name| agency.config.forward_auth.iter().find(|a| a.name == name))
+    {
+        return vec![app.origin.clone()];
+    }
     let (Some(client_id), Some(uri)) = (&params.client_id, &params.redirect_uri) else {
         return Vec::new();
     };
