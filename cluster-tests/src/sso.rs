@@ -72,6 +72,22 @@ pub async fn create_user(cluster: &Cluster, username: &str, password: &str) {
     );
 }
 
+/// Registers `baa-cli`, the public native client `baa login` is (loopback
+/// redirect on any port, scopes `openid profile offline_access`).
+pub async fn add_cli_client(cluster: &Cluster) -> TestSite {
+    add_site(
+        cluster,
+        serde_json::json!({
+            "client_id": "baa-cli",
+            "name": "baa command line",
+            "redirect_uris": ["http://127.0.0.1/callback"],
+            "allowed_scopes": ["openid", "profile", "offline_access"],
+            "public": true,
+        }),
+    )
+    .await
+}
+
 /// Registers a site through node 1's admin API.
 pub async fn add_site(cluster: &Cluster, body: serde_json::Value) -> TestSite {
     let resp = cluster
@@ -349,6 +365,18 @@ impl Agent {
             ],
         )
         .await
+    }
+
+    /// Signs in at `base` and asserts it worked (a 303 with the session).
+    pub async fn sign_in_ok(&mut self, base: &str, username: &str, password: &str) -> Answer {
+        let a = self.sign_in(base, username, password).await;
+        assert_eq!(
+            a.status,
+            StatusCode::SEE_OTHER,
+            "sign-in of {username}: {}",
+            a.body
+        );
+        a
     }
 
     /// Submits the trust page in `page` (approve, with the given parameters).

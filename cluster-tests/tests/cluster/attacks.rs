@@ -58,13 +58,7 @@ async fn h5_csrf_cookie_names_are_matched_exactly() {
     }
     // The real cookie still works.
     let mut agent = Agent::new(&cluster);
-    let signed_in = agent.sign_in(&base, "alice", PASSWORD).await;
-    assert_eq!(
-        signed_in.status,
-        StatusCode::SEE_OTHER,
-        "{}",
-        signed_in.body
-    );
+    agent.sign_in_ok(&base, "alice", PASSWORD).await;
     cluster.assert_no_panics();
 }
 
@@ -78,13 +72,7 @@ async fn h4_shared_domain_cookies_open_nothing() {
     let site = add_confidential_site(&cluster, "shop", "https://shop.baa.localtest/cb").await;
     let base = cluster.public_url(1);
     let mut user = Agent::new(&cluster);
-    let signed_in = user.sign_in(&base, "alice", PASSWORD).await;
-    assert_eq!(
-        signed_in.status,
-        StatusCode::SEE_OTHER,
-        "{}",
-        signed_in.body
-    );
+    let signed_in = user.sign_in_ok(&base, "alice", PASSWORD).await;
     // The victim's session works: the site gets as far as the trust question.
     let own = user
         .get(
@@ -144,13 +132,7 @@ async fn m1_device_decisions_are_throttled() {
     create_user(&cluster, "alice", PASSWORD).await;
     let base = cluster.public_url(1);
     let mut agent = Agent::new(&cluster);
-    let signed_in = agent.sign_in(&base, "alice", PASSWORD).await;
-    assert_eq!(
-        signed_in.status,
-        StatusCode::SEE_OTHER,
-        "{}",
-        signed_in.body
-    );
+    agent.sign_in_ok(&base, "alice", PASSWORD).await;
     let page = agent.get(&format!("{base}/device")).await;
     let csrf = page
         .inputs()
@@ -204,8 +186,7 @@ async fn offline_site(cluster: &Cluster, client_id: &str) -> TestSite {
 async fn tokens_for(cluster: &Cluster, agent: &mut Agent, site: &TestSite) -> serde_json::Value {
     let base = cluster.public_url(1);
     if !agent.has_session_cookie() {
-        let a = agent.sign_in(&base, "alice", PASSWORD).await;
-        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+        agent.sign_in_ok(&base, "alice", PASSWORD).await;
     }
     let req = AuthRequest::new(site).set("scope", "openid offline_access");
     let mut page = agent.get(&req.url(&base)).await;
@@ -247,17 +228,7 @@ async fn h2_tokens_are_bound_to_their_audience() {
     let cluster = Cluster::start_with(opts).await;
     create_user(&cluster, "alice", PASSWORD).await;
     let shop = offline_site(&cluster, "shop").await;
-    let cli = sso::add_site(
-        &cluster,
-        serde_json::json!({
-            "client_id": "baa-cli",
-            "name": "baa command line",
-            "redirect_uris": ["http://127.0.0.1/callback"],
-            "allowed_scopes": ["openid", "profile"],
-            "public": true,
-        }),
-    )
-    .await;
+    let cli = sso::add_cli_client(&cluster).await;
     let base = cluster.public_url(1);
     let mut agent = Agent::new(&cluster);
     let shop_token = tokens_for(&cluster, &mut agent, &shop).await["access_token"]
@@ -643,26 +614,10 @@ async fn h3_disabling_or_resetting_a_password_ends_sessions() {
 async fn m4_public_native_clients_ask_the_user_every_time() {
     let cluster = Cluster::start(3).await;
     create_user(&cluster, "alice", PASSWORD).await;
-    let cli = sso::add_site(
-        &cluster,
-        serde_json::json!({
-            "client_id": "baa-cli",
-            "name": "baa command line",
-            "redirect_uris": ["http://127.0.0.1/callback"],
-            "allowed_scopes": ["openid", "profile", "offline_access"],
-            "public": true,
-        }),
-    )
-    .await;
+    let cli = sso::add_cli_client(&cluster).await;
     let base = cluster.public_url(1);
     let mut agent = Agent::new(&cluster);
-    let signed_in = agent.sign_in(&base, "alice", PASSWORD).await;
-    assert_eq!(
-        signed_in.status,
-        StatusCode::SEE_OTHER,
-        "{}",
-        signed_in.body
-    );
+    agent.sign_in_ok(&base, "alice", PASSWORD).await;
     let request = |port: u16| {
         AuthRequest::new(&cli)
             .set("redirect_uri", &format!("http://127.0.0.1:{port}/callback"))

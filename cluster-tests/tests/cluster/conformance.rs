@@ -181,16 +181,7 @@ async fn conformance_oauth_endpoints_answer_rfc_6749_codes() {
     })
     .await;
     let shop = sso::add_confidential_site(&cluster, "shop", "https://shop.example/cb").await;
-    sso::add_site(
-        &cluster,
-        serde_json::json!({
-            "client_id": "baa-cli",
-            "redirect_uris": ["http://127.0.0.1/callback"],
-            "allowed_scopes": ["openid"],
-            "public": true,
-        }),
-    )
-    .await;
+    sso::add_cli_client(&cluster).await;
     let base = cluster.public_url(1);
     let http = cluster.http().clone();
     let expect = |what: &'static str, status: StatusCode, error: &'static str| {

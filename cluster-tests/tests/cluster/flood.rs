@@ -94,16 +94,7 @@ async fn last_log_index(cluster: &Cluster) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h1_anonymous_floods_do_not_grow_the_log_or_the_node() {
     let cluster = Cluster::start(3).await;
-    sso::add_site(
-        &cluster,
-        serde_json::json!({
-            "client_id": "baa-cli",
-            "redirect_uris": ["http://127.0.0.1/callback"],
-            "allowed_scopes": ["openid", "offline_access"],
-            "public": true,
-        }),
-    )
-    .await;
+    sso::add_cli_client(&cluster).await;
     let node = 2;
     let base = cluster.public_url(node);
     let pid = cluster.node(node).pid().expect("node pid");
@@ -276,16 +267,7 @@ async fn h1_anonymous_floods_do_not_grow_the_log_or_the_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h1_a_made_up_device_code_is_refused_without_a_write() {
     let cluster = Cluster::start(3).await;
-    sso::add_site(
-        &cluster,
-        serde_json::json!({
-            "client_id": "baa-cli",
-            "redirect_uris": ["http://127.0.0.1/callback"],
-            "allowed_scopes": ["openid"],
-            "public": true,
-        }),
-    )
-    .await;
+    sso::add_cli_client(&cluster).await;
     let started: serde_json::Value = cluster
         .http()
         .post(format!(

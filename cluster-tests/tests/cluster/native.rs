@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use baa_cluster_tests::harness::{app_table, TOOLS_APP};
-use baa_cluster_tests::sso::{add_site, create_user, query_params, Agent, AuthRequest, TestSite};
+use baa_cluster_tests::sso::{
+    add_cli_client, create_user, query_params, Agent, AuthRequest, TestSite,
+};
 use baa_cluster_tests::upstream::Upstream;
 use baa_cluster_tests::{poll_until, Cluster, ClusterOptions};
 use reqwest::StatusCode;
@@ -16,20 +18,6 @@ use reqwest::StatusCode;
 const PASSWORD: &str = "correct horse battery";
 const CLI: &str = "baa-cli";
 const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
-
-async fn native_client(cluster: &Cluster) -> TestSite {
-    add_site(
-        cluster,
-        serde_json::json!({
-            "client_id": CLI,
-            "name": "baa command line",
-            "redirect_uris": ["http://127.0.0.1/callback"],
-            "allowed_scopes": ["openid", "profile", "offline_access"],
-            "public": true,
-        }),
-    )
-    .await
-}
 
 /// A loopback authorization request of the native client on `port`.
 fn loopback_request(site: &TestSite, port: u16) -> AuthRequest {
@@ -136,7 +124,7 @@ async fn loopback_pkce_refresh_rotation_and_verify() {
     ));
     let cluster = Cluster::start_with(opts).await;
     create_user(&cluster, "alice", PASSWORD).await;
-    let site = native_client(&cluster).await;
+    let site = add_cli_client(&cluster).await;
 
     // Acceptance 6: any port is accepted.
     let port = 40_000 + (std::process::id() % 20_000) as u16;
@@ -421,7 +409,7 @@ async fn device_grant_with_slow_down_survives_a_leader_kill() {
     opts.sso.insert("device_poll_interval_s".into(), 1.into());
     let mut cluster = Cluster::start_with(opts).await;
     create_user(&cluster, "alice", PASSWORD).await;
-    native_client(&cluster).await;
+    add_cli_client(&cluster).await;
     let start = device_start(&cluster, 2).await;
     let device_code = start["device_code"].as_str().unwrap().to_string();
     let user_code = start["user_code"].as_str().unwrap().to_string();
@@ -499,7 +487,7 @@ async fn app_use_keeps_the_session_alive_and_idle_sessions_expire() {
     opts.sso.insert("session_touch_interval_s".into(), 1.into());
     let cluster = Cluster::start_with(opts).await;
     create_user(&cluster, "alice", PASSWORD).await;
-    let site = native_client(&cluster).await;
+    let site = add_cli_client(&cluster).await;
     let port = 41_000 + (std::process::id() % 20_000) as u16;
     let (_agent, req, code) = loopback_code(&cluster, &site, port).await;
     let (_, tok) = redeem_public(&cluster, 2, &code, port, req.verifier.as_deref()).await;
@@ -559,7 +547,7 @@ async fn made_up_tokens_share_read_index_rounds() {
     const CONCURRENCY: usize = 50;
     let cluster = Cluster::start(3).await;
     create_user(&cluster, "alice", PASSWORD).await;
-    let site = native_client(&cluster).await;
+    let site = add_cli_client(&cluster).await;
     let leader = cluster.leader().await;
     let node = cluster
         .ids()

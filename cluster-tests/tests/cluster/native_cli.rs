@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use baa_cluster_tests::browser::DEFAULT_DEADLINE;
 use baa_cluster_tests::harness::{app_table, free_port, AGENCY_HOST, TOOLS_APP};
-use baa_cluster_tests::sso::{add_site, create_user, SsoCookies, REFERENCE_COOKIE, SESSION_COOKIE};
+use baa_cluster_tests::sso::{
+    add_cli_client, create_user, SsoCookies, REFERENCE_COOKIE, SESSION_COOKIE,
+};
 use baa_cluster_tests::upstream::Upstream;
 use baa_cluster_tests::{poll_until, Browser, Cluster, ClusterOptions};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -176,17 +178,7 @@ async fn baa_login_goes_on_after_the_browser_is_killed() {
     opts.sso.insert("access_token_ttl_s".into(), 2.into());
     let cluster = Cluster::start_with(opts).await;
     create_user(&cluster, "alice", PASSWORD).await;
-    add_site(
-        &cluster,
-        serde_json::json!({
-            "client_id": "baa-cli",
-            "name": "baa command line",
-            "redirect_uris": ["http://127.0.0.1/callback"],
-            "allowed_scopes": ["openid", "profile", "offline_access"],
-            "public": true,
-        }),
-    )
-    .await;
+    add_cli_client(&cluster).await;
 
     // A browser session exists: signed in once, the CLI approved once.
     let browser = Browser::start(HOST_RULES).await.unwrap();
@@ -385,17 +377,7 @@ async fn baa_login_device_completes_in_the_browser_and_backs_off() {
     opts.sso.insert("device_poll_interval_s".into(), 1.into());
     let cluster = Cluster::start_with(opts).await;
     create_user(&cluster, "alice", PASSWORD).await;
-    add_site(
-        &cluster,
-        serde_json::json!({
-            "client_id": "baa-cli",
-            "name": "baa command line",
-            "redirect_uris": ["http://127.0.0.1/callback"],
-            "allowed_scopes": ["openid", "profile", "offline_access"],
-            "public": true,
-        }),
-    )
-    .await;
+    add_cli_client(&cluster).await;
     let browser = Browser::start(HOST_RULES).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("tokens.json");

@@ -48,8 +48,7 @@ fn posted(page: &Answer, redirect_uri: &str) -> std::collections::BTreeMap<Strin
 async fn signed_in_with_trust(cluster: &Cluster, node: u64, site: &TestSite) -> Agent {
     let mut agent = Agent::new(cluster);
     let base = cluster.public_url(node);
-    let a = agent.sign_in(&base, "alice", PASSWORD).await;
-    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    agent.sign_in_ok(&base, "alice", PASSWORD).await;
     assert!(agent.sso_cookies().is_some());
     let trust = agent.get(&AuthRequest::new(site).url(&base)).await;
     assert!(trust.body.contains("id=\"trust\""), "{}", trust.body);
