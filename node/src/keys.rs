@@ -247,6 +247,11 @@ impl KeyRing {
     /// The claims of a reference this agency (`issuer`) signed with a
     /// published key and that has not expired.
     pub fn verify_reference(&self, value: &str, issuer: &str) -> Option<Reference> {
+        self.verify_reference_kid(value, issuer).map(|(r, _)| r)
+    }
+
+    /// [`Self::verify_reference`], with the id of the key that signed it.
+    pub fn verify_reference_kid(&self, value: &str, issuer: &str) -> Option<(Reference, String)> {
         if value.len() > MAX_COOKIE_LEN {
             return None;
         }
@@ -254,8 +259,9 @@ impl KeyRing {
         if header.alg != Algorithm::EdDSA || header.typ.as_deref() != Some(REFERENCE_TYP) {
             return None;
         }
+        let kid = header.kid?;
         let l = self.load().ok()?;
-        let key = l.reference_verify.get(header.kid.as_deref()?)?;
+        let key = l.reference_verify.get(&kid)?;
         let mut v = Validation::new(Algorithm::EdDSA);
         v.set_issuer(&[issuer]);
         v.set_required_spec_claims(&["exp", "iss"]);
@@ -263,8 +269,20 @@ impl KeyRing {
         v.leeway = 0;
         jsonwebtoken::decode::<Reference>(value, key, &v)
             .ok()
-            .map(|d| d.claims)
+            .map(|d| (d.claims, kid))
     }
+
+    /// Whether references signed with `kid` are still honoured.
+    pub fn has_reference_key(&self, kid: &str) -> bool {
+        self.load()
+            .is_ok_and(|l| l.reference_verify.contains_key(kid))
+    }
+}
+
+/// A key ring over a fresh state machine in `dir` holding one signing key.
+#[cfg(test)]
+pub(crate) async fn test_ring(dir: &std::path::Path) -> KeyRing {
+    tests::ring(dir).await
 }
 
 #[cfg(test)]
@@ -272,7 +290,7 @@ mod tests {
     use super::*;
 
     /// A key ring over a fresh state machine holding one signing key.
-    async fn ring(dir: &std::path::Path) -> KeyRing {
+    pub(super) async fn ring(dir: &std::path::Path) -> KeyRing {
         use baa_proto::command::{Command, Op, Proposal};
         use openraft::storage::RaftStateMachine;
         use openraft::{CommittedLeaderId, EntryPayload, LogId};

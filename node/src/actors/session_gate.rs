@@ -2,8 +2,11 @@
 //! cookie (the bearer) and the agency reference cookie (signed by this
 //! agency, naming the session) — and answers with the live session they both
 //! name, or nothing. One gate runs on each HTTP worker, so a check never
-//! crosses threads.
+//! crosses threads; each remembers the references it has verified, since a
+//! browser sends the same one with every request and checking its signature
+//! costs more than everything else a validation does.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::{Actor, Context, Handler, Message, ResponseFuture};
@@ -12,6 +15,7 @@ use baa_proto::cookie;
 use baa_proto::sso::{public_sid, secret_hash, SecretHash, Session};
 
 use crate::agency::{now_ms, Agency};
+use crate::keys::KeyRing;
 
 /// A session the cookies proved.
 #[derive(Debug, Clone)]
@@ -38,12 +42,58 @@ pub struct ValidateCookies(pub BrowserCookies);
 /// Validates SSO cookies against the local state.
 pub struct SessionGate {
     agency: Arc<Agency>,
+    verified: Verified,
 }
 
 impl SessionGate {
     /// A gate for `agency`.
     pub fn new(agency: Arc<Agency>) -> Self {
-        Self { agency }
+        Self {
+            agency,
+            verified: Verified::default(),
+        }
+    }
+}
+
+/// Most references one gate remembers; when full it starts again empty.
+const MAX_VERIFIED: usize = 10_000;
+
+/// What a verified reference proved, by SHA-256 of its value.
+#[derive(Default)]
+struct Verified(HashMap<SecretHash, Proved>);
+
+struct Proved {
+    sid: String,
+    kid: String,
+    exp_s: u64,
+}
+
+impl Verified {
+    /// The session handle `value` names, if it is this agency's reference,
+    /// unexpired and signed with a key still published: from memory when
+    /// this worker verified it before, else by checking its signature.
+    fn sid(&mut self, keys: &KeyRing, issuer: &str, value: &str) -> Option<String> {
+        let h = secret_hash(value.as_bytes());
+        let now_s = now_ms() / 1000;
+        if let Some(p) = self.0.get(&h) {
+            if now_s < p.exp_s && keys.has_reference_key(&p.kid) {
+                return Some(p.sid.clone());
+            }
+            self.0.remove(&h);
+        }
+        let (claims, kid) = keys.verify_reference_kid(value, issuer)?;
+        if self.0.len() >= MAX_VERIFIED {
+            self.0.clear();
+        }
+        self.0.insert(
+            h,
+            Proved {
+                sid: claims.sid.clone(),
+                kid,
+                exp_s: claims.exp,
+            },
+        );
+        Some(claims.sid)
     }
 }
 
@@ -54,25 +104,30 @@ impl Actor for SessionGate {
 /// The session key the cookies name, if they agree: the session cookie's
 /// secret hashes to the key whose public handle the reference (signed by
 /// this agency, unexpired) names.
-fn precheck(agency: &Agency, cookies: &BrowserCookies) -> Result<SecretHash, &'static str> {
+fn precheck(
+    agency: &Agency,
+    cookies: &BrowserCookies,
+    verified: &mut Verified,
+) -> Result<SecretHash, &'static str> {
     let secret = cookie::parse_session(&cookies.session).ok_or("malformed")?;
     let reference = cookies.reference.as_deref().ok_or("no_reference")?;
-    let reference = agency
-        .keys
-        .verify_reference(reference, &agency.config.issuer)
+    let sid = verified
+        .sid(&agency.keys, &agency.config.issuer, reference)
         .ok_or("reference")?;
     let key = secret_hash(&secret);
-    if reference.sid != public_sid(&key) {
+    if sid != public_sid(&key) {
         return Err("mismatch");
     }
     Ok(key)
 }
 
-/// Validates a browser's cookies (for callers that are not actors, e.g. on
-/// the same worker).
-pub async fn validate(agency: &Agency, cookies: &BrowserCookies) -> Option<ValidSession> {
+/// The live session of a precheck's key.
+async fn validate(
+    agency: &Agency,
+    prechecked: Result<SecretHash, &'static str>,
+) -> Option<ValidSession> {
     let m = &agency.metrics.cookie_validations;
-    let key = match precheck(agency, cookies) {
+    let key = match prechecked {
         Ok(k) => k,
         Err(why) => {
             m.with_label_values(&[why]).inc();
@@ -106,6 +161,57 @@ impl Handler<ValidateCookies> for SessionGate {
 
     fn handle(&mut self, msg: ValidateCookies, _: &mut Self::Context) -> Self::Result {
         let agency = self.agency.clone();
-        Box::pin(async move { validate(&agency, &msg.0).await })
+        let prechecked = precheck(&agency, &msg.0, &mut self.verified);
+        Box::pin(async move { validate(&agency, prechecked).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baa_proto::cookie::Reference;
+
+    const ISSUER: &str = "https://login.example";
+
+    #[tokio::test]
+    async fn verified_references_are_remembered_until_expiry_or_key_retirement() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = crate::keys::test_ring(dir.path()).await;
+        let now_s = now_ms() / 1000;
+        let value = keys
+            .sign_reference(&Reference {
+                iss: ISSUER.into(),
+                sid: "s1".into(),
+                iat: now_s,
+                exp: now_s + 3600,
+            })
+            .unwrap();
+        let mut v = Verified::default();
+        assert_eq!(v.sid(&keys, ISSUER, &value).as_deref(), Some("s1"));
+        assert_eq!(v.0.len(), 1);
+        assert_eq!(v.sid(&keys, "https://other.example", "x.y.z"), None);
+        let kid = v.0.values().next().unwrap().kid.clone();
+
+        // A remembered value is not checked again (a forged value planted in
+        // memory passes)…
+        let forged = "forged.reference.value";
+        let remember = |v: &mut Verified, kid: &str, exp_s: u64| {
+            v.0.insert(
+                secret_hash(forged.as_bytes()),
+                Proved {
+                    sid: "s2".into(),
+                    kid: kid.into(),
+                    exp_s,
+                },
+            );
+        };
+        remember(&mut v, &kid, now_s + 60);
+        assert_eq!(v.sid(&keys, ISSUER, forged).as_deref(), Some("s2"));
+        // …but only until it expires or its key is no longer published.
+        remember(&mut v, &kid, now_s.saturating_sub(1));
+        assert_eq!(v.sid(&keys, ISSUER, forged), None);
+        remember(&mut v, "retired", now_s + 60);
+        assert_eq!(v.sid(&keys, ISSUER, forged), None);
+        assert!(!v.0.contains_key(&secret_hash(forged.as_bytes())));
     }
 }
