@@ -16,6 +16,7 @@ use baa_proto::ErrorCode;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, RaftMetrics};
 
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::error::{NodeError, Result};
 use crate::metrics::Metrics;
@@ -51,14 +52,6 @@ pub struct Agency {
 
 /// How long a membership change may take (a learner catching up included).
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Milliseconds since the Unix epoch on this node's clock.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// A fresh random request id for writes that came without one, so that
 /// internal retries can never apply a command twice.
@@ -259,7 +252,8 @@ impl Agency {
         member && m.current_leader.is_some() && self.committed_index().await <= applied
     }
 
-    /// Initialises a new cluster of this node and its configured peers.
+    /// Initialises the Raft group of this node and its configured peers (see
+    /// `sso::keys::initialize` for the agency around it).
     pub async fn initialize(&self) -> Result<()> {
         let mut members = BTreeMap::new();
         members.insert(self.id, self.config.advertise.clone());
@@ -273,66 +267,13 @@ impl Agency {
             );
         }
         match self.raft.initialize(members).await {
-            Ok(()) => {
-                self.ensure_signing_key().await?;
-                self.pairwise_salt().await.map(drop)
-            }
+            Ok(()) => Ok(()),
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
                 Err(NodeError::AlreadyInitialized)
             }
             Err(RaftError::APIError(e)) => Err(NodeError::Membership(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(NodeError::Internal(e.to_string())),
         }
-    }
-
-    /// The salt of pairwise identifiers, made (once, cluster-wide: the first
-    /// proposal wins) when the agency has none yet.
-    pub async fn pairwise_salt(&self) -> Result<baa_proto::sso::PairwiseSalt> {
-        if let Some(salt) = self.state.pairwise_salt()? {
-            return Ok(salt);
-        }
-        self.write(
-            Op::SetPairwiseSalt {
-                salt: rand::random(),
-            },
-            None,
-        )
-        .await?;
-        self.read_barrier(Consistency::Linearizable).await?;
-        self.state
-            .pairwise_salt()?
-            .ok_or_else(|| NodeError::Internal("the pairwise salt was not stored".into()))
-    }
-
-    /// Makes a signing key when the agency has none (first start of a cluster).
-    pub async fn ensure_signing_key(&self) -> Result<()> {
-        if self.keys.has_current()? {
-            return Ok(());
-        }
-        self.rotate_signing_key(None).await
-    }
-
-    /// Adds a new current signing key. The previous one stays published until
-    /// every token and cookie it signed has expired, or for `retire_old_after_s`
-    /// (0 after a key compromise: everything it signed stops verifying at once).
-    pub async fn rotate_signing_key(&self, retire_old_after_s: Option<u64>) -> Result<()> {
-        let key = tokio::task::spawn_blocking(crate::keys::generate)
-            .await
-            .map_err(|e| NodeError::Internal(e.to_string()))?
-            .map_err(|e| NodeError::Internal(format!("generating a key: {e}")))?;
-        let publish_old_for_ms = retire_old_after_s
-            .unwrap_or(self.config.sso.access_token_ttl_s + self.config.sso.session_lifetime_s)
-            * 1000;
-        self.write(
-            Op::AddSigningKey {
-                key: Box::new(key),
-                publish_old_for_ms,
-            },
-            None,
-        )
-        .await?;
-        self.keys.invalidate();
-        Ok(())
     }
 
     fn require_leader(&self) -> Result<()> {

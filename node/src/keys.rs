@@ -19,7 +19,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{de::DeserializeOwned, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::agency::now_ms;
+use crate::clock::now_ms;
 use crate::error::NodeError;
 use crate::raft::state_machine::StateReader;
 

@@ -15,15 +15,18 @@
 pub mod actors;
 pub mod agency;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod key_rotation;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod partner;
 pub mod pki;
 pub mod raft;
+pub mod secrets;
 pub mod sso;
 pub mod tls;
 
@@ -140,7 +143,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await
     .context("starting raft")?;
-    metrics.follow_raft(&raft);
+    crate::raft::gauges::follow(&metrics, &raft);
 
     let agency = Arc::new(Agency {
         id: config.node_id,

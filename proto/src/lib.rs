@@ -10,6 +10,7 @@ pub mod command;
 pub mod cookie;
 pub mod error;
 pub mod model;
+pub mod pkce;
 pub mod sso;
 
 pub use error::ErrorCode;

@@ -6,6 +6,10 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::model::{
+    validate_client_id, validate_registered_uri, validate_text, ValidationError, MAX_REDIRECT_URIS,
+};
+
 /// SHA-256 of a secret value; the only form in which secrets are stored.
 pub type SecretHash = [u8; 32];
 
@@ -510,6 +514,45 @@ pub struct RevokedSession {
     pub sites: Vec<String>,
     /// How many access tokens went with it.
     pub tokens_revoked: u64,
+}
+
+/// Checks a partner site before it is stored.
+pub fn validate_site(site: &Site) -> Result<(), ValidationError> {
+    validate_client_id(&site.client_id)?;
+    validate_text("name", &site.name)?;
+    if site.redirect_uris.is_empty() || site.redirect_uris.len() > MAX_REDIRECT_URIS {
+        return Err(ValidationError(format!(
+            "a site needs 1-{MAX_REDIRECT_URIS} redirect URIs"
+        )));
+    }
+    if site.post_logout_redirect_uris.len() > MAX_REDIRECT_URIS {
+        return Err(ValidationError(format!(
+            "at most {MAX_REDIRECT_URIS} post-logout redirect URIs"
+        )));
+    }
+    for u in &site.redirect_uris {
+        validate_registered_uri("redirect_uri", u)?;
+    }
+    for u in &site.post_logout_redirect_uris {
+        validate_registered_uri("post_logout_redirect_uri", u)?;
+    }
+    if let Some(u) = &site.backchannel_logout_uri {
+        validate_registered_uri("backchannel_logout_uri", u)?;
+    }
+    if site.allowed_scopes.len() > 32
+        || site.allowed_scopes.iter().any(|s| {
+            s.is_empty()
+                || s.len() > 64
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        })
+    {
+        return Err(ValidationError(
+            "allowed_scopes: up to 32 scope tokens".into(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,11 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorFutureExt, Context, Handler, Message, ResponseActFuture, WrapFuture};
+use baa_proto::command::Consistency;
 use baa_proto::command::Op;
 use baa_proto::model::User;
-use baa_proto::sso::{SecretHash, Session};
+use baa_proto::sso::{secret_hash, AccessToken, SecretHash, Session};
 
-use crate::agency::{now_ms, Agency};
+use crate::agency::Agency;
+use crate::clock::now_ms;
+use crate::error::NodeError;
 
 /// Who a token or cookie speaks for.
 #[derive(Debug, Clone)]
@@ -29,7 +32,7 @@ pub struct Translated {
 /// site got for signing the user in, translates to nothing. Deliberately not
 /// `Debug`: it holds a secret.
 #[derive(Message)]
-#[rtype(result = "Option<Translated>")]
+#[rtype(result = "Result<Option<Translated>, NodeError>")]
 pub struct TranslateToken {
     /// The access token.
     pub token: String,
@@ -66,18 +69,26 @@ impl Actor for NativeBroker {
 
 /// Looks a token up and checks it, its audience and its session, without
 /// recording use.
-pub async fn lookup(agency: &Agency, token: &str, accept: &[String]) -> Option<Translated> {
-    let (t, session) = crate::http::oidc::live_token(agency, token).await?;
+pub async fn lookup(
+    agency: &Agency,
+    token: &str,
+    accept: &[String],
+) -> Result<Option<Translated>, NodeError> {
+    let Some((t, session)) = live_token(agency, token).await? else {
+        return Ok(None);
+    };
     if !accept.contains(&t.client_id) {
-        return None;
+        return Ok(None);
     }
     // Usernames never change, so the session's name finds the user in one read.
-    let user = agency.state.user(&session.username).ok().flatten()?;
-    (user.id == session.user_id && !user.disabled).then_some(Translated { session, user })
+    let Some(user) = agency.state.user(&session.username)? else {
+        return Ok(None);
+    };
+    Ok((user.id == session.user_id && !user.disabled).then_some(Translated { session, user }))
 }
 
 impl Handler<TranslateToken> for NativeBroker {
-    type Result = ResponseActFuture<Self, Option<Translated>>;
+    type Result = ResponseActFuture<Self, Result<Option<Translated>, NodeError>>;
 
     fn handle(&mut self, msg: TranslateToken, _: &mut Self::Context) -> Self::Result {
         let agency = self.agency.clone();
@@ -85,7 +96,7 @@ impl Handler<TranslateToken> for NativeBroker {
             async move { lookup(&agency, &msg.token, &msg.accept).await }
                 .into_actor(self)
                 .map(|found, act, _| {
-                    if let Some(t) = &found {
+                    if let Ok(Some(t)) = &found {
                         act.record_use(&t.session);
                     }
                     found
@@ -131,4 +142,32 @@ impl NativeBroker {
             }
         });
     }
+}
+
+/// Finds a live access token and its session, reading through to the
+/// leader once when this node has not yet applied it.
+pub async fn live_token(
+    agency: &Agency,
+    value: &str,
+) -> Result<Option<(AccessToken, Session)>, NodeError> {
+    let hash = secret_hash(value.as_bytes());
+    let find = |a: &Agency| -> Result<Option<(AccessToken, Session)>, NodeError> {
+        let Some(t) = a.state.access_token(&hash)? else {
+            return Ok(None);
+        };
+        let Some(s) = a.state.session(&t.session_key)? else {
+            return Ok(None);
+        };
+        // A removed site's tokens die with it, whatever index missed them.
+        if a.state.site(&t.client_id)?.is_none() {
+            return Ok(None);
+        }
+        let now = now_ms();
+        Ok((now < t.expires_ms && s.alive_at(now)).then_some((t, s)))
+    };
+    if let Some(found) = find(agency)? {
+        return Ok(Some(found));
+    }
+    agency.read_barrier(Consistency::Linearizable).await?;
+    find(agency)
 }

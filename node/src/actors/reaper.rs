@@ -9,7 +9,8 @@ use std::time::Duration;
 use actix::{Actor, AsyncContext, Context};
 use baa_proto::command::{Op, Outcome};
 
-use crate::agency::{now_ms, Agency};
+use crate::agency::Agency;
+use crate::clock::now_ms;
 
 /// How long a request id's first result is remembered for retries. Long
 /// enough to cover every retry a client or a forwarding node makes within a
@@ -71,7 +72,7 @@ impl Actor for Reaper {
                         }
                     }
                 }
-                if let Err(e) = agency.ensure_signing_key().await {
+                if let Err(e) = crate::key_rotation::ensure_signing_key(&agency).await {
                     tracing::warn!(error = %e, "reaper: could not make a signing key");
                 }
             });

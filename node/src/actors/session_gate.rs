@@ -14,7 +14,8 @@ use baa_proto::command::Consistency;
 use baa_proto::cookie;
 use baa_proto::sso::{public_sid, secret_hash, SecretHash, Session};
 
-use crate::agency::{now_ms, Agency};
+use crate::agency::Agency;
+use crate::clock::now_ms;
 use crate::keys::KeyRing;
 
 /// A session the cookies proved.

@@ -7,13 +7,12 @@ use std::sync::Arc;
 
 use actix::{Actor, Context, Handler, Message, ResponseFuture};
 use baa_proto::command::Op;
-use baa_proto::sso::{secret_hash, LoginTicket, SecretHash};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use rand::RngCore;
+use baa_proto::sso::{LoginTicket, SecretHash};
 
-use crate::agency::{now_ms, Agency};
+use crate::agency::Agency;
+use crate::clock::now_ms;
 use crate::error::NodeError;
+use crate::secrets::random_secret;
 
 /// What a ticket is for.
 #[derive(Debug, Clone)]
@@ -51,15 +50,6 @@ impl TicketIssuer {
 
 impl Actor for TicketIssuer {
     type Context = Context<Self>;
-}
-
-/// A fresh 256-bit secret, base64url.
-pub fn random_secret() -> (String, SecretHash) {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let value = URL_SAFE_NO_PAD.encode(bytes);
-    let hash = secret_hash(value.as_bytes());
-    (value, hash)
 }
 
 /// Issues a ticket for `req` (for callers that are not actors).

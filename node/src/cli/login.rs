@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use url::Url;
 
-use crate::agency::now_ms;
+use crate::clock::now_ms;
 use oauth::{AgencyClient, TokenOutcome, TokenResponse};
 use store::{TokenFile, TokenStore};
 

@@ -10,42 +10,7 @@ use crate::error::NodeError;
 
 /// The HTTP status of each error code.
 pub fn status_of(code: ErrorCode) -> StatusCode {
-    match code {
-        ErrorCode::InvalidRequest | ErrorCode::MalformedJson | ErrorCode::MalformedFrame => {
-            StatusCode::BAD_REQUEST
-        }
-        ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::InvalidGrant
-        | ErrorCode::UnsupportedGrantType
-        | ErrorCode::InvalidScope
-        | ErrorCode::CsrfMismatch
-        | ErrorCode::AuthorizationPending
-        | ErrorCode::SlowDown
-        | ErrorCode::ExpiredToken
-        | ErrorCode::AccessDenied => StatusCode::BAD_REQUEST,
-        ErrorCode::NotFound
-        | ErrorCode::UserNotFound
-        | ErrorCode::SiteNotFound
-        | ErrorCode::SessionNotFound
-        | ErrorCode::TrustNotFound => StatusCode::NOT_FOUND,
-        ErrorCode::InvalidClient => StatusCode::UNAUTHORIZED,
-        ErrorCode::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::NoSigningKey => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        ErrorCode::NotAMember => StatusCode::FORBIDDEN,
-        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-        ErrorCode::UserExists
-        | ErrorCode::SiteExists
-        | ErrorCode::AlreadyInitialized
-        | ErrorCode::MembershipRejected => StatusCode::CONFLICT,
-        ErrorCode::NotLeader => StatusCode::MISDIRECTED_REQUEST,
-        ErrorCode::NoLeader | ErrorCode::Timeout | ErrorCode::TemporarilyUnavailable => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
-        ErrorCode::StorageError | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 /// A JSON error response.
@@ -135,44 +100,9 @@ impl std::fmt::Display for OAuthError {
 
 /// The OAuth code and status of a node error code.
 fn oauth_form(code: ErrorCode) -> (&'static str, StatusCode) {
-    match code {
-        ErrorCode::InvalidClient => ("invalid_client", StatusCode::UNAUTHORIZED),
-        ErrorCode::InvalidGrant
-        | ErrorCode::UserNotFound
-        | ErrorCode::SessionNotFound
-        | ErrorCode::TrustNotFound => ("invalid_grant", StatusCode::BAD_REQUEST),
-        ErrorCode::UnsupportedGrantType => ("unsupported_grant_type", StatusCode::BAD_REQUEST),
-        ErrorCode::InvalidScope => ("invalid_scope", StatusCode::BAD_REQUEST),
-        ErrorCode::AuthorizationPending
-        | ErrorCode::SlowDown
-        | ErrorCode::ExpiredToken
-        | ErrorCode::AccessDenied => (code.as_str(), StatusCode::BAD_REQUEST),
-        ErrorCode::InvalidRequest
-        | ErrorCode::MalformedJson
-        | ErrorCode::MalformedFrame
-        | ErrorCode::UnsupportedMediaType
-        | ErrorCode::PayloadTooLarge
-        | ErrorCode::NotFound
-        | ErrorCode::MethodNotAllowed
-        | ErrorCode::SiteNotFound
-        | ErrorCode::CsrfMismatch => ("invalid_request", status_of(code)),
-        ErrorCode::Unauthorized | ErrorCode::NotAMember => {
-            ("unauthorized_client", StatusCode::UNAUTHORIZED)
-        }
-        ErrorCode::TooManyAttempts => ("temporarily_unavailable", StatusCode::TOO_MANY_REQUESTS),
-        ErrorCode::NoLeader
-        | ErrorCode::Timeout
-        | ErrorCode::TemporarilyUnavailable
-        | ErrorCode::NoSigningKey
-        | ErrorCode::NotLeader => ("temporarily_unavailable", StatusCode::SERVICE_UNAVAILABLE),
-        ErrorCode::UserExists
-        | ErrorCode::SiteExists
-        | ErrorCode::AlreadyInitialized
-        | ErrorCode::MembershipRejected
-        | ErrorCode::BadGateway
-        | ErrorCode::StorageError
-        | ErrorCode::Internal => ("server_error", StatusCode::INTERNAL_SERVER_ERROR),
-    }
+    let (error, status) = code.oauth();
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (error, status)
 }
 
 impl ResponseError for OAuthError {

@@ -11,11 +11,12 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use baa_proto::cookie::{app_cookie_name, APP_STATE_COOKIE, SESSION_COOKIE};
 use serde::Deserialize;
 
+use super::browser::{cookie_value, current_session, sign_in_page, with_cookies, SignInView};
 use super::oidc::bearer;
-use super::sso::{cookie_value, current_session, sign_in_page, with_cookies, AuthParams};
 use crate::actors::native_broker::{NativeBroker, Translated};
 use crate::actors::session_gate::SessionGate;
 use crate::agency::Agency;
+use crate::sso::authorize::AuthParams;
 use crate::sso::forward_auth::{self, Presented, Verdict, STATE_TTL_S};
 
 /// Registers the routes.
@@ -144,15 +145,9 @@ async fn grant(
     };
     let Some(v) = current_session(&req, &gate, &agency).await else {
         let path = format!("/auth/app/{}/grant?{}", app.name, req.query_string());
-        return sign_in_page(
-            &req,
-            &agency,
-            &AuthParams::continue_to(&path),
-            Some(&app.name),
-            "",
-            None,
-            StatusCode::OK,
-        );
+        let params = AuthParams::continue_to(&path);
+        let view = SignInView::new(&params, Some(&app.name));
+        return sign_in_page(&req, &agency, view, StatusCode::OK);
     };
     match forward_auth::grant(&agency, app, &v.session, &query.state, query.rd.as_deref()) {
         Ok(url) => see_other(&url),

@@ -43,7 +43,8 @@ use url::Url;
 use super::error::error_response;
 use super::oidc::bearer;
 use crate::actors::native_broker::{NativeBroker, TranslateToken, Translated};
-use crate::agency::{now_ms, Agency};
+use crate::agency::Agency;
+use crate::clock::now_ms;
 use crate::config::GatewayApp;
 use crate::error::NodeError;
 
@@ -61,7 +62,7 @@ impl UpstreamClient {
     /// A client trusting the agency's CA and the configured partner CA for
     /// `https://` upstreams. Redirects are relayed, not followed.
     pub fn new(agency: &Agency) -> anyhow::Result<Self> {
-        let b = super::oidc::partner_client(agency)?
+        let b = crate::sso::backchannel::partner_client(agency)?
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60));
         Ok(Self(b.build()?))
@@ -320,63 +321,102 @@ async fn forward(
     let Some(app) = agency.config.gateway.iter().find(|a| a.name == name) else {
         return error_response(ErrorCode::NotFound, "no gateway app of that name");
     };
-    let token = bearer(&req).filter(|t| !t.is_empty());
-    let found = match token {
-        Some(token) => broker
-            .send(TranslateToken {
-                token,
-                accept: app.accept_clients.clone(),
-            })
-            .await
-            .ok()
-            .flatten(),
-        None => None,
+    let prepared = async {
+        let t = translate(&req, &broker, app).await?;
+        let target = target_of(&req, app)?;
+        let body = read_body(payload).await?;
+        let headers = identity_headers(&req, &agency, app, &t)?;
+        Ok::<_, HttpResponse>((t, target, body, headers))
     };
-    let Some(t) = found else {
-        return unauthorized();
+    let (t, (method, url), body, headers) = match prepared.await {
+        Ok(p) => p,
+        Err(resp) => return resp,
     };
+    let sent = client.0.request(method, url).headers(headers).body(body);
+    match sent.send().await {
+        Ok(resp) => {
+            tracing::debug!(app = %app.name, sid = %t.session.sid, status = resp.status().as_u16(), "gateway request");
+            relay(resp)
+        }
+        Err(e) => {
+            tracing::warn!(app = %app.name, error = %e.without_url(), "gateway upstream unreachable");
+            let why = format!("the upstream of {} could not be reached", app.name);
+            error_response(ErrorCode::BadGateway, why)
+        }
+    }
+}
+
+/// Who the request's bearer token speaks for, if the app takes its client's tokens.
+async fn translate(
+    req: &HttpRequest,
+    broker: &Addr<NativeBroker>,
+    app: &GatewayApp,
+) -> Result<Translated, HttpResponse> {
+    let Some(token) = bearer(req).filter(|t| !t.is_empty()) else {
+        return Err(unauthorized());
+    };
+    let accept = app.accept_clients.clone();
+    let found = broker
+        .send(TranslateToken { token, accept })
+        .await
+        .unwrap_or_else(|_| Err(NodeError::Internal("token translator unavailable".into())));
+    match found {
+        Ok(Some(t)) => Ok(t),
+        Ok(None) => Err(unauthorized()),
+        Err(e) => Err(error_response(e.code(), e.to_string())),
+    }
+}
+
+/// The upstream method and URL of the request.
+fn target_of(req: &HttpRequest, app: &GatewayApp) -> Result<(reqwest::Method, Url), HttpResponse> {
     let Some(url) = upstream_url(&app.upstream, raw_tail(req.path()), req.query_string()) else {
-        return error_response(
+        let why = "the path does not name a resource of this app";
+        return Err(error_response(ErrorCode::InvalidRequest, why));
+    };
+    match reqwest::Method::from_bytes(req.method().as_str().as_bytes()) {
+        Ok(method) => Ok((method, url)),
+        Err(_) => Err(error_response(
             ErrorCode::InvalidRequest,
-            "the path does not name a resource of this app",
-        );
-    };
-    let Ok(method) = reqwest::Method::from_bytes(req.method().as_str().as_bytes()) else {
-        return error_response(ErrorCode::InvalidRequest, "unsupported method");
-    };
-    let body = match payload.to_bytes_limited(MAX_BODY_BYTES).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(_)) => {
-            return error_response(
-                ErrorCode::InvalidRequest,
-                "the request body could not be read",
-            )
-        }
-        Err(_) => {
-            return error_response(
-                ErrorCode::PayloadTooLarge,
-                "the request body is larger than 10 MiB",
-            )
-        }
-    };
-    let cookie = match session_cookie(&agency, app, &t) {
-        Ok(c) => c,
-        Err(e) => return e.error_response(),
-    };
+            "unsupported method",
+        )),
+    }
+}
+
+/// The request body, at most [`MAX_BODY_BYTES`].
+async fn read_body(payload: web::Payload) -> Result<actix_web::web::Bytes, HttpResponse> {
+    match payload.to_bytes_limited(MAX_BODY_BYTES).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(error_response(
+            ErrorCode::InvalidRequest,
+            "the request body could not be read",
+        )),
+        Err(_) => Err(error_response(
+            ErrorCode::PayloadTooLarge,
+            "the request body is larger than 10 MiB",
+        )),
+    }
+}
+
+/// The headers the upstream gets: the client's, cleaned, with the
+/// gateway's assertion of who is calling.
+fn identity_headers(
+    req: &HttpRequest,
+    agency: &Agency,
+    app: &GatewayApp,
+    t: &Translated,
+) -> Result<UpstreamHeaders, HttpResponse> {
+    let cookie = session_cookie(agency, app, t).map_err(|e| e.error_response())?;
     let mut headers = upstream_headers(req.headers());
-    let forwarded_for = {
-        let prior: Vec<&str> = req
-            .headers()
-            .get_all("x-forwarded-for")
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        (!prior.is_empty()).then(|| prior.join(", "))
-    };
+    let prior: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .collect();
     let assertion = Assertion {
         username: &t.user.username,
         sid: &t.session.sid,
         agency: &agency.config.sso.agency,
-        forwarded_for,
+        forwarded_for: (!prior.is_empty()).then(|| prior.join(", ")),
         peer: req.peer_addr().map(|a| a.ip()),
         host: req
             .headers()
@@ -385,29 +425,8 @@ async fn forward(
         prefix: format!("/gw/{}", app.name),
         cookie,
     };
-    if let Err(e) = assert_identity(&mut headers, &assertion) {
-        return e.error_response();
-    }
-    let sent = client
-        .0
-        .request(method, url)
-        .headers(headers)
-        .body(body)
-        .send()
-        .await;
-    match sent {
-        Ok(resp) => {
-            tracing::debug!(app = %app.name, sid = %t.session.sid, status = resp.status().as_u16(), "gateway request");
-            relay(resp)
-        }
-        Err(e) => {
-            tracing::warn!(app = %app.name, error = %e.without_url(), "gateway upstream unreachable");
-            error_response(
-                ErrorCode::BadGateway,
-                format!("the upstream of {} could not be reached", app.name),
-            )
-        }
-    }
+    assert_identity(&mut headers, &assertion).map_err(|e| e.error_response())?;
+    Ok(headers)
 }
 
 #[cfg(test)]

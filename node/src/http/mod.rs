@@ -4,15 +4,19 @@
 //! forwarded requests, mutual TLS between current members.
 
 pub mod admin;
-pub mod admin_sso;
+pub mod authorize;
+pub mod browser;
+pub mod cluster_port;
 pub mod error;
 pub mod forward_auth;
 pub mod gateway;
 pub mod health;
+pub mod home;
+pub mod logout;
 pub mod native;
 pub mod oidc;
 pub mod pages;
-pub mod sso;
+pub mod signin;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -82,120 +86,142 @@ pub fn start(
     hasher: Hashers,
     identity: &NodeIdentity,
 ) -> anyhow::Result<Listeners> {
-    let config = agency.config.clone();
     let data = web::Data::from(agency);
-    let hasher = web::Data::new(hasher);
-    let json_limit = config.limits.max_json_bytes;
-    let backchannel = web::Data::new(oidc::Backchannel::new(&data)?);
-    let upstreams = web::Data::new(gateway::UpstreamClient::new(&data)?);
+    let shared = Shared {
+        hasher: web::Data::new(hasher),
+        backchannel: web::Data::new(crate::sso::backchannel::Backchannel::new(&data)?),
+        upstreams: web::Data::new(gateway::UpstreamClient::new(&data)?),
+        json_limit: data.config.limits.max_json_bytes,
+        agency: data,
+    };
     // The dummy hash for unknown accounts is made now, not on the first sign-in.
-    sso::dummy_hash();
+    crate::sso::sign_in::dummy_hash();
+    Ok(Listeners {
+        manage: manage_server(shared.clone(), identity)?,
+        public: public_server(shared.clone(), identity)?,
+        cluster: cluster_server(shared.agency, identity)?,
+    })
+}
 
-    let manage_data = data.clone();
-    let manage_hasher = hasher.clone();
-    let manage_backchannel = backchannel.clone();
-    let manage = HttpServer::new(move || {
-        App::new()
-            .app_data(manage_data.clone())
-            .app_data(manage_hasher.clone())
-            .app_data(manage_backchannel.clone())
-            .app_data(Listener("manage"))
+/// What the listeners' apps share.
+#[derive(Clone)]
+struct Shared {
+    agency: web::Data<Agency>,
+    hasher: web::Data<Hashers>,
+    backchannel: web::Data<crate::sso::backchannel::Backchannel>,
+    upstreams: web::Data<gateway::UpstreamClient>,
+    json_limit: usize,
+}
+
+impl Shared {
+    /// The shared state and the extractors' limits and error answers.
+    fn configure(&self, cfg: &mut web::ServiceConfig) {
+        cfg.app_data(self.agency.clone())
+            .app_data(self.hasher.clone())
+            .app_data(self.backchannel.clone())
             .app_data(
                 web::JsonConfig::default()
-                    .limit(json_limit)
+                    .limit(self.json_limit)
                     .error_handler(error::json_error),
             )
             .app_data(web::QueryConfig::default().error_handler(error::query_error))
             .app_data(web::PathConfig::default().error_handler(error::path_error))
-            .wrap(from_fn(record_metrics))
-            .wrap(
-                actix_web::middleware::DefaultHeaders::new()
-                    .add(("Strict-Transport-Security", "max-age=31536000")),
-            )
+            // Health, for load balancers, on both HTTPS listeners.
             .service(resource("/healthz").route(web::get().to(health::healthz)))
-            .service(resource("/readyz").route(web::get().to(health::readyz)))
+            .service(resource("/readyz").route(web::get().to(health::readyz)));
+    }
+}
+
+/// Browsers use TLS for the agency from the first answer on.
+fn hsts() -> actix_web::middleware::DefaultHeaders {
+    actix_web::middleware::DefaultHeaders::new()
+        .add(("Strict-Transport-Security", "max-age=31536000"))
+}
+
+/// The management listener: the admin API and `/metrics` (loopback by default).
+fn manage_server(shared: Shared, identity: &NodeIdentity) -> anyhow::Result<Server> {
+    let addr = shared.agency.config.manage_listen;
+    let server = HttpServer::new(move || {
+        App::new()
+            .configure(|cfg| shared.configure(cfg))
+            .app_data(Listener("manage"))
+            .wrap(from_fn(record_metrics))
+            .wrap(hsts())
             .service(resource("/metrics").route(web::get().to(health::metrics)))
             .service(web::scope("/admin/v1").configure(admin::configure))
             .default_service(web::to(error::not_found))
-    })
-    .workers(1)
-    .tcp_nodelay(true)
-    .shutdown_timeout(5)
-    .bind_rustls_0_23(config.manage_listen, identity.public_server()?)?
-    .run();
+    });
+    Ok(server
+        .workers(1)
+        .tcp_nodelay(true)
+        .shutdown_timeout(5)
+        .bind_rustls_0_23(addr, identity.public_server()?)?
+        .run())
+}
 
-    let public_data = data.clone();
-    let public = HttpServer::new(move || {
-        // One gate and one issuer per worker: their messages never cross threads.
-        let agency = public_data.clone().into_inner();
-        let gate = web::Data::new(SessionGate::new(agency.clone()).start());
-        let issuer = web::Data::new(TicketIssuer::new(agency.clone()).start());
-        let broker = web::Data::new(NativeBroker::new(agency).start());
+/// The public listener: single sign-on for browsers, sites and apps.
+fn public_server(shared: Shared, identity: &NodeIdentity) -> anyhow::Result<Server> {
+    let addr = shared.agency.config.public_listen;
+    let server = HttpServer::new(move || {
+        // One of each actor per worker: their messages never cross threads.
+        let agency = shared.agency.clone().into_inner();
+        let gate = SessionGate::new(agency.clone()).start();
+        let issuer = TicketIssuer::new(agency.clone()).start();
+        let broker = NativeBroker::new(agency).start();
         App::new()
-            .app_data(public_data.clone())
-            .app_data(hasher.clone())
-            .app_data(gate)
-            .app_data(issuer)
-            .app_data(broker)
-            .app_data(backchannel.clone())
-            .app_data(upstreams.clone())
+            .configure(|cfg| shared.configure(cfg))
+            .app_data(web::Data::new(gate))
+            .app_data(web::Data::new(issuer))
+            .app_data(web::Data::new(broker))
+            .app_data(shared.upstreams.clone())
             .app_data(
                 web::FormConfig::default()
                     .limit(64 * 1024)
                     .error_handler(error::form_error),
             )
             .app_data(Listener("public"))
-            .app_data(
-                web::JsonConfig::default()
-                    .limit(json_limit)
-                    .error_handler(error::json_error),
-            )
-            .app_data(web::QueryConfig::default().error_handler(error::query_error))
-            .app_data(web::PathConfig::default().error_handler(error::path_error))
             .wrap(from_fn(record_metrics))
-            // Browsers use TLS for the agency from the first answer on.
-            .wrap(
-                actix_web::middleware::DefaultHeaders::new()
-                    .add(("Strict-Transport-Security", "max-age=31536000")),
-            )
-            // Health (for load balancers); metrics and the admin API live
-            // on the management listener only.
-            .service(resource("/healthz").route(web::get().to(health::healthz)))
-            .service(resource("/readyz").route(web::get().to(health::readyz)))
-            // Single sign-on.
-            .configure(oidc::configure)
-            .configure(sso::configure)
-            .configure(native::configure)
-            .configure(forward_auth::configure)
-            .configure(gateway::configure)
+            .wrap(hsts())
+            .configure(routes)
             .default_service(web::to(error::not_found))
-    })
-    .workers(2)
-    .tcp_nodelay(true)
-    .shutdown_timeout(5)
-    .bind_rustls_0_23(config.public_listen, identity.public_server()?)?
-    .run();
+    });
+    Ok(server
+        .workers(2)
+        .tcp_nodelay(true)
+        .shutdown_timeout(5)
+        .bind_rustls_0_23(addr, identity.public_server()?)?
+        .run())
+}
 
-    let cluster = HttpServer::new(move || {
+/// The public listener's endpoints.
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.configure(oidc::configure)
+        .configure(home::configure)
+        .configure(authorize::configure)
+        .configure(signin::configure)
+        .configure(logout::configure)
+        .configure(native::configure)
+        .configure(forward_auth::configure)
+        .configure(gateway::configure);
+}
+
+/// The cluster listener: Raft RPCs and forwarded requests, members only.
+fn cluster_server(data: web::Data<Agency>, identity: &NodeIdentity) -> anyhow::Result<Server> {
+    let addr = data.config.cluster_listen;
+    let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .app_data(Listener("cluster"))
-            .wrap(from_fn(crate::raft::rpc::authorize_peer))
+            .wrap(from_fn(cluster_port::authorize_peer))
             .wrap(from_fn(record_metrics))
-            // Raft RPC and forwarded requests.
-            .configure(crate::raft::rpc::configure)
+            .configure(cluster_port::configure)
             .default_service(web::to(error::not_found))
-    })
-    .on_connect(crate::tls::record_peer_node)
-    .workers(2)
-    .tcp_nodelay(true)
-    .shutdown_timeout(5)
-    .bind_rustls_0_23(config.cluster_listen, identity.cluster_server()?)?
-    .run();
-
-    Ok(Listeners {
-        public,
-        manage,
-        cluster,
-    })
+    });
+    Ok(server
+        .on_connect(crate::tls::record_peer_node)
+        .workers(2)
+        .tcp_nodelay(true)
+        .shutdown_timeout(5)
+        .bind_rustls_0_23(addr, identity.cluster_server()?)?
+        .run())
 }

@@ -239,44 +239,8 @@ pub fn trust(csp: &Csp, p: &TrustPage<'_>) -> Markup {
             }
             form id="trust" method="post" action=(p.action) {
                 (hidden_fields(Some(p.csrf), p.hidden))
-                fieldset {
-                    legend { "Account name the site gets" }
-                    div.choice {
-                        input type="radio" id="account_username" name="account_name"
-                            value="username" checked;
-                        label for="account_username" {
-                            "Your username: " strong { (p.username) }
-                        }
-                    }
-                    div.choice {
-                        input type="radio" id="account_pseudonym" name="account_name"
-                            value="pseudonym";
-                        label for="account_pseudonym" {
-                            "A pseudonym: " strong { (p.pseudonym) }
-                        }
-                    }
-                }
-                fieldset {
-                    legend { "Details the site gets" }
-                    div.choice {
-                        input type="checkbox" id="share_name" name="share_name"
-                            value="1" checked;
-                        label for="share_name" {
-                            "Your name: " strong { (p.display_name) }
-                        }
-                    }
-                    @if let Some(email) = p.email {
-                        div.choice {
-                            input type="checkbox" id="share_email" name="share_email"
-                                value="1";
-                            label for="share_email" {
-                                "Your email address: " strong { (email) }
-                            }
-                        }
-                    } @else {
-                        p.muted { "No email address is on file." }
-                    }
-                }
+                (account_choice(p))
+                (details_choice(p))
                 button type="submit" id="approve" name="decision" value="approve" {
                     "Approve"
                 }
@@ -286,6 +250,56 @@ pub fn trust(csp: &Csp, p: &TrustPage<'_>) -> Markup {
             }
         },
     )
+}
+
+/// The trust page's choice of the account name the site gets.
+fn account_choice(p: &TrustPage<'_>) -> Markup {
+    html! {
+        fieldset {
+            legend { "Account name the site gets" }
+            div.choice {
+                input type="radio" id="account_username" name="account_name"
+                    value="username" checked;
+                label for="account_username" {
+                    "Your username: " strong { (p.username) }
+                }
+            }
+            div.choice {
+                input type="radio" id="account_pseudonym" name="account_name"
+                    value="pseudonym";
+                label for="account_pseudonym" {
+                    "A pseudonym: " strong { (p.pseudonym) }
+                }
+            }
+        }
+    }
+}
+
+/// The trust page's choice of the details the site gets.
+fn details_choice(p: &TrustPage<'_>) -> Markup {
+    html! {
+        fieldset {
+            legend { "Details the site gets" }
+            div.choice {
+                input type="checkbox" id="share_name" name="share_name"
+                    value="1" checked;
+                label for="share_name" {
+                    "Your name: " strong { (p.display_name) }
+                }
+            }
+            @if let Some(email) = p.email {
+                div.choice {
+                    input type="checkbox" id="share_email" name="share_email"
+                        value="1";
+                    label for="share_email" {
+                        "Your email address: " strong { (email) }
+                    }
+                }
+            } @else {
+                p.muted { "No email address is on file." }
+            }
+        }
+    }
 }
 
 /// What the error page shows.

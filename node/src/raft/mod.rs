@@ -1,11 +1,12 @@
 //! Raft wiring: the openraft type configuration, the sled-backed log store and
-//! state machine, the mTLS network client and the cluster-port RPC handlers.
+//! state machine, the mTLS network client, read indexes and proposals (the
+//! cluster port's handlers are in `http::cluster_port`).
 
+pub mod gauges;
 pub mod log_store;
 pub mod network;
 pub mod proposer;
 pub mod read_index;
-pub mod rpc;
 pub mod state_machine;
 
 #[cfg(test)]

@@ -34,10 +34,11 @@ use url::Url;
 
 use crate::actors::native_broker::{NativeBroker, RecordUse, TranslateToken, Translated};
 use crate::actors::session_gate::ValidSession;
-use crate::actors::ticket_issuer::random_secret;
-use crate::agency::{now_ms, Agency};
+use crate::agency::Agency;
+use crate::clock::now_ms;
 use crate::config::ForwardAuthApp;
 use crate::error::{NodeError, Result};
+use crate::secrets::random_secret;
 
 /// How long a code from `grant` may take to reach the app's callback.
 pub const CODE_TTL_S: u64 = 60;
@@ -291,8 +292,7 @@ pub async fn verify(
         let found = broker
             .send(TranslateToken { token, accept })
             .await
-            .ok()
-            .flatten();
+            .map_err(|_| NodeError::Internal("token translator unavailable".into()))??;
         return Ok(found.map_or(
             Verdict::Refused(
                 "the token is not valid or was not issued to a client this app accepts",

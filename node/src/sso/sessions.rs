@@ -1,14 +1,29 @@
-//! A user's sessions as an administrator sees them: list them, end one by
-//! its public handle, end them all. Ending a session ends every token bound
+//! Browser sessions: the signed reference that names one on the shared
+//! cookie domain, and a user's sessions as an administrator sees them (list
+//! them, end one by its public handle, end them all). Ending a session ends every token bound
 //! to it; the caller tells the sites (back-channel logout) with what comes back.
 
 use baa_proto::api::SessionView;
 use baa_proto::command::{Op, Outcome, RequestId};
-use baa_proto::sso::RevokedSession;
+use baa_proto::cookie::Reference;
+use baa_proto::sso::{RevokedSession, Session};
 use baa_proto::ErrorCode;
 
-use crate::agency::{now_ms, Agency};
+use crate::agency::Agency;
+use crate::clock::now_ms;
 use crate::error::{NodeError, Result};
+
+/// The agency reference cookie's value for `session`: a JWS naming the
+/// agency and the session's public handle (verifiable by partner sites and
+/// peer agencies, useless as a credential).
+pub fn reference(agency: &Agency, session: &Session) -> Result<String> {
+    agency.keys.sign_reference(&Reference {
+        iss: agency.config.issuer.clone(),
+        sid: session.sid.clone(),
+        iat: session.created_ms / 1000,
+        exp: session.absolute_expiry_ms / 1000,
+    })
+}
 
 fn user_id(agency: &Agency, username: &str) -> Result<u64> {
     agency.state.user(username)?.map(|u| u.id).ok_or_else(|| {

@@ -6,7 +6,8 @@
 use baa_proto::sso::Site;
 use serde::Serialize;
 
-use crate::agency::{now_ms, Agency};
+use crate::agency::Agency;
+use crate::clock::now_ms;
 use crate::error::NodeError;
 
 /// What a site learns about the session a reference names.

@@ -281,7 +281,7 @@ fn register_site(
     site: &Site,
     options: SiteOptions,
 ) -> Result<CommandResult, StorageError> {
-    if let Err(e) = baa_proto::model::validate_site(site) {
+    if let Err(e) = baa_proto::sso::validate_site(site) {
         return Ok(Err(invalid(e)));
     }
     let k = key(PREFIX_SITE, site.client_id.as_bytes());

@@ -13,9 +13,9 @@ use baa_proto::codec;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::TypeConfig;
 use crate::agency::Agency;
 use crate::error::NodeError;
+use crate::raft::TypeConfig;
 use crate::tls::PeerNode;
 use baa_proto::ErrorCode;
 
@@ -28,7 +28,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/cluster/v1/membership", web::post().to(membership))
         .route("/cluster/v1/status", web::post().to(status))
         .route(
-            super::read_index::READ_INDEX_PATH,
+            crate::raft::read_index::READ_INDEX_PATH,
             web::post().to(read_index),
         );
 }

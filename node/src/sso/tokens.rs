@@ -1,0 +1,302 @@
+//! The token endpoint's grants and the tokens they mint (RFC 6749 §4.1.3,
+//! §6; RFC 8628 §3.4): a ticket redeemed (`sso::tickets`), a refresh token
+//! rotated (`sso::refresh`) or a device grant polled (`sso::device`) — each
+//! one replicated command — answered with an access token, a refresh token
+//! when `offline_access` was granted, and an ID token. Also what a token
+//! proves later: userinfo, introspection, revocation.
+
+use baa_proto::command::{Consistency, Op, Outcome};
+use baa_proto::sso::{
+    secret_hash, subject, DevicePoll, Grant, LoginParams, PairwiseSalt, RefreshToken, Session, Site,
+};
+use baa_proto::ErrorCode;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+use super::grants::{new_tokens, TokenRequest};
+use crate::agency::Agency;
+use crate::clock::now_ms;
+use crate::error::NodeError;
+
+/// The RFC 8628 grant type.
+pub const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// The request's grant type, if it is one the agency supports (checked
+/// before the client is authenticated).
+pub fn grant_type(req: &TokenRequest) -> Result<&str, NodeError> {
+    match req.grant_type.as_deref() {
+        None => Err(NodeError::invalid("grant_type is required")),
+        Some(t @ ("authorization_code" | "refresh_token" | DEVICE_GRANT)) => Ok(t),
+        Some(_) => Err(NodeError::BadRequest {
+            code: ErrorCode::UnsupportedGrantType,
+            message: format!("supported: authorization_code, refresh_token, {DEVICE_GRANT}"),
+        }),
+    }
+}
+
+/// Answers a token request of the authenticated `site`: the token
+/// response's JSON body.
+pub async fn grant(
+    agency: &Agency,
+    site: &Site,
+    req: &TokenRequest,
+) -> Result<serde_json::Value, NodeError> {
+    let grant_type = grant_type(req)?;
+    let minted = new_tokens(agency, &site.client_id);
+    let op = match grant_type {
+        "authorization_code" => super::tickets::redemption(agency, site, req, &minted).await?,
+        "refresh_token" => super::refresh::rotation(agency, site, req, &minted).await?,
+        _ => super::device::poll(agency, site, req, &minted).await?,
+    };
+    let grant = granted(agency.write(op, None).await?)?;
+    let mut body = serde_json::json!({
+        "access_token": minted.access,
+        "token_type": "Bearer",
+        "expires_in": grant.expires_ms.saturating_sub(now_ms()) / 1000,
+        "scope": grant.scopes.join(" "),
+    });
+    if grant.scopes.iter().any(|s| s == "offline_access") {
+        body["refresh_token"] = minted.refresh.clone().into();
+    }
+    if grant_type != "refresh_token" && grant.scopes.iter().any(|s| s == "openid") {
+        let salt = crate::key_rotation::pairwise_salt(agency).await?;
+        body["id_token"] = id_token(agency, &salt, &grant, &minted.access)?.into();
+    }
+    Ok(body)
+}
+
+/// The grant of a command's outcome, or the device grant's "not yet".
+fn granted(outcome: Outcome) -> Result<Grant, NodeError> {
+    match outcome {
+        Outcome::Granted(g) => Ok(*g),
+        Outcome::DevicePending(DevicePoll::Pending) => Err(NodeError::BadRequest {
+            code: ErrorCode::AuthorizationPending,
+            message: "the user has not decided yet".into(),
+        }),
+        Outcome::DevicePending(DevicePoll::SlowDown(s)) => Err(NodeError::BadRequest {
+            code: ErrorCode::SlowDown,
+            message: format!("poll at most every {s} seconds"),
+        }),
+        _ => Err(NodeError::Internal("unexpected grant outcome".into())),
+    }
+}
+
+/// The claims a site sees, by the user's login parameters and the scopes.
+fn user_claims(
+    salt: &PairwiseSalt,
+    user: &baa_proto::model::User,
+    client_id: &str,
+    params: &LoginParams,
+    scopes: &[String],
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut m = serde_json::Map::new();
+    let (sub, name) = subject(salt, user, client_id, params);
+    m.insert("sub".into(), sub.into());
+    if scopes.iter().any(|s| s == "profile") {
+        m.insert("preferred_username".into(), name.into());
+        if params.share_name {
+            m.insert("name".into(), user.display_name.clone().into());
+        }
+    }
+    if scopes.iter().any(|s| s == "email") && params.share_email {
+        if let Some(e) = &user.email {
+            m.insert("email".into(), e.clone().into());
+            // An administrator typed it in; no one proved the user receives mail there.
+            m.insert("email_verified".into(), false.into());
+        }
+    }
+    m
+}
+
+/// The ID token of a grant (OIDC Core §2), bound to the access token by
+/// `at_hash`.
+fn id_token(
+    agency: &Agency,
+    salt: &PairwiseSalt,
+    g: &Grant,
+    access_token: &str,
+) -> Result<String, NodeError> {
+    let now_s = now_ms() / 1000;
+    let mut claims = user_claims(salt, &g.user, &g.client_id, &g.params, &g.scopes);
+    let digest = Sha256::digest(access_token.as_bytes());
+    let at_hash = URL_SAFE_NO_PAD.encode(&digest[..16]);
+    claims.insert("iss".into(), agency.config.issuer.clone().into());
+    claims.insert("aud".into(), g.client_id.clone().into());
+    claims.insert("iat".into(), now_s.into());
+    claims.insert("exp".into(), (g.expires_ms / 1000).into());
+    claims.insert("auth_time".into(), (g.auth_time_ms / 1000).into());
+    claims.insert("sid".into(), g.sid.clone().into());
+    claims.insert("amr".into(), serde_json::json!(["pwd"]));
+    claims.insert("at_hash".into(), at_hash.into());
+    if let Some(n) = &g.nonce {
+        claims.insert("nonce".into(), n.clone().into());
+    }
+    agency.keys.sign_jwt(&claims, crate::keys::ID_TOKEN_TYP)
+}
+
+/// A refresh token that can still be used, with its session.
+fn live_refresh_token(
+    agency: &Agency,
+    value: &str,
+) -> Result<Option<(RefreshToken, Session)>, NodeError> {
+    let Some(r) = agency.state.refresh_token(&secret_hash(value.as_bytes()))? else {
+        return Ok(None);
+    };
+    let Some(s) = agency.state.session(&r.session_key)? else {
+        return Ok(None);
+    };
+    if agency.state.site(&r.client_id)?.is_none() {
+        return Ok(None);
+    }
+    let now = now_ms();
+    Ok((!r.used && now < r.expires_ms && s.alive_at(now)).then_some((r, s)))
+}
+
+/// What userinfo answers for a live access token: the claims its site may
+/// see; `None` when the token is not live (or its user is gone).
+pub async fn userinfo(
+    agency: &Agency,
+    token: &str,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, NodeError> {
+    let Some((t, _)) = crate::actors::native_broker::live_token(agency, token).await? else {
+        return Ok(None);
+    };
+    let Some(user) = agency.state.user_by_id(t.user_id)? else {
+        return Ok(None);
+    };
+    let params = agency
+        .state
+        .trust(t.user_id, &t.client_id)?
+        .map(|tr| tr.params)
+        .unwrap_or_default();
+    let salt = crate::key_rotation::pairwise_salt(agency).await?;
+    Ok(Some(user_claims(
+        &salt,
+        &user,
+        &t.client_id,
+        &params,
+        &t.scopes,
+    )))
+}
+
+/// Revokes a token at its own site's request (RFC 7009): an unknown token,
+/// or another site's, is not an error and changes nothing.
+pub async fn revoke(agency: &Agency, site: &Site, token: &str) -> Result<(), NodeError> {
+    let hash = secret_hash(token.as_bytes());
+    let owner = match agency.state.access_token(&hash)? {
+        Some(t) => Some(t.client_id),
+        None => agency.state.refresh_token(&hash)?.map(|r| r.client_id),
+    };
+    if owner.as_deref() == Some(site.client_id.as_str()) {
+        agency.write(Op::RevokeToken { hash }, None).await?;
+    }
+    Ok(())
+}
+
+/// Introspection (RFC 7662) of a token by its own site, as of now (a
+/// revocation a moment ago must show): the response's JSON body.
+pub async fn introspect(
+    agency: &Agency,
+    site: &Site,
+    token: &str,
+) -> Result<serde_json::Value, NodeError> {
+    let inactive = serde_json::json!({ "active": false });
+    agency.read_barrier(Consistency::Linearizable).await?;
+    let found = match crate::actors::native_broker::live_token(agency, token).await? {
+        Some((t, s)) => Some((
+            t.client_id,
+            t.scopes,
+            s,
+            t.issued_ms,
+            t.expires_ms,
+            "Bearer",
+        )),
+        // RFC 7662 §2.1: a refresh token too, to its own client.
+        None => live_refresh_token(agency, token)?.map(|(r, s)| {
+            let t = (r.issued_ms, r.expires_ms);
+            (r.client_id, r.scopes, s, t.0, t.1, "refresh_token")
+        }),
+    };
+    let Some((client_id, scopes, session, issued_ms, expires_ms, token_type)) = found else {
+        return Ok(inactive);
+    };
+    let Some(user) = agency.state.user_by_id(session.user_id)? else {
+        return Ok(inactive);
+    };
+    if client_id != site.client_id {
+        return Ok(inactive);
+    }
+    let params = agency
+        .state
+        .trust(user.id, &client_id)?
+        .map(|tr| tr.params)
+        .unwrap_or_default();
+    // The site learns the user as it knows them: a pseudonym stays one.
+    let salt = crate::key_rotation::pairwise_salt(agency).await?;
+    let (sub, username) = subject(&salt, &user, &client_id, &params);
+    Ok(serde_json::json!({
+        "active": true,
+        "iss": agency.config.issuer,
+        "sub": sub,
+        "username": username,
+        "client_id": client_id,
+        "scope": scopes.join(" "),
+        "sid": session.sid,
+        "iat": issued_ms / 1000,
+        "exp": expires_ms / 1000,
+        "token_type": token_type,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baa_proto::sso::{pairwise_sub, pseudonym, AccountName};
+
+    #[test]
+    fn claims_follow_login_parameters() {
+        let user = baa_proto::model::User {
+            id: 7,
+            username: "alice".into(),
+            display_name: "Alice A.".into(),
+            email: Some("alice@example.test".into()),
+            groups: vec![],
+            attributes: Default::default(),
+            password_hash: None,
+            disabled: false,
+            created_ms: 0,
+            updated_ms: 0,
+            revision: 1,
+        };
+        let scopes: Vec<String> = ["openid", "profile", "email"].map(String::from).to_vec();
+        let p = LoginParams {
+            account_name: AccountName::Pseudonym,
+            share_name: false,
+            share_email: true,
+        };
+        let salt = [3u8; 32];
+        let c = user_claims(&salt, &user, "shop", &p, &scopes);
+        assert_eq!(c["sub"], pairwise_sub(&salt, 7, "shop").as_str());
+        assert_ne!(
+            c["sub"],
+            user_claims(&salt, &user, "news", &p, &scopes)["sub"]
+        );
+        assert_ne!(
+            c["sub"],
+            user_claims(&[4u8; 32], &user, "shop", &p, &scopes)["sub"]
+        );
+        assert_eq!(
+            c["preferred_username"],
+            pseudonym(&salt, 7, "shop").as_str()
+        );
+        assert!(!c.contains_key("name"));
+        assert_eq!(c["email"], "alice@example.test");
+        let c = user_claims(&salt, &user, "shop", &LoginParams::default(), &scopes[..1]);
+        assert_eq!(c.len(), 1, "openid alone gives only sub");
+        assert_eq!(
+            c["sub"], "7",
+            "a user who shows their name has the public sub"
+        );
+    }
+}
