@@ -530,4 +530,6 @@ fn apply_with_dedup(
 }
 
 #[cfg(test)]
+mod pinned_tests;
+#[cfg(test)]
 mod tests;
