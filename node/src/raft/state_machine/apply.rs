@@ -1,110 +1,12 @@
 //! Deterministic application of one command to staged state.
 
-use std::collections::BTreeMap;
-
-use baa_proto::codec;
 use baa_proto::command::{ApplyError, CommandResult, NewUser, Op, Outcome, UserPatch};
 use baa_proto::model::{self, User};
 use baa_proto::ErrorCode;
-use serde::{de::DeserializeOwned, Serialize};
 
-use super::keyspace::{KEY_NEXT_USER_ID, PREFIX_REQUEST};
-use super::{read_tree, user_key, RequestRecord};
-use crate::raft::{sm_read_err, sm_write_err, StorageError};
-
-/// Writes of one apply batch, visible to later entries of the same batch and
-/// committed to sled as one atomic batch.
-pub(super) struct Staged<'a> {
-    tree: &'a sled::Tree,
-    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-}
-
-impl<'a> Staged<'a> {
-    pub(super) fn new(tree: &'a sled::Tree) -> Self {
-        Self {
-            tree,
-            pending: BTreeMap::new(),
-        }
-    }
-
-    pub(super) fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
-        match self.pending.get(key) {
-            Some(Some(v)) => codec::decode_record(v).map(Some).map_err(sm_read_err),
-            Some(None) => Ok(None),
-            None => read_tree(self.tree, key),
-        }
-    }
-
-    pub(super) fn put<T: Serialize>(&mut self, key: &[u8], value: &T) -> Result<(), StorageError> {
-        let bytes = codec::encode_record(value).map_err(sm_write_err)?;
-        self.pending.insert(key.to_vec(), Some(bytes));
-        Ok(())
-    }
-
-    pub(super) fn remove(&mut self, key: &[u8]) {
-        self.pending.insert(key.to_vec(), None);
-    }
-
-    /// Up to `limit` keys from `start` on (inclusive), in order, as staged:
-    /// the tree's keys not removed in this batch, plus pending inserts.
-    pub(super) fn keys_from(
-        &self,
-        start: &[u8],
-        limit: usize,
-    ) -> Result<Vec<Vec<u8>>, StorageError> {
-        let mut keys = std::collections::BTreeSet::new();
-        for item in self.tree.range(start.to_vec()..) {
-            if keys.len() >= limit {
-                break;
-            }
-            let (k, _) = item.map_err(sm_read_err)?;
-            if !matches!(self.pending.get(k.as_ref()), Some(None)) {
-                keys.insert(k.to_vec());
-            }
-        }
-        for (k, v) in self.pending.range(start.to_vec()..) {
-            if v.is_some() {
-                keys.insert(k.clone());
-            }
-        }
-        Ok(keys.into_iter().take(limit).collect())
-    }
-
-    /// Keys under `prefix`, as staged (tree keys not removed, plus pending inserts).
-    pub(super) fn keys_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StorageError> {
-        let mut keys = std::collections::BTreeSet::new();
-        for item in self.tree.scan_prefix(prefix) {
-            let (k, _) = item.map_err(sm_read_err)?;
-            if !matches!(self.pending.get(k.as_ref()), Some(None)) {
-                keys.insert(k.to_vec());
-            }
-        }
-        for (k, v) in self.pending.range(prefix.to_vec()..) {
-            if !k.starts_with(prefix) {
-                break;
-            }
-            if v.is_some() {
-                keys.insert(k.clone());
-            }
-        }
-        Ok(keys.into_iter().collect())
-    }
-
-    pub(super) fn commit(self) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for (k, v) in self.pending {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
-        }
-        self.tree.apply_batch(batch).map_err(sm_write_err)
-    }
-}
-
-pub(super) fn invalid(e: impl std::fmt::Display) -> ApplyError {
-    ApplyError::new(ErrorCode::InvalidRequest, e.to_string())
-}
+use super::keyspace::{user_by_id_key, user_key, RequestRecord, KEY_NEXT_USER_ID, PREFIX_REQUEST};
+use super::staged::{invalid, Staged};
+use crate::raft::StorageError;
 
 /// Applies `op` at time `now_ms`. `Err` is a storage failure; a refusal of the
 /// command itself is an `Ok(Err(ApplyError))`, identical on every node.
@@ -195,7 +97,7 @@ fn create_user(
         revision: 1,
     };
     st.put(KEY_NEXT_USER_ID, &(id + 1))?;
-    st.put(&super::sso::user_by_id_key(id), &user.username)?;
+    st.put(&user_by_id_key(id), &user.username)?;
     st.put(&key, &user)?;
     Ok(Ok(Outcome::User(user)))
 }
@@ -261,17 +163,9 @@ fn update_user(
 }
 
 fn purge_requests(st: &mut Staged<'_>, before_ms: u64) -> Result<CommandResult, StorageError> {
-    let mut doomed = Vec::new();
-    for item in st.tree.scan_prefix(PREFIX_REQUEST) {
-        let (k, v) = item.map_err(sm_read_err)?;
-        if st.pending.contains_key(k.as_ref()) {
-            continue;
-        }
-        let rec: RequestRecord = codec::decode_record(&v).map_err(sm_read_err)?;
-        if rec.time_ms < before_ms {
-            doomed.push(k.to_vec());
-        }
-    }
+    let doomed = st.committed_keys_where(PREFIX_REQUEST, |rec: &RequestRecord| {
+        rec.time_ms < before_ms
+    })?;
     let n = doomed.len() as u64;
     for k in doomed {
         st.remove(&k);

@@ -2,7 +2,7 @@
 //! the readers request handlers use. Ticket redemption checks and marks the
 //! ticket in one apply, so it succeeds once cluster-wide.
 
-use baa_proto::command::{ApplyError, CommandResult, Op, Outcome};
+use baa_proto::command::{CommandResult, Op, Outcome};
 use baa_proto::model::User;
 use baa_proto::sso::{
     AccessToken, DeviceGrant, DevicePoll, DeviceStatus, Failures, Grant, LoginTicket, RefreshToken,
@@ -11,17 +11,15 @@ use baa_proto::sso::{
 };
 use baa_proto::ErrorCode;
 
-use super::apply::{invalid, Staged};
 use super::keyspace::{
-    KEY_CURRENT_KID, KEY_DEVICE_GRANTS, KEY_PAIRWISE_SALT, KEY_SWEEP_CURSOR, PREFIX_DEVICE,
-    PREFIX_FAILURES, PREFIX_FAMILY, PREFIX_KEY, PREFIX_REFRESH, PREFIX_REQUEST, PREFIX_SESSION,
-    PREFIX_SESSION_BY_SID, PREFIX_SESSION_TOKENS, PREFIX_SITE, PREFIX_SITE_OPTIONS, PREFIX_TICKET,
-    PREFIX_TOKEN, PREFIX_TRUST, PREFIX_USER, PREFIX_USER_BY_ID, PREFIX_USER_CODE,
-    PREFIX_USER_SESSIONS,
+    family_key, key, session_token_key, trust_key, user_by_id_key, user_session_key,
+    user_sessions_prefix, RequestRecord, KEY_CURRENT_KID, KEY_DEVICE_GRANTS, KEY_PAIRWISE_SALT,
+    KEY_SWEEP_CURSOR, PREFIX_DEVICE, PREFIX_FAILURES, PREFIX_FAMILY, PREFIX_KEY, PREFIX_REFRESH,
+    PREFIX_REQUEST, PREFIX_SESSION, PREFIX_SESSION_BY_SID, PREFIX_SESSION_TOKENS, PREFIX_SITE,
+    PREFIX_SITE_OPTIONS, PREFIX_TICKET, PREFIX_TOKEN, PREFIX_TRUST, PREFIX_USER, PREFIX_USER_CODE,
 };
-use super::{read_tree, StateReader};
-use crate::raft::{sm_read_err, StorageError};
-use baa_proto::codec;
+use super::staged::{invalid, refuse, Staged};
+use crate::raft::StorageError;
 
 /// Device grants stored at once, at most: an anonymous client may start
 /// them, so they are capped cluster-wide (each expires in minutes).
@@ -30,26 +28,6 @@ pub const MAX_DEVICE_GRANTS: u64 = 10_000;
 /// How long a used ticket is kept after expiry, so a late second redemption
 /// still finds it and revokes the first one's tokens.
 const USED_TICKET_GRACE_MS: u64 = 10 * 60 * 1000;
-
-fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
-    [prefix, rest].concat()
-}
-
-fn trust_key(user_id: u64, client_id: &str) -> Vec<u8> {
-    [PREFIX_TRUST, &user_id.to_be_bytes(), client_id.as_bytes()].concat()
-}
-
-fn user_session_key(user_id: u64, session: &SecretHash) -> Vec<u8> {
-    [PREFIX_USER_SESSIONS, &user_id.to_be_bytes(), session].concat()
-}
-
-pub(super) fn user_by_id_key(id: u64) -> Vec<u8> {
-    key(PREFIX_USER_BY_ID, &id.to_be_bytes())
-}
-
-fn refuse(code: ErrorCode, message: impl Into<String>) -> Result<CommandResult, StorageError> {
-    Ok(Err(ApplyError::new(code, message)))
-}
 
 /// Applies an SSO command.
 pub(super) fn apply_sso(
@@ -191,7 +169,7 @@ pub(super) fn apply_sso(
             let k = key(PREFIX_TOKEN, hash);
             if let Some(t) = st.get::<AccessToken>(&k)? {
                 st.remove(&k);
-                st.remove(&[PREFIX_SESSION_TOKENS, &t.session_key, hash].concat());
+                st.remove(&session_token_key(&t.session_key, hash));
                 return Ok(Ok(Outcome::Removed(true)));
             }
             // A refresh token takes its whole family with it (RFC 7009 §2.1).
@@ -405,7 +383,7 @@ fn revoke_tokens_where(
                 continue;
             }
             st.remove(&rk);
-            st.remove(&[PREFIX_FAMILY, &r.family, hash].concat());
+            st.remove(&family_key(&r.family, hash));
         }
         st.remove(&ik);
         n += 1;
@@ -430,7 +408,7 @@ fn revoke_user_client_tokens(
     user_id: u64,
     client_id: &str,
 ) -> Result<u64, StorageError> {
-    let prefix = [PREFIX_USER_SESSIONS, &user_id.to_be_bytes()].concat();
+    let prefix = user_sessions_prefix(user_id);
     let mut n = 0;
     for uk in st.keys_with_prefix(&prefix)? {
         let mut session = [0u8; 32];
@@ -446,7 +424,7 @@ pub(super) fn end_user_sessions(
     st: &mut Staged<'_>,
     user_id: u64,
 ) -> Result<Vec<RevokedSession>, StorageError> {
-    let prefix = [PREFIX_USER_SESSIONS, &user_id.to_be_bytes()].concat();
+    let prefix = user_sessions_prefix(user_id);
     let mut ended = Vec::new();
     for uk in st.keys_with_prefix(&prefix)? {
         let mut session = [0u8; 32];
@@ -516,7 +494,7 @@ fn redeem(
         for h in std::mem::take(&mut t.tokens) {
             if let Some(at) = st.get::<AccessToken>(&key(PREFIX_TOKEN, &h))? {
                 st.remove(&key(PREFIX_TOKEN, &h));
-                st.remove(&[PREFIX_SESSION_TOKENS, &at.session_key, &h].concat());
+                st.remove(&session_token_key(&at.session_key, &h));
             }
             if let Some(rt) = st.get::<RefreshToken>(&key(PREFIX_REFRESH, &h))? {
                 revoke_family(st, &rt.family)?;
@@ -607,10 +585,7 @@ fn grant(
         expires_ms,
     };
     st.put(&key(PREFIX_TOKEN, &token.hash), &at)?;
-    st.put(
-        &[PREFIX_SESSION_TOKENS, &session.key, &token.hash].concat(),
-        &(),
-    )?;
+    st.put(&session_token_key(&session.key, &token.hash), &())?;
     let offline = scopes.iter().any(|s| s == "offline_access");
     if let Some(r) = refresh.filter(|_| offline) {
         let lifetime = r.expires_ms.saturating_sub(r.issued_ms);
@@ -624,11 +599,8 @@ fn grant(
             ..r.clone()
         };
         st.put(&key(PREFIX_REFRESH, &rt.hash), &rt)?;
-        st.put(&[PREFIX_FAMILY, &rt.family, &rt.hash].concat(), &())?;
-        st.put(
-            &[PREFIX_SESSION_TOKENS, &session.key, &rt.hash].concat(),
-            &(),
-        )?;
+        st.put(&family_key(&rt.family, &rt.hash), &())?;
+        st.put(&session_token_key(&session.key, &rt.hash), &())?;
     }
     Ok(Ok(Outcome::Granted(Box::new(Grant {
         user,
@@ -660,7 +632,7 @@ fn revoke_family(st: &mut Staged<'_>, family: &SecretHash) -> Result<(), Storage
         let hash = &ik[prefix.len()..];
         let rk = key(PREFIX_REFRESH, hash);
         if let Some(r) = st.get::<RefreshToken>(&rk)? {
-            st.remove(&[PREFIX_SESSION_TOKENS, &r.session_key, hash].concat());
+            st.remove(&session_token_key(&r.session_key, hash));
         }
         st.remove(&rk);
         st.remove(&ik);
@@ -947,16 +919,15 @@ fn purge_if_expired(
     }
     if k.starts_with(PREFIX_TOKEN) {
         return gone(st, k, |t: &AccessToken| {
-            (now >= t.expires_ms)
-                .then(|| vec![[PREFIX_SESSION_TOKENS, &t.session_key, &t.hash].concat()])
+            (now >= t.expires_ms).then(|| vec![session_token_key(&t.session_key, &t.hash)])
         });
     }
     if k.starts_with(PREFIX_REFRESH) {
         return gone(st, k, |r: &RefreshToken| {
             (now >= r.expires_ms).then(|| {
                 vec![
-                    [PREFIX_FAMILY, &r.family, &r.hash].concat(),
-                    [PREFIX_SESSION_TOKENS, &r.session_key, &r.hash].concat(),
+                    family_key(&r.family, &r.hash),
+                    session_token_key(&r.session_key, &r.hash),
                 ]
             })
         });
@@ -986,141 +957,9 @@ fn purge_if_expired(
     if let (Some(c), true) = (cutoffs, k.starts_with(PREFIX_REQUEST)) {
         let auto = k[PREFIX_REQUEST.len()..].starts_with(b"auto-");
         let cutoff = if auto { c.auto_requests } else { c.requests };
-        return gone(st, k, |r: &super::RequestRecord| {
+        return gone(st, k, |r: &RequestRecord| {
             (r.time_ms < cutoff).then(Vec::new)
         });
     }
     Ok(0)
-}
-
-impl StateReader {
-    fn get<T: serde::de::DeserializeOwned>(&self, k: &[u8]) -> Result<Option<T>, StorageError> {
-        read_tree(&self.shared.tree(), k)
-    }
-
-    fn scan<T: serde::de::DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>, StorageError> {
-        let tree = self.shared.tree();
-        let mut out = Vec::new();
-        for item in tree.scan_prefix(prefix) {
-            let (_, v) = item.map_err(sm_read_err)?;
-            out.push(codec::decode_record(&v).map_err(sm_read_err)?);
-        }
-        Ok(out)
-    }
-
-    /// The session with key `key`, if stored (alive or not).
-    pub fn session(&self, k: &SecretHash) -> Result<Option<Session>, StorageError> {
-        self.get(&key(PREFIX_SESSION, k))
-    }
-
-    /// The options of site `client_id` (the defaults when it has none).
-    pub fn site_options(&self, client_id: &str) -> Result<SiteOptions, StorageError> {
-        Ok(self
-            .get(&key(PREFIX_SITE_OPTIONS, client_id.as_bytes()))?
-            .unwrap_or_default())
-    }
-
-    /// The salt of pairwise identifiers, once set.
-    pub fn pairwise_salt(&self) -> Result<Option<baa_proto::sso::PairwiseSalt>, StorageError> {
-        self.get(KEY_PAIRWISE_SALT)
-    }
-
-    /// Every stored session of user `user_id` (alive or not).
-    pub fn sessions_of(&self, user_id: u64) -> Result<Vec<Session>, StorageError> {
-        let prefix = [PREFIX_USER_SESSIONS, &user_id.to_be_bytes()].concat();
-        let keys: Vec<Vec<u8>> = {
-            let tree = self.shared.tree();
-            tree.scan_prefix(&prefix)
-                .keys()
-                .map(|k| k.map(|k| k[prefix.len()..].to_vec()))
-                .collect::<Result<_, _>>()
-                .map_err(sm_read_err)?
-        };
-        let mut out = Vec::new();
-        for k in keys {
-            out.extend(self.get::<Session>(&key(PREFIX_SESSION, &k))?);
-        }
-        Ok(out)
-    }
-
-    /// The session whose public handle is `sid`, if stored (alive or not).
-    pub fn session_by_sid(&self, sid: &str) -> Result<Option<Session>, StorageError> {
-        match self.get::<SecretHash>(&key(PREFIX_SESSION_BY_SID, sid.as_bytes()))? {
-            Some(k) => self.session(&k),
-            None => Ok(None),
-        }
-    }
-
-    /// The user with id `id`.
-    pub fn user_by_id(&self, id: u64) -> Result<Option<User>, StorageError> {
-        match self.get::<String>(&user_by_id_key(id))? {
-            Some(name) => self.user(&name),
-            None => Ok(None),
-        }
-    }
-
-    /// The partner site `client_id`.
-    pub fn site(&self, client_id: &str) -> Result<Option<Site>, StorageError> {
-        self.get(&key(PREFIX_SITE, client_id.as_bytes()))
-    }
-
-    /// Every partner site, by client id.
-    pub fn sites(&self) -> Result<Vec<Site>, StorageError> {
-        self.scan(PREFIX_SITE)
-    }
-
-    /// The user's trust relationship with a site.
-    pub fn trust(&self, user_id: u64, client_id: &str) -> Result<Option<Trust>, StorageError> {
-        self.get(&trust_key(user_id, client_id))
-    }
-
-    /// Every trust relationship of a user.
-    pub fn trusts(&self, user_id: u64) -> Result<Vec<Trust>, StorageError> {
-        self.scan(&[PREFIX_TRUST, &user_id.to_be_bytes()].concat())
-    }
-
-    /// The access token with hash `hash`.
-    pub fn access_token(&self, hash: &SecretHash) -> Result<Option<AccessToken>, StorageError> {
-        self.get(&key(PREFIX_TOKEN, hash))
-    }
-
-    /// The refresh token with hash `hash`.
-    pub fn refresh_token(&self, hash: &SecretHash) -> Result<Option<RefreshToken>, StorageError> {
-        self.get(&key(PREFIX_REFRESH, hash))
-    }
-
-    /// The device authorization a user code names.
-    pub fn device_by_user_code(&self, code: &str) -> Result<Option<DeviceGrant>, StorageError> {
-        match self.get::<SecretHash>(&key(PREFIX_USER_CODE, code.as_bytes()))? {
-            Some(h) => self.get(&key(PREFIX_DEVICE, &h)),
-            None => Ok(None),
-        }
-    }
-
-    /// The device grant whose device code hashes to `hash`.
-    pub fn device(&self, hash: &SecretHash) -> Result<Option<DeviceGrant>, StorageError> {
-        self.get(&key(PREFIX_DEVICE, hash))
-    }
-
-    /// How many device grants are stored (see `MAX_DEVICE_GRANTS`).
-    pub fn device_grants(&self) -> Result<u64, StorageError> {
-        Ok(self.get(KEY_DEVICE_GRANTS)?.unwrap_or(0))
-    }
-
-    /// The login ticket with hash `hash`.
-    pub fn ticket(&self, hash: &SecretHash) -> Result<Option<LoginTicket>, StorageError> {
-        self.get(&key(PREFIX_TICKET, hash))
-    }
-
-    /// Throttle state of a subject.
-    pub fn failures(&self, subject: &ThrottleSubject) -> Result<Failures, StorageError> {
-        Ok(self
-            .get(&key(PREFIX_FAILURES, &subject.key()))?
-            .unwrap_or_default())
-    }
-
-    /// Every signing key, and the current key id.
-    pub fn signing_keys(&self) -> Result<(Vec<SigningKey>, Option<String>), StorageError> {
-        Ok((self.scan(PREFIX_KEY)?, self.get(KEY_CURRENT_KID)?))
-    }
 }
