@@ -29,12 +29,11 @@ mod apply;
 mod keyspace;
 mod reader;
 mod snapshot;
-mod sso;
 mod staged;
 
+pub use apply::MAX_DEVICE_GRANTS;
 pub use reader::StateReader;
 pub use snapshot::SnapshotBuilder;
-pub use sso::MAX_DEVICE_GRANTS;
 
 use keyspace::{request_key, RequestRecord, KEY_APPLIED, KEY_MEMBERSHIP, ROOT_ACTIVE};
 use staged::Staged;

@@ -1,73 +1,82 @@
-//! Deterministic application of one command to staged state.
+//! Users: their creation and changes. A user change that ends the user's
+//! sessions (a new password, a disabled account) gets the ending from the
+//! dispatch, so users depend on no other aggregate while sessions and
+//! tokens read users.
 
-use baa_proto::command::{ApplyError, CommandResult, NewUser, Op, Outcome, UserPatch};
+use baa_proto::command::{ApplyError, CommandResult, NewUser, Outcome, UserPatch};
 use baa_proto::model::{self, User};
+use baa_proto::sso::RevokedSession;
 use baa_proto::ErrorCode;
 
-use super::keyspace::{user_by_id_key, user_key, RequestRecord, KEY_NEXT_USER_ID, PREFIX_REQUEST};
-use super::staged::{invalid, Staged};
+use super::super::keyspace::{user_by_id_key, user_key, KEY_NEXT_USER_ID};
+use super::super::staged::{invalid, Staged};
 use crate::raft::StorageError;
 
-/// Applies `op` at time `now_ms`. `Err` is a storage failure; a refusal of the
-/// command itself is an `Ok(Err(ApplyError))`, identical on every node.
-pub(super) fn apply_op(
-    st: &mut Staged<'_>,
-    now_ms: u64,
-    op: &Op,
-) -> Result<CommandResult, StorageError> {
-    match op {
-        Op::CreateUser(new) => create_user(st, now_ms, new),
-        Op::UpdateUser { username, patch } => {
-            let r = update_user(st, now_ms, username, |u| apply_patch(u, patch))?;
-            // A new password ends every session opened with the old one.
-            if patch.password_hash.is_some() {
-                end_sessions_of(st, &r)?;
-            }
-            Ok(r)
-        }
-        Op::SetUserDisabled { username, disabled } => {
-            let r = update_user(st, now_ms, username, |u| {
-                u.disabled = *disabled;
-                Ok(())
-            })?;
-            if *disabled {
-                end_sessions_of(st, &r)?;
-            }
-            Ok(r)
-        }
-        Op::PurgeRequestResults { before_ms } => purge_requests(st, *before_ms),
-        _ => super::sso::apply_sso(st, now_ms, op),
+/// Ends every session of a user (by id), returning what it ended.
+pub(super) type EndSessions = fn(&mut Staged<'_>, u64) -> Result<Vec<RevokedSession>, StorageError>;
+
+/// The user with id `id`, through the id index.
+pub(super) fn by_id(st: &Staged<'_>, id: u64) -> Result<Option<User>, StorageError> {
+    match st.get::<String>(&user_by_id_key(id))? {
+        Some(name) => st.get::<User>(&user_key(&name)),
+        None => Ok(None),
     }
+}
+
+/// The user named `username`.
+pub(super) fn by_name(st: &Staged<'_>, username: &str) -> Result<Option<User>, StorageError> {
+    st.get::<User>(&user_key(username))
+}
+
+/// Changes the fields `patch` names; a new password ends every session
+/// opened with the old one.
+pub(super) fn update(
+    st: &mut Staged<'_>,
+    now: u64,
+    username: &str,
+    patch: &UserPatch,
+    end_sessions: EndSessions,
+) -> Result<CommandResult, StorageError> {
+    let r = update_user(st, now, username, |u| apply_patch(u, patch))?;
+    if patch.password_hash.is_some() {
+        end_sessions_of(st, &r, end_sessions)?;
+    }
+    Ok(r)
+}
+
+/// Disables or re-enables a user; disabling ends the user's sessions.
+pub(super) fn set_disabled(
+    st: &mut Staged<'_>,
+    now: u64,
+    username: &str,
+    disabled: bool,
+    end_sessions: EndSessions,
+) -> Result<CommandResult, StorageError> {
+    let r = update_user(st, now, username, |u| {
+        u.disabled = disabled;
+        Ok(())
+    })?;
+    if disabled {
+        end_sessions_of(st, &r, end_sessions)?;
+    }
+    Ok(r)
 }
 
 /// Ends the sessions of the user an update just changed (if it succeeded).
-fn end_sessions_of(st: &mut Staged<'_>, result: &CommandResult) -> Result<(), StorageError> {
+fn end_sessions_of(
+    st: &mut Staged<'_>,
+    result: &CommandResult,
+    end_sessions: EndSessions,
+) -> Result<(), StorageError> {
     if let Ok(Outcome::User(u)) = result {
-        super::sso::end_user_sessions(st, u.id)?;
+        end_sessions(st, u.id)?;
     }
     Ok(())
 }
 
-fn validate_new(new: &NewUser) -> Result<(), ApplyError> {
-    model::validate_username(&new.username).map_err(invalid)?;
-    model::validate_text("display_name", &new.display_name).map_err(invalid)?;
-    if let Some(e) = &new.email {
-        model::validate_text("email", e).map_err(invalid)?;
-    }
-    model::validate_groups(&new.groups).map_err(invalid)?;
-    if new.attributes.len() > model::MAX_ATTRIBUTES {
-        return Err(invalid(format!(
-            "at most {} attributes",
-            model::MAX_ATTRIBUTES
-        )));
-    }
-    for (k, v) in &new.attributes {
-        model::validate_attribute(k, Some(v)).map_err(invalid)?;
-    }
-    Ok(())
-}
-
-fn create_user(
+/// Creates a user with the next id, unless the name is taken or a field is
+/// not valid.
+pub(super) fn create(
     st: &mut Staged<'_>,
     now_ms: u64,
     new: &NewUser,
@@ -100,6 +109,25 @@ fn create_user(
     st.put(&user_by_id_key(id), &user.username)?;
     st.put(&key, &user)?;
     Ok(Ok(Outcome::User(user)))
+}
+
+fn validate_new(new: &NewUser) -> Result<(), ApplyError> {
+    model::validate_username(&new.username).map_err(invalid)?;
+    model::validate_text("display_name", &new.display_name).map_err(invalid)?;
+    if let Some(e) = &new.email {
+        model::validate_text("email", e).map_err(invalid)?;
+    }
+    model::validate_groups(&new.groups).map_err(invalid)?;
+    if new.attributes.len() > model::MAX_ATTRIBUTES {
+        return Err(invalid(format!(
+            "at most {} attributes",
+            model::MAX_ATTRIBUTES
+        )));
+    }
+    for (k, v) in &new.attributes {
+        model::validate_attribute(k, Some(v)).map_err(invalid)?;
+    }
+    Ok(())
 }
 
 fn apply_patch(user: &mut User, patch: &UserPatch) -> Result<(), ApplyError> {
@@ -160,15 +188,4 @@ fn update_user(
     user.updated_ms = now_ms.max(user.updated_ms);
     st.put(&key, &user)?;
     Ok(Ok(Outcome::User(user)))
-}
-
-fn purge_requests(st: &mut Staged<'_>, before_ms: u64) -> Result<CommandResult, StorageError> {
-    let doomed = st.committed_keys_where(PREFIX_REQUEST, |rec: &RequestRecord| {
-        rec.time_ms < before_ms
-    })?;
-    let n = doomed.len() as u64;
-    for k in doomed {
-        st.remove(&k);
-    }
-    Ok(Ok(Outcome::Purged(n)))
 }
