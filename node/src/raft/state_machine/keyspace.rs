@@ -2,6 +2,8 @@
 //! holds and the type its values are encoded as. Keys are a one- or
 //! two-byte family prefix followed by the record's own key; the families are
 //! disjoint, so a scan of one prefix never sees another family's records.
+//! The builders of composite keys follow the table, and the keys of the root
+//! tree, which names the tree holding the state, close it.
 
 use baa_proto::codec;
 use baa_proto::model::User;
@@ -10,8 +12,19 @@ use baa_proto::sso::{
     Session, SigningKey, Site, SiteOptions, Trust,
 };
 
-use super::RequestRecord;
+use baa_proto::command::CommandResult;
+use serde::{Deserialize, Serialize};
+
 use crate::raft::{LogId, StoredMembership};
+
+/// A remembered result of a command that carried a request id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct RequestRecord {
+    /// When the command was applied (its proposer's time).
+    pub(super) time_ms: u64,
+    /// What it produced, returned again to a retry.
+    pub(super) result: CommandResult,
+}
 
 /// The log id of the last applied entry: `Option<LogId>`.
 pub(super) const KEY_APPLIED: &[u8] = b"m/applied";
@@ -64,6 +77,56 @@ pub(super) const PREFIX_DEVICE: &[u8] = b"D/";
 /// Index: normalised user code → device-code hash (`SecretHash`).
 pub(super) const PREFIX_USER_CODE: &[u8] = b"d/";
 
+/// `prefix` ++ `rest`: the key of a record whose own key is `rest`.
+pub(super) fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
+    [prefix, rest].concat()
+}
+
+/// The key of the user named `username`.
+pub(super) fn user_key(username: &str) -> Vec<u8> {
+    key(PREFIX_USER, username.as_bytes())
+}
+
+/// The key of the username of user `id`.
+pub(super) fn user_by_id_key(id: u64) -> Vec<u8> {
+    key(PREFIX_USER_BY_ID, &id.to_be_bytes())
+}
+
+/// The key of the remembered result of request `id`.
+pub(super) fn request_key(id: &str) -> Vec<u8> {
+    key(PREFIX_REQUEST, id.as_bytes())
+}
+
+/// The prefix of every session index entry of user `user_id`.
+pub(super) fn user_sessions_prefix(user_id: u64) -> Vec<u8> {
+    key(PREFIX_USER_SESSIONS, &user_id.to_be_bytes())
+}
+
+/// The index entry of session `session` of user `user_id`.
+pub(super) fn user_session_key(user_id: u64, session: &SecretHash) -> Vec<u8> {
+    [PREFIX_USER_SESSIONS, &user_id.to_be_bytes(), session].concat()
+}
+
+/// The prefix of every trust of user `user_id`.
+pub(super) fn user_trusts_prefix(user_id: u64) -> Vec<u8> {
+    key(PREFIX_TRUST, &user_id.to_be_bytes())
+}
+
+/// The key of user `user_id`'s trust in site `client_id`.
+pub(super) fn trust_key(user_id: u64, client_id: &str) -> Vec<u8> {
+    [PREFIX_TRUST, &user_id.to_be_bytes(), client_id.as_bytes()].concat()
+}
+
+/// The index entry of token `hash` (access or refresh) of session `session`.
+pub(super) fn session_token_key(session: &[u8], hash: &[u8]) -> Vec<u8> {
+    [PREFIX_SESSION_TOKENS, session, hash].concat()
+}
+
+/// The index entry of refresh token `hash` in its family `family`.
+pub(super) fn family_key(family: &[u8], hash: &[u8]) -> Vec<u8> {
+    [PREFIX_FAMILY, family, hash].concat()
+}
+
 /// Decodes `value` as the type its key's family holds and returns the
 /// family's name: a check that every record on disk reads back.
 pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
@@ -104,3 +167,11 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
         k => Err(format!("no family for key {}", String::from_utf8_lossy(k))),
     }
 }
+
+// The root tree (`sm_root`) names the tree holding the state, so that a
+// snapshot install switches to a fresh tree with one write.
+
+/// In the root tree: the name of the active tree (raw bytes, `sm.N`).
+pub(super) const ROOT_ACTIVE: &[u8] = b"active";
+/// In the root tree: the number of the last tree made for an install: `u64`.
+pub(super) const ROOT_SEQ: &[u8] = b"seq";

@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use baa_proto::command::{Command, NewUser, Op, Outcome, Proposal, UserPatch};
 use baa_proto::ErrorCode;
-use openraft::{CommittedLeaderId, EntryPayload, LogId};
+use openraft::{CommittedLeaderId, EntryPayload, LogId, RaftSnapshotBuilder};
 
+use super::snapshot::read_frame;
 use super::*;
 
 fn store(dir: &std::path::Path) -> (sled::Db, StateMachineStore) {

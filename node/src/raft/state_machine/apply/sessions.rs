@@ -1,0 +1,120 @@
+//! Browser sessions at the agency: starting one (after the throttle's
+//! check), its use, and its end, which takes the session's tokens with it.
+
+use baa_proto::command::{CommandResult, Outcome};
+use baa_proto::sso::{RevokedSession, SecretHash, Session};
+use baa_proto::ErrorCode;
+
+use super::super::keyspace::{
+    key, user_session_key, user_sessions_prefix, PREFIX_SESSION, PREFIX_SESSION_BY_SID,
+};
+use super::super::staged::{invalid, refuse, Staged};
+use super::{throttle, tokens, users};
+use crate::raft::StorageError;
+
+/// Starts a session after a successful sign-in, unless the sign-in is
+/// locked or the user cannot sign in; times are the command's.
+pub(super) fn create(
+    st: &mut Staged<'_>,
+    now: u64,
+    session: &Session,
+    account: &SecretHash,
+    source: &str,
+) -> Result<CommandResult, StorageError> {
+    if let Err(e) = throttle::check_sign_in(st, now, account, source)? {
+        return Ok(Err(e));
+    }
+    let Some(user) = users::by_id(st, session.user_id)? else {
+        return refuse(ErrorCode::UserNotFound, "no such user");
+    };
+    if user.disabled {
+        return refuse(ErrorCode::Unauthorized, "the account is disabled");
+    }
+    let sk = key(PREFIX_SESSION, &session.key);
+    if st.get::<Session>(&sk)?.is_some() {
+        return Ok(Err(invalid("session key collision")));
+    }
+    let lifetime = session
+        .absolute_expiry_ms
+        .saturating_sub(session.created_ms);
+    let mut s = session.clone();
+    s.username = user.username;
+    s.created_ms = now;
+    s.last_seen_ms = now;
+    s.auth_time_ms = now;
+    s.absolute_expiry_ms = now.saturating_add(lifetime);
+    s.sites.clear();
+    st.put(&sk, &s)?;
+    st.put(&key(PREFIX_SESSION_BY_SID, s.sid.as_bytes()), &s.key)?;
+    st.put(&user_session_key(s.user_id, &s.key), &())?;
+    throttle::forgive_sign_in(st, account, source);
+    Ok(Ok(Outcome::Session(Box::new(s))))
+}
+
+/// Records use of a session, sliding its idle expiry.
+pub(super) fn touch(
+    st: &mut Staged<'_>,
+    now: u64,
+    k: &SecretHash,
+) -> Result<CommandResult, StorageError> {
+    let sk = key(PREFIX_SESSION, k);
+    let Some(mut s) = st.get::<Session>(&sk)? else {
+        return refuse(ErrorCode::SessionNotFound, "no such session");
+    };
+    if !s.alive_at(now) {
+        return refuse(ErrorCode::SessionNotFound, "the session has ended");
+    }
+    s.last_seen_ms = s.last_seen_ms.max(now);
+    st.put(&sk, &s)?;
+    Ok(Ok(Outcome::Session(Box::new(s))))
+}
+
+/// Ends session `k` and its tokens.
+pub(super) fn revoke(st: &mut Staged<'_>, k: &SecretHash) -> Result<CommandResult, StorageError> {
+    let sk = key(PREFIX_SESSION, k);
+    let Some(s) = st.get::<Session>(&sk)? else {
+        return refuse(ErrorCode::SessionNotFound, "no such session");
+    };
+    st.remove(&sk);
+    st.remove(&key(PREFIX_SESSION_BY_SID, s.sid.as_bytes()));
+    st.remove(&user_session_key(s.user_id, k));
+    let tokens_revoked = tokens::revoke_session_tokens(st, k)?;
+    Ok(Ok(Outcome::Revoked(RevokedSession {
+        sid: s.sid,
+        user_id: s.user_id,
+        sites: s.sites,
+        tokens_revoked,
+    })))
+}
+
+/// Ends every session of the user named `username`, at an administrator's
+/// request.
+pub(super) fn revoke_all_of(
+    st: &mut Staged<'_>,
+    username: &str,
+) -> Result<CommandResult, StorageError> {
+    let Some(user) = users::by_name(st, username)? else {
+        return refuse(ErrorCode::UserNotFound, format!("no user named {username}"));
+    };
+    Ok(Ok(Outcome::RevokedAll(end_user_sessions(st, user.id)?)))
+}
+
+/// Ends every session of user `user_id` with its tokens (the account was
+/// disabled, its password reset, or an administrator asked).
+pub(super) fn end_user_sessions(
+    st: &mut Staged<'_>,
+    user_id: u64,
+) -> Result<Vec<RevokedSession>, StorageError> {
+    let prefix = user_sessions_prefix(user_id);
+    let mut ended = Vec::new();
+    for uk in st.keys_with_prefix(&prefix)? {
+        let mut session = [0u8; 32];
+        session.copy_from_slice(&uk[prefix.len()..]);
+        match revoke(st, &session)? {
+            Ok(Outcome::Revoked(r)) => ended.push(r),
+            // A dangling index entry: nothing left to end.
+            _ => st.remove(&uk),
+        }
+    }
+    Ok(ended)
+}

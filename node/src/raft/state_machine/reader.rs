@@ -1,0 +1,208 @@
+//! Reads of the applied state for request handlers: one record or one key
+//! family at a time, each under the tree's read lock, so a read never sees
+//! a snapshot install half done.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use baa_proto::codec;
+use baa_proto::model::User;
+use baa_proto::sso::{
+    AccessToken, DeviceGrant, Failures, LoginTicket, PairwiseSalt, RefreshToken, SecretHash,
+    Session, SigningKey, Site, SiteOptions, ThrottleSubject, Trust,
+};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use super::keyspace::{
+    self, key, trust_key, user_by_id_key, user_key, user_sessions_prefix, user_trusts_prefix,
+    KEY_APPLIED, KEY_CURRENT_KID, KEY_DEVICE_GRANTS, KEY_PAIRWISE_SALT, PREFIX_DEVICE,
+    PREFIX_FAILURES, PREFIX_KEY, PREFIX_REFRESH, PREFIX_SESSION, PREFIX_SESSION_BY_SID,
+    PREFIX_SITE, PREFIX_SITE_OPTIONS, PREFIX_TICKET, PREFIX_TOKEN, PREFIX_USER, PREFIX_USER_CODE,
+};
+use super::{read_tree, SmShared};
+use crate::raft::{sm_read_err, LogId, StorageError};
+
+/// Read access to the applied state, for request handlers.
+#[derive(Clone)]
+pub struct StateReader {
+    shared: Arc<SmShared>,
+}
+
+impl StateReader {
+    pub(super) fn new(shared: Arc<SmShared>) -> Self {
+        Self { shared }
+    }
+
+    fn get<T: DeserializeOwned>(&self, k: &[u8]) -> Result<Option<T>, StorageError> {
+        read_tree(&self.shared.tree(), k)
+    }
+
+    fn scan<T: DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>, StorageError> {
+        let tree = self.shared.tree();
+        let mut out = Vec::new();
+        for item in tree.scan_prefix(prefix) {
+            let (_, v) = item.map_err(sm_read_err)?;
+            out.push(codec::decode_record(&v).map_err(sm_read_err)?);
+        }
+        Ok(out)
+    }
+
+    /// The user named `username`, as applied on this node.
+    pub fn user(&self, username: &str) -> Result<Option<User>, StorageError> {
+        self.get(&user_key(username))
+    }
+
+    /// Every user, in username order.
+    pub fn users(&self) -> Result<Vec<User>, StorageError> {
+        self.scan(PREFIX_USER)
+    }
+
+    /// Decodes every record as the type its key family holds (see
+    /// `keyspace`) and counts them by family; the first record that does not
+    /// read back is an error naming it.
+    pub fn check_records(&self) -> Result<BTreeMap<&'static str, usize>, String> {
+        let tree = self.shared.tree();
+        let mut counts = BTreeMap::new();
+        for item in tree.iter() {
+            let (k, v) = item.map_err(|e| e.to_string())?;
+            *counts.entry(keyspace::decode(&k, &v)?).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+
+    /// The applied log index and a SHA-256 digest of every record, taken
+    /// together so that nodes at the same index can be compared.
+    pub fn digest(&self) -> Result<(Option<u64>, String), StorageError> {
+        let tree = self.shared.tree();
+        let applied: Option<LogId> = read_tree::<Option<LogId>>(&tree, KEY_APPLIED)?.flatten();
+        let mut h = Sha256::new();
+        for item in tree.iter() {
+            let (k, v) = item.map_err(sm_read_err)?;
+            if k.as_ref() == KEY_APPLIED {
+                continue;
+            }
+            h.update((k.len() as u64).to_le_bytes());
+            h.update(&k);
+            h.update((v.len() as u64).to_le_bytes());
+            h.update(&v);
+        }
+        Ok((applied.map(|l| l.index), hex::encode(h.finalize())))
+    }
+
+    /// The session with key `key`, if stored (alive or not).
+    pub fn session(&self, k: &SecretHash) -> Result<Option<Session>, StorageError> {
+        self.get(&key(PREFIX_SESSION, k))
+    }
+
+    /// The options of site `client_id` (the defaults when it has none).
+    pub fn site_options(&self, client_id: &str) -> Result<SiteOptions, StorageError> {
+        Ok(self
+            .get(&key(PREFIX_SITE_OPTIONS, client_id.as_bytes()))?
+            .unwrap_or_default())
+    }
+
+    /// The salt of pairwise identifiers, once set.
+    pub fn pairwise_salt(&self) -> Result<Option<PairwiseSalt>, StorageError> {
+        self.get(KEY_PAIRWISE_SALT)
+    }
+
+    /// Every stored session of user `user_id` (alive or not).
+    pub fn sessions_of(&self, user_id: u64) -> Result<Vec<Session>, StorageError> {
+        let prefix = user_sessions_prefix(user_id);
+        let keys: Vec<Vec<u8>> = {
+            let tree = self.shared.tree();
+            tree.scan_prefix(&prefix)
+                .keys()
+                .map(|k| k.map(|k| k[prefix.len()..].to_vec()))
+                .collect::<Result<_, _>>()
+                .map_err(sm_read_err)?
+        };
+        let mut out = Vec::new();
+        for k in keys {
+            out.extend(self.get::<Session>(&key(PREFIX_SESSION, &k))?);
+        }
+        Ok(out)
+    }
+
+    /// The session whose public handle is `sid`, if stored (alive or not).
+    pub fn session_by_sid(&self, sid: &str) -> Result<Option<Session>, StorageError> {
+        match self.get::<SecretHash>(&key(PREFIX_SESSION_BY_SID, sid.as_bytes()))? {
+            Some(k) => self.session(&k),
+            None => Ok(None),
+        }
+    }
+
+    /// The user with id `id`.
+    pub fn user_by_id(&self, id: u64) -> Result<Option<User>, StorageError> {
+        match self.get::<String>(&user_by_id_key(id))? {
+            Some(name) => self.user(&name),
+            None => Ok(None),
+        }
+    }
+
+    /// The partner site `client_id`.
+    pub fn site(&self, client_id: &str) -> Result<Option<Site>, StorageError> {
+        self.get(&key(PREFIX_SITE, client_id.as_bytes()))
+    }
+
+    /// Every partner site, by client id.
+    pub fn sites(&self) -> Result<Vec<Site>, StorageError> {
+        self.scan(PREFIX_SITE)
+    }
+
+    /// The user's trust relationship with a site.
+    pub fn trust(&self, user_id: u64, client_id: &str) -> Result<Option<Trust>, StorageError> {
+        self.get(&trust_key(user_id, client_id))
+    }
+
+    /// Every trust relationship of a user.
+    pub fn trusts(&self, user_id: u64) -> Result<Vec<Trust>, StorageError> {
+        self.scan(&user_trusts_prefix(user_id))
+    }
+
+    /// The access token with hash `hash`.
+    pub fn access_token(&self, hash: &SecretHash) -> Result<Option<AccessToken>, StorageError> {
+        self.get(&key(PREFIX_TOKEN, hash))
+    }
+
+    /// The refresh token with hash `hash`.
+    pub fn refresh_token(&self, hash: &SecretHash) -> Result<Option<RefreshToken>, StorageError> {
+        self.get(&key(PREFIX_REFRESH, hash))
+    }
+
+    /// The device authorization a user code names.
+    pub fn device_by_user_code(&self, code: &str) -> Result<Option<DeviceGrant>, StorageError> {
+        match self.get::<SecretHash>(&key(PREFIX_USER_CODE, code.as_bytes()))? {
+            Some(h) => self.get(&key(PREFIX_DEVICE, &h)),
+            None => Ok(None),
+        }
+    }
+
+    /// The device grant whose device code hashes to `hash`.
+    pub fn device(&self, hash: &SecretHash) -> Result<Option<DeviceGrant>, StorageError> {
+        self.get(&key(PREFIX_DEVICE, hash))
+    }
+
+    /// How many device grants are stored (see `MAX_DEVICE_GRANTS`).
+    pub fn device_grants(&self) -> Result<u64, StorageError> {
+        Ok(self.get(KEY_DEVICE_GRANTS)?.unwrap_or(0))
+    }
+
+    /// The login ticket with hash `hash`.
+    pub fn ticket(&self, hash: &SecretHash) -> Result<Option<LoginTicket>, StorageError> {
+        self.get(&key(PREFIX_TICKET, hash))
+    }
+
+    /// Throttle state of a subject.
+    pub fn failures(&self, subject: &ThrottleSubject) -> Result<Failures, StorageError> {
+        Ok(self
+            .get(&key(PREFIX_FAILURES, &subject.key()))?
+            .unwrap_or_default())
+    }
+
+    /// Every signing key, and the current key id.
+    pub fn signing_keys(&self) -> Result<(Vec<SigningKey>, Option<String>), StorageError> {
+        Ok((self.scan(PREFIX_KEY)?, self.get(KEY_CURRENT_KID)?))
+    }
+}

@@ -1,0 +1,307 @@
+//! Snapshots of the state machine as files: building one from the active
+//! tree, serving the current one, receiving and installing one.
+//!
+//! A snapshot is two files under the snapshot directory: `current.data`, a
+//! stream of length-prefixed `(key, value)` records of the active tree, and
+//! `current.meta`, its openraft meta. openraft sends the data in chunks; a
+//! received snapshot is streamed into a fresh tree that replaces the old one
+//! with a single pointer update in the root tree, so a crash mid-install
+//! leaves the old state whole.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use baa_proto::codec;
+use openraft::storage::Snapshot;
+use openraft::RaftSnapshotBuilder;
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::keyspace::{KEY_APPLIED, KEY_MEMBERSHIP, ROOT_ACTIVE, ROOT_SEQ};
+use super::{read_tree, SmShared};
+use crate::raft::{
+    sm_read_err, sm_write_err, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+
+/// Builds snapshots for openraft.
+pub struct SnapshotBuilder {
+    shared: Arc<SmShared>,
+}
+
+impl SnapshotBuilder {
+    pub(super) fn new(shared: Arc<SmShared>) -> Self {
+        Self { shared }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let shared = self.shared.clone();
+        let (meta, file) = tokio::task::spawn_blocking(move || shared.dump_snapshot())
+            .await
+            .map_err(sm_read_err)?
+            .map_err(sm_read_err)?;
+        self.shared.metrics.snapshots_built.inc();
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        })
+    }
+}
+
+/// Removes what a crash may have left behind: trees of an install that did
+/// not switch over to them, half-received and half-written snapshot files.
+pub(super) fn remove_leftovers(
+    db: &sled::Db,
+    active: &[u8],
+    snapshot_dir: &Path,
+) -> anyhow::Result<()> {
+    for t in db.tree_names() {
+        if t.starts_with(b"sm.") && t.as_ref() != active {
+            db.drop_tree(&t)?;
+        }
+    }
+    for entry in std::fs::read_dir(snapshot_dir)? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("incoming-") || n.ends_with(".tmp"))
+        {
+            std::fs::remove_file(path)?;
+        }
+    }
+    Ok(())
+}
+
+/// What the snapshot on disk covers, as its meta says.
+pub(super) fn covered(snapshot_dir: &Path) -> anyhow::Result<Option<LogId>> {
+    Ok(read_meta(&snapshot_dir.join("current.meta"))?.and_then(|m| m.last_log_id))
+}
+
+/// A fresh file for a snapshot openraft is about to send us.
+pub(super) async fn begin_receiving(
+    shared: &SmShared,
+) -> Result<Box<tokio::fs::File>, StorageError> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let path = shared.snapshot_dir.join(format!("incoming-{nanos}.data"));
+    let file = tokio::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .await
+        .map_err(|e| openraft::StorageIOError::write_snapshot(None, &e))?;
+    Ok(Box::new(file))
+}
+
+/// Installs a received snapshot and keeps it as the current one.
+pub(super) async fn install(
+    shared: &Arc<SmShared>,
+    meta: &SnapshotMeta,
+    snapshot: Box<tokio::fs::File>,
+) -> Result<(), StorageError> {
+    let sm = shared.clone();
+    let meta = meta.clone();
+    let file = *snapshot;
+    file.sync_all().await.map_err(sm_write_err)?;
+    let std_file = file.into_std().await;
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut f = std_file;
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0))?;
+        let copy = f.try_clone()?;
+        sm.install_from(&meta, copy)?;
+        // Keep the received file as the current snapshot, to serve other laggards.
+        let (meta_path, data_path) = sm.snapshot_paths();
+        let tmp = sm.snapshot_dir.join("received.data.tmp");
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0))?;
+        let mut out = std::fs::File::create(&tmp)?;
+        std::io::copy(&mut f, &mut out)?;
+        out.sync_all()?;
+        let _files = sm.lock_snapshot_files();
+        std::fs::rename(&tmp, &data_path)?;
+        write_meta(&meta_path, &meta)?;
+        sm.cover.set(meta.last_log_id);
+        Ok(())
+    })
+    .await
+    .map_err(sm_write_err)?
+    .map_err(sm_write_err)?;
+    for entry in std::fs::read_dir(&shared.snapshot_dir).map_err(sm_write_err)? {
+        let path = entry.map_err(sm_write_err)?.path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("incoming-"))
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    shared.metrics.snapshots_installed.inc();
+    Ok(())
+}
+
+/// The current snapshot, if one was built or installed.
+pub(super) async fn current(
+    shared: &Arc<SmShared>,
+) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+    let shared = shared.clone();
+    let current = tokio::task::spawn_blocking(move || shared.current_snapshot())
+        .await
+        .map_err(sm_read_err)?
+        .map_err(sm_read_err)?;
+    Ok(current.map(|(meta, file)| Snapshot {
+        meta,
+        snapshot: Box::new(tokio::fs::File::from_std(file)),
+    }))
+}
+
+impl SmShared {
+    fn snapshot_paths(&self) -> (PathBuf, PathBuf) {
+        (
+            self.snapshot_dir.join("current.meta"),
+            self.snapshot_dir.join("current.data"),
+        )
+    }
+
+    /// Writes the whole active tree to the current snapshot files and returns
+    /// its meta with the data file opened.
+    fn dump_snapshot(&self) -> anyhow::Result<(SnapshotMeta, std::fs::File)> {
+        let (meta_path, data_path) = self.snapshot_paths();
+        let tmp = self.snapshot_dir.join("build.data.tmp");
+        let tree = self.tree();
+        let last_applied: Option<LogId> = read_tree::<Option<LogId>>(&tree, KEY_APPLIED)?.flatten();
+        let membership: StoredMembership = read_tree(&tree, KEY_MEMBERSHIP)?.unwrap_or_default();
+        {
+            let mut out = BufWriter::new(std::fs::File::create(&tmp)?);
+            for item in tree.iter() {
+                let (k, v) = item?;
+                write_frame(&mut out, &(k.to_vec(), v.to_vec()))?;
+            }
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+        }
+        drop(tree);
+        let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let snapshot_id = match &last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, seq),
+            None => format!("0-0-{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        let _files = self.lock_snapshot_files();
+        std::fs::rename(&tmp, &data_path)?;
+        write_meta(&meta_path, &meta)?;
+        self.cover.set(meta.last_log_id);
+        let data = std::fs::File::open(&data_path)?;
+        Ok((meta, data))
+    }
+
+    fn lock_snapshot_files(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A poisoned lock guards no data of its own; the files are intact.
+        self.snapshot_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current snapshot's meta and its data file, read as one pair.
+    fn current_snapshot(&self) -> anyhow::Result<Option<(SnapshotMeta, std::fs::File)>> {
+        let (meta_path, data_path) = self.snapshot_paths();
+        let _files = self.lock_snapshot_files();
+        let Some(meta) = read_meta(&meta_path)? else {
+            return Ok(None);
+        };
+        Ok(Some((meta, std::fs::File::open(&data_path)?)))
+    }
+
+    /// Replaces the state with the snapshot in `file`, streamed into a fresh tree.
+    fn install_from(&self, meta: &SnapshotMeta, file: std::fs::File) -> anyhow::Result<()> {
+        let seq: u64 = self
+            .root
+            .get(ROOT_SEQ)?
+            .map(|v| codec::decode_record(&v))
+            .transpose()?
+            .unwrap_or(0)
+            + 1;
+        self.root.insert(ROOT_SEQ, codec::encode_record(&seq)?)?;
+        let name = format!("sm.{seq}");
+        let fresh = self.db.open_tree(&name)?;
+        fresh.clear()?;
+        let mut reader = BufReader::new(file);
+        let mut batch = sled::Batch::default();
+        let mut pending = 0usize;
+        while let Some((k, v)) = read_frame::<(Vec<u8>, Vec<u8>)>(&mut reader)? {
+            batch.insert(k, v);
+            pending += 1;
+            if pending == 1024 {
+                fresh.apply_batch(std::mem::take(&mut batch))?;
+                pending = 0;
+            }
+        }
+        fresh.apply_batch(batch)?;
+        // The dump was taken under the same lock as its meta, so the applied id
+        // and membership records in it already agree with `meta`.
+        let applied: Option<LogId> = read_tree::<Option<LogId>>(&fresh, KEY_APPLIED)?.flatten();
+        anyhow::ensure!(
+            applied == meta.last_log_id,
+            "snapshot data does not match its meta"
+        );
+        self.db.flush()?;
+        let mut active = self.tree_mut();
+        let old = active.name();
+        self.root.insert(ROOT_ACTIVE, name.as_bytes())?;
+        self.db.flush()?;
+        *active = fresh;
+        drop(active);
+        self.db.drop_tree(old)?;
+        Ok(())
+    }
+}
+
+fn write_frame<T: Serialize>(out: &mut impl Write, value: &T) -> anyhow::Result<()> {
+    let bytes = codec::encode_record(value)?;
+    out.write_all(&(bytes.len() as u32).to_le_bytes())?;
+    out.write_all(&bytes)?;
+    Ok(())
+}
+
+/// The next record of a snapshot's data, or `None` at its end.
+pub(super) fn read_frame<T: DeserializeOwned>(input: &mut impl Read) -> anyhow::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match input.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_le_bytes(len) as u64;
+    if len > codec::MAX_RECORD_BYTES {
+        anyhow::bail!("snapshot record of {len} bytes exceeds the limit");
+    }
+    let mut buf = vec![0u8; len as usize];
+    input.read_exact(&mut buf)?;
+    Ok(Some(codec::decode_record(&buf)?))
+}
+
+fn write_meta(path: &Path, meta: &SnapshotMeta) -> anyhow::Result<()> {
+    let tmp = path.with_extension("meta.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&codec::encode_record(meta)?)?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)?;
+    Ok(())
+}
+
+fn read_meta(path: &Path) -> anyhow::Result<Option<SnapshotMeta>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(codec::decode_record(&bytes)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
