@@ -290,6 +290,46 @@ pub fn sso_cookies(resp: &reqwest::Response) -> Option<String> {
     Some(c.header())
 }
 
+/// A CSRF pair (cookie value = form value) from `GET /sso/signin`.
+pub async fn csrf_pair(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    use crate::sso::CSRF_COOKIE;
+    let resp = http.get(format!("{base}/sso/signin")).send().await?;
+    if resp.status() != reqwest::StatusCode::OK {
+        anyhow::bail!(unexpected("GET /sso/signin", resp).await);
+    }
+    let csrf =
+        set_cookie(&resp, CSRF_COOKIE).ok_or_else(|| anyhow::anyhow!("no {CSRF_COOKIE} cookie"))?;
+    let page = resp.text().await?;
+    if !page.contains(&format!("value=\"{csrf}\"")) {
+        anyhow::bail!("the sign-in page does not carry the CSRF cookie's value");
+    }
+    Ok(csrf)
+}
+
+/// One password sign-in with the CSRF pair `csrf`; the new agency cookies
+/// as one `Cookie` header value.
+pub async fn password_sign_in(
+    http: &reqwest::Client,
+    base: &str,
+    csrf: &str,
+    (user, password): (&str, &str),
+) -> Result<String, String> {
+    use crate::sso::CSRF_COOKIE;
+    let resp = http
+        .post(format!("{base}/sso/signin"))
+        .header(reqwest::header::COOKIE, format!("{CSRF_COOKIE}={csrf}"))
+        .form(&[("csrf", csrf), ("username", user), ("password", password)])
+        .send()
+        .await
+        .map_err(|e| format!("POST /sso/signin: {e}"))?;
+    if resp.status() != reqwest::StatusCode::SEE_OTHER {
+        return Err(unexpected("POST /sso/signin", resp).await);
+    }
+    let sso = sso_cookies(&resp).ok_or_else(|| "no agency cookies".to_string())?;
+    let _ = resp.bytes().await;
+    Ok(sso)
+}
+
 /// A status error with the start of the body, for diagnostics.
 pub async fn unexpected(what: &str, resp: reqwest::Response) -> String {
     let status = resp.status();

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use baa_proto::api::{
-    ClusterStatus, CreateUserRequest, ErrorBody, UpdateUserRequest, UserList, UserView,
+    ClusterStatus, CreateUserRequest, CreatedSite, ErrorBody, UpdateUserRequest, UserList, UserView,
 };
 use baa_proto::command::Consistency;
 use baa_proto::model::NodeId;
@@ -160,6 +160,13 @@ impl AdminClient {
                 .json(req),
         )
         .await
+    }
+
+    /// `POST /admin/v1/sites` with a registration as JSON (raw, so tests can
+    /// send what a typed request would refuse to build).
+    pub async fn create_site(&self, body: &serde_json::Value) -> Result<CreatedSite, ApiError> {
+        self.send_json(self.request(Method::POST, "/admin/v1/sites").json(body))
+            .await
     }
 
     /// `GET /admin/v1/users/{name}?consistency=…`.

@@ -1,4 +1,4 @@
-//! The demo partner site (`baa partner-site`) as a test fixture: its own
+//! The demo partner site (`baa-partner-site`) as a test fixture: its own
 //! certificate from the cluster's CA, registered at the agency through the
 //! admin API, running as a child process that talks to every node in turn.
 
@@ -20,7 +20,7 @@ pub const PARTNER_START_DEADLINE: Duration = Duration::from_secs(60);
 /// the agency's nodes at a different node.
 static STARTED: AtomicUsize = AtomicUsize::new(0);
 
-/// A running `baa partner-site`. Dropping it kills the process.
+/// A running `baa-partner-site`. Dropping it kills the process.
 pub struct PartnerSite {
     child: Option<Child>,
     status_token: String,
@@ -49,7 +49,7 @@ impl PartnerSite {
     /// Issues a certificate for `host`, registers site `client_id` (redirect URI
     /// `https://<host>:<port>/callback`, post-logout URI `https://<host>:<port>/`,
     /// back-channel logout on 127.0.0.1) through node 1's admin API, starts
-    /// `baa partner-site` on a free port of 127.0.0.1 with every node as an
+    /// `baa-partner-site` on a free port of 127.0.0.1 with every node as an
     /// agency, and waits until `/status.json` answers 200.
     pub async fn start(cluster: &Cluster, client_id: &str, host: &str) -> PartnerSite {
         let port = free_port();
@@ -115,9 +115,9 @@ impl PartnerSite {
         let err = out
             .try_clone()
             .unwrap_or_else(|e| panic!("{}: {e}", log.display()));
-        let mut cmd = Command::new(cluster.bin());
-        cmd.arg("partner-site")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+        let bin = crate::harness::partner_site_bin();
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--cert-file", path_str(&cert)])
             .args(["--key-file", path_str(&key)])
             .args(["--ca-file", path_str(&cluster.ca_pem())])
@@ -137,7 +137,7 @@ impl PartnerSite {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .unwrap_or_else(|e| panic!("spawning {} partner-site: {e}", cluster.bin().display()));
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
 
         let mut partner = PartnerSite {
             child: Some(child),

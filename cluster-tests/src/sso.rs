@@ -12,7 +12,6 @@ use base64::Engine;
 use rand::RngCore;
 use reqwest::header::{HeaderMap, COOKIE, LOCATION, SET_COOKIE};
 use reqwest::StatusCode;
-use sha2::{Digest, Sha256};
 
 use crate::harness::Cluster;
 
@@ -51,25 +50,16 @@ pub struct TestSite {
 
 /// Creates a user with a password through node 1's admin API.
 pub async fn create_user(cluster: &Cluster, username: &str, password: &str) {
-    let resp = cluster
-        .http()
-        .post(format!("{}/admin/v1/users", cluster.manage_url(1)))
-        .bearer_auth(cluster.admin_token())
-        .json(&serde_json::json!({
-            "username": username,
-            "password": password,
-            "display_name": format!("{username} Example"),
-            "email": format!("{username}@example.test"),
-        }))
-        .send()
-        .await
-        .expect("create user");
-    assert_eq!(
-        resp.status(),
-        StatusCode::CREATED,
-        "{}",
-        resp.text().await.unwrap_or_default()
-    );
+    let req = baa_proto::api::CreateUserRequest {
+        username: username.into(),
+        password: Some(password.into()),
+        display_name: Some(format!("{username} Example")),
+        email: Some(format!("{username}@example.test")),
+        ..Default::default()
+    };
+    if let Err(e) = cluster.admin(1).create_user(&req, None).await {
+        panic!("create user {username}: {e}");
+    }
 }
 
 /// Registers `baa-cli`, the public native client `baa login` is (loopback
@@ -90,27 +80,19 @@ pub async fn add_cli_client(cluster: &Cluster) -> TestSite {
 
 /// Registers a site through node 1's admin API.
 pub async fn add_site(cluster: &Cluster, body: serde_json::Value) -> TestSite {
-    let resp = cluster
-        .http()
-        .post(format!("{}/admin/v1/sites", cluster.manage_url(1)))
-        .bearer_auth(cluster.admin_token())
-        .json(&body)
-        .send()
-        .await
-        .expect("add site");
-    let status = resp.status();
-    let v: serde_json::Value = resp.json().await.expect("site JSON");
-    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let created = match cluster.admin(1).create_site(&body).await {
+        Ok(c) => c,
+        Err(e) => panic!("add site {body}: {e}"),
+    };
     TestSite {
-        client_id: v["site"]["client_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-        secret: v["client_secret"].as_str().map(String::from),
-        redirect_uri: v["site"]["redirect_uris"][0]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
+        client_id: created.site.client_id,
+        secret: created.client_secret,
+        redirect_uri: created
+            .site
+            .redirect_uris
+            .first()
+            .cloned()
+            .unwrap_or_default(),
     }
 }
 
@@ -134,7 +116,7 @@ pub fn pkce() -> (String, String) {
     let mut b = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut b);
     let verifier = URL_SAFE_NO_PAD.encode(b);
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    let challenge = baa_proto::pkce::s256(&verifier);
     (verifier, challenge)
 }
 

@@ -23,7 +23,6 @@ pub mod key_rotation;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
-pub mod partner;
 pub mod pki;
 pub mod raft;
 pub mod secrets;

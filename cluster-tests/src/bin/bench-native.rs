@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use baa_cluster_tests::bench::{
-    client_for, closed_loop, cpu_snapshot, cpu_split, machine, median, median_of, node_pids,
-    report_errors, server_means, server_times, set_cookie, slicing, sso_cookies, unexpected,
+    client_for, closed_loop, cpu_snapshot, cpu_split, csrf_pair, machine, median, median_of,
+    node_pids, password_sign_in, report_errors, server_means, server_times, slicing, unexpected,
     RunResult, Samples, Series, Tally,
 };
 use baa_cluster_tests::harness::{app_table, TOOLS_APP, TOOLS_ORIGIN};
@@ -35,7 +35,7 @@ use baa_cluster_tests::{Cluster, ClusterOptions};
 use baa_proto::api::CreateUserRequest;
 use clap::Parser;
 use reqwest::header::{AUTHORIZATION, COOKIE, LOCATION};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 
 const USER: &str = "bench";
 const PASSWORD: &str = "bench-password-0123456789";
@@ -90,27 +90,10 @@ fn location_param(resp: &reqwest::Response, name: &str) -> anyhow::Result<String
 
 /// Signs in at `base` with a fresh CSRF pair; returns (CSRF value, SSO cookie value).
 async fn sign_in(http: &reqwest::Client, base: &str) -> anyhow::Result<(String, String)> {
-    let resp = http.get(format!("{base}/sso/signin")).send().await?;
-    if resp.status() != StatusCode::OK {
-        bail!(unexpected("GET /sso/signin", resp).await);
-    }
-    let csrf = set_cookie(&resp, CSRF_COOKIE).ok_or_else(|| anyhow!("no {CSRF_COOKIE} cookie"))?;
-    let _ = resp.bytes().await;
-    let resp = http
-        .post(format!("{base}/sso/signin"))
-        .header(COOKIE, format!("{CSRF_COOKIE}={csrf}"))
-        .form(&[
-            ("csrf", csrf.as_str()),
-            ("username", USER),
-            ("password", PASSWORD),
-        ])
-        .send()
-        .await?;
-    if resp.status() != StatusCode::SEE_OTHER {
-        bail!(unexpected("POST /sso/signin", resp).await);
-    }
-    let sso = sso_cookies(&resp).ok_or_else(|| anyhow!("no agency cookies"))?;
-    let _ = resp.bytes().await;
+    let csrf = csrf_pair(http, base).await?;
+    let sso = password_sign_in(http, base, &csrf, (USER, PASSWORD))
+        .await
+        .map_err(|e| anyhow!(e))?;
     Ok((csrf, sso))
 }
 
@@ -313,20 +296,16 @@ async fn setup(cluster: &Cluster) -> anyhow::Result<()> {
         .create_user(&user, None)
         .await
         .context("creating the bench user")?;
-    let resp = admin
-        .request(Method::POST, "/admin/v1/sites")
-        .json(&serde_json::json!({
-            "client_id": CLIENT_ID,
-            "redirect_uris": ["http://127.0.0.1/callback"],
-            "allowed_scopes": ["openid", "profile", "offline_access"],
-            "public": true,
-        }))
-        .send()
-        .await?;
-    if resp.status() != StatusCode::CREATED {
-        bail!(unexpected("POST /admin/v1/sites", resp).await);
-    }
-    let _ = resp.bytes().await;
+    let site = serde_json::json!({
+        "client_id": CLIENT_ID,
+        "redirect_uris": ["http://127.0.0.1/callback"],
+        "allowed_scopes": ["openid", "profile", "offline_access"],
+        "public": true,
+    });
+    admin
+        .create_site(&site)
+        .await
+        .context("registering the native client")?;
     Ok(())
 }
 

@@ -27,18 +27,18 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use baa_cluster_tests::bench::{
-    client_for, closed_loop, cpu_seconds, cpu_snapshot, cpu_split, machine, median, median_of,
-    node_pids, report_errors, server_means, server_times, set_cookie, slicing, sso_cookies,
+    client_for, closed_loop, cpu_seconds, cpu_snapshot, cpu_split, csrf_pair, machine, median,
+    median_of, node_pids, password_sign_in, report_errors, server_means, server_times, slicing,
     unexpected, RunResult, Samples, Series, Tally,
 };
+use baa_cluster_tests::sso::CSRF_COOKIE;
 use baa_cluster_tests::{Cluster, ClusterOptions};
-use baa_proto::api::{CreateUserRequest, CreatedSite};
+use baa_proto::api::CreateUserRequest;
 use clap::Parser;
 use reqwest::header::{COOKIE, LOCATION};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 
 /// The agency's CSRF cookie (double-submit: the form field carries the same value).
-const CSRF_COOKIE: &str = "__Host-baa_csrf";
 const USER: &str = "bench";
 const PASSWORD: &str = "bench-password-0123456789";
 const CLIENT_ID: &str = "bench";
@@ -122,35 +122,9 @@ fn authorize_query() -> [(&'static str, &'static str); 7] {
     ]
 }
 
-/// A CSRF pair (cookie value = form value) from `GET /sso/signin`.
-async fn csrf_pair(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
-    let resp = http.get(format!("{base}/sso/signin")).send().await?;
-    if resp.status() != StatusCode::OK {
-        bail!(unexpected("GET /sso/signin", resp).await);
-    }
-    let csrf = set_cookie(&resp, CSRF_COOKIE).ok_or_else(|| anyhow!("no {CSRF_COOKIE} cookie"))?;
-    let page = resp.text().await?;
-    if !page.contains(&format!("value=\"{csrf}\"")) {
-        bail!("the sign-in page does not carry the CSRF cookie's value");
-    }
-    Ok(csrf)
-}
-
-/// One password sign-in; the new SSO cookie value.
+/// One password sign-in of the benchmark user; the new SSO cookie value.
 async fn sign_in(http: &reqwest::Client, base: &str, csrf: &str) -> Result<String, String> {
-    let resp = http
-        .post(format!("{base}/sso/signin"))
-        .header(COOKIE, format!("{CSRF_COOKIE}={csrf}"))
-        .form(&[("csrf", csrf), ("username", USER), ("password", PASSWORD)])
-        .send()
-        .await
-        .map_err(|e| format!("POST /sso/signin: {e}"))?;
-    if resp.status() != StatusCode::SEE_OTHER {
-        return Err(unexpected("POST /sso/signin", resp).await);
-    }
-    let sso = sso_cookies(&resp).ok_or_else(|| "no agency cookies".to_string())?;
-    let _ = resp.bytes().await;
-    Ok(sso)
+    password_sign_in(http, base, csrf, (USER, PASSWORD)).await
 }
 
 /// One closed-loop client of the workload.
@@ -387,15 +361,11 @@ async fn setup(cluster: &Cluster, writers: usize) -> anyhow::Result<String> {
             .await
             .context("creating the write-reference users")?;
     }
-    let resp = admin
-        .request(Method::POST, "/admin/v1/sites")
-        .json(&serde_json::json!({ "client_id": CLIENT_ID, "redirect_uris": [REDIRECT_URI] }))
-        .send()
-        .await?;
-    if resp.status() != StatusCode::CREATED {
-        bail!(unexpected("POST /admin/v1/sites", resp).await);
-    }
-    let created: CreatedSite = resp.json().await?;
+    let site = serde_json::json!({ "client_id": CLIENT_ID, "redirect_uris": [REDIRECT_URI] });
+    let created = admin
+        .create_site(&site)
+        .await
+        .context("registering the benchmark site")?;
     created
         .client_secret
         .ok_or_else(|| anyhow!("the confidential site came back without a secret"))

@@ -43,7 +43,7 @@ fn free_base_port() -> u16 {
 
 struct Demo {
     child: Child,
-    /// `baa serve` and `baa partner-site` children seen while the demo ran;
+    /// `baa serve` and `baa-partner-site` children seen while the demo ran;
     /// killed if the test fails.
     children: Vec<u32>,
     urls: Vec<String>,
@@ -134,7 +134,7 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
         .collect()
 }
 
-/// PIDs of live `baa partner-site` processes whose command line mentions `needle`.
+/// PIDs of live `baa-partner-site` processes whose command line mentions `needle`.
 fn sites_mentioning(needle: &str) -> Vec<u32> {
     live_processes()
         .into_iter()
@@ -265,12 +265,12 @@ impl Demo {
     }
 
     /// Records the demo's children; returns the `baa serve` ones and the
-    /// `baa partner-site` ones.
+    /// `baa-partner-site` ones.
     fn record_children(&mut self) -> (Vec<u32>, Vec<u32>) {
         let pid = self.child.id().expect("demo pid");
         let mut nodes = children_of(pid, " serve ");
         nodes.sort();
-        let mut sites = children_of(pid, " partner-site ");
+        let mut sites = children_of(pid, "baa-partner-site ");
         sites.sort();
         self.children = nodes.iter().chain(&sites).copied().collect();
         (nodes, sites)
@@ -327,7 +327,7 @@ impl Demo {
         let strays = sites_mentioning(dir);
         assert!(
             strays.is_empty(),
-            "baa partner-site processes still running on the demo dir: {strays:?}"
+            "baa-partner-site processes still running on the demo dir: {strays:?}"
         );
         self.children.clear();
     }
@@ -368,7 +368,7 @@ async fn demo_runs_stops_cleanly_and_keeps_data() {
     assert_eq!(
         sites.len(),
         SITES.len(),
-        "baa partner-site children of the demo: {sites:?}"
+        "baa-partner-site children of the demo: {sites:?}"
     );
     demo.sites_up(base).await;
     assert_eq!(demo.user, "alice");
@@ -427,7 +427,7 @@ async fn demo_runs_stops_cleanly_and_keeps_data() {
     assert_eq!(
         sites.len(),
         SITES.len(),
-        "baa partner-site children of the second demo: {sites:?}"
+        "baa-partner-site children of the second demo: {sites:?}"
     );
     demo.sites_up(base).await;
     assert_eq!(demo.password, password, "the demo password is kept");

@@ -255,9 +255,15 @@ async fn baa_login_goes_on_after_the_browser_is_killed() {
     let access = stored["access_token"].as_str().unwrap().to_string();
     let refresh = stored["refresh_token"].as_str().unwrap().to_string();
 
-    // No browser left, and the access token has expired (2 s; waited out):
-    // whoami refreshes without asking anything and works as the same user.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // No browser left, and the access token has expired (2 s; polled until
+    // the agency refuses it): whoami refreshes without asking anything and
+    // works as the same user.
+    let verify = format!("{}/auth/verify?app={TOOLS_APP}", cluster.public_url(1));
+    poll_until(Duration::from_secs(30), "the access token expires", || {
+        let req = cluster.http().get(&verify).bearer_auth(&access);
+        async move { (req.send().await.ok()?.status() == 401).then_some(()) }
+    })
+    .await;
     let argv_owned = common("whoami");
     let argv: Vec<&str> = argv_owned.iter().map(String::as_str).collect();
     let (ok, who, err) = baa(&cluster, &env, &argv).await;

@@ -183,10 +183,29 @@ async fn tickets_cross_nodes_and_redeem_exactly_once() {
     let (s, _) = redeem(&http, &n3, &shop, &code, req.verifier.as_deref()).await;
     assert_eq!(s, StatusCode::OK);
 
-    // An expired ticket is refused (ticket_ttl_s = 5 here; wait past its expiry).
+    // An expired ticket is refused (ticket_ttl_s = 5 here). Until then, a
+    // redemption with the wrong redirect URI is refused for that reason and
+    // leaves the ticket as it is; it is polled until the refusal says the
+    // ticket expired, which must not happen before its lifetime is over.
     let req = AuthRequest::new(&shop);
+    let issued = Instant::now();
     let code = code_from(&mut agent, &n1, &req, &shop).await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut elsewhere = shop.clone();
+    elsewhere.redirect_uri.push_str("/elsewhere");
+    poll_until(Duration::from_secs(30), "the ticket expires", || {
+        let (http, n2, elsewhere, code) = (&http, &n2, &elsewhere, &code);
+        async move {
+            let (_, e) = redeem(http, n2, elsewhere, code, None).await;
+            let why = e["error_description"].as_str().unwrap_or_default();
+            why.contains("expired").then_some(())
+        }
+    })
+    .await;
+    assert!(
+        issued.elapsed() >= Duration::from_secs(4),
+        "the ticket expired after {:?}, before its 5 s lifetime",
+        issued.elapsed()
+    );
     let (s, e) = redeem(&http, &n2, &shop, &code, req.verifier.as_deref()).await;
     assert_eq!(
         (s, e["error"].as_str()),
@@ -459,19 +478,31 @@ async fn tampered_expired_or_orphaned_cookies_are_no_session() {
     })
     .await;
 
-    // Expired: after the session lifetime (20 s here) a new session's cookie stops working.
+    // Expired: after the session lifetime (20 s here) a new session's cookie
+    // stops working — polled, and not before the lifetime is over.
     let mut late = Agent::new(&cluster);
+    let signed_in = Instant::now();
     late.sign_in(&n2, "alice", PASSWORD).await;
     let cookie = late.sso_cookies().unwrap();
     let (s, r) = both(&cookie);
     assert!(answer_with(s, r).await.contains_key("code"));
-    tokio::time::sleep(Duration::from_secs(21)).await;
-    let (s, r) = both(&cookie);
-    let f = answer_with(s, r).await;
-    assert_eq!(
-        f.get("error").map(String::as_str),
-        Some("login_required"),
-        "expired cookie"
+    poll_until(
+        Duration::from_secs(60),
+        "the session's cookie expires",
+        || {
+            let (s, r) = both(&cookie);
+            let check = answer_with(s, r);
+            async move {
+                let f = check.await;
+                (f.get("error").map(String::as_str) == Some("login_required")).then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(
+        signed_in.elapsed() >= Duration::from_secs(19),
+        "the session ended after {:?}, before its 20 s lifetime",
+        signed_in.elapsed()
     );
     cluster.assert_no_panics();
 }

@@ -416,6 +416,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let ca = pki::ca_cert_path(&pki_dir);
 
     let exe = std::env::current_exe().context("locating the baa binary")?;
+    let partner_bin = partner_site_bin(&exe)?;
     let mut children = Children(Vec::new());
     for i in 1..=args.nodes {
         let (cert, key) = pki::server_paths(&pki_dir, &pki::node_name(u64::from(i)));
@@ -551,9 +552,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     for site in &SITES {
         let (cert, key) = pki::server_paths(&pki_dir, site.id);
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.arg("partner-site")
-            .arg("--listen")
+        let mut cmd = std::process::Command::new(&partner_bin);
+        cmd.arg("--listen")
             .arg(addr(site.port(base)))
             .arg("--cert-file")
             .arg(&cert)
@@ -664,4 +664,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     children.stop();
     println!("baa demo: stopped");
     outcome
+}
+
+/// The demo partner site's binary, `baa-partner-site`, beside `baa` (both
+/// come from one build or one release archive).
+fn partner_site_bin(baa: &Path) -> anyhow::Result<PathBuf> {
+    let bin = baa.with_file_name("baa-partner-site");
+    anyhow::ensure!(
+        bin.exists(),
+        "the demo's partner sites need {}: build it with `cargo build --release --workspace --bins` \
+         (or install the baa-partner-site crate next to baa)",
+        bin.display()
+    );
+    Ok(bin)
 }

@@ -1,11 +1,11 @@
 //! The `baa` command line: `serve`, `pki`, `cluster`, `user`, `site`, `keys`,
-//! `demo` and `partner-site`.
+//! `login`, `demo`. (The demo's partner sites are their own binary,
+//! `baa-partner-site`.)
 
 mod admin;
 mod client;
 mod demo;
 mod login;
-mod partner;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,8 +61,6 @@ enum Command {
     },
     /// Run a local demo cluster.
     Demo(demo::DemoArgs),
-    /// Run a demo partner site (an OpenID Connect relying party) that signs users in through the agency.
-    PartnerSite(partner::PartnerArgs),
     /// Sign this app in at an agency through the system browser (loopback
     /// redirect), or with --device by entering a code on any device.
     Login(login::LoginArgs),
@@ -227,7 +225,6 @@ pub fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(admin::keys(&cli.conn, command)))
         }
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
-        Command::PartnerSite(args) => partner::run(args),
         Command::Login(args) => {
             runtime().and_then(|rt| rt.block_on(login::login(cli.conn.ca.clone(), args)))
         }

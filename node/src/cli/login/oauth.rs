@@ -16,7 +16,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand::RngCore;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
+
 use subtle::ConstantTimeEq;
 use url::Url;
 
@@ -46,11 +46,6 @@ pub fn random_string(bytes: usize) -> String {
     URL_SAFE_NO_PAD.encode(b)
 }
 
-/// S256 of a PKCE verifier (RFC 7636 §4.2).
-pub fn s256(verifier: &str) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
-}
-
 /// A PKCE verifier and its S256 challenge.
 pub struct Pkce {
     /// Sent with the code to the token endpoint.
@@ -64,7 +59,7 @@ impl Pkce {
     pub fn new() -> Self {
         let verifier = random_string(32);
         Self {
-            challenge: s256(&verifier),
+            challenge: baa_proto::pkce::s256(&verifier),
             verifier,
         }
     }
@@ -499,14 +494,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pkce_s256_matches_rfc7636_example() {
-        assert_eq!(
-            s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
-        );
-    }
-
-    #[test]
     fn pkce_verifier_is_valid_and_fresh() {
         let a = Pkce::new();
         let b = Pkce::new();
@@ -515,7 +502,7 @@ mod tests {
             .verifier
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || b"-._~".contains(&c)));
-        assert_eq!(a.challenge, s256(&a.verifier));
+        assert_eq!(a.challenge, baa_proto::pkce::s256(&a.verifier));
         assert_ne!(a.verifier, b.verifier);
     }
 

@@ -3,7 +3,7 @@
 use maud::{html, Markup, DOCTYPE};
 use serde_json::Value;
 
-use super::oidc::Claims;
+use crate::oidc::Claims;
 
 /// The claims shown on the signed-in page, in this order.
 pub const SHOWN_CLAIMS: [&str; 4] = ["sub", "preferred_username", "name", "email"];

@@ -1,10 +1,7 @@
-//! A demo partner site: an OpenID Connect relying party (confidential client)
+//! The site itself: an OpenID Connect relying party (confidential client)
 //! that signs users in through the agency with `response_mode=form_post`,
-//! PKCE and a nonce, and honours back-channel logout. `baa demo` and the
-//! cluster tests run it; all of its state is in memory.
-
-mod oidc;
-mod pages;
+//! PKCE and a nonce, and honours back-channel logout. All of its state is in
+//! memory.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -22,7 +19,8 @@ use maud::Markup;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use self::oidc::{Claims, Expected, RoundRobin, TokenError};
+use crate::oidc::{self, Claims, Expected, RoundRobin, TokenError};
+use crate::pages;
 
 /// Cookie binding a login flow to the browser that started it. It must reach
 /// the cross-site form POST of the callback, hence `SameSite=None`.
@@ -711,23 +709,10 @@ async fn not_found(site: web::Data<Site>) -> HttpResponse {
     )
 }
 
-/// The site's TLS: its certificate, no client authentication.
-fn server_tls(config: &SiteConfig) -> anyhow::Result<rustls::ServerConfig> {
-    let mut tls = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(
-            crate::tls::load_certs(&config.cert_file)?,
-            crate::tls::load_key(&config.key_file)?,
-        )
-        .context("building the site's TLS configuration")?;
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tls)
-}
-
 /// Runs the site until SIGINT/SIGTERM. Must be called inside an actix System.
 pub async fn run(config: SiteConfig) -> anyhow::Result<()> {
     crate::tls::install_crypto_provider();
-    let tls = server_tls(&config)?;
+    let tls = crate::tls::server_config(&config.cert_file, &config.key_file)?;
     let site = web::Data::new(Site::new(&config)?);
     let (name, public_url) = (site.name.clone(), site.public_url.clone());
     let server = HttpServer::new(move || {
@@ -764,8 +749,8 @@ mod tests {
     use jsonwebtoken::{EncodingKey, Header};
     use rsa::traits::PublicKeyParts;
 
-    use super::oidc::*;
     use super::*;
+    use crate::oidc::*;
 
     const ISS: &str = "https://login.baa.localtest:8441";
     const CLIENT: &str = "shop";

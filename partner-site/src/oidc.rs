@@ -10,7 +10,7 @@ use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
+
 use subtle::ConstantTimeEq;
 
 /// The `events` member that marks a back-channel logout token.
@@ -29,7 +29,7 @@ pub fn random_token() -> String {
 
 /// The S256 PKCE challenge of `verifier` (RFC 7636 §4.2).
 pub fn pkce_challenge(verifier: &str) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+    baa_proto::pkce::s256(verifier)
 }
 
 /// Compares two secrets in constant time.

@@ -1,18 +1,18 @@
-//! `baa partner-site`: runs the demo partner site (an OpenID Connect relying
+//! `baa-partner-site`: runs the demo partner site (an OpenID Connect relying
 //! party) in its own actix System.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Args;
+use baa_partner_site::SiteConfig;
+use clap::Parser;
 
-use crate::config::LogFormat;
-use crate::partner::SiteConfig;
-
-/// Options of `baa partner-site`.
-#[derive(Debug, Args)]
-pub struct PartnerArgs {
+/// Runs a demo partner site (an OpenID Connect relying party) that signs
+/// users in through a baa agency.
+#[derive(Debug, Parser)]
+#[command(name = "baa-partner-site", version)]
+struct PartnerArgs {
     /// Address of the site's HTTPS listener, e.g. 127.0.0.1:9443.
     #[arg(long)]
     listen: SocketAddr,
@@ -45,7 +45,7 @@ pub struct PartnerArgs {
     #[arg(long = "agency", required = true)]
     agencies: Vec<String>,
     /// HOST=IP: calls to the agency resolve HOST to IP (the port comes from the URL).
-    #[arg(long = "resolve", value_parser = super::login::parse_resolve)]
+    #[arg(long = "resolve", value_parser = parse_resolve)]
     resolve: Vec<(String, IpAddr)>,
     /// Scopes requested at sign-in.
     #[arg(long, default_value = "openid profile email")]
@@ -62,14 +62,33 @@ pub struct PartnerArgs {
     log_level: String,
 }
 
-/// Runs the partner site until SIGINT/SIGTERM.
-pub fn run(args: PartnerArgs) -> anyhow::Result<()> {
-    let format = if args.log_format == "json" {
-        LogFormat::Json
-    } else {
-        LogFormat::Text
+/// `HOST=IP`.
+fn parse_resolve(s: &str) -> Result<(String, IpAddr), String> {
+    match s.split_once('=') {
+        Some((host, ip)) if !host.is_empty() => ip
+            .parse()
+            .map(|ip| (host.to_string(), ip))
+            .map_err(|_| format!("{ip:?} is not an IP address")),
+        _ => Err(format!("expected HOST=IP, got {s:?}")),
+    }
+}
+
+/// Logs to standard error; secrets are never passed to the logger.
+fn init_logging(json: bool, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match json {
+        true => builder.json().try_init(),
+        false => builder.try_init(),
     };
-    crate::init_logging(format, &args.log_level);
+}
+
+/// Runs the partner site until SIGINT/SIGTERM.
+fn main() -> anyhow::Result<()> {
+    let args = PartnerArgs::parse();
+    init_logging(args.log_format == "json", &args.log_level);
     let secret = std::fs::read_to_string(&args.client_secret_file).with_context(|| {
         format!(
             "reading the client secret file {}",
@@ -100,5 +119,5 @@ pub fn run(args: PartnerArgs) -> anyhow::Result<()> {
         scope: args.scope,
         status_token,
     };
-    actix_rt::System::new().block_on(crate::partner::run(config))
+    actix_rt::System::new().block_on(baa_partner_site::run(config))
 }

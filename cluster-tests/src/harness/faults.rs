@@ -1,0 +1,80 @@
+//! Faults the tests inject: kill, clean stop and restart of a node, signals
+//! (pause and resume), and partitions through the per-node proxies.
+
+use super::*;
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+impl Cluster {
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self, id: NodeId) {
+        let node = self.node_mut(id);
+        let mut child = node
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("node {id} is not running"));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// SIGTERM, then wait for the exit (panics if the node does not stop in time).
+    pub async fn stop(&mut self, id: NodeId) -> ExitStatus {
+        let node = self.node_mut(id);
+        let mut child = node
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("node {id} is not running"));
+        signal(child.id(), libc::SIGTERM);
+        let end = Instant::now() + STOP_DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for node") {
+                return status;
+            }
+            if Instant::now() >= end {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("node {id} did not exit within {STOP_DEADLINE:?} of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts a stopped node again with the same config and data, and waits for `/healthz`.
+    pub async fn restart(&mut self, id: NodeId) {
+        self.spawn(id);
+        self.wait_healthy(id).await;
+    }
+
+    /// Cuts every cluster connection between `side_a` and `side_b` (both directions).
+    /// Returns once existing connections across the cut are reset.
+    pub async fn partition(&self, side_a: &[NodeId], side_b: &[NodeId]) {
+        let a: BTreeSet<NodeId> = side_a.iter().copied().collect();
+        let b: BTreeSet<NodeId> = side_b.iter().copied().collect();
+        assert!(a.is_disjoint(&b), "partition sides overlap: {a:?} {b:?}");
+        for id in &a {
+            self.node(*id).proxy.set_blocked(b.clone()).await;
+        }
+        for id in &b {
+            self.node(*id).proxy.set_blocked(a.clone()).await;
+        }
+    }
+
+    /// Cuts `id` off from every other node.
+    pub async fn isolate(&self, id: NodeId) {
+        let others: Vec<NodeId> = self.ids().into_iter().filter(|&o| o != id).collect();
+        self.partition(&[id], &others).await;
+    }
+
+    /// Removes every partition.
+    pub async fn heal(&self) {
+        for node in self.nodes.values() {
+            node.proxy.set_blocked(BTreeSet::new()).await;
+        }
+    }
+}
