@@ -1,9 +1,10 @@
-//! actix actors of the node: SSO cookie validation (session gate), login
-//! ticket issue (ticket issuer), token → session translation (native broker), work that must not block the async workers
-//! (password hashing) and periodic housekeeping (the reaper).
+//! actix actors of the node, each the owner of some state: cookie
+//! validation (its cache of verified references), ticket issue, token
+//! translation (its memory of recorded use), the password-hashing pool and
+//! periodic housekeeping (the reaper).
 
+pub mod cookie_validator;
 pub mod hasher;
-pub mod native_broker;
 pub mod reaper;
-pub mod session_gate;
 pub mod ticket_issuer;
+pub mod token_translator;

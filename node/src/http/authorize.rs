@@ -8,7 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::browser::{self, csrf_ok, csrf_refused, current_session, SignInView};
-use crate::actors::session_gate::SessionGate;
+use crate::actors::cookie_validator::CookieValidator;
 use crate::actors::ticket_issuer::TicketIssuer;
 use crate::agency::Agency;
 use crate::sso::authorize::{self, AuthParams};
@@ -27,7 +27,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 async fn authorize(
     req: HttpRequest,
     agency: web::Data<Agency>,
-    gate: web::Data<Addr<SessionGate>>,
+    gate: web::Data<Addr<CookieValidator>>,
     issuer: web::Data<Addr<TicketIssuer>>,
     params: AuthParams,
 ) -> HttpResponse {
@@ -43,7 +43,7 @@ async fn authorize(
 async fn authorize_get(
     req: HttpRequest,
     agency: web::Data<Agency>,
-    gate: web::Data<Addr<SessionGate>>,
+    gate: web::Data<Addr<CookieValidator>>,
     issuer: web::Data<Addr<TicketIssuer>>,
     params: web::Query<AuthParams>,
 ) -> HttpResponse {
@@ -53,7 +53,7 @@ async fn authorize_get(
 async fn authorize_post(
     req: HttpRequest,
     agency: web::Data<Agency>,
-    gate: web::Data<Addr<SessionGate>>,
+    gate: web::Data<Addr<CookieValidator>>,
     issuer: web::Data<Addr<TicketIssuer>>,
     params: web::Form<AuthParams>,
 ) -> HttpResponse {
@@ -80,7 +80,7 @@ struct ConsentForm {
 async fn consent_post(
     req: HttpRequest,
     agency: web::Data<Agency>,
-    gate: web::Data<Addr<SessionGate>>,
+    gate: web::Data<Addr<CookieValidator>>,
     issuer: web::Data<Addr<TicketIssuer>>,
     form: web::Form<ConsentForm>,
 ) -> HttpResponse {

@@ -13,7 +13,9 @@ use baa_proto::ErrorCode;
 use subtle::ConstantTimeEq;
 
 use super::pages::{self, Csp};
-use crate::actors::session_gate::{BrowserCookies, SessionGate, ValidSession, ValidateCookies};
+use crate::actors::cookie_validator::{
+    BrowserCookies, CookieValidator, ValidSession, ValidateCookies,
+};
 use crate::agency::Agency;
 use crate::clock::now_ms;
 use crate::error::NodeError;
@@ -32,10 +34,10 @@ pub fn cookie_value(req: &HttpRequest, name: &str) -> Option<String> {
 }
 
 /// The current session, if the request's cookies prove one (see the
-/// session gate).
+/// cookie validator).
 pub async fn current_session(
     req: &HttpRequest,
-    gate: &Addr<SessionGate>,
+    gate: &Addr<CookieValidator>,
     agency: &Agency,
 ) -> Option<ValidSession> {
     let Some(session) = cookie_value(req, SESSION_COOKIE) else {

@@ -13,8 +13,8 @@ use serde::Deserialize;
 
 use super::browser::{cookie_value, current_session, sign_in_page, with_cookies, SignInView};
 use super::oidc::bearer;
-use crate::actors::native_broker::{NativeBroker, Translated};
-use crate::actors::session_gate::SessionGate;
+use crate::actors::cookie_validator::CookieValidator;
+use crate::actors::token_translator::{TokenTranslator, Translated};
 use crate::agency::Agency;
 use crate::sso::authorize::AuthParams;
 use crate::sso::forward_auth::{self, Presented, Verdict, STATE_TTL_S};
@@ -46,8 +46,8 @@ fn verified(agency: &Agency, t: &Translated) -> HttpResponse {
 async fn verify(
     req: HttpRequest,
     agency: web::Data<Agency>,
-    gate: web::Data<Addr<SessionGate>>,
-    broker: web::Data<Addr<NativeBroker>>,
+    gate: web::Data<Addr<CookieValidator>>,
+    broker: web::Data<Addr<TokenTranslator>>,
     query: web::Query<VerifyQuery>,
 ) -> HttpResponse {
     let app = query.app.as_deref();
@@ -135,7 +135,7 @@ struct GrantQuery {
 async fn grant(
     req: HttpRequest,
     agency: web::Data<Agency>,
-    gate: web::Data<Addr<SessionGate>>,
+    gate: web::Data<Addr<CookieValidator>>,
     query: web::Query<GrantQuery>,
 ) -> HttpResponse {
     let name = req.match_info().get("app").unwrap_or_default();

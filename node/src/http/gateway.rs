@@ -6,7 +6,7 @@
 //! A request must carry the app's token as `Authorization: Bearer …`, issued
 //! to one of the clients the app names in `accept_clients` (its audience: a
 //! token a web site got for signing the user in opens nothing here); the
-//! `NativeBroker` translates it back into the browser session it belongs to
+//! `TokenTranslator` translates it back into the browser session it belongs to
 //! (and records the session's use). The SSO cookie is not accepted here: the
 //! gateway is for apps without a browser, and honouring the cookie would let
 //! any page a user visits send requests through the gateway in their name.
@@ -42,7 +42,7 @@ use url::Url;
 
 use super::error::error_response;
 use super::oidc::bearer;
-use crate::actors::native_broker::{NativeBroker, TranslateToken, Translated};
+use crate::actors::token_translator::{TokenTranslator, TranslateToken, Translated};
 use crate::agency::Agency;
 use crate::clock::now_ms;
 use crate::config::GatewayApp;
@@ -314,7 +314,7 @@ async fn forward(
     req: HttpRequest,
     payload: web::Payload,
     agency: web::Data<Agency>,
-    broker: web::Data<Addr<NativeBroker>>,
+    broker: web::Data<Addr<TokenTranslator>>,
     client: web::Data<UpstreamClient>,
 ) -> HttpResponse {
     let name = req.match_info().get("app").unwrap_or_default();
@@ -349,7 +349,7 @@ async fn forward(
 /// Who the request's bearer token speaks for, if the app takes its client's tokens.
 async fn translate(
     req: &HttpRequest,
-    broker: &Addr<NativeBroker>,
+    broker: &Addr<TokenTranslator>,
     app: &GatewayApp,
 ) -> Result<Translated, HttpResponse> {
     let Some(token) = bearer(req).filter(|t| !t.is_empty()) else {

@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::browser::{self, current_session};
 use super::pages::{self, Csp};
-use crate::actors::session_gate::SessionGate;
+use crate::actors::cookie_validator::CookieValidator;
 use crate::agency::Agency;
 
 /// Registers the route.
@@ -17,7 +17,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 async fn home(
     req: HttpRequest,
     agency: web::Data<Agency>,
-    gate: web::Data<Addr<SessionGate>>,
+    gate: web::Data<Addr<CookieValidator>>,
 ) -> HttpResponse {
     let session = current_session(&req, &gate, &agency).await;
     let found = match &session {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::browser::{self, csrf_ok, csrf_refused, current_session, with_cookie};
 use super::pages::{self, Csp};
-use crate::actors::session_gate::{SessionGate, ValidSession};
+use crate::actors::cookie_validator::{CookieValidator, ValidSession};
 use crate::agency::Agency;
 use crate::sso::authorize::origin_of;
 use crate::sso::backchannel::Backchannel;
@@ -27,7 +27,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 async fn logout_get(
     req: HttpRequest,
     agency: web::Data<Agency>,
-    gate: web::Data<Addr<SessionGate>>,
+    gate: web::Data<Addr<CookieValidator>>,
     backchannel: web::Data<Backchannel>,
     params: web::Query<LogoutParams>,
 ) -> HttpResponse {
@@ -96,7 +96,7 @@ struct LogoutParamsForm {
 async fn logout_post(
     req: HttpRequest,
     agency: web::Data<Agency>,
-    gate: web::Data<Addr<SessionGate>>,
+    gate: web::Data<Addr<CookieValidator>>,
     backchannel: web::Data<Backchannel>,
     form: web::Form<LogoutForm>,
 ) -> HttpResponse {

@@ -27,10 +27,10 @@ use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpServer};
 
+use crate::actors::cookie_validator::CookieValidator;
 use crate::actors::hasher::Hashers;
-use crate::actors::native_broker::NativeBroker;
-use crate::actors::session_gate::SessionGate;
 use crate::actors::ticket_issuer::TicketIssuer;
+use crate::actors::token_translator::TokenTranslator;
 use crate::agency::Agency;
 use crate::tls::NodeIdentity;
 
@@ -165,9 +165,9 @@ fn public_server(shared: Shared, identity: &NodeIdentity) -> anyhow::Result<Serv
     let server = HttpServer::new(move || {
         // One of each actor per worker: their messages never cross threads.
         let agency = shared.agency.clone().into_inner();
-        let gate = SessionGate::new(agency.clone()).start();
+        let gate = CookieValidator::new(agency.clone()).start();
         let issuer = TicketIssuer::new(agency.clone()).start();
-        let broker = NativeBroker::new(agency).start();
+        let broker = TokenTranslator::new(agency).start();
         App::new()
             .configure(|cfg| shared.configure(cfg))
             .app_data(web::Data::new(gate))

@@ -13,7 +13,7 @@ use super::browser::{
 };
 use super::oidc::{authenticate_client, ClientAuthForm};
 use super::pages::{self, Csp};
-use crate::actors::session_gate::SessionGate;
+use crate::actors::cookie_validator::CookieValidator;
 use crate::agency::Agency;
 use crate::sso::authorize::AuthParams;
 use crate::sso::device::{self, Decided};
@@ -98,7 +98,7 @@ fn device_page(
 async fn device_get(
     req: HttpRequest,
     agency: web::Data<Agency>,
-    gate: web::Data<Addr<SessionGate>>,
+    gate: web::Data<Addr<CookieValidator>>,
     query: web::Query<DeviceQuery>,
 ) -> HttpResponse {
     let typed = query.user_code.clone().unwrap_or_default();
@@ -146,7 +146,7 @@ const BAD_CODE: &str = "That code is not valid or has expired. Check it and try 
 async fn device_post(
     req: HttpRequest,
     agency: web::Data<Agency>,
-    gate: web::Data<Addr<SessionGate>>,
+    gate: web::Data<Addr<CookieValidator>>,
     form: web::Form<DeviceForm>,
 ) -> HttpResponse {
     if !csrf_ok(&req, &form.csrf) {
@@ -188,7 +188,7 @@ fn code_guessing_locked(agency: &Agency, req: &HttpRequest, typed: &str) -> Opti
 async fn device_decide(
     req: HttpRequest,
     agency: web::Data<Agency>,
-    gate: web::Data<Addr<SessionGate>>,
+    gate: web::Data<Addr<CookieValidator>>,
     form: web::Form<DeviceForm>,
 ) -> HttpResponse {
     if !csrf_ok(&req, &form.csrf) {

@@ -11,7 +11,7 @@ use baa_proto::sso::{ResponseMode, Site};
 use baa_proto::ErrorCode;
 use serde::{Deserialize, Serialize};
 
-use crate::actors::session_gate::ValidSession;
+use crate::actors::cookie_validator::ValidSession;
 use crate::actors::ticket_issuer::{IssueTicket, TicketIssuer, TicketRequest};
 use crate::agency::Agency;
 use crate::clock::now_ms;

@@ -10,7 +10,7 @@ use baa_proto::sso::{AccountName, LoginParams, PairwiseSalt, Session, Trust};
 use baa_proto::ErrorCode;
 
 use super::authorize::{issue_ticket, Authz, Next};
-use crate::actors::session_gate::ValidSession;
+use crate::actors::cookie_validator::ValidSession;
 use crate::actors::ticket_issuer::TicketIssuer;
 use crate::agency::Agency;
 use crate::clock::now_ms;

@@ -12,7 +12,7 @@ use baa_proto::ErrorCode;
 use rand::Rng;
 
 use super::grants::{known, required, Minted, TokenRequest};
-use crate::actors::session_gate::ValidSession;
+use crate::actors::cookie_validator::ValidSession;
 use crate::agency::Agency;
 use crate::clock::now_ms;
 use crate::error::NodeError;

@@ -32,8 +32,8 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, Validation};
 use url::Url;
 
-use crate::actors::native_broker::{NativeBroker, RecordUse, TranslateToken, Translated};
-use crate::actors::session_gate::ValidSession;
+use crate::actors::cookie_validator::ValidSession;
+use crate::actors::token_translator::{RecordUse, TokenTranslator, TranslateToken, Translated};
 use crate::agency::Agency;
 use crate::clock::now_ms;
 use crate::config::ForwardAuthApp;
@@ -266,7 +266,7 @@ pub enum Verdict {
 /// accepts their client.
 pub async fn verify(
     agency: &Agency,
-    broker: &Addr<NativeBroker>,
+    broker: &Addr<TokenTranslator>,
     app: Option<&str>,
     presented: Presented,
 ) -> Result<Verdict> {

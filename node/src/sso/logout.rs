@@ -8,7 +8,7 @@ use baa_proto::ErrorCode;
 use serde::Deserialize;
 
 use super::backchannel::Backchannel;
-use crate::actors::session_gate::ValidSession;
+use crate::actors::cookie_validator::ValidSession;
 use crate::agency::Agency;
 use crate::error::NodeError;
 

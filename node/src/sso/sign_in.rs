@@ -11,8 +11,8 @@ use baa_proto::cookie::SESSION_SECRET_LEN;
 use baa_proto::sso::{public_sid, secret_hash, Session, ThrottlePolicy, ThrottleSubject};
 use baa_proto::ErrorCode;
 
+use crate::actors::cookie_validator::ValidSession;
 use crate::actors::hasher::Hashers;
-use crate::actors::session_gate::ValidSession;
 use crate::agency::Agency;
 use crate::clock::now_ms;
 use crate::error::NodeError;

@@ -159,7 +159,7 @@ pub async fn userinfo(
     agency: &Agency,
     token: &str,
 ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, NodeError> {
-    let Some((t, _)) = crate::actors::native_broker::live_token(agency, token).await? else {
+    let Some((t, _)) = crate::actors::token_translator::live_token(agency, token).await? else {
         return Ok(None);
     };
     let Some(user) = agency.state.user_by_id(t.user_id)? else {
@@ -203,7 +203,7 @@ pub async fn introspect(
 ) -> Result<serde_json::Value, NodeError> {
     let inactive = serde_json::json!({ "active": false });
     agency.read_barrier(Consistency::Linearizable).await?;
-    let found = match crate::actors::native_broker::live_token(agency, token).await? {
+    let found = match crate::actors::token_translator::live_token(agency, token).await? {
         Some((t, s)) => Some((
             t.client_id,
             t.scopes,

@@ -1,8 +1,8 @@
-//! The native broker: translates a secure token held by a non-browser app
+//! Token translation: turns a secure token held by a non-browser app
 //! back into the browser session it was made from (the token → session
 //! mapping is replicated), and keeps that session alive while the app uses
 //! it — recorded at most once per configured interval, not per request.
-//! One broker runs on each HTTP worker.
+//! One translator runs on each HTTP worker.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,13 +48,13 @@ pub struct RecordUse(pub Session);
 
 /// Translates tokens on one worker and remembers when it last recorded use
 /// of each session.
-pub struct NativeBroker {
+pub struct TokenTranslator {
     agency: Arc<Agency>,
     touched: HashMap<SecretHash, Instant>,
 }
 
-impl NativeBroker {
-    /// A broker for `agency`.
+impl TokenTranslator {
+    /// A translator for `agency`.
     pub fn new(agency: Arc<Agency>) -> Self {
         Self {
             agency,
@@ -63,7 +63,7 @@ impl NativeBroker {
     }
 }
 
-impl Actor for NativeBroker {
+impl Actor for TokenTranslator {
     type Context = Context<Self>;
 }
 
@@ -87,7 +87,7 @@ pub async fn lookup(
     Ok((user.id == session.user_id && !user.disabled).then_some(Translated { session, user }))
 }
 
-impl Handler<TranslateToken> for NativeBroker {
+impl Handler<TranslateToken> for TokenTranslator {
     type Result = ResponseActFuture<Self, Result<Option<Translated>, NodeError>>;
 
     fn handle(&mut self, msg: TranslateToken, _: &mut Self::Context) -> Self::Result {
@@ -105,7 +105,7 @@ impl Handler<TranslateToken> for NativeBroker {
     }
 }
 
-impl Handler<RecordUse> for NativeBroker {
+impl Handler<RecordUse> for TokenTranslator {
     type Result = ();
 
     fn handle(&mut self, msg: RecordUse, _: &mut Self::Context) {
@@ -113,7 +113,7 @@ impl Handler<RecordUse> for NativeBroker {
     }
 }
 
-impl NativeBroker {
+impl TokenTranslator {
     /// Slides the session's idle expiry when the last recorded use is older
     /// than the interval (checked against the replicated `last_seen` and this
     /// worker's own memory, so a busy app causes one write per interval).

@@ -1,7 +1,7 @@
-//! The session gate: checks a browser's two cookies — the host-only session
+//! Cookie validation: checks a browser's two cookies — the host-only session
 //! cookie (the bearer) and the agency reference cookie (signed by this
 //! agency, naming the session) — and answers with the live session they both
-//! name, or nothing. One gate runs on each HTTP worker, so a check never
+//! name, or nothing. One validator runs on each HTTP worker, so a check never
 //! crosses threads; each remembers the references it has verified, since a
 //! browser sends the same one with every request and checking its signature
 //! costs more than everything else a validation does.
@@ -41,13 +41,13 @@ pub struct BrowserCookies {
 pub struct ValidateCookies(pub BrowserCookies);
 
 /// Validates SSO cookies against the local state.
-pub struct SessionGate {
+pub struct CookieValidator {
     agency: Arc<Agency>,
     verified: Verified,
 }
 
-impl SessionGate {
-    /// A gate for `agency`.
+impl CookieValidator {
+    /// A validator for `agency`.
     pub fn new(agency: Arc<Agency>) -> Self {
         Self {
             agency,
@@ -56,7 +56,7 @@ impl SessionGate {
     }
 }
 
-/// Most references one gate remembers; when full it starts again empty.
+/// Most references one validator remembers; when full it starts again empty.
 const MAX_VERIFIED: usize = 10_000;
 
 /// What a verified reference proved, by SHA-256 of its value.
@@ -98,7 +98,7 @@ impl Verified {
     }
 }
 
-impl Actor for SessionGate {
+impl Actor for CookieValidator {
     type Context = Context<Self>;
 }
 
@@ -157,7 +157,7 @@ async fn validate(
     }
 }
 
-impl Handler<ValidateCookies> for SessionGate {
+impl Handler<ValidateCookies> for CookieValidator {
     type Result = ResponseFuture<Option<ValidSession>>;
 
     fn handle(&mut self, msg: ValidateCookies, _: &mut Self::Context) -> Self::Result {
