@@ -234,11 +234,118 @@ impl Metrics {
         Arc::new(m)
     }
 
+    /// Counts a password sign-in by its result.
+    pub fn sign_in(&self, result: SignInResult) {
+        self.sign_ins.with_label_values(&[result.label()]).inc();
+    }
+
+    /// Counts a page the agency showed.
+    pub fn page(&self, page: Page) {
+        self.pages.with_label_values(&[page.label()]).inc();
+    }
+
+    /// Counts a browser's cookie check by its outcome.
+    pub fn cookie_check(&self, outcome: CookieCheck) {
+        self.cookie_validations
+            .with_label_values(&[outcome.label()])
+            .inc();
+    }
+
+    /// Counts a back-channel logout delivery by its outcome.
+    pub fn backchannel_logout(&self, outcome: Delivery) {
+        self.backchannel_logouts
+            .with_label_values(&[outcome.label()])
+            .inc();
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// Defines an enum of the values one label takes, so that a typo cannot
+/// start a new series.
+macro_rules! label_values {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $value:literal),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)*
+        }
+
+        impl $name {
+            /// The label value.
+            pub fn label(self) -> &'static str {
+                match self {
+                    $($name::$variant => $value,)*
+                }
+            }
+        }
+    };
+}
+
+label_values! {
+    /// `baa_sso_sign_ins_total{result}`.
+    SignInResult {
+        /// A session was made.
+        Ok = "ok",
+        /// Unknown account, wrong password or disabled account.
+        Failed = "failed",
+        /// Refused by the throttle.
+        Locked = "locked",
+    }
+}
+
+label_values! {
+    /// `baa_sso_pages_total{page}`.
+    Page {
+        /// The sign-in form.
+        SignIn = "sign_in",
+        /// The trust page.
+        Trust = "trust",
+        /// The error page.
+        Error = "error",
+        /// The sign-out confirmation.
+        SignOut = "sign_out",
+        /// The device page's code entry.
+        Device = "device",
+        /// The device page's confirmation.
+        DeviceConfirm = "device_confirm",
+    }
+}
+
+label_values! {
+    /// `baa_sso_cookie_validations_total{result}`.
+    CookieCheck {
+        /// Both cookies name one live session.
+        Valid = "valid",
+        /// The cookies prove no live session.
+        NoSession = "no_session",
+        /// No session cookie was sent.
+        Absent = "absent",
+        /// The session cookie is not one the agency makes.
+        Malformed = "malformed",
+        /// No reference cookie came with the session cookie.
+        NoReference = "no_reference",
+        /// The reference is not signed by this agency, or expired.
+        BadReference = "reference",
+        /// The two cookies name different sessions.
+        Mismatch = "mismatch",
+        /// The session could not be read (logged as an error).
+        StorageError = "storage_error",
+    }
+}
+
+label_values! {
+    /// `baa_sso_backchannel_logouts_total{result}`.
+    Delivery {
+        /// The site took the logout token.
+        Ok = "ok",
+        /// Every attempt failed.
+        Failed = "failed",
     }
 }

@@ -17,6 +17,7 @@ use baa_proto::sso::{public_sid, secret_hash, SecretHash, Session};
 use crate::agency::Agency;
 use crate::clock::now_ms;
 use crate::keys::KeyRing;
+use crate::metrics::CookieCheck;
 
 /// A session the cookies proved.
 #[derive(Debug, Clone)]
@@ -109,15 +110,18 @@ fn precheck(
     agency: &Agency,
     cookies: &BrowserCookies,
     verified: &mut Verified,
-) -> Result<SecretHash, &'static str> {
-    let secret = cookie::parse_session(&cookies.session).ok_or("malformed")?;
-    let reference = cookies.reference.as_deref().ok_or("no_reference")?;
+) -> Result<SecretHash, CookieCheck> {
+    let secret = cookie::parse_session(&cookies.session).ok_or(CookieCheck::Malformed)?;
+    let reference = cookies
+        .reference
+        .as_deref()
+        .ok_or(CookieCheck::NoReference)?;
     let sid = verified
         .sid(&agency.keys, &agency.config.issuer, reference)
-        .ok_or("reference")?;
+        .ok_or(CookieCheck::BadReference)?;
     let key = secret_hash(&secret);
     if sid != public_sid(&key) {
-        return Err("mismatch");
+        return Err(CookieCheck::Mismatch);
     }
     Ok(key)
 }
@@ -125,17 +129,25 @@ fn precheck(
 /// The live session of a precheck's key.
 async fn validate(
     agency: &Agency,
-    prechecked: Result<SecretHash, &'static str>,
+    prechecked: Result<SecretHash, CookieCheck>,
 ) -> Option<ValidSession> {
-    let m = &agency.metrics.cookie_validations;
     let key = match prechecked {
         Ok(k) => k,
         Err(why) => {
-            m.with_label_values(&[why]).inc();
+            agency.metrics.cookie_check(why);
             return None;
         }
     };
-    let lookup = |a: &Agency| a.state.session(&key).ok().flatten();
+    // A storage error is no session for the browser (it signs in again),
+    // but never silently: it is logged and counted apart.
+    let lookup = |a: &Agency| match a.state.session(&key) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::error!(error = %e, "reading a session failed");
+            a.metrics.cookie_check(CookieCheck::StorageError);
+            None
+        }
+    };
     let mut found = lookup(agency);
     if found.is_none() {
         // The signed reference proves we issued this session, so it may just
@@ -147,11 +159,11 @@ async fn validate(
     }
     match found {
         Some(session) if session.alive_at(now_ms()) => {
-            m.with_label_values(&["valid"]).inc();
+            agency.metrics.cookie_check(CookieCheck::Valid);
             Some(ValidSession { session, key })
         }
         _ => {
-            m.with_label_values(&["no_session"]).inc();
+            agency.metrics.cookie_check(CookieCheck::NoSession);
             None
         }
     }

@@ -19,6 +19,7 @@ use crate::actors::cookie_validator::{
 use crate::agency::Agency;
 use crate::clock::now_ms;
 use crate::error::NodeError;
+use crate::metrics::{CookieCheck, Page};
 use crate::sso::authorize::{self, origin_of, AuthParams, Authz, Mode, Next};
 
 /// The value of the cookie named exactly `name` (see
@@ -41,11 +42,7 @@ pub async fn current_session(
     agency: &Agency,
 ) -> Option<ValidSession> {
     let Some(session) = cookie_value(req, SESSION_COOKIE) else {
-        agency
-            .metrics
-            .cookie_validations
-            .with_label_values(&["absent"])
-            .inc();
+        agency.metrics.cookie_check(CookieCheck::Absent);
         return None;
     };
     let cookies = BrowserCookies {
@@ -215,7 +212,7 @@ pub fn error_page(
     code: ErrorCode,
     message: &str,
 ) -> HttpResponse {
-    agency.metrics.pages.with_label_values(&["error"]).inc();
+    agency.metrics.page(Page::Error);
     let csp = Csp::new(Vec::new());
     let body = pages::error_page(
         &csp,
@@ -309,7 +306,7 @@ pub fn sign_in_page(
     view: SignInView<'_>,
     status: StatusCode,
 ) -> HttpResponse {
-    agency.metrics.pages.with_label_values(&["sign_in"]).inc();
+    agency.metrics.page(Page::SignIn);
     let (csrf, cookie) = csrf_token(req);
     let csp = Csp::new(authorize::form_targets(agency, view.params));
     let hidden = view.params.hidden();
@@ -339,7 +336,7 @@ pub async fn trust_page(
         Ok(found) => found,
         Err(e) => return failed(agency, &e),
     };
-    agency.metrics.pages.with_label_values(&["trust"]).inc();
+    agency.metrics.page(Page::Trust);
     let (csrf, cookie) = csrf_token(req);
     // Approving may redirect straight to the site: the form may lead there.
     let csp = Csp::new(vec![origin_of(&a.redirect_uri)]);

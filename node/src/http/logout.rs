@@ -11,6 +11,7 @@ use super::browser::{self, csrf_ok, csrf_refused, current_session, with_cookie};
 use super::pages::{self, Csp};
 use crate::actors::cookie_validator::{CookieValidator, ValidSession};
 use crate::agency::Agency;
+use crate::metrics::Page;
 use crate::sso::authorize::origin_of;
 use crate::sso::backchannel::Backchannel;
 use crate::sso::logout::{self, LogoutParams};
@@ -53,7 +54,7 @@ fn confirm_page(
     session: Option<&ValidSession>,
     target: Option<&str>,
 ) -> HttpResponse {
-    agency.metrics.pages.with_label_values(&["sign_out"]).inc();
+    agency.metrics.page(Page::SignOut);
     let (csrf, cookie) = browser::csrf_token(req);
     // Confirming may return to the site's registered post-logout URI.
     let csp = Csp::new(target.map(origin_of).into_iter().collect());

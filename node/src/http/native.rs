@@ -15,6 +15,7 @@ use super::oidc::{authenticate_client, ClientAuthForm};
 use super::pages::{self, Csp};
 use crate::actors::cookie_validator::CookieValidator;
 use crate::agency::Agency;
+use crate::metrics::Page;
 use crate::sso::authorize::AuthParams;
 use crate::sso::device::{self, Decided};
 
@@ -77,14 +78,13 @@ fn device_page(
     let (csrf, cookie) = csrf_token(req);
     let resp = match (pending, error) {
         (Some(d), None) => {
-            let pages = &agency.metrics.pages;
-            pages.with_label_values(&["device_confirm"]).inc();
+            agency.metrics.page(Page::DeviceConfirm);
             page(StatusCode::OK, |csp| {
                 pages::device_confirm(csp, &csrf, &d.code, &d.app, &d.scopes)
             })
         }
         _ => {
-            agency.metrics.pages.with_label_values(&["device"]).inc();
+            agency.metrics.page(Page::Device);
             let status = match error {
                 Some(_) => StatusCode::BAD_REQUEST,
                 None => StatusCode::OK,

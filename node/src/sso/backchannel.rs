@@ -12,6 +12,7 @@ use base64::Engine;
 
 use crate::agency::Agency;
 use crate::clock::now_ms;
+use crate::metrics::Delivery;
 
 /// Sends OIDC back-channel logout tokens to partner sites, with retries.
 #[derive(Clone)]
@@ -101,11 +102,7 @@ impl Backchannel {
                         .await;
                     match sent {
                         Ok(resp) if resp.status().is_success() => {
-                            agency
-                                .metrics
-                                .backchannel_logouts
-                                .with_label_values(&["ok"])
-                                .inc();
+                            agency.metrics.backchannel_logout(Delivery::Ok);
                             return;
                         }
                         Ok(resp) => {
@@ -120,11 +117,7 @@ impl Backchannel {
                         wait *= 2;
                     }
                 }
-                agency
-                    .metrics
-                    .backchannel_logouts
-                    .with_label_values(&["failed"])
-                    .inc();
+                agency.metrics.backchannel_logout(Delivery::Failed);
             });
         }
     }

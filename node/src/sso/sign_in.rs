@@ -16,6 +16,7 @@ use crate::actors::hasher::Hashers;
 use crate::agency::Agency;
 use crate::clock::now_ms;
 use crate::error::NodeError;
+use crate::metrics::SignInResult;
 
 /// What the user typed, and where from. Deliberately not `Debug`: it holds
 /// a password.
@@ -135,7 +136,7 @@ pub async fn sign_in(
     let user = match user {
         Some(u) if verified && !u.disabled && u.password_hash.is_some() => u,
         _ => {
-            agency.metrics.sign_ins.with_label_values(&["failed"]).inc();
+            agency.metrics.sign_in(SignInResult::Failed);
             record_failure(agency, account, creds.source.clone()).await;
             return Err(SignInError::BadCredentials);
         }
@@ -171,7 +172,7 @@ pub async fn sign_in(
         Ok(_) => return Err(NodeError::Internal("unexpected outcome".into()).into()),
         Err(e) => return Err(e.into()),
     };
-    agency.metrics.sign_ins.with_label_values(&["ok"]).inc();
+    agency.metrics.sign_in(SignInResult::Ok);
     tracing::info!(user = %user.username, sid = %session.sid, "signed in");
     Ok(SignedIn {
         session: ValidSession { session, key },
@@ -180,7 +181,7 @@ pub async fn sign_in(
 }
 
 fn locked(agency: &Agency, retry_after_s: u64) -> SignInError {
-    agency.metrics.sign_ins.with_label_values(&["locked"]).inc();
+    agency.metrics.sign_in(SignInResult::Locked);
     SignInError::Locked {
         retry_after_s: retry_after_s.max(1),
     }

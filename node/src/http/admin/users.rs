@@ -62,43 +62,49 @@ async fn list_users(
 
 async fn update_user(
     _: Admin,
-    agency: web::Data<Agency>,
-    hasher: web::Data<Hashers>,
-    backchannel: web::Data<Backchannel>,
-    request_id: RequestIdHeader,
+    ctx: ChangeContext,
     path: web::Path<String>,
     body: web::Json<UpdateUserRequest>,
 ) -> Result<HttpResponse> {
-    let change = users::Change::Update(body.into_inner());
-    let agency = agency.into_inner();
-    let user = users::change(&agency, &hasher, &backchannel, &path, change, request_id.0).await?;
-    Ok(HttpResponse::Ok().json(user))
+    apply(ctx, &path, users::Change::Update(body.into_inner())).await
 }
 
 async fn disable_user(
     _: Admin,
-    agency: web::Data<Agency>,
-    hasher: web::Data<Hashers>,
-    backchannel: web::Data<Backchannel>,
-    request_id: RequestIdHeader,
+    ctx: ChangeContext,
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
-    let change = users::Change::Disabled(true);
-    let agency = agency.into_inner();
-    let user = users::change(&agency, &hasher, &backchannel, &path, change, request_id.0).await?;
-    Ok(HttpResponse::Ok().json(user))
+    apply(ctx, &path, users::Change::Disabled(true)).await
 }
 
 async fn enable_user(
     _: Admin,
-    agency: web::Data<Agency>,
-    hasher: web::Data<Hashers>,
-    backchannel: web::Data<Backchannel>,
-    request_id: RequestIdHeader,
+    ctx: ChangeContext,
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
-    let change = users::Change::Disabled(false);
+    apply(ctx, &path, users::Change::Disabled(false)).await
+}
+
+/// What a change to a user needs: the agency, the hashing pool, the back
+/// channel (a change may end sessions) and the request id.
+type ChangeContext = (
+    web::Data<Agency>,
+    web::Data<Hashers>,
+    web::Data<Backchannel>,
+    RequestIdHeader,
+);
+
+async fn apply(ctx: ChangeContext, username: &str, change: users::Change) -> Result<HttpResponse> {
+    let (agency, hasher, backchannel, request_id) = ctx;
     let agency = agency.into_inner();
-    let user = users::change(&agency, &hasher, &backchannel, &path, change, request_id.0).await?;
+    let user = users::change(
+        &agency,
+        &hasher,
+        &backchannel,
+        username,
+        change,
+        request_id.0,
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(user))
 }
