@@ -121,6 +121,14 @@ impl KeyRing {
         }
     }
 
+    /// The keys for a verification, whose answer is only yes or no: a
+    /// failure to read them is a no, logged as the error it is.
+    fn load_logged(&self) -> Option<Arc<Loaded>> {
+        self.load()
+            .map_err(|e| tracing::error!(error = %e, "reading the signing keys failed"))
+            .ok()
+    }
+
     fn load(&self) -> Result<Arc<Loaded>, NodeError> {
         if let Ok(g) = self.loaded.read() {
             if let Some(l) = g.as_ref() {
@@ -225,7 +233,7 @@ impl KeyRing {
         if header.alg != Algorithm::RS256 || header.typ.as_deref() != Some(typ) {
             return None;
         }
-        let l = self.load().ok()?;
+        let l = self.load_logged()?;
         let key = l.verify.get(header.kid.as_deref()?)?;
         jsonwebtoken::decode::<T>(token, key, validation)
             .ok()
@@ -260,7 +268,7 @@ impl KeyRing {
             return None;
         }
         let kid = header.kid?;
-        let l = self.load().ok()?;
+        let l = self.load_logged()?;
         let key = l.reference_verify.get(&kid)?;
         let mut v = Validation::new(Algorithm::EdDSA);
         v.set_issuer(&[issuer]);

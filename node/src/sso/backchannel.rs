@@ -50,23 +50,36 @@ impl Backchannel {
 
     /// Tells every site that got a ticket in the revoked session, in the background.
     pub fn notify(&self, agency: Arc<Agency>, r: RevokedSession) {
-        let salt = agency.state.pairwise_salt().ok().flatten();
-        let user = agency.state.user_by_id(r.user_id).ok().flatten();
-        for client_id in r.sites {
-            let Some(site) = agency.state.site(&client_id).ok().flatten() else {
-                continue;
-            };
-            let Some(uri) = site.backchannel_logout_uri.clone() else {
+        // Best effort in the background, but a storage error is said.
+        let read = |what: &str, e: crate::raft::StorageError| {
+            tracing::error!(error = %e, sid = %r.sid, "back-channel logout: reading {what} failed");
+        };
+        let salt = agency.state.pairwise_salt().unwrap_or_else(|e| {
+            read("the pairwise salt", e);
+            None
+        });
+        let user = agency.state.user_by_id(r.user_id).unwrap_or_else(|e| {
+            read("the user", e);
+            None
+        });
+        for client_id in &r.sites {
+            let site = agency.state.site(client_id).unwrap_or_else(|e| {
+                read("a site", e);
+                None
+            });
+            let Some(uri) = site.and_then(|s| s.backchannel_logout_uri) else {
                 continue;
             };
             // The subject as this site knows it (a pseudonym's pairwise `sub`).
-            let params = agency
+            let trust = agency
                 .state
-                .trust(r.user_id, &client_id)
-                .ok()
-                .flatten()
-                .map(|t| t.params)
-                .unwrap_or_default();
+                .trust(r.user_id, client_id)
+                .unwrap_or_else(|e| {
+                    read("the trust relationship", e);
+                    None
+                });
+            let params = trust.map(|t| t.params).unwrap_or_default();
+            let client_id = client_id.clone();
             let sub = match (&salt, &user) {
                 (Some(salt), Some(user)) => subject(salt, user, &client_id, &params).0,
                 _ => r.user_id.to_string(),
