@@ -247,22 +247,8 @@ impl Cluster {
     /// it and waits for `/healthz`. It is not a member until joined.
     pub async fn add_node(&mut self, id: NodeId) {
         assert!(!self.nodes.contains_key(&id), "node {id} exists");
-        let pki = self.pki_dir();
-        run_baa(
-            &self.bin,
-            &[
-                "pki",
-                "issue",
-                "--dir",
-                path_str(&pki),
-                "--node",
-                &id.to_string(),
-                "--san",
-                AGENCY_HOST,
-            ],
-        )
-        .await
-        .assert_success("baa pki issue");
+        self.pki_issue(&["--node", &id.to_string(), "--san", AGENCY_HOST])
+            .await;
         self.create_node(id).await;
         let peers = self.ids();
         self.write_config(id, &peers);

@@ -22,21 +22,7 @@ impl Cluster {
     /// returns it with its key as one PEM.
     pub async fn issue_site_identity(&self, name: &str, host: &str) -> Vec<u8> {
         let pki = self.pki_dir();
-        run_baa(
-            &self.bin,
-            &[
-                "pki",
-                "issue",
-                "--dir",
-                path_str(&pki),
-                "--name",
-                name,
-                "--san",
-                host,
-            ],
-        )
-        .await
-        .assert_success("baa pki issue (site)");
+        self.pki_issue(&["--name", name, "--san", host]).await;
         client::identity_pem(
             &pki.join(format!("{name}.pem")),
             &pki.join(format!("{name}.key")),
@@ -46,20 +32,17 @@ impl Cluster {
     /// Issues a node certificate for node `id` (which need not be a member);
     /// returns its cluster identity as one PEM.
     pub async fn issue_node_identity(&self, id: NodeId) -> Vec<u8> {
-        let pki = self.pki_dir();
-        run_baa(
-            &self.bin,
-            &[
-                "pki",
-                "issue",
-                "--dir",
-                path_str(&pki),
-                "--node",
-                &id.to_string(),
-            ],
-        )
-        .await
-        .assert_success("baa pki issue (node)");
+        self.pki_issue(&["--node", &id.to_string()]).await;
         self.node_identity_pem(id)
+    }
+
+    /// `baa pki issue --dir <the cluster's PKI> <args>`, which must succeed.
+    pub(super) async fn pki_issue(&self, args: &[&str]) {
+        let pki = self.pki_dir();
+        let mut argv = vec!["pki", "issue", "--dir", path_str(&pki)];
+        argv.extend_from_slice(args);
+        run_baa(&self.bin, &argv)
+            .await
+            .assert_success(&format!("baa pki issue {}", args.join(" ")));
     }
 }
