@@ -103,25 +103,38 @@ pub fn with_cookies(
     resp
 }
 
-/// The session cookie: host-only (`__Host-`: no `Domain`, `Path=/`), the bearer.
-fn session_cookie(value: String, max_age_s: i64) -> Cookie<'static> {
-    Cookie::build(SESSION_COOKIE, value)
+/// Every cookie the agency sets: `Path=/`, `Secure`, `HttpOnly`,
+/// `SameSite=Lax`, living `max_age_s` seconds; host-only unless a domain
+/// is added.
+pub fn agency_cookie(
+    name: impl Into<std::borrow::Cow<'static, str>>,
+    value: String,
+    max_age_s: i64,
+) -> actix_web::cookie::CookieBuilder<'static> {
+    Cookie::build(name, value)
         .path("/")
         .secure(true)
         .http_only(true)
         .same_site(SameSite::Lax)
         .max_age(CookieDuration::seconds(max_age_s))
+}
+
+/// A redirect the browser must not cache.
+pub fn see_other(location: &str) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, location))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
         .finish()
+}
+
+/// The session cookie: host-only (`__Host-`: no `Domain`, `Path=/`), the bearer.
+fn session_cookie(value: String, max_age_s: i64) -> Cookie<'static> {
+    agency_cookie(SESSION_COOKIE, value, max_age_s).finish()
 }
 
 /// The agency reference cookie, on the shared cookie domain when one is set.
 fn reference_cookie(agency: &Agency, value: String, max_age_s: i64) -> Cookie<'static> {
-    let mut b = Cookie::build(REFERENCE_COOKIE, value)
-        .path("/")
-        .secure(true)
-        .http_only(true)
-        .same_site(SameSite::Lax)
-        .max_age(CookieDuration::seconds(max_age_s));
+    let mut b = agency_cookie(REFERENCE_COOKIE, value, max_age_s);
     if let Some(d) = &agency.config.sso.cookie_domain {
         b = b.domain(d.clone());
     }
@@ -172,10 +185,7 @@ pub fn deliver(a: &Authz, issuer: &str, mut fields: Vec<(String, String)>) -> Ht
             } else {
                 '?'
             };
-            HttpResponse::SeeOther()
-                .insert_header((header::LOCATION, format!("{}{sep}{query}", a.redirect_uri)))
-                .insert_header((header::CACHE_CONTROL, "no-store"))
-                .finish()
+            see_other(&format!("{}{sep}{query}", a.redirect_uri))
         }
     }
 }

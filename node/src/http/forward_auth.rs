@@ -5,13 +5,15 @@
 //! The rules live in `sso::forward_auth`.
 
 use actix::Addr;
-use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
+use actix_web::cookie::Cookie;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use baa_proto::cookie::{app_cookie_name, APP_STATE_COOKIE, SESSION_COOKIE};
 use serde::Deserialize;
 
-use super::browser::{cookie_value, current_session, sign_in_page, with_cookies, SignInView};
+use super::browser::{
+    cookie_value, current_session, see_other, sign_in_page, with_cookies, SignInView,
+};
 use super::oidc::bearer;
 use crate::actors::cookie_validator::CookieValidator;
 use crate::actors::token_translator::{TokenTranslator, Translated};
@@ -77,22 +79,9 @@ async fn verify(
     }
 }
 
-fn see_other(location: &str) -> HttpResponse {
-    HttpResponse::SeeOther()
-        .insert_header((header::LOCATION, location))
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .finish()
-}
-
 /// A host-only cookie on whichever host the browser sent the request to.
 fn host_cookie(name: String, value: String, max_age_s: i64) -> Cookie<'static> {
-    Cookie::build(name, value)
-        .path("/")
-        .secure(true)
-        .http_only(true)
-        .same_site(SameSite::Lax)
-        .max_age(CookieDuration::seconds(max_age_s))
-        .finish()
+    super::browser::agency_cookie(name, value, max_age_s).finish()
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -3,7 +3,7 @@
 //! user on a confirmation page first. The browser's cookies are cleared.
 
 use actix::Addr;
-use actix_web::http::{header, StatusCode};
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
@@ -135,10 +135,7 @@ async fn finish(
         Err(e) => return browser::failed(agency, &e),
     };
     let resp = match target {
-        Some(t) => HttpResponse::SeeOther()
-            .insert_header((header::LOCATION, t))
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .finish(),
+        Some(t) => browser::see_other(&t),
         None => {
             let csp = Csp::new(Vec::new());
             pages::html_response(StatusCode::OK, pages::signed_out(&csp, None), &csp)

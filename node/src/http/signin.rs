@@ -101,10 +101,7 @@ async fn signed_in(
             let next = authorize::proceed(agency, issuer, &a, v, true).await;
             browser::render_next(req, agency, params, &a, v, next).await
         }
-        None => HttpResponse::SeeOther()
-            .insert_header((header::LOCATION, params.safe_continue().unwrap_or("/")))
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .finish(),
+        None => browser::see_other(params.safe_continue().unwrap_or("/")),
     };
     browser::with_cookies(resp, cookies)
 }
