@@ -9,6 +9,7 @@ mod cluster {
     mod conformance;
     mod demo;
     mod faults;
+    mod federation;
     mod flood;
     mod forward_auth;
     mod membership;

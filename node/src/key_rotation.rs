@@ -1,9 +1,10 @@
 //! The agency's own secrets: token-signing key rotation (a new current key;
-//! the previous one published until what it signed has expired) and the
-//! salt of pairwise identifiers, each made once cluster-wide; and the start
-//! of a new agency, which makes both.
+//! the previous one published until what it signed has expired), the
+//! federation key peers pin, and the salt of pairwise identifiers, each made
+//! once cluster-wide; and the start of a new agency, which makes them.
 
 use baa_proto::command::{Consistency, Op};
+use baa_proto::federation::{ed25519_thumbprint, FederationKey};
 use baa_proto::sso::PairwiseSalt;
 
 use crate::agency::Agency;
@@ -14,6 +15,7 @@ use crate::error::{NodeError, Result};
 pub async fn initialize(agency: &Agency) -> Result<()> {
     agency.initialize().await?;
     ensure_signing_key(agency).await?;
+    ensure_federation_key(agency).await?;
     pairwise_salt(agency).await.map(drop)
 }
 
@@ -38,6 +40,34 @@ pub async fn ensure_signing_key(agency: &Agency) -> Result<()> {
         return Ok(());
     }
     rotate_signing_key(agency, None).await
+}
+
+/// Makes the federation key when the agency has none (a new cluster, or
+/// one that predates federation). Peers pin it, so it is long-lived.
+pub async fn ensure_federation_key(agency: &Agency) -> Result<()> {
+    if agency.state.federation_keys()?.1.is_some() {
+        return Ok(());
+    }
+    let seed = crate::secrets::random_bytes::<32>();
+    let public = crate::keys::ed25519_public(&seed)
+        .ok_or_else(|| NodeError::Internal("making an Ed25519 key failed".into()))?;
+    let key = FederationKey {
+        kid: ed25519_thumbprint(&public),
+        seed,
+        public,
+        created_ms: 0,
+        retired_ms: None,
+        publish_until_ms: None,
+    };
+    let op = Op::AddFederationKey {
+        key: Box::new(key),
+        publish_old_for_ms: 0,
+    };
+    // Only the node that initialises the cluster and the leader's reaper
+    // call this. Should two ever race, the later key replaces the first at
+    // once — harmless, as no peer can have pinned a key of an agency that
+    // had none a moment ago.
+    agency.write(op, None).await.map(drop)
 }
 
 /// Adds a new current signing key. The previous one stays published until

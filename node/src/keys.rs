@@ -68,21 +68,31 @@ struct ReferenceKey {
     decoding: DecodingKey,
 }
 
+/// The signing key of an Ed25519 `seed`, for jsonwebtoken.
+pub fn ed25519_encoding_key(seed: &[u8; 32]) -> EncodingKey {
+    EncodingKey::from_ed_der(&[ED25519_PKCS8_PREFIX.as_slice(), seed].concat())
+}
+
+/// The public key of an Ed25519 `seed`.
+pub fn ed25519_public(seed: &[u8; 32]) -> Option<[u8; 32]> {
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(seed).ok()?;
+    ring::signature::KeyPair::public_key(&pair)
+        .as_ref()
+        .try_into()
+        .ok()
+}
+
 fn reference_key(k: &SigningKey) -> Option<ReferenceKey> {
     let seed: [u8; 32] =
         Sha256::digest([b"baa reference key v1\0".as_slice(), &k.private_der].concat()).into();
-    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).ok()?;
-    let public = ring::signature::KeyPair::public_key(&pair)
-        .as_ref()
-        .to_vec();
-    let x = URL_SAFE_NO_PAD.encode(&public);
-    let pkcs8 = [ED25519_PKCS8_PREFIX.as_slice(), &seed].concat();
+    let public = ed25519_public(&seed)?;
+    let x = URL_SAFE_NO_PAD.encode(public);
     Some(ReferenceKey {
         kid: format!(
             "ref-{}",
-            URL_SAFE_NO_PAD.encode(&Sha256::digest(&public)[..12])
+            URL_SAFE_NO_PAD.encode(&Sha256::digest(public)[..12])
         ),
-        encoding: EncodingKey::from_ed_der(&pkcs8),
+        encoding: ed25519_encoding_key(&seed),
         decoding: DecodingKey::from_ed_components(&x).ok()?,
         x,
     })

@@ -241,6 +241,15 @@ pub enum Op {
         /// Keys to look at, at most.
         budget: u32,
     },
+    /// Add a federation key and make it current; the key it replaces stays
+    /// published for `publish_old_for_ms`, so peers that pinned it can move
+    /// to the new one.
+    AddFederationKey {
+        /// The new key.
+        key: Box<crate::federation::FederationKey>,
+        /// How long the replaced key stays published.
+        publish_old_for_ms: u64,
+    },
 }
 
 impl Op {
@@ -273,6 +282,7 @@ impl Op {
             Op::RegisterSite { .. } => "register_site",
             Op::RecordFailedSignIn { .. } => "record_failed_sign_in",
             Op::Sweep { .. } => "sweep",
+            Op::AddFederationKey { .. } => "add_federation_key",
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod codec;
 pub mod command;
 pub mod cookie;
 pub mod error;
+pub mod federation;
 pub mod model;
 pub mod pkce;
 pub mod sso;

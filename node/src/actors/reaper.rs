@@ -1,7 +1,8 @@
 //! The reaper: on the leader, periodically proposes sweeps of state that
 //! has expired (remembered request results, sessions, tickets, tokens,
 //! throttle records, retired keys) — each one bounded, a few in a row when
-//! there is much to do — and makes a signing key if none exists.
+//! there is much to do — and makes a signing key and a federation key if
+//! none exists.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +75,9 @@ impl Actor for Reaper {
                 }
                 if let Err(e) = crate::key_rotation::ensure_signing_key(&agency).await {
                     tracing::warn!(error = %e, "reaper: could not make a signing key");
+                }
+                if let Err(e) = crate::key_rotation::ensure_federation_key(&agency).await {
+                    tracing::warn!(error = %e, "reaper: could not make a federation key");
                 }
             });
         });

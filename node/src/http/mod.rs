@@ -8,6 +8,7 @@ pub mod authorize;
 pub mod browser;
 pub mod cluster_port;
 pub mod error;
+pub mod federation;
 pub mod forward_auth;
 pub mod gateway;
 pub mod health;
@@ -196,6 +197,7 @@ fn public_server(shared: Shared, identity: &NodeIdentity) -> anyhow::Result<Serv
 /// The public listener's endpoints.
 fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(oidc::configure)
+        .configure(federation::configure)
         .configure(home::configure)
         .configure(authorize::configure)
         .configure(signin::configure)

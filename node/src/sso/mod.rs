@@ -9,6 +9,7 @@ pub mod backchannel;
 pub mod clients;
 pub mod consent;
 pub mod device;
+pub mod federation;
 pub mod forward_auth;
 pub mod grants;
 pub mod logout;

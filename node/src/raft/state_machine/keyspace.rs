@@ -40,6 +40,8 @@ pub(super) const KEY_SWEEP_CURSOR: &[u8] = b"m/sweep_cursor";
 pub(super) const KEY_DEVICE_GRANTS: &[u8] = b"m/device_grants";
 /// The salt of pairwise subject identifiers: `PairwiseSalt`.
 pub(super) const KEY_PAIRWISE_SALT: &[u8] = b"m/pairwise_salt";
+/// Key id (`String`) of the current federation key.
+pub(super) const KEY_CURRENT_FEDERATION_KID: &[u8] = b"m/current_federation_kid";
 /// username → `User`.
 pub(super) const PREFIX_USER: &[u8] = b"u/";
 /// user id (big-endian) → username (`String`), to find a session's user.
@@ -76,6 +78,8 @@ pub(super) const PREFIX_FAMILY: &[u8] = b"Q/";
 pub(super) const PREFIX_DEVICE: &[u8] = b"D/";
 /// Index: normalised user code → device-code hash (`SecretHash`).
 pub(super) const PREFIX_USER_CODE: &[u8] = b"d/";
+/// key id → `FederationKey`.
+pub(super) const PREFIX_FEDERATION_KEY: &[u8] = b"F/";
 
 /// `prefix` ++ `rest`: the key of a record whose own key is `rest`.
 pub(super) fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
@@ -146,6 +150,7 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
         KEY_PAIRWISE_SALT => as_::<PairwiseSalt>("pairwise_salt", value),
         KEY_SWEEP_CURSOR => as_::<Vec<u8>>("sweep_cursor", value),
         KEY_DEVICE_GRANTS => as_::<u64>("device_grants", value),
+        KEY_CURRENT_FEDERATION_KID => as_::<String>("current_federation_kid", value),
         k if k.starts_with(PREFIX_USER) => as_::<User>("user", value),
         k if k.starts_with(PREFIX_USER_BY_ID) => as_::<String>("user_by_id", value),
         k if k.starts_with(PREFIX_REQUEST) => as_::<RequestRecord>("request", value),
@@ -164,6 +169,9 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
         k if k.starts_with(PREFIX_FAMILY) => as_::<()>("family", value),
         k if k.starts_with(PREFIX_DEVICE) => as_::<DeviceGrant>("device", value),
         k if k.starts_with(PREFIX_USER_CODE) => as_::<SecretHash>("user_code", value),
+        k if k.starts_with(PREFIX_FEDERATION_KEY) => {
+            as_::<baa_proto::federation::FederationKey>("federation_key", value)
+        }
         k => Err(format!("no family for key {}", String::from_utf8_lossy(k))),
     }
 }

@@ -233,6 +233,7 @@ fn op_variants_keep_their_order() {
             Op::RegisterSite { .. } => "RegisterSite",
             Op::RecordFailedSignIn { .. } => "RecordFailedSignIn",
             Op::Sweep { .. } => "Sweep",
+            Op::AddFederationKey { .. } => "AddFederationKey",
         }
     }
     let table = [
@@ -262,6 +263,7 @@ fn op_variants_keep_their_order() {
         ("RegisterSite", 23),
         ("RecordFailedSignIn", 24),
         ("Sweep", 25),
+        ("AddFederationKey", 26),
     ];
     let rule = ThrottleRule {
         window_ms: 1,
@@ -373,6 +375,17 @@ fn op_variants_keep_their_order() {
             request_cutoff_ms: 1,
             auto_request_cutoff_ms: 1,
             budget: 1,
+        },
+        Op::AddFederationKey {
+            key: Box::new(baa_proto::federation::FederationKey {
+                kid: "f1".into(),
+                seed: [1; 32],
+                public: [2; 32],
+                created_ms: 0,
+                retired_ms: None,
+                publish_until_ms: None,
+            }),
+            publish_old_for_ms: 1,
         },
     ];
     pin("Op", &table, &samples, name);

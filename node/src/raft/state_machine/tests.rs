@@ -698,9 +698,10 @@ mod reopen {
             Op::RegisterSite { .. } => 23,
             Op::RecordFailedSignIn { .. } => 24,
             Op::Sweep { .. } => 25,
+            Op::AddFederationKey { .. } => 26,
         }
     }
-    const VARIANTS: usize = 26;
+    const VARIANTS: usize = 27;
 
     fn site(client_id: &str) -> Op {
         Op::AddSite(Box::new(Site {
@@ -737,6 +738,20 @@ mod reopen {
                 private_der: vec![1, 2, 3],
                 n: vec![4, 5],
                 e: vec![1, 0, 1],
+                created_ms: 0,
+                retired_ms: None,
+                publish_until_ms: None,
+            }),
+            publish_old_for_ms: 3_600_000,
+        }
+    }
+
+    fn federation_key(kid: &str) -> Op {
+        Op::AddFederationKey {
+            key: Box::new(baa_proto::federation::FederationKey {
+                kid: kid.into(),
+                seed: [3; 32],
+                public: [4; 32],
                 created_ms: 0,
                 retired_ms: None,
                 publish_until_ms: None,
@@ -847,6 +862,8 @@ mod reopen {
             },
             signing_key("k1"),
             signing_key("k2"),
+            federation_key("f1"),
+            federation_key("f2"),
             session(other),
             Op::RevokeSession { key: other },
             create("bob"),
@@ -973,6 +990,8 @@ mod reopen {
             "family",
             "device",
             "user_code",
+            "federation_key",
+            "current_federation_kid",
         ]
         .into();
         assert_eq!(families, all, "every key family is written");

@@ -102,7 +102,11 @@ pub(super) fn apply_op(
         Op::AddSigningKey {
             key,
             publish_old_for_ms,
-        } => keys::add(st, now, key, *publish_old_for_ms),
+        } => keys::add(st, now, key.as_ref(), *publish_old_for_ms),
+        Op::AddFederationKey {
+            key,
+            publish_old_for_ms,
+        } => keys::add(st, now, key.as_ref(), *publish_old_for_ms),
         Op::PurgeExpired => purge::expired(st, now),
         Op::RevokeUserSessions { username } => sessions::revoke_all_of(st, username),
         Op::SetPairwiseSalt { salt } => keys::set_pairwise_salt(st, salt),

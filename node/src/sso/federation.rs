@@ -1,0 +1,171 @@
+//! Federation of agencies, the agency's side of it so far: its entity
+//! configuration (OpenID Federation 1.0 §3), a statement about itself
+//! signed with its federation key — the keys peers pin, its endpoints, its
+//! cookie domain — that peers fetch from `/.well-known/openid-federation`.
+
+use baa_proto::cookie::REFERENCE_COOKIE;
+use baa_proto::federation::{FederationKey, ENTITY_STATEMENT_TYP};
+use baa_proto::ErrorCode;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, Header};
+
+use crate::agency::Agency;
+use crate::clock::now_ms;
+use crate::error::NodeError;
+
+/// How long an entity configuration is valid (`exp - iat`): peers fetch
+/// it again well before, and keep the last good copy until then.
+pub const ENTITY_VALIDITY_S: u64 = 24 * 3600;
+
+/// What the agency says about itself, besides its keys.
+pub struct AgencyFacts<'a> {
+    /// The agency's issuer URL: its name in the federation.
+    pub issuer: &'a str,
+    /// The agency's display name.
+    pub name: &'a str,
+    /// The shared cookie domain of its reference cookie, if any.
+    pub cookie_domain: Option<&'a str>,
+}
+
+/// The agency's entity configuration, signed with its current federation key.
+pub fn entity_configuration(agency: &Agency) -> Result<String, NodeError> {
+    let (keys, current) = agency.state.federation_keys()?;
+    let facts = AgencyFacts {
+        issuer: &agency.config.issuer,
+        name: &agency.config.sso.agency,
+        cookie_domain: agency.config.sso.cookie_domain.as_deref(),
+    };
+    statement(&facts, &keys, current.as_deref(), now_ms())
+}
+
+/// A federation key's public half as a JWK (RFC 8037).
+fn jwk(k: &FederationKey) -> serde_json::Value {
+    serde_json::json!({
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": URL_SAFE_NO_PAD.encode(k.public),
+        "kid": k.kid,
+        "use": "sig",
+        "alg": "EdDSA",
+    })
+}
+
+/// The entity configuration of `facts` at `now_ms`, listing the published
+/// `keys` and signed with the one named `current`.
+pub fn statement(
+    facts: &AgencyFacts<'_>,
+    keys: &[FederationKey],
+    current: Option<&str>,
+    now_ms: u64,
+) -> Result<String, NodeError> {
+    let signer = current
+        .and_then(|kid| keys.iter().find(|k| k.kid == kid))
+        .ok_or_else(|| NodeError::BadRequest {
+            code: ErrorCode::NoSigningKey,
+            message: "the agency has no federation key yet; run `baa cluster init` or wait".into(),
+        })?;
+    let jwks: Vec<_> = keys
+        .iter()
+        .filter(|k| k.published_at(now_ms))
+        .map(jwk)
+        .collect();
+    let i = facts.issuer;
+    let iat = now_ms / 1000;
+    let claims = serde_json::json!({
+        "iss": i,
+        "sub": i,
+        "iat": iat,
+        "exp": iat + ENTITY_VALIDITY_S,
+        "jwks": { "keys": jwks },
+        "metadata": {
+            "openid_provider": {
+                "issuer": i,
+                "organization_name": facts.name,
+                "authorization_endpoint": format!("{i}/sso/authorize"),
+                "token_endpoint": format!("{i}/sso/token"),
+                "userinfo_endpoint": format!("{i}/sso/userinfo"),
+                "end_session_endpoint": format!("{i}/sso/logout"),
+                "jwks_uri": format!("{i}/.well-known/jwks.json"),
+            },
+            "baa_agency": {
+                "cookie_domain": facts.cookie_domain,
+                "reference_cookie": REFERENCE_COOKIE,
+                "session_status_endpoint": format!("{i}/sso/session_status"),
+            },
+        },
+    });
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.typ = Some(ENTITY_STATEMENT_TYP.into());
+    header.kid = Some(signer.kid.clone());
+    let key = crate::keys::ed25519_encoding_key(&signer.seed);
+    jsonwebtoken::encode(&header, &claims, &key)
+        .map_err(|e| NodeError::Internal(format!("signing the entity configuration: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{DecodingKey, Validation};
+
+    fn key(seed: u8, retired: Option<u64>) -> FederationKey {
+        let seed = [seed; 32];
+        let public = crate::keys::ed25519_public(&seed).unwrap();
+        FederationKey {
+            kid: baa_proto::federation::ed25519_thumbprint(&public),
+            seed,
+            public,
+            created_ms: 0,
+            retired_ms: retired,
+            publish_until_ms: retired.map(|t| t + 1000),
+        }
+    }
+
+    /// The statement verifies with the key it publishes under the `kid` of
+    /// its header, names the agency as issuer and subject, and lists only
+    /// the keys still published.
+    #[test]
+    fn the_entity_configuration_is_self_signed_and_lists_published_keys() {
+        let (old, gone, new) = (key(1, Some(5_000)), key(2, Some(1)), key(3, None));
+        let facts = AgencyFacts {
+            issuer: "https://login-a.baa.localtest",
+            name: "a",
+            cookie_domain: Some("baa.localtest"),
+        };
+        let keys = [old.clone(), gone.clone(), new.clone()];
+        let jwt = statement(&facts, &keys, Some(&new.kid), 5_500).unwrap();
+        let header = jsonwebtoken::decode_header(&jwt).unwrap();
+        assert_eq!(header.typ.as_deref(), Some("entity-statement+jwt"));
+        assert_eq!(header.kid.as_deref(), Some(new.kid.as_str()));
+        let x = URL_SAFE_NO_PAD.encode(new.public);
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.set_required_spec_claims(&["exp", "iss", "sub"]);
+        v.validate_exp = false;
+        let claims = jsonwebtoken::decode::<serde_json::Value>(
+            &jwt,
+            &DecodingKey::from_ed_components(&x).unwrap(),
+            &v,
+        )
+        .unwrap()
+        .claims;
+        assert_eq!(claims["iss"], facts.issuer);
+        assert_eq!(claims["sub"], facts.issuer);
+        let kids: Vec<&str> = claims["jwks"]["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap())
+            .collect();
+        assert_eq!(kids, [old.kid.as_str(), new.kid.as_str()]);
+        assert_eq!(
+            claims["metadata"]["baa_agency"]["cookie_domain"],
+            "baa.localtest"
+        );
+        // Signed by another key than the header names: refused.
+        let other = URL_SAFE_NO_PAD.encode(old.public);
+        let wrong = DecodingKey::from_ed_components(&other).unwrap();
+        assert!(jsonwebtoken::decode::<serde_json::Value>(&jwt, &wrong, &v).is_err());
+        // No current key: a clear error, not a statement.
+        assert!(statement(&facts, &keys, None, 5_500).is_err());
+    }
+}
