@@ -68,6 +68,39 @@ pub struct FileConfig {
     /// (`[[forward_auth]]`).
     #[serde(default)]
     pub forward_auth: Vec<ForwardAuthApp>,
+    /// How this agency reaches the other agencies of its federation.
+    #[serde(default)]
+    pub federation: FederationConfig,
+}
+
+/// `[federation]`: how this agency reaches peer agencies.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    /// PEM roots trusted for peer agencies' HTTPS (their web CAs). Without
+    /// it no peer can be reached: a node never trusts the system roots for
+    /// a peer, nor its own cluster CA.
+    pub ca_file: Option<PathBuf>,
+    /// `HOST=IP` pairs: peers whose issuer names HOST are reached at IP (for
+    /// test and demo host names that no DNS knows).
+    pub resolve: Vec<String>,
+}
+
+impl FederationConfig {
+    /// The `resolve` pairs, parsed.
+    pub fn resolved(&self) -> anyhow::Result<Vec<(String, IpAddr)>> {
+        self.resolve
+            .iter()
+            .map(|pair| match pair.split_once('=') {
+                Some((host, ip)) if !host.is_empty() => {
+                    ip.parse().map(|ip| (host.to_string(), ip)).map_err(|_| {
+                        anyhow::anyhow!("federation.resolve: {ip:?} is not an IP address")
+                    })
+                }
+                _ => anyhow::bail!("federation.resolve: expected HOST=IP, got {pair:?}"),
+            })
+            .collect()
+    }
 }
 
 /// An app behind a reverse proxy (nginx `auth_request`, Traefik
@@ -486,6 +519,8 @@ pub struct Config {
     pub gateway: Vec<GatewayApp>,
     /// Apps behind forward-auth proxies.
     pub forward_auth: Vec<ForwardAuthApp>,
+    /// How peer agencies are reached.
+    pub federation: FederationConfig,
 }
 
 impl Config {
@@ -620,6 +655,9 @@ impl Config {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut sso = f.sso.clone();
         sso.partner_ca_file = sso.partner_ca_file.as_deref().map(abs);
+        let mut federation = f.federation.clone();
+        federation.ca_file = federation.ca_file.as_deref().map(abs);
+        federation.resolved()?;
         Ok(Config {
             node_id: f.node_id,
             data_dir: abs(&f.data_dir),
@@ -654,6 +692,7 @@ impl Config {
             issuer,
             gateway: f.gateway,
             forward_auth: f.forward_auth,
+            federation,
         })
     }
 

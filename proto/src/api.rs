@@ -312,6 +312,23 @@ pub struct CreatedSite {
     pub client_secret: Option<String>,
 }
 
+/// `POST /admin/v1/federation/peers`: add a peer agency.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddPeerRequest {
+    /// The peer's issuer URL.
+    pub issuer: String,
+    /// RFC 7638 thumbprint of the peer's federation key, learnt out of band.
+    pub pin: String,
+}
+
+/// `GET /admin/v1/federation/peers`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerList {
+    /// Every peer agency, by issuer.
+    pub peers: Vec<crate::federation::PeerAgency>,
+}
+
 /// `GET /admin/v1/sites`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SiteList {

@@ -250,6 +250,14 @@ pub enum Op {
         /// How long the replaced key stays published.
         publish_old_for_ms: u64,
     },
+    /// Add a peer agency (its configuration was checked against the pin
+    /// before); fails with `peer_exists` if the issuer is a peer already.
+    AddPeerAgency(Box<crate::federation::PeerAgency>),
+    /// Remove a peer agency; fails with `peer_not_found` if it is none.
+    RemovePeerAgency {
+        /// The peer's issuer URL.
+        issuer: String,
+    },
 }
 
 impl Op {
@@ -283,6 +291,8 @@ impl Op {
             Op::RecordFailedSignIn { .. } => "record_failed_sign_in",
             Op::Sweep { .. } => "sweep",
             Op::AddFederationKey { .. } => "add_federation_key",
+            Op::AddPeerAgency(_) => "add_peer_agency",
+            Op::RemovePeerAgency { .. } => "remove_peer_agency",
         }
     }
 }

@@ -123,6 +123,15 @@ error_codes! {
     LoginRequired = "login_required", 400, "login_required", 400;
     /// `prompt=none`, and the user has not approved the site (OIDC Core §3.1.2.6).
     ConsentRequired = "consent_required", 400, "consent_required", 400;
+    /// The issuer is a peer agency already.
+    PeerExists = "peer_exists", 409, "server_error", 500;
+    /// No peer agency with that issuer.
+    PeerNotFound = "peer_not_found", 404, "invalid_request", 404;
+    /// The peer's entity configuration is not signed by the pinned key.
+    PinMismatch = "pin_mismatch", 400, "invalid_request", 400;
+    /// The peer agency could not be reached, or did not answer with a valid
+    /// entity configuration.
+    PeerUnreachable = "peer_unreachable", 502, "temporarily_unavailable", 503;
 }
 
 impl std::fmt::Display for ErrorCode {

@@ -49,6 +49,18 @@ impl FederationKey {
     }
 }
 
+/// A peer agency: another agency of the federation, named by its issuer
+/// URL and pinned by the thumbprint of its federation key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerAgency {
+    /// The peer's issuer URL.
+    pub issuer: String,
+    /// RFC 7638 thumbprint of the federation key it must sign with.
+    pub pin: String,
+    /// When it was added.
+    pub added_ms: u64,
+}
+
 /// The RFC 7638 thumbprint (SHA-256, base64url) of an Ed25519 public key:
 /// the hash of its JWK's required members in lexicographic order.
 pub fn ed25519_thumbprint(public: &[u8]) -> String {

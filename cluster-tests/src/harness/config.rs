@@ -46,6 +46,8 @@ pub struct ClusterOptions {
     /// `[[forward_auth]]` apps; by default [`TOOLS_APP`] at [`TOOLS_ORIGIN`],
     /// taking tokens of the `baa-cli` client.
     pub forward_auth: Vec<toml::Table>,
+    /// `[federation]` settings (`ca_file`, `resolve`).
+    pub federation: toml::Table,
 }
 
 /// The forward-auth app every test cluster has unless told otherwise.
@@ -92,6 +94,7 @@ impl Default for ClusterOptions {
             limits: toml::Table::new(),
             gateway: Vec::new(),
             forward_auth: vec![app_table(TOOLS_APP, "origin", TOOLS_ORIGIN, &["baa-cli"])],
+            federation: toml::Table::new(),
         }
     }
 }
@@ -127,6 +130,8 @@ struct NodeConfig {
     gateway: Vec<toml::Table>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     forward_auth: Vec<toml::Table>,
+    #[serde(skip_serializing_if = "toml::Table::is_empty")]
+    federation: toml::Table,
 }
 
 #[derive(Serialize)]
@@ -219,6 +224,7 @@ impl Cluster {
                 .collect(),
             gateway: o.gateway.clone(),
             forward_auth: o.forward_auth.clone(),
+            federation: o.federation.clone(),
         };
         let text = toml::to_string(&cfg).expect("serialising node config");
         std::fs::write(&node.config_path, text).expect("writing node config");
@@ -266,6 +272,7 @@ mod tests {
             }],
             gateway: Vec::new(),
             forward_auth: Vec::new(),
+            federation: toml::Table::new(),
         };
         let text = toml::to_string(&cfg).unwrap();
         println!("{text}");

@@ -1,13 +1,42 @@
-//! Federation of agencies (issue 12), what an agency publishes about itself:
-//! a self-signed entity configuration with federation keys of its own.
+//! Federation of agencies (issue 12): what an agency publishes about itself
+//! (a self-signed entity configuration with federation keys of its own),
+//! and peers added only against the pin of their federation key.
 
 use std::time::Duration;
 
-use baa_cluster_tests::{poll_until, Cluster};
+use baa_cluster_tests::harness::{free_port, AGENCY_HOST, CONVERGE_DEADLINE};
+use baa_cluster_tests::{poll_until, Cluster, ClusterOptions};
+use baa_proto::api::{ErrorBody, PeerList};
+use baa_proto::ErrorCode;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
+
+/// The entity configuration of node `id` of `cluster`, once it has one.
+async fn statement_of(cluster: &Cluster, id: u64) -> (String, String) {
+    let http = cluster.http().clone();
+    let url = format!("{}/.well-known/openid-federation", cluster.public_url(id));
+    // The federation key is made when the cluster is initialised; a
+    // follower shows it once it has applied that entry.
+    poll_until(Duration::from_secs(60), "an entity configuration", || {
+        let req = http.get(&url);
+        async move {
+            let resp = req.send().await.ok()?;
+            if !resp.status().is_success() {
+                return None;
+            }
+            let kind = resp
+                .headers()
+                .get("content-type")?
+                .to_str()
+                .ok()?
+                .to_string();
+            Some((kind, resp.text().await.ok()?))
+        }
+    })
+    .await
+}
 
 /// The payload of a JWT, read without checking anything (to find its keys).
 fn payload(jwt: &str) -> Value {
@@ -111,4 +140,129 @@ async fn every_node_publishes_one_self_signed_entity_configuration() {
         assert_ne!(k["x"], fed_x, "{k}");
     }
     cluster.assert_no_panics();
+}
+
+/// The answer of an admin request: status and, for errors, the code.
+async fn answer(rb: reqwest::RequestBuilder) -> (reqwest::StatusCode, Option<ErrorCode>, String) {
+    let resp = rb.send().await.expect("an answer");
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let code = serde_json::from_str::<ErrorBody>(&text)
+        .ok()
+        .map(|b| b.error);
+    (status, code, text)
+}
+
+/// Acceptance 4, in part: a peer is added only when its entity
+/// configuration is signed by the pinned key; nothing is stored otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_is_added_only_against_the_pin_of_its_federation_key() {
+    let b = Cluster::start(3).await;
+    let mut opts = ClusterOptions::default();
+    opts.federation.insert(
+        "ca_file".into(),
+        b.ca_pem().to_string_lossy().into_owned().into(),
+    );
+    opts.federation.insert(
+        "resolve".into(),
+        toml::Value::Array(vec![format!("{AGENCY_HOST}=127.0.0.1").into()]),
+    );
+    let a = Cluster::start_with(opts).await;
+    let (_, b_statement) = statement_of(&b, 1).await;
+    let b_pin = jsonwebtoken::decode_header(&b_statement)
+        .unwrap()
+        .kid
+        .unwrap();
+    let (_, a_statement) = statement_of(&a, 1).await;
+    let a_pin = jsonwebtoken::decode_header(&a_statement)
+        .unwrap()
+        .kid
+        .unwrap();
+    let peers_url = format!("{}/admin/v1/federation/peers", a.manage_url(1));
+    let admin = |rb: reqwest::RequestBuilder| rb.bearer_auth(a.admin_token());
+    let add = |issuer: &str, pin: &str| {
+        admin(a.http().post(&peers_url)).json(&serde_json::json!({ "issuer": issuer, "pin": pin }))
+    };
+
+    // A pin that is not B's key (A's own): refused, nothing stored.
+    let (status, code, text) = answer(add(&b.issuer(), &a_pin)).await;
+    assert_eq!(
+        (status.as_u16(), code),
+        (400, Some(ErrorCode::PinMismatch)),
+        "{text}"
+    );
+    // Nobody answers there: refused as unreachable.
+    let nowhere = format!("https://{AGENCY_HOST}:{}", free_port());
+    let (status, code, text) = answer(add(&nowhere, &b_pin)).await;
+    assert_eq!(
+        (status.as_u16(), code),
+        (502, Some(ErrorCode::PeerUnreachable)),
+        "{text}"
+    );
+    // Not an https issuer, or not a thumbprint: refused before any call.
+    let (status, code, _) = answer(add("http://example.test", &b_pin)).await;
+    assert_eq!(
+        (status.as_u16(), code),
+        (400, Some(ErrorCode::InvalidRequest))
+    );
+    let (status, code, _) = answer(add(&b.issuer(), "not-a-pin")).await;
+    assert_eq!(
+        (status.as_u16(), code),
+        (400, Some(ErrorCode::InvalidRequest))
+    );
+    let list = |id: u64| {
+        let url = format!("{}/admin/v1/federation/peers", a.manage_url(id));
+        admin(a.http().get(url))
+    };
+    let peers: PeerList = list(1).send().await.unwrap().json().await.unwrap();
+    assert!(peers.peers.is_empty(), "{peers:?}");
+
+    // The right pin, through the CLI: B becomes a peer on every node of A.
+    let issuer = b.issuer();
+    a.cli(
+        2,
+        &["federation", "add", "--issuer", &issuer, "--pin", &b_pin],
+    )
+    .await
+    .assert_success("baa federation add");
+    for id in a.ids() {
+        poll_until(CONVERGE_DEADLINE, "the peer on every node", || {
+            let req = list(id);
+            let (issuer, pin) = (issuer.clone(), b_pin.clone());
+            async move {
+                let peers: PeerList = req.send().await.ok()?.json().await.ok()?;
+                peers
+                    .peers
+                    .iter()
+                    .any(|p| p.issuer == issuer && p.pin == pin)
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+    let out = a.cli(3, &["federation", "list"]).await;
+    out.assert_success("baa federation list");
+    assert!(
+        out.stdout.contains(&issuer) && out.stdout.contains(&b_pin),
+        "{}",
+        out.stdout
+    );
+    // Twice: refused.
+    let (status, code, _) = answer(add(&issuer, &b_pin)).await;
+    assert_eq!((status.as_u16(), code), (409, Some(ErrorCode::PeerExists)));
+
+    // Removed through the CLI; removing again is refused.
+    a.cli(1, &["federation", "remove", "--issuer", &issuer])
+        .await
+        .assert_success("baa federation remove");
+    let peers: PeerList = list(1).send().await.unwrap().json().await.unwrap();
+    assert!(peers.peers.is_empty(), "{peers:?}");
+    let remove = admin(a.http().delete(&peers_url)).query(&[("issuer", issuer.as_str())]);
+    let (status, code, _) = answer(remove).await;
+    assert_eq!(
+        (status.as_u16(), code),
+        (404, Some(ErrorCode::PeerNotFound))
+    );
+    a.assert_no_panics();
+    b.assert_no_panics();
 }

@@ -266,6 +266,33 @@ pub enum SiteCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum FederationCommand {
+    /// Add a peer agency: its entity configuration is fetched and must be
+    /// signed by the federation key whose thumbprint is --pin.
+    Add {
+        /// The peer's issuer URL, e.g. https://login-b.example.
+        #[arg(long)]
+        issuer: String,
+        /// RFC 7638 thumbprint of the peer's federation key, learnt from its
+        /// administrators (the `kid` of its entity configuration).
+        #[arg(long)]
+        pin: String,
+    },
+    /// List the peer agencies.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a peer agency.
+    Remove {
+        /// The peer's issuer URL.
+        #[arg(long)]
+        issuer: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Make a new signing key current; the old one stays published until the
     /// tokens it signed have expired. Prints the published keys (JWKS).
@@ -668,6 +695,38 @@ pub async fn site(conn: &Connection, command: SiteCommand) -> anyhow::Result<()>
                 .delete(&format!("/admin/v1/sites/{client_id}"))
                 .await?;
             println!("site {client_id} removed");
+            Ok(())
+        }
+    }
+}
+
+/// Runs a `baa federation` subcommand.
+pub async fn federation(conn: &Connection, command: FederationCommand) -> anyhow::Result<()> {
+    let client = AdminClient::new(conn)?;
+    match command {
+        FederationCommand::Add { issuer, pin } => {
+            let req = baa_proto::api::AddPeerRequest { issuer, pin };
+            let peer: baa_proto::federation::PeerAgency =
+                client.post("/admin/v1/federation/peers", &req).await?;
+            println!("peer {} added, pinned to {}", peer.issuer, peer.pin);
+            Ok(())
+        }
+        FederationCommand::List { json } => {
+            let list: baa_proto::api::PeerList = client.get("/admin/v1/federation/peers").await?;
+            if json {
+                return print_json(&list);
+            }
+            for p in &list.peers {
+                println!("{}  pin {}  added {}", p.issuer, p.pin, time_ms(p.added_ms));
+            }
+            Ok(())
+        }
+        FederationCommand::Remove { issuer } => {
+            let query = serde_urlencoded::to_string([("issuer", issuer.as_str())])?;
+            client
+                .delete(&format!("/admin/v1/federation/peers?{query}"))
+                .await?;
+            println!("peer {issuer} removed");
             Ok(())
         }
     }

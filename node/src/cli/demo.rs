@@ -462,6 +462,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 .collect(),
             gateway: Vec::new(),
             forward_auth: Vec::new(),
+            federation: Default::default(),
         };
         let config_path = dir.join(format!("node{i}.toml"));
         std::fs::write(&config_path, toml::to_string_pretty(&file)?)?;

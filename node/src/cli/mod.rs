@@ -1,4 +1,5 @@
 //! The `baa` command line: `serve`, `pki`, `cluster`, `user`, `site`, `keys`,
+//! `federation`,
 //! `login`, `demo`. (The demo's partner sites are their own binary,
 //! `baa-partner-site`.)
 
@@ -58,6 +59,11 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: admin::KeysCommand,
+    },
+    /// Manage the peer agencies of this agency's federation.
+    Federation {
+        #[command(subcommand)]
+        command: admin::FederationCommand,
     },
     /// Run a local demo cluster.
     Demo(demo::DemoArgs),
@@ -223,6 +229,9 @@ pub fn main() -> ExitCode {
         }
         Command::Keys { command } => {
             runtime().and_then(|rt| rt.block_on(admin::keys(&cli.conn, command)))
+        }
+        Command::Federation { command } => {
+            runtime().and_then(|rt| rt.block_on(admin::federation(&cli.conn, command)))
         }
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         Command::Login(args) => {

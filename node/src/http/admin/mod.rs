@@ -14,6 +14,7 @@ use crate::agency::Agency;
 use crate::error::{NodeError, Result};
 
 mod cluster;
+mod federation;
 mod sites;
 mod users;
 
@@ -22,6 +23,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     users::configure(cfg);
     sites::configure(cfg);
     cluster::configure(cfg);
+    federation::configure(cfg);
 }
 
 /// Proof that the request carried the admin credential.

@@ -80,6 +80,8 @@ pub(super) const PREFIX_DEVICE: &[u8] = b"D/";
 pub(super) const PREFIX_USER_CODE: &[u8] = b"d/";
 /// key id → `FederationKey`.
 pub(super) const PREFIX_FEDERATION_KEY: &[u8] = b"F/";
+/// issuer URL → `PeerAgency`.
+pub(super) const PREFIX_PEER_AGENCY: &[u8] = b"P/";
 
 /// `prefix` ++ `rest`: the key of a record whose own key is `rest`.
 pub(super) fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
@@ -171,6 +173,9 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
         k if k.starts_with(PREFIX_USER_CODE) => as_::<SecretHash>("user_code", value),
         k if k.starts_with(PREFIX_FEDERATION_KEY) => {
             as_::<baa_proto::federation::FederationKey>("federation_key", value)
+        }
+        k if k.starts_with(PREFIX_PEER_AGENCY) => {
+            as_::<baa_proto::federation::PeerAgency>("peer_agency", value)
         }
         k => Err(format!("no family for key {}", String::from_utf8_lossy(k))),
     }

@@ -234,6 +234,8 @@ fn op_variants_keep_their_order() {
             Op::RecordFailedSignIn { .. } => "RecordFailedSignIn",
             Op::Sweep { .. } => "Sweep",
             Op::AddFederationKey { .. } => "AddFederationKey",
+            Op::AddPeerAgency(_) => "AddPeerAgency",
+            Op::RemovePeerAgency { .. } => "RemovePeerAgency",
         }
     }
     let table = [
@@ -264,6 +266,8 @@ fn op_variants_keep_their_order() {
         ("RecordFailedSignIn", 24),
         ("Sweep", 25),
         ("AddFederationKey", 26),
+        ("AddPeerAgency", 27),
+        ("RemovePeerAgency", 28),
     ];
     let rule = ThrottleRule {
         window_ms: 1,
@@ -386,6 +390,14 @@ fn op_variants_keep_their_order() {
                 publish_until_ms: None,
             }),
             publish_old_for_ms: 1,
+        },
+        Op::AddPeerAgency(Box::new(baa_proto::federation::PeerAgency {
+            issuer: "https://b.example".into(),
+            pin: "p".into(),
+            added_ms: 0,
+        })),
+        Op::RemovePeerAgency {
+            issuer: "https://b.example".into(),
         },
     ];
     pin("Op", &table, &samples, name);
@@ -519,6 +531,10 @@ fn error_code_variants_keep_their_order() {
             ErrorCode::UnsupportedResponseType => "UnsupportedResponseType",
             ErrorCode::LoginRequired => "LoginRequired",
             ErrorCode::ConsentRequired => "ConsentRequired",
+            ErrorCode::PeerExists => "PeerExists",
+            ErrorCode::PeerNotFound => "PeerNotFound",
+            ErrorCode::PinMismatch => "PinMismatch",
+            ErrorCode::PeerUnreachable => "PeerUnreachable",
         }
     }
     let table = [
@@ -562,6 +578,10 @@ fn error_code_variants_keep_their_order() {
         ("UnsupportedResponseType", 37),
         ("LoginRequired", 38),
         ("ConsentRequired", 39),
+        ("PeerExists", 40),
+        ("PeerNotFound", 41),
+        ("PinMismatch", 42),
+        ("PeerUnreachable", 43),
     ];
     let samples = [
         ErrorCode::InvalidRequest,
@@ -604,6 +624,10 @@ fn error_code_variants_keep_their_order() {
         ErrorCode::UnsupportedResponseType,
         ErrorCode::LoginRequired,
         ErrorCode::ConsentRequired,
+        ErrorCode::PeerExists,
+        ErrorCode::PeerNotFound,
+        ErrorCode::PinMismatch,
+        ErrorCode::PeerUnreachable,
     ];
     pin("ErrorCode", &table, &samples, name);
 }

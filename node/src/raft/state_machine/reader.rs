@@ -17,9 +17,9 @@ use sha2::{Digest, Sha256};
 use super::keyspace::{
     self, key, trust_key, user_by_id_key, user_key, user_sessions_prefix, user_trusts_prefix,
     KEY_APPLIED, KEY_CURRENT_FEDERATION_KID, KEY_CURRENT_KID, KEY_DEVICE_GRANTS, KEY_PAIRWISE_SALT,
-    PREFIX_DEVICE, PREFIX_FAILURES, PREFIX_FEDERATION_KEY, PREFIX_KEY, PREFIX_REFRESH,
-    PREFIX_SESSION, PREFIX_SESSION_BY_SID, PREFIX_SITE, PREFIX_SITE_OPTIONS, PREFIX_TICKET,
-    PREFIX_TOKEN, PREFIX_USER, PREFIX_USER_CODE,
+    PREFIX_DEVICE, PREFIX_FAILURES, PREFIX_FEDERATION_KEY, PREFIX_KEY, PREFIX_PEER_AGENCY,
+    PREFIX_REFRESH, PREFIX_SESSION, PREFIX_SESSION_BY_SID, PREFIX_SITE, PREFIX_SITE_OPTIONS,
+    PREFIX_TICKET, PREFIX_TOKEN, PREFIX_USER, PREFIX_USER_CODE,
 };
 use super::{read_tree, SmShared};
 use crate::raft::{sm_read_err, LogId, StorageError};
@@ -205,6 +205,11 @@ impl StateReader {
     /// Every signing key, and the current key id.
     pub fn signing_keys(&self) -> Result<(Vec<SigningKey>, Option<String>), StorageError> {
         Ok((self.scan(PREFIX_KEY)?, self.get(KEY_CURRENT_KID)?))
+    }
+
+    /// Every peer agency, by issuer.
+    pub fn peer_agencies(&self) -> Result<Vec<baa_proto::federation::PeerAgency>, StorageError> {
+        self.scan(PREFIX_PEER_AGENCY)
     }
 
     /// Every federation key, and the current key id.

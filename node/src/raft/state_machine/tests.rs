@@ -699,9 +699,11 @@ mod reopen {
             Op::RecordFailedSignIn { .. } => 24,
             Op::Sweep { .. } => 25,
             Op::AddFederationKey { .. } => 26,
+            Op::AddPeerAgency(_) => 27,
+            Op::RemovePeerAgency { .. } => 28,
         }
     }
-    const VARIANTS: usize = 27;
+    const VARIANTS: usize = 29;
 
     fn site(client_id: &str) -> Op {
         Op::AddSite(Box::new(Site {
@@ -744,6 +746,14 @@ mod reopen {
             }),
             publish_old_for_ms: 3_600_000,
         }
+    }
+
+    fn peer_agency(issuer: &str) -> Op {
+        Op::AddPeerAgency(Box::new(baa_proto::federation::PeerAgency {
+            issuer: issuer.into(),
+            pin: "pin".into(),
+            added_ms: 0,
+        }))
     }
 
     fn federation_key(kid: &str) -> Op {
@@ -864,6 +874,11 @@ mod reopen {
             signing_key("k2"),
             federation_key("f1"),
             federation_key("f2"),
+            peer_agency("https://b.example"),
+            peer_agency("https://c.example"),
+            Op::RemovePeerAgency {
+                issuer: "https://c.example".into(),
+            },
             session(other),
             Op::RevokeSession { key: other },
             create("bob"),
@@ -992,6 +1007,7 @@ mod reopen {
             "user_code",
             "federation_key",
             "current_federation_kid",
+            "peer_agency",
         ]
         .into();
         assert_eq!(families, all, "every key family is written");

@@ -13,6 +13,7 @@
 
 mod devices;
 mod keys;
+mod peers;
 mod purge;
 mod sessions;
 mod sites;
@@ -107,6 +108,8 @@ pub(super) fn apply_op(
             key,
             publish_old_for_ms,
         } => keys::add(st, now, key.as_ref(), *publish_old_for_ms),
+        Op::AddPeerAgency(peer) => peers::add(st, now, peer),
+        Op::RemovePeerAgency { issuer } => peers::remove(st, issuer),
         Op::PurgeExpired => purge::expired(st, now),
         Op::RevokeUserSessions { username } => sessions::revoke_all_of(st, username),
         Op::SetPairwiseSalt { salt } => keys::set_pairwise_salt(st, salt),

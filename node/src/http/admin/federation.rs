@@ -1,0 +1,60 @@
+//! `/admin/v1/federation/peers`: add (checked against the pin), list and
+//! remove peer agencies (see `sso::federation`).
+
+use actix_web::{web, HttpResponse};
+use baa_proto::api::{AddPeerRequest, PeerList};
+use serde::Deserialize;
+
+use super::{Admin, ReadParams, RequestIdHeader};
+use crate::agency::Agency;
+use crate::error::Result;
+use crate::sso::federation;
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    use web::{delete, get, post};
+    cfg.service(
+        crate::http::resource("/federation/peers")
+            .route(get().to(list_peers))
+            .route(post().to(add_peer))
+            .route(delete().to(remove_peer)),
+    );
+}
+
+async fn add_peer(
+    _: Admin,
+    agency: web::Data<Agency>,
+    request_id: RequestIdHeader,
+    body: web::Json<AddPeerRequest>,
+) -> Result<HttpResponse> {
+    let req = body.into_inner();
+    let peer = federation::add_peer(&agency, &req.issuer, &req.pin, request_id.0).await?;
+    Ok(HttpResponse::Created().json(peer))
+}
+
+async fn list_peers(
+    _: Admin,
+    agency: web::Data<Agency>,
+    params: web::Query<ReadParams>,
+) -> Result<HttpResponse> {
+    agency.read_barrier(params.consistency).await?;
+    let peers = federation::peers(&agency)?;
+    Ok(HttpResponse::Ok().json(PeerList { peers }))
+}
+
+/// `?issuer=<url>`: an issuer is a URL, awkward in a path.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssuerQuery {
+    issuer: String,
+}
+
+async fn remove_peer(
+    _: Admin,
+    agency: web::Data<Agency>,
+    request_id: RequestIdHeader,
+    query: web::Query<IssuerQuery>,
+) -> Result<HttpResponse> {
+    federation::remove_peer(&agency, &query.issuer, request_id.0).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
