@@ -74,7 +74,7 @@ pub struct FileConfig {
 }
 
 /// `[federation]`: how this agency reaches peer agencies.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FederationConfig {
     /// PEM roots trusted for peer agencies' HTTPS (their web CAs). Without
@@ -84,6 +84,18 @@ pub struct FederationConfig {
     /// `HOST=IP` pairs: peers whose issuer names HOST are reached at IP (for
     /// test and demo host names that no DNS knows).
     pub resolve: Vec<String>,
+    /// How often each node fetches its peers' configurations again, seconds.
+    pub refresh_s: u64,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self {
+            ca_file: None,
+            resolve: Vec::new(),
+            refresh_s: 60,
+        }
+    }
 }
 
 impl FederationConfig {
@@ -658,6 +670,10 @@ impl Config {
         let mut federation = f.federation.clone();
         federation.ca_file = federation.ca_file.as_deref().map(abs);
         federation.resolved()?;
+        anyhow::ensure!(
+            (1..=86_400).contains(&federation.refresh_s),
+            "federation.refresh_s must be 1 to 86400 seconds"
+        );
         Ok(Config {
             node_id: f.node_id,
             data_dir: abs(&f.data_dir),

@@ -218,6 +218,14 @@ impl KeyRing {
         Ok(self.load()?.jwks.clone())
     }
 
+    /// The published reference-cookie keys (Ed25519 JWKs), for the
+    /// agency's entity configuration: peers check references with them.
+    pub fn reference_jwks(&self) -> Result<Vec<serde_json::Value>, NodeError> {
+        let l = self.load()?;
+        let keys = l.jwks["keys"].as_array().cloned().unwrap_or_default();
+        Ok(keys.into_iter().filter(|k| k["kty"] == "OKP").collect())
+    }
+
     /// Signs `claims` as an RS256 JWT with the current key.
     pub fn sign_jwt<T: Serialize>(&self, claims: &T, typ: &str) -> Result<String, NodeError> {
         let l = self.load()?;

@@ -174,8 +174,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let _reaper =
         actors::reaper::Reaper::new(agency.clone(), actors::reaper::REAPER_INTERVAL).start();
+    let directory = actors::federation_directory::FederationDirectory::new(agency.clone()).start();
 
-    let listeners = http::start(agency.clone(), hasher, &identity)?;
+    let listeners = http::start(agency.clone(), hasher, directory, &identity)?;
     tracing::info!(
         node_id = config.node_id,
         public = %config.public_listen,

@@ -65,6 +65,12 @@ pub struct Metrics {
     pub pages: IntCounterVec,
     /// Back-channel logout deliveries by result (ok, failed).
     pub backchannel_logouts: IntCounterVec,
+    /// Whether the last fetch of each peer agency's configuration worked (1) or not (0).
+    pub federation_peer_reachable: IntGaugeVec,
+    /// Age of the configuration of each peer agency this node holds, in seconds.
+    pub federation_configuration_age: IntGaugeVec,
+    /// Fetches of peer agencies' configurations by peer and result.
+    pub federation_refreshes: IntCounterVec,
 }
 
 /// Longest delay between a Raft state change and the gauges showing it.
@@ -126,6 +132,27 @@ impl Metrics {
                     "Back-channel logout deliveries to partner sites by result"
                 ),
                 &["result"]
+            )),
+            federation_peer_reachable: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "baa_federation_peer_reachable",
+                    "Whether the last fetch of the peer agency's configuration worked"
+                ),
+                &["peer"]
+            )),
+            federation_configuration_age: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "baa_federation_configuration_age_seconds",
+                    "Age of the peer agency's configuration this node holds"
+                ),
+                &["peer"]
+            )),
+            federation_refreshes: reg!(IntCounterVec::new(
+                Opts::new(
+                    "baa_federation_refreshes_total",
+                    "Fetches of peer agencies' configurations by peer and result"
+                ),
+                &["peer", "result"]
             )),
             raft_term: reg!(IntGauge::new("baa_raft_term", "Current Raft term")),
             raft_leader_id: reg!(IntGauge::new(

@@ -157,17 +157,7 @@ async fn answer(rb: reqwest::RequestBuilder) -> (reqwest::StatusCode, Option<Err
 /// configuration is signed by the pinned key; nothing is stored otherwise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_is_added_only_against_the_pin_of_its_federation_key() {
-    let b = Cluster::start(3).await;
-    let mut opts = ClusterOptions::default();
-    opts.federation.insert(
-        "ca_file".into(),
-        b.ca_pem().to_string_lossy().into_owned().into(),
-    );
-    opts.federation.insert(
-        "resolve".into(),
-        toml::Value::Array(vec![format!("{AGENCY_HOST}=127.0.0.1").into()]),
-    );
-    let a = Cluster::start_with(opts).await;
+    let (a, b) = two_agencies().await;
     let (_, b_statement) = statement_of(&b, 1).await;
     let b_pin = jsonwebtoken::decode_header(&b_statement)
         .unwrap()
@@ -263,6 +253,135 @@ async fn a_peer_is_added_only_against_the_pin_of_its_federation_key() {
         (status.as_u16(), code),
         (404, Some(ErrorCode::PeerNotFound))
     );
+    a.assert_no_panics();
+    b.assert_no_panics();
+}
+
+/// Two agencies, A with B's CA and a one-second refresh; B not yet a peer.
+async fn two_agencies() -> (Cluster, Cluster) {
+    let b = Cluster::start(3).await;
+    let mut opts = ClusterOptions::default();
+    opts.federation.insert(
+        "ca_file".into(),
+        b.ca_pem().to_string_lossy().into_owned().into(),
+    );
+    opts.federation.insert(
+        "resolve".into(),
+        toml::Value::Array(vec![format!("{AGENCY_HOST}=127.0.0.1").into()]),
+    );
+    opts.federation.insert("refresh_s".into(), 1.into());
+    let a = Cluster::start_with(opts).await;
+    (a, b)
+}
+
+/// What node `id` of `a` holds of the peer `issuer`, once `ok` says so.
+async fn directory_until(
+    a: &Cluster,
+    id: u64,
+    issuer: &str,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    let url = format!("{}/admin/v1/federation/directory", a.manage_url(id));
+    poll_until(CONVERGE_DEADLINE, what, || {
+        let req = a.http().get(&url).bearer_auth(a.admin_token());
+        let ok = &ok;
+        async move {
+            let v: Value = req.send().await.ok()?.json().await.ok()?;
+            let peer = v["peers"]
+                .as_array()?
+                .iter()
+                .find(|p| p["issuer"] == issuer)?
+                .clone();
+            ok(&peer).then_some(peer)
+        }
+    })
+    .await
+}
+
+/// The federation directory: every node of A holds B's configuration and
+/// the keys of B's reference cookies; with B stopped it keeps the last good
+/// copy and says B is unreachable; with B back, B is reachable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_directory_keeps_peers_fresh_and_their_last_good_copy() {
+    let (a, mut b) = two_agencies().await;
+    let (_, b_statement) = statement_of(&b, 1).await;
+    let pin = jsonwebtoken::decode_header(&b_statement)
+        .unwrap()
+        .kid
+        .unwrap();
+    let issuer = b.issuer();
+    a.cli(
+        1,
+        &["federation", "add", "--issuer", &issuer, "--pin", &pin],
+    )
+    .await
+    .assert_success("baa federation add");
+
+    // B's reference-cookie keys, as B publishes them for its partner sites.
+    let jwks: Value = b
+        .http()
+        .get(format!("{}/.well-known/jwks.json", b.public_url(1)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut b_refs: Vec<String> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["kty"] == "OKP")
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect();
+    b_refs.sort();
+    assert!(!b_refs.is_empty());
+    let kids = |peer: &Value, field: &str| -> Vec<String> {
+        let mut v: Vec<String> = peer[field]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k["kid"].as_str().or(k.as_str()).map(String::from))
+            .collect();
+        v.sort();
+        v
+    };
+    for id in a.ids() {
+        let peer = directory_until(&a, id, &issuer, "B fetched on every node of A", |p| {
+            p["reachable"] == true
+        })
+        .await;
+        assert_eq!(kids(&peer, "reference_keys"), b_refs, "node {id}: {peer}");
+        assert!(
+            kids(&peer, "federation_keys").contains(&pin),
+            "node {id}: {peer}"
+        );
+    }
+    let reachable = format!("baa_federation_peer_reachable{{peer=\"{issuer}\"}}");
+    assert_eq!(a.metric(1, &reachable).await, Some(1.0));
+
+    // B stopped entirely: unreachable, the last good copy kept.
+    for id in b.ids() {
+        b.stop(id).await;
+    }
+    let peer = directory_until(&a, 1, &issuer, "B unreachable", |p| p["reachable"] == false).await;
+    assert!(peer["last_error"].is_string(), "{peer}");
+    assert_eq!(
+        kids(&peer, "reference_keys"),
+        b_refs,
+        "the last good copy: {peer}"
+    );
+    assert_eq!(a.metric(1, &reachable).await, Some(0.0));
+
+    // B back: reachable again.
+    for id in b.ids() {
+        b.restart(id).await;
+    }
+    directory_until(&a, 1, &issuer, "B reachable again", |p| {
+        p["reachable"] == true
+    })
+    .await;
     a.assert_no_panics();
     b.assert_no_panics();
 }

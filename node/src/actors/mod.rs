@@ -1,9 +1,11 @@
 //! actix actors of the node, each the owner of some state: cookie
-//! validation (its cache of verified references), ticket issue, token
+//! validation (its cache of verified references), the federation
+//! directory (peer agencies' configurations), ticket issue, token
 //! translation (its memory of recorded use), the password-hashing pool and
 //! periodic housekeeping (the reaper).
 
 pub mod cookie_validator;
+pub mod federation_directory;
 pub mod hasher;
 pub mod reaper;
 pub mod ticket_issuer;

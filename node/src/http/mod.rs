@@ -29,6 +29,7 @@ use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpServer};
 
 use crate::actors::cookie_validator::CookieValidator;
+use crate::actors::federation_directory::FederationDirectory;
 use crate::actors::hasher::Hashers;
 use crate::actors::ticket_issuer::TicketIssuer;
 use crate::actors::token_translator::TokenTranslator;
@@ -85,10 +86,12 @@ pub struct Listeners {
 pub fn start(
     agency: Arc<Agency>,
     hasher: Hashers,
+    directory: actix::Addr<FederationDirectory>,
     identity: &NodeIdentity,
 ) -> anyhow::Result<Listeners> {
     let data = web::Data::from(agency);
     let shared = Shared {
+        directory: web::Data::new(directory),
         hasher: web::Data::new(hasher),
         backchannel: web::Data::new(crate::sso::backchannel::Backchannel::new(&data)?),
         upstreams: web::Data::new(gateway::UpstreamClient::new(&data)?),
@@ -108,6 +111,7 @@ pub fn start(
 #[derive(Clone)]
 struct Shared {
     agency: web::Data<Agency>,
+    directory: web::Data<actix::Addr<FederationDirectory>>,
     hasher: web::Data<Hashers>,
     backchannel: web::Data<crate::sso::backchannel::Backchannel>,
     upstreams: web::Data<gateway::UpstreamClient>,
@@ -146,6 +150,7 @@ fn manage_server(shared: Shared, identity: &NodeIdentity) -> anyhow::Result<Serv
         App::new()
             .configure(|cfg| shared.configure(cfg))
             .app_data(Listener("manage"))
+            .app_data(shared.directory.clone())
             .wrap(from_fn(record_metrics))
             .wrap(hsts())
             .service(resource("/metrics").route(web::get().to(health::metrics)))

@@ -5,19 +5,17 @@
 //! agencies, each added only once its own statement was fetched and found
 //! signed by the key an administrator pinned.
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
 use baa_proto::command::{Op, RequestId};
 use baa_proto::cookie::REFERENCE_COOKIE;
-use baa_proto::federation::{
-    ed25519_thumbprint, FederationKey, PeerAgency, ENTITY_CONFIGURATION_PATH, ENTITY_STATEMENT_TYP,
-};
+use baa_proto::federation::{FederationKey, PeerAgency, ENTITY_STATEMENT_TYP};
 use baa_proto::ErrorCode;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, Header};
 
+use crate::actors::federation_directory::{
+    self as directory, FederationDirectory, ListPeers, PeerState,
+};
 use crate::agency::Agency;
 use crate::clock::now_ms;
 use crate::error::NodeError;
@@ -34,15 +32,19 @@ pub struct AgencyFacts<'a> {
     pub name: &'a str,
     /// The shared cookie domain of its reference cookie, if any.
     pub cookie_domain: Option<&'a str>,
+    /// The keys that verify its reference cookies (Ed25519 JWKs).
+    pub reference_keys: &'a [serde_json::Value],
 }
 
 /// The agency's entity configuration, signed with its current federation key.
 pub fn entity_configuration(agency: &Agency) -> Result<String, NodeError> {
     let (keys, current) = agency.state.federation_keys()?;
+    let reference_keys = agency.keys.reference_jwks()?;
     let facts = AgencyFacts {
         issuer: &agency.config.issuer,
         name: &agency.config.sso.agency,
         cookie_domain: agency.config.sso.cookie_domain.as_deref(),
+        reference_keys: &reference_keys,
     };
     statement(&facts, &keys, current.as_deref(), now_ms())
 }
@@ -98,6 +100,7 @@ pub fn statement(
             },
             "baa_agency": {
                 "cookie_domain": facts.cookie_domain,
+                "reference_keys": facts.reference_keys,
                 "reference_cookie": REFERENCE_COOKIE,
                 "session_status_endpoint": format!("{i}/sso/session_status"),
             },
@@ -109,139 +112,6 @@ pub fn statement(
     let key = crate::keys::ed25519_encoding_key(&signer.seed);
     jsonwebtoken::encode(&header, &claims, &key)
         .map_err(|e| NodeError::Internal(format!("signing the entity configuration: {e}")))
-}
-
-/// The most an entity configuration may weigh.
-const MAX_STATEMENT_BYTES: usize = 64 * 1024;
-
-/// An HTTP client for peer agencies: trusts `[federation] ca_file` only,
-/// resolves `[federation] resolve` hosts as told, follows no redirects.
-pub fn peer_client(agency: &Agency) -> Result<reqwest::Client, NodeError> {
-    let f = &agency.config.federation;
-    let Some(ca) = &f.ca_file else {
-        return Err(unreachable(
-            "no peer can be reached: [federation] ca_file names no CA to trust",
-        ));
-    };
-    let pem = std::fs::read(ca)
-        .map_err(|e| NodeError::Internal(format!("reading {}: {e}", ca.display())))?;
-    let roots = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| NodeError::Internal(format!("parsing {}: {e}", ca.display())))?;
-    let mut b = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(5));
-    for root in roots {
-        b = b.add_root_certificate(root);
-    }
-    let resolve = f
-        .resolved()
-        .map_err(|e| NodeError::Internal(e.to_string()))?;
-    for (host, ip) in resolve {
-        // The port comes from the issuer URL; reqwest ignores this one.
-        b = b.resolve(&host, SocketAddr::new(ip, 0));
-    }
-    b.build()
-        .map_err(|e| NodeError::Internal(format!("building the peer client: {e}")))
-}
-
-fn unreachable(message: impl Into<String>) -> NodeError {
-    NodeError::BadRequest {
-        code: ErrorCode::PeerUnreachable,
-        message: message.into(),
-    }
-}
-
-fn mismatch(message: impl Into<String>) -> NodeError {
-    NodeError::BadRequest {
-        code: ErrorCode::PinMismatch,
-        message: message.into(),
-    }
-}
-
-/// Fetches the entity configuration of the agency at `issuer`.
-pub async fn fetch_statement(client: &reqwest::Client, issuer: &str) -> Result<String, NodeError> {
-    let url = format!("{issuer}{ENTITY_CONFIGURATION_PATH}");
-    let resp = client
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| unreachable(format!("{url}: {}", e.without_url())))?;
-    if !resp.status().is_success() {
-        return Err(unreachable(format!("{url}: HTTP {}", resp.status())));
-    }
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| unreachable(format!("{url}: {}", e.without_url())))?;
-    if body.len() > MAX_STATEMENT_BYTES {
-        return Err(unreachable(format!("{url}: the answer is too large")));
-    }
-    String::from_utf8(body.to_vec()).map_err(|_| unreachable(format!("{url}: not text")))
-}
-
-/// Checks that `jwt` is `issuer`'s entity configuration, valid at `now_s`
-/// and signed by the key whose thumbprint is `pin`; answers its claims.
-pub fn check_statement(
-    jwt: &str,
-    issuer: &str,
-    pin: &str,
-    now_s: u64,
-) -> Result<serde_json::Value, NodeError> {
-    let not_a_statement = || unreachable(format!("{issuer} answered no entity configuration"));
-    let header = jsonwebtoken::decode_header(jwt).map_err(|_| not_a_statement())?;
-    if header.alg != Algorithm::EdDSA || header.typ.as_deref() != Some(ENTITY_STATEMENT_TYP) {
-        return Err(not_a_statement());
-    }
-    let kid = header.kid.unwrap_or_default();
-    if kid != pin {
-        return Err(mismatch(format!(
-            "{issuer} signs with the key {kid}, not the pinned {pin}"
-        )));
-    }
-    // The key is taken from the statement itself, and trusted only because
-    // its thumbprint is the pin.
-    let payload = jwt.split('.').nth(1).ok_or_else(not_a_statement)?;
-    let unverified: serde_json::Value = URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(not_a_statement)?;
-    let x = unverified["jwks"]["keys"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|k| k["kid"] == pin && k["kty"] == "OKP" && k["crv"] == "Ed25519")
-        .and_then(|k| k["x"].as_str())
-        .ok_or_else(|| mismatch(format!("{issuer} publishes no key {pin}")))?;
-    let public = URL_SAFE_NO_PAD.decode(x).map_err(|_| not_a_statement())?;
-    if ed25519_thumbprint(&public) != pin {
-        return Err(mismatch(format!(
-            "the key {issuer} calls {pin} has another thumbprint"
-        )));
-    }
-    let key = jsonwebtoken::DecodingKey::from_ed_components(x).map_err(|_| not_a_statement())?;
-    let mut v = jsonwebtoken::Validation::new(Algorithm::EdDSA);
-    v.set_issuer(&[issuer]);
-    v.set_required_spec_claims(&["exp", "iat", "iss", "sub"]);
-    v.validate_exp = false;
-    let claims = jsonwebtoken::decode::<serde_json::Value>(jwt, &key, &v)
-        .map_err(|e| {
-            mismatch(format!(
-                "{issuer}'s entity configuration does not verify: {e}"
-            ))
-        })?
-        .claims;
-    if claims["sub"] != issuer {
-        return Err(not_a_statement());
-    }
-    if claims["exp"].as_u64().is_none_or(|exp| exp <= now_s) {
-        return Err(unreachable(format!(
-            "{issuer}'s entity configuration has expired"
-        )));
-    }
-    Ok(claims)
 }
 
 /// Adds the agency at `issuer` as a peer, pinned to `pin`, once its entity
@@ -272,9 +142,9 @@ pub async fn add_peer(
             "pin must be an RFC 7638 SHA-256 thumbprint (43 base64url characters)",
         ));
     }
-    let client = peer_client(agency)?;
-    let jwt = fetch_statement(&client, issuer).await?;
-    check_statement(&jwt, issuer, pin, now_ms() / 1000)?;
+    let client = directory::peer_client(&agency.config.federation)?;
+    let jwt = directory::fetch_statement(&client, issuer).await?;
+    directory::check_statement(&jwt, issuer, &[pin], now_ms() / 1000)?;
     let peer = PeerAgency {
         issuer: issuer.to_string(),
         pin: pin.to_string(),
@@ -285,6 +155,15 @@ pub async fn add_peer(
         .await?;
     tracing::info!(peer = %issuer, pin = %pin, "peer agency added");
     Ok(peer)
+}
+
+/// What this node's federation directory holds of each peer.
+pub async fn directory(
+    addr: &actix::Addr<FederationDirectory>,
+) -> Result<Vec<PeerState>, NodeError> {
+    addr.send(ListPeers)
+        .await
+        .map_err(|_| NodeError::Internal("the federation directory is not running".into()))
 }
 
 /// Every peer agency.
@@ -334,6 +213,7 @@ mod tests {
             issuer: "https://login-a.baa.localtest",
             name: "a",
             cookie_domain: Some("baa.localtest"),
+            reference_keys: &[],
         };
         let keys = [old.clone(), gone.clone(), new.clone()];
         let jwt = statement(&facts, &keys, Some(&new.kid), 5_500).unwrap();
@@ -370,47 +250,5 @@ mod tests {
         assert!(jsonwebtoken::decode::<serde_json::Value>(&jwt, &wrong, &v).is_err());
         // No current key: a clear error, not a statement.
         assert!(statement(&facts, &keys, None, 5_500).is_err());
-    }
-
-    /// A peer's statement is taken only when signed by the pinned key,
-    /// whose thumbprint is the pin, for the issuer asked, and unexpired.
-    #[test]
-    fn a_peer_statement_must_be_signed_by_the_pinned_key() {
-        let (a, b) = (key(7, None), key(8, None));
-        let issuer = "https://login-b.baa.localtest";
-        let facts = AgencyFacts {
-            issuer,
-            name: "b",
-            cookie_domain: None,
-        };
-        let keys = [a.clone(), b.clone()];
-        let jwt = statement(&facts, &keys, Some(&a.kid), 10_000_000).unwrap();
-        let now_s = 10_000;
-        assert!(check_statement(&jwt, issuer, &a.kid, now_s).is_ok());
-        let code = |r: Result<serde_json::Value, NodeError>| r.unwrap_err().code();
-        // Pinned to the other published key: the statement is not signed by it.
-        assert_eq!(
-            code(check_statement(&jwt, issuer, &b.kid, now_s)),
-            ErrorCode::PinMismatch
-        );
-        // Another issuer's statement.
-        let other = "https://login-c.baa.localtest";
-        assert!(check_statement(&jwt, other, &a.kid, now_s).is_err());
-        // Expired.
-        let late = now_s + ENTITY_VALIDITY_S + 1;
-        assert_eq!(
-            code(check_statement(&jwt, issuer, &a.kid, late)),
-            ErrorCode::PeerUnreachable
-        );
-        // A key that calls itself by the pin but is another key.
-        let mut liar = b.clone();
-        liar.kid = a.kid.clone();
-        let forged = statement(&facts, &[liar], Some(&a.kid), 10_000_000).unwrap();
-        assert_eq!(
-            code(check_statement(&forged, issuer, &a.kid, now_s)),
-            ErrorCode::PinMismatch
-        );
-        // Not a statement at all.
-        assert!(check_statement("x.y.z", issuer, &a.kid, now_s).is_err());
     }
 }

@@ -6,6 +6,7 @@ use baa_proto::api::{AddPeerRequest, PeerList};
 use serde::Deserialize;
 
 use super::{Admin, ReadParams, RequestIdHeader};
+use crate::actors::federation_directory::FederationDirectory;
 use crate::agency::Agency;
 use crate::error::Result;
 use crate::sso::federation;
@@ -18,7 +19,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(get().to(list_peers))
             .route(post().to(add_peer))
             .route(delete().to(remove_peer)),
-    );
+    )
+    .service(crate::http::resource("/federation/directory").route(get().to(directory)));
+}
+
+/// `GET /admin/v1/federation/directory`: what this node holds of each peer
+/// (reachable, when fetched, its keys).
+async fn directory(
+    _: Admin,
+    addr: web::Data<actix::Addr<FederationDirectory>>,
+) -> Result<HttpResponse> {
+    let peers = federation::directory(&addr).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "peers": peers })))
 }
 
 async fn add_peer(

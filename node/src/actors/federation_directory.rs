@@ -1,0 +1,395 @@
+//! The federation directory: each node's view of its peer agencies. It
+//! fetches every peer's entity configuration again every `[federation]
+//! refresh_s`, takes it only when signed by the pinned key or by a key of
+//! the last configuration that checked out (so a peer's key rotation
+//! propagates), and keeps the last good copy until it expires while a peer
+//! is unreachable. The cross-agency validation reads peers' keys here.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
+use baa_proto::federation::{ed25519_thumbprint, ENTITY_CONFIGURATION_PATH, ENTITY_STATEMENT_TYP};
+use baa_proto::ErrorCode;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::Algorithm;
+use serde::Serialize;
+
+use crate::agency::Agency;
+use crate::clock::now_ms;
+use crate::config::FederationConfig;
+use crate::error::NodeError;
+
+/// The most an entity configuration may weigh.
+const MAX_STATEMENT_BYTES: usize = 64 * 1024;
+
+/// An HTTP client for peer agencies: trusts `[federation] ca_file` only,
+/// resolves `[federation] resolve` hosts as told, follows no redirects.
+pub fn peer_client(f: &FederationConfig) -> Result<reqwest::Client, NodeError> {
+    let Some(ca) = &f.ca_file else {
+        return Err(unreachable(
+            "no peer can be reached: [federation] ca_file names no CA to trust",
+        ));
+    };
+    let pem = std::fs::read(ca)
+        .map_err(|e| NodeError::Internal(format!("reading {}: {e}", ca.display())))?;
+    let roots = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| NodeError::Internal(format!("parsing {}: {e}", ca.display())))?;
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(5));
+    for root in roots {
+        b = b.add_root_certificate(root);
+    }
+    let resolve = f
+        .resolved()
+        .map_err(|e| NodeError::Internal(e.to_string()))?;
+    for (host, ip) in resolve {
+        // The port comes from the issuer URL; reqwest ignores this one.
+        b = b.resolve(&host, SocketAddr::new(ip, 0));
+    }
+    b.build()
+        .map_err(|e| NodeError::Internal(format!("building the peer client: {e}")))
+}
+
+fn unreachable(message: impl Into<String>) -> NodeError {
+    NodeError::BadRequest {
+        code: ErrorCode::PeerUnreachable,
+        message: message.into(),
+    }
+}
+
+fn mismatch(message: impl Into<String>) -> NodeError {
+    NodeError::BadRequest {
+        code: ErrorCode::PinMismatch,
+        message: message.into(),
+    }
+}
+
+/// Fetches the entity configuration of the agency at `issuer`.
+pub async fn fetch_statement(client: &reqwest::Client, issuer: &str) -> Result<String, NodeError> {
+    let url = format!("{issuer}{ENTITY_CONFIGURATION_PATH}");
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| unreachable(format!("{url}: {}", e.without_url())))?;
+    if !resp.status().is_success() {
+        return Err(unreachable(format!("{url}: HTTP {}", resp.status())));
+    }
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| unreachable(format!("{url}: {}", e.without_url())))?;
+    if body.len() > MAX_STATEMENT_BYTES {
+        return Err(unreachable(format!("{url}: the answer is too large")));
+    }
+    String::from_utf8(body.to_vec()).map_err(|_| unreachable(format!("{url}: not text")))
+}
+
+/// Checks that `jwt` is `issuer`'s entity configuration, valid at `now_s`
+/// and signed by one of the `trusted` keys (by thumbprint: the pin, and
+/// while a peer rotates, the keys of its last statement that checked out);
+/// answers its claims.
+pub fn check_statement(
+    jwt: &str,
+    issuer: &str,
+    trusted: &[&str],
+    now_s: u64,
+) -> Result<serde_json::Value, NodeError> {
+    let not_a_statement = || unreachable(format!("{issuer} answered no entity configuration"));
+    let header = jsonwebtoken::decode_header(jwt).map_err(|_| not_a_statement())?;
+    if header.alg != Algorithm::EdDSA || header.typ.as_deref() != Some(ENTITY_STATEMENT_TYP) {
+        return Err(not_a_statement());
+    }
+    let kid = header.kid.unwrap_or_default();
+    if !trusted.contains(&kid.as_str()) {
+        return Err(mismatch(format!(
+            "{issuer} signs with the key {kid}, not a pinned one ({})",
+            trusted.join(", ")
+        )));
+    }
+    // The key is taken from the statement itself, and trusted only because
+    // its thumbprint is the pin.
+    let payload = jwt.split('.').nth(1).ok_or_else(not_a_statement)?;
+    let unverified: serde_json::Value = URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(not_a_statement)?;
+    let x = unverified["jwks"]["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|k| k["kid"] == kid.as_str() && k["kty"] == "OKP" && k["crv"] == "Ed25519")
+        .and_then(|k| k["x"].as_str())
+        .ok_or_else(|| mismatch(format!("{issuer} publishes no key {kid}")))?;
+    let public = URL_SAFE_NO_PAD.decode(x).map_err(|_| not_a_statement())?;
+    if ed25519_thumbprint(&public) != kid {
+        return Err(mismatch(format!(
+            "the key {issuer} calls {kid} has another thumbprint"
+        )));
+    }
+    let key = jsonwebtoken::DecodingKey::from_ed_components(x).map_err(|_| not_a_statement())?;
+    let mut v = jsonwebtoken::Validation::new(Algorithm::EdDSA);
+    v.set_issuer(&[issuer]);
+    v.set_required_spec_claims(&["exp", "iat", "iss", "sub"]);
+    v.validate_exp = false;
+    let claims = jsonwebtoken::decode::<serde_json::Value>(jwt, &key, &v)
+        .map_err(|e| {
+            mismatch(format!(
+                "{issuer}'s entity configuration does not verify: {e}"
+            ))
+        })?
+        .claims;
+    if claims["sub"] != issuer {
+        return Err(not_a_statement());
+    }
+    if claims["exp"].as_u64().is_none_or(|exp| exp <= now_s) {
+        return Err(unreachable(format!(
+            "{issuer}'s entity configuration has expired"
+        )));
+    }
+    Ok(claims)
+}
+
+/// What a node holds of one peer agency.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerState {
+    /// The peer's issuer URL.
+    pub issuer: String,
+    /// The pinned federation key.
+    pub pin: String,
+    /// Whether the last fetch worked.
+    pub reachable: bool,
+    /// When the configuration held was fetched (none yet: never).
+    pub fetched_ms: Option<u64>,
+    /// When it expires (its `exp`); after that it is dropped.
+    pub expires_ms: Option<u64>,
+    /// Thumbprints of the federation keys it lists.
+    pub federation_keys: Vec<String>,
+    /// The keys that verify the peer's reference cookies.
+    pub reference_keys: Vec<serde_json::Value>,
+    /// Why the last fetch failed, if it did.
+    pub last_error: Option<String>,
+}
+
+/// The peers as this node holds them, by issuer.
+#[derive(Message)]
+#[rtype(result = "Vec<PeerState>")]
+pub struct ListPeers;
+
+/// Keeps peer agencies' configurations fresh; one per node.
+pub struct FederationDirectory {
+    agency: Arc<Agency>,
+    peers: HashMap<String, PeerState>,
+}
+
+impl FederationDirectory {
+    /// A directory for `agency`.
+    pub fn new(agency: Arc<Agency>) -> Self {
+        Self {
+            agency,
+            peers: HashMap::new(),
+        }
+    }
+
+    /// Starts a fetch of every peer the state names; forgets removed ones.
+    fn refresh(&mut self, ctx: &mut Context<Self>) {
+        let stored = match self.agency.state.peer_agencies() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "federation directory: reading the peers failed");
+                return;
+            }
+        };
+        self.peers
+            .retain(|issuer, _| stored.iter().any(|p| &p.issuer == issuer));
+        if stored.is_empty() {
+            return;
+        }
+        let client = match peer_client(&self.agency.config.federation) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "federation directory: no client for peers");
+                return;
+            }
+        };
+        for peer in stored {
+            let state = self
+                .peers
+                .entry(peer.issuer.clone())
+                .or_insert_with(|| PeerState {
+                    issuer: peer.issuer.clone(),
+                    pin: peer.pin.clone(),
+                    reachable: false,
+                    fetched_ms: None,
+                    expires_ms: None,
+                    federation_keys: Vec::new(),
+                    reference_keys: Vec::new(),
+                    last_error: None,
+                });
+            state.pin = peer.pin.clone();
+            let mut trusted = vec![peer.pin.clone()];
+            trusted.extend(state.federation_keys.iter().cloned());
+            let (client, issuer) = (client.clone(), peer.issuer.clone());
+            let fetch = async move {
+                let jwt = fetch_statement(&client, &issuer).await?;
+                let trusted: Vec<&str> = trusted.iter().map(String::as_str).collect();
+                check_statement(&jwt, &issuer, &trusted, now_ms() / 1000)
+            };
+            let issuer = peer.issuer;
+            ctx.spawn(
+                fetch
+                    .into_actor(self)
+                    .map(move |result, act, _| act.record(&issuer, result)),
+            );
+        }
+    }
+
+    /// Takes a fetch's result for `issuer`.
+    fn record(&mut self, issuer: &str, result: Result<serde_json::Value, NodeError>) {
+        let m = &self.agency.metrics;
+        let Some(state) = self.peers.get_mut(issuer) else {
+            return;
+        };
+        let now = now_ms();
+        match result {
+            Ok(claims) => {
+                state.reachable = true;
+                state.fetched_ms = Some(now);
+                state.expires_ms = claims["exp"].as_u64().map(|s| s.saturating_mul(1000));
+                state.federation_keys = claims["jwks"]["keys"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|k| k["kid"].as_str().map(String::from))
+                    .collect();
+                state.reference_keys = claims["metadata"]["baa_agency"]["reference_keys"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                state.last_error = None;
+                m.federation_refreshes
+                    .with_label_values(&[issuer, "ok"])
+                    .inc();
+            }
+            Err(e) => {
+                tracing::warn!(peer = %issuer, error = %e, "federation directory: fetching a peer failed");
+                state.reachable = false;
+                state.last_error = Some(e.to_string());
+                // The last good copy stays until it expires.
+                if state.expires_ms.is_some_and(|exp| exp <= now) {
+                    (state.fetched_ms, state.expires_ms) = (None, None);
+                    state.federation_keys.clear();
+                    state.reference_keys.clear();
+                }
+                let result = match e.code() {
+                    ErrorCode::PinMismatch => "pin_mismatch",
+                    _ => "unreachable",
+                };
+                m.federation_refreshes
+                    .with_label_values(&[issuer, result])
+                    .inc();
+            }
+        }
+        m.federation_peer_reachable
+            .with_label_values(&[issuer])
+            .set(i64::from(state.reachable));
+        let age = state.fetched_ms.map_or(0, |f| now.saturating_sub(f) / 1000);
+        m.federation_configuration_age
+            .with_label_values(&[issuer])
+            .set(age as i64);
+    }
+}
+
+impl Actor for FederationDirectory {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let every = Duration::from_secs(self.agency.config.federation.refresh_s);
+        self.refresh(ctx);
+        ctx.run_interval(every, |act, ctx| act.refresh(ctx));
+    }
+}
+
+impl Handler<ListPeers> for FederationDirectory {
+    type Result = Vec<PeerState>;
+
+    fn handle(&mut self, _: ListPeers, _: &mut Self::Context) -> Self::Result {
+        let mut peers: Vec<PeerState> = self.peers.values().cloned().collect();
+        peers.sort_by(|a, b| a.issuer.cmp(&b.issuer));
+        peers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sso::federation::{statement, AgencyFacts, ENTITY_VALIDITY_S};
+    use baa_proto::federation::FederationKey;
+
+    fn key(seed: u8, retired: Option<u64>) -> FederationKey {
+        let seed = [seed; 32];
+        let public = crate::keys::ed25519_public(&seed).unwrap();
+        FederationKey {
+            kid: ed25519_thumbprint(&public),
+            seed,
+            public,
+            created_ms: 0,
+            retired_ms: retired,
+            publish_until_ms: retired.map(|t| t + 1000),
+        }
+    }
+
+    /// A peer's statement is taken only when signed by the pinned key,
+    /// whose thumbprint is the pin, for the issuer asked, and unexpired.
+    #[test]
+    fn a_peer_statement_must_be_signed_by_the_pinned_key() {
+        let (a, b) = (key(7, None), key(8, None));
+        let issuer = "https://login-b.baa.localtest";
+        let facts = AgencyFacts {
+            issuer,
+            name: "b",
+            cookie_domain: None,
+            reference_keys: &[],
+        };
+        let keys = [a.clone(), b.clone()];
+        let jwt = statement(&facts, &keys, Some(&a.kid), 10_000_000).unwrap();
+        let now_s = 10_000;
+        assert!(check_statement(&jwt, issuer, &[&a.kid], now_s).is_ok());
+        let code = |r: Result<serde_json::Value, NodeError>| r.unwrap_err().code();
+        // Pinned to the other published key: the statement is not signed by it.
+        assert_eq!(
+            code(check_statement(&jwt, issuer, &[&b.kid], now_s)),
+            ErrorCode::PinMismatch
+        );
+        // Another issuer's statement.
+        let other = "https://login-c.baa.localtest";
+        assert!(check_statement(&jwt, other, &[&a.kid], now_s).is_err());
+        // Expired.
+        let late = now_s + ENTITY_VALIDITY_S + 1;
+        assert_eq!(
+            code(check_statement(&jwt, issuer, &[&a.kid], late)),
+            ErrorCode::PeerUnreachable
+        );
+        // A key that calls itself by the pin but is another key.
+        let mut liar = b.clone();
+        liar.kid = a.kid.clone();
+        let forged = statement(&facts, &[liar], Some(&a.kid), 10_000_000).unwrap();
+        assert_eq!(
+            code(check_statement(&forged, issuer, &[&a.kid], now_s)),
+            ErrorCode::PinMismatch
+        );
+        // While a peer rotates, a statement signed by a key of its last
+        // good one is taken too.
+        assert!(check_statement(&jwt, issuer, &[&b.kid, &a.kid], now_s).is_ok());
+        // Not a statement at all.
+        assert!(check_statement("x.y.z", issuer, &[&a.kid], now_s).is_err());
+    }
+}
