@@ -38,6 +38,14 @@ async fn statement_of(cluster: &Cluster, id: u64) -> (String, String) {
     .await
 }
 
+/// The token JWKS node 1 of `cluster` publishes (RSA token keys and the
+/// Ed25519 keys of its reference cookies).
+async fn token_jwks(cluster: &Cluster) -> Value {
+    let url = format!("{}/.well-known/jwks.json", cluster.public_url(1));
+    let resp = cluster.http().get(url).send().await.expect("the JWKS");
+    resp.json().await.expect("JWKS JSON")
+}
+
 /// The payload of a JWT, read without checking anything (to find its keys).
 fn payload(jwt: &str) -> Value {
     let part = jwt.split('.').nth(1).expect("a JWT payload");
@@ -47,29 +55,9 @@ fn payload(jwt: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_publishes_one_self_signed_entity_configuration() {
     let cluster = Cluster::start(3).await;
-    let http = cluster.http().clone();
     let mut statements = Vec::new();
     for id in cluster.ids() {
-        let url = format!("{}/.well-known/openid-federation", cluster.public_url(id));
-        // The federation key is made when the cluster is initialised; a
-        // follower shows it once it has applied that entry.
-        let (kind, jwt) = poll_until(Duration::from_secs(60), "an entity configuration", || {
-            let req = http.get(&url);
-            async move {
-                let resp = req.send().await.ok()?;
-                if !resp.status().is_success() {
-                    return None;
-                }
-                let kind = resp
-                    .headers()
-                    .get("content-type")?
-                    .to_str()
-                    .ok()?
-                    .to_string();
-                Some((kind, resp.text().await.ok()?))
-            }
-        })
-        .await;
+        let (kind, jwt) = statement_of(&cluster, id).await;
         assert_eq!(kind, "application/entity-statement+jwt", "node {id}");
         statements.push(jwt);
     }
@@ -126,14 +114,7 @@ async fn every_node_publishes_one_self_signed_entity_configuration() {
     assert!(kids.windows(2).all(|w| w[0] == w[1]), "{kids:?}");
 
     // The federation key is not a token key: the token JWKS does not have it.
-    let jwks: Value = http
-        .get(format!("{}/.well-known/jwks.json", cluster.public_url(1)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks = token_jwks(&cluster).await;
     let fed_x = payload(&statements[0])["jwks"]["keys"][0]["x"].clone();
     for k in jwks["keys"].as_array().unwrap() {
         assert_ne!(k["kid"].as_str(), Some(kids[0].as_str()), "{k}");
@@ -319,15 +300,7 @@ async fn the_directory_keeps_peers_fresh_and_their_last_good_copy() {
     .assert_success("baa federation add");
 
     // B's reference-cookie keys, as B publishes them for its partner sites.
-    let jwks: Value = b
-        .http()
-        .get(format!("{}/.well-known/jwks.json", b.public_url(1)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks = token_jwks(&b).await;
     let mut b_refs: Vec<String> = jwks["keys"]
         .as_array()
         .unwrap()

@@ -331,21 +331,7 @@ impl Handler<ListPeers> for FederationDirectory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sso::federation::{statement, AgencyFacts, ENTITY_VALIDITY_S};
-    use baa_proto::federation::FederationKey;
-
-    fn key(seed: u8, retired: Option<u64>) -> FederationKey {
-        let seed = [seed; 32];
-        let public = crate::keys::ed25519_public(&seed).unwrap();
-        FederationKey {
-            kid: ed25519_thumbprint(&public),
-            seed,
-            public,
-            created_ms: 0,
-            retired_ms: retired,
-            publish_until_ms: retired.map(|t| t + 1000),
-        }
-    }
+    use crate::sso::federation::{statement, test_key as key, AgencyFacts, ENTITY_VALIDITY_S};
 
     /// A peer's statement is taken only when signed by the pinned key,
     /// whose thumbprint is the pin, for the issuer asked, and unexpired.

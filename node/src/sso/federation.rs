@@ -185,23 +185,26 @@ pub async fn remove_peer(
     Ok(())
 }
 
+/// A federation key from a fixed seed, retired at `retired` (for tests).
+#[cfg(test)]
+pub(crate) fn test_key(seed: u8, retired: Option<u64>) -> FederationKey {
+    let seed = [seed; 32];
+    let public = crate::keys::ed25519_public(&seed).unwrap_or([0; 32]);
+    FederationKey {
+        kid: baa_proto::federation::ed25519_thumbprint(&public),
+        seed,
+        public,
+        created_ms: 0,
+        retired_ms: retired,
+        publish_until_ms: retired.map(|t| t + 1000),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_key as key;
     use super::*;
     use jsonwebtoken::{DecodingKey, Validation};
-
-    fn key(seed: u8, retired: Option<u64>) -> FederationKey {
-        let seed = [seed; 32];
-        let public = crate::keys::ed25519_public(&seed).unwrap();
-        FederationKey {
-            kid: baa_proto::federation::ed25519_thumbprint(&public),
-            seed,
-            public,
-            created_ms: 0,
-            retired_ms: retired,
-            publish_until_ms: retired.map(|t| t + 1000),
-        }
-    }
 
     /// The statement verifies with the key it publishes under the `kid` of
     /// its header, names the agency as issuer and subject, and lists only

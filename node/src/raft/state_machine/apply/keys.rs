@@ -29,33 +29,31 @@ pub(super) trait Rotating: Clone + Serialize + DeserializeOwned {
     fn retire(&mut self, now: u64, until: u64);
 }
 
-impl Rotating for SigningKey {
-    const PREFIX: &'static [u8] = PREFIX_KEY;
-    const CURRENT: &'static [u8] = KEY_CURRENT_KID;
-    fn kid(&self) -> &str {
-        &self.kid
-    }
-    fn added(&mut self, now: u64) {
-        (self.created_ms, self.retired_ms, self.publish_until_ms) = (now, None, None);
-    }
-    fn retire(&mut self, now: u64, until: u64) {
-        (self.retired_ms, self.publish_until_ms) = (Some(now), Some(until));
-    }
+/// Both kinds of key keep their times in the same three fields.
+macro_rules! rotating {
+    ($key:ty, $prefix:expr, $current:expr) => {
+        impl Rotating for $key {
+            const PREFIX: &'static [u8] = $prefix;
+            const CURRENT: &'static [u8] = $current;
+            fn kid(&self) -> &str {
+                &self.kid
+            }
+            fn added(&mut self, now: u64) {
+                (self.created_ms, self.retired_ms, self.publish_until_ms) = (now, None, None);
+            }
+            fn retire(&mut self, now: u64, until: u64) {
+                (self.retired_ms, self.publish_until_ms) = (Some(now), Some(until));
+            }
+        }
+    };
 }
 
-impl Rotating for FederationKey {
-    const PREFIX: &'static [u8] = PREFIX_FEDERATION_KEY;
-    const CURRENT: &'static [u8] = KEY_CURRENT_FEDERATION_KID;
-    fn kid(&self) -> &str {
-        &self.kid
-    }
-    fn added(&mut self, now: u64) {
-        (self.created_ms, self.retired_ms, self.publish_until_ms) = (now, None, None);
-    }
-    fn retire(&mut self, now: u64, until: u64) {
-        (self.retired_ms, self.publish_until_ms) = (Some(now), Some(until));
-    }
-}
+rotating!(SigningKey, PREFIX_KEY, KEY_CURRENT_KID);
+rotating!(
+    FederationKey,
+    PREFIX_FEDERATION_KEY,
+    KEY_CURRENT_FEDERATION_KID
+);
 
 /// Adds a key and makes it current; the key it replaces stays published
 /// for `publish_old_for_ms`, so what it signed still verifies.
