@@ -114,7 +114,7 @@ async fn start_demo(dir: &Path, base: u16, log: &Path) -> Demo {
         NODES as usize,
         "node URLs printed by the demo: {urls:?}"
     );
-    Demo {
+    let demo = Demo {
         child,
         children: Vec::new(),
         urls,
@@ -122,6 +122,37 @@ async fn start_demo(dir: &Path, base: u16, log: &Path) -> Demo {
         token: token.expect("admin token line"),
         user: user.expect("demo user line"),
         password: password.expect("password line"),
+    };
+    demo.json_says_the_same(dir);
+    demo
+}
+
+impl Demo {
+    /// `demo.json` in the demo's directory names what the demo printed, and
+    /// only its owner may read it (it holds the admin token and a password).
+    fn json_says_the_same(&self, dir: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("demo.json");
+        let mode = std::fs::metadata(&path)
+            .expect("demo.json")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).expect("demo.json is JSON");
+        let agency = &v["agencies"][0];
+        let admin_urls: Vec<&str> = agency["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["admin_url"].as_str().unwrap())
+            .collect();
+        assert_eq!(admin_urls, self.urls, "{v}");
+        assert_eq!(agency["ca"].as_str(), self.ca.to_str(), "{v}");
+        assert_eq!(agency["admin_token"], self.token.as_str());
+        assert_eq!(agency["users"][0]["username"], self.user.as_str());
+        assert_eq!(agency["users"][0]["password"], self.password.as_str());
+        assert_eq!(agency["sites"].as_array().unwrap().len(), SITES.len());
     }
 }
 

@@ -244,6 +244,24 @@ fn ensure_pki(dir: &Path, nodes: u16) -> anyhow::Result<()> {
 
 /// The secret kept in `path` (mode 0600), made by `make` when the file does
 /// not exist yet; and whether it was made now.
+/// Writes `bytes` to `path`, readable by the owner only (it holds the admin
+/// token and the demo password), replacing it whole.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
 fn ensure_secret_file(
     path: &Path,
     make: impl FnOnce() -> String,
@@ -646,6 +664,35 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("    127.0.0.1 {}", hosts.join(" "));
     println!("  or by starting Chromium with --host-resolver-rules=\"MAP *.localtest 127.0.0.1\";");
     println!("  and must trust the demo CA at {}.", ca.display());
+    let nodes: Vec<serde_json::Value> = (1..=args.nodes)
+        .map(|i| {
+            serde_json::json!({
+                "id": i,
+                "public_url": format!("https://{}", public(i)),
+                "admin_url": format!("https://{}", manage(i)),
+            })
+        })
+        .collect();
+    let sites: Vec<serde_json::Value> = SITES
+        .iter()
+        .map(|s| serde_json::json!({ "client_id": s.id, "url": s.public_url(base) }))
+        .collect();
+    let summary = serde_json::json!({
+        "agencies": [{
+            "name": AGENCY,
+            "issuer": issuer,
+            "host": AGENCY_HOST,
+            "cookie_domain": COOKIE_DOMAIN,
+            "ca": ca,
+            "admin_token": token,
+            "nodes": nodes,
+            "sites": sites,
+            "users": [{ "username": DEMO_USER, "password": password }],
+        }],
+    });
+    let json_path = dir.join("demo.json");
+    write_private(&json_path, &serde_json::to_vec_pretty(&summary)?)?;
+    println!("  all of the above for scripts: {}", json_path.display());
     println!("baa demo is ready. Press Ctrl-C to stop.");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
