@@ -69,6 +69,17 @@ pub fn app_table(name: &str, key: &str, url: &str, accept: &[&str]) -> toml::Tab
     t
 }
 
+/// The `[[gateway]]` app `app` in front of a local upstream on `port`,
+/// taking tokens of the `baa-cli` client (the app tests' usual setup).
+pub fn cli_gateway_app(port: u16) -> toml::Table {
+    app_table(
+        "app",
+        "upstream",
+        &format!("http://127.0.0.1:{port}"),
+        &["baa-cli"],
+    )
+}
+
 /// The agency's host name in tests (mapped to loopback in the browser).
 pub const AGENCY_HOST: &str = "login.baa.localtest";
 

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use baa_cluster_tests::harness::{app_table, CONVERGE_DEADLINE};
+use baa_cluster_tests::harness::{cli_gateway_app, CONVERGE_DEADLINE};
 use baa_cluster_tests::partner::PartnerSite;
 use baa_cluster_tests::sso::{
     self, add_confidential_site, create_user, query_params, Agent, AuthRequest, TestSite,
@@ -219,12 +219,7 @@ async fn tokens_for(cluster: &Cluster, agent: &mut Agent, site: &TestSite) -> se
 async fn h2_tokens_are_bound_to_their_audience() {
     let upstream = Upstream::start().await;
     let mut opts = ClusterOptions::default();
-    opts.gateway.push(app_table(
-        "app",
-        "upstream",
-        &format!("http://127.0.0.1:{}", upstream.port),
-        &["baa-cli"],
-    ));
+    opts.gateway.push(cli_gateway_app(upstream.port));
     let cluster = Cluster::start_with(opts).await;
     create_user(&cluster, "alice", PASSWORD).await;
     let shop = offline_site(&cluster, "shop").await;

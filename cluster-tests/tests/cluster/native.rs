@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use baa_cluster_tests::harness::{app_table, TOOLS_APP};
+use baa_cluster_tests::harness::{cli_gateway_app, TOOLS_APP};
 use baa_cluster_tests::sso::{
     add_cli_client, create_user, query_params, Agent, AuthRequest, TestSite,
 };
@@ -116,12 +116,7 @@ async fn verify(
 async fn loopback_pkce_refresh_rotation_and_verify() {
     let upstream = Upstream::start().await;
     let mut opts = ClusterOptions::default();
-    opts.gateway.push(app_table(
-        "app",
-        "upstream",
-        &format!("http://127.0.0.1:{}", upstream.port),
-        &["baa-cli"],
-    ));
+    opts.gateway.push(cli_gateway_app(upstream.port));
     let cluster = Cluster::start_with(opts).await;
     create_user(&cluster, "alice", PASSWORD).await;
     let site = add_cli_client(&cluster).await;

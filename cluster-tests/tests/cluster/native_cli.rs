@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use baa_cluster_tests::browser::DEFAULT_DEADLINE;
-use baa_cluster_tests::harness::{app_table, free_port, AGENCY_HOST, TOOLS_APP};
+use baa_cluster_tests::harness::{cli_gateway_app, free_port, AGENCY_HOST, TOOLS_APP};
 use baa_cluster_tests::sso::{
     add_cli_client, create_user, SsoCookies, REFERENCE_COOKIE, SESSION_COOKIE,
 };
@@ -168,12 +168,7 @@ fn node_logs(cluster: &Cluster) -> String {
 async fn baa_login_goes_on_after_the_browser_is_killed() {
     let upstream = Upstream::start().await;
     let mut opts = ClusterOptions::default();
-    opts.gateway.push(app_table(
-        "app",
-        "upstream",
-        &format!("http://127.0.0.1:{}", upstream.port),
-        &["baa-cli"],
-    ));
+    opts.gateway.push(cli_gateway_app(upstream.port));
     // Access tokens live 2 s here, so the CLI must refresh on its own.
     opts.sso.insert("access_token_ttl_s".into(), 2.into());
     let cluster = Cluster::start_with(opts).await;

@@ -188,6 +188,7 @@ pub struct ListPeers;
 pub struct FederationDirectory {
     agency: Arc<Agency>,
     peers: HashMap<String, PeerState>,
+    client: Option<reqwest::Client>,
 }
 
 impl FederationDirectory {
@@ -196,7 +197,19 @@ impl FederationDirectory {
         Self {
             agency,
             peers: HashMap::new(),
+            client: None,
         }
+    }
+
+    /// The client for peers, made once (the configuration does not change
+    /// while the node runs).
+    fn client(&mut self) -> Result<reqwest::Client, NodeError> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let c = peer_client(&self.agency.config.federation)?;
+        self.client = Some(c.clone());
+        Ok(c)
     }
 
     /// Starts a fetch of every peer the state names; forgets removed ones.
@@ -213,7 +226,7 @@ impl FederationDirectory {
         if stored.is_empty() {
             return;
         }
-        let client = match peer_client(&self.agency.config.federation) {
+        let client = match self.client() {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "federation directory: no client for peers");
