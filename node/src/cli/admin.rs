@@ -274,8 +274,9 @@ pub enum FederationCommand {
         #[arg(long)]
         issuer: String,
         /// RFC 7638 thumbprint of the peer's federation key, learnt from its
-        /// administrators (the `kid` of its entity configuration).
-        #[arg(long)]
+        /// administrators (the `kid` of its entity configuration). A
+        /// thumbprint may begin with `-`, and is taken as the value.
+        #[arg(long, allow_hyphen_values = true)]
         pin: String,
     },
     /// List the peer agencies.
