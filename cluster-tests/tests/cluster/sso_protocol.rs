@@ -577,7 +577,10 @@ async fn third_party_oidc_client_completes_the_code_flow() {
         .args(["--discovery-base", &cluster.agency_url(3)])
         .args(["--client-id", &site.client_id])
         // `=`: a generated secret may begin with `-`.
-        .arg(format!("--client-secret={}", site.secret.as_deref().unwrap()))
+        .arg(format!(
+            "--client-secret={}",
+            site.secret.as_deref().unwrap()
+        ))
         .args(["--redirect-uri", &site.redirect_uri])
         .args(["--sso-cookie", &cookie.header()])
         .args(["--ca-file", cluster.ca_pem().to_str().unwrap()])
