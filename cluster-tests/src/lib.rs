@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod browser;
 pub mod client;
+pub mod federation;
 pub mod harness;
 pub mod load;
 pub mod partner;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
-use crate::harness::{append_file, free_port, run_baa, tail, Cluster, AGENCY_HOST};
+use crate::harness::{append_file, free_port, run_baa, tail, Cluster};
 use crate::poll::POLL_INTERVAL;
 use crate::sso::{self, TestSite};
 
@@ -127,7 +127,7 @@ impl PartnerSite {
             .args(["--client-secret-file", path_str(&secret_file)])
             .args(["--status-token-file", path_str(&status_file)])
             .args(["--issuer", &cluster.issuer()])
-            .args(["--resolve", &format!("{AGENCY_HOST}=127.0.0.1")]);
+            .args(["--resolve", &format!("{}=127.0.0.1", cluster.host())]);
         for a in &agencies {
             cmd.args(["--agency", a]);
         }

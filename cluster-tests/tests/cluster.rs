@@ -10,6 +10,7 @@ mod cluster {
     mod demo;
     mod faults;
     mod federation;
+    mod federation_browser;
     mod flood;
     mod forward_auth;
     mod membership;

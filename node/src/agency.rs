@@ -44,6 +44,8 @@ pub struct Agency {
     pub proposer: Proposer,
     /// The replicated signing keys.
     pub keys: crate::keys::KeyRing,
+    /// What this node knows of its peer agencies (kept by the federation directory).
+    pub peers: Arc<crate::peers::PeerBook>,
     /// Read indexes for linearizable reads, one round at a time.
     pub reads: ReadRounds,
     /// Node-local rate limits on what anonymous clients can make it write.

@@ -86,6 +86,23 @@ pub struct FederationConfig {
     pub resolve: Vec<String>,
     /// How often each node fetches its peers' configurations again, seconds.
     pub refresh_s: u64,
+    /// How long a peer's word on one of its sessions (alive or not) is
+    /// trusted before the peer is asked again, seconds (0 asks every time).
+    pub cache_s: u64,
+    /// How a peer's user gets an account here: `create` (made on first use)
+    /// or `existing` (only accounts an administrator linked).
+    pub link: LinkPolicy,
+}
+
+/// How a peer agency's user is linked to a local account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkPolicy {
+    /// A local account is made the first time the user comes.
+    #[default]
+    Create,
+    /// Only accounts an administrator linked beforehand.
+    Existing,
 }
 
 impl Default for FederationConfig {
@@ -94,6 +111,8 @@ impl Default for FederationConfig {
             ca_file: None,
             resolve: Vec::new(),
             refresh_s: 60,
+            cache_s: 5,
+            link: LinkPolicy::Create,
         }
     }
 }
@@ -673,6 +692,11 @@ impl Config {
         anyhow::ensure!(
             (1..=86_400).contains(&federation.refresh_s),
             "federation.refresh_s must be 1 to 86400 seconds"
+        );
+        anyhow::ensure!(
+            federation.cache_s <= 60,
+            "federation.cache_s must be 0 to 60 seconds: it bounds how long a peer's \
+             ended session is still honoured here"
         );
         Ok(Config {
             node_id: f.node_id,

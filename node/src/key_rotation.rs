@@ -102,3 +102,32 @@ pub async fn rotate_and_publish(
     agency.keys.invalidate();
     agency.keys.jwks()
 }
+
+/// A client assertion (RFC 7523) for `audience`, signed with the agency's
+/// current federation key: how this agency proves itself to a peer, which
+/// registered it as client [`baa_proto::federation::peer_client_id`] of
+/// its issuer. Valid one minute, with a fresh `jti`.
+pub fn federation_assertion(agency: &Agency, audience: &str) -> Result<String> {
+    let (keys, current) = agency.state.federation_keys()?;
+    let key = current
+        .and_then(|kid| keys.into_iter().find(|k| k.kid == kid))
+        .ok_or_else(|| NodeError::Internal("the agency has no federation key yet".into()))?;
+    let now_s = crate::clock::now_ms() / 1000;
+    let issuer = &agency.config.issuer;
+    let claims = serde_json::json!({
+        "iss": issuer,
+        "sub": issuer,
+        "aud": audience,
+        "iat": now_s,
+        "exp": now_s + 60,
+        "jti": hex::encode(crate::secrets::random_bytes::<16>()),
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some(key.kid.clone());
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &crate::keys::ed25519_encoding_key(&key.seed),
+    )
+    .map_err(|e| NodeError::Internal(format!("signing a client assertion: {e}")))
+}

@@ -23,6 +23,7 @@ pub mod key_rotation;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
+pub mod peers;
 pub mod pki;
 pub mod raft;
 pub mod secrets;
@@ -151,6 +152,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cluster: cluster.clone(),
         metrics: metrics.clone(),
         config: config.clone(),
+        peers: Arc::default(),
         proposer: raft::proposer::Proposer::start(
             config.node_id,
             raft.clone(),

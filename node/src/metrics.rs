@@ -71,6 +71,12 @@ pub struct Metrics {
     pub federation_configuration_age: IntGaugeVec,
     /// Fetches of peer agencies' configurations by peer and result.
     pub federation_refreshes: IntCounterVec,
+    /// Peer references checked by the cross-agency validator, by peer and result.
+    pub federation_validations: IntCounterVec,
+    /// The cross-agency validator's answers from its cache (`hit`) or the peer (`miss`).
+    pub federation_cache: IntCounterVec,
+    /// Silent round trips to peers, by peer and result.
+    pub federation_round_trips: IntCounterVec,
 }
 
 /// Longest delay between a Raft state change and the gauges showing it.
@@ -151,6 +157,27 @@ impl Metrics {
                 Opts::new(
                     "baa_federation_refreshes_total",
                     "Fetches of peer agencies' configurations by peer and result"
+                ),
+                &["peer", "result"]
+            )),
+            federation_validations: reg!(IntCounterVec::new(
+                Opts::new(
+                    "baa_federation_validations_total",
+                    "Peer agencies' references checked, by peer and result"
+                ),
+                &["peer", "result"]
+            )),
+            federation_cache: reg!(IntCounterVec::new(
+                Opts::new(
+                    "baa_federation_cache_total",
+                    "Cross-agency session answers from the cache (hit) or the peer (miss)"
+                ),
+                &["result"]
+            )),
+            federation_round_trips: reg!(IntCounterVec::new(
+                Opts::new(
+                    "baa_federation_round_trips_total",
+                    "Silent round trips to peer agencies, by peer and result"
                 ),
                 &["peer", "result"]
             )),
@@ -278,6 +305,20 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a check of peer `peer`'s reference by its result.
+    pub fn peer_check(&self, peer: &str, result: PeerCheck) {
+        self.federation_validations
+            .with_label_values(&[peer, result.label()])
+            .inc();
+    }
+
+    /// Counts a silent round trip to peer `peer` by its result.
+    pub fn round_trip(&self, peer: &str, result: PeerCheck) {
+        self.federation_round_trips
+            .with_label_values(&[peer, result.label()])
+            .inc();
+    }
+
     /// Counts a back-channel logout delivery by its outcome.
     pub fn backchannel_logout(&self, outcome: Delivery) {
         self.backchannel_logouts
@@ -313,6 +354,23 @@ macro_rules! label_values {
             }
         }
     };
+}
+
+label_values! {
+    /// `baa_federation_validations_total{result}` and
+    /// `baa_federation_round_trips_total{result}`.
+    PeerCheck {
+        /// The peer says the session is alive (or the round trip made a session).
+        Alive = "alive",
+        /// The peer says the session has ended (or the user is not signed in there).
+        Ended = "ended",
+        /// Signed with a key the peer does not publish, or not at all.
+        UnknownKey = "unknown_key",
+        /// The peer could not be asked.
+        Unreachable = "unreachable",
+        /// Anything else that went wrong (a bad answer, no linked account).
+        Refused = "refused",
+    }
 }
 
 label_values! {
@@ -364,6 +422,9 @@ label_values! {
         Mismatch = "mismatch",
         /// The session could not be read (logged as an error).
         StorageError = "storage_error",
+        /// A session derived from a peer's, which the peer no longer
+        /// vouches for (ended, unknown key, unreachable).
+        PeerRefused = "peer_refused",
     }
 }
 

@@ -258,6 +258,10 @@ pub enum Op {
         /// The peer's issuer URL.
         issuer: String,
     },
+    /// Sign in with a peer agency's word: link the peer's subject to a
+    /// local account (made on first use if allowed) and start a session
+    /// linked to the peer's session.
+    FederatedSignIn(Box<crate::federation::FederatedSignIn>),
 }
 
 impl Op {
@@ -293,6 +297,7 @@ impl Op {
             Op::AddFederationKey { .. } => "add_federation_key",
             Op::AddPeerAgency(_) => "add_peer_agency",
             Op::RemovePeerAgency { .. } => "remove_peer_agency",
+            Op::FederatedSignIn(_) => "federated_sign_in",
         }
     }
 }

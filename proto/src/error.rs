@@ -132,6 +132,12 @@ error_codes! {
     /// The peer agency could not be reached, or did not answer with a valid
     /// entity configuration.
     PeerUnreachable = "peer_unreachable", 502, "temporarily_unavailable", 503;
+    /// A peer agency's user has no linked account here, and this agency
+    /// links only accounts an administrator linked.
+    AccountNotLinked = "account_not_linked", 403, "access_denied", 403;
+    /// The session a peer agency's reference names could not be used here
+    /// (unknown agency or key, session ended, peer unreachable).
+    PeerSessionRefused = "peer_session_refused", 401, "login_required", 401;
 }
 
 impl std::fmt::Display for ErrorCode {

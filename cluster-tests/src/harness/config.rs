@@ -48,6 +48,8 @@ pub struct ClusterOptions {
     pub forward_auth: Vec<toml::Table>,
     /// `[federation]` settings (`ca_file`, `resolve`).
     pub federation: toml::Table,
+    /// The agency's host name (its certificates, issuer and browser URLs).
+    pub host: String,
 }
 
 /// The forward-auth app every test cluster has unless told otherwise.
@@ -106,6 +108,7 @@ impl Default for ClusterOptions {
             gateway: Vec::new(),
             forward_auth: vec![app_table(TOOLS_APP, "origin", TOOLS_ORIGIN, &["baa-cli"])],
             federation: toml::Table::new(),
+            host: AGENCY_HOST.into(),
         }
     }
 }

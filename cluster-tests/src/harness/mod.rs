@@ -122,7 +122,7 @@ impl Cluster {
                 "--nodes",
                 &n,
                 "--san",
-                AGENCY_HOST,
+                &opts.host,
             ],
         )
         .await
@@ -222,7 +222,15 @@ impl Cluster {
     }
     /// `https://login.baa.localtest:PORT`: node `id` as a browser reaches it.
     pub fn agency_url(&self, id: NodeId) -> String {
-        format!("https://{AGENCY_HOST}:{}", self.node(id).public_addr.port())
+        format!(
+            "https://{}:{}",
+            self.opts.host,
+            self.node(id).public_addr.port()
+        )
+    }
+    /// The agency's host name, as browsers reach it.
+    pub fn host(&self) -> &str {
+        &self.opts.host
     }
     /// The OIDC issuer every node is configured with (node 1's agency URL).
     pub fn issuer(&self) -> String {
@@ -247,7 +255,8 @@ impl Cluster {
     /// it and waits for `/healthz`. It is not a member until joined.
     pub async fn add_node(&mut self, id: NodeId) {
         assert!(!self.nodes.contains_key(&id), "node {id} exists");
-        self.pki_issue(&["--node", &id.to_string(), "--san", AGENCY_HOST])
+        let host = self.opts.host.clone();
+        self.pki_issue(&["--node", &id.to_string(), "--san", &host])
             .await;
         self.create_node(id).await;
         let peers = self.ids();

@@ -1,7 +1,10 @@
 //! Cookie validation: checks a browser's two cookies — the host-only session
 //! cookie (the bearer) and the agency reference cookie (signed by this
 //! agency, naming the session) — and answers with the live session they both
-//! name, or nothing. One validator runs on each HTTP worker, so a check never
+//! name, or nothing. A session derived from a peer agency's session goes
+//! with the peer's reference (the user's home agency stays the peer): it
+//! holds while the peer vouches for the session the reference names and
+//! the local session was derived from that very one. One validator runs on each HTTP worker, so a check never
 //! crosses threads; each remembers the references it has verified, since a
 //! browser sends the same one with every request and checking its signature
 //! costs more than everything else a validation does.
@@ -9,11 +12,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use actix::{Actor, Context, Handler, Message, ResponseFuture};
+use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture};
 use baa_proto::command::Consistency;
 use baa_proto::cookie;
 use baa_proto::sso::{public_sid, secret_hash, SecretHash, Session};
 
+use super::peer_sessions::{claimed_issuer, CheckPeerReference, PeerSessions};
 use crate::agency::Agency;
 use crate::clock::now_ms;
 use crate::keys::KeyRing;
@@ -45,14 +49,16 @@ pub struct ValidateCookies(pub BrowserCookies);
 pub struct CookieValidator {
     agency: Arc<Agency>,
     verified: Verified,
+    peers: Addr<PeerSessions>,
 }
 
 impl CookieValidator {
-    /// A validator for `agency`.
-    pub fn new(agency: Arc<Agency>) -> Self {
+    /// A validator for `agency`, asking `peers` about peer references.
+    pub fn new(agency: Arc<Agency>, peers: Addr<PeerSessions>) -> Self {
         Self {
             agency,
             verified: Verified::default(),
+            peers,
         }
     }
 }
@@ -103,19 +109,31 @@ impl Actor for CookieValidator {
     type Context = Context<Self>;
 }
 
+/// What the cookies name before the state is read.
+enum Named {
+    /// A session of this agency.
+    Own(SecretHash),
+    /// A session derived from a peer's, with the peer's reference.
+    Peer(SecretHash, String),
+}
+
 /// The session key the cookies name, if they agree: the session cookie's
 /// secret hashes to the key whose public handle the reference (signed by
-/// this agency, unexpired) names.
+/// this agency, unexpired) names; or the reference is a peer's, to be
+/// checked against the session's link.
 fn precheck(
     agency: &Agency,
     cookies: &BrowserCookies,
     verified: &mut Verified,
-) -> Result<SecretHash, CookieCheck> {
+) -> Result<Named, CookieCheck> {
     let secret = cookie::parse_session(&cookies.session).ok_or(CookieCheck::Malformed)?;
     let reference = cookies
         .reference
         .as_deref()
         .ok_or(CookieCheck::NoReference)?;
+    if claimed_issuer(reference).is_some_and(|i| i != agency.config.issuer) {
+        return Ok(Named::Peer(secret_hash(&secret), reference.to_string()));
+    }
     let sid = verified
         .sid(&agency.keys, &agency.config.issuer, reference)
         .ok_or(CookieCheck::BadReference)?;
@@ -123,7 +141,36 @@ fn precheck(
     if sid != public_sid(&key) {
         return Err(CookieCheck::Mismatch);
     }
-    Ok(key)
+    Ok(Named::Own(key))
+}
+
+/// The live local session of `key`, if it was derived from the peer session
+/// `reference` names and the peer still vouches for that one.
+async fn validate_linked(
+    agency: &Agency,
+    peers: &Addr<PeerSessions>,
+    key: SecretHash,
+    reference: String,
+) -> Option<ValidSession> {
+    let valid = validate(agency, Ok(key)).await?;
+    let link = match agency.state.session_peer(&key) {
+        Ok(Some(l)) => l,
+        _ => {
+            agency.metrics.cookie_check(CookieCheck::Mismatch);
+            return None;
+        }
+    };
+    match peers.send(CheckPeerReference(reference)).await {
+        Ok(Ok(p)) if p.peer.issuer == link.peer && p.sid == link.peer_sid => Some(valid),
+        Ok(Ok(_)) => {
+            agency.metrics.cookie_check(CookieCheck::Mismatch);
+            None
+        }
+        _ => {
+            agency.metrics.cookie_check(CookieCheck::PeerRefused);
+            None
+        }
+    }
 }
 
 /// The live session of a precheck's key.
@@ -174,8 +221,17 @@ impl Handler<ValidateCookies> for CookieValidator {
 
     fn handle(&mut self, msg: ValidateCookies, _: &mut Self::Context) -> Self::Result {
         let agency = self.agency.clone();
+        let peers = self.peers.clone();
         let prechecked = precheck(&agency, &msg.0, &mut self.verified);
-        Box::pin(async move { validate(&agency, prechecked).await })
+        Box::pin(async move {
+            match prechecked {
+                Ok(Named::Own(key)) => validate(&agency, Ok(key)).await,
+                Ok(Named::Peer(key, reference)) => {
+                    validate_linked(&agency, &peers, key, reference).await
+                }
+                Err(why) => validate(&agency, Err(why)).await,
+            }
+        })
     }
 }
 

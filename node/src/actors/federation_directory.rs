@@ -6,7 +6,6 @@
 //! is unreachable. The cross-agency validation reads peers' keys here.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,49 +19,12 @@ use serde::Serialize;
 
 use crate::agency::Agency;
 use crate::clock::now_ms;
-use crate::config::FederationConfig;
 use crate::error::NodeError;
 
 /// The most an entity configuration may weigh.
 const MAX_STATEMENT_BYTES: usize = 64 * 1024;
 
-/// An HTTP client for peer agencies: trusts `[federation] ca_file` only,
-/// resolves `[federation] resolve` hosts as told, follows no redirects.
-pub fn peer_client(f: &FederationConfig) -> Result<reqwest::Client, NodeError> {
-    let Some(ca) = &f.ca_file else {
-        return Err(unreachable(
-            "no peer can be reached: [federation] ca_file names no CA to trust",
-        ));
-    };
-    let pem = std::fs::read(ca)
-        .map_err(|e| NodeError::Internal(format!("reading {}: {e}", ca.display())))?;
-    let roots = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| NodeError::Internal(format!("parsing {}: {e}", ca.display())))?;
-    let mut b = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(5));
-    for root in roots {
-        b = b.add_root_certificate(root);
-    }
-    let resolve = f
-        .resolved()
-        .map_err(|e| NodeError::Internal(e.to_string()))?;
-    for (host, ip) in resolve {
-        // The port comes from the issuer URL; reqwest ignores this one.
-        b = b.resolve(&host, SocketAddr::new(ip, 0));
-    }
-    b.build()
-        .map_err(|e| NodeError::Internal(format!("building the peer client: {e}")))
-}
-
-fn unreachable(message: impl Into<String>) -> NodeError {
-    NodeError::BadRequest {
-        code: ErrorCode::PeerUnreachable,
-        message: message.into(),
-    }
-}
+use crate::peers::{unreachable, PeerView};
 
 fn mismatch(message: impl Into<String>) -> NodeError {
     NodeError::BadRequest {
@@ -188,7 +150,6 @@ pub struct ListPeers;
 pub struct FederationDirectory {
     agency: Arc<Agency>,
     peers: HashMap<String, PeerState>,
-    client: Option<reqwest::Client>,
 }
 
 impl FederationDirectory {
@@ -197,19 +158,13 @@ impl FederationDirectory {
         Self {
             agency,
             peers: HashMap::new(),
-            client: None,
         }
     }
 
     /// The client for peers, made once (the configuration does not change
     /// while the node runs).
-    fn client(&mut self) -> Result<reqwest::Client, NodeError> {
-        if let Some(c) = &self.client {
-            return Ok(c.clone());
-        }
-        let c = peer_client(&self.agency.config.federation)?;
-        self.client = Some(c.clone());
-        Ok(c)
+    fn client(&self) -> Result<reqwest::Client, NodeError> {
+        self.agency.peers.client(&self.agency.config.federation)
     }
 
     /// Starts a fetch of every peer the state names; forgets removed ones.
@@ -223,6 +178,9 @@ impl FederationDirectory {
         };
         self.peers
             .retain(|issuer, _| stored.iter().any(|p| &p.issuer == issuer));
+        self.agency
+            .peers
+            .retain(|issuer| stored.iter().any(|p| p.issuer == issuer));
         if stored.is_empty() {
             return;
         }
@@ -288,6 +246,9 @@ impl FederationDirectory {
                     .cloned()
                     .unwrap_or_default();
                 state.last_error = None;
+                self.agency
+                    .peers
+                    .set(issuer, Some(PeerView::from_claims(issuer, &claims)));
                 m.federation_refreshes
                     .with_label_values(&[issuer, "ok"])
                     .inc();
@@ -301,6 +262,7 @@ impl FederationDirectory {
                     (state.fetched_ms, state.expires_ms) = (None, None);
                     state.federation_keys.clear();
                     state.reference_keys.clear();
+                    self.agency.peers.set(issuer, None);
                 }
                 let result = match e.code() {
                     ErrorCode::PinMismatch => "pin_mismatch",
@@ -357,6 +319,7 @@ mod tests {
             name: "b",
             cookie_domain: None,
             reference_keys: &[],
+            token_keys: &[],
         };
         let keys = [a.clone(), b.clone()];
         let jwt = statement(&facts, &keys, Some(&a.kid), 10_000_000).unwrap();

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::browser::{self, csrf_ok, csrf_refused, current_session, SignInView};
 use crate::actors::cookie_validator::CookieValidator;
+use crate::actors::peer_sessions::PeerSessions;
 use crate::actors::ticket_issuer::TicketIssuer;
 use crate::agency::Agency;
 use crate::sso::authorize::{self, AuthParams};
@@ -24,40 +25,78 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(super::resource("/sso/consent").route(web::post().to(consent_post)));
 }
 
+/// The actors an authorization request uses.
+#[derive(Clone)]
+struct Actors {
+    gate: web::Data<Addr<CookieValidator>>,
+    issuer: web::Data<Addr<TicketIssuer>>,
+    peers: web::Data<Addr<PeerSessions>>,
+}
+
+impl actix_web::FromRequest for Actors {
+    type Error = actix_web::Error;
+    type Future = std::future::Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let missing = || actix_web::error::ErrorInternalServerError("actor missing");
+        std::future::ready((|| {
+            Ok(Actors {
+                gate: req
+                    .app_data::<web::Data<Addr<CookieValidator>>>()
+                    .ok_or_else(missing)?
+                    .clone(),
+                issuer: req
+                    .app_data::<web::Data<Addr<TicketIssuer>>>()
+                    .ok_or_else(missing)?
+                    .clone(),
+                peers: req
+                    .app_data::<web::Data<Addr<PeerSessions>>>()
+                    .ok_or_else(missing)?
+                    .clone(),
+            })
+        })())
+    }
+}
+
 async fn authorize(
     req: HttpRequest,
     agency: web::Data<Agency>,
-    gate: web::Data<Addr<CookieValidator>>,
-    issuer: web::Data<Addr<TicketIssuer>>,
+    actors: Actors,
     params: AuthParams,
 ) -> HttpResponse {
+    let (gate, issuer) = (&actors.gate, &actors.issuer);
     let a = match authorize::check(&agency, &params).await {
         Ok(a) => a,
         Err(e) => return browser::refused(&agency, e),
     };
-    let session = current_session(&req, &gate, &agency).await;
-    let next = authorize::proceed(&agency, &issuer, &a, session.as_ref(), false).await;
+    let session = current_session(&req, gate, &agency).await;
+    if session.is_none() {
+        let peers = &actors.peers;
+        if let Some(resp) = super::federation::peer_sign_in(&req, &agency, peers, &params, &a).await
+        {
+            return resp;
+        }
+    }
+    let next = authorize::proceed(&agency, issuer, &a, session.as_ref(), false).await;
     browser::render_next(&req, &agency, &params, &a, session.as_ref(), next).await
 }
 
 async fn authorize_get(
     req: HttpRequest,
     agency: web::Data<Agency>,
-    gate: web::Data<Addr<CookieValidator>>,
-    issuer: web::Data<Addr<TicketIssuer>>,
+    actors: Actors,
     params: web::Query<AuthParams>,
 ) -> HttpResponse {
-    authorize(req, agency, gate, issuer, params.into_inner()).await
+    authorize(req, agency, actors, params.into_inner()).await
 }
 
 async fn authorize_post(
     req: HttpRequest,
     agency: web::Data<Agency>,
-    gate: web::Data<Addr<CookieValidator>>,
-    issuer: web::Data<Addr<TicketIssuer>>,
+    actors: Actors,
     params: web::Form<AuthParams>,
 ) -> HttpResponse {
-    authorize(req, agency, gate, issuer, params.into_inner()).await
+    authorize(req, agency, actors, params.into_inner()).await
 }
 
 /// The trust page's form.

@@ -132,6 +132,16 @@ fn session_cookie(value: String, max_age_s: i64) -> Cookie<'static> {
     agency_cookie(SESSION_COOKIE, value, max_age_s).finish()
 }
 
+/// The session cookie of a session derived from a peer agency's: the
+/// shared reference keeps naming the peer, the user's home agency.
+pub fn session_cookie_of(
+    secret: &[u8; SESSION_SECRET_LEN],
+    session: &Session,
+) -> Option<Cookie<'static>> {
+    let max_age = (session.absolute_expiry_ms.saturating_sub(now_ms()) / 1000) as i64;
+    (max_age > 0).then(|| session_cookie(baa_proto::cookie::session_value(secret), max_age))
+}
+
 /// The agency reference cookie, on the shared cookie domain when one is set.
 fn reference_cookie(agency: &Agency, value: String, max_age_s: i64) -> Cookie<'static> {
     let mut b = agency_cookie(REFERENCE_COOKIE, value, max_age_s);
@@ -288,6 +298,10 @@ pub struct SignInView<'a> {
     pub username: &'a str,
     /// Why the last attempt failed.
     pub error: Option<&'a str>,
+    /// The error's machine-readable code, when it is not a failed password.
+    pub code: Option<baa_proto::ErrorCode>,
+    /// The user's home agency (name, URL), to sign in there instead.
+    pub home: Option<(&'a str, &'a str)>,
 }
 
 impl<'a> SignInView<'a> {
@@ -298,6 +312,8 @@ impl<'a> SignInView<'a> {
             site_name,
             username: "",
             error: None,
+            code: None,
+            home: None,
         }
     }
 
@@ -328,6 +344,8 @@ pub fn sign_in_page(
             hidden: &hidden,
             username: view.username,
             error: view.error,
+            code: view.code.map(|c| c.as_str()),
+            home: view.home,
             site_name: view.site_name,
         },
     );

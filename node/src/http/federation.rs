@@ -1,19 +1,155 @@
-//! `/.well-known/openid-federation`: the agency's entity configuration (see
-//! `sso::federation`), for peer agencies to fetch and check against the key
-//! they pinned.
+//! Federation on the public port: `/.well-known/openid-federation`, the
+//! agency's entity configuration (see `sso::federation`), for peer agencies
+//! to fetch and check against the key they pinned; the silent round trip to
+//! a user's home agency (see `sso::peer_login`) — its start from an
+//! authorization request and its end at `/federation/callback`.
 
-use actix_web::http::header;
-use actix_web::{web, HttpResponse};
-use baa_proto::federation::ENTITY_CONFIGURATION_PATH;
+use actix::Addr;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use baa_proto::cookie::REFERENCE_COOKIE;
+use baa_proto::federation::{CALLBACK_PATH, ENTITY_CONFIGURATION_PATH, ROUND_TRIP_COOKIE};
+use baa_proto::ErrorCode;
 
+use super::browser::{self, agency_cookie, cookie_value, see_other, SignInView};
+use crate::actors::peer_sessions::{CheckPeerReference, PeerRefusal, PeerSessions};
 use crate::agency::Agency;
 use crate::error::NodeError;
+use crate::sso::authorize::{AuthParams, Authz};
+use crate::sso::peer_login::{self, Answer, Refused, ROUND_TRIP_TTL_S};
 
-/// Registers the route.
+/// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         super::resource(ENTITY_CONFIGURATION_PATH).route(web::get().to(entity_configuration)),
-    );
+    )
+    .service(super::resource(CALLBACK_PATH).route(web::post().to(callback)));
+}
+
+/// For an authorization request that found no session here: when the
+/// browser's reference names a peer agency, the start of the silent round
+/// trip there, or (the peer not vouching for it) the sign-in page that
+/// says why; `None` when the reference names no peer, or the site asked
+/// for no page at all.
+pub async fn peer_sign_in(
+    req: &HttpRequest,
+    agency: &Agency,
+    peers: &Addr<PeerSessions>,
+    params: &AuthParams,
+    a: &Authz,
+) -> Option<HttpResponse> {
+    if a.prompt_login {
+        return None;
+    }
+    let reference = cookie_value(req, REFERENCE_COOKIE)?;
+    let checked = peers.send(CheckPeerReference(reference)).await.ok()?;
+    let refusal = match checked {
+        Ok(p) => match peer_login::depart(agency, &p.peer, params) {
+            Ok(d) => {
+                let cookie = agency_cookie(ROUND_TRIP_COOKIE, d.cookie, ROUND_TRIP_TTL_S as i64);
+                let mut resp = see_other(&d.url);
+                let _ = resp.add_cookie(&cookie.finish());
+                return Some(resp);
+            }
+            Err(e) => return Some(browser::failed(agency, &e)),
+        },
+        Err(PeerRefusal::NotAPeer) => return None,
+        Err(r) => r,
+    };
+    if a.prompt_none {
+        return None;
+    }
+    let r = refusal_of(&refusal, params);
+    Some(refused_page(req, agency, &r, Some(&a.site.name)))
+}
+
+/// What the sign-in page says of a peer's refusal.
+fn refusal_of(refusal: &PeerRefusal, params: &AuthParams) -> Refused {
+    let (code, why) = match refusal {
+        PeerRefusal::UnknownKey { .. } => (
+            ErrorCode::PeerSessionRefused,
+            "its signature does not check out",
+        ),
+        PeerRefusal::Ended { .. } => (ErrorCode::LoginRequired, "the session there has ended"),
+        _ => (ErrorCode::PeerUnreachable, "that agency cannot be reached"),
+    };
+    Refused {
+        peer: refusal.peer().map(String::from),
+        params: Some(params.clone()),
+        code,
+        message: format!("Your sign-in at another agency cannot be used here: {why}."),
+    }
+}
+
+/// The sign-in page after a peer's session could not be used: sign in
+/// here, or at the home agency.
+fn refused_page(
+    req: &HttpRequest,
+    agency: &Agency,
+    r: &Refused,
+    site_name: Option<&str>,
+) -> HttpResponse {
+    let params = r.params.clone().unwrap_or_default();
+    let home = r.peer.as_deref().map(|p| {
+        (
+            agency
+                .peers
+                .get(p)
+                .map(|v| v.name.clone())
+                .unwrap_or_else(|| p.to_string()),
+            p,
+        )
+    });
+    let mut view = SignInView::new(&params, site_name).failed("", &r.message);
+    view.code = Some(r.code);
+    if let Some((name, url)) = &home {
+        view.home = Some((name.as_str(), url));
+    }
+    browser::sign_in_page(req, agency, view, StatusCode::UNAUTHORIZED)
+}
+
+/// `POST /federation/callback`: the peer's answer to a silent round trip.
+async fn callback(
+    req: HttpRequest,
+    agency: web::Data<Agency>,
+    form: web::Form<Answer>,
+) -> HttpResponse {
+    let cookie = cookie_value(&req, ROUND_TRIP_COOKIE);
+    let spent = agency_cookie(ROUND_TRIP_COOKIE, String::new(), 0).finish();
+    let mut resp = match peer_login::arrive(&agency, cookie.as_deref(), &form).await {
+        Ok(done) => match browser::session_cookie_of(&done.secret, &done.session.session) {
+            Some(c) => {
+                let query = serde_urlencoded::to_string(&done.params).unwrap_or_default();
+                let mut resp = see_other(&format!("/sso/authorize?{query}"));
+                let _ = resp.add_cookie(&c);
+                resp
+            }
+            None => browser::failed(&agency, &NodeError::Internal("no session cookie".into())),
+        },
+        Err(r) => after_refusal(&req, &agency, &r).await,
+    };
+    let _ = resp.add_cookie(&spent);
+    resp
+}
+
+/// After a failed round trip: a site that asked for no page hears
+/// `login_required`; anyone else gets the sign-in page that says why.
+async fn after_refusal(req: &HttpRequest, agency: &Agency, r: &Refused) -> HttpResponse {
+    if let Some(params) = &r.params {
+        if let Ok(a) = crate::sso::authorize::check(agency, params).await {
+            if a.prompt_none {
+                let why = "the user is not signed in";
+                return browser::deliver_error(
+                    &a,
+                    &agency.config.issuer,
+                    ErrorCode::LoginRequired,
+                    why,
+                );
+            }
+            return refused_page(req, agency, r, Some(&a.site.name));
+        }
+    }
+    refused_page(req, agency, r, None)
 }
 
 async fn entity_configuration(agency: web::Data<Agency>) -> Result<HttpResponse, NodeError> {

@@ -31,6 +31,7 @@ use actix_web::{web, App, HttpServer};
 use crate::actors::cookie_validator::CookieValidator;
 use crate::actors::federation_directory::FederationDirectory;
 use crate::actors::hasher::Hashers;
+use crate::actors::peer_sessions::PeerSessions;
 use crate::actors::ticket_issuer::TicketIssuer;
 use crate::actors::token_translator::TokenTranslator;
 use crate::agency::Agency;
@@ -171,12 +172,14 @@ fn public_server(shared: Shared, identity: &NodeIdentity) -> anyhow::Result<Serv
     let server = HttpServer::new(move || {
         // One of each actor per worker: their messages never cross threads.
         let agency = shared.agency.clone().into_inner();
-        let gate = CookieValidator::new(agency.clone()).start();
+        let peers = PeerSessions::new(agency.clone()).start();
+        let gate = CookieValidator::new(agency.clone(), peers.clone()).start();
         let issuer = TicketIssuer::new(agency.clone()).start();
         let broker = TokenTranslator::new(agency).start();
         App::new()
             .configure(|cfg| shared.configure(cfg))
             .app_data(web::Data::new(gate))
+            .app_data(web::Data::new(peers))
             .app_data(web::Data::new(issuer))
             .app_data(web::Data::new(broker))
             .app_data(shared.upstreams.clone())

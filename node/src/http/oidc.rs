@@ -87,6 +87,10 @@ pub struct ClientAuthForm {
     pub client_id: Option<String>,
     /// `client_secret` (form).
     pub client_secret: Option<String>,
+    /// `client_assertion_type` (RFC 7523): must be the JWT bearer type.
+    pub client_assertion_type: Option<String>,
+    /// `client_assertion` (RFC 7523).
+    pub client_assertion: Option<String>,
 }
 
 fn form_decode(s: &str) -> Option<String> {
@@ -117,7 +121,16 @@ fn credentials(req: &HttpRequest, form: &ClientAuthForm) -> Result<ClientCredent
         (None, Some(id), s) => (id.clone(), s.clone()),
         (None, None, _) => return Err(invalid_client()),
     };
-    Ok(ClientCredentials { client_id, secret })
+    let assertion = match (&form.client_assertion_type, &form.client_assertion) {
+        (None, None) => None,
+        (Some(t), Some(a)) if t == baa_proto::federation::CLIENT_ASSERTION_TYPE => Some(a.clone()),
+        _ => return Err(invalid_client()),
+    };
+    Ok(ClientCredentials {
+        client_id,
+        secret,
+        assertion,
+    })
 }
 
 /// Authenticates the calling site (see `sso::clients`).

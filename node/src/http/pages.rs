@@ -153,6 +153,10 @@ pub struct SignInPage<'a> {
     pub error: Option<&'a str>,
     /// Name of the partner site the user is signing in for.
     pub site_name: Option<&'a str>,
+    /// The error's machine-readable code, if any beyond a failed password.
+    pub code: Option<&'a str>,
+    /// The user's home agency (name, URL), to sign in there instead.
+    pub home: Option<(&'a str, &'a str)>,
 }
 
 /// The sign-in page: username and password.
@@ -166,7 +170,13 @@ pub fn sign_in(csp: &Csp, p: &SignInPage<'_>) -> Markup {
                 p { "to continue to " strong { (site) } }
             }
             @if let Some(error) = p.error {
-                div.alert role="alert" id="error" { (error) }
+                div.alert role="alert" id="error" data-code=[p.code] { (error) }
+            }
+            @if let Some((name, url)) = p.home {
+                p id="home-agency" {
+                    "Sign in here, or at your home agency: "
+                    a href=(format!("{url}/")) { (name) }
+                }
             }
             form id="signin" method="post" action=(p.action) {
                 (hidden_fields(Some(p.csrf), p.hidden))
@@ -581,6 +591,8 @@ mod tests {
                 username: EVIL,
                 error: Some(EVIL),
                 site_name: Some(EVIL),
+                code: Some(EVIL),
+                home: Some((EVIL, EVIL)),
             },
         )
         .into_string();

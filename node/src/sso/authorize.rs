@@ -115,6 +115,8 @@ pub struct Authz {
     pub prompt_consent: bool,
     /// The oldest sign-in the site accepts.
     pub max_age_s: Option<u64>,
+    /// The client is a peer agency: the peering is its trust, no page asks.
+    pub peer: bool,
 }
 
 /// Why an authorization request cannot go on.
@@ -154,6 +156,10 @@ fn check_now(agency: &Agency, p: &AuthParams) -> Result<Authz, AuthzError> {
                 "The partner site is not registered here.",
             )
         }
+        Err(e) => return storage(e),
+    };
+    let peer = match agency.state.peer_of_client(client_id) {
+        Ok(p) => p.is_some(),
         Err(e) => return storage(e),
     };
     let Some(redirect_uri) = p.redirect_uri.clone() else {
@@ -197,6 +203,7 @@ fn check_now(agency: &Agency, p: &AuthParams) -> Result<Authz, AuthzError> {
         prompt_login: prompts.contains(&"login"),
         prompt_consent: prompts.contains(&"consent"),
         max_age_s: None,
+        peer,
     };
     let site_err =
         |a: &Authz, code, msg: String| Err(AuthzError::Site(Box::new(a.clone()), code, msg));
@@ -366,6 +373,9 @@ pub async fn proceed(
             false => Next::SignIn,
         });
     };
+    if a.peer {
+        return issue_ticket(issuer, a, v).await;
+    }
     let trust = agency.state.trust(v.session.user_id, &a.site.client_id)?;
     let covers = trust
         .as_ref()

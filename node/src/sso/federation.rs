@@ -34,13 +34,23 @@ pub struct AgencyFacts<'a> {
     pub cookie_domain: Option<&'a str>,
     /// The keys that verify its reference cookies (Ed25519 JWKs).
     pub reference_keys: &'a [serde_json::Value],
+    /// The keys that verify its ID tokens (RSA JWKs).
+    pub token_keys: &'a [serde_json::Value],
 }
 
 /// The agency's entity configuration, signed with its current federation key.
 pub fn entity_configuration(agency: &Agency) -> Result<String, NodeError> {
     let (keys, current) = agency.state.federation_keys()?;
     let reference_keys = agency.keys.reference_jwks()?;
+    let token_keys: Vec<serde_json::Value> = agency.keys.jwks()?["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|k| k["kty"] == "RSA")
+        .cloned()
+        .collect();
     let facts = AgencyFacts {
+        token_keys: &token_keys,
         issuer: &agency.config.issuer,
         name: &agency.config.sso.agency,
         cookie_domain: agency.config.sso.cookie_domain.as_deref(),
@@ -97,6 +107,8 @@ pub fn statement(
                 "userinfo_endpoint": format!("{i}/sso/userinfo"),
                 "end_session_endpoint": format!("{i}/sso/logout"),
                 "jwks_uri": format!("{i}/.well-known/jwks.json"),
+                "jwks": { "keys": facts.token_keys },
+                "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic", "client_secret_post"],
             },
             "baa_agency": {
                 "cookie_domain": facts.cookie_domain,
@@ -142,9 +154,9 @@ pub async fn add_peer(
             "pin must be an RFC 7638 SHA-256 thumbprint (43 base64url characters)",
         ));
     }
-    let client = directory::peer_client(&agency.config.federation)?;
+    let client = agency.peers.client(&agency.config.federation)?;
     let jwt = directory::fetch_statement(&client, issuer).await?;
-    directory::check_statement(&jwt, issuer, &[pin], now_ms() / 1000)?;
+    let claims = directory::check_statement(&jwt, issuer, &[pin], now_ms() / 1000)?;
     let peer = PeerAgency {
         issuer: issuer.to_string(),
         pin: pin.to_string(),
@@ -153,6 +165,9 @@ pub async fn add_peer(
     agency
         .write(Op::AddPeerAgency(Box::new(peer.clone())), request_id)
         .await?;
+    // This node uses the peer at once; the others at their next refresh.
+    let view = crate::peers::PeerView::from_claims(issuer, &claims);
+    agency.peers.set(issuer, Some(view));
     tracing::info!(peer = %issuer, pin = %pin, "peer agency added");
     Ok(peer)
 }
@@ -217,6 +232,7 @@ mod tests {
             name: "a",
             cookie_domain: Some("baa.localtest"),
             reference_keys: &[],
+            token_keys: &[],
         };
         let keys = [old.clone(), gone.clone(), new.clone()];
         let jwt = statement(&facts, &keys, Some(&new.kid), 5_500).unwrap();

@@ -13,6 +13,7 @@ pub mod federation;
 pub mod forward_auth;
 pub mod grants;
 pub mod logout;
+pub mod peer_login;
 pub mod refresh;
 pub mod sessions;
 pub mod sign_in;

@@ -61,7 +61,11 @@ pub async fn grant(
     }
     if grant_type != "refresh_token" && grant.scopes.iter().any(|s| s == "openid") {
         let salt = crate::key_rotation::pairwise_salt(agency).await?;
-        body["id_token"] = id_token(agency, &salt, &grant, &minted.access)?.into();
+        let token = match agency.state.peer_of_client(&site.client_id)? {
+            Some(_) => peer_id_token(agency, &salt, &grant, &minted.access)?,
+            None => id_token(agency, &salt, &grant, &minted.access)?,
+        };
+        body["id_token"] = token.into();
     }
     Ok(body)
 }
@@ -117,6 +121,16 @@ fn id_token(
     g: &Grant,
     access_token: &str,
 ) -> Result<String, NodeError> {
+    let claims = id_token_claims(agency, salt, g, access_token);
+    agency.keys.sign_jwt(&claims, crate::keys::ID_TOKEN_TYP)
+}
+
+fn id_token_claims(
+    agency: &Agency,
+    salt: &PairwiseSalt,
+    g: &Grant,
+    access_token: &str,
+) -> serde_json::Map<String, serde_json::Value> {
     let now_s = now_ms() / 1000;
     let mut claims = user_claims(salt, &g.user, &g.client_id, &g.params, &g.scopes);
     let digest = Sha256::digest(access_token.as_bytes());
@@ -132,6 +146,30 @@ fn id_token(
     if let Some(n) = &g.nonce {
         claims.insert("nonce".into(), n.clone().into());
     }
+    claims
+}
+
+/// The ID token of a grant to a peer agency: a subject pairwise for that
+/// peer (so peers cannot join their users up), and the name, display name
+/// and email it needs to make the user's account there. The peering, made
+/// by both agencies' administrators, is the user's consent to it.
+fn peer_id_token(
+    agency: &Agency,
+    salt: &PairwiseSalt,
+    g: &Grant,
+    access_token: &str,
+) -> Result<String, NodeError> {
+    let params = LoginParams {
+        account_name: baa_proto::sso::AccountName::Pseudonym,
+        share_name: true,
+        share_email: true,
+    };
+    let g = Grant {
+        params,
+        ..g.clone()
+    };
+    let mut claims = id_token_claims(agency, salt, &g, access_token);
+    claims.insert("preferred_username".into(), g.user.username.clone().into());
     agency.keys.sign_jwt(&claims, crate::keys::ID_TOKEN_TYP)
 }
 

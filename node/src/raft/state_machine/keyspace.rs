@@ -82,6 +82,12 @@ pub(super) const PREFIX_USER_CODE: &[u8] = b"d/";
 pub(super) const PREFIX_FEDERATION_KEY: &[u8] = b"F/";
 /// issuer URL → `PeerAgency`.
 pub(super) const PREFIX_PEER_AGENCY: &[u8] = b"P/";
+/// A peer's subject linked to a local account: issuer, 0, sub → user id (`u64`).
+pub(super) const PREFIX_SUBJECT_LINK: &[u8] = b"L/";
+/// The peer session a local session was derived from: session key → `PeerSessionLink`.
+pub(super) const PREFIX_SESSION_PEER: &[u8] = b"G/";
+/// Local sessions derived from a peer session: issuer, 0, peer sid, 0, session key → `()`.
+pub(super) const PREFIX_PEER_SESSIONS: &[u8] = b"H/";
 
 /// `prefix` ++ `rest`: the key of a record whose own key is `rest`.
 pub(super) fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
@@ -133,6 +139,23 @@ pub(super) fn family_key(family: &[u8], hash: &[u8]) -> Vec<u8> {
     [PREFIX_FAMILY, family, hash].concat()
 }
 
+/// The key of the link of subject `sub` of peer `peer`.
+pub(super) fn subject_link_key(peer: &str, sub: &str) -> Vec<u8> {
+    [PREFIX_SUBJECT_LINK, peer.as_bytes(), &[0], sub.as_bytes()].concat()
+}
+
+/// The prefix of the local sessions derived from session `peer_sid` of `peer`.
+pub(super) fn peer_sessions_prefix(peer: &str, peer_sid: &str) -> Vec<u8> {
+    [
+        PREFIX_PEER_SESSIONS,
+        peer.as_bytes(),
+        &[0],
+        peer_sid.as_bytes(),
+        &[0],
+    ]
+    .concat()
+}
+
 /// Decodes `value` as the type its key's family holds and returns the
 /// family's name: a check that every record on disk reads back.
 pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
@@ -177,6 +200,11 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
         k if k.starts_with(PREFIX_PEER_AGENCY) => {
             as_::<baa_proto::federation::PeerAgency>("peer_agency", value)
         }
+        k if k.starts_with(PREFIX_SUBJECT_LINK) => as_::<u64>("subject_link", value),
+        k if k.starts_with(PREFIX_SESSION_PEER) => {
+            as_::<baa_proto::federation::PeerSessionLink>("session_peer", value)
+        }
+        k if k.starts_with(PREFIX_PEER_SESSIONS) => as_::<()>("peer_sessions", value),
         k => Err(format!("no family for key {}", String::from_utf8_lossy(k))),
     }
 }

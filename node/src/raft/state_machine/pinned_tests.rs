@@ -236,6 +236,7 @@ fn op_variants_keep_their_order() {
             Op::AddFederationKey { .. } => "AddFederationKey",
             Op::AddPeerAgency(_) => "AddPeerAgency",
             Op::RemovePeerAgency { .. } => "RemovePeerAgency",
+            Op::FederatedSignIn(_) => "FederatedSignIn",
         }
     }
     let table = [
@@ -268,6 +269,7 @@ fn op_variants_keep_their_order() {
         ("AddFederationKey", 26),
         ("AddPeerAgency", 27),
         ("RemovePeerAgency", 28),
+        ("FederatedSignIn", 29),
     ];
     let rule = ThrottleRule {
         window_ms: 1,
@@ -399,6 +401,7 @@ fn op_variants_keep_their_order() {
         Op::RemovePeerAgency {
             issuer: "https://b.example".into(),
         },
+        super::tests::sso::federated_sign_in([5; 32], "https://b.example"),
     ];
     pin("Op", &table, &samples, name);
 }
@@ -535,6 +538,8 @@ fn error_code_variants_keep_their_order() {
             ErrorCode::PeerNotFound => "PeerNotFound",
             ErrorCode::PinMismatch => "PinMismatch",
             ErrorCode::PeerUnreachable => "PeerUnreachable",
+            ErrorCode::AccountNotLinked => "AccountNotLinked",
+            ErrorCode::PeerSessionRefused => "PeerSessionRefused",
         }
     }
     let table = [
@@ -582,6 +587,8 @@ fn error_code_variants_keep_their_order() {
         ("PeerNotFound", 41),
         ("PinMismatch", 42),
         ("PeerUnreachable", 43),
+        ("AccountNotLinked", 44),
+        ("PeerSessionRefused", 45),
     ];
     let samples = [
         ErrorCode::InvalidRequest,
@@ -628,6 +635,8 @@ fn error_code_variants_keep_their_order() {
         ErrorCode::PeerNotFound,
         ErrorCode::PinMismatch,
         ErrorCode::PeerUnreachable,
+        ErrorCode::AccountNotLinked,
+        ErrorCode::PeerSessionRefused,
     ];
     pin("ErrorCode", &table, &samples, name);
 }

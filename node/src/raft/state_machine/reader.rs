@@ -212,6 +212,54 @@ impl StateReader {
         self.scan(PREFIX_PEER_AGENCY)
     }
 
+    /// The peer agency `issuer`.
+    pub fn peer_agency(
+        &self,
+        issuer: &str,
+    ) -> Result<Option<baa_proto::federation::PeerAgency>, StorageError> {
+        self.get(&key(PREFIX_PEER_AGENCY, issuer.as_bytes()))
+    }
+
+    /// The peer agency registered here as client `client_id`, if it is one.
+    pub fn peer_of_client(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<baa_proto::federation::PeerAgency>, StorageError> {
+        if !client_id.starts_with("fed.") {
+            return Ok(None);
+        }
+        Ok(self
+            .peer_agencies()?
+            .into_iter()
+            .find(|p| baa_proto::federation::peer_client_id(&p.issuer) == client_id))
+    }
+
+    /// The peer session session `k` was derived from, if any.
+    pub fn session_peer(
+        &self,
+        k: &SecretHash,
+    ) -> Result<Option<baa_proto::federation::PeerSessionLink>, StorageError> {
+        self.get(&key(keyspace::PREFIX_SESSION_PEER, k))
+    }
+
+    /// The keys of the local sessions derived from session `peer_sid` of `peer`.
+    pub fn sessions_of_peer_session(
+        &self,
+        peer: &str,
+        peer_sid: &str,
+    ) -> Result<Vec<SecretHash>, StorageError> {
+        let prefix = keyspace::peer_sessions_prefix(peer, peer_sid);
+        let tree = self.shared.tree();
+        let mut out = Vec::new();
+        for item in tree.scan_prefix(&prefix) {
+            let (k, _) = item.map_err(sm_read_err)?;
+            if let Ok(h) = SecretHash::try_from(&k[prefix.len()..]) {
+                out.push(h);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every federation key, and the current key id.
     pub fn federation_keys(
         &self,

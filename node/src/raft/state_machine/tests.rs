@@ -182,7 +182,7 @@ async fn state_survives_reopen() {
     assert_eq!(sm.reader().digest().unwrap(), digest);
 }
 
-mod sso {
+pub(super) mod sso {
     use baa_proto::sso::{
         public_sid, secret_hash, AccessToken, LoginTicket, Session, Site, ThrottleRule,
         ThrottleSubject,
@@ -213,6 +213,23 @@ mod sso {
             account: secret_hash(b"alice"),
             source: "10.0.0.2".into(),
         }
+    }
+
+    /// A sign-in with peer `peer`'s word, in a new session `key`.
+    pub(crate) fn federated_sign_in(key: [u8; 32], peer: &str) -> Op {
+        let Op::CreateSession { session, .. } = session(key) else {
+            unreachable!()
+        };
+        Op::FederatedSignIn(Box::new(baa_proto::federation::FederatedSignIn {
+            peer: peer.into(),
+            sub: "pairwise-sub".into(),
+            username_hint: "carol".into(),
+            display_name: "Carol".into(),
+            email: None,
+            create: true,
+            session: *session,
+            peer_sid: "peer-sid".into(),
+        }))
     }
 
     pub(super) fn ticket(hash: [u8; 32], key: [u8; 32]) -> Op {
@@ -249,6 +266,92 @@ mod sso {
             }),
             refresh: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_peer_subject_is_linked_once_and_its_sessions_indexed() {
+        use baa_proto::federation::PeerAgency;
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, mut sm) = store(dir.path());
+        let peer = "https://login-b.example";
+        let (k1, k2, k3) = (secret_hash(b"f1"), secret_hash(b"f2"), secret_hash(b"f3"));
+        let mut strict = federated_sign_in(k3, peer);
+        if let Op::FederatedSignIn(f) = &mut strict {
+            f.sub = "someone else".into();
+            f.create = false;
+        }
+        let res = sm
+            .apply(vec![
+                entry(1, None, federated_sign_in(k1, peer)),
+                entry(
+                    2,
+                    None,
+                    Op::AddPeerAgency(Box::new(PeerAgency {
+                        issuer: peer.into(),
+                        pin: "pin".into(),
+                        added_ms: 0,
+                    })),
+                ),
+                entry(3, None, create("carol.login-b")),
+                entry(4, None, federated_sign_in(k1, peer)),
+                entry(5, None, federated_sign_in(k2, peer)),
+                entry(6, None, strict),
+            ])
+            .await
+            .unwrap();
+        let codes: Vec<_> = res
+            .iter()
+            .map(|r| r[0].as_ref().err().map(|e| e.code))
+            .collect();
+        assert_eq!(
+            codes,
+            vec![
+                Some(ErrorCode::PeerNotFound),
+                None,
+                None,
+                None,
+                None,
+                Some(ErrorCode::AccountNotLinked)
+            ]
+        );
+        let reader = sm.reader();
+        // The peering registered the peer as a client, answering by form post.
+        let client = baa_proto::federation::peer_client_id(peer);
+        let site = reader.site(&client).unwrap().expect("the peer's client");
+        assert_eq!(
+            site.redirect_uris,
+            vec![format!("{peer}/federation/callback")]
+        );
+        assert_eq!(
+            reader.peer_of_client(&client).unwrap().unwrap().issuer,
+            peer
+        );
+        // The name the peer gave was taken: the account got a tagged one,
+        // and the second sign-in found the same account by its link.
+        let s1 = reader.session(&k1).unwrap().unwrap();
+        let s2 = reader.session(&k2).unwrap().unwrap();
+        assert!(s1.username.starts_with("carol.login-b-"), "{}", s1.username);
+        assert_eq!((s1.user_id, &s1.username), (s2.user_id, &s2.username));
+        let link = reader.session_peer(&k1).unwrap().unwrap();
+        assert_eq!(
+            (link.peer.as_str(), link.peer_sid.as_str()),
+            (peer, "peer-sid")
+        );
+        let mut linked = reader.sessions_of_peer_session(peer, "peer-sid").unwrap();
+        linked.sort();
+        let mut want = vec![k1, k2];
+        want.sort();
+        assert_eq!(linked, want);
+        // A session's end takes its link and index entry with it.
+        sm.apply(vec![entry(7, None, Op::RevokeSession { key: k1 })])
+            .await
+            .unwrap();
+        let reader = sm.reader();
+        assert!(reader.session_peer(&k1).unwrap().is_none());
+        assert_eq!(
+            reader.sessions_of_peer_session(peer, "peer-sid").unwrap(),
+            vec![k2]
+        );
     }
 
     #[tokio::test]
@@ -660,7 +763,7 @@ mod reopen {
     use std::collections::BTreeSet;
 
     use super::native::{at, at_time, rt};
-    use super::sso::{redeem, session, ticket};
+    use super::sso::{federated_sign_in, redeem, session, ticket};
     use super::*;
     use baa_proto::model::BaaNode;
     use baa_proto::sso::{
@@ -701,9 +804,10 @@ mod reopen {
             Op::AddFederationKey { .. } => 26,
             Op::AddPeerAgency(_) => 27,
             Op::RemovePeerAgency { .. } => 28,
+            Op::FederatedSignIn(_) => 29,
         }
     }
-    const VARIANTS: usize = 29;
+    const VARIANTS: usize = 30;
 
     fn site(client_id: &str) -> Op {
         Op::AddSite(Box::new(Site {
@@ -879,6 +983,11 @@ mod reopen {
             Op::RemovePeerAgency {
                 issuer: "https://c.example".into(),
             },
+            federated_sign_in(secret_hash(b"federated"), "https://b.example"),
+            federated_sign_in(secret_hash(b"federated 2"), "https://b.example"),
+            Op::RevokeSession {
+                key: secret_hash(b"federated 2"),
+            },
             session(other),
             Op::RevokeSession { key: other },
             create("bob"),
@@ -1008,6 +1117,9 @@ mod reopen {
             "federation_key",
             "current_federation_kid",
             "peer_agency",
+            "subject_link",
+            "session_peer",
+            "peer_sessions",
         ]
         .into();
         assert_eq!(families, all, "every key family is written");

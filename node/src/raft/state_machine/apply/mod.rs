@@ -110,6 +110,7 @@ pub(super) fn apply_op(
         } => keys::add(st, now, key.as_ref(), *publish_old_for_ms),
         Op::AddPeerAgency(peer) => peers::add(st, now, peer),
         Op::RemovePeerAgency { issuer } => peers::remove(st, issuer),
+        Op::FederatedSignIn(f) => peers::sign_in(st, now, f),
         Op::PurgeExpired => purge::expired(st, now),
         Op::RevokeUserSessions { username } => sessions::revoke_all_of(st, username),
         Op::SetPairwiseSalt { salt } => keys::set_pairwise_salt(st, salt),

@@ -8,9 +8,9 @@ use baa_proto::sso::{
 };
 
 use super::super::keyspace::{
-    family_key, key, session_token_key, user_session_key, RequestRecord, KEY_DEVICE_GRANTS,
-    KEY_SWEEP_CURSOR, PREFIX_DEVICE, PREFIX_FAILURES, PREFIX_KEY, PREFIX_REFRESH, PREFIX_REQUEST,
-    PREFIX_SESSION, PREFIX_SESSION_BY_SID, PREFIX_TICKET, PREFIX_TOKEN, PREFIX_USER_CODE,
+    family_key, key, session_token_key, RequestRecord, KEY_DEVICE_GRANTS, KEY_SWEEP_CURSOR,
+    PREFIX_DEVICE, PREFIX_FAILURES, PREFIX_KEY, PREFIX_REFRESH, PREFIX_REQUEST, PREFIX_SESSION,
+    PREFIX_TICKET, PREFIX_TOKEN, PREFIX_USER_CODE,
 };
 use super::super::staged::Staged;
 use super::tokens;
@@ -121,9 +121,7 @@ fn purge_if_expired(
         if s.alive_at(now) {
             return Ok(0);
         }
-        st.remove(k);
-        st.remove(&key(PREFIX_SESSION_BY_SID, s.sid.as_bytes()));
-        st.remove(&user_session_key(s.user_id, &s.key));
+        super::sessions::remove_records(st, &s)?;
         return Ok(1 + tokens::revoke_session_tokens(st, &s.key)?);
     }
     if k.starts_with(PREFIX_TICKET) {

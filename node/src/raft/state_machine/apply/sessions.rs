@@ -2,11 +2,13 @@
 //! check), its use, and its end, which takes the session's tokens with it.
 
 use baa_proto::command::{CommandResult, Outcome};
+use baa_proto::federation::PeerSessionLink;
 use baa_proto::sso::{RevokedSession, SecretHash, Session};
 use baa_proto::ErrorCode;
 
 use super::super::keyspace::{
-    key, user_session_key, user_sessions_prefix, PREFIX_SESSION, PREFIX_SESSION_BY_SID,
+    key, peer_sessions_prefix, user_session_key, user_sessions_prefix, PREFIX_SESSION,
+    PREFIX_SESSION_BY_SID, PREFIX_SESSION_PEER,
 };
 use super::super::staged::{invalid, refuse, Staged};
 use super::{throttle, tokens, users};
@@ -44,11 +46,45 @@ pub(super) fn create(
     s.auth_time_ms = now;
     s.absolute_expiry_ms = now.saturating_add(lifetime);
     s.sites.clear();
-    st.put(&sk, &s)?;
-    st.put(&key(PREFIX_SESSION_BY_SID, s.sid.as_bytes()), &s.key)?;
-    st.put(&user_session_key(s.user_id, &s.key), &())?;
+    put_records(st, &s)?;
     throttle::forgive_sign_in(st, account, source);
     Ok(Ok(Outcome::Session(Box::new(s))))
+}
+
+/// Stores session `s` with its index entries.
+pub(super) fn put_records(st: &mut Staged<'_>, s: &Session) -> Result<(), StorageError> {
+    st.put(&key(PREFIX_SESSION, &s.key), s)?;
+    st.put(&key(PREFIX_SESSION_BY_SID, s.sid.as_bytes()), &s.key)?;
+    st.put(&user_session_key(s.user_id, &s.key), &())
+}
+
+/// Links session `s` to the peer session it was derived from.
+pub(super) fn link_to_peer(
+    st: &mut Staged<'_>,
+    s: &SecretHash,
+    link: &PeerSessionLink,
+) -> Result<(), StorageError> {
+    st.put(&key(PREFIX_SESSION_PEER, s), link)?;
+    let index = [peer_sessions_prefix(&link.peer, &link.peer_sid), s.to_vec()].concat();
+    st.put(&index, &())
+}
+
+/// Removes session `s`'s records and index entries (not its tokens).
+pub(super) fn remove_records(st: &mut Staged<'_>, s: &Session) -> Result<(), StorageError> {
+    st.remove(&key(PREFIX_SESSION, &s.key));
+    st.remove(&key(PREFIX_SESSION_BY_SID, s.sid.as_bytes()));
+    st.remove(&user_session_key(s.user_id, &s.key));
+    let pk = key(PREFIX_SESSION_PEER, &s.key);
+    if let Some(link) = st.get::<PeerSessionLink>(&pk)? {
+        st.remove(&pk);
+        let index = [
+            peer_sessions_prefix(&link.peer, &link.peer_sid),
+            s.key.to_vec(),
+        ]
+        .concat();
+        st.remove(&index);
+    }
+    Ok(())
 }
 
 /// Records use of a session, sliding its idle expiry.
@@ -71,13 +107,10 @@ pub(super) fn touch(
 
 /// Ends session `k` and its tokens.
 pub(super) fn revoke(st: &mut Staged<'_>, k: &SecretHash) -> Result<CommandResult, StorageError> {
-    let sk = key(PREFIX_SESSION, k);
-    let Some(s) = st.get::<Session>(&sk)? else {
+    let Some(s) = st.get::<Session>(&key(PREFIX_SESSION, k))? else {
         return refuse(ErrorCode::SessionNotFound, "no such session");
     };
-    st.remove(&sk);
-    st.remove(&key(PREFIX_SESSION_BY_SID, s.sid.as_bytes()));
-    st.remove(&user_session_key(s.user_id, k));
+    remove_records(st, &s)?;
     let tokens_revoked = tokens::revoke_session_tokens(st, k)?;
     Ok(Ok(Outcome::Revoked(RevokedSession {
         sid: s.sid,

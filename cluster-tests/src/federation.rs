@@ -1,0 +1,146 @@
+//! Two federated agencies as a test fixture: agency A at
+//! `login-a.baa.localtest` and agency B at `login-b.baa.localtest`, each its
+//! own cluster with its own CA, on the one shared cookie domain, each
+//! trusting the other's web CA and peered both ways against the pin of the
+//! other's federation key.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{ClusterOptions, CONVERGE_DEADLINE};
+use crate::{poll_until, Cluster};
+
+/// Agency A's host name.
+pub const HOST_A: &str = "login-a.baa.localtest";
+/// Agency B's host name.
+pub const HOST_B: &str = "login-b.baa.localtest";
+
+/// Two agencies peered both ways. Dropped in field order: A, B, then the
+/// shared CA bundle.
+pub struct Federation {
+    /// Agency A.
+    pub a: Cluster,
+    /// Agency B.
+    pub b: Cluster,
+    _dir: tempfile::TempDir,
+}
+
+/// The entity configuration node `id` of `cluster` publishes, once it has one.
+pub async fn entity_statement(cluster: &Cluster, id: u64) -> String {
+    let http = cluster.http().clone();
+    let url = format!("{}/.well-known/openid-federation", cluster.public_url(id));
+    // The federation key is made when the cluster is initialised; a
+    // follower shows it once it has applied that entry.
+    poll_until(Duration::from_secs(60), "an entity configuration", || {
+        let req = http.get(&url);
+        async move {
+            let resp = req.send().await.ok()?;
+            if !resp.status().is_success() {
+                return None;
+            }
+            resp.text().await.ok()
+        }
+    })
+    .await
+}
+
+/// The pin of `cluster`'s federation key: the `kid` its statement is signed with.
+pub async fn federation_pin(cluster: &Cluster) -> String {
+    use base64::Engine;
+    let jwt = entity_statement(cluster, 1).await;
+    let header = jwt.split('.').next().expect("a JWS header");
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .expect("base64url");
+    let header: Value = serde_json::from_slice(&header).expect("JSON");
+    header["kid"].as_str().expect("a kid").to_string()
+}
+
+/// What node `id` of `cluster`'s directory holds of peer `issuer`, once
+/// `ok` says so.
+pub async fn directory_until(
+    cluster: &Cluster,
+    id: u64,
+    issuer: &str,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    let url = format!("{}/admin/v1/federation/directory", cluster.manage_url(id));
+    poll_until(CONVERGE_DEADLINE, what, || {
+        let req = cluster.http().get(&url).bearer_auth(cluster.admin_token());
+        let ok = &ok;
+        async move {
+            let v: Value = req.send().await.ok()?.json().await.ok()?;
+            let peer = v["peers"]
+                .as_array()?
+                .iter()
+                .find(|p| p["issuer"] == issuer)?
+                .clone();
+            ok(&peer).then_some(peer)
+        }
+    })
+    .await
+}
+
+/// `peer` as a peer of `cluster` (`baa federation add` against its pin),
+/// known and reachable on every node of `cluster`.
+pub async fn add_peer(cluster: &Cluster, peer: &Cluster) {
+    let pin = federation_pin(peer).await;
+    let issuer = peer.issuer();
+    cluster
+        .cli(
+            1,
+            &["federation", "add", "--issuer", &issuer, "--pin", &pin],
+        )
+        .await
+        .assert_success("baa federation add");
+    for id in cluster.ids() {
+        directory_until(cluster, id, &issuer, "the peer in the directory", |p| {
+            p["reachable"] == true
+        })
+        .await;
+    }
+}
+
+impl Federation {
+    /// Starts A and B (3 nodes each; `tune` adjusts both agencies'
+    /// options), makes each trust the other's CA, and peers them both ways.
+    pub async fn start(tune: impl Fn(&mut ClusterOptions)) -> Federation {
+        let dir = tempfile::Builder::new()
+            .prefix("baa-federation-")
+            .tempdir()
+            .expect("tempdir");
+        let bundle = dir.path().join("peer-cas.pem");
+        let options = |host: &str| {
+            let mut o = ClusterOptions {
+                host: host.into(),
+                ..Default::default()
+            };
+            let f = &mut o.federation;
+            f.insert(
+                "ca_file".into(),
+                bundle.to_string_lossy().into_owned().into(),
+            );
+            f.insert(
+                "resolve".into(),
+                toml::Value::Array(vec![
+                    format!("{HOST_A}=127.0.0.1").into(),
+                    format!("{HOST_B}=127.0.0.1").into(),
+                ]),
+            );
+            f.insert("refresh_s".into(), 1.into());
+            tune(&mut o);
+            o
+        };
+        let b = Cluster::start_with(options(HOST_B)).await;
+        let a = Cluster::start_with(options(HOST_A)).await;
+        // The peer client reads the bundle when first needed: after this.
+        let mut pem = std::fs::read(a.ca_pem()).expect("A's CA");
+        pem.extend(std::fs::read(b.ca_pem()).expect("B's CA"));
+        std::fs::write(&bundle, pem).expect("writing the CA bundle");
+        add_peer(&a, &b).await;
+        add_peer(&b, &a).await;
+        Federation { a, b, _dir: dir }
+    }
+}

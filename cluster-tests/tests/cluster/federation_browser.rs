@@ -1,0 +1,210 @@
+//! Federation of agencies (issue 12) in a real headless Chromium: two
+//! agencies of 3 nodes each on one cookie domain, A at
+//! `login-a.baa.localtest` with the partner site `shop`, B at
+//! `login-b.baa.localtest` with the partner site `news`, peered both ways.
+//! A user signed in at B is signed in at A's site with no password (A
+//! checks B's reference, asks B, and makes a silent round trip to B); B's
+//! reference alone, without B's session, gets nothing at A.
+
+use baa_cluster_tests::browser::{Cookie, DEFAULT_DEADLINE};
+use baa_cluster_tests::federation::{Federation, HOST_A};
+use baa_cluster_tests::partner::PartnerSite;
+use baa_cluster_tests::sso::{self, REFERENCE_COOKIE, SESSION_COOKIE};
+use baa_cluster_tests::{Browser, Cluster};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
+const HOST_RULES: &str = "MAP *.localtest 127.0.0.1";
+const USER: &str = "alice";
+const PASSWORD: &str = "correct horse battery";
+/// The account A makes for B's `alice`: B's name for her, then B's host label.
+const LINKED_USER: &str = "alice.login-b";
+
+/// Unwraps a browser step, printing the whole error chain (URL and page source).
+fn must<T>(what: &str, r: anyhow::Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{what}: {e:#}"))
+}
+
+/// Dropped in field order: browser, sites, then the agencies.
+struct Fixture {
+    browser: Browser,
+    shop: PartnerSite,
+    news: PartnerSite,
+    fed: Federation,
+}
+
+async fn fixture() -> Fixture {
+    let fed = Federation::start(|_| {}).await;
+    sso::create_user(&fed.b, USER, PASSWORD).await;
+    let news = PartnerSite::start(&fed.b, "news", "news.baa.localtest").await;
+    let shop = PartnerSite::start(&fed.a, "shop", "shop.baa.localtest").await;
+    let browser = must("starting the browser", Browser::start(HOST_RULES).await);
+    Fixture {
+        browser,
+        shop,
+        news,
+        fed,
+    }
+}
+
+/// Opens `site` and follows its sign-in link.
+async fn start_login(b: &Browser, site: &PartnerSite) {
+    must(
+        "opening the site",
+        b.goto(&format!("{}/", site.url())).await,
+    );
+    must("the site's sign-in link", b.click("#signin").await);
+}
+
+/// Waits until the browser is on `site`'s signed-in home page.
+async fn wait_signed_in(b: &Browser, site: &PartnerSite) {
+    let home = format!("{}/", site.url());
+    must(
+        "returning to the site",
+        b.wait_for_url(|u| u == home, &home, DEFAULT_DEADLINE).await,
+    );
+    must(
+        "the site's signed-in page",
+        b.wait_for_element("#claims", DEFAULT_DEADLINE).await,
+    );
+}
+
+/// The issuer a reference cookie's value names (its payload, unchecked).
+fn issuer_of(reference: &str) -> String {
+    let payload = reference.split('.').nth(1).expect("a JWS");
+    let v: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url")).expect("JSON");
+    v["iss"].as_str().expect("iss").to_string()
+}
+
+/// One metric summed over every node of `cluster`.
+async fn sum_over_nodes(cluster: &Cluster, name: &str) -> f64 {
+    let mut sum = 0.0;
+    for id in cluster.ids() {
+        sum += cluster.metric(id, name).await.unwrap_or(0.0);
+    }
+    sum
+}
+
+/// Acceptance 1 and 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_of_b_signs_in_at_a_site_of_a_with_no_password() {
+    let f = fixture().await;
+    let (b, a_agency, b_agency) = (&f.browser, &f.fed.a, &f.fed.b);
+
+    // Signed in at B, through B's own site.
+    start_login(b, &f.news).await;
+    must(
+        "B's sign-in page",
+        b.wait_for_element("form#signin", DEFAULT_DEADLINE).await,
+    );
+    must("typing the username", b.fill("#username", USER).await);
+    must("typing the password", b.fill("#password", PASSWORD).await);
+    must("submitting", b.click("#submit").await);
+    must(
+        "B's trust page",
+        b.wait_for_element("#trust", DEFAULT_DEADLINE).await,
+    );
+    must("approving news", b.click("#approve").await);
+    wait_signed_in(b, &f.news).await;
+
+    // A's site: A asks B, goes to B and back without a page, and shows
+    // its own trust page — never a password form.
+    start_login(b, &f.shop).await;
+    must(
+        "A's trust page",
+        b.wait_for_element("#trust", DEFAULT_DEADLINE).await,
+    );
+    let url = must("the URL", b.current_url().await);
+    assert!(
+        url.starts_with(&format!("https://{HOST_A}:")),
+        "the trust page is not A's: {url}"
+    );
+    assert!(
+        must("looking for a password form", b.text("form#signin").await).is_none(),
+        "A asked for a password"
+    );
+    must("approving shop", b.click("#approve").await);
+    wait_signed_in(b, &f.shop).await;
+    assert_eq!(
+        must(
+            "the name shop got",
+            b.text("#claim-preferred_username").await
+        )
+        .as_deref(),
+        Some(LINKED_USER)
+    );
+    assert_eq!(f.shop.status().await["logins"], 1);
+
+    // The shared reference still names B, the user's home agency.
+    let cookies = must("reading cookies", b.cookies().await);
+    let reference = cookies
+        .iter()
+        .find(|(n, _, _)| n == REFERENCE_COOKIE)
+        .map(|(_, v, _)| v.clone())
+        .expect("a reference cookie on the shared domain");
+    assert_eq!(issuer_of(&reference), b_agency.issuer());
+
+    // The next visit needs no input: no page of A, one more login at shop.
+    let pages = |p: &str| format!("baa_sso_pages_total{{page=\"{p}\"}}");
+    let trust_before = sum_over_nodes(a_agency, &pages("trust")).await;
+    let sign_in_before = sum_over_nodes(a_agency, &pages("sign_in")).await;
+    must(
+        "forgetting shop's session",
+        b.delete_cookie("site_session").await,
+    );
+    start_login(b, &f.shop).await;
+    wait_signed_in(b, &f.shop).await;
+    assert_eq!(f.shop.status().await["logins"], 2);
+    assert_eq!(
+        sum_over_nodes(a_agency, &pages("trust")).await,
+        trust_before
+    );
+    assert_eq!(
+        sum_over_nodes(a_agency, &pages("sign_in")).await,
+        sign_in_before
+    );
+    let alive = r#"baa_federation_round_trips_total{peer="PEER",result="alive"}"#
+        .replace("PEER", &b_agency.issuer());
+    assert!(sum_over_nodes(a_agency, &alive).await >= 1.0);
+
+    // Acceptance 2: B's reference copied into a fresh browser, which has
+    // no session at B. A asks B (the session is alive), goes to B, and B
+    // answers login_required: no session at A, and a page that says so.
+    let fresh = must("a second browser", Browser::start(HOST_RULES).await);
+    must(
+        "opening shop",
+        fresh.goto(&format!("{}/", f.shop.url())).await,
+    );
+    let copied = Cookie::parse(format!(
+        "{REFERENCE_COOKIE}={reference}; Domain=baa.localtest; Path=/; Secure; SameSite=Lax"
+    ))
+    .expect("a cookie");
+    must("planting B's reference", fresh.add_raw_cookie(copied).await);
+    start_login(&fresh, &f.shop).await;
+    let error = must(
+        "A's sign-in page with the refusal",
+        fresh
+            .wait_for_element(r#"#error[data-code="login_required"]"#, DEFAULT_DEADLINE)
+            .await,
+    );
+    let _ = error;
+    let url = must("the URL", fresh.current_url().await);
+    assert!(url.starts_with(&format!("https://{HOST_A}:")), "{url}");
+    assert!(
+        must("the home-agency link", fresh.text("#home-agency a").await).is_some(),
+        "the page offers no way to the home agency"
+    );
+    let at_a = must("A's cookies", fresh.cookies().await);
+    assert!(
+        !at_a.iter().any(|(n, _, _)| n == SESSION_COOKIE),
+        "A made a session from a copied reference: {at_a:?}"
+    );
+    assert_eq!(f.shop.status().await["logins"], 2);
+    let ended = r#"baa_federation_round_trips_total{peer="PEER",result="ended"}"#
+        .replace("PEER", &b_agency.issuer());
+    assert!(sum_over_nodes(a_agency, &ended).await >= 1.0);
+
+    a_agency.assert_no_panics();
+    b_agency.assert_no_panics();
+}
