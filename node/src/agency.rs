@@ -62,6 +62,23 @@ pub fn random_request_id() -> RequestId {
 }
 
 impl Agency {
+    /// An HTTP client builder for calls to partner sites and upstream apps:
+    /// trusts the roots of `[sso] partner_ca_file` (never the cluster CA),
+    /// follows no redirects.
+    pub fn partner_client(&self) -> anyhow::Result<reqwest::ClientBuilder> {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .redirect(reqwest::redirect::Policy::none());
+        for f in self.config.sso.partner_ca_file.iter() {
+            let pem = std::fs::read(f)?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        Ok(b)
+    }
+
     fn raft_metrics(&self) -> RaftMetrics<NodeId, BaaNode> {
         self.raft.metrics().borrow().clone()
     }

@@ -176,6 +176,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let _reaper =
         actors::reaper::Reaper::new(agency.clone(), actors::reaper::REAPER_INTERVAL).start();
+    actors::courier::Courier::new(agency.clone()).start();
     let directory = actors::federation_directory::FederationDirectory::new(agency.clone()).start();
 
     let listeners = http::start(agency.clone(), hasher, directory, &identity)?;

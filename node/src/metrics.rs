@@ -65,6 +65,8 @@ pub struct Metrics {
     pub pages: IntCounterVec,
     /// Back-channel logout deliveries by result (ok, failed).
     pub backchannel_logouts: IntCounterVec,
+    /// Back-channel logouts waiting in the outbox (as the leader last saw).
+    pub outbox_items: IntGauge,
     /// Whether the last fetch of each peer agency's configuration worked (1) or not (0).
     pub federation_peer_reachable: IntGaugeVec,
     /// Age of the configuration of each peer agency this node holds, in seconds.
@@ -131,6 +133,10 @@ impl Metrics {
                     "Agency pages shown to browsers, by page"
                 ),
                 &["page"]
+            )),
+            outbox_items: reg!(IntGauge::new(
+                "baa_sso_backchannel_outbox_items",
+                "Back-channel logouts waiting in the outbox (as the leader last saw)"
             )),
             backchannel_logouts: reg!(IntCounterVec::new(
                 Opts::new(

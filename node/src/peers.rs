@@ -138,6 +138,23 @@ impl PeerView {
         decode(jwt, key, &v)
     }
 
+    /// The claims of a back-channel logout token this peer sent to
+    /// `audience` (OIDC Back-Channel Logout 1.0 §2.6): RS256 with a token
+    /// key it publishes, `typ` `logout+jwt`, the logout event, a `sid`, no
+    /// nonce.
+    pub fn verify_logout_token(&self, jwt: &str, audience: &str) -> Result<Value, PeerKeyError> {
+        let header = jsonwebtoken::decode_header(jwt).map_err(|_| PeerKeyError::Malformed)?;
+        if header.typ.as_deref() != Some(LOGOUT_TOKEN_TYP) {
+            return Err(PeerKeyError::Malformed);
+        }
+        let claims = self.verify_id_token(jwt, audience)?;
+        let event = &claims["events"]["http://schemas.openid.net/event/backchannel-logout"];
+        if !event.is_object() || claims["sid"].as_str().is_none() || claims.get("nonce").is_some() {
+            return Err(PeerKeyError::Malformed);
+        }
+        Ok(claims)
+    }
+
     /// The claims of a JWT this peer signed with one of its federation keys
     /// for `audience` (a client assertion, RFC 7523): issuer and subject
     /// are the peer, it expires within five minutes.
@@ -163,6 +180,9 @@ impl PeerView {
         Ok(claims)
     }
 }
+
+/// The `typ` of a back-channel logout token.
+pub const LOGOUT_TOKEN_TYP: &str = "logout+jwt";
 
 /// The longest lifetime a peer's client assertion may claim.
 pub const ASSERTION_MAX_LIFETIME_S: u64 = 300;

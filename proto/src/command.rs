@@ -262,6 +262,12 @@ pub enum Op {
     /// local account (made on first use if allowed) and start a session
     /// linked to the peer's session.
     FederatedSignIn(Box<crate::federation::FederatedSignIn>),
+    /// Remove back-channel deliveries from the outbox: delivered, or given
+    /// up on.
+    CompleteDeliveries {
+        /// The outbox ids.
+        ids: Vec<u64>,
+    },
 }
 
 impl Op {
@@ -298,6 +304,7 @@ impl Op {
             Op::AddPeerAgency(_) => "add_peer_agency",
             Op::RemovePeerAgency { .. } => "remove_peer_agency",
             Op::FederatedSignIn(_) => "federated_sign_in",
+            Op::CompleteDeliveries { .. } => "complete_deliveries",
         }
     }
 }
@@ -387,6 +394,7 @@ impl Op {
                 | Op::PurgeRequestResults { .. }
                 | Op::Sweep { .. }
                 | Op::SetPairwiseSalt { .. }
+                | Op::CompleteDeliveries { .. }
         )
     }
 }

@@ -516,6 +516,23 @@ pub struct RevokedSession {
     pub tokens_revoked: u64,
 }
 
+/// A back-channel logout still to deliver: a session ended, and a site
+/// (or peer agency) that got a ticket in it must hear of it. Kept in the
+/// replicated outbox until the leader delivered it or gave up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxItem {
+    /// Its place in the outbox (assigned in log order).
+    pub id: u64,
+    /// The site to tell.
+    pub client_id: String,
+    /// The ended session's public id.
+    pub sid: String,
+    /// The session's user.
+    pub user_id: u64,
+    /// When the session ended.
+    pub created_ms: u64,
+}
+
 /// Checks a partner site before it is stored.
 pub fn validate_site(site: &Site) -> Result<(), ValidationError> {
     validate_client_id(&site.client_id)?;

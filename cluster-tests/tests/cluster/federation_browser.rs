@@ -6,11 +6,14 @@
 //! checks B's reference, asks B, and makes a silent round trip to B); B's
 //! reference alone, without B's session, gets nothing at A.
 
+use std::time::{Duration, Instant};
+
 use baa_cluster_tests::browser::{Cookie, DEFAULT_DEADLINE};
 use baa_cluster_tests::federation::{Federation, HOST_A};
+use baa_cluster_tests::harness::{signal, CONVERGE_DEADLINE};
 use baa_cluster_tests::partner::PartnerSite;
-use baa_cluster_tests::sso::{self, REFERENCE_COOKIE, SESSION_COOKIE};
-use baa_cluster_tests::{Browser, Cluster};
+use baa_cluster_tests::sso::{self, Agent, AuthRequest, REFERENCE_COOKIE, SESSION_COOKIE};
+use baa_cluster_tests::{poll_until, Browser, Cluster};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
@@ -207,4 +210,232 @@ async fn a_user_of_b_signs_in_at_a_site_of_a_with_no_password() {
 
     a_agency.assert_no_panics();
     b_agency.assert_no_panics();
+}
+
+/// Signs in at B with the password, through B's site `news` (approving
+/// news the first time).
+async fn sign_in_at_b(b: &Browser, news: &PartnerSite) {
+    start_login(b, news).await;
+    must(
+        "B's sign-in page",
+        b.wait_for_element("form#signin", DEFAULT_DEADLINE).await,
+    );
+    must("typing the username", b.fill("#username", USER).await);
+    must("typing the password", b.fill("#password", PASSWORD).await);
+    must("submitting", b.click("#submit").await);
+    let home = format!("{}/", news.url());
+    poll_until(
+        DEFAULT_DEADLINE,
+        "news signed in, or B's trust page",
+        || async {
+            if b.text("#trust").await.ok().flatten().is_some() {
+                b.click("#approve").await.ok()?;
+            }
+            let url = b.current_url().await.ok()?;
+            (url == home && b.text("#claims").await.ok().flatten().is_some()).then_some(())
+        },
+    )
+    .await;
+}
+
+/// The browser's cookie `name` as `host`'s page sees it.
+async fn cookie_at(b: &Browser, url: &str, name: &str) -> String {
+    must("opening the page", b.goto(url).await);
+    let cookies = must("reading cookies", b.cookies().await);
+    cookies
+        .into_iter()
+        .find(|(n, _, _)| n == name)
+        .map(|(_, v, _)| v)
+        .unwrap_or_else(|| panic!("no cookie {name} at {url}"))
+}
+
+/// What node `id` of A answers `site`'s `prompt=none` request with only
+/// `agent`'s cookies: `Ok` with the ticket when A takes them for a live
+/// session; else what A did instead: `login_required` for the site, or
+/// `round trip` when it sent the browser to its home agency B to ask there
+/// (which is no session at A either).
+async fn probe(
+    a: &Cluster,
+    b_issuer: &str,
+    id: u64,
+    agent: &Agent,
+    site: &sso::TestSite,
+) -> Result<String, String> {
+    let mut agent = agent.clone();
+    let req = AuthRequest::new(site).set("prompt", "none");
+    let answer = agent.get(&req.url(&a.public_url(id))).await;
+    let fields = answer.inputs();
+    if let Some(code) = fields.get("code") {
+        return Ok(code.clone());
+    }
+    if let Some(e) = fields.get("error") {
+        return Err(e.clone());
+    }
+    match answer.location() {
+        Some(l) if l.starts_with(&format!("{b_issuer}/sso/authorize?")) => Err("round trip".into()),
+        _ => Err(format!("HTTP {}: {}", answer.status, answer.body)),
+    }
+}
+
+/// How long A may honour a session B ended: the cross-agency cache bound
+/// (`[federation] cache_s`, 5 s by default) and a second for the request.
+const PEER_LOGOUT_BOUND: Duration = Duration::from_secs(6);
+
+/// Acceptance 3: B ends the session; A refuses the session it derived from
+/// it within the cache bound (measured), the tokens A issued from it are
+/// dead on every node of A, and A's site hears of it. Then, with every node
+/// of A paused so that B's delivery stays pending, B's leader is killed:
+/// the delivery still arrives, from B's next leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_at_b_ends_what_a_derived_from_it() {
+    let mut f = fixture().await;
+    let b = &f.browser;
+    sign_in_at_b(b, &f.news).await;
+    start_login(b, &f.shop).await;
+    must(
+        "A's trust page",
+        b.wait_for_element("#trust", DEFAULT_DEADLINE).await,
+    );
+    must("approving shop", b.click("#approve").await);
+    wait_signed_in(b, &f.shop).await;
+
+    // The browser's cookies at A, for an agent that asks A's nodes.
+    let (a, site) = (&f.fed.a, f.shop.site());
+    let reference = cookie_at(b, &format!("{}/", f.shop.url()), REFERENCE_COOKIE).await;
+    let a_session = cookie_at(b, &format!("{}/", a.agency_url(1)), SESSION_COOKIE).await;
+    let mut agent = Agent::new(a);
+    agent.cookies.insert(SESSION_COOKIE.into(), a_session);
+    agent.cookies.insert(REFERENCE_COOKIE.into(), reference);
+    // A token A issued in the derived session.
+    let req = AuthRequest::new(&site);
+    let answer = agent.clone().get(&req.url(&a.public_url(1))).await;
+    let code = answer
+        .inputs()
+        .get("code")
+        .cloned()
+        .unwrap_or_else(|| panic!("no ticket at A: {} {}", answer.status, answer.body));
+    let (status, tokens) = sso::redeem(
+        a.http(),
+        &a.public_url(2),
+        &site,
+        &code,
+        req.verifier.as_deref(),
+    )
+    .await;
+    assert!(status.is_success(), "{status}: {tokens}");
+    let access = tokens["access_token"]
+        .as_str()
+        .expect("an access token")
+        .to_string();
+    let a_sid = f.shop.status().await["sessions"][0]["sid"]
+        .as_str()
+        .expect("shop's session names A's sid")
+        .to_string();
+
+    // B ends the session (at a follower of B).
+    let b_leader = f.fed.b.leader().await;
+    let via = sso::other_node(&f.fed.b, b_leader);
+    must(
+        "B's sign-out page",
+        b.goto(&format!("{}/sso/logout", f.fed.b.agency_url(via)))
+            .await,
+    );
+    must(
+        "the sign-out form",
+        b.wait_for_element("form#signout", DEFAULT_DEADLINE).await,
+    );
+    must("confirming", b.click("#confirm").await);
+    let clicked = Instant::now();
+    let ids = a.ids();
+    let mut refused = Vec::new();
+    let b_issuer = f.fed.b.issuer();
+    for &id in &ids {
+        let t = poll_until(CONVERGE_DEADLINE, "A refusing the derived session", || {
+            let (agent, site, b_issuer) = (&agent, &site, &b_issuer);
+            async move {
+                match probe(a, b_issuer, id, agent, site).await {
+                    Ok(_) => None,
+                    Err(e) if e == "login_required" || e == "round trip" => Some(clicked.elapsed()),
+                    Err(e) => panic!("node {id} of A answered {e}"),
+                }
+            }
+        })
+        .await;
+        refused.push((id, t));
+    }
+    let slowest = refused.iter().map(|(_, t)| *t).max().unwrap_or_default();
+    println!("A refuses the session B ended after {slowest:?} (per node {refused:?})");
+    assert!(
+        slowest <= PEER_LOGOUT_BOUND,
+        "A honoured a session B ended for {slowest:?} (bound {PEER_LOGOUT_BOUND:?})"
+    );
+    // The session's tokens died with it, on every node of A, and shop heard.
+    for &id in &ids {
+        poll_until(CONVERGE_DEADLINE, "the token dead at A", || async {
+            (!sso::introspect_active(a.http(), &a.public_url(id), &site, &access).await)
+                .then_some(())
+        })
+        .await;
+    }
+    poll_until(CONVERGE_DEADLINE, "shop told of A's logout", || async {
+        let st = f.shop.status().await;
+        st["backchannel_sids"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|s| s == a_sid.as_str()))
+            .then_some(())
+    })
+    .await;
+
+    // Again, with the delivery to A pending when B's leader dies.
+    sign_in_at_b(b, &f.news).await;
+    start_login(b, &f.shop).await;
+    wait_signed_in(b, &f.shop).await;
+    let sessions = f.shop.status().await["sessions"].clone();
+    let a_sid = sessions
+        .as_array()
+        .and_then(|l| l.last())
+        .map(|s| s["sid"].clone());
+    let a_sid = a_sid
+        .and_then(|s| s.as_str().map(String::from))
+        .expect("A's new sid");
+    for id in a.ids() {
+        signal(a.node(id).pid().expect("a pid"), libc::SIGSTOP);
+    }
+    let b_leader = f.fed.b.leader().await;
+    let via = sso::other_node(&f.fed.b, b_leader);
+    must(
+        "B's sign-out page",
+        b.goto(&format!("{}/sso/logout", f.fed.b.agency_url(via)))
+            .await,
+    );
+    must(
+        "the sign-out form",
+        b.wait_for_element("form#signout", DEFAULT_DEADLINE).await,
+    );
+    must("confirming", b.click("#confirm").await);
+    let pending = "baa_sso_backchannel_outbox_items";
+    poll_until(CONVERGE_DEADLINE, "a delivery pending at B", || async {
+        let n = f.fed.b.metric(b_leader, pending).await.unwrap_or(0.0);
+        (n >= 1.0).then_some(())
+    })
+    .await;
+    f.fed.b.kill(b_leader);
+    for id in f.fed.a.ids() {
+        signal(f.fed.a.node(id).pid().expect("a pid"), libc::SIGCONT);
+    }
+    poll_until(
+        Duration::from_secs(120),
+        "shop told of A's second logout",
+        || async {
+            let st = f.shop.status().await;
+            st["backchannel_sids"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|s| s == a_sid.as_str()))
+                .then_some(())
+        },
+    )
+    .await;
+    f.fed.b.restart(b_leader).await;
+    f.fed.a.assert_no_panics();
+    f.fed.b.assert_no_panics();
 }

@@ -8,7 +8,9 @@ use actix::Addr;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use baa_proto::cookie::REFERENCE_COOKIE;
-use baa_proto::federation::{CALLBACK_PATH, ENTITY_CONFIGURATION_PATH, ROUND_TRIP_COOKIE};
+use baa_proto::federation::{
+    BACKCHANNEL_LOGOUT_PATH, CALLBACK_PATH, ENTITY_CONFIGURATION_PATH, ROUND_TRIP_COOKIE,
+};
 use baa_proto::ErrorCode;
 
 use super::browser::{self, agency_cookie, cookie_value, see_other, SignInView};
@@ -23,7 +25,30 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         super::resource(ENTITY_CONFIGURATION_PATH).route(web::get().to(entity_configuration)),
     )
-    .service(super::resource(CALLBACK_PATH).route(web::post().to(callback)));
+    .service(super::resource(CALLBACK_PATH).route(web::post().to(callback)))
+    .service(super::resource(BACKCHANNEL_LOGOUT_PATH).route(web::post().to(backchannel_logout)));
+}
+
+/// A peer's back-channel logout.
+#[derive(serde::Deserialize)]
+struct LogoutForm {
+    logout_token: Option<String>,
+}
+
+/// `POST /federation/backchannel-logout`: a peer says one of its sessions
+/// ended; the sessions derived from it end here.
+async fn backchannel_logout(
+    agency: web::Data<Agency>,
+    form: web::Form<LogoutForm>,
+) -> Result<HttpResponse, NodeError> {
+    let token = form
+        .logout_token
+        .as_deref()
+        .ok_or_else(|| NodeError::invalid("logout_token is required"))?;
+    let ended = peer_login::peer_logout(&agency, token).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(serde_json::json!({ "ended": ended })))
 }
 
 /// For an authorization request that found no session here: when the

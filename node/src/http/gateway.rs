@@ -62,7 +62,8 @@ impl UpstreamClient {
     /// A client trusting the agency's CA and the configured partner CA for
     /// `https://` upstreams. Redirects are relayed, not followed.
     pub fn new(agency: &Agency) -> anyhow::Result<Self> {
-        let b = crate::sso::backchannel::partner_client(agency)?
+        let b = agency
+            .partner_client()?
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60));
         Ok(Self(b.build()?))

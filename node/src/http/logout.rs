@@ -13,7 +13,6 @@ use crate::actors::cookie_validator::{CookieValidator, ValidSession};
 use crate::agency::Agency;
 use crate::metrics::Page;
 use crate::sso::authorize::origin_of;
-use crate::sso::backchannel::Backchannel;
 use crate::sso::logout::{self, LogoutParams};
 
 /// Registers the routes.
@@ -29,7 +28,6 @@ async fn logout_get(
     req: HttpRequest,
     agency: web::Data<Agency>,
     gate: web::Data<Addr<CookieValidator>>,
-    backchannel: web::Data<Backchannel>,
     params: web::Query<LogoutParams>,
 ) -> HttpResponse {
     let p = params.into_inner();
@@ -39,9 +37,7 @@ async fn logout_get(
     };
     let session = current_session(&req, &gate, &agency).await;
     match (&session, logout::hinted_sid(&agency, &p)) {
-        (Some(v), Some(sid)) if v.session.sid == sid => {
-            finish(&agency, &backchannel, session, target).await
-        }
+        (Some(v), Some(sid)) if v.session.sid == sid => finish(&agency, session, target).await,
         _ => confirm_page(&req, &agency, &p, session.as_ref(), target.as_deref()),
     }
 }
@@ -98,7 +94,6 @@ async fn logout_post(
     req: HttpRequest,
     agency: web::Data<Agency>,
     gate: web::Data<Addr<CookieValidator>>,
-    backchannel: web::Data<Backchannel>,
     form: web::Form<LogoutForm>,
 ) -> HttpResponse {
     let f = form.into_inner();
@@ -116,18 +111,17 @@ async fn logout_post(
         Err(e) => return browser::failed(&agency, &e),
     };
     let session = current_session(&req, &gate, &agency).await;
-    finish(&agency, &backchannel, session, target).await
+    finish(&agency, session, target).await
 }
 
 /// Signs out, clears the cookies, and returns to the site or shows the
 /// signed-out page.
 async fn finish(
     agency: &web::Data<Agency>,
-    backchannel: &Backchannel,
     session: Option<ValidSession>,
     target: Option<String>,
 ) -> HttpResponse {
-    if let Err(e) = logout::sign_out(&agency.clone().into_inner(), backchannel, session).await {
+    if let Err(e) = logout::sign_out(agency, session).await {
         return browser::failed(agency, &e);
     }
     let clear = match browser::browser_cookies(agency, None) {

@@ -94,7 +94,6 @@ pub fn start(
     let shared = Shared {
         directory: web::Data::new(directory),
         hasher: web::Data::new(hasher),
-        backchannel: web::Data::new(crate::sso::backchannel::Backchannel::new(&data)?),
         upstreams: web::Data::new(gateway::UpstreamClient::new(&data)?),
         json_limit: data.config.limits.max_json_bytes,
         agency: data,
@@ -114,7 +113,6 @@ struct Shared {
     agency: web::Data<Agency>,
     directory: web::Data<actix::Addr<FederationDirectory>>,
     hasher: web::Data<Hashers>,
-    backchannel: web::Data<crate::sso::backchannel::Backchannel>,
     upstreams: web::Data<gateway::UpstreamClient>,
     json_limit: usize,
 }
@@ -124,7 +122,6 @@ impl Shared {
     fn configure(&self, cfg: &mut web::ServiceConfig) {
         cfg.app_data(self.agency.clone())
             .app_data(self.hasher.clone())
-            .app_data(self.backchannel.clone())
             .app_data(
                 web::JsonConfig::default()
                     .limit(self.json_limit)

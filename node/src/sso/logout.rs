@@ -1,13 +1,13 @@
 //! Signing out (RP-initiated logout, OIDC RP-Initiated Logout 1.0): the
 //! site's parameters checked (an ID token hint the agency issued, a
 //! registered post-logout URI), the session ended everywhere through Raft,
-//! and every site that got a ticket in it told over the back channel.
+//! and every site that got a ticket in it told over the back channel (the
+//! replicated outbox, delivered by the leader's courier).
 
 use baa_proto::command::{Op, Outcome};
 use baa_proto::ErrorCode;
 use serde::Deserialize;
 
-use super::backchannel::Backchannel;
 use crate::actors::cookie_validator::ValidSession;
 use crate::agency::Agency;
 use crate::error::NodeError;
@@ -88,20 +88,15 @@ pub fn hinted_sid(agency: &Agency, p: &LogoutParams) -> Option<String> {
         .and_then(|h| h.sid)
 }
 
-/// Ends the session everywhere and tells the sites (in the background).
+/// Ends the session everywhere; the sites hear of it through the outbox.
 /// A session that has already ended is not an error.
-pub async fn sign_out(
-    agency: &std::sync::Arc<Agency>,
-    backchannel: &Backchannel,
-    session: Option<ValidSession>,
-) -> Result<(), NodeError> {
+pub async fn sign_out(agency: &Agency, session: Option<ValidSession>) -> Result<(), NodeError> {
     let Some(v) = session else {
         return Ok(());
     };
     match agency.write(Op::RevokeSession { key: v.key }, None).await {
         Ok(Outcome::Revoked(r)) => {
             tracing::info!(sid = %r.sid, tokens = r.tokens_revoked, "signed out");
-            backchannel.notify(agency.clone(), r);
             Ok(())
         }
         Ok(_) => Ok(()),

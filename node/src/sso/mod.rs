@@ -5,7 +5,6 @@
 //! sign-out and the back channel that tells the sites.
 
 pub mod authorize;
-pub mod backchannel;
 pub mod clients;
 pub mod consent;
 pub mod device;

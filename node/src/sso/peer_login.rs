@@ -269,6 +269,38 @@ async fn redeem(
     }
 }
 
+/// Ends the sessions derived from the peer session a peer's back-channel
+/// logout token names (and with them every token bound to them; their
+/// sites hear of it through this agency's outbox). Returns how many ended.
+pub async fn peer_logout(agency: &Agency, token: &str) -> Result<usize, NodeError> {
+    let bad = || NodeError::invalid("the logout token is not a peer agency's");
+    let issuer = crate::actors::peer_sessions::claimed_issuer(token).ok_or_else(bad)?;
+    let peer = agency.peers.get(&issuer).ok_or_else(bad)?;
+    let audience = peer_client_id(&agency.config.issuer);
+    let claims = peer
+        .verify_logout_token(token, &audience)
+        .map_err(|_| bad())?;
+    let sid = claims["sid"].as_str().unwrap_or_default();
+    // Sessions derived a moment ago through another node count too.
+    agency
+        .read_barrier(baa_proto::command::Consistency::Linearizable)
+        .await?;
+    let keys = agency.state.sessions_of_peer_session(&issuer, sid)?;
+    let mut ended = 0;
+    for key in keys {
+        match agency.write(Op::RevokeSession { key }, None).await {
+            Ok(Outcome::Revoked(r)) => {
+                tracing::info!(sid = %r.sid, peer = %issuer, tokens = r.tokens_revoked, "signed out by the home agency");
+                ended += 1;
+            }
+            Ok(_) => {}
+            Err(NodeError::Apply(e)) if e.code == ErrorCode::SessionNotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(ended)
+}
+
 /// Links the peer's subject and starts the local session.
 async fn sign_in(
     agency: &Agency,

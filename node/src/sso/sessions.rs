@@ -43,26 +43,6 @@ pub fn list(agency: &Agency, username: &str) -> Result<Vec<SessionView>> {
     Ok(sessions.iter().map(SessionView::from).collect())
 }
 
-/// What the user's sessions are now, as they will look once ended: for
-/// telling the sites after a change that ends them all (a disabled account,
-/// a new password).
-pub fn about_to_end(agency: &Agency, username: &str) -> Result<Vec<RevokedSession>> {
-    let Some(user) = agency.state.user(username)? else {
-        return Ok(Vec::new());
-    };
-    Ok(agency
-        .state
-        .sessions_of(user.id)?
-        .into_iter()
-        .map(|s| RevokedSession {
-            sid: s.sid,
-            user_id: s.user_id,
-            sites: s.sites,
-            tokens_revoked: 0,
-        })
-        .collect())
-}
-
 /// Ends every session of the user.
 pub async fn end_all(
     agency: &Agency,

@@ -2,14 +2,11 @@
 //! changed, disabled and enabled. A change that ends the user's sessions (a
 //! new password, a disabled account) tells their sites over the back channel.
 
-use std::sync::Arc;
-
 use baa_proto::api::{CreateUserRequest, UpdateUserRequest, UserView};
 use baa_proto::command::{ApplyError, NewUser, Op, Outcome, RequestId, UserPatch};
 use baa_proto::model;
 use baa_proto::ErrorCode;
 
-use super::backchannel::Backchannel;
 use crate::actors::hasher::Hashers;
 use crate::agency::Agency;
 use crate::error::{NodeError, Result};
@@ -95,36 +92,26 @@ pub enum Change {
 }
 
 /// Changes the user `username`; a change that ends the user's sessions
-/// tells their sites.
+/// tells their sites (through the outbox).
 pub async fn change(
-    agency: &Arc<Agency>,
+    agency: &Agency,
     hasher: &Hashers,
-    backchannel: &Backchannel,
     username: &str,
     change: Change,
     request_id: Option<RequestId>,
 ) -> Result<UserView> {
-    let (op, ends_sessions) = match change {
+    let op = match change {
         Change::Update(req) => {
             let patch = patch_of(hasher, req).await?;
-            let ends = patch.password_hash.is_some();
             let username = username.to_string();
-            (Op::UpdateUser { username, patch }, ends)
+            Op::UpdateUser { username, patch }
         }
         Change::Disabled(disabled) => {
             let username = username.to_string();
-            (Op::SetUserDisabled { username, disabled }, disabled)
+            Op::SetUserDisabled { username, disabled }
         }
     };
-    let ending = match ends_sessions {
-        true => super::sessions::about_to_end(agency, username)?,
-        false => Vec::new(),
-    };
-    let user = user_of(agency.write(op, request_id).await?)?;
-    for r in ending {
-        backchannel.notify(agency.clone(), r);
-    }
-    Ok(user)
+    user_of(agency.write(op, request_id).await?)
 }
 
 async fn patch_of(hasher: &Hashers, req: UpdateUserRequest) -> Result<UserPatch> {

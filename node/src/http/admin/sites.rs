@@ -7,7 +7,6 @@ use baa_proto::api::{CreateSiteRequest, SessionList, SessionsEnded, SiteList, Tr
 use super::{Admin, ReadParams, RequestIdHeader};
 use crate::agency::Agency;
 use crate::error::Result;
-use crate::sso::backchannel::Backchannel;
 use crate::sso::{sessions, sites};
 
 /// Registers the routes.
@@ -49,27 +48,21 @@ async fn list_sessions(
 async fn end_user_sessions(
     _: Admin,
     agency: web::Data<Agency>,
-    backchannel: web::Data<Backchannel>,
     request_id: RequestIdHeader,
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
     let ended = sessions::end_all(&agency, &path.into_inner(), request_id.0).await?;
     let revoked = ended.len();
-    for r in ended {
-        backchannel.notify(agency.clone().into_inner(), r);
-    }
     Ok(HttpResponse::Ok().json(SessionsEnded { revoked }))
 }
 
 async fn end_session(
     _: Admin,
     agency: web::Data<Agency>,
-    backchannel: web::Data<Backchannel>,
     request_id: RequestIdHeader,
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
-    let ended = sessions::end_one(&agency, &path.into_inner(), request_id.0).await?;
-    backchannel.notify(agency.clone().into_inner(), ended);
+    sessions::end_one(&agency, &path.into_inner(), request_id.0).await?;
     Ok(HttpResponse::Ok().json(SessionsEnded { revoked: 1 }))
 }
 

@@ -8,7 +8,6 @@ use super::{Admin, ReadParams, RequestIdHeader};
 use crate::actors::hasher::Hashers;
 use crate::agency::Agency;
 use crate::error::Result;
-use crate::sso::backchannel::Backchannel;
 use crate::sso::users;
 
 /// Registers the routes.
@@ -85,26 +84,13 @@ async fn enable_user(
     apply(ctx, &path, users::Change::Disabled(false)).await
 }
 
-/// What a change to a user needs: the agency, the hashing pool, the back
-/// channel (a change may end sessions) and the request id.
-type ChangeContext = (
-    web::Data<Agency>,
-    web::Data<Hashers>,
-    web::Data<Backchannel>,
-    RequestIdHeader,
-);
+/// What a change to a user needs: the agency, the hashing pool and the
+/// request id.
+type ChangeContext = (web::Data<Agency>, web::Data<Hashers>, RequestIdHeader);
 
 async fn apply(ctx: ChangeContext, username: &str, change: users::Change) -> Result<HttpResponse> {
-    let (agency, hasher, backchannel, request_id) = ctx;
+    let (agency, hasher, request_id) = ctx;
     let agency = agency.into_inner();
-    let user = users::change(
-        &agency,
-        &hasher,
-        &backchannel,
-        username,
-        change,
-        request_id.0,
-    )
-    .await?;
+    let user = users::change(&agency, &hasher, username, change, request_id.0).await?;
     Ok(HttpResponse::Ok().json(user))
 }

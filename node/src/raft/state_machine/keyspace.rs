@@ -42,6 +42,8 @@ pub(super) const KEY_DEVICE_GRANTS: &[u8] = b"m/device_grants";
 pub(super) const KEY_PAIRWISE_SALT: &[u8] = b"m/pairwise_salt";
 /// Key id (`String`) of the current federation key.
 pub(super) const KEY_CURRENT_FEDERATION_KID: &[u8] = b"m/current_federation_kid";
+/// The id of the next outbox item: `u64`.
+pub(super) const KEY_NEXT_OUTBOX_ID: &[u8] = b"m/next_outbox_id";
 /// username → `User`.
 pub(super) const PREFIX_USER: &[u8] = b"u/";
 /// user id (big-endian) → username (`String`), to find a session's user.
@@ -82,6 +84,8 @@ pub(super) const PREFIX_USER_CODE: &[u8] = b"d/";
 pub(super) const PREFIX_FEDERATION_KEY: &[u8] = b"F/";
 /// issuer URL → `PeerAgency`.
 pub(super) const PREFIX_PEER_AGENCY: &[u8] = b"P/";
+/// Back-channel logouts to deliver: id (`u64`, big-endian) → `OutboxItem`.
+pub(super) const PREFIX_OUTBOX: &[u8] = b"B/";
 /// A peer's subject linked to a local account: issuer, 0, sub → user id (`u64`).
 pub(super) const PREFIX_SUBJECT_LINK: &[u8] = b"L/";
 /// The peer session a local session was derived from: session key → `PeerSessionLink`.
@@ -176,6 +180,7 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
         KEY_SWEEP_CURSOR => as_::<Vec<u8>>("sweep_cursor", value),
         KEY_DEVICE_GRANTS => as_::<u64>("device_grants", value),
         KEY_CURRENT_FEDERATION_KID => as_::<String>("current_federation_kid", value),
+        KEY_NEXT_OUTBOX_ID => as_::<u64>("next_outbox_id", value),
         k if k.starts_with(PREFIX_USER) => as_::<User>("user", value),
         k if k.starts_with(PREFIX_USER_BY_ID) => as_::<String>("user_by_id", value),
         k if k.starts_with(PREFIX_REQUEST) => as_::<RequestRecord>("request", value),
@@ -200,6 +205,7 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
         k if k.starts_with(PREFIX_PEER_AGENCY) => {
             as_::<baa_proto::federation::PeerAgency>("peer_agency", value)
         }
+        k if k.starts_with(PREFIX_OUTBOX) => as_::<baa_proto::sso::OutboxItem>("outbox", value),
         k if k.starts_with(PREFIX_SUBJECT_LINK) => as_::<u64>("subject_link", value),
         k if k.starts_with(PREFIX_SESSION_PEER) => {
             as_::<baa_proto::federation::PeerSessionLink>("session_peer", value)

@@ -237,6 +237,7 @@ fn op_variants_keep_their_order() {
             Op::AddPeerAgency(_) => "AddPeerAgency",
             Op::RemovePeerAgency { .. } => "RemovePeerAgency",
             Op::FederatedSignIn(_) => "FederatedSignIn",
+            Op::CompleteDeliveries { .. } => "CompleteDeliveries",
         }
     }
     let table = [
@@ -270,6 +271,7 @@ fn op_variants_keep_their_order() {
         ("AddPeerAgency", 27),
         ("RemovePeerAgency", 28),
         ("FederatedSignIn", 29),
+        ("CompleteDeliveries", 30),
     ];
     let rule = ThrottleRule {
         window_ms: 1,
@@ -402,6 +404,7 @@ fn op_variants_keep_their_order() {
             issuer: "https://b.example".into(),
         },
         super::tests::sso::federated_sign_in([5; 32], "https://b.example"),
+        Op::CompleteDeliveries { ids: vec![1] },
     ];
     pin("Op", &table, &samples, name);
 }

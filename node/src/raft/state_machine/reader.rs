@@ -212,6 +212,17 @@ impl StateReader {
         self.scan(PREFIX_PEER_AGENCY)
     }
 
+    /// The first `limit` back-channel deliveries of the outbox, oldest first.
+    pub fn outbox(&self, limit: usize) -> Result<Vec<baa_proto::sso::OutboxItem>, StorageError> {
+        let tree = self.shared.tree();
+        let mut out = Vec::new();
+        for item in tree.scan_prefix(keyspace::PREFIX_OUTBOX).take(limit) {
+            let (_, v) = item.map_err(sm_read_err)?;
+            out.push(codec::decode_record(&v).map_err(sm_read_err)?);
+        }
+        Ok(out)
+    }
+
     /// The peer agency `issuer`.
     pub fn peer_agency(
         &self,

@@ -805,9 +805,10 @@ mod reopen {
             Op::AddPeerAgency(_) => 27,
             Op::RemovePeerAgency { .. } => 28,
             Op::FederatedSignIn(_) => 29,
+            Op::CompleteDeliveries { .. } => 30,
         }
     }
-    const VARIANTS: usize = 30;
+    const VARIANTS: usize = 31;
 
     fn site(client_id: &str) -> Op {
         Op::AddSite(Box::new(Site {
@@ -816,7 +817,7 @@ mod reopen {
             redirect_uris: vec!["https://shop.example/cb".into()],
             post_logout_redirect_uris: vec![],
             secret_hash: Some(secret_hash(b"secret")),
-            backchannel_logout_uri: None,
+            backchannel_logout_uri: Some("https://shop.example/bc".into()),
             allowed_scopes: vec!["openid".into()],
             created_ms: 0,
         }))
@@ -1003,6 +1004,19 @@ mod reopen {
             },
             Op::PurgeRequestResults { before_ms: 0 },
             Op::PurgeExpired,
+            // A session with a site's ticket ends: the site is to be told
+            // (one item stays in the outbox, one is delivered).
+            session(secret_hash(b"told")),
+            ticket(secret_hash(b"told code"), secret_hash(b"told")),
+            session(secret_hash(b"told 2")),
+            ticket(secret_hash(b"told code 2"), secret_hash(b"told 2")),
+            Op::RevokeSession {
+                key: secret_hash(b"told"),
+            },
+            Op::RevokeSession {
+                key: secret_hash(b"told 2"),
+            },
+            Op::CompleteDeliveries { ids: vec![1] },
         ]
     }
 
@@ -1120,6 +1134,8 @@ mod reopen {
             "subject_link",
             "session_peer",
             "peer_sessions",
+            "outbox",
+            "next_outbox_id",
         ]
         .into();
         assert_eq!(families, all, "every key family is written");

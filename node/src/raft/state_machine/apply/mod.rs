@@ -13,6 +13,7 @@
 
 mod devices;
 mod keys;
+mod outbox;
 mod peers;
 mod purge;
 mod sessions;
@@ -53,7 +54,7 @@ pub(super) fn apply_op(
             source,
         } => sessions::create(st, now, session, account, source),
         Op::TouchSession { key } => sessions::touch(st, now, key),
-        Op::RevokeSession { key } => sessions::revoke(st, key),
+        Op::RevokeSession { key } => sessions::revoke(st, now, key),
         Op::AddSite(site) => sites::register(st, now, site, SiteOptions::default()),
         Op::RemoveSite { client_id } => sites::remove(st, client_id),
         Op::SetTrust(trust) => trust::set(st, now, trust),
@@ -111,8 +112,9 @@ pub(super) fn apply_op(
         Op::AddPeerAgency(peer) => peers::add(st, now, peer),
         Op::RemovePeerAgency { issuer } => peers::remove(st, issuer),
         Op::FederatedSignIn(f) => peers::sign_in(st, now, f),
+        Op::CompleteDeliveries { ids } => outbox::complete(st, ids),
         Op::PurgeExpired => purge::expired(st, now),
-        Op::RevokeUserSessions { username } => sessions::revoke_all_of(st, username),
+        Op::RevokeUserSessions { username } => sessions::revoke_all_of(st, now, username),
         Op::SetPairwiseSalt { salt } => keys::set_pairwise_salt(st, salt),
         Op::RegisterSite { site, options } => sites::register(st, now, site, *options),
         Op::RecordFailedSignIn {

@@ -105,12 +105,18 @@ pub(super) fn touch(
     Ok(Ok(Outcome::Session(Box::new(s))))
 }
 
-/// Ends session `k` and its tokens.
-pub(super) fn revoke(st: &mut Staged<'_>, k: &SecretHash) -> Result<CommandResult, StorageError> {
+/// Ends session `k` and its tokens; the sites that got tickets in it are
+/// to be told (the outbox).
+pub(super) fn revoke(
+    st: &mut Staged<'_>,
+    now: u64,
+    k: &SecretHash,
+) -> Result<CommandResult, StorageError> {
     let Some(s) = st.get::<Session>(&key(PREFIX_SESSION, k))? else {
         return refuse(ErrorCode::SessionNotFound, "no such session");
     };
     remove_records(st, &s)?;
+    super::outbox::enqueue(st, now, &s.sites, &s.sid, s.user_id)?;
     let tokens_revoked = tokens::revoke_session_tokens(st, k)?;
     Ok(Ok(Outcome::Revoked(RevokedSession {
         sid: s.sid,
@@ -124,18 +130,22 @@ pub(super) fn revoke(st: &mut Staged<'_>, k: &SecretHash) -> Result<CommandResul
 /// request.
 pub(super) fn revoke_all_of(
     st: &mut Staged<'_>,
+    now: u64,
     username: &str,
 ) -> Result<CommandResult, StorageError> {
     let Some(user) = users::by_name(st, username)? else {
         return refuse(ErrorCode::UserNotFound, format!("no user named {username}"));
     };
-    Ok(Ok(Outcome::RevokedAll(end_user_sessions(st, user.id)?)))
+    Ok(Ok(Outcome::RevokedAll(end_user_sessions(
+        st, now, user.id,
+    )?)))
 }
 
 /// Ends every session of user `user_id` with its tokens (the account was
 /// disabled, its password reset, or an administrator asked).
 pub(super) fn end_user_sessions(
     st: &mut Staged<'_>,
+    now: u64,
     user_id: u64,
 ) -> Result<Vec<RevokedSession>, StorageError> {
     let prefix = user_sessions_prefix(user_id);
@@ -143,7 +153,7 @@ pub(super) fn end_user_sessions(
     for uk in st.keys_with_prefix(&prefix)? {
         let mut session = [0u8; 32];
         session.copy_from_slice(&uk[prefix.len()..]);
-        match revoke(st, &session)? {
+        match revoke(st, now, &session)? {
             Ok(Outcome::Revoked(r)) => ended.push(r),
             // A dangling index entry: nothing left to end.
             _ => st.remove(&uk),

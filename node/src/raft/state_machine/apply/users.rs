@@ -13,7 +13,8 @@ use super::super::staged::{invalid, Staged};
 use crate::raft::StorageError;
 
 /// Ends every session of a user (by id), returning what it ended.
-pub(super) type EndSessions = fn(&mut Staged<'_>, u64) -> Result<Vec<RevokedSession>, StorageError>;
+pub(super) type EndSessions =
+    fn(&mut Staged<'_>, u64, u64) -> Result<Vec<RevokedSession>, StorageError>;
 
 /// The user with id `id`, through the id index.
 pub(super) fn by_id(st: &Staged<'_>, id: u64) -> Result<Option<User>, StorageError> {
@@ -39,7 +40,7 @@ pub(super) fn update(
 ) -> Result<CommandResult, StorageError> {
     let r = update_user(st, now, username, |u| apply_patch(u, patch))?;
     if patch.password_hash.is_some() {
-        end_sessions_of(st, &r, end_sessions)?;
+        end_sessions_of(st, now, &r, end_sessions)?;
     }
     Ok(r)
 }
@@ -57,7 +58,7 @@ pub(super) fn set_disabled(
         Ok(())
     })?;
     if disabled {
-        end_sessions_of(st, &r, end_sessions)?;
+        end_sessions_of(st, now, &r, end_sessions)?;
     }
     Ok(r)
 }
@@ -65,11 +66,12 @@ pub(super) fn set_disabled(
 /// Ends the sessions of the user an update just changed (if it succeeded).
 fn end_sessions_of(
     st: &mut Staged<'_>,
+    now: u64,
     result: &CommandResult,
     end_sessions: EndSessions,
 ) -> Result<(), StorageError> {
     if let Ok(Outcome::User(u)) = result {
-        end_sessions(st, u.id)?;
+        end_sessions(st, now, u.id)?;
     }
     Ok(())
 }
