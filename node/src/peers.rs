@@ -6,8 +6,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use baa_proto::cookie::{Reference, MAX_COOKIE_LEN, REFERENCE_TYP};
 use baa_proto::ErrorCode;
@@ -115,6 +115,12 @@ impl PeerView {
         Ok((claims, kid))
     }
 
+    /// The ids of its federation keys (those it may sign its next
+    /// configuration with).
+    pub fn federation_kids(&self) -> Vec<String> {
+        self.federation_keys.keys().cloned().collect()
+    }
+
     /// Whether references signed with `kid` are still honoured.
     pub fn has_reference_key(&self, kid: &str) -> bool {
         self.reference_keys.contains_key(kid)
@@ -213,7 +219,12 @@ pub enum PeerKeyError {
 pub struct PeerBook {
     views: RwLock<HashMap<String, Arc<PeerView>>>,
     client: OnceLock<reqwest::Client>,
+    forced: Mutex<HashMap<String, Instant>>,
 }
+
+/// How often a peer's configuration may be fetched out of turn (a value it
+/// signed names a key this node has not seen yet).
+pub const FORCED_REFRESH_EVERY: Duration = Duration::from_secs(2);
 
 impl PeerBook {
     /// The peer `issuer`'s view, if it has an unexpired one.
@@ -230,6 +241,22 @@ impl PeerBook {
                 Some(v) => views.insert(issuer.to_string(), Arc::new(v)),
                 None => views.remove(issuer),
             };
+        }
+    }
+
+    /// Whether peer `issuer`'s configuration may be fetched out of turn now
+    /// (at most once per [`FORCED_REFRESH_EVERY`]); if so, that fetch counts.
+    pub fn may_force(&self, issuer: &str) -> bool {
+        let Ok(mut forced) = self.forced.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        match forced.get(issuer) {
+            Some(at) if now.duration_since(*at) < FORCED_REFRESH_EVERY => false,
+            _ => {
+                forced.insert(issuer.to_string(), now);
+                true
+            }
         }
     }
 

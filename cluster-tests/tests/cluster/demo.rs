@@ -523,3 +523,108 @@ async fn demo_shows_the_end_of_the_log_of_a_node_that_exits() {
     assert!(survivors.is_empty(), "children survived: {survivors:?}");
     demo.children.clear();
 }
+
+/// `baa demo --agencies 2`: two federated agencies of 3 nodes each on one
+/// cookie domain, each with its site and user, peered both ways, all in
+/// `demo.json`; Ctrl-C stops both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_with_two_agencies_peers_them() {
+    let tmp = tempfile::Builder::new()
+        .prefix("baa-demo-test-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path().join("demo");
+    let log = tmp.path().join("demo.log");
+    let base = loop {
+        let b = free_base_port();
+        let second_free = (0..NODES)
+            .flat_map(|i| [b + 1000 + i, b + 1100 + i, b + 1300 + i])
+            .chain(SITES.iter().map(|(_, offset)| b + 1000 + offset))
+            .all(|p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok());
+        if second_free && b < 60_000 {
+            break b;
+        }
+    };
+    let mut child = Command::new(baa_bin())
+        .args(["demo", "--agencies", "2", "--dir", dir.to_str().unwrap()])
+        .args(["--base-port", &base.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(append_file(&log))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawning baa demo");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(240), async {
+        while let Some(line) = lines.next_line().await.expect("reading demo stdout") {
+            if line.contains("baa demo is ready") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(ready, Ok(true)),
+        "baa demo --agencies 2 never got ready; stderr:\n{}",
+        tail(&log, 40)
+    );
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("demo.json")).unwrap()).unwrap();
+    let agencies = v["agencies"].as_array().expect("agencies");
+    assert_eq!(agencies.len(), 2, "{v}");
+    let issuers: Vec<&str> = agencies
+        .iter()
+        .map(|a| a["issuer"].as_str().unwrap())
+        .collect();
+    assert!(
+        issuers[0].starts_with("https://login-a.baa.localtest:"),
+        "{issuers:?}"
+    );
+    assert!(
+        issuers[1].starts_with("https://login-b.baa.localtest:"),
+        "{issuers:?}"
+    );
+    for (i, a) in agencies.iter().enumerate() {
+        assert_eq!(a["cookie_domain"], "baa.localtest");
+        assert_eq!(a["nodes"].as_array().unwrap().len(), NODES as usize);
+        assert_eq!(a["sites"].as_array().unwrap().len(), 1);
+        assert_eq!(a["users"].as_array().unwrap().len(), 1);
+        // Every node of each agency holds the other as a reachable peer.
+        let ca = PathBuf::from(a["ca"].as_str().unwrap());
+        let http = https_client(&ca, None, DEFAULT_REQUEST_TIMEOUT);
+        let other = issuers[1 - i];
+        for n in a["nodes"].as_array().unwrap() {
+            let url = format!(
+                "{}/admin/v1/federation/directory",
+                n["admin_url"].as_str().unwrap()
+            );
+            let token = a["admin_token"].as_str().unwrap().to_string();
+            poll_until(
+                CONVERGE_DEADLINE,
+                "the other agency in the directory",
+                || {
+                    let req = http.get(&url).bearer_auth(&token);
+                    async move {
+                        let d: serde_json::Value = req.send().await.ok()?.json().await.ok()?;
+                        d["peers"]
+                            .as_array()?
+                            .iter()
+                            .any(|p| p["issuer"] == other && p["reachable"] == true)
+                            .then_some(())
+                    }
+                },
+            )
+            .await;
+        }
+    }
+    let pid = child.id().expect("the demo's pid");
+    signal(pid, libc::SIGINT);
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("the demo stops on Ctrl-C")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}

@@ -37,7 +37,12 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let fed = Federation::start(|_| {}).await;
+    fixture_with(|_| {}).await
+}
+
+/// The fixture with both agencies' options adjusted by `tune`.
+async fn fixture_with(tune: impl Fn(&mut baa_cluster_tests::ClusterOptions)) -> Fixture {
+    let fed = Federation::start(tune).await;
     sso::create_user(&fed.b, USER, PASSWORD).await;
     let news = PartnerSite::start(&fed.b, "news", "news.baa.localtest").await;
     let shop = PartnerSite::start(&fed.a, "shop", "shop.baa.localtest").await;
@@ -213,8 +218,13 @@ async fn a_user_of_b_signs_in_at_a_site_of_a_with_no_password() {
 }
 
 /// Signs in at B with the password, through B's site `news` (approving
-/// news the first time).
+/// news the first time; news forgets its own session first).
 async fn sign_in_at_b(b: &Browser, news: &PartnerSite) {
+    must("opening news", b.goto(&format!("{}/", news.url())).await);
+    must(
+        "forgetting news' session",
+        b.delete_cookie("site_session").await,
+    );
     start_login(b, news).await;
     must(
         "B's sign-in page",
@@ -436,6 +446,316 @@ async fn a_logout_at_b_ends_what_a_derived_from_it() {
     )
     .await;
     f.fed.b.restart(b_leader).await;
+    f.fed.a.assert_no_panics();
+    f.fed.b.assert_no_panics();
+}
+
+/// Acceptance 5: with B stopped entirely, A refuses B's references with a
+/// page that says so (sign in here, or at the home agency), and A's own
+/// users sign in as ever; with B back, the cross-agency sign-in works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_b_stopped_a_refuses_its_references_and_serves_its_own_users() {
+    let mut f = fixture().await;
+    sso::create_user(&f.fed.a, "dave", PASSWORD).await;
+    let b = &f.browser;
+    sign_in_at_b(b, &f.news).await;
+    start_login(b, &f.shop).await;
+    must(
+        "A's trust page",
+        b.wait_for_element("#trust", DEFAULT_DEADLINE).await,
+    );
+    must("approving shop", b.click("#approve").await);
+    wait_signed_in(b, &f.shop).await;
+
+    for id in f.fed.b.ids() {
+        f.fed.b.stop(id).await;
+    }
+    // Once A's word from B is older than the cache bound, A refuses.
+    let b = &f.browser;
+    poll_until(
+        CONVERGE_DEADLINE,
+        "A's page saying B cannot be reached",
+        || async {
+            b.goto(&format!("{}/", f.shop.url())).await.ok()?;
+            b.delete_cookie("site_session").await.ok()?;
+            b.goto(&format!("{}/", f.shop.url())).await.ok()?;
+            b.click("#signin").await.ok()?;
+            let seen = b
+                .wait_for_element("#claims, #error", DEFAULT_DEADLINE)
+                .await
+                .ok()?;
+            let _ = seen;
+            let code = b
+                .execute(
+                    "var e = document.getElementById('error'); return e ? e.dataset.code : null;",
+                )
+                .await
+                .ok()?;
+            (code == "peer_unreachable").then_some(())
+        },
+    )
+    .await;
+    assert!(
+        must("the home-agency link", b.text("#home-agency a").await).is_some(),
+        "the page offers no way to the home agency"
+    );
+    assert!(must("the sign-in form", b.text("form#signin").await).is_some());
+
+    // A's own user, in another browser, is not affected.
+    let own = must("a second browser", Browser::start(HOST_RULES).await);
+    start_login(&own, &f.shop).await;
+    must(
+        "A's sign-in page",
+        own.wait_for_element("form#signin", DEFAULT_DEADLINE).await,
+    );
+    must("typing the username", own.fill("#username", "dave").await);
+    must("typing the password", own.fill("#password", PASSWORD).await);
+    must("submitting", own.click("#submit").await);
+    must(
+        "A's trust page",
+        own.wait_for_element("#trust", DEFAULT_DEADLINE).await,
+    );
+    must("approving shop", own.click("#approve").await);
+    wait_signed_in(&own, &f.shop).await;
+    assert_eq!(
+        must(
+            "dave's name at shop",
+            own.text("#claim-preferred_username").await
+        )
+        .as_deref(),
+        Some("dave")
+    );
+
+    // B back: the first browser's session at B is still there, and the
+    // cross-agency sign-in works again.
+    for id in f.fed.b.ids() {
+        f.fed.b.restart(id).await;
+    }
+    let b = &f.browser;
+    poll_until(
+        Duration::from_secs(120),
+        "the cross-agency sign-in again",
+        || async {
+            b.goto(&format!("{}/", f.shop.url())).await.ok()?;
+            b.click("#signin").await.ok()?;
+            b.wait_for_element("#claims, #error", DEFAULT_DEADLINE)
+                .await
+                .ok()?;
+            let name = b.text("#claim-preferred_username").await.ok()??;
+            (name == LINKED_USER).then_some(())
+        },
+    )
+    .await;
+    f.fed.a.assert_no_panics();
+    f.fed.b.assert_no_panics();
+}
+
+/// `url` (at `host`) with its origin replaced by node `id`'s of `cluster`,
+/// for an agent that knows no host names.
+fn at_node(cluster: &Cluster, id: u64, url: &str) -> String {
+    let u = url::Url::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    let rest = &url[u.origin().ascii_serialization().len()..];
+    format!("{}{rest}", cluster.public_url(id))
+}
+
+/// Acceptance 6: A's leader is killed in the middle of a cross-agency
+/// sign-in — after the browser went to B and before it came back — and
+/// the sign-in completes on a node of A that is still up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_agency_sign_in_completes_when_a_loses_its_leader() {
+    let mut f = fixture().await;
+    let b = &f.browser;
+    sign_in_at_b(b, &f.news).await;
+    // The browser's cookies at B, for agents that speak HTTP step by step
+    // (one per host: both agencies name their session cookie alike).
+    let b_reference = cookie_at(b, &format!("{}/", f.news.url()), REFERENCE_COOKIE).await;
+    let b_session = cookie_at(b, &format!("{}/", f.fed.b.agency_url(1)), SESSION_COOKIE).await;
+    let mut at_b = Agent::new(&f.fed.b);
+    at_b.cookies.insert(SESSION_COOKIE.into(), b_session);
+    at_b.cookies
+        .insert(REFERENCE_COOKIE.into(), b_reference.clone());
+    let mut at_a = Agent::new(&f.fed.a);
+    at_a.cookies.insert(REFERENCE_COOKIE.into(), b_reference);
+
+    let a_leader = f.fed.a.leader().await;
+    let node = sso::other_node(&f.fed.a, a_leader);
+    let site = f.shop.site();
+    let req = AuthRequest::new(&site);
+    let out = at_a.get(&req.url(&f.fed.a.public_url(node))).await;
+    let to_b = out.location().unwrap_or_else(|| {
+        panic!(
+            "A did not send the browser to B: {} {}",
+            out.status, out.body
+        )
+    });
+    assert!(
+        to_b.starts_with(&format!("{}/sso/authorize?", f.fed.b.issuer())),
+        "{to_b}"
+    );
+    let at_b_page = at_b.get(&at_node(&f.fed.b, 1, &to_b)).await;
+    let callback = at_b_page.form_action().expect("B's answer is a form post");
+    assert_eq!(
+        callback,
+        format!("{}/federation/callback", f.fed.a.issuer())
+    );
+    let fields: Vec<(String, String)> = at_b_page.inputs().into_iter().collect();
+    assert!(fields.iter().any(|(k, _)| k == "code"), "{fields:?}");
+
+    f.fed.a.kill(a_leader);
+    let back = at_a
+        .post_form(&at_node(&f.fed.a, node, &callback), &fields)
+        .await;
+    let next = back
+        .location()
+        .unwrap_or_else(|| panic!("the callback failed: {} {}", back.status, back.body));
+    assert!(next.starts_with("/sso/authorize?"), "{next}");
+    assert!(
+        at_a.has_session_cookie(),
+        "no session at A after the callback"
+    );
+    // The session A made is a live one on the surviving nodes: the request
+    // continues to A's trust page (shop not approved yet).
+    let trust = at_a
+        .get(&format!("{}{next}", f.fed.a.public_url(node)))
+        .await;
+    assert!(
+        trust.body.contains(r#"id="trust""#),
+        "{} {}",
+        trust.status,
+        trust.body
+    );
+    f.fed.a.restart(a_leader).await;
+    f.fed.a.assert_no_panics();
+    f.fed.b.assert_no_panics();
+}
+
+/// The header and payload of a compact JWS, decoded.
+fn jws_parts(jws: &str) -> (serde_json::Value, serde_json::Value) {
+    let mut parts = jws.split('.');
+    let mut next = || -> serde_json::Value {
+        let part = parts.next().expect("a JWS part");
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).expect("base64url")).expect("JSON")
+    };
+    (next(), next())
+}
+
+/// A reference naming `issuer` and `sid`, signed with an Ed25519 key made
+/// from `seed` — one the issuer never published.
+fn forged_reference(issuer: &str, sid: &str, seed: u8) -> String {
+    // RFC 8410 PKCS#8 wrapping of a raw Ed25519 seed.
+    let mut der = vec![
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    der.extend([seed; 32]);
+    let key = jsonwebtoken::EncodingKey::from_ed_der(&der);
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.typ = Some("baa-ref+jwt".into());
+    header.kid = Some("never-published".into());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({ "iss": issuer, "sid": sid, "iat": now, "exp": now + 3600 });
+    jsonwebtoken::encode(&header, &claims, &key).expect("signing")
+}
+
+/// Acceptance 4: B rotates its keys; A, which fetches B's configuration
+/// only hourly here, accepts B's new references and ID tokens at their
+/// first use (it fetches B's configuration out of turn when B names a key
+/// it has not seen). A reference signed by a key B never published is
+/// refused with a clear page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b_rotates_its_keys_and_a_follows_at_first_use() {
+    let f = fixture_with(|o| {
+        o.federation.insert("refresh_s".into(), 3600.into());
+    })
+    .await;
+    let b = &f.browser;
+    sign_in_at_b(b, &f.news).await;
+    start_login(b, &f.shop).await;
+    must(
+        "A's trust page",
+        b.wait_for_element("#trust", DEFAULT_DEADLINE).await,
+    );
+    must("approving shop", b.click("#approve").await);
+    wait_signed_in(b, &f.shop).await;
+    let before = cookie_at(b, &format!("{}/", f.shop.url()), REFERENCE_COOKIE).await;
+
+    // B rotates; the user signs in at B again (a new session, a new
+    // reference signed with B's new key), then opens shop.
+    f.fed
+        .b
+        .cli(1, &["keys", "rotate"])
+        .await
+        .assert_success("baa keys rotate");
+    must(
+        "B's sign-out page",
+        b.goto(&format!("{}/sso/logout", f.fed.b.agency_url(1)))
+            .await,
+    );
+    must("confirming", b.click("#confirm").await);
+    poll_until(DEFAULT_DEADLINE, "the signed-out page", || async {
+        b.source()
+            .await
+            .ok()
+            .filter(|s| s.contains("You are signed out."))
+            .map(|_| ())
+    })
+    .await;
+    sign_in_at_b(b, &f.news).await;
+    let after = cookie_at(b, &format!("{}/", f.shop.url()), REFERENCE_COOKIE).await;
+    let (old_kid, new_kid) = (
+        jws_parts(&before).0["kid"].clone(),
+        jws_parts(&after).0["kid"].clone(),
+    );
+    assert_ne!(
+        old_kid, new_kid,
+        "B did not sign the new reference with a new key"
+    );
+    must(
+        "forgetting shop's session",
+        b.delete_cookie("site_session").await,
+    );
+    start_login(b, &f.shop).await;
+    wait_signed_in(b, &f.shop).await;
+    assert_eq!(
+        must(
+            "the name shop got",
+            b.text("#claim-preferred_username").await
+        )
+        .as_deref(),
+        Some(LINKED_USER)
+    );
+
+    // A reference signed by a key B never published: refused, with a page.
+    let sid = jws_parts(&after).1["sid"].as_str().unwrap().to_string();
+    let forged = forged_reference(&f.fed.b.issuer(), &sid, 9);
+    let other = must("a second browser", Browser::start(HOST_RULES).await);
+    must(
+        "opening shop",
+        other.goto(&format!("{}/", f.shop.url())).await,
+    );
+    let planted = Cookie::parse(format!(
+        "{REFERENCE_COOKIE}={forged}; Domain=baa.localtest; Path=/; Secure; SameSite=Lax"
+    ))
+    .expect("a cookie");
+    must("planting the forgery", other.add_raw_cookie(planted).await);
+    start_login(&other, &f.shop).await;
+    must(
+        "A's refusal",
+        other
+            .wait_for_element(
+                r#"#error[data-code="peer_session_refused"]"#,
+                DEFAULT_DEADLINE,
+            )
+            .await,
+    );
+    let at_a = must("A's cookies", other.cookies().await);
+    assert!(
+        !at_a.iter().any(|(n, _, _)| n == SESSION_COOKIE),
+        "{at_a:?}"
+    );
     f.fed.a.assert_no_panics();
     f.fed.b.assert_no_panics();
 }

@@ -54,6 +54,47 @@ pub async fn fetch_statement(client: &reqwest::Client, issuer: &str) -> Result<S
     String::from_utf8(body.to_vec()).map_err(|_| unreachable(format!("{url}: not text")))
 }
 
+/// Fetches peer `issuer`'s configuration now, out of turn, when a value it
+/// signed names a key this node has not seen: a peer's key rotation is then
+/// taken at its first use rather than at the next refresh (at most once per
+/// [`crate::peers::FORCED_REFRESH_EVERY`] per peer). The configuration must
+/// be signed by the pin or a federation key of the copy this node holds.
+/// Whether a new view was taken.
+pub async fn refresh_now(agency: &Agency, issuer: &str) -> bool {
+    if !agency.peers.may_force(issuer) {
+        return false;
+    }
+    let Ok(Some(peer)) = agency.state.peer_agency(issuer) else {
+        return false;
+    };
+    let mut trusted = vec![peer.pin];
+    if let Some(v) = agency.peers.get(issuer) {
+        trusted.extend(v.federation_kids());
+    }
+    let Ok(client) = agency.peers.client(&agency.config.federation) else {
+        return false;
+    };
+    let fetched = match fetch_statement(&client, issuer).await {
+        Ok(jwt) => {
+            let trusted: Vec<&str> = trusted.iter().map(String::as_str).collect();
+            check_statement(&jwt, issuer, &trusted, now_ms() / 1000)
+        }
+        Err(e) => Err(e),
+    };
+    match fetched {
+        Ok(claims) => {
+            agency
+                .peers
+                .set(issuer, Some(PeerView::from_claims(issuer, &claims)));
+            true
+        }
+        Err(e) => {
+            tracing::warn!(peer = %issuer, error = %e, "fetching a peer out of turn failed");
+            false
+        }
+    }
+}
+
 /// Checks that `jwt` is `issuer`'s entity configuration, valid at `now_s`
 /// and signed by one of the `trusted` keys (by thumbprint: the pin, and
 /// while a peer rotates, the keys of its last statement that checked out);
@@ -137,6 +178,12 @@ pub struct PeerState {
     pub federation_keys: Vec<String>,
     /// The keys that verify the peer's reference cookies.
     pub reference_keys: Vec<serde_json::Value>,
+    /// When the last fetch started (ms since the epoch).
+    #[serde(skip)]
+    attempted_ms: u64,
+    /// A fetch is under way.
+    #[serde(skip)]
+    in_flight: bool,
     /// Why the last fetch failed, if it did.
     pub last_error: Option<String>,
 }
@@ -204,8 +251,17 @@ impl FederationDirectory {
                     federation_keys: Vec::new(),
                     reference_keys: Vec::new(),
                     last_error: None,
+                    attempted_ms: 0,
+                    in_flight: false,
                 });
             state.pin = peer.pin.clone();
+            // A new peer is fetched at once; the others every refresh_s.
+            let every_ms = self.agency.config.federation.refresh_s * 1000;
+            let now = now_ms();
+            if state.in_flight || now.saturating_sub(state.attempted_ms) < every_ms {
+                continue;
+            }
+            (state.attempted_ms, state.in_flight) = (now, true);
             let mut trusted = vec![peer.pin.clone()];
             trusted.extend(state.federation_keys.iter().cloned());
             let (client, issuer) = (client.clone(), peer.issuer.clone());
@@ -229,6 +285,7 @@ impl FederationDirectory {
         let Some(state) = self.peers.get_mut(issuer) else {
             return;
         };
+        state.in_flight = false;
         let now = now_ms();
         match result {
             Ok(claims) => {
@@ -287,9 +344,10 @@ impl Actor for FederationDirectory {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let every = Duration::from_secs(self.agency.config.federation.refresh_s);
+        // Each peer is fetched every refresh_s; a look each second finds
+        // the peers added since, so they are known on every node at once.
         self.refresh(ctx);
-        ctx.run_interval(every, |act, ctx| act.refresh(ctx));
+        ctx.run_interval(Duration::from_secs(1), |act, ctx| act.refresh(ctx));
     }
 }
 

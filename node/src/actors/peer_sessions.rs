@@ -109,8 +109,10 @@ impl PeerSessions {
     }
 
     /// The peer and session `reference` names, if signed by a key the peer
-    /// publishes and unexpired: from memory when verified before.
-    fn verify(&mut self, reference: &str) -> Result<(Arc<PeerView>, String), PeerRefusal> {
+    /// publishes and unexpired: from memory when verified before. A refusal
+    /// comes with whether fetching the peer's configuration anew could help
+    /// (a key, or a peer, this node has not seen yet).
+    fn verify(&mut self, reference: &str) -> Result<(Arc<PeerView>, String), (PeerRefusal, bool)> {
         let h = secret_hash(reference.as_bytes());
         let now_s = now_ms() / 1000;
         if let Some(p) = self.verified.get(&h) {
@@ -121,19 +123,21 @@ impl PeerSessions {
             }
             self.verified.remove(&h);
         }
-        let issuer = claimed_issuer(reference).ok_or(PeerRefusal::NotAPeer)?;
+        let issuer = claimed_issuer(reference).ok_or((PeerRefusal::NotAPeer, false))?;
         let Some(view) = self.agency.peers.get(&issuer) else {
             // A peer this node holds no configuration of cannot be checked.
             return match self.agency.state.peer_agency(&issuer) {
-                Ok(Some(_)) => Err(PeerRefusal::Unreachable { peer: issuer }),
-                _ => Err(PeerRefusal::NotAPeer),
+                Ok(Some(_)) => Err((PeerRefusal::Unreachable { peer: issuer }, true)),
+                _ => Err((PeerRefusal::NotAPeer, false)),
             };
         };
-        let (claims, kid) = view.verify_reference(reference).map_err(|e| match e {
-            PeerKeyError::UnknownKey | PeerKeyError::BadSignature => PeerRefusal::UnknownKey {
-                peer: issuer.clone(),
-            },
-            PeerKeyError::Malformed => PeerRefusal::NotAPeer,
+        let (claims, kid) = view.verify_reference(reference).map_err(|e| {
+            let peer = issuer.clone();
+            match e {
+                PeerKeyError::UnknownKey => (PeerRefusal::UnknownKey { peer }, true),
+                PeerKeyError::BadSignature => (PeerRefusal::UnknownKey { peer }, false),
+                PeerKeyError::Malformed => (PeerRefusal::NotAPeer, false),
+            }
         })?;
         if self.verified.len() >= MAX_REMEMBERED {
             self.verified.clear();
@@ -195,11 +199,39 @@ impl Handler<CheckPeerReference> for PeerSessions {
     type Result = ResponseActFuture<Self, Result<PeerSession, PeerRefusal>>;
 
     fn handle(&mut self, msg: CheckPeerReference, _: &mut Self::Context) -> Self::Result {
+        self.check(msg.0, true)
+    }
+}
+
+impl PeerSessions {
+    /// Checks `reference`; when it names a key (or a peer) this node has not
+    /// seen and `may_refresh`, fetches the peer's configuration out of turn
+    /// and checks again.
+    fn check(
+        &mut self,
+        reference: String,
+        may_refresh: bool,
+    ) -> ResponseActFuture<Self, Result<PeerSession, PeerRefusal>> {
         let metrics = self.agency.metrics.clone();
-        let verified = self.verify(&msg.0);
+        let verified = self.verify(&reference);
         let (view, sid) = match verified {
             Ok(v) => v,
-            Err(refusal) => {
+            Err((refusal, true)) if may_refresh => {
+                let (agency, peer) = (
+                    self.agency.clone(),
+                    refusal.peer().unwrap_or("").to_string(),
+                );
+                let fetched =
+                    async move { super::federation_directory::refresh_now(&agency, &peer).await };
+                // Checked again either way, without another fetch: the
+                // refusal is then counted as any other.
+                return Box::pin(
+                    fetched
+                        .into_actor(self)
+                        .then(move |_, act, _| act.check(reference, false)),
+                );
+            }
+            Err((refusal, _)) => {
                 if let Some(peer) = refusal.peer() {
                     let result = match refusal {
                         PeerRefusal::UnknownKey { .. } => PeerCheck::UnknownKey,
@@ -229,7 +261,6 @@ impl Handler<CheckPeerReference> for PeerSessions {
         }
         metrics.federation_cache.with_label_values(&["miss"]).inc();
         let agency = self.agency.clone();
-        let reference = msg.0;
         let v = view.clone();
         let asked = async move { ask(&agency, &v, &reference).await };
         Box::pin(asked.into_actor(self).map(move |r, act, _| {

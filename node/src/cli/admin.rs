@@ -291,6 +291,9 @@ pub enum FederationCommand {
         #[arg(long)]
         issuer: String,
     },
+    /// Print this agency's pin: the thumbprint of its federation key, which
+    /// the administrators of a peer give `baa federation add --pin`.
+    Pin,
 }
 
 #[derive(Debug, Subcommand)]
@@ -728,6 +731,11 @@ pub async fn federation(conn: &Connection, command: FederationCommand) -> anyhow
                 .delete(&format!("/admin/v1/federation/peers?{query}"))
                 .await?;
             println!("peer {issuer} removed");
+            Ok(())
+        }
+        FederationCommand::Pin => {
+            let key: serde_json::Value = client.get("/admin/v1/federation/key").await?;
+            println!("{}", key["pin"].as_str().unwrap_or_default());
             Ok(())
         }
     }

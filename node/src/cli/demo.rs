@@ -36,19 +36,62 @@ pub struct DemoArgs {
     /// base+300+i-1; the partner sites listen on base+200 and base+201.
     #[arg(long, default_value_t = 8441)]
     base_port: u16,
+    /// Number of agencies: 1, or 2 federated agencies on one cookie domain
+    /// (`login-a.baa.localtest` with the site `shop`, `login-b.baa.localtest`
+    /// with the site `news`, each with its own demo user, data in `a/` and
+    /// `b/`; the second agency's ports are the first's plus 1000).
+    #[arg(long, default_value_t = 1)]
+    agencies: u16,
 }
 
-/// The agency's name in its SSO cookies.
-const AGENCY: &str = "baa-demo";
-/// The agency's host name, as browsers and partner sites see it.
-const AGENCY_HOST: &str = "login.baa.localtest";
-/// The shared cookie domain of the agency and its partner sites.
+/// The shared cookie domain of the agencies and their partner sites.
 const COOKIE_DOMAIN: &str = "baa.localtest";
 
-/// The demo user.
-const DEMO_USER: &str = "alice";
-const DEMO_USER_NAME: &str = "Alice Example";
-const DEMO_USER_EMAIL: &str = "alice@example.test";
+/// A demo user: username, display name, email.
+type DemoUser = (&'static str, &'static str, &'static str);
+const ALICE: DemoUser = ("alice", "Alice Example", "alice@example.test");
+const BOB: DemoUser = ("bob", "Bob Example", "bob@example.test");
+
+/// Port offset of the second agency of `--agencies 2`.
+const SECOND_AGENCY_PORTS: u16 = 1000;
+
+/// One agency of the demo: its name, host, files, ports, sites and user.
+struct Plan {
+    name: &'static str,
+    host: &'static str,
+    dir: PathBuf,
+    base: u16,
+    nodes: u16,
+    sites: Vec<&'static DemoSite>,
+    user: DemoUser,
+    federation: crate::config::FederationConfig,
+}
+
+impl Plan {
+    fn agency_url(&self, i: u16) -> String {
+        format!("https://{}:{}", self.host, self.base + i - 1)
+    }
+    fn issuer(&self) -> String {
+        self.agency_url(1)
+    }
+    fn public(&self, i: u16) -> String {
+        addr(self.base + i - 1)
+    }
+    fn cluster(&self, i: u16) -> String {
+        addr(self.base + 100 + i - 1)
+    }
+    fn manage(&self, i: u16) -> String {
+        addr(self.base + 300 + i - 1)
+    }
+}
+
+/// An agency of the demo, up and configured.
+struct Started {
+    clients: Vec<AdminClient>,
+    token: String,
+    password: String,
+    ca: PathBuf,
+}
 
 /// A demo partner site.
 struct DemoSite {
@@ -223,9 +266,9 @@ impl Drop for Children {
 /// and the sites' certificates, and the cluster CA with the nodes' cluster
 /// certificates. A certificate from an older demo that lacks a name, or that
 /// could authenticate a client where it should not, is issued again.
-fn ensure_pki(dir: &Path, nodes: u16) -> anyhow::Result<()> {
+fn ensure_pki(dir: &Path, plan: &Plan) -> anyhow::Result<()> {
     pki::ensure_cas(dir, "baa demo")?;
-    let agency_host = [AGENCY_HOST.to_string()];
+    let (nodes, agency_host) = (plan.nodes, [plan.host.to_string()]);
     for i in 1..=u64::from(nodes) {
         let public = pki::server_paths(dir, &pki::node_name(i)).0;
         let cluster = pki::cluster_paths(dir, i).0;
@@ -233,7 +276,7 @@ fn ensure_pki(dir: &Path, nodes: u16) -> anyhow::Result<()> {
             pki::issue_node(dir, i, &agency_host, &[])?;
         }
     }
-    for site in &SITES {
+    for site in &plan.sites {
         let sans = [site.host.to_string()];
         if !pki::cert_fits(&pki::server_paths(dir, site.id).0, &sans, false)? {
             pki::issue_server(dir, site.id, &sans)?;
@@ -376,13 +419,14 @@ async fn ensure_site(
 /// only when it was made now (`fresh_password`).
 async fn ensure_user(
     client: &AdminClient,
+    user: DemoUser,
     password: &str,
     fresh_password: bool,
 ) -> anyhow::Result<()> {
     let req = CreateUserRequest {
-        username: DEMO_USER.into(),
-        display_name: Some(DEMO_USER_NAME.into()),
-        email: Some(DEMO_USER_EMAIL.into()),
+        username: user.0.into(),
+        display_name: Some(user.1.into()),
+        email: Some(user.2.into()),
         password: Some(password.into()),
         ..Default::default()
     };
@@ -395,7 +439,7 @@ async fn ensure_user(
                     ..Default::default()
                 };
                 client
-                    .patch::<_, UserView>(&format!("/admin/v1/users/{DEMO_USER}"), &update)
+                    .patch::<_, UserView>(&format!("/admin/v1/users/{}", user.0), &update)
                     .await?;
             }
             Ok(())
@@ -404,52 +448,86 @@ async fn ensure_user(
     }
 }
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+/// The agencies `args` asks for.
+fn plans(args: &DemoArgs, dir: &Path) -> anyhow::Result<Vec<Plan>> {
     anyhow::ensure!(
         (1..=9).contains(&args.nodes),
         "--nodes must be between 1 and 9"
     );
-    let last_offset = SITES
-        .iter()
-        .map(|s| s.offset)
-        .max()
-        .unwrap_or(0)
-        .max(300 + args.nodes);
     anyhow::ensure!(
-        args.base_port.checked_add(last_offset).is_some(),
-        "--base-port too high"
+        (1..=2).contains(&args.agencies),
+        "--agencies must be 1 or 2"
     );
-    let base = args.base_port;
-    std::fs::create_dir_all(&args.dir)?;
-    let dir = std::fs::canonicalize(&args.dir)?;
-    let pki_dir = dir.join("pki");
-    ensure_pki(&pki_dir, args.nodes)?;
-    let token_file = dir.join("admin-token");
-    let (token, _) = ensure_secret_file(&token_file, || hex::encode(rand::random::<[u8; 24]>()))?;
-    let public = |i: u16| addr(base + i - 1);
-    let cluster = |i: u16| addr(base + 100 + i - 1);
-    let manage = |i: u16| addr(base + 300 + i - 1);
-    let agency_url = |i: u16| format!("https://{AGENCY_HOST}:{}", base + i - 1);
-    let issuer = agency_url(1);
-    let ca = pki::ca_cert_path(&pki_dir);
+    let last_port = |base: u16| {
+        let last = SITES.iter().map(|s| s.offset).max().unwrap_or(0);
+        base.checked_add(last.max(300 + args.nodes))
+    };
+    let single = || Plan {
+        name: "baa-demo",
+        host: "login.baa.localtest",
+        dir: dir.to_path_buf(),
+        base: args.base_port,
+        nodes: args.nodes,
+        sites: SITES.iter().collect(),
+        user: ALICE,
+        federation: Default::default(),
+    };
+    if args.agencies == 1 {
+        anyhow::ensure!(last_port(args.base_port).is_some(), "--base-port too high");
+        return Ok(vec![single()]);
+    }
+    let second = args.base_port.checked_add(SECOND_AGENCY_PORTS);
+    anyhow::ensure!(second.and_then(last_port).is_some(), "--base-port too high");
+    // Each agency trusts both web CAs for its peer, and finds both hosts
+    // on loopback.
+    let federation = crate::config::FederationConfig {
+        ca_file: Some(dir.join("peer-cas.pem")),
+        resolve: vec![
+            "login-a.baa.localtest=127.0.0.1".into(),
+            "login-b.baa.localtest=127.0.0.1".into(),
+        ],
+        ..Default::default()
+    };
+    Ok(vec![
+        Plan {
+            name: "baa-demo-a",
+            host: "login-a.baa.localtest",
+            dir: dir.join("a"),
+            sites: vec![&SITES[0]],
+            federation: federation.clone(),
+            ..single()
+        },
+        Plan {
+            name: "baa-demo-b",
+            host: "login-b.baa.localtest",
+            dir: dir.join("b"),
+            base: args.base_port + SECOND_AGENCY_PORTS,
+            sites: vec![&SITES[1]],
+            user: BOB,
+            federation,
+            ..single()
+        },
+    ])
+}
 
+/// Writes each node's configuration and starts it.
+fn spawn_nodes(plan: &Plan, token_file: &Path, children: &mut Children) -> anyhow::Result<()> {
+    let pki_dir = plan.dir.join("pki");
     let exe = std::env::current_exe().context("locating the baa binary")?;
-    let partner_bin = partner_site_bin(&exe)?;
-    let mut children = Children(Vec::new());
-    for i in 1..=args.nodes {
+    for i in 1..=plan.nodes {
         let (cert, key) = pki::server_paths(&pki_dir, &pki::node_name(u64::from(i)));
         let (cluster_cert, cluster_key) = pki::cluster_paths(&pki_dir, u64::from(i));
         let file = FileConfig {
             node_id: u64::from(i),
-            data_dir: dir.join(format!("node{i}")),
-            public_listen: public(i).parse()?,
-            cluster_listen: cluster(i).parse()?,
-            manage_listen: manage(i).parse()?,
+            data_dir: plan.dir.join(format!("node{i}")),
+            public_listen: plan.public(i).parse()?,
+            cluster_listen: plan.cluster(i).parse()?,
+            manage_listen: plan.manage(i).parse()?,
             public_advertise: None,
             cluster_advertise: None,
             cluster_source_ip: None,
             admin_token: None,
-            admin_token_file: Some(token_file.clone()),
+            admin_token_file: Some(token_file.to_path_buf()),
             log_format: LogFormat::Json,
             log_level: "info".into(),
             tls: TlsFiles {
@@ -463,49 +541,69 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             raft: RaftTuning::default(),
             limits: Default::default(),
             sso: SsoConfig {
-                agency: AGENCY.into(),
-                issuer: Some(issuer.clone()),
+                agency: plan.name.into(),
+                issuer: Some(plan.issuer()),
                 cookie_domain: Some(COOKIE_DOMAIN.into()),
                 // The sites' certificates come from the demo's web CA.
-                partner_ca_file: Some(ca.clone()),
+                partner_ca_file: Some(pki::ca_cert_path(&pki_dir)),
                 ..Default::default()
             },
-            peers: (1..=args.nodes)
+            peers: (1..=plan.nodes)
                 .filter(|j| *j != i)
                 .map(|j| Peer {
                     id: u64::from(j),
-                    public_addr: public(j),
-                    cluster_addr: cluster(j),
+                    public_addr: plan.public(j),
+                    cluster_addr: plan.cluster(j),
                 })
                 .collect(),
             gateway: Vec::new(),
             forward_auth: Vec::new(),
-            federation: Default::default(),
+            federation: plan.federation.clone(),
         };
-        let config_path = dir.join(format!("node{i}.toml"));
+        let config_path = plan.dir.join(format!("node{i}.toml"));
         std::fs::write(&config_path, toml::to_string_pretty(&file)?)?;
         let mut cmd = std::process::Command::new(&exe);
         cmd.arg("serve").arg("--config").arg(&config_path);
-        children.spawn(format!("node {i}"), cmd, &dir.join(format!("node{i}.log")))?;
+        let log = plan.dir.join(format!("node{i}.log"));
+        children.spawn(format!("{} node {i}", plan.name), cmd, &log)?;
     }
+    Ok(())
+}
 
-    let clients: Vec<AdminClient> = (1..=args.nodes)
-        .map(|i| AdminClient::with(&format!("https://{}", manage(i)), &ca, &token))
-        .collect::<Result<_, _>>()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// Waits until `ok` holds for every client, or fails at `deadline`.
+async fn wait_all(
+    clients: &[AdminClient],
+    path: &str,
+    what: &str,
+    deadline: Instant,
+    children: &mut Children,
+) -> anyhow::Result<()> {
     for (i, c) in clients.iter().enumerate() {
-        while !c.is_ok("/healthz").await {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "node {} did not start; see {}/node{}.log",
-                i + 1,
-                dir.display(),
-                i + 1
-            );
+        while !c.is_ok(path).await {
+            anyhow::ensure!(Instant::now() < deadline, "node {} {what}", i + 1);
             children.check()?;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    Ok(())
+}
+
+/// Starts one agency: its nodes (the cluster initialised), its sites and
+/// its demo user.
+async fn start_agency(plan: &Plan, children: &mut Children) -> anyhow::Result<Started> {
+    std::fs::create_dir_all(&plan.dir)?;
+    let pki_dir = plan.dir.join("pki");
+    ensure_pki(&pki_dir, plan)?;
+    let token_file = plan.dir.join("admin-token");
+    let (token, _) = ensure_secret_file(&token_file, || hex::encode(rand::random::<[u8; 24]>()))?;
+    let ca = pki::ca_cert_path(&pki_dir);
+    spawn_nodes(plan, &token_file, children)?;
+    let clients: Vec<AdminClient> = (1..=plan.nodes)
+        .map(|i| AdminClient::with(&format!("https://{}", plan.manage(i)), &ca, &token))
+        .collect::<Result<_, _>>()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let logs = format!("did not start; see the logs in {}", plan.dir.display());
+    wait_all(&clients, "/healthz", &logs, deadline, children).await?;
     match clients[0]
         .post::<_, serde_json::Value>("/admin/v1/cluster/init", &serde_json::json!({}))
         .await
@@ -514,26 +612,33 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Err(e) if error_code(&e) == Some(ErrorCode::AlreadyInitialized) => {}
         Err(e) => return Err(e.context("initialising the cluster")),
     }
-    for (i, c) in clients.iter().enumerate() {
-        while !c.is_ok("/readyz").await {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "node {} did not become ready",
-                i + 1
-            );
-            children.check()?;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    wait_all(
+        &clients,
+        "/readyz",
+        "did not become ready",
+        deadline,
+        children,
+    )
+    .await?;
+    let password = configure(plan, &clients[0]).await?;
+    start_sites(plan, &ca, children).await?;
+    Ok(Started {
+        clients,
+        token,
+        password,
+        ca,
+    })
+}
 
-    // Partner sites and the demo user, registered through the admin API.
-    let admin = &clients[0];
+/// Registers the agency's sites, the `baa login` client and the demo user
+/// through the admin API; answers the user's password.
+async fn configure(plan: &Plan, admin: &AdminClient) -> anyhow::Result<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    for site in &SITES {
-        let (secret, fresh) = ensure_secret_file(&site.secret_file(&dir), || {
+    for site in &plan.sites {
+        let (secret, fresh) = ensure_secret_file(&site.secret_file(&plan.dir), || {
             hex::encode(rand::random::<[u8; 32]>())
         })?;
-        let want = site.registration(base, &secret);
+        let want = site.registration(plan.base, &secret);
         retry(
             &format!("registering the site {}", site.id),
             deadline,
@@ -561,138 +666,218 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     })
     .await?;
-    let (password, fresh) = ensure_secret_file(&dir.join(format!("{DEMO_USER}-password")), || {
-        new_password()
-    })?;
+    let user = plan.user;
+    let password_file = plan.dir.join(format!("{}-password", user.0));
+    let (password, fresh) = ensure_secret_file(&password_file, new_password)?;
     retry("creating the demo user", deadline, || {
-        ensure_user(admin, &password, fresh)
+        ensure_user(admin, user, &password, fresh)
     })
     .await?;
+    Ok(password)
+}
 
-    for site in &SITES {
+/// Starts the agency's partner sites and waits until they answer.
+async fn start_sites(plan: &Plan, ca: &Path, children: &mut Children) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating the baa binary")?;
+    let partner_bin = partner_site_bin(&exe)?;
+    let pki_dir = plan.dir.join("pki");
+    for site in &plan.sites {
         let (cert, key) = pki::server_paths(&pki_dir, site.id);
         let mut cmd = std::process::Command::new(&partner_bin);
         cmd.arg("--listen")
-            .arg(addr(site.port(base)))
+            .arg(addr(site.port(plan.base)))
             .arg("--cert-file")
             .arg(&cert)
             .arg("--key-file")
             .arg(&key)
             .arg("--ca-file")
-            .arg(&ca)
+            .arg(ca)
             .arg("--public-url")
-            .arg(site.public_url(base))
+            .arg(site.public_url(plan.base))
             .arg("--name")
             .arg(site.name)
             .arg("--client-id")
             .arg(site.id)
             .arg("--client-secret-file")
-            .arg(site.secret_file(&dir))
+            .arg(site.secret_file(&plan.dir))
             .arg("--issuer")
-            .arg(&issuer)
+            .arg(plan.issuer())
             .arg("--resolve")
-            .arg(format!("{AGENCY_HOST}=127.0.0.1"))
+            .arg(format!("{}=127.0.0.1", plan.host))
             .arg("--scope")
             .arg("openid profile email");
-        for i in 1..=args.nodes {
-            cmd.arg("--agency").arg(agency_url(i));
+        for i in 1..=plan.nodes {
+            cmd.arg("--agency").arg(plan.agency_url(i));
         }
-        children.spawn(
-            format!("site {}", site.id),
-            cmd,
-            &dir.join(format!("{}.log", site.id)),
-        )?;
+        let log = plan.dir.join(format!("{}.log", site.id));
+        children.spawn(format!("site {}", site.id), cmd, &log)?;
     }
-    for site in &SITES {
-        let probe = AdminClient::with(&format!("https://{}", addr(site.port(base))), &ca, "")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for site in &plan.sites {
+        let url = format!("https://{}", addr(site.port(plan.base)));
+        let probe = AdminClient::with(&url, ca, "")?;
         while !probe.is_ok("/healthz").await {
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "site {} did not start; see {}/{}.log",
                 site.id,
-                dir.display(),
+                plan.dir.display(),
                 site.id
             );
             children.check()?;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    Ok(())
+}
 
-    let status: ClusterStatus = clients[0].get("/admin/v1/cluster/status").await?;
-    println!(
-        "baa demo: {}-node agency cluster (data in {})",
-        args.nodes,
-        dir.display()
-    );
-    for i in 1..=args.nodes {
-        let role = if status.leader == Some(u64::from(i)) {
-            "  (leader)"
-        } else {
-            ""
-        };
-        println!(
-            "  node {i}: https://{}  admin: https://{}{role}",
-            public(i),
-            manage(i)
-        );
+/// The pin of an agency's federation key, from its own admin API.
+async fn federation_pin(admin: &AdminClient) -> anyhow::Result<String> {
+    let key: serde_json::Value = admin.get("/admin/v1/federation/key").await?;
+    key["pin"]
+        .as_str()
+        .map(String::from)
+        .context("the agency answered no federation key")
+}
+
+/// Peers every agency with every other, against the pins their own admin
+/// APIs give (the demo holds both; real peers exchange pins out of band).
+async fn peer_all(plans: &[Plan], started: &[Started]) -> anyhow::Result<()> {
+    let mut pem = Vec::new();
+    for s in started {
+        pem.extend(std::fs::read(&s.ca)?);
     }
-    println!("  CA certificate: {}", ca.display());
+    if let Some(bundle) = plans.first().and_then(|p| p.federation.ca_file.as_ref()) {
+        std::fs::write(bundle, pem)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (i, (plan, s)) in plans.iter().zip(started).enumerate() {
+        for (j, (peer, ps)) in plans.iter().zip(started).enumerate() {
+            if i == j {
+                continue;
+            }
+            let pin = retry("reading a federation key", deadline, || {
+                federation_pin(&ps.clients[0])
+            })
+            .await?;
+            let body = serde_json::json!({ "issuer": peer.issuer(), "pin": pin });
+            retry(
+                &format!("peering {} with {}", plan.name, peer.name),
+                deadline,
+                || async {
+                    match s.clients[0]
+                        .post::<_, serde_json::Value>("/admin/v1/federation/peers", &body)
+                        .await
+                    {
+                        Err(e) if error_code(&e) != Some(ErrorCode::PeerExists) => Err(e),
+                        _ => Ok(()),
+                    }
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints what one agency offers, and answers its part of `demo.json`.
+async fn describe(plan: &Plan, s: &Started) -> anyhow::Result<serde_json::Value> {
+    let status: ClusterStatus = s.clients[0].get("/admin/v1/cluster/status").await?;
+    println!(
+        "Agency {} ({}-node cluster, data in {}):",
+        plan.name,
+        plan.nodes,
+        plan.dir.display()
+    );
+    for i in 1..=plan.nodes {
+        let role = match status.leader == Some(u64::from(i)) {
+            true => "  (leader)",
+            false => "",
+        };
+        let (public, manage) = (plan.public(i), plan.manage(i));
+        println!("  node {i}: https://{public}  admin: https://{manage}{role}");
+    }
+    let (ca, token, issuer) = (s.ca.display(), &s.token, plan.issuer());
+    println!("  CA certificate: {ca}");
     println!("  admin token: {token}");
     println!(
-        "Try:  baa --url https://{} --ca {} --token {token} user list",
-        manage(1),
-        ca.display()
+        "  try:  baa --url https://{} --ca {ca} --token {token} user list",
+        plan.manage(1)
     );
-    println!();
-    println!("Single sign-on (agency {AGENCY}, cookie domain {COOKIE_DOMAIN}):");
-    println!("  agency: {issuer}/");
-    for site in &SITES {
-        println!("  {} site: {}/", site.id, site.public_url(base));
+    println!("  agency: {issuer}/  (cookie domain {COOKIE_DOMAIN})");
+    for site in &plan.sites {
+        println!("  {} site: {}/", site.id, site.public_url(plan.base));
     }
     println!(
-        "  native app: baa login --agency {issuer} --ca {} --resolve login.baa.localtest=127.0.0.1",
-        ca.display()
+        "  native app: baa login --agency {issuer} --ca {ca} --resolve {}=127.0.0.1",
+        plan.host
     );
-    println!("  demo user: {DEMO_USER}");
-    println!("  password: {password}");
-    println!(
-        "Browsers must resolve *.{COOKIE_DOMAIN} to 127.0.0.1, e.g. with this /etc/hosts line:"
-    );
-    let hosts: Vec<&str> = std::iter::once(AGENCY_HOST)
-        .chain(SITES.iter().map(|s| s.host))
-        .collect();
-    println!("    127.0.0.1 {}", hosts.join(" "));
-    println!("  or by starting Chromium with --host-resolver-rules=\"MAP *.localtest 127.0.0.1\";");
-    println!("  and must trust the demo CA at {}.", ca.display());
-    let nodes: Vec<serde_json::Value> = (1..=args.nodes)
+    println!("  demo user: {}", plan.user.0);
+    println!("  password: {}", s.password);
+    let nodes: Vec<serde_json::Value> = (1..=plan.nodes)
         .map(|i| {
             serde_json::json!({
                 "id": i,
-                "public_url": format!("https://{}", public(i)),
-                "admin_url": format!("https://{}", manage(i)),
+                "public_url": format!("https://{}", plan.public(i)),
+                "admin_url": format!("https://{}", plan.manage(i)),
             })
         })
         .collect();
-    let sites: Vec<serde_json::Value> = SITES
+    let sites: Vec<serde_json::Value> = plan
+        .sites
         .iter()
-        .map(|s| serde_json::json!({ "client_id": s.id, "url": s.public_url(base) }))
+        .map(|site| serde_json::json!({ "client_id": site.id, "url": site.public_url(plan.base) }))
         .collect();
-    let summary = serde_json::json!({
-        "agencies": [{
-            "name": AGENCY,
-            "issuer": issuer,
-            "host": AGENCY_HOST,
-            "cookie_domain": COOKIE_DOMAIN,
-            "ca": ca,
-            "admin_token": token,
-            "nodes": nodes,
-            "sites": sites,
-            "users": [{ "username": DEMO_USER, "password": password }],
-        }],
-    });
+    Ok(serde_json::json!({
+        "name": plan.name,
+        "issuer": issuer,
+        "host": plan.host,
+        "cookie_domain": COOKIE_DOMAIN,
+        "ca": s.ca,
+        "admin_token": s.token,
+        "nodes": nodes,
+        "sites": sites,
+        "users": [{ "username": plan.user.0, "password": s.password }],
+    }))
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.dir)?;
+    let dir = std::fs::canonicalize(&args.dir)?;
+    let plans = plans(&args, &dir)?;
+    let mut children = Children(Vec::new());
+    let mut started = Vec::new();
+    for plan in &plans {
+        started.push(start_agency(plan, &mut children).await?);
+    }
+    if plans.len() > 1 {
+        peer_all(&plans, &started).await?;
+    }
+
+    println!("baa demo: {} agency cluster(s)", plans.len());
+    let mut agencies = Vec::new();
+    for (plan, s) in plans.iter().zip(&started) {
+        agencies.push(describe(plan, s).await?);
+    }
+    if plans.len() > 1 {
+        println!(
+            "The agencies are peers: a user signed in at one is signed in at the other's site."
+        );
+    }
+    println!(
+        "Browsers must resolve *.{COOKIE_DOMAIN} to 127.0.0.1, e.g. with this /etc/hosts line:"
+    );
+    let hosts: Vec<&str> = plans
+        .iter()
+        .flat_map(|p| std::iter::once(p.host).chain(p.sites.iter().map(|s| s.host)))
+        .collect();
+    println!("    127.0.0.1 {}", hosts.join(" "));
+    println!("  or by starting Chromium with --host-resolver-rules=\"MAP *.localtest 127.0.0.1\";");
+    println!("  and must trust the demo's CA certificates above.");
+    let summary = serde_json::json!({ "agencies": agencies });
     let json_path = dir.join("demo.json");
     write_private(&json_path, &serde_json::to_vec_pretty(&summary)?)?;
-    println!("  all of the above for scripts: {}", json_path.display());
+    println!("All of the above for scripts: {}", json_path.display());
     println!("baa demo is ready. Press Ctrl-C to stop.");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -59,6 +59,19 @@ pub fn entity_configuration(agency: &Agency) -> Result<String, NodeError> {
     statement(&facts, &keys, current.as_deref(), now_ms())
 }
 
+/// The agency's current federation key as a JWK, with its pin (the RFC
+/// 7638 thumbprint peers give `baa federation add --pin`).
+pub fn own_key(agency: &Agency) -> Result<serde_json::Value, NodeError> {
+    let (keys, current) = agency.state.federation_keys()?;
+    let key = current
+        .and_then(|kid| keys.iter().find(|k| k.kid == kid))
+        .ok_or_else(|| NodeError::BadRequest {
+            code: ErrorCode::NoSigningKey,
+            message: "the agency has no federation key yet; run `baa cluster init` or wait".into(),
+        })?;
+    Ok(serde_json::json!({ "pin": key.kid, "jwk": jwk(key) }))
+}
+
 /// A federation key's public half as a JWK (RFC 8037).
 fn jwk(k: &FederationKey) -> serde_json::Value {
     serde_json::json!({

@@ -209,7 +209,15 @@ async fn arrive_with(
         .await
         .map_err(|e| refused(t, ErrorCode::PeerUnreachable, e))?;
     let audience = peer_client_id(&agency.config.issuer);
-    let claims = peer.verify_id_token(&id_token, &audience).map_err(|_| {
+    let mut checked = peer.verify_id_token(&id_token, &audience);
+    if checked.as_ref().err() == Some(&crate::peers::PeerKeyError::UnknownKey)
+        && crate::actors::federation_directory::refresh_now(agency, &trip.peer).await
+    {
+        if let Some(fresh) = agency.peers.get(&trip.peer) {
+            checked = fresh.verify_id_token(&id_token, &audience);
+        }
+    }
+    let claims = checked.map_err(|_| {
         refused(
             t,
             ErrorCode::PeerSessionRefused,

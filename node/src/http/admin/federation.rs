@@ -1,5 +1,6 @@
-//! `/admin/v1/federation/peers`: add (checked against the pin), list and
-//! remove peer agencies (see `sso::federation`).
+//! `/admin/v1/federation/…`: peer agencies added (checked against the
+//! pin), listed and removed; the directory; the agency's own key and pin
+//! (see `sso::federation`).
 
 use actix_web::{web, HttpResponse};
 use baa_proto::api::{AddPeerRequest, PeerList};
@@ -20,7 +21,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(post().to(add_peer))
             .route(delete().to(remove_peer)),
     )
-    .service(crate::http::resource("/federation/directory").route(get().to(directory)));
+    .service(crate::http::resource("/federation/directory").route(get().to(directory)))
+    .service(crate::http::resource("/federation/key").route(get().to(own_key)));
+}
+
+/// `GET /admin/v1/federation/key`: this agency's current federation key
+/// and its pin, for the administrators of peers to pin.
+async fn own_key(_: Admin, agency: web::Data<Agency>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(federation::own_key(&agency)?))
 }
 
 /// `GET /admin/v1/federation/directory`: what this node holds of each peer
