@@ -15,6 +15,10 @@ use crate::{poll_until, Cluster};
 pub const HOST_A: &str = "login-a.baa.localtest";
 /// Agency B's host name.
 pub const HOST_B: &str = "login-b.baa.localtest";
+/// Agency A's name.
+pub const NAME_A: &str = "agency-a";
+/// Agency B's name.
+pub const NAME_B: &str = "agency-b";
 
 /// Two agencies peered both ways. Dropped in field order: A, B, then the
 /// shared CA bundle.
@@ -112,11 +116,12 @@ impl Federation {
             .tempdir()
             .expect("tempdir");
         let bundle = dir.path().join("peer-cas.pem");
-        let options = |host: &str| {
+        let options = |host: &str, name: &str| {
             let mut o = ClusterOptions {
                 host: host.into(),
                 ..Default::default()
             };
+            o.sso.insert("agency".into(), name.into());
             let f = &mut o.federation;
             f.insert(
                 "ca_file".into(),
@@ -133,8 +138,8 @@ impl Federation {
             tune(&mut o);
             o
         };
-        let b = Cluster::start_with(options(HOST_B)).await;
-        let a = Cluster::start_with(options(HOST_A)).await;
+        let b = Cluster::start_with(options(HOST_B, NAME_B)).await;
+        let a = Cluster::start_with(options(HOST_A, NAME_A)).await;
         // The peer client reads the bundle when first needed: after this.
         let mut pem = std::fs::read(a.ca_pem()).expect("A's CA");
         pem.extend(std::fs::read(b.ca_pem()).expect("B's CA"));

@@ -92,6 +92,9 @@ pub struct FederationConfig {
     /// How a peer's user gets an account here: `create` (made on first use)
     /// or `existing` (only accounts an administrator linked).
     pub link: LinkPolicy,
+    /// `DOMAIN=ISSUER` pairs: a sign-in whose `login_hint` is `user@DOMAIN`
+    /// goes to the peer agency ISSUER (a peer's own host name needs no pair).
+    pub home_domains: Vec<String>,
 }
 
 /// How a peer agency's user is linked to a local account.
@@ -113,11 +116,27 @@ impl Default for FederationConfig {
             refresh_s: 60,
             cache_s: 5,
             link: LinkPolicy::Create,
+            home_domains: Vec::new(),
         }
     }
 }
 
 impl FederationConfig {
+    /// The `home_domains` pairs, parsed: (domain in lower case, issuer).
+    pub fn home_domains(&self) -> anyhow::Result<Vec<(String, String)>> {
+        self.home_domains
+            .iter()
+            .map(|pair| match pair.split_once('=') {
+                Some((d, i)) if !d.is_empty() && i.starts_with("https://") => {
+                    Ok((d.to_ascii_lowercase(), i.to_string()))
+                }
+                _ => anyhow::bail!(
+                    "federation.home_domains: expected DOMAIN=https://ISSUER, got {pair:?}"
+                ),
+            })
+            .collect()
+    }
+
     /// The `resolve` pairs, parsed.
     pub fn resolved(&self) -> anyhow::Result<Vec<(String, IpAddr)>> {
         self.resolve
@@ -693,6 +712,7 @@ impl Config {
             (1..=86_400).contains(&federation.refresh_s),
             "federation.refresh_s must be 1 to 86400 seconds"
         );
+        federation.home_domains()?;
         anyhow::ensure!(
             federation.cache_s <= 60,
             "federation.cache_s must be 0 to 60 seconds: it bounds how long a peer's \

@@ -234,6 +234,17 @@ impl PeerBook {
         (now_ms() < v.expires_ms).then(|| v.clone())
     }
 
+    /// Every peer with an unexpired view, by name.
+    pub fn all(&self) -> Vec<Arc<PeerView>> {
+        let now = now_ms();
+        let mut out: Vec<Arc<PeerView>> = match self.views.read() {
+            Ok(v) => v.values().filter(|v| now < v.expires_ms).cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
     /// Sets peer `issuer`'s view (`None` forgets it).
     pub fn set(&self, issuer: &str, view: Option<PeerView>) {
         if let Ok(mut views) = self.views.write() {

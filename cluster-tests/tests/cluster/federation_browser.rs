@@ -759,3 +759,73 @@ async fn b_rotates_its_keys_and_a_follows_at_first_use() {
     f.fed.a.assert_no_panics();
     f.fed.b.assert_no_panics();
 }
+
+/// Home-agency discovery: a browser with no cookie of either agency opens
+/// A's site; A's sign-in page lists B; the user picks B, signs in there
+/// with B's password and comes back to A signed in. A site's `login_hint`
+/// at B's domain goes to B straight away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sign_in_page_leads_a_user_to_their_home_agency() {
+    let f = fixture().await;
+    let b = &f.browser;
+    start_login(b, &f.shop).await;
+    must(
+        "A's sign-in page",
+        b.wait_for_element("form#signin", DEFAULT_DEADLINE).await,
+    );
+    assert_eq!(
+        must("the agencies listed", b.text("#agencies a.agency").await).as_deref(),
+        Some(baa_cluster_tests::federation::NAME_B),
+        "A's sign-in page does not list B"
+    );
+    must("choosing B", b.click("#agencies a.agency").await);
+    let on_b = |u: &str| {
+        u.starts_with(&format!(
+            "https://{}:",
+            baa_cluster_tests::federation::HOST_B
+        ))
+    };
+    must(
+        "B's sign-in page",
+        b.wait_for_url(on_b, "B", DEFAULT_DEADLINE).await,
+    );
+    must(
+        "B's sign-in form",
+        b.wait_for_element("form#signin", DEFAULT_DEADLINE).await,
+    );
+    must("typing the username", b.fill("#username", USER).await);
+    must("typing the password", b.fill("#password", PASSWORD).await);
+    must("submitting", b.click("#submit").await);
+    must(
+        "A's trust page",
+        b.wait_for_element("#trust", DEFAULT_DEADLINE).await,
+    );
+    must("approving shop", b.click("#approve").await);
+    wait_signed_in(b, &f.shop).await;
+    assert_eq!(
+        must(
+            "the name shop got",
+            b.text("#claim-preferred_username").await
+        )
+        .as_deref(),
+        Some(LINKED_USER)
+    );
+
+    // A login_hint at B's domain: A sends the browser to sign in at B.
+    let a = &f.fed.a;
+    let mut agent = Agent::new(a);
+    let hint = format!("{USER}@{}", baa_cluster_tests::federation::HOST_B);
+    let req = AuthRequest::new(&f.shop.site()).set("login_hint", &hint);
+    let answer = agent.get(&req.url(&a.public_url(2))).await;
+    let to = answer.location().unwrap_or_default();
+    assert!(
+        to.starts_with(&format!("{}/sso/authorize?", f.fed.b.issuer())),
+        "{} {to}",
+        answer.status
+    );
+    let q = sso::query_params(&to);
+    assert_eq!(q.get("login_hint"), Some(&hint));
+    assert!(!q.contains_key("prompt"), "{q:?}");
+    f.fed.a.assert_no_panics();
+    f.fed.b.assert_no_panics();
+}

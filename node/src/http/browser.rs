@@ -336,6 +336,16 @@ pub fn sign_in_page(
     let (csrf, cookie) = csrf_token(req);
     let csp = Csp::new(authorize::form_targets(agency, view.params));
     let hidden = view.params.hidden();
+    // Home-agency discovery: the agencies of the set a user may come from.
+    let agencies: Vec<(String, String)> = agency
+        .peers
+        .all()
+        .iter()
+        .map(|p| {
+            let href = discover_href(&p.issuer, view.params);
+            (p.name.clone(), href)
+        })
+        .collect();
     let body = pages::sign_in(
         &csp,
         &pages::SignInPage {
@@ -346,10 +356,22 @@ pub fn sign_in_page(
             error: view.error,
             code: view.code.map(|c| c.as_str()),
             home: view.home,
+            agencies: &agencies,
             site_name: view.site_name,
         },
     );
     with_cookie(pages::html_response(status, body, &csp), cookie)
+}
+
+/// Where the sign-in page sends a user whose home is `peer`: a round
+/// trip there that continues `params` here.
+pub fn discover_href(peer: &str, params: &AuthParams) -> String {
+    let mut q = vec![("peer".to_string(), peer.to_string())];
+    q.extend(params.hidden());
+    format!(
+        "/federation/discover?{}",
+        serde_urlencoded::to_string(&q).unwrap_or_default()
+    )
 }
 
 /// The trust page: may the site learn who the user is?

@@ -17,6 +17,7 @@ use super::browser::{self, agency_cookie, cookie_value, see_other, SignInView};
 use crate::actors::peer_sessions::{CheckPeerReference, PeerRefusal, PeerSessions};
 use crate::agency::Agency;
 use crate::error::NodeError;
+use crate::peers::PeerView;
 use crate::sso::authorize::{AuthParams, Authz};
 use crate::sso::peer_login::{self, Answer, Refused, ROUND_TRIP_TTL_S};
 
@@ -26,6 +27,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         super::resource(ENTITY_CONFIGURATION_PATH).route(web::get().to(entity_configuration)),
     )
     .service(super::resource(CALLBACK_PATH).route(web::post().to(callback)))
+    .service(super::resource("/federation/discover").route(web::get().to(discover)))
     .service(super::resource(BACKCHANNEL_LOGOUT_PATH).route(web::post().to(backchannel_logout)));
 }
 
@@ -54,8 +56,9 @@ async fn backchannel_logout(
 /// For an authorization request that found no session here: when the
 /// browser's reference names a peer agency, the start of the silent round
 /// trip there, or (the peer not vouching for it) the sign-in page that
-/// says why; `None` when the reference names no peer, or the site asked
-/// for no page at all.
+/// says why; with no such reference, when the site's `login_hint` names a
+/// peer's domain, the round trip to sign in there. `None` otherwise, or
+/// when the site asked for no page at all.
 pub async fn peer_sign_in(
     req: &HttpRequest,
     agency: &Agency,
@@ -66,26 +69,58 @@ pub async fn peer_sign_in(
     if a.prompt_login {
         return None;
     }
-    let reference = cookie_value(req, REFERENCE_COOKIE)?;
-    let checked = peers.send(CheckPeerReference(reference)).await.ok()?;
-    let refusal = match checked {
-        Ok(p) => match peer_login::depart(agency, &p.peer, params) {
-            Ok(d) => {
-                let cookie = agency_cookie(ROUND_TRIP_COOKIE, d.cookie, ROUND_TRIP_TTL_S as i64);
-                let mut resp = see_other(&d.url);
-                let _ = resp.add_cookie(&cookie.finish());
-                return Some(resp);
-            }
-            Err(e) => return Some(browser::failed(agency, &e)),
+    let refusal = match cookie_value(req, REFERENCE_COOKIE) {
+        Some(reference) => match peers.send(CheckPeerReference(reference)).await.ok()? {
+            Ok(p) => return Some(go(agency, &p.peer, params, true)),
+            Err(PeerRefusal::NotAPeer) => None,
+            Err(r) => Some(r),
         },
-        Err(PeerRefusal::NotAPeer) => return None,
-        Err(r) => r,
+        None => None,
     };
     if a.prompt_none {
         return None;
     }
-    let r = refusal_of(&refusal, params);
-    Some(refused_page(req, agency, &r, Some(&a.site.name)))
+    if let Some(r) = refusal {
+        let r = refusal_of(&r, params);
+        return Some(refused_page(req, agency, &r, Some(&a.site.name)));
+    }
+    let home = peer_login::hinted_home(agency, params)?;
+    Some(go(agency, &home, params, false))
+}
+
+/// Sends the browser to `peer` for a round trip (see `peer_login::depart`).
+fn go(agency: &Agency, peer: &PeerView, params: &AuthParams, silent: bool) -> HttpResponse {
+    match peer_login::depart(agency, peer, params, silent) {
+        Ok(d) => {
+            let cookie = agency_cookie(ROUND_TRIP_COOKIE, d.cookie, ROUND_TRIP_TTL_S as i64);
+            let mut resp = see_other(&d.url);
+            let _ = resp.add_cookie(&cookie.finish());
+            resp
+        }
+        Err(e) => browser::failed(agency, &e),
+    }
+}
+
+/// `/federation/discover`: the home-agency discovery's choice.
+#[derive(serde::Deserialize)]
+struct DiscoverQuery {
+    peer: String,
+    #[serde(flatten)]
+    params: AuthParams,
+}
+
+/// `GET /federation/discover?peer=…`: the user chose their home agency on
+/// the sign-in page; they sign in there and come back.
+async fn discover(agency: web::Data<Agency>, query: web::Query<DiscoverQuery>) -> HttpResponse {
+    match agency.peers.get(&query.peer) {
+        Some(p) => go(&agency, &p, &query.params, false),
+        None => browser::error_page(
+            &agency,
+            StatusCode::BAD_REQUEST,
+            ErrorCode::PeerNotFound,
+            "That agency is not one this agency federates with.",
+        ),
+    }
 }
 
 /// What the sign-in page says of a peer's refusal.
@@ -145,7 +180,11 @@ async fn callback(
         Ok(done) => match browser::session_cookie_of(&done.secret, &done.session.session) {
             Some(c) => {
                 let query = serde_urlencoded::to_string(&done.params).unwrap_or_default();
-                let mut resp = see_other(&format!("/sso/authorize?{query}"));
+                let next = match done.params.safe_continue() {
+                    Some(path) => path.to_string(),
+                    None => format!("/sso/authorize?{query}"),
+                };
+                let mut resp = see_other(&next);
                 let _ = resp.add_cookie(&c);
                 resp
             }

@@ -155,8 +155,26 @@ pub struct SignInPage<'a> {
     pub site_name: Option<&'a str>,
     /// The error's machine-readable code, if any beyond a failed password.
     pub code: Option<&'a str>,
-    /// The user's home agency (name, URL), to sign in there instead.
+    /// The user's home agency (name, link), to sign in there instead.
     pub home: Option<(&'a str, &'a str)>,
+    /// The other agencies of the set (name, link): home-agency discovery.
+    pub agencies: &'a [(String, String)],
+}
+
+/// Home-agency discovery: the other agencies of the set, to sign in there.
+fn agencies(list: &[(String, String)]) -> Markup {
+    html! {
+        @if !list.is_empty() {
+            section id="agencies" {
+                p { "Your account is at another agency? Sign in there:" }
+                ul {
+                    @for (name, href) in list {
+                        li { a.agency href=(href) { (name) } }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The sign-in page: username and password.
@@ -172,10 +190,10 @@ pub fn sign_in(csp: &Csp, p: &SignInPage<'_>) -> Markup {
             @if let Some(error) = p.error {
                 div.alert role="alert" id="error" data-code=[p.code] { (error) }
             }
-            @if let Some((name, url)) = p.home {
+            @if let Some((name, href)) = p.home {
                 p id="home-agency" {
                     "Sign in here, or at your home agency: "
-                    a href=(format!("{url}/")) { (name) }
+                    a href=(href) { (name) }
                 }
             }
             form id="signin" method="post" action=(p.action) {
@@ -190,6 +208,7 @@ pub fn sign_in(csp: &Csp, p: &SignInPage<'_>) -> Markup {
                     autofocus[!p.username.is_empty()];
                 button type="submit" id="submit" { "Sign in" }
             }
+            (agencies(p.agencies))
         },
     )
 }
@@ -593,6 +612,7 @@ mod tests {
                 site_name: Some(EVIL),
                 code: Some(EVIL),
                 home: Some((EVIL, EVIL)),
+                agencies: &[(EVIL.into(), EVIL.into())],
             },
         )
         .into_string();

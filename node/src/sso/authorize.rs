@@ -34,6 +34,7 @@ pub struct AuthParams {
     response_mode: Option<String>,
     prompt: Option<String>,
     max_age: Option<String>,
+    login_hint: Option<String>,
     /// Where a plain sign-in continues (an agency path, e.g. the device page).
     #[serde(rename = "continue")]
     continue_to: Option<String>,
@@ -46,6 +47,11 @@ impl AuthParams {
             continue_to: Some(path.to_string()),
             ..Default::default()
         }
+    }
+
+    /// The site's hint of who signs in (`login_hint`), if any.
+    pub fn login_hint(&self) -> Option<&str> {
+        self.login_hint.as_deref()
     }
 
     /// The continuation if it is a safe agency path (never another host).
@@ -76,6 +82,7 @@ impl AuthParams {
         push("response_mode", &self.response_mode);
         push("prompt", &self.prompt);
         push("max_age", &self.max_age);
+        push("login_hint", &self.login_hint);
         push("continue", &self.continue_to);
         out
     }
@@ -220,6 +227,7 @@ fn check_now(agency: &Agency, p: &AuthParams) -> Result<Authz, AuthzError> {
     for (v, max, name) in [
         (&p.state, 512, "state"),
         (&p.nonce, 256, "nonce"),
+        (&p.login_hint, 256, "login_hint"),
         (&p.scope, 512, "scope"),
     ] {
         if let Err(m) = bounded(v, max, name) {

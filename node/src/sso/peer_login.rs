@@ -50,12 +50,15 @@ pub struct Departure {
     pub cookie: String,
 }
 
-/// Starts a silent round trip to `peer` that continues the authorization
-/// request `params` here once it comes back.
+/// Starts a round trip to `peer` that continues the authorization request
+/// `params` here once it comes back: silent (`prompt=none`) when the
+/// browser's reference says the user is signed in there; otherwise the
+/// user signs in at the peer (with the site's `login_hint`).
 pub fn depart(
     agency: &Agency,
     peer: &PeerView,
     params: &AuthParams,
+    silent: bool,
 ) -> Result<Departure, NodeError> {
     let (state, _) = crate::secrets::random_secret();
     let (nonce, _) = crate::secrets::random_secret();
@@ -71,19 +74,24 @@ pub fn depart(
         exp: now_ms() / 1000 + ROUND_TRIP_TTL_S,
     };
     let cookie = agency.keys.sign_jwt(&trip, ROUND_TRIP_TYP)?;
-    let query = serde_urlencoded::to_string([
+    let mut query = vec![
         ("client_id", peer_client_id(issuer)),
         ("redirect_uri", format!("{issuer}{CALLBACK_PATH}")),
         ("response_type", "code".into()),
         ("response_mode", "form_post".into()),
         ("scope", "openid profile email".into()),
-        ("prompt", "none".into()),
         ("state", state),
         ("nonce", nonce),
         ("code_challenge", baa_proto::pkce::s256(&verifier)),
         ("code_challenge_method", "S256".into()),
-    ])
-    .map_err(|e| NodeError::Internal(format!("encoding a query: {e}")))?;
+    ];
+    match (silent, params.login_hint()) {
+        (true, _) => query.push(("prompt", "none".into())),
+        (false, Some(hint)) => query.push(("login_hint", hint.into())),
+        (false, None) => {}
+    }
+    let query = serde_urlencoded::to_string(query)
+        .map_err(|e| NodeError::Internal(format!("encoding a query: {e}")))?;
     let sep = if peer.authorization_endpoint.contains('?') {
         '&'
     } else {
@@ -92,6 +100,27 @@ pub fn depart(
     Ok(Departure {
         url: format!("{}{sep}{query}", peer.authorization_endpoint),
         cookie,
+    })
+}
+
+/// The peer agency a site's `login_hint` (`user@DOMAIN`) names as the
+/// user's home: by `[federation] home_domains`, or a peer whose issuer's
+/// host is DOMAIN.
+pub fn hinted_home(agency: &Agency, params: &AuthParams) -> Option<std::sync::Arc<PeerView>> {
+    let domain = params
+        .login_hint()?
+        .rsplit_once('@')?
+        .1
+        .to_ascii_lowercase();
+    let rules = agency.config.federation.home_domains().unwrap_or_default();
+    if let Some((_, issuer)) = rules.iter().find(|(d, _)| *d == domain) {
+        return agency.peers.get(issuer);
+    }
+    agency.peers.all().into_iter().find(|p| {
+        url::Url::parse(&p.issuer)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h.eq_ignore_ascii_case(&domain)))
+            .unwrap_or(false)
     })
 }
 
