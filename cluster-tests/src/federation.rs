@@ -108,6 +108,11 @@ pub async fn add_peer(cluster: &Cluster, peer: &Cluster) {
 }
 
 impl Federation {
+    /// Both agencies' web CAs in one PEM file (what each trusts for the other).
+    pub fn ca_bundle(&self) -> std::path::PathBuf {
+        self._dir.path().join("peer-cas.pem")
+    }
+
     /// Starts A and B (3 nodes each; `tune` adjusts both agencies'
     /// options), makes each trust the other's CA, and peers them both ways.
     pub async fn start(tune: impl Fn(&mut ClusterOptions)) -> Federation {
