@@ -294,7 +294,6 @@ async fn setup(fed: &Federation, n: usize) -> anyhow::Result<()> {
         "client_id": SITE,
         "redirect_uris": [REDIRECT],
         "allowed_scopes": ["openid"],
-        "public": true,
     });
     a.create_site(&site)
         .await
