@@ -275,11 +275,14 @@ pub(super) mod sso {
         let (_db, mut sm) = store(dir.path());
         let peer = "https://login-b.example";
         let (k1, k2, k3) = (secret_hash(b"f1"), secret_hash(b"f2"), secret_hash(b"f3"));
-        let mut strict = federated_sign_in(k3, peer);
-        if let Op::FederatedSignIn(f) = &mut strict {
-            f.sub = "someone else".into();
-            f.create = false;
-        }
+        let strict = |key, sub: &str, hint: &str| {
+            let mut op = federated_sign_in(key, peer);
+            if let Op::FederatedSignIn(f) = &mut op {
+                (f.sub, f.username_hint, f.create) = (sub.into(), hint.into(), false);
+            }
+            op
+        };
+        let k4 = secret_hash(b"f4");
         let res = sm
             .apply(vec![
                 entry(1, None, federated_sign_in(k1, peer)),
@@ -295,7 +298,11 @@ pub(super) mod sso {
                 entry(3, None, create("carol.login-b")),
                 entry(4, None, federated_sign_in(k1, peer)),
                 entry(5, None, federated_sign_in(k2, peer)),
-                entry(6, None, strict),
+                // Linking only: no account made for dave, one for erin.
+                entry(6, None, strict(k3, "dave's sub", "dave")),
+                entry(7, None, create("erin.login-b")),
+                entry(8, None, strict(k4, "erin's sub", "erin")),
+                entry(9, None, strict(secret_hash(b"f5"), "another sub", "erin")),
             ])
             .await
             .unwrap();
@@ -311,9 +318,14 @@ pub(super) mod sso {
                 None,
                 None,
                 None,
-                Some(ErrorCode::AccountNotLinked)
+                Some(ErrorCode::AccountNotLinked),
+                None,
+                None,
+                Some(ErrorCode::AccountNotLinked),
             ]
         );
+        let erin = sm.reader().session(&k4).unwrap().expect("erin's session");
+        assert_eq!(erin.username, "erin.login-b");
         let reader = sm.reader();
         // The peering registered the peer as a client, answering by form post.
         let client = baa_proto::federation::peer_client_id(peer);
@@ -339,19 +351,19 @@ pub(super) mod sso {
         );
         let mut linked = reader.sessions_of_peer_session(peer, "peer-sid").unwrap();
         linked.sort();
-        let mut want = vec![k1, k2];
+        let mut want = vec![k1, k2, k4];
         want.sort();
         assert_eq!(linked, want);
         // A session's end takes its link and index entry with it.
-        sm.apply(vec![entry(7, None, Op::RevokeSession { key: k1 })])
+        sm.apply(vec![entry(10, None, Op::RevokeSession { key: k1 })])
             .await
             .unwrap();
         let reader = sm.reader();
         assert!(reader.session_peer(&k1).unwrap().is_none());
-        assert_eq!(
-            reader.sessions_of_peer_session(peer, "peer-sid").unwrap(),
-            vec![k2]
-        );
+        let mut left = reader.sessions_of_peer_session(peer, "peer-sid").unwrap();
+        left.sort();
+        want.retain(|k| *k != k1);
+        assert_eq!(left, want);
     }
 
     #[tokio::test]

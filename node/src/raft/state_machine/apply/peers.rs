@@ -97,12 +97,25 @@ pub(super) fn sign_in(
             Ok(u) => u,
             Err(e) => return Ok(Err(e)),
         },
-        None => {
-            return refuse(
-                ErrorCode::AccountNotLinked,
-                "no account here is linked to this user of the peer agency",
-            )
-        }
+        // Only an account an administrator made for this user, under the
+        // name a first use would make: the link is then recorded.
+        None => match prepared_account(st, f)? {
+            Some(u) => {
+                st.put(&lk, &u.id)?;
+                let peer = f.peer.clone();
+                let _ = users::update_user(st, now, &u.username, move |u| {
+                    u.attributes.insert("federated_from".into(), peer);
+                    Ok(())
+                })?;
+                u
+            }
+            None => {
+                return refuse(
+                    ErrorCode::AccountNotLinked,
+                    "no account here is linked to this user of the peer agency",
+                )
+            }
+        },
     };
     if user.disabled {
         return refuse(ErrorCode::Unauthorized, "the account is disabled");
@@ -131,6 +144,21 @@ pub(super) fn sign_in(
     };
     sessions::link_to_peer(st, &s.key, &link)?;
     Ok(Ok(Outcome::Session(Box::new(s))))
+}
+
+/// The account an administrator made for a peer's user under the name a
+/// first use would give it ([`federated_username`], first attempt), if it
+/// exists and is not linked to another subject of that peer already.
+fn prepared_account(st: &Staged<'_>, f: &FederatedSignIn) -> Result<Option<User>, StorageError> {
+    let name = federated_username(&f.username_hint, &f.peer, &f.sub, 0);
+    let Some(u) = users::by_name(st, &name)? else {
+        return Ok(None);
+    };
+    let claimed = u
+        .attributes
+        .get("federated_from")
+        .is_some_and(|p| p == &f.peer);
+    Ok((!claimed).then_some(u))
 }
 
 /// Makes the local account of a peer's subject and links it: the first free

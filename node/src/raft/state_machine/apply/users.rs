@@ -170,7 +170,7 @@ fn apply_patch(user: &mut User, patch: &UserPatch) -> Result<(), ApplyError> {
     Ok(())
 }
 
-fn update_user(
+pub(super) fn update_user(
     st: &mut Staged<'_>,
     now_ms: u64,
     username: &str,
