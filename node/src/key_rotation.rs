@@ -48,6 +48,20 @@ pub async fn ensure_federation_key(agency: &Agency) -> Result<()> {
     if agency.state.federation_keys()?.1.is_some() {
         return Ok(());
     }
+    // Only the node that initialises the cluster and the leader's reaper
+    // call this. Should two ever race, the later key replaces the first at
+    // once — harmless, as no peer can have pinned a key of an agency that
+    // had none a moment ago.
+    add_federation_key(agency, 0).await
+}
+
+/// Adds a new federation key; the current one keeps signing for
+/// `overlap_s` (see [`baa_proto::federation::signing_key`]).
+pub async fn rotate_federation_key(agency: &Agency, overlap_s: u64) -> Result<()> {
+    add_federation_key(agency, overlap_s.saturating_mul(1000)).await
+}
+
+async fn add_federation_key(agency: &Agency, publish_old_for_ms: u64) -> Result<()> {
     let seed = crate::secrets::random_bytes::<32>();
     let public = crate::keys::ed25519_public(&seed)
         .ok_or_else(|| NodeError::Internal("making an Ed25519 key failed".into()))?;
@@ -61,12 +75,8 @@ pub async fn ensure_federation_key(agency: &Agency) -> Result<()> {
     };
     let op = Op::AddFederationKey {
         key: Box::new(key),
-        publish_old_for_ms: 0,
+        publish_old_for_ms,
     };
-    // Only the node that initialises the cluster and the leader's reaper
-    // call this. Should two ever race, the later key replaces the first at
-    // once — harmless, as no peer can have pinned a key of an agency that
-    // had none a moment ago.
     agency.write(op, None).await.map(drop)
 }
 
@@ -109,10 +119,10 @@ pub async fn rotate_and_publish(
 /// its issuer. Valid one minute, with a fresh `jti`.
 pub fn federation_assertion(agency: &Agency, audience: &str) -> Result<String> {
     let (keys, current) = agency.state.federation_keys()?;
-    let key = current
-        .and_then(|kid| keys.into_iter().find(|k| k.kid == kid))
+    let now = crate::clock::now_ms();
+    let key = baa_proto::federation::signing_key(&keys, current.as_deref(), now)
         .ok_or_else(|| NodeError::Internal("the agency has no federation key yet".into()))?;
-    let now_s = crate::clock::now_ms() / 1000;
+    let now_s = now / 1000;
     let issuer = &agency.config.issuer;
     let claims = serde_json::json!({
         "iss": issuer,

@@ -268,6 +268,14 @@ pub enum Op {
         /// The outbox ids.
         ids: Vec<u64>,
     },
+    /// Pin a peer agency to another of its federation keys: the one it signs
+    /// with after a rotation this agency followed (nothing if it is no peer).
+    RepinPeer {
+        /// The peer's issuer URL.
+        issuer: String,
+        /// The thumbprint of the key it signs with now.
+        pin: String,
+    },
 }
 
 impl Op {
@@ -305,6 +313,7 @@ impl Op {
             Op::RemovePeerAgency { .. } => "remove_peer_agency",
             Op::FederatedSignIn(_) => "federated_sign_in",
             Op::CompleteDeliveries { .. } => "complete_deliveries",
+            Op::RepinPeer { .. } => "repin_peer",
         }
     }
 }
@@ -395,6 +404,7 @@ impl Op {
                 | Op::Sweep { .. }
                 | Op::SetPairwiseSalt { .. }
                 | Op::CompleteDeliveries { .. }
+                | Op::RepinPeer { .. }
         )
     }
 }

@@ -49,6 +49,23 @@ impl FederationKey {
     }
 }
 
+/// The federation key that signs now (the entity configuration and the
+/// client assertions): after a rotation, the key it replaced, for as long
+/// as that stays published — the new key is only *published* meanwhile, so
+/// that every peer has seen it, in a statement signed by a key it trusts,
+/// before anything is signed with it; then the current key.
+pub fn signing_key<'a>(
+    keys: &'a [FederationKey],
+    current: Option<&str>,
+    now_ms: u64,
+) -> Option<&'a FederationKey> {
+    let previous = keys
+        .iter()
+        .filter(|k| k.retired_ms.is_some() && k.published_at(now_ms))
+        .max_by_key(|k| k.retired_ms);
+    previous.or_else(|| current.and_then(|kid| keys.iter().find(|k| k.kid == kid)))
+}
+
 /// A peer agency: another agency of the federation, named by its issuer
 /// URL and pinned by the thumbprint of its federation key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

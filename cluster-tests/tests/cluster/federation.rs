@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use baa_cluster_tests::federation::{directory_until, federation_pin, Federation};
 use baa_cluster_tests::harness::{free_port, AGENCY_HOST, CONVERGE_DEADLINE};
 use baa_cluster_tests::{poll_until, Cluster, ClusterOptions};
 use baa_proto::api::{ErrorBody, PeerList};
@@ -255,31 +256,6 @@ async fn two_agencies() -> (Cluster, Cluster) {
     (a, b)
 }
 
-/// What node `id` of `a` holds of the peer `issuer`, once `ok` says so.
-async fn directory_until(
-    a: &Cluster,
-    id: u64,
-    issuer: &str,
-    what: &str,
-    ok: impl Fn(&Value) -> bool,
-) -> Value {
-    let url = format!("{}/admin/v1/federation/directory", a.manage_url(id));
-    poll_until(CONVERGE_DEADLINE, what, || {
-        let req = a.http().get(&url).bearer_auth(a.admin_token());
-        let ok = &ok;
-        async move {
-            let v: Value = req.send().await.ok()?.json().await.ok()?;
-            let peer = v["peers"]
-                .as_array()?
-                .iter()
-                .find(|p| p["issuer"] == issuer)?
-                .clone();
-            ok(&peer).then_some(peer)
-        }
-    })
-    .await
-}
-
 /// The federation directory: every node of A holds B's configuration and
 /// the keys of B's reference cookies; with B stopped it keeps the last good
 /// copy and says B is unreachable; with B back, B is reachable again.
@@ -357,4 +333,100 @@ async fn the_directory_keeps_peers_fresh_and_their_last_good_copy() {
     .await;
     a.assert_no_panics();
     b.assert_no_panics();
+}
+
+/// B rotates its federation key: the new key is published at once while
+/// the old one keeps signing for the overlap, so A sees it in a statement
+/// it trusts; after the overlap B signs with the new key, A follows and
+/// re-pins B to it — which holds across a restart of every node of A (the
+/// old pin alone would refuse B now).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_follows_a_federation_key_rotation_across_restarts() {
+    let mut fed = Federation::start(|_| {}).await;
+    let (a, b_issuer) = (&fed.a, fed.b.issuer());
+    let old = federation_pin(&fed.b).await;
+    fed.b
+        .cli(1, &["federation", "rotate-key", "--overlap-s", "6"])
+        .await
+        .assert_success("baa federation rotate-key");
+    let key: Value = fed
+        .b
+        .http()
+        .get(format!("{}/admin/v1/federation/key", fed.b.manage_url(1)))
+        .bearer_auth(fed.b.admin_token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(key["pin"], old.as_str(), "{key}");
+    let new = key["next"].as_str().expect("the next key").to_string();
+    assert_ne!(new, old);
+
+    // During the overlap: B's statement is signed by the old key and lists
+    // the new one; every node of A holds it.
+    let (_, jwt) = statement_of(&fed.b, 1).await;
+    assert_eq!(
+        jsonwebtoken::decode_header(&jwt).unwrap().kid.as_deref(),
+        Some(old.as_str())
+    );
+    let listed: Vec<String> = payload(&jwt)["jwks"]["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect();
+    assert!(listed.contains(&new), "{listed:?}");
+    for id in a.ids() {
+        directory_until(a, id, &b_issuer, "B's next key at A", |p| {
+            p["federation_keys"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == new.as_str()))
+        })
+        .await;
+    }
+
+    // After the overlap B signs with the new key; A re-pins B to it.
+    poll_until(CONVERGE_DEADLINE, "B signing with its new key", || async {
+        let (_, jwt) = statement_of(&fed.b, 1).await;
+        (jsonwebtoken::decode_header(&jwt).ok()?.kid? == new).then_some(())
+    })
+    .await;
+    let peers_url = format!("{}/admin/v1/federation/peers", a.manage_url(1));
+    poll_until(CONVERGE_DEADLINE, "A pinning B's new key", || async {
+        let list: PeerList = a
+            .http()
+            .get(&peers_url)
+            .bearer_auth(a.admin_token())
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        list.peers
+            .iter()
+            .any(|p| p.issuer == b_issuer && p.pin == new)
+            .then_some(())
+    })
+    .await;
+
+    // Every node of A restarted: only the stored pin is trusted now, and
+    // it is B's new key.
+    for id in fed.a.ids() {
+        fed.a.stop(id).await;
+    }
+    for id in fed.a.ids() {
+        fed.a.restart(id).await;
+    }
+    let a = &fed.a;
+    for id in a.ids() {
+        directory_until(a, id, &b_issuer, "B reachable after A's restart", |p| {
+            p["reachable"] == true
+        })
+        .await;
+    }
+    a.assert_no_panics();
+    fed.b.assert_no_panics();
 }

@@ -17,6 +17,8 @@ use base64::Engine;
 use jsonwebtoken::Algorithm;
 use serde::Serialize;
 
+use baa_proto::command::Op;
+
 use crate::agency::Agency;
 use crate::clock::now_ms;
 use crate::error::NodeError;
@@ -268,7 +270,9 @@ impl FederationDirectory {
             let fetch = async move {
                 let jwt = fetch_statement(&client, &issuer).await?;
                 let trusted: Vec<&str> = trusted.iter().map(String::as_str).collect();
-                check_statement(&jwt, &issuer, &trusted, now_ms() / 1000)
+                let claims = check_statement(&jwt, &issuer, &trusted, now_ms() / 1000)?;
+                let header = jsonwebtoken::decode_header(&jwt).ok();
+                Ok((claims, header.and_then(|h| h.kid).unwrap_or_default()))
             };
             let issuer = peer.issuer;
             ctx.spawn(
@@ -280,7 +284,7 @@ impl FederationDirectory {
     }
 
     /// Takes a fetch's result for `issuer`.
-    fn record(&mut self, issuer: &str, result: Result<serde_json::Value, NodeError>) {
+    fn record(&mut self, issuer: &str, result: Result<(serde_json::Value, String), NodeError>) {
         let m = &self.agency.metrics;
         let Some(state) = self.peers.get_mut(issuer) else {
             return;
@@ -288,7 +292,24 @@ impl FederationDirectory {
         state.in_flight = false;
         let now = now_ms();
         match result {
-            Ok(claims) => {
+            Ok((claims, signer)) => {
+                // The peer signs with a key it rotated to (trusted through
+                // the last good copy): the leader pins it, so the rotation
+                // is followed across restarts too.
+                let leads = self.agency.leader().map(|(id, _)| id) == Some(self.agency.id);
+                if signer != state.pin && leads {
+                    let (agency, issuer) = (self.agency.clone(), issuer.to_string());
+                    tracing::info!(peer = %issuer, pin = %signer, "a peer rotated its federation key; pinning the new one");
+                    actix::spawn(async move {
+                        let op = Op::RepinPeer {
+                            issuer,
+                            pin: signer,
+                        };
+                        if let Err(e) = agency.write(op, None).await {
+                            tracing::warn!(error = %e, "re-pinning a peer failed");
+                        }
+                    });
+                }
                 state.reachable = true;
                 state.fetched_ms = Some(now);
                 state.expires_ms = claims["exp"].as_u64().map(|s| s.saturating_mul(1000));

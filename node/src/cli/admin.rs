@@ -294,6 +294,14 @@ pub enum FederationCommand {
     /// Print this agency's pin: the thumbprint of its federation key, which
     /// the administrators of a peer give `baa federation add --pin`.
     Pin,
+    /// Rotate the federation key: the new key is published at once and
+    /// signs after the overlap, by when every peer has seen it and pinned it.
+    RotateKey {
+        /// Seconds the current key keeps signing (at least twice the peers'
+        /// refresh_s; default one day).
+        #[arg(long)]
+        overlap_s: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -736,6 +744,19 @@ pub async fn federation(conn: &Connection, command: FederationCommand) -> anyhow
         FederationCommand::Pin => {
             let key: serde_json::Value = client.get("/admin/v1/federation/key").await?;
             println!("{}", key["pin"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        FederationCommand::RotateKey { overlap_s } => {
+            let path = match overlap_s {
+                Some(s) => format!("/admin/v1/federation/key/rotate?overlap_s={s}"),
+                None => "/admin/v1/federation/key/rotate".into(),
+            };
+            let key: serde_json::Value = client.post(&path, &serde_json::json!({})).await?;
+            println!(
+                "new federation key {} published; {} keeps signing until the overlap ends",
+                key["next"].as_str().unwrap_or("?"),
+                key["pin"].as_str().unwrap_or("?")
+            );
             Ok(())
         }
     }

@@ -59,17 +59,42 @@ pub fn entity_configuration(agency: &Agency) -> Result<String, NodeError> {
     statement(&facts, &keys, current.as_deref(), now_ms())
 }
 
-/// The agency's current federation key as a JWK, with its pin (the RFC
-/// 7638 thumbprint peers give `baa federation add --pin`).
+/// The federation key the agency signs with now, as a JWK, with its pin
+/// (the RFC 7638 thumbprint peers give `baa federation add --pin`), and the
+/// key a rotation has published to sign with next, if any.
 pub fn own_key(agency: &Agency) -> Result<serde_json::Value, NodeError> {
     let (keys, current) = agency.state.federation_keys()?;
-    let key = current
-        .and_then(|kid| keys.iter().find(|k| k.kid == kid))
-        .ok_or_else(|| NodeError::BadRequest {
+    let key = baa_proto::federation::signing_key(&keys, current.as_deref(), now_ms()).ok_or_else(
+        || NodeError::BadRequest {
             code: ErrorCode::NoSigningKey,
             message: "the agency has no federation key yet; run `baa cluster init` or wait".into(),
-        })?;
-    Ok(serde_json::json!({ "pin": key.kid, "jwk": jwk(key) }))
+        },
+    )?;
+    let next = current.filter(|c| *c != key.kid);
+    Ok(serde_json::json!({ "pin": key.kid, "jwk": jwk(key), "next": next }))
+}
+
+/// How long the replaced federation key keeps signing after a rotation,
+/// unless told otherwise: long enough for peers that fetch hourly.
+pub const DEFAULT_ROTATION_OVERLAP_S: u64 = 24 * 3600;
+
+/// Rotates the federation key: a new key is published at once and signs
+/// once the current one stops being published, `overlap_s` later — by then
+/// every peer has fetched a statement listing it, signed by a key it
+/// trusts, and follows the rotation (and re-pins to it).
+pub async fn rotate_key(agency: &Agency, overlap_s: u64) -> Result<serde_json::Value, NodeError> {
+    let min = 2 * agency.config.federation.refresh_s;
+    if overlap_s < min.min(ENTITY_VALIDITY_S) {
+        return Err(NodeError::invalid(format!(
+            "overlap_s must be at least {} s (twice [federation] refresh_s), so that every peer sees the new key before it signs",
+            min.min(ENTITY_VALIDITY_S)
+        )));
+    }
+    crate::key_rotation::rotate_federation_key(agency, overlap_s).await?;
+    agency
+        .read_barrier(baa_proto::command::Consistency::Linearizable)
+        .await?;
+    own_key(agency)
 }
 
 /// A federation key's public half as a JWK (RFC 8037).
@@ -85,19 +110,20 @@ fn jwk(k: &FederationKey) -> serde_json::Value {
 }
 
 /// The entity configuration of `facts` at `now_ms`, listing the published
-/// `keys` and signed with the one named `current`.
+/// `keys` and signed with the one that signs now (see
+/// [`baa_proto::federation::signing_key`]; `current` names the current one).
 pub fn statement(
     facts: &AgencyFacts<'_>,
     keys: &[FederationKey],
     current: Option<&str>,
     now_ms: u64,
 ) -> Result<String, NodeError> {
-    let signer = current
-        .and_then(|kid| keys.iter().find(|k| k.kid == kid))
-        .ok_or_else(|| NodeError::BadRequest {
+    let signer = baa_proto::federation::signing_key(keys, current, now_ms).ok_or_else(|| {
+        NodeError::BadRequest {
             code: ErrorCode::NoSigningKey,
             message: "the agency has no federation key yet; run `baa cluster init` or wait".into(),
-        })?;
+        }
+    })?;
     let jwks: Vec<_> = keys
         .iter()
         .filter(|k| k.published_at(now_ms))
@@ -248,11 +274,18 @@ mod tests {
             token_keys: &[],
         };
         let keys = [old.clone(), gone.clone(), new.clone()];
+        // While the key the last rotation replaced is published, it signs
+        // (the new one is only published); then the new one signs.
+        let signer = |now| {
+            let jwt = statement(&facts, &keys, Some(&new.kid), now).unwrap();
+            jsonwebtoken::decode_header(&jwt).unwrap().kid.unwrap()
+        };
+        assert_eq!(signer(5_500), old.kid);
+        assert_eq!(signer(6_000), new.kid);
         let jwt = statement(&facts, &keys, Some(&new.kid), 5_500).unwrap();
         let header = jsonwebtoken::decode_header(&jwt).unwrap();
         assert_eq!(header.typ.as_deref(), Some("entity-statement+jwt"));
-        assert_eq!(header.kid.as_deref(), Some(new.kid.as_str()));
-        let x = URL_SAFE_NO_PAD.encode(new.public);
+        let x = URL_SAFE_NO_PAD.encode(old.public);
         let mut v = Validation::new(Algorithm::EdDSA);
         v.set_required_spec_claims(&["exp", "iss", "sub"]);
         v.validate_exp = false;
@@ -277,10 +310,10 @@ mod tests {
             "baa.localtest"
         );
         // Signed by another key than the header names: refused.
-        let other = URL_SAFE_NO_PAD.encode(old.public);
+        let other = URL_SAFE_NO_PAD.encode(new.public);
         let wrong = DecodingKey::from_ed_components(&other).unwrap();
         assert!(jsonwebtoken::decode::<serde_json::Value>(&jwt, &wrong, &v).is_err());
-        // No current key: a clear error, not a statement.
-        assert!(statement(&facts, &keys, None, 5_500).is_err());
+        // No key to sign with: a clear error, not a statement.
+        assert!(statement(&facts, &keys, None, 6_500).is_err());
     }
 }

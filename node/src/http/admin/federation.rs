@@ -22,7 +22,28 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(delete().to(remove_peer)),
     )
     .service(crate::http::resource("/federation/directory").route(get().to(directory)))
-    .service(crate::http::resource("/federation/key").route(get().to(own_key)));
+    .service(crate::http::resource("/federation/key").route(get().to(own_key)))
+    .service(crate::http::resource("/federation/key/rotate").route(post().to(rotate_key)));
+}
+
+/// `?overlap_s=N`: how long the current key keeps signing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateQuery {
+    overlap_s: Option<u64>,
+}
+
+/// `POST /admin/v1/federation/key/rotate[?overlap_s=N]`: a new federation
+/// key, published now, signing after the overlap (default one day).
+async fn rotate_key(
+    _: Admin,
+    agency: web::Data<Agency>,
+    query: web::Query<RotateQuery>,
+) -> Result<HttpResponse> {
+    let overlap_s = query
+        .overlap_s
+        .unwrap_or(federation::DEFAULT_ROTATION_OVERLAP_S);
+    Ok(HttpResponse::Ok().json(federation::rotate_key(&agency, overlap_s).await?))
 }
 
 /// `GET /admin/v1/federation/key`: this agency's current federation key

@@ -238,6 +238,7 @@ fn op_variants_keep_their_order() {
             Op::RemovePeerAgency { .. } => "RemovePeerAgency",
             Op::FederatedSignIn(_) => "FederatedSignIn",
             Op::CompleteDeliveries { .. } => "CompleteDeliveries",
+            Op::RepinPeer { .. } => "RepinPeer",
         }
     }
     let table = [
@@ -272,6 +273,7 @@ fn op_variants_keep_their_order() {
         ("RemovePeerAgency", 28),
         ("FederatedSignIn", 29),
         ("CompleteDeliveries", 30),
+        ("RepinPeer", 31),
     ];
     let rule = ThrottleRule {
         window_ms: 1,
@@ -405,6 +407,10 @@ fn op_variants_keep_their_order() {
         },
         super::tests::sso::federated_sign_in([5; 32], "https://b.example"),
         Op::CompleteDeliveries { ids: vec![1] },
+        Op::RepinPeer {
+            issuer: "https://b.example".into(),
+            pin: "p2".into(),
+        },
     ];
     pin("Op", &table, &samples, name);
 }

@@ -818,9 +818,10 @@ mod reopen {
             Op::RemovePeerAgency { .. } => 28,
             Op::FederatedSignIn(_) => 29,
             Op::CompleteDeliveries { .. } => 30,
+            Op::RepinPeer { .. } => 31,
         }
     }
-    const VARIANTS: usize = 31;
+    const VARIANTS: usize = 32;
 
     fn site(client_id: &str) -> Op {
         Op::AddSite(Box::new(Site {
@@ -1029,6 +1030,10 @@ mod reopen {
                 key: secret_hash(b"told 2"),
             },
             Op::CompleteDeliveries { ids: vec![1] },
+            Op::RepinPeer {
+                issuer: "https://b.example".into(),
+                pin: "pin2".into(),
+            },
         ]
     }
 

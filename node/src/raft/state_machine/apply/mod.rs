@@ -113,6 +113,7 @@ pub(super) fn apply_op(
         Op::RemovePeerAgency { issuer } => peers::remove(st, issuer),
         Op::FederatedSignIn(f) => peers::sign_in(st, now, f),
         Op::CompleteDeliveries { ids } => outbox::complete(st, ids),
+        Op::RepinPeer { issuer, pin } => peers::repin(st, issuer, pin),
         Op::PurgeExpired => purge::expired(st, now),
         Op::RevokeUserSessions { username } => sessions::revoke_all_of(st, now, username),
         Op::SetPairwiseSalt { salt } => keys::set_pairwise_salt(st, salt),

@@ -74,6 +74,20 @@ pub(super) fn remove(st: &mut Staged<'_>, issuer: &str) -> Result<CommandResult,
     Ok(Ok(Outcome::Done))
 }
 
+/// Pins peer `issuer` to the key `pin` (a rotation this agency followed).
+pub(super) fn repin(
+    st: &mut Staged<'_>,
+    issuer: &str,
+    pin: &str,
+) -> Result<CommandResult, StorageError> {
+    let k = key(PREFIX_PEER_AGENCY, issuer.as_bytes());
+    if let Some(mut p) = st.get::<PeerAgency>(&k)? {
+        p.pin = pin.to_string();
+        st.put(&k, &p)?;
+    }
+    Ok(Ok(Outcome::Done))
+}
+
 /// Signs in with a peer's word (see [`FederatedSignIn`]).
 pub(super) fn sign_in(
     st: &mut Staged<'_>,
