@@ -105,6 +105,19 @@ fn authorize_query(challenge: &str) -> String {
     .unwrap_or_default()
 }
 
+/// The trust page's approval of the authorization request `query`.
+fn approval(query: &str, csrf: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let mut form: Vec<(String, String)> = serde_urlencoded::from_str(query)?;
+    for (k, v) in [
+        ("csrf", csrf),
+        ("decision", "approve"),
+        ("account_name", "username"),
+    ] {
+        form.push((k.into(), v.into()));
+    }
+    Ok(form)
+}
+
 /// Timings of one client's first cross-agency login: until A has a
 /// session, and until the site has its ticket (A's trust page approved).
 struct FirstLogin {
@@ -180,18 +193,10 @@ async fn first_login(
         bail!(unexpected("A's trust page", resp).await);
     }
     let _ = resp.bytes().await;
-    let mut form: Vec<(String, String)> = serde_urlencoded::from_str(&query)?;
-    for (k, v) in [
-        ("csrf", csrf),
-        ("decision", "approve"),
-        ("account_name", "username"),
-    ] {
-        form.push((k.into(), v.into()));
-    }
     let resp = http
         .post(format!("{a}/sso/consent"))
         .header(COOKIE, &cookies)
-        .form(&form)
+        .form(&approval(&query, csrf)?)
         .send()
         .await?;
     let ticket = resp
@@ -345,19 +350,11 @@ async fn new_client(fed: &Federation, i: usize) -> anyhow::Result<(Client, First
 async fn approve_once(c: &Client, csrf: &str) -> anyhow::Result<()> {
     let (_, challenge) = pkce();
     let query = authorize_query(&challenge);
-    let mut form: Vec<(String, String)> = serde_urlencoded::from_str(&query)?;
-    for (k, v) in [
-        ("csrf", csrf),
-        ("decision", "approve"),
-        ("account_name", "username"),
-    ] {
-        form.push((k.into(), v.into()));
-    }
     let resp = c
         .http
         .post(format!("{}/sso/consent", c.base))
         .header(COOKIE, &c.local)
-        .form(&form)
+        .form(&approval(&query, csrf)?)
         .send()
         .await?;
     if resp.status() != StatusCode::SEE_OTHER {

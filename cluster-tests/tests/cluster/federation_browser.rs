@@ -101,20 +101,7 @@ async fn a_user_of_b_signs_in_at_a_site_of_a_with_no_password() {
     let (b, a_agency, b_agency) = (&f.browser, &f.fed.a, &f.fed.b);
 
     // Signed in at B, through B's own site.
-    start_login(b, &f.news).await;
-    must(
-        "B's sign-in page",
-        b.wait_for_element("form#signin", DEFAULT_DEADLINE).await,
-    );
-    must("typing the username", b.fill("#username", USER).await);
-    must("typing the password", b.fill("#password", PASSWORD).await);
-    must("submitting", b.click("#submit").await);
-    must(
-        "B's trust page",
-        b.wait_for_element("#trust", DEFAULT_DEADLINE).await,
-    );
-    must("approving news", b.click("#approve").await);
-    wait_signed_in(b, &f.news).await;
+    sign_in_at_b(b, &f.news).await;
 
     // A's site: A asks B, goes to B and back without a page, and shows
     // its own trust page — never a password form.
@@ -179,16 +166,7 @@ async fn a_user_of_b_signs_in_at_a_site_of_a_with_no_password() {
     // Acceptance 2: B's reference copied into a fresh browser, which has
     // no session at B. A asks B (the session is alive), goes to B, and B
     // answers login_required: no session at A, and a page that says so.
-    let fresh = must("a second browser", Browser::start(HOST_RULES).await);
-    must(
-        "opening shop",
-        fresh.goto(&format!("{}/", f.shop.url())).await,
-    );
-    let copied = Cookie::parse(format!(
-        "{REFERENCE_COOKIE}={reference}; Domain=baa.localtest; Path=/; Secure; SameSite=Lax"
-    ))
-    .expect("a cookie");
-    must("planting B's reference", fresh.add_raw_cookie(copied).await);
+    let fresh = browser_with_reference(&f.shop, &reference).await;
     start_login(&fresh, &f.shop).await;
     let error = must(
         "A's sign-in page with the refusal",
@@ -217,6 +195,47 @@ async fn a_user_of_b_signs_in_at_a_site_of_a_with_no_password() {
     b_agency.assert_no_panics();
 }
 
+/// A fresh browser holding only the reference cookie `value` on the shared
+/// domain (set from `site`'s page).
+async fn browser_with_reference(site: &PartnerSite, value: &str) -> Browser {
+    let b = must("another browser", Browser::start(HOST_RULES).await);
+    must(
+        "opening the site",
+        b.goto(&format!("{}/", site.url())).await,
+    );
+    let cookie = Cookie::parse(format!(
+        "{REFERENCE_COOKIE}={value}; Domain=baa.localtest; Path=/; Secure; SameSite=Lax"
+    ))
+    .expect("a cookie");
+    must("planting the reference", b.add_raw_cookie(cookie).await);
+    b
+}
+
+/// Signs out at a follower of B, confirming on B's page; answers B's leader.
+async fn sign_out_at_b(b: &Browser, agency: &Cluster) -> u64 {
+    let leader = agency.leader().await;
+    let via = sso::other_node(agency, leader);
+    let page = format!("{}/sso/logout", agency.agency_url(via));
+    must("B's sign-out page", b.goto(&page).await);
+    must(
+        "the sign-out form",
+        b.wait_for_element("form#signout", DEFAULT_DEADLINE).await,
+    );
+    must("confirming", b.click("#confirm").await);
+    leader
+}
+
+/// Fills in and submits the sign-in form on the page (as `user`).
+async fn submit_sign_in(b: &Browser, user: &str) {
+    must(
+        "the sign-in form",
+        b.wait_for_element("form#signin", DEFAULT_DEADLINE).await,
+    );
+    must("typing the username", b.fill("#username", user).await);
+    must("typing the password", b.fill("#password", PASSWORD).await);
+    must("submitting", b.click("#submit").await);
+}
+
 /// Signs in at B with the password, through B's site `news` (approving
 /// news the first time; news forgets its own session first).
 async fn sign_in_at_b(b: &Browser, news: &PartnerSite) {
@@ -226,13 +245,7 @@ async fn sign_in_at_b(b: &Browser, news: &PartnerSite) {
         b.delete_cookie("site_session").await,
     );
     start_login(b, news).await;
-    must(
-        "B's sign-in page",
-        b.wait_for_element("form#signin", DEFAULT_DEADLINE).await,
-    );
-    must("typing the username", b.fill("#username", USER).await);
-    must("typing the password", b.fill("#password", PASSWORD).await);
-    must("submitting", b.click("#submit").await);
+    submit_sign_in(b, USER).await;
     let home = format!("{}/", news.url());
     poll_until(
         DEFAULT_DEADLINE,
@@ -246,6 +259,20 @@ async fn sign_in_at_b(b: &Browser, news: &PartnerSite) {
         },
     )
     .await;
+}
+
+/// Signs in at B (password, through news), then opens A's shop: A's trust
+/// page — never a password form — approved, shop signed in.
+async fn first_login_through_b(f: &Fixture) {
+    let b = &f.browser;
+    sign_in_at_b(b, &f.news).await;
+    start_login(b, &f.shop).await;
+    must(
+        "A's trust page",
+        b.wait_for_element("#trust", DEFAULT_DEADLINE).await,
+    );
+    must("approving shop", b.click("#approve").await);
+    wait_signed_in(b, &f.shop).await;
 }
 
 /// The browser's cookie `name` as `host`'s page sees it.
@@ -300,14 +327,7 @@ const PEER_LOGOUT_BOUND: Duration = Duration::from_secs(6);
 async fn a_logout_at_b_ends_what_a_derived_from_it() {
     let mut f = fixture().await;
     let b = &f.browser;
-    sign_in_at_b(b, &f.news).await;
-    start_login(b, &f.shop).await;
-    must(
-        "A's trust page",
-        b.wait_for_element("#trust", DEFAULT_DEADLINE).await,
-    );
-    must("approving shop", b.click("#approve").await);
-    wait_signed_in(b, &f.shop).await;
+    first_login_through_b(&f).await;
 
     // The browser's cookies at A, for an agent that asks A's nodes.
     let (a, site) = (&f.fed.a, f.shop.site());
@@ -343,18 +363,7 @@ async fn a_logout_at_b_ends_what_a_derived_from_it() {
         .to_string();
 
     // B ends the session (at a follower of B).
-    let b_leader = f.fed.b.leader().await;
-    let via = sso::other_node(&f.fed.b, b_leader);
-    must(
-        "B's sign-out page",
-        b.goto(&format!("{}/sso/logout", f.fed.b.agency_url(via)))
-            .await,
-    );
-    must(
-        "the sign-out form",
-        b.wait_for_element("form#signout", DEFAULT_DEADLINE).await,
-    );
-    must("confirming", b.click("#confirm").await);
+    sign_out_at_b(b, &f.fed.b).await;
     let clicked = Instant::now();
     let ids = a.ids();
     let mut refused = Vec::new();
@@ -411,18 +420,7 @@ async fn a_logout_at_b_ends_what_a_derived_from_it() {
     for id in a.ids() {
         signal(a.node(id).pid().expect("a pid"), libc::SIGSTOP);
     }
-    let b_leader = f.fed.b.leader().await;
-    let via = sso::other_node(&f.fed.b, b_leader);
-    must(
-        "B's sign-out page",
-        b.goto(&format!("{}/sso/logout", f.fed.b.agency_url(via)))
-            .await,
-    );
-    must(
-        "the sign-out form",
-        b.wait_for_element("form#signout", DEFAULT_DEADLINE).await,
-    );
-    must("confirming", b.click("#confirm").await);
+    let b_leader = sign_out_at_b(b, &f.fed.b).await;
     let pending = "baa_sso_backchannel_outbox_items";
     poll_until(CONVERGE_DEADLINE, "a delivery pending at B", || async {
         let n = f.fed.b.metric(b_leader, pending).await.unwrap_or(0.0);
@@ -457,15 +455,7 @@ async fn a_logout_at_b_ends_what_a_derived_from_it() {
 async fn with_b_stopped_a_refuses_its_references_and_serves_its_own_users() {
     let mut f = fixture().await;
     sso::create_user(&f.fed.a, "dave", PASSWORD).await;
-    let b = &f.browser;
-    sign_in_at_b(b, &f.news).await;
-    start_login(b, &f.shop).await;
-    must(
-        "A's trust page",
-        b.wait_for_element("#trust", DEFAULT_DEADLINE).await,
-    );
-    must("approving shop", b.click("#approve").await);
-    wait_signed_in(b, &f.shop).await;
+    first_login_through_b(&f).await;
 
     for id in f.fed.b.ids() {
         f.fed.b.stop(id).await;
@@ -504,13 +494,7 @@ async fn with_b_stopped_a_refuses_its_references_and_serves_its_own_users() {
     // A's own user, in another browser, is not affected.
     let own = must("a second browser", Browser::start(HOST_RULES).await);
     start_login(&own, &f.shop).await;
-    must(
-        "A's sign-in page",
-        own.wait_for_element("form#signin", DEFAULT_DEADLINE).await,
-    );
-    must("typing the username", own.fill("#username", "dave").await);
-    must("typing the password", own.fill("#password", PASSWORD).await);
-    must("submitting", own.click("#submit").await);
+    submit_sign_in(&own, "dave").await;
     must(
         "A's trust page",
         own.wait_for_element("#trust", DEFAULT_DEADLINE).await,
@@ -672,14 +656,7 @@ async fn b_rotates_its_keys_and_a_follows_at_first_use() {
     })
     .await;
     let b = &f.browser;
-    sign_in_at_b(b, &f.news).await;
-    start_login(b, &f.shop).await;
-    must(
-        "A's trust page",
-        b.wait_for_element("#trust", DEFAULT_DEADLINE).await,
-    );
-    must("approving shop", b.click("#approve").await);
-    wait_signed_in(b, &f.shop).await;
+    first_login_through_b(&f).await;
     let before = cookie_at(b, &format!("{}/", f.shop.url()), REFERENCE_COOKIE).await;
 
     // B rotates; the user signs in at B again (a new session, a new
@@ -731,16 +708,7 @@ async fn b_rotates_its_keys_and_a_follows_at_first_use() {
     // A reference signed by a key B never published: refused, with a page.
     let sid = jws_parts(&after).1["sid"].as_str().unwrap().to_string();
     let forged = forged_reference(&f.fed.b.issuer(), &sid, 9);
-    let other = must("a second browser", Browser::start(HOST_RULES).await);
-    must(
-        "opening shop",
-        other.goto(&format!("{}/", f.shop.url())).await,
-    );
-    let planted = Cookie::parse(format!(
-        "{REFERENCE_COOKIE}={forged}; Domain=baa.localtest; Path=/; Secure; SameSite=Lax"
-    ))
-    .expect("a cookie");
-    must("planting the forgery", other.add_raw_cookie(planted).await);
+    let other = browser_with_reference(&f.shop, &forged).await;
     start_login(&other, &f.shop).await;
     must(
         "A's refusal",
@@ -789,13 +757,7 @@ async fn the_sign_in_page_leads_a_user_to_their_home_agency() {
         "B's sign-in page",
         b.wait_for_url(on_b, "B", DEFAULT_DEADLINE).await,
     );
-    must(
-        "B's sign-in form",
-        b.wait_for_element("form#signin", DEFAULT_DEADLINE).await,
-    );
-    must("typing the username", b.fill("#username", USER).await);
-    must("typing the password", b.fill("#password", PASSWORD).await);
-    must("submitting", b.click("#submit").await);
+    submit_sign_in(b, USER).await;
     must(
         "A's trust page",
         b.wait_for_element("#trust", DEFAULT_DEADLINE).await,
