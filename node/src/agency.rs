@@ -44,6 +44,8 @@ pub struct Agency {
     pub proposer: Proposer,
     /// The replicated signing keys.
     pub keys: crate::keys::KeyRing,
+    /// Seals and opens login tickets with the replicated ticket keys.
+    pub tickets: crate::sealing::TicketSealer,
     /// What this node knows of its peer agencies (kept by the federation directory).
     pub peers: Arc<crate::peers::PeerBook>,
     /// Read indexes for linearizable reads, one round at a time.

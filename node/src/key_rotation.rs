@@ -16,6 +16,7 @@ pub async fn initialize(agency: &Agency) -> Result<()> {
     agency.initialize().await?;
     ensure_signing_key(agency).await?;
     ensure_federation_key(agency).await?;
+    ensure_ticket_key(agency).await?;
     pairwise_salt(agency).await.map(drop)
 }
 
@@ -53,6 +54,41 @@ pub async fn ensure_federation_key(agency: &Agency) -> Result<()> {
     // once — harmless, as no peer can have pinned a key of an agency that
     // had none a moment ago.
     add_federation_key(agency, 0).await
+}
+
+/// How long a ticket key seals before the leader's reaper replaces it.
+pub const TICKET_KEY_LIFETIME_MS: u64 = 24 * 3600 * 1000;
+
+/// How long a replaced ticket key still opens tickets: past the longest a
+/// ticket it sealed can live, with room for clocks.
+const TICKET_KEY_KEEP_MS: u64 = 15 * 60 * 1000;
+
+/// Makes a ticket key when the agency has none, and a new one when the
+/// current one is older than [`TICKET_KEY_LIFETIME_MS`] (the leader's
+/// reaper calls it; tickets sealed by the old key still open meanwhile).
+pub async fn ensure_ticket_key(agency: &Agency) -> Result<()> {
+    let (keys, current) = agency.state.ticket_keys()?;
+    let now = crate::clock::now_ms();
+    let fresh = current
+        .and_then(|kid| keys.iter().find(|k| k.kid == kid).cloned())
+        .is_some_and(|k| now.saturating_sub(k.created_ms) < TICKET_KEY_LIFETIME_MS);
+    if fresh {
+        return Ok(());
+    }
+    let key = baa_proto::sso::TicketKey {
+        kid: hex::encode(crate::secrets::random_bytes::<8>()),
+        key: crate::secrets::random_bytes::<32>(),
+        created_ms: 0,
+        retired_ms: None,
+        publish_until_ms: None,
+    };
+    let op = Op::AddTicketKey {
+        key: Box::new(key),
+        keep_old_for_ms: TICKET_KEY_KEEP_MS,
+    };
+    agency.write(op, None).await?;
+    agency.tickets.invalidate();
+    Ok(())
 }
 
 /// Adds a new federation key; the current one keeps signing for

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod peers;
 pub mod pki;
 pub mod raft;
+pub mod sealing;
 pub mod secrets;
 pub mod sso;
 pub mod tls;
@@ -118,6 +119,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )?;
     let reader = state_machine.reader();
     let keys = keys::KeyRing::new(reader.clone());
+    let tickets = sealing::TicketSealer::new(reader.clone());
 
     let identity = NodeIdentity {
         cert: config.tls.cert.clone(),
@@ -168,6 +170,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             metrics,
         ),
         keys,
+        tickets,
         limits: limits::Limits::default(),
     });
     let hasher = actors::hasher::Hashers::start(

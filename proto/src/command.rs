@@ -276,6 +276,30 @@ pub enum Op {
         /// The thumbprint of the key it signs with now.
         pin: String,
     },
+    /// Add a ticket key and make it current; the one it replaces keeps
+    /// opening tickets for `keep_old_for_ms`.
+    AddTicketKey {
+        /// The new key.
+        key: Box<crate::sso::TicketKey>,
+        /// How long the replaced key still opens tickets.
+        keep_old_for_ms: u64,
+    },
+    /// Redeem a sealed ticket (opened by the proposing node), once: marks
+    /// its id spent and grants the tokens, if the session is alive.
+    RedeemSealedTicket {
+        /// The ticket's contents.
+        ticket: Box<crate::sso::SealedTicket>,
+        /// The authenticated client presenting it.
+        client_id: String,
+        /// The `redirect_uri` of the token request.
+        redirect_uri: String,
+        /// S256 of the presented `code_verifier`.
+        verifier_challenge: Option<String>,
+        /// The access token to store.
+        token: Box<AccessToken>,
+        /// The refresh token to store (with `offline_access`).
+        refresh: Option<Box<RefreshToken>>,
+    },
 }
 
 impl Op {
@@ -314,6 +338,8 @@ impl Op {
             Op::FederatedSignIn(_) => "federated_sign_in",
             Op::CompleteDeliveries { .. } => "complete_deliveries",
             Op::RepinPeer { .. } => "repin_peer",
+            Op::AddTicketKey { .. } => "add_ticket_key",
+            Op::RedeemSealedTicket { .. } => "redeem_sealed_ticket",
         }
     }
 }

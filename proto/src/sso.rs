@@ -224,6 +224,80 @@ pub struct LoginTicket {
     pub tokens: Vec<SecretHash>,
 }
 
+/// A key that seals login tickets (AES-256-GCM), replicated and rotated:
+/// the current one seals, older ones open what they sealed until it has
+/// expired.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketKey {
+    /// Key id (16 hex digits, random).
+    pub kid: String,
+    /// The 256-bit key.
+    pub key: [u8; 32],
+    /// When it was added.
+    pub created_ms: u64,
+    /// When a newer key replaced it.
+    pub retired_ms: Option<u64>,
+    /// It opens tickets until this time after retiring.
+    pub publish_until_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for TicketKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TicketKey")
+            .field("kid", &self.kid)
+            .field("created_ms", &self.created_ms)
+            .field("retired_ms", &self.retired_ms)
+            .field("publish_until_ms", &self.publish_until_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TicketKey {
+    /// Whether it still opens tickets at `now_ms`.
+    pub fn published_at(&self, now_ms: u64) -> bool {
+        self.publish_until_ms.is_none_or(|t| now_ms < t)
+    }
+}
+
+/// What a sealed login ticket holds: issuing it writes nothing, since the
+/// ticket itself carries all its redemption checks (sealed by a ticket key,
+/// so no one else can make or alter one); only its redemption is replicated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedTicket {
+    /// Random id: what the redemption marks as spent.
+    pub id: [u8; 16],
+    /// Session the ticket was made from.
+    pub session_key: SecretHash,
+    /// The site it is for.
+    pub client_id: String,
+    /// The exact redirect URI it was delivered to.
+    pub redirect_uri: String,
+    /// The site's nonce, echoed in the ID token.
+    pub nonce: Option<String>,
+    /// PKCE S256 challenge.
+    pub code_challenge: Option<String>,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Issue time.
+    pub issued_ms: u64,
+    /// Not redeemable at or after this time.
+    pub expires_ms: u64,
+}
+
+/// A sealed ticket's redemption, kept until the ticket has expired (and a
+/// grace period): a second presentation is refused and revokes `tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpentTicket {
+    /// The session it was redeemed in.
+    pub session_key: SecretHash,
+    /// The site that redeemed it.
+    pub client_id: String,
+    /// The tokens its redemption issued.
+    pub tokens: Vec<SecretHash>,
+    /// The record may go at this time.
+    pub keep_until_ms: u64,
+}
+
 /// An opaque access token bound to a session, stored by hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessToken {

@@ -79,6 +79,9 @@ impl Actor for Reaper {
                 if let Err(e) = crate::key_rotation::ensure_federation_key(&agency).await {
                     tracing::warn!(error = %e, "reaper: could not make a federation key");
                 }
+                if let Err(e) = crate::key_rotation::ensure_ticket_key(&agency).await {
+                    tracing::warn!(error = %e, "reaper: could not make a ticket key");
+                }
             });
         });
     }

@@ -1,18 +1,16 @@
-//! The ticket issuer: makes one-time login tickets (authorization codes) and
-//! proposes them through Raft, so any node can redeem them. Concurrent
-//! tickets are grouped into one Raft entry by the proposer underneath. One
-//! issuer runs on each HTTP worker.
+//! The ticket issuer: makes one-time login tickets (authorization codes),
+//! sealed with the replicated ticket key (see `sealing`): issuing writes
+//! nothing, any node can open and redeem them, and only the redemption is
+//! replicated. One issuer runs on each HTTP worker.
 
 use std::sync::Arc;
 
 use actix::{Actor, Context, Handler, Message, ResponseFuture};
-use baa_proto::command::Op;
-use baa_proto::sso::{LoginTicket, SecretHash};
+use baa_proto::sso::{SealedTicket, SecretHash};
 
 use crate::agency::Agency;
 use crate::clock::now_ms;
 use crate::error::NodeError;
-use crate::secrets::random_secret;
 
 /// What a ticket is for.
 #[derive(Debug, Clone)]
@@ -54,10 +52,9 @@ impl Actor for TicketIssuer {
 
 /// Issues a ticket for `req` (for callers that are not actors).
 pub async fn issue(agency: &Agency, req: TicketRequest) -> Result<String, NodeError> {
-    let (value, hash) = random_secret();
     let now = now_ms();
-    let ticket = LoginTicket {
-        hash,
+    let ticket = SealedTicket {
+        id: crate::secrets::random_bytes::<16>(),
         session_key: req.session_key,
         client_id: req.client_id,
         redirect_uri: req.redirect_uri,
@@ -66,12 +63,16 @@ pub async fn issue(agency: &Agency, req: TicketRequest) -> Result<String, NodeEr
         scopes: req.scopes,
         issued_ms: now,
         expires_ms: now + agency.config.sso.ticket_ttl_s * 1000,
-        used: false,
-        tokens: Vec::new(),
     };
-    agency
-        .write(Op::IssueTicket(Box::new(ticket)), None)
-        .await?;
+    if !agency.tickets.has_current()? {
+        // Data of a release without ticket keys: the first ticket makes one.
+        crate::key_rotation::ensure_ticket_key(agency).await?;
+        agency
+            .read_barrier(baa_proto::command::Consistency::Linearizable)
+            .await?;
+        agency.tickets.invalidate();
+    }
+    let value = agency.tickets.seal(&ticket)?;
     agency.metrics.tickets_issued.inc();
     Ok(value)
 }

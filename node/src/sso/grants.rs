@@ -31,8 +31,14 @@ pub struct TokenRequest {
 
 /// A required one-time value of a token request.
 pub fn required(v: &Option<String>, name: &str) -> Result<String, NodeError> {
+    required_within(v, name, 128)
+}
+
+/// [`required`] for a value up to `max` bytes long (a sealed ticket is
+/// longer than the random secrets the agency hands out).
+pub fn required_within(v: &Option<String>, name: &str, max: usize) -> Result<String, NodeError> {
     v.as_deref()
-        .filter(|c| !c.is_empty() && c.len() <= 128)
+        .filter(|c| !c.is_empty() && c.len() <= max)
         .map(str::to_string)
         .ok_or_else(|| NodeError::invalid(format!("{name} is required")))
 }

@@ -44,6 +44,8 @@ pub(super) const KEY_PAIRWISE_SALT: &[u8] = b"m/pairwise_salt";
 pub(super) const KEY_CURRENT_FEDERATION_KID: &[u8] = b"m/current_federation_kid";
 /// The id of the next outbox item: `u64`.
 pub(super) const KEY_NEXT_OUTBOX_ID: &[u8] = b"m/next_outbox_id";
+/// The kid of the current ticket key: `String`.
+pub(super) const KEY_CURRENT_TICKET_KID: &[u8] = b"m/current_ticket_kid";
 /// username → `User`.
 pub(super) const PREFIX_USER: &[u8] = b"u/";
 /// user id (big-endian) → username (`String`), to find a session's user.
@@ -84,6 +86,10 @@ pub(super) const PREFIX_USER_CODE: &[u8] = b"d/";
 pub(super) const PREFIX_FEDERATION_KEY: &[u8] = b"F/";
 /// issuer URL → `PeerAgency`.
 pub(super) const PREFIX_PEER_AGENCY: &[u8] = b"P/";
+/// Ticket keys: kid → `TicketKey`.
+pub(super) const PREFIX_TICKET_KEY: &[u8] = b"T/";
+/// Spent sealed tickets: ticket id → `SpentTicket`.
+pub(super) const PREFIX_SPENT: &[u8] = b"S/";
 /// Back-channel logouts to deliver: id (`u64`, big-endian) → `OutboxItem`.
 pub(super) const PREFIX_OUTBOX: &[u8] = b"B/";
 /// A peer's subject linked to a local account: issuer, 0, sub → user id (`u64`).
@@ -181,6 +187,7 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
         KEY_DEVICE_GRANTS => as_::<u64>("device_grants", value),
         KEY_CURRENT_FEDERATION_KID => as_::<String>("current_federation_kid", value),
         KEY_NEXT_OUTBOX_ID => as_::<u64>("next_outbox_id", value),
+        KEY_CURRENT_TICKET_KID => as_::<String>("current_ticket_kid", value),
         k if k.starts_with(PREFIX_USER) => as_::<User>("user", value),
         k if k.starts_with(PREFIX_USER_BY_ID) => as_::<String>("user_by_id", value),
         k if k.starts_with(PREFIX_REQUEST) => as_::<RequestRecord>("request", value),
@@ -204,6 +211,12 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
         }
         k if k.starts_with(PREFIX_PEER_AGENCY) => {
             as_::<baa_proto::federation::PeerAgency>("peer_agency", value)
+        }
+        k if k.starts_with(PREFIX_TICKET_KEY) => {
+            as_::<baa_proto::sso::TicketKey>("ticket_key", value)
+        }
+        k if k.starts_with(PREFIX_SPENT) => {
+            as_::<baa_proto::sso::SpentTicket>("spent_ticket", value)
         }
         k if k.starts_with(PREFIX_OUTBOX) => as_::<baa_proto::sso::OutboxItem>("outbox", value),
         k if k.starts_with(PREFIX_SUBJECT_LINK) => as_::<u64>("subject_link", value),

@@ -239,6 +239,8 @@ fn op_variants_keep_their_order() {
             Op::FederatedSignIn(_) => "FederatedSignIn",
             Op::CompleteDeliveries { .. } => "CompleteDeliveries",
             Op::RepinPeer { .. } => "RepinPeer",
+            Op::AddTicketKey { .. } => "AddTicketKey",
+            Op::RedeemSealedTicket { .. } => "RedeemSealedTicket",
         }
     }
     let table = [
@@ -274,6 +276,8 @@ fn op_variants_keep_their_order() {
         ("FederatedSignIn", 29),
         ("CompleteDeliveries", 30),
         ("RepinPeer", 31),
+        ("AddTicketKey", 32),
+        ("RedeemSealedTicket", 33),
     ];
     let rule = ThrottleRule {
         window_ms: 1,
@@ -411,6 +415,8 @@ fn op_variants_keep_their_order() {
             issuer: "https://b.example".into(),
             pin: "p2".into(),
         },
+        super::tests::sso::ticket_key("t1"),
+        super::tests::sso::redeem_sealed(1, [1; 32], [2; 32], "c"),
     ];
     pin("Op", &table, &samples, name);
 }

@@ -271,6 +271,23 @@ impl StateReader {
         Ok(out)
     }
 
+    /// Every ticket key, and the current key id.
+    pub fn ticket_keys(
+        &self,
+    ) -> Result<(Vec<baa_proto::sso::TicketKey>, Option<String>), StorageError> {
+        Ok((
+            self.scan(keyspace::PREFIX_TICKET_KEY)?,
+            self.get(keyspace::KEY_CURRENT_TICKET_KID)?,
+        ))
+    }
+
+    /// Whether the sealed ticket `id` has been redeemed (and is still remembered).
+    pub fn ticket_spent(&self, id: &[u8; 16]) -> Result<bool, StorageError> {
+        Ok(self
+            .get::<baa_proto::sso::SpentTicket>(&key(keyspace::PREFIX_SPENT, id))?
+            .is_some())
+    }
+
     /// Every federation key, and the current key id.
     pub fn federation_keys(
         &self,

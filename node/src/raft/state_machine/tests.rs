@@ -248,6 +248,124 @@ pub(super) mod sso {
         }))
     }
 
+    /// A ticket key `kid`.
+    pub(crate) fn ticket_key(kid: &str) -> Op {
+        Op::AddTicketKey {
+            key: Box::new(baa_proto::sso::TicketKey {
+                kid: kid.into(),
+                key: [6; 32],
+                created_ms: 0,
+                retired_ms: None,
+                publish_until_ms: None,
+            }),
+            keep_old_for_ms: 900_000,
+        }
+    }
+
+    /// The redemption of a sealed ticket `id` of session `key` for shop
+    /// (PKCE challenge `c` × 43), presenting the verifier challenge
+    /// `challenge` and issuing the access token `token`.
+    pub(crate) fn redeem_sealed(id: u8, key: [u8; 32], token: [u8; 32], challenge: &str) -> Op {
+        let Op::RedeemTicket {
+            client_id,
+            redirect_uri,
+            verifier_challenge,
+            token,
+            refresh,
+            ..
+        } = redeem([0; 32], token, challenge)
+        else {
+            unreachable!()
+        };
+        Op::RedeemSealedTicket {
+            ticket: Box::new(baa_proto::sso::SealedTicket {
+                id: [id; 16],
+                session_key: key,
+                client_id: client_id.clone(),
+                redirect_uri: redirect_uri.clone(),
+                nonce: None,
+                code_challenge: Some("c".repeat(43)),
+                scopes: vec!["openid".into()],
+                issued_ms: 0,
+                expires_ms: 60_000,
+            }),
+            client_id,
+            redirect_uri,
+            verifier_challenge,
+            token,
+            refresh,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sealed_ticket_redeems_once_and_reuse_revokes_its_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, mut sm) = store(dir.path());
+        let key = secret_hash(b"session");
+        let site = Op::AddSite(Box::new(Site {
+            client_id: "shop".into(),
+            name: "Shop".into(),
+            redirect_uris: vec!["https://shop.example/cb".into()],
+            post_logout_redirect_uris: vec![],
+            secret_hash: Some(secret_hash(b"secret")),
+            backchannel_logout_uri: None,
+            allowed_scopes: vec!["openid".into()],
+            created_ms: 0,
+        }));
+        let ok = "c".repeat(43);
+        let res = sm
+            .apply(vec![
+                entry(1, None, create("alice")),
+                entry(2, None, site),
+                entry(3, None, session(key)),
+                entry(4, None, redeem_sealed(1, key, [1; 32], "wrong-challenge")),
+                entry(5, None, redeem_sealed(1, key, [2; 32], &ok)),
+                entry(6, None, redeem_sealed(1, key, [3; 32], &ok)),
+                entry(
+                    7,
+                    None,
+                    redeem_sealed(2, secret_hash(b"gone"), [4; 32], &ok),
+                ),
+            ])
+            .await
+            .unwrap();
+        let codes: Vec<_> = res
+            .iter()
+            .map(|r| r[0].as_ref().err().map(|e| e.code))
+            .collect();
+        let refused = Some(ErrorCode::InvalidGrant);
+        assert_eq!(
+            codes,
+            vec![None, None, None, refused, None, refused, refused]
+        );
+        let reader = sm.reader();
+        // The second redemption took the first one's token with it, and
+        // the site now counts among the session's (it hears of the logout).
+        assert!(reader.access_token(&[2; 32]).unwrap().is_none());
+        assert!(reader.access_token(&[3; 32]).unwrap().is_none());
+        assert!(reader.ticket_spent(&[1; 16]).unwrap());
+        assert!(!reader.ticket_spent(&[2; 16]).unwrap());
+        let s = reader.session(&key).unwrap().unwrap();
+        assert_eq!(s.sites, vec!["shop".to_string()]);
+        // The spent id is kept past the ticket's expiry, then swept.
+        let late = 60_000 + super::super::apply::SPENT_GRACE_FOR_TESTS;
+        let swept = sm
+            .apply(vec![Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), 8),
+                payload: EntryPayload::Normal(Proposal {
+                    commands: vec![Command {
+                        request_id: None,
+                        time_ms: late,
+                        op: Op::PurgeExpired,
+                    }],
+                }),
+            }])
+            .await
+            .unwrap();
+        assert!(swept[0][0].is_ok());
+        assert!(!sm.reader().ticket_spent(&[1; 16]).unwrap());
+    }
+
     pub(super) fn redeem(hash: [u8; 32], token: [u8; 32], challenge: &str) -> Op {
         Op::RedeemTicket {
             hash,
@@ -775,7 +893,7 @@ mod reopen {
     use std::collections::BTreeSet;
 
     use super::native::{at, at_time, rt};
-    use super::sso::{federated_sign_in, redeem, session, ticket};
+    use super::sso::{federated_sign_in, redeem, redeem_sealed, session, ticket, ticket_key};
     use super::*;
     use baa_proto::model::BaaNode;
     use baa_proto::sso::{
@@ -819,9 +937,11 @@ mod reopen {
             Op::FederatedSignIn(_) => 29,
             Op::CompleteDeliveries { .. } => 30,
             Op::RepinPeer { .. } => 31,
+            Op::AddTicketKey { .. } => 32,
+            Op::RedeemSealedTicket { .. } => 33,
         }
     }
-    const VARIANTS: usize = 32;
+    const VARIANTS: usize = 34;
 
     fn site(client_id: &str) -> Op {
         Op::AddSite(Box::new(Site {
@@ -948,6 +1068,9 @@ mod reopen {
             },
             ticket(code, key),
             redeem(code, [2; 32], &challenge),
+            ticket_key("t1"),
+            ticket_key("t2"),
+            redeem_sealed(9, key, [12; 32], &challenge),
             Op::StartDevice(Box::new(device)),
             Op::DecideDevice {
                 user_code: "BCDFGHJK".into(),
@@ -1153,6 +1276,9 @@ mod reopen {
             "peer_sessions",
             "outbox",
             "next_outbox_id",
+            "ticket_key",
+            "current_ticket_kid",
+            "spent_ticket",
         ]
         .into();
         assert_eq!(families, all, "every key family is written");

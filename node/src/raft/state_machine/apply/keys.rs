@@ -4,13 +4,13 @@
 
 use baa_proto::command::{CommandResult, Outcome};
 use baa_proto::federation::FederationKey;
-use baa_proto::sso::{PairwiseSalt, SigningKey};
+use baa_proto::sso::{PairwiseSalt, SigningKey, TicketKey};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::super::keyspace::{
-    key, KEY_CURRENT_FEDERATION_KID, KEY_CURRENT_KID, KEY_PAIRWISE_SALT, PREFIX_FEDERATION_KEY,
-    PREFIX_KEY,
+    key, KEY_CURRENT_FEDERATION_KID, KEY_CURRENT_KID, KEY_CURRENT_TICKET_KID, KEY_PAIRWISE_SALT,
+    PREFIX_FEDERATION_KEY, PREFIX_KEY, PREFIX_TICKET_KEY,
 };
 use super::super::staged::{invalid, Staged};
 use crate::raft::StorageError;
@@ -54,6 +54,7 @@ rotating!(
     PREFIX_FEDERATION_KEY,
     KEY_CURRENT_FEDERATION_KID
 );
+rotating!(TicketKey, PREFIX_TICKET_KEY, KEY_CURRENT_TICKET_KID);
 
 /// Adds a key and makes it current; the key it replaces stays published
 /// for `publish_old_for_ms`, so what it signed still verifies.

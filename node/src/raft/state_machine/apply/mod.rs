@@ -31,6 +31,9 @@ use super::staged::Staged;
 use crate::raft::StorageError;
 
 pub use devices::MAX_DEVICE_GRANTS;
+/// How long a spent ticket id outlives its ticket (for tests).
+#[cfg(test)]
+pub(crate) const SPENT_GRACE_FOR_TESTS: u64 = tickets::SPENT_GRACE_MS;
 
 /// Applies `op` at time `now`. `Err` is a storage failure; a refusal of the
 /// command itself is an `Ok(Err(ApplyError))`, identical on every node.
@@ -114,6 +117,29 @@ pub(super) fn apply_op(
         Op::FederatedSignIn(f) => peers::sign_in(st, now, f),
         Op::CompleteDeliveries { ids } => outbox::complete(st, ids),
         Op::RepinPeer { issuer, pin } => peers::repin(st, issuer, pin),
+        Op::AddTicketKey {
+            key,
+            keep_old_for_ms,
+        } => keys::add(st, now, key.as_ref(), *keep_old_for_ms),
+        Op::RedeemSealedTicket {
+            ticket,
+            client_id,
+            redirect_uri,
+            verifier_challenge,
+            token,
+            refresh,
+        } => tickets::redeem_sealed(
+            st,
+            now,
+            ticket,
+            &tickets::Presented {
+                client_id,
+                redirect_uri,
+                verifier_challenge: verifier_challenge.as_deref(),
+            },
+            token,
+            refresh.as_deref(),
+        ),
         Op::PurgeExpired => purge::expired(st, now),
         Op::RevokeUserSessions { username } => sessions::revoke_all_of(st, now, username),
         Op::SetPairwiseSalt { salt } => keys::set_pairwise_salt(st, salt),

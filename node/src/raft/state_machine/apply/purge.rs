@@ -5,12 +5,13 @@
 use baa_proto::command::{CommandResult, Outcome};
 use baa_proto::sso::{
     AccessToken, DeviceGrant, Failures, LoginTicket, RefreshToken, Session, SigningKey,
+    SpentTicket, TicketKey,
 };
 
 use super::super::keyspace::{
     family_key, key, session_token_key, RequestRecord, KEY_DEVICE_GRANTS, KEY_SWEEP_CURSOR,
     PREFIX_DEVICE, PREFIX_FAILURES, PREFIX_KEY, PREFIX_REFRESH, PREFIX_REQUEST, PREFIX_SESSION,
-    PREFIX_TICKET, PREFIX_TOKEN, PREFIX_USER_CODE,
+    PREFIX_SPENT, PREFIX_TICKET, PREFIX_TICKET_KEY, PREFIX_TOKEN, PREFIX_USER_CODE,
 };
 use super::super::staged::Staged;
 use super::tokens;
@@ -55,6 +56,8 @@ pub(super) fn expired(st: &mut Staged<'_>, now: u64) -> Result<CommandResult, St
         PREFIX_DEVICE,
         PREFIX_FAILURES,
         PREFIX_KEY,
+        PREFIX_SPENT,
+        PREFIX_TICKET_KEY,
     ] {
         for k in st.keys_with_prefix(prefix)? {
             n += purge_if_expired(st, now, &k, None)?;
@@ -165,6 +168,14 @@ fn purge_if_expired(
     if k.starts_with(PREFIX_KEY) {
         return gone(st, k, |k: &SigningKey| {
             (!k.published_at(now)).then(Vec::new)
+        });
+    }
+    if k.starts_with(PREFIX_TICKET_KEY) {
+        return gone(st, k, |k: &TicketKey| (!k.published_at(now)).then(Vec::new));
+    }
+    if k.starts_with(PREFIX_SPENT) {
+        return gone(st, k, |s: &SpentTicket| {
+            (now >= s.keep_until_ms).then(Vec::new)
         });
     }
     if let (Some(c), true) = (cutoffs, k.starts_with(PREFIX_REQUEST)) {

@@ -1,14 +1,19 @@
-//! Login tickets (authorization codes): issued in a live session, redeemed
-//! once. Redemption checks and marks the ticket in one apply, so it
+//! Login tickets (authorization codes), redeemed once. A sealed ticket is
+//! issued without a write (it carries its own checks) and its redemption
+//! marks its id spent in the same apply that grants the tokens, so it
 //! succeeds once cluster-wide; a second redemption revokes what the first
-//! one got.
+//! one got. Stored tickets (`IssueTicket`, `RedeemTicket`) are those of
+//! earlier releases, still applied from their logs.
 
 use baa_proto::command::{CommandResult, Outcome};
-use baa_proto::sso::{AccessToken, LoginTicket, RefreshToken, SecretHash, Session};
+use baa_proto::sso::{
+    AccessToken, LoginTicket, RefreshToken, SealedTicket, SecretHash, Session, SpentTicket,
+};
 use baa_proto::ErrorCode;
 
 use super::super::keyspace::{
-    key, session_token_key, PREFIX_REFRESH, PREFIX_SESSION, PREFIX_TICKET, PREFIX_TOKEN,
+    key, session_token_key, PREFIX_REFRESH, PREFIX_SESSION, PREFIX_SPENT, PREFIX_TICKET,
+    PREFIX_TOKEN,
 };
 use super::super::staged::{invalid, refuse, Staged};
 use super::tokens;
@@ -68,18 +73,7 @@ pub(super) fn redeem(
         return bad("the ticket was issued to another client");
     }
     if t.used {
-        // A second redemption: whoever holds the first tokens may be an
-        // attacker who replayed the ticket, so they go too (RFC 6749 §4.1.2).
-        for h in std::mem::take(&mut t.tokens) {
-            if let Some(at) = st.get::<AccessToken>(&key(PREFIX_TOKEN, &h))? {
-                st.remove(&key(PREFIX_TOKEN, &h));
-                st.remove(&session_token_key(&at.session_key, &h));
-            }
-            if let Some(rt) = st.get::<RefreshToken>(&key(PREFIX_REFRESH, &h))? {
-                tokens::revoke_family(st, &rt.family)?;
-            }
-        }
-        tokens::revoke_client_tokens(st, &t.session_key, client_id)?;
+        revoke_redeemed(st, std::mem::take(&mut t.tokens), &t.session_key, client_id)?;
         st.put(&tk, &t)?;
         return bad("the ticket was already redeemed");
     }
@@ -116,6 +110,116 @@ pub(super) fn redeem(
         client_id,
         &scopes,
         t.nonce.clone(),
+        token,
+        refresh,
+    )
+}
+
+/// A second redemption: whoever holds the first one's tokens may be an
+/// attacker who replayed the ticket, so they go too (RFC 6749 §4.1.2).
+fn revoke_redeemed(
+    st: &mut Staged<'_>,
+    tokens_issued: Vec<SecretHash>,
+    session_key: &SecretHash,
+    client_id: &str,
+) -> Result<(), StorageError> {
+    for h in tokens_issued {
+        if let Some(at) = st.get::<AccessToken>(&key(PREFIX_TOKEN, &h))? {
+            st.remove(&key(PREFIX_TOKEN, &h));
+            st.remove(&session_token_key(&at.session_key, &h));
+        }
+        if let Some(rt) = st.get::<RefreshToken>(&key(PREFIX_REFRESH, &h))? {
+            tokens::revoke_family(st, &rt.family)?;
+        }
+    }
+    tokens::revoke_client_tokens(st, session_key, client_id)?;
+    Ok(())
+}
+
+/// How long a spent ticket's id is kept past the ticket's expiry, so a
+/// replay that comes late is still known for one (and revokes).
+pub(super) const SPENT_GRACE_MS: u64 = 10 * 60_000;
+
+/// What the token request presented with a ticket.
+pub(super) struct Presented<'a> {
+    /// The authenticated client.
+    pub client_id: &'a str,
+    /// Its `redirect_uri`.
+    pub redirect_uri: &'a str,
+    /// S256 of its `code_verifier`.
+    pub verifier_challenge: Option<&'a str>,
+}
+
+/// Redeems a sealed ticket, once (see the module comment).
+pub(super) fn redeem_sealed(
+    st: &mut Staged<'_>,
+    now: u64,
+    t: &SealedTicket,
+    p: &Presented<'_>,
+    token: &AccessToken,
+    refresh: Option<&RefreshToken>,
+) -> Result<CommandResult, StorageError> {
+    let bad = |m: &str| refuse(ErrorCode::InvalidGrant, m);
+    if t.client_id != p.client_id {
+        return bad("the ticket was issued to another client");
+    }
+    let spent_key = key(PREFIX_SPENT, &t.id);
+    if let Some(spent) = st.get::<SpentTicket>(&spent_key)? {
+        revoke_redeemed(st, spent.tokens.clone(), &spent.session_key, p.client_id)?;
+        st.put(
+            &spent_key,
+            &SpentTicket {
+                tokens: Vec::new(),
+                ..spent
+            },
+        )?;
+        return bad("the ticket was already redeemed");
+    }
+    if now >= t.expires_ms {
+        return bad("the ticket has expired");
+    }
+    if t.redirect_uri != p.redirect_uri {
+        return bad("redirect_uri does not match the one the ticket was issued for");
+    }
+    match (&t.code_challenge, p.verifier_challenge) {
+        (Some(c), Some(v)) if c == v => {}
+        (Some(_), Some(_)) => return bad("the PKCE code_verifier does not match"),
+        (Some(_), None) => return bad("a PKCE code_verifier is required"),
+        (None, Some(_)) => return bad("no PKCE challenge was sent with the request"),
+        (None, None) => {}
+    }
+    let sk = key(PREFIX_SESSION, &t.session_key);
+    let Some(mut session) = st.get::<Session>(&sk)? else {
+        return bad("the session has ended");
+    };
+    if !session.alive_at(now) {
+        return bad("the session has ended");
+    }
+    let mut issued = vec![token.hash];
+    if let Some(r) = refresh {
+        issued.push(r.hash);
+    }
+    let spent = SpentTicket {
+        session_key: t.session_key,
+        client_id: t.client_id.clone(),
+        tokens: issued,
+        keep_until_ms: t.expires_ms.saturating_add(SPENT_GRACE_MS),
+    };
+    st.put(&spent_key, &spent)?;
+    // The site got a ticket in this session: it hears of its end.
+    if !session.sites.contains(&t.client_id) {
+        session.sites.push(t.client_id.clone());
+    }
+    session.last_seen_ms = session.last_seen_ms.max(now);
+    st.put(&sk, &session)?;
+    let nonce = t.nonce.clone();
+    tokens::grant(
+        st,
+        now,
+        &session,
+        p.client_id,
+        &t.scopes,
+        nonce,
         token,
         refresh,
     )

@@ -1,0 +1,262 @@
+//! Sealed login tickets: a ticket is its own record — its contents
+//! (session, site, redirect URI, nonce, PKCE challenge, scopes, expiry and
+//! a random id) encrypted and authenticated with AES-256-GCM under a ticket
+//! key replicated through Raft — so issuing one writes nothing, and only
+//! its redemption (which marks the id spent) is replicated. Anyone without
+//! the key can neither read, make nor alter a ticket.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use baa_proto::codec;
+use baa_proto::sso::SealedTicket;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+
+use crate::clock::now_ms;
+use crate::error::NodeError;
+use crate::raft::state_machine::StateReader;
+
+/// What every sealed ticket begins with (the format's version).
+const PREFIX: &str = "t1.";
+
+/// Bound to every seal, so a sealed value of another kind never opens here.
+const AAD: &[u8] = b"baa login ticket v1";
+
+/// The most a sealed ticket's contents may weigh when opened.
+const MAX_TICKET_BYTES: u64 = 8 * 1024;
+
+/// How long loaded keys are reused before the state is read again.
+const CACHE_FOR: Duration = Duration::from_millis(500);
+
+struct Loaded {
+    at: Instant,
+    current: Option<(String, Arc<LessSafeKey>)>,
+    open: HashMap<String, Arc<LessSafeKey>>,
+}
+
+/// Seals and opens login tickets with the replicated ticket keys; cheap to
+/// clone.
+#[derive(Clone)]
+pub struct TicketSealer {
+    state: StateReader,
+    loaded: Arc<RwLock<Option<Arc<Loaded>>>>,
+}
+
+fn aead_key(bytes: &[u8; 32]) -> Option<Arc<LessSafeKey>> {
+    let key = UnboundKey::new(&AES_256_GCM, bytes).ok()?;
+    Some(Arc::new(LessSafeKey::new(key)))
+}
+
+impl TicketSealer {
+    /// A sealer reading keys from `state`.
+    pub fn new(state: StateReader) -> Self {
+        Self {
+            state,
+            loaded: Arc::new(RwLock::new(None)),
+        }
+    }
+
+    /// Forgets the loaded keys (a key was added, or one is missing).
+    pub fn invalidate(&self) {
+        if let Ok(mut g) = self.loaded.write() {
+            *g = None;
+        }
+    }
+
+    fn load(&self) -> Result<Arc<Loaded>, NodeError> {
+        if let Ok(g) = self.loaded.read() {
+            if let Some(l) = g.as_ref().filter(|l| l.at.elapsed() < CACHE_FOR) {
+                return Ok(l.clone());
+            }
+        }
+        let (keys, current_kid) = self.state.ticket_keys()?;
+        let now = now_ms();
+        let mut open = HashMap::new();
+        let mut current = None;
+        for k in keys.iter().filter(|k| k.published_at(now)) {
+            let Some(key) = aead_key(&k.key) else {
+                continue;
+            };
+            if current_kid.as_deref() == Some(k.kid.as_str()) {
+                current = Some((k.kid.clone(), key.clone()));
+            }
+            open.insert(k.kid.clone(), key);
+        }
+        let loaded = Arc::new(Loaded {
+            at: Instant::now(),
+            current,
+            open,
+        });
+        if let Ok(mut g) = self.loaded.write() {
+            *g = Some(loaded.clone());
+        }
+        Ok(loaded)
+    }
+
+    /// `t` sealed with the current ticket key: `t1.<kid>.<nonce ‖ ciphertext ‖ tag>`.
+    pub fn seal(&self, t: &SealedTicket) -> Result<String, NodeError> {
+        let l = self.load()?;
+        let (kid, key) = l.current.as_ref().ok_or_else(|| NodeError::BadRequest {
+            code: baa_proto::ErrorCode::NoSigningKey,
+            message: "the agency has no ticket key yet; run `baa cluster init` or wait".into(),
+        })?;
+        let mut data = codec::encode_with_limit(t, MAX_TICKET_BYTES)
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        let nonce_bytes = crate::secrets::random_bytes::<NONCE_LEN>();
+        let nonce = Nonce::assume_unique_for_key(nonce_bytes);
+        key.seal_in_place_append_tag(nonce, Aad::from(AAD), &mut data)
+            .map_err(|_| NodeError::Internal("sealing a ticket failed".into()))?;
+        let mut sealed = nonce_bytes.to_vec();
+        sealed.extend(data);
+        Ok(format!("{PREFIX}{kid}.{}", URL_SAFE_NO_PAD.encode(sealed)))
+    }
+
+    /// The contents of a ticket this agency sealed with a key it still
+    /// keeps; `None` for anything else (altered in any byte, another
+    /// agency's, a retired key's, not a ticket at all).
+    pub fn open(&self, value: &str) -> Option<SealedTicket> {
+        let (kid, body) = value.strip_prefix(PREFIX)?.split_once('.')?;
+        if kid.len() > 64 || body.len() > 2 * MAX_TICKET_BYTES as usize {
+            return None;
+        }
+        let l = self.load().ok()?;
+        let key = l.open.get(kid)?;
+        let mut bytes = URL_SAFE_NO_PAD.decode(body).ok()?;
+        if bytes.len() < NONCE_LEN {
+            return None;
+        }
+        let mut data = bytes.split_off(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(&bytes).ok()?;
+        let plain = key.open_in_place(nonce, Aad::from(AAD), &mut data).ok()?;
+        codec::decode_with_limit(plain, MAX_TICKET_BYTES).ok()
+    }
+
+    /// Whether a current ticket key exists.
+    pub fn has_current(&self) -> Result<bool, NodeError> {
+        Ok(self.load()?.current.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baa_proto::command::{Command, Op, Proposal};
+    use baa_proto::sso::TicketKey;
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    /// A state machine in `dir` to which `ops` were applied, one entry each.
+    async fn state(
+        dir: &std::path::Path,
+        ops: Vec<(u64, Op)>,
+    ) -> crate::raft::state_machine::StateMachineStore {
+        let db = sled::Config::new().path(dir.join("db")).open().unwrap();
+        let mut sm = crate::raft::state_machine::StateMachineStore::open(
+            &db,
+            &dir.join("snap"),
+            crate::metrics::Metrics::new(),
+        )
+        .unwrap();
+        for (i, (time_ms, op)) in ops.into_iter().enumerate() {
+            let entry = crate::raft::Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i as u64 + 1),
+                payload: EntryPayload::Normal(Proposal {
+                    commands: vec![Command {
+                        request_id: None,
+                        time_ms,
+                        op,
+                    }],
+                }),
+            };
+            sm.apply(vec![entry]).await.unwrap();
+        }
+        sm
+    }
+
+    fn key(kid: &str, byte: u8) -> Op {
+        Op::AddTicketKey {
+            key: Box::new(TicketKey {
+                kid: kid.into(),
+                key: [byte; 32],
+                created_ms: 0,
+                retired_ms: None,
+                publish_until_ms: None,
+            }),
+            keep_old_for_ms: 1_000,
+        }
+    }
+
+    fn ticket() -> SealedTicket {
+        SealedTicket {
+            id: [7; 16],
+            session_key: [1; 32],
+            client_id: "shop".into(),
+            redirect_uri: "https://shop.example/cb".into(),
+            nonce: Some("n".into()),
+            code_challenge: Some("c".repeat(43)),
+            scopes: vec!["openid".into()],
+            issued_ms: 1,
+            expires_ms: 60_001,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sealed_ticket_opens_whole_and_only_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = now_ms();
+        let sm = state(dir.path(), vec![(now, key("k1", 1))]).await;
+        let sealer = TicketSealer::new(sm.reader());
+        let t = ticket();
+        let sealed = sealer.seal(&t).unwrap();
+        assert!(sealed.starts_with("t1.k1."), "{sealed}");
+        assert_eq!(sealer.open(&sealed), Some(t.clone()));
+        // Two seals of one ticket differ (a fresh nonce each).
+        assert_ne!(sealer.seal(&t).unwrap(), sealed);
+        // Any byte altered: refused.
+        let body_at = "t1.k1.".len();
+        for i in body_at..sealed.len() {
+            let mut b = sealed.clone().into_bytes();
+            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+            let altered = String::from_utf8(b).unwrap();
+            assert_eq!(sealer.open(&altered), None, "byte {i} altered");
+        }
+        // Truncated, another kid, not a ticket at all: refused.
+        for bad in [
+            &sealed[..sealed.len() - 1],
+            &sealed.replace("t1.k1.", "t1.k2."),
+            &sealed.replace("t1.", "t2."),
+            "t1.k1.",
+            "t1..",
+            "",
+            "not a ticket",
+        ] {
+            assert_eq!(sealer.open(bad), None, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ticket_of_a_retired_key_opens_while_the_key_is_kept_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = now_ms();
+        // k1 replaced by k2 long ago: k1 was kept for 1 s only.
+        let old = state(dir.path(), vec![(now, key("k1", 1))]).await;
+        let sealed = TicketSealer::new(old.reader()).seal(&ticket()).unwrap();
+        drop(old);
+        let dir2 = tempfile::tempdir().unwrap();
+        let sm = state(
+            dir2.path(),
+            vec![(now - 10_000, key("k1", 1)), (now - 5_000, key("k2", 2))],
+        )
+        .await;
+        assert_eq!(TicketSealer::new(sm.reader()).open(&sealed), None);
+        // Replaced a moment ago: still kept, so it opens.
+        let dir3 = tempfile::tempdir().unwrap();
+        let sm = state(dir3.path(), vec![(now, key("k1", 1)), (now, key("k2", 2))]).await;
+        let sealer = TicketSealer::new(sm.reader());
+        assert_eq!(sealer.open(&sealed), Some(ticket()));
+        assert!(sealer.seal(&ticket()).unwrap().starts_with("t1.k2."));
+    }
+}
