@@ -415,6 +415,9 @@ struct FlowRow {
     writes: RunResult,
     /// Median over the rounds of flows/writes measured side by side.
     ratio: f64,
+    /// Raft proposals per completed flow (token requests answered) while
+    /// the flows ran, summed over the nodes.
+    proposals_per_flow: f64,
 }
 
 /// Ticket issue + redeem vs replicated writes, per level.
@@ -466,6 +469,8 @@ async fn bench_flows(
         let mut writes = Vec::new();
         let mut tally = Tally::default();
         let mut ratios = Vec::new();
+        // (proposals, token requests) while the flows ran.
+        let mut during_flows = (0.0, 0.0);
         let loads = [&flow_workers[..c], &write_workers[..c]];
         for load in loads {
             let _ = measure(load, &pids, warmup, Duration::ZERO).await;
@@ -475,7 +480,16 @@ async fn bench_flows(
             for n in 0..slices {
                 for k in 0..loads.len() {
                     let i = (k + n + round) % loads.len();
+                    let before = match i {
+                        0 => Some(server_times(cluster, &SERVER_SERIES).await),
+                        _ => None,
+                    };
                     samples[i].absorb(measure(loads[i], &pids, settle, slice).await);
+                    if let Some(b) = before {
+                        let a = server_times(cluster, &SERVER_SERIES).await;
+                        during_flows.0 += a[4].1 - b[4].1;
+                        during_flows.1 += a[1].1 - b[1].1;
+                    }
                 }
             }
             let [f, w] = samples.map(Samples::finish);
@@ -513,6 +527,7 @@ async fn bench_flows(
             flows,
             writes,
             ratio,
+            proposals_per_flow: during_flows.0 / during_flows.1.max(1.0),
         });
     }
     Ok(rows)
@@ -648,13 +663,14 @@ fn print_flows(args: &Args, rows: &[FlowRow]) {
         args.rounds, args.seconds, args.slice_ms, args.settle_ms, args.warmup
     );
     println!(
-        "{:>7} | {:>8} {:>7} {:>7} {:>6} {:>6} | {:>8} {:>7} {:>7} {:>6} {:>6} | {:>12}",
+        "{:>7} | {:>8} {:>7} {:>7} {:>6} {:>6} {:>9} | {:>8} {:>7} {:>7} {:>6} {:>6} | {:>12}",
         "clients",
         "flows/s",
         "p50 ms",
         "p99 ms",
         "CPU ms",
         "errors",
+        "props/flow",
         "writes/s",
         "p50 ms",
         "p99 ms",
@@ -664,13 +680,14 @@ fn print_flows(args: &Args, rows: &[FlowRow]) {
     );
     for r in rows {
         println!(
-            "{:>7} | {:>8.0} {:>7.2} {:>7.2} {:>6.2} {:>6} | {:>8.0} {:>7.2} {:>7.2} {:>6.2} {:>6} | {:>12.2}",
+            "{:>7} | {:>8.0} {:>7.2} {:>7.2} {:>6.2} {:>6} {:>9.2} | {:>8.0} {:>7.2} {:>7.2} {:>6.2} {:>6} | {:>12.2}",
             r.clients,
             r.flows.rate(),
             r.flows.p50_ms,
             r.flows.p99_ms,
             r.flows.cpu_ms_per_op(),
             r.flows.errors,
+            r.proposals_per_flow,
             r.writes.rate(),
             r.writes.p50_ms,
             r.writes.p99_ms,
@@ -681,6 +698,7 @@ fn print_flows(args: &Args, rows: &[FlowRow]) {
     }
     println!("CPU ms: CPU time of the three nodes and the load generator per completed operation");
     println!("flows/writes: median over the rounds of the ratio measured within each round");
+    println!("props/flow: Raft proposals (batches; each carries one or more commands) per token request answered while the flows ran, all nodes, background writes included");
     println!("target: flows/writes >= 0.5 at every level");
 }
 
