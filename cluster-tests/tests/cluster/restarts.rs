@@ -91,11 +91,20 @@ async fn every_node_restarts_after_purging_its_own_log() {
             "node {id} exit status after SIGTERM: {exit}"
         );
         cluster.restart(id).await;
-        let s = cluster.status(id).await;
+        // Raft publishes the state it loaded a moment after the node
+        // answers /healthz (on a loaded machine, a while).
+        let reopened = poll_until(
+            CONVERGE_DEADLINE,
+            &format!("node {id} showing its purge point after the restart"),
+            || async {
+                let p = cluster.status(id).await.purged_index;
+                (p >= Some(purged)).then_some(p)
+            },
+        )
+        .await;
         assert!(
-            s.purged_index >= Some(purged),
-            "node {id} restarted with purge point {:?}, had {purged}",
-            s.purged_index
+            reopened >= Some(purged),
+            "node {id}: {reopened:?} < {purged}"
         );
         wait_caught_up(&cluster, id).await;
         wait_acks(&load, 20, &format!("writes after node {id} restarted")).await;
