@@ -31,23 +31,7 @@ pub struct FederationKey {
     pub publish_until_ms: Option<u64>,
 }
 
-impl std::fmt::Debug for FederationKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FederationKey")
-            .field("kid", &self.kid)
-            .field("created_ms", &self.created_ms)
-            .field("retired_ms", &self.retired_ms)
-            .field("publish_until_ms", &self.publish_until_ms)
-            .finish_non_exhaustive()
-    }
-}
-
-impl FederationKey {
-    /// Whether the key is still published at `now_ms`.
-    pub fn published_at(&self, now_ms: u64) -> bool {
-        self.publish_until_ms.is_none_or(|t| now_ms < t)
-    }
-}
+rotating_key!(FederationKey);
 
 /// The federation key that signs now (the entity configuration and the
 /// client assertions): after a rotation, the key it replaced, for as long

@@ -241,23 +241,7 @@ pub struct TicketKey {
     pub publish_until_ms: Option<u64>,
 }
 
-impl std::fmt::Debug for TicketKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TicketKey")
-            .field("kid", &self.kid)
-            .field("created_ms", &self.created_ms)
-            .field("retired_ms", &self.retired_ms)
-            .field("publish_until_ms", &self.publish_until_ms)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TicketKey {
-    /// Whether it still opens tickets at `now_ms`.
-    pub fn published_at(&self, now_ms: u64) -> bool {
-        self.publish_until_ms.is_none_or(|t| now_ms < t)
-    }
-}
+rotating_key!(TicketKey);
 
 /// What a sealed login ticket holds: issuing it writes nothing, since the
 /// ticket itself carries all its redemption checks (sealed by a ticket key,
@@ -408,23 +392,7 @@ pub struct SigningKey {
     pub publish_until_ms: Option<u64>,
 }
 
-impl std::fmt::Debug for SigningKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("kid", &self.kid)
-            .field("created_ms", &self.created_ms)
-            .field("retired_ms", &self.retired_ms)
-            .field("publish_until_ms", &self.publish_until_ms)
-            .finish_non_exhaustive()
-    }
-}
-
-impl SigningKey {
-    /// Whether the key may still verify signatures at `now_ms`.
-    pub fn published_at(&self, now_ms: u64) -> bool {
-        self.publish_until_ms.is_none_or(|t| now_ms < t)
-    }
-}
+rotating_key!(SigningKey);
 
 /// What sign-in throttling counts against: an account name or a source address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -131,12 +131,14 @@ fn precheck(
         .reference
         .as_deref()
         .ok_or(CookieCheck::NoReference)?;
-    if claimed_issuer(reference).is_some_and(|i| i != agency.config.issuer) {
-        return Ok(Named::Peer(secret_hash(&secret), reference.to_string()));
-    }
-    let sid = verified
-        .sid(&agency.keys, &agency.config.issuer, reference)
-        .ok_or(CookieCheck::BadReference)?;
+    // This agency's own references are the common case (and remembered):
+    // only one that is not ours is read for the peer it names.
+    let Some(sid) = verified.sid(&agency.keys, &agency.config.issuer, reference) else {
+        if claimed_issuer(reference).is_some_and(|i| i != agency.config.issuer) {
+            return Ok(Named::Peer(secret_hash(&secret), reference.to_string()));
+        }
+        return Err(CookieCheck::BadReference);
+    };
     let key = secret_hash(&secret);
     if sid != public_sid(&key) {
         return Err(CookieCheck::Mismatch);

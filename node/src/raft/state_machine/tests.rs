@@ -248,6 +248,20 @@ pub(super) mod sso {
         }))
     }
 
+    /// The registration of the site `shop` (a secret, `openid` only).
+    fn shop() -> Op {
+        Op::AddSite(Box::new(Site {
+            client_id: "shop".into(),
+            name: "Shop".into(),
+            redirect_uris: vec!["https://shop.example/cb".into()],
+            post_logout_redirect_uris: vec![],
+            secret_hash: Some(secret_hash(b"secret")),
+            backchannel_logout_uri: None,
+            allowed_scopes: vec!["openid".into()],
+            created_ms: 0,
+        }))
+    }
+
     /// A ticket key `kid`.
     pub(crate) fn ticket_key(kid: &str) -> Op {
         Op::AddTicketKey {
@@ -302,16 +316,7 @@ pub(super) mod sso {
         let dir = tempfile::tempdir().unwrap();
         let (_db, mut sm) = store(dir.path());
         let key = secret_hash(b"session");
-        let site = Op::AddSite(Box::new(Site {
-            client_id: "shop".into(),
-            name: "Shop".into(),
-            redirect_uris: vec!["https://shop.example/cb".into()],
-            post_logout_redirect_uris: vec![],
-            secret_hash: Some(secret_hash(b"secret")),
-            backchannel_logout_uri: None,
-            allowed_scopes: vec!["openid".into()],
-            created_ms: 0,
-        }));
+        let site = shop();
         let ok = "c".repeat(43);
         let res = sm
             .apply(vec![
@@ -489,16 +494,7 @@ pub(super) mod sso {
         let dir = tempfile::tempdir().unwrap();
         let (_db, mut sm) = store(dir.path());
         let key = secret_hash(b"session");
-        let site = Op::AddSite(Box::new(Site {
-            client_id: "shop".into(),
-            name: "Shop".into(),
-            redirect_uris: vec!["https://shop.example/cb".into()],
-            post_logout_redirect_uris: vec![],
-            secret_hash: Some(secret_hash(b"secret")),
-            backchannel_logout_uri: None,
-            allowed_scopes: vec!["openid".into()],
-            created_ms: 0,
-        }));
+        let site = shop();
         let code = secret_hash(b"code");
         let ok = "c".repeat(43);
         let res = sm
