@@ -10,7 +10,11 @@ from the redirect to the site's redirect URI.
 
     authlib_flow.py --issuer URL --discovery-base URL --client-id ID
         --client-secret S --redirect-uri URI --sso-cookie "NAME=VALUE; NAME=VALUE"
-        --ca-file ca.pem [--resolve HOST=IP ...]
+        --ca-file ca.pem [--resolve HOST=IP ...] [--id-token-alg ALG]
+
+`--id-token-alg` is the algorithm the client registered
+(id_token_signed_response_alg, default RS256): the ID token is decoded
+accepting only that one, as a relying party should.
 
 `--resolve HOST=IP` connects to IP whenever a URL names HOST, while TLS still
 verifies the certificate against HOST and `--ca-file` (like curl's --resolve).
@@ -21,6 +25,7 @@ are never printed. `--self-test` checks the offline parts and needs no agency.
 """
 
 import argparse
+import base64
 import json
 import sys
 import warnings
@@ -181,8 +186,12 @@ def run(args, secrets):
     if resp.status_code != 200:
         raise FlowError(f"JWKS {meta['jwks_uri']}: HTTP {resp.status_code}")
     keys = JsonWebKey.import_key_set(resp.json())
-    algs = [a for a in meta.get("id_token_signing_alg_values_supported", ["RS256"]) if a != "none"]
-    claims = JsonWebToken(algs).decode(
+    if args.id_token_alg not in meta.get("id_token_signing_alg_values_supported", ["RS256"]):
+        raise FlowError(f"discovery does not list {args.id_token_alg} for ID tokens")
+    header = json.loads(base64.urlsafe_b64decode(token["id_token"].split(".")[0] + "=="))
+    if header.get("alg") != args.id_token_alg:
+        raise FlowError(f"the ID token is signed with {header.get('alg')!r}, not {args.id_token_alg}")
+    claims = JsonWebToken([args.id_token_alg]).decode(
         token["id_token"],
         keys,
         claims_cls=CodeIDToken,
@@ -210,6 +219,7 @@ def run(args, secrets):
         "sub": claims["sub"],
         "preferred_username": info.get("preferred_username", claims.get("preferred_username")),
         "sid": claims.get("sid"),
+        "alg": header["alg"],
     }
 
 
@@ -276,6 +286,7 @@ def main(argv):
     p.add_argument("--sso-cookie", required=True, help="the agency cookies: NAME=VALUE; NAME=VALUE")
     p.add_argument("--ca-file", required=True)
     p.add_argument("--resolve", action="append", default=[], metavar="HOST=IP")
+    p.add_argument("--id-token-alg", default="RS256", choices=["RS256", "ES256", "EdDSA"])
     secrets = []
     try:
         args = p.parse_args(argv)

@@ -169,6 +169,12 @@ impl AdminClient {
             .await
     }
 
+    /// `GET /admin/v1/sites/{client_id}`.
+    pub async fn site(&self, client_id: &str) -> Result<baa_proto::api::SiteView, ApiError> {
+        let path = format!("/admin/v1/sites/{client_id}");
+        self.send_json(self.request(Method::GET, &path)).await
+    }
+
     /// `GET /admin/v1/users/{name}?consistency=…`.
     pub async fn get_user(
         &self,

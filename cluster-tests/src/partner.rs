@@ -50,8 +50,20 @@ impl PartnerSite {
     /// `https://<host>:<port>/callback`, post-logout URI `https://<host>:<port>/`,
     /// back-channel logout on 127.0.0.1) through node 1's admin API, starts
     /// `baa-partner-site` on a free port of 127.0.0.1 with every node as an
-    /// agency, and waits until `/status.json` answers 200.
+    /// agency, and waits until `/status.json` answers 200. Its ID tokens are
+    /// RS256.
     pub async fn start(cluster: &Cluster, client_id: &str, host: &str) -> PartnerSite {
+        Self::start_with_alg(cluster, client_id, host, "RS256").await
+    }
+
+    /// [`Self::start`] for a site registered (and verifying) ID tokens
+    /// signed with `alg`: RS256, ES256 or EdDSA.
+    pub async fn start_with_alg(
+        cluster: &Cluster,
+        client_id: &str,
+        host: &str,
+        alg: &str,
+    ) -> PartnerSite {
         let port = free_port();
         let pki = cluster.pki_dir();
         run_baa(
@@ -85,6 +97,7 @@ impl PartnerSite {
                 "post_logout_redirect_uris": [format!("{url}/")],
                 "backchannel_logout_uri": format!("https://127.0.0.1:{port}/backchannel-logout"),
                 "default_response_mode": "form_post",
+                "id_token_signed_response_alg": alg,
             }),
         )
         .await;
@@ -127,6 +140,7 @@ impl PartnerSite {
             .args(["--client-secret-file", path_str(&secret_file)])
             .args(["--status-token-file", path_str(&status_file)])
             .args(["--issuer", &cluster.issuer()])
+            .args(["--id-token-alg", alg])
             .args(["--resolve", &format!("{}=127.0.0.1", cluster.host())]);
         for a in &agencies {
             cmd.args(["--agency", a]);

@@ -1,21 +1,24 @@
 //! The agency's signing keys: RSA keys replicated through Raft, used to sign
 //! ID tokens and logout tokens (RS256), and published as JWKS. Each RSA key
-//! also yields, deterministically on every node, an Ed25519 key that signs
-//! the agency reference cookie (EdDSA: compact, and never valid as an ID
-//! token); it is published, retired and rotated with its RSA key. Keys are
-//! generated here (RustCrypto `rsa`, only for generation); signing and
-//! verification go through `jsonwebtoken` (ring).
+//! also yields, deterministically on every node, three more keys published,
+//! retired and rotated with it: an Ed25519 key that signs the agency
+//! reference cookie (EdDSA: compact, and never valid as an ID token), and a
+//! P-256 and an Ed25519 key that sign the ID tokens of sites registered for
+//! ES256 or EdDSA. Keys are generated or derived here (RustCrypto `rsa` and
+//! `p256`, only for that), parsed into ring's key pairs once per key, and
+//! sign through ring; verification goes through `jsonwebtoken` (ring).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use baa_proto::cookie::{Reference, MAX_COOKIE_LEN, REFERENCE_TYP};
-use baa_proto::sso::SigningKey;
+use baa_proto::sso::{IdTokenAlg, SigningKey};
 use baa_proto::ErrorCode;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
 use serde::{de::DeserializeOwned, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -59,15 +62,6 @@ const ED25519_PKCS8_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
 
-/// The reference-cookie key that RSA key `k` yields: an Ed25519 key whose
-/// seed is a hash of the RSA private key under a label of its own.
-struct ReferenceKey {
-    kid: String,
-    x: String,
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-}
-
 /// The signing key of an Ed25519 `seed`, for jsonwebtoken.
 pub fn ed25519_encoding_key(seed: &[u8; 32]) -> EncodingKey {
     EncodingKey::from_ed_der(&[ED25519_PKCS8_PREFIX.as_slice(), seed].concat())
@@ -75,36 +69,180 @@ pub fn ed25519_encoding_key(seed: &[u8; 32]) -> EncodingKey {
 
 /// The public key of an Ed25519 `seed`.
 pub fn ed25519_public(seed: &[u8; 32]) -> Option<[u8; 32]> {
-    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(seed).ok()?;
-    ring::signature::KeyPair::public_key(&pair)
-        .as_ref()
-        .try_into()
-        .ok()
+    let pair = Ed25519KeyPair::from_seed_unchecked(seed).ok()?;
+    pair.public_key().as_ref().try_into().ok()
 }
 
-fn reference_key(k: &SigningKey) -> Option<ReferenceKey> {
-    let seed: [u8; 32] =
-        Sha256::digest([b"baa reference key v1\0".as_slice(), &k.private_der].concat()).into();
-    let public = ed25519_public(&seed)?;
-    let x = URL_SAFE_NO_PAD.encode(public);
-    Some(ReferenceKey {
-        kid: format!(
-            "ref-{}",
-            URL_SAFE_NO_PAD.encode(&Sha256::digest(public)[..12])
-        ),
-        encoding: ed25519_encoding_key(&seed),
-        decoding: DecodingKey::from_ed_components(&x).ok()?,
-        x,
-    })
+/// A seed derived from an RSA key under a label of its own: the derived
+/// keys are independent of each other and alike on every node.
+fn derived_seed(label: &[u8], k: &SigningKey) -> [u8; 32] {
+    Sha256::digest([label, &k.private_der].concat()).into()
+}
+
+fn kid_of(prefix: &str, public: &[u8]) -> String {
+    format!(
+        "{prefix}{}",
+        URL_SAFE_NO_PAD.encode(&Sha256::digest(public)[..12])
+    )
+}
+
+/// A key pair parsed once, signing compact JWS values.
+enum Signer {
+    Rsa(RsaKeyPair),
+    Ecdsa(EcdsaKeyPair),
+    Ed(Ed25519KeyPair),
+}
+
+/// One signing key as ring holds it, with its kid, its JWS algorithm and
+/// its public JWK.
+struct Jws {
+    kid: String,
+    alg: Algorithm,
+    signer: Signer,
+    jwk: serde_json::Value,
+    decoding: DecodingKey,
+}
+
+impl Jws {
+    fn rsa(k: &SigningKey) -> Option<Self> {
+        Some(Self {
+            kid: k.kid.clone(),
+            alg: Algorithm::RS256,
+            signer: Signer::Rsa(RsaKeyPair::from_der(&k.private_der).ok()?),
+            jwk: serde_json::json!({
+                "kty": "RSA", "use": "sig", "alg": "RS256", "kid": k.kid,
+                "n": URL_SAFE_NO_PAD.encode(&k.n),
+                "e": URL_SAFE_NO_PAD.encode(&k.e),
+            }),
+            decoding: DecodingKey::from_rsa_raw_components(&k.n, &k.e),
+        })
+    }
+
+    /// An Ed25519 key of `seed`, its kid prefixed `prefix`.
+    fn ed25519(seed: &[u8; 32], prefix: &str) -> Option<Self> {
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed).ok()?;
+        let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
+        let kid = kid_of(prefix, pair.public_key().as_ref());
+        Some(Self {
+            jwk: serde_json::json!({
+                "kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA",
+                "kid": kid, "x": x,
+            }),
+            decoding: DecodingKey::from_ed_components(&x).ok()?,
+            kid,
+            alg: Algorithm::EdDSA,
+            signer: Signer::Ed(pair),
+        })
+    }
+
+    /// The P-256 key derived from `k`: the first hash under the label that
+    /// is a valid scalar (all but about 2^-32 of them are).
+    fn p256(k: &SigningKey) -> Option<Self> {
+        use p256::elliptic_curve::sec1::ToEncodedPoint;
+        use p256::pkcs8::EncodePrivateKey;
+        let secret = (0u8..=255).find_map(|i| {
+            let seed = derived_seed(&[b"baa id-token p-256 v1\0".as_slice(), &[i]].concat(), k);
+            p256::SecretKey::from_bytes(&seed.into()).ok()
+        })?;
+        let der = secret.to_pkcs8_der().ok()?;
+        let rng = ring::rand::SystemRandom::new();
+        let pair = EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            der.as_bytes(),
+            &rng,
+        )
+        .ok()?;
+        let point = secret.public_key().to_encoded_point(false);
+        let (x, y) = (
+            URL_SAFE_NO_PAD.encode(point.x()?),
+            URL_SAFE_NO_PAD.encode(point.y()?),
+        );
+        let kid = kid_of("es-", point.as_bytes());
+        Some(Self {
+            jwk: serde_json::json!({
+                "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256",
+                "kid": kid, "x": x, "y": y,
+            }),
+            decoding: DecodingKey::from_ec_components(&x, &y).ok()?,
+            kid,
+            alg: Algorithm::ES256,
+            signer: Signer::Ecdsa(pair),
+        })
+    }
+
+    /// `claims` as a compact JWS of type `typ`.
+    fn sign<T: Serialize>(&self, claims: &T, typ: &str) -> Result<String, NodeError> {
+        let mut header = Header::new(self.alg);
+        header.kid = Some(self.kid.clone());
+        header.typ = Some(typ.into());
+        let failed = |e: &dyn std::fmt::Display| NodeError::Internal(format!("signing: {e}"));
+        let mut out = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).map_err(|e| failed(&e))?);
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(
+            serde_json::to_vec(claims).map_err(|e| failed(&e))?,
+            &mut out,
+        );
+        let rng = ring::rand::SystemRandom::new();
+        let signature = match &self.signer {
+            Signer::Rsa(pair) => {
+                let mut sig = vec![0; pair.public().modulus_len()];
+                pair.sign(
+                    &ring::signature::RSA_PKCS1_SHA256,
+                    &rng,
+                    out.as_bytes(),
+                    &mut sig,
+                )
+                .map_err(|e| failed(&e))?;
+                sig
+            }
+            Signer::Ecdsa(pair) => pair
+                .sign(&rng, out.as_bytes())
+                .map_err(|e| failed(&e))?
+                .as_ref()
+                .to_vec(),
+            Signer::Ed(pair) => pair.sign(out.as_bytes()).as_ref().to_vec(),
+        };
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut out);
+        Ok(out)
+    }
+}
+
+/// Everything one RSA key yields, parsed once.
+struct KeySet {
+    rs256: Jws,
+    es256: Jws,
+    eddsa: Jws,
+    reference: Jws,
+}
+
+impl KeySet {
+    fn of(k: &SigningKey) -> Option<Self> {
+        Some(Self {
+            rs256: Jws::rsa(k)?,
+            es256: Jws::p256(k)?,
+            eddsa: Jws::ed25519(&derived_seed(b"baa id-token ed25519 v1\0", k), "ed-")?,
+            reference: Jws::ed25519(&derived_seed(b"baa reference key v1\0", k), "ref-")?,
+        })
+    }
+
+    fn id_token_key(&self, alg: IdTokenAlg) -> &Jws {
+        match alg {
+            IdTokenAlg::Rs256 => &self.rs256,
+            IdTokenAlg::Es256 => &self.es256,
+            IdTokenAlg::EdDsa => &self.eddsa,
+        }
+    }
 }
 
 struct Loaded {
     at: Instant,
-    current: Option<(String, Arc<EncodingKey>)>,
-    verify: HashMap<String, Arc<DecodingKey>>,
-    reference_current: Option<(String, Arc<EncodingKey>)>,
-    reference_verify: HashMap<String, Arc<DecodingKey>>,
+    current: Option<Arc<KeySet>>,
+    /// Token keys (all but the reference keys) by kid.
+    verify: HashMap<String, (Arc<KeySet>, IdTokenAlg)>,
+    reference_verify: HashMap<String, Arc<KeySet>>,
     jwks: serde_json::Value,
+    reference_jwks: Vec<serde_json::Value>,
 }
 
 /// Signs and verifies with the replicated keys; cheap to clone.
@@ -112,6 +250,8 @@ struct Loaded {
 pub struct KeyRing {
     state: StateReader,
     loaded: Arc<RwLock<Option<Arc<Loaded>>>>,
+    /// Key sets already parsed, by RSA kid: a reload reuses them.
+    parsed: Arc<Mutex<HashMap<String, Arc<KeySet>>>>,
 }
 
 fn no_key() -> NodeError {
@@ -128,6 +268,7 @@ impl KeyRing {
         Self {
             state,
             loaded: Arc::new(RwLock::new(None)),
+            parsed: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -137,6 +278,20 @@ impl KeyRing {
         self.load()
             .map_err(|e| tracing::error!(error = %e, "reading the signing keys failed"))
             .ok()
+    }
+
+    /// The key set of `k`, parsed at its first use on this node.
+    fn key_set(&self, k: &SigningKey) -> Option<Arc<KeySet>> {
+        let mut parsed = self.parsed.lock().ok()?;
+        if let Some(s) = parsed.get(&k.kid) {
+            return Some(s.clone());
+        }
+        let Some(set) = KeySet::of(k).map(Arc::new) else {
+            tracing::error!(kid = %k.kid, "a signing key does not parse");
+            return None;
+        };
+        parsed.insert(k.kid.clone(), set.clone());
+        Some(set)
     }
 
     fn load(&self) -> Result<Arc<Loaded>, NodeError> {
@@ -152,48 +307,32 @@ impl KeyRing {
         let mut verify = HashMap::new();
         let mut current = None;
         let mut reference_verify = HashMap::new();
-        let mut reference_current = None;
-        let mut jwks = Vec::new();
-        for k in keys.iter().filter(|k| k.published_at(now)) {
-            let dk = DecodingKey::from_rsa_raw_components(&k.n, &k.e);
-            verify.insert(k.kid.clone(), Arc::new(dk));
-            jwks.push(serde_json::json!({
-                "kty": "RSA",
-                "use": "sig",
-                "alg": "RS256",
-                "kid": k.kid,
-                "n": URL_SAFE_NO_PAD.encode(&k.n),
-                "e": URL_SAFE_NO_PAD.encode(&k.e),
-            }));
-            let is_current = current_kid.as_deref() == Some(k.kid.as_str());
-            if is_current {
-                current = Some((
-                    k.kid.clone(),
-                    Arc::new(EncodingKey::from_rsa_der(&k.private_der)),
-                ));
+        let (mut jwks, mut reference_jwks) = (Vec::new(), Vec::new());
+        let published: Vec<&SigningKey> = keys.iter().filter(|k| k.published_at(now)).collect();
+        for k in &published {
+            let Some(set) = self.key_set(k) else { continue };
+            for alg in [IdTokenAlg::Rs256, IdTokenAlg::Es256, IdTokenAlg::EdDsa] {
+                let jws = set.id_token_key(alg);
+                jwks.push(jws.jwk.clone());
+                verify.insert(jws.kid.clone(), (set.clone(), alg));
             }
-            if let Some(r) = reference_key(k) {
-                jwks.push(serde_json::json!({
-                    "kty": "OKP",
-                    "crv": "Ed25519",
-                    "use": "sig",
-                    "alg": "EdDSA",
-                    "kid": r.kid,
-                    "x": r.x,
-                }));
-                if is_current {
-                    reference_current = Some((r.kid.clone(), Arc::new(r.encoding)));
-                }
-                reference_verify.insert(r.kid, Arc::new(r.decoding));
+            jwks.push(set.reference.jwk.clone());
+            reference_jwks.push(set.reference.jwk.clone());
+            reference_verify.insert(set.reference.kid.clone(), set.clone());
+            if current_kid.as_deref() == Some(k.kid.as_str()) {
+                current = Some(set);
             }
+        }
+        if let Ok(mut parsed) = self.parsed.lock() {
+            parsed.retain(|kid, _| published.iter().any(|k| &k.kid == kid));
         }
         let loaded = Arc::new(Loaded {
             at: Instant::now(),
             current,
             verify,
-            reference_current,
             reference_verify,
             jwks: serde_json::json!({ "keys": jwks }),
+            reference_jwks,
         });
         if let Ok(mut g) = self.loaded.write() {
             *g = Some(loaded.clone());
@@ -221,26 +360,39 @@ impl KeyRing {
     /// The published reference-cookie keys (Ed25519 JWKs), for the
     /// agency's entity configuration: peers check references with them.
     pub fn reference_jwks(&self) -> Result<Vec<serde_json::Value>, NodeError> {
-        let l = self.load()?;
-        let keys = l.jwks["keys"].as_array().cloned().unwrap_or_default();
-        Ok(keys.into_iter().filter(|k| k["kty"] == "OKP").collect())
+        Ok(self.load()?.reference_jwks.clone())
     }
 
     /// Signs `claims` as an RS256 JWT with the current key.
     pub fn sign_jwt<T: Serialize>(&self, claims: &T, typ: &str) -> Result<String, NodeError> {
-        let l = self.load()?;
-        let (kid, key) = l.current.as_ref().ok_or_else(no_key)?;
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(kid.clone());
-        header.typ = Some(typ.into());
-        jsonwebtoken::encode(&header, claims, key)
-            .map_err(|e| NodeError::Internal(format!("signing a token: {e}")))
+        self.sign_with(claims, typ, IdTokenAlg::Rs256)
     }
 
-    /// Verifies an RS256 JWT signed by one of our published keys for the
-    /// purpose `typ` names (an ID token never passes for a logout token or a
-    /// session assertion, nor the other way round). Audience and expiry
-    /// checks are the caller's, through `validation`.
+    /// Signs an ID token's `claims` with the current key of `alg`.
+    pub fn sign_id_token<T: Serialize>(
+        &self,
+        claims: &T,
+        alg: IdTokenAlg,
+    ) -> Result<String, NodeError> {
+        self.sign_with(claims, ID_TOKEN_TYP, alg)
+    }
+
+    fn sign_with<T: Serialize>(
+        &self,
+        claims: &T,
+        typ: &str,
+        alg: IdTokenAlg,
+    ) -> Result<String, NodeError> {
+        let l = self.load()?;
+        let set = l.current.as_ref().ok_or_else(no_key)?;
+        set.id_token_key(alg).sign(claims, typ)
+    }
+
+    /// Verifies a JWT signed by one of our published token keys (of any of
+    /// the three algorithms) for the purpose `typ` names (an ID token never
+    /// passes for a logout token or a session assertion, nor the other way
+    /// round). Audience and expiry checks are the caller's, through
+    /// `validation`, whose algorithm list is set here.
     pub fn verify_jwt<T: DeserializeOwned>(
         &self,
         token: &str,
@@ -248,12 +400,18 @@ impl KeyRing {
         typ: &str,
     ) -> Option<T> {
         let header = jsonwebtoken::decode_header(token).ok()?;
-        if header.alg != Algorithm::RS256 || header.typ.as_deref() != Some(typ) {
+        if header.typ.as_deref() != Some(typ) {
             return None;
         }
         let l = self.load_logged()?;
-        let key = l.verify.get(header.kid.as_deref()?)?;
-        jsonwebtoken::decode::<T>(token, key, validation)
+        let (set, alg) = l.verify.get(header.kid.as_deref()?)?;
+        let key = set.id_token_key(*alg);
+        if header.alg != key.alg {
+            return None;
+        }
+        let mut v = validation.clone();
+        v.algorithms = vec![key.alg];
+        jsonwebtoken::decode::<T>(token, &key.decoding, &v)
             .ok()
             .map(|d| d.claims)
     }
@@ -262,12 +420,8 @@ impl KeyRing {
     /// signed with the current reference key.
     pub fn sign_reference(&self, claims: &Reference) -> Result<String, NodeError> {
         let l = self.load()?;
-        let (kid, key) = l.reference_current.as_ref().ok_or_else(no_key)?;
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(kid.clone());
-        header.typ = Some(REFERENCE_TYP.into());
-        jsonwebtoken::encode(&header, claims, key)
-            .map_err(|e| NodeError::Internal(format!("signing a reference: {e}")))
+        let set = l.current.as_ref().ok_or_else(no_key)?;
+        set.reference.sign(claims, REFERENCE_TYP)
     }
 
     /// The claims of a reference this agency (`issuer`) signed with a
@@ -287,13 +441,13 @@ impl KeyRing {
         }
         let kid = header.kid?;
         let l = self.load_logged()?;
-        let key = l.reference_verify.get(&kid)?;
+        let set = l.reference_verify.get(&kid)?;
         let mut v = Validation::new(Algorithm::EdDSA);
         v.set_issuer(&[issuer]);
         v.set_required_spec_claims(&["exp", "iss"]);
         v.validate_aud = false;
         v.leeway = 0;
-        jsonwebtoken::decode::<Reference>(value, key, &v)
+        jsonwebtoken::decode::<Reference>(value, &set.reference.decoding, &v)
             .ok()
             .map(|d| (d.claims, kid))
     }
@@ -371,25 +525,101 @@ mod tests {
     }
 
     #[test]
-    fn reference_keys_are_derived_alike_everywhere_and_verify() {
+    fn derived_keys_are_alike_everywhere_and_each_verifies_only_its_own() {
         let rsa = generate().unwrap();
-        let (a, b) = (reference_key(&rsa).unwrap(), reference_key(&rsa).unwrap());
-        assert_eq!((&a.kid, &a.x), (&b.kid, &b.x), "the same key on every node");
-        let other = reference_key(&generate().unwrap()).unwrap();
-        assert_ne!(a.kid, other.kid);
-
+        let (a, b) = (KeySet::of(&rsa).unwrap(), KeySet::of(&rsa).unwrap());
+        let other = KeySet::of(&generate().unwrap()).unwrap();
         let claims = Reference {
             iss: "https://login.example".into(),
             sid: "s".into(),
             iat: 1,
             exp: u64::MAX / 2,
         };
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.typ = Some(REFERENCE_TYP.into());
-        let token = jsonwebtoken::encode(&header, &claims, &a.encoding).unwrap();
-        let v = Validation::new(Algorithm::EdDSA);
-        let got = jsonwebtoken::decode::<Reference>(&token, &b.decoding, &v).unwrap();
-        assert_eq!(got.claims, claims);
-        assert!(jsonwebtoken::decode::<Reference>(&token, &other.decoding, &v).is_err());
+        let pairs = [
+            (&a.rs256, &b.rs256, &other.rs256),
+            (&a.es256, &b.es256, &other.es256),
+            (&a.eddsa, &b.eddsa, &other.eddsa),
+            (&a.reference, &b.reference, &other.reference),
+        ];
+        let mut kids = std::collections::HashSet::new();
+        for (mine, same, theirs) in pairs {
+            assert_eq!(mine.jwk, same.jwk, "the same key on every node");
+            assert_ne!(mine.kid, theirs.kid);
+            assert!(
+                kids.insert(mine.kid.clone()),
+                "each derived key has its own kid"
+            );
+            let token = mine.sign(&claims, REFERENCE_TYP).unwrap();
+            let header = jsonwebtoken::decode_header(&token).unwrap();
+            assert_eq!(
+                (header.alg, header.kid.as_deref()),
+                (mine.alg, Some(&*mine.kid))
+            );
+            let v = Validation::new(mine.alg);
+            let got = jsonwebtoken::decode::<Reference>(&token, &same.decoding, &v).unwrap();
+            assert_eq!(got.claims, claims);
+            assert!(jsonwebtoken::decode::<Reference>(&token, &theirs.decoding, &v).is_err());
+        }
+        // The published JWK is what third parties verify with.
+        let es = &a.es256.jwk;
+        let key =
+            DecodingKey::from_ec_components(es["x"].as_str().unwrap(), es["y"].as_str().unwrap())
+                .unwrap();
+        let token = a.es256.sign(&claims, ID_TOKEN_TYP).unwrap();
+        assert!(jsonwebtoken::decode::<Reference>(
+            &token,
+            &key,
+            &Validation::new(Algorithm::ES256)
+        )
+        .is_ok());
+    }
+
+    /// Each ID-token algorithm signs with its own key, verified by the ring's
+    /// published keys; a token whose header names another algorithm than
+    /// its key's is refused.
+    #[tokio::test]
+    async fn id_tokens_of_each_algorithm_verify_and_alg_confusion_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = ring(dir.path()).await;
+        let claims = serde_json::json!({ "iss": "https://login.example", "sub": "1", "aud": "x" });
+        let mut v = Validation::new(Algorithm::RS256);
+        v.validate_exp = false;
+        v.validate_aud = false;
+        v.required_spec_claims.clear();
+        let jwks = keys.jwks().unwrap();
+        for (alg, name) in [
+            (IdTokenAlg::Rs256, "RS256"),
+            (IdTokenAlg::Es256, "ES256"),
+            (IdTokenAlg::EdDsa, "EdDSA"),
+        ] {
+            let token = keys.sign_id_token(&claims, alg).unwrap();
+            let header = jsonwebtoken::decode_header(&token).unwrap();
+            let kid = header.kid.clone().unwrap();
+            let jwk = jwks["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|k| k["kid"] == *kid)
+                .unwrap();
+            assert_eq!(jwk["alg"], name);
+            assert!(keys
+                .verify_jwt::<serde_json::Value>(&token, &v, ID_TOKEN_TYP)
+                .is_some());
+            // The same signature under a header naming another algorithm.
+            let mut parts: Vec<String> = token.split('.').map(String::from).collect();
+            let mut h: serde_json::Value =
+                serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[0]).unwrap()).unwrap();
+            h["alg"] = if name == "RS256" { "ES256" } else { "RS256" }.into();
+            parts[0] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&h).unwrap());
+            let forged = parts.join(".");
+            assert!(keys
+                .verify_jwt::<serde_json::Value>(&forged, &v, ID_TOKEN_TYP)
+                .is_none());
+        }
+        assert_eq!(
+            keys.reference_jwks().unwrap().len(),
+            1,
+            "reference keys apart"
+        );
     }
 }

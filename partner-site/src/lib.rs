@@ -17,4 +17,5 @@ mod pages;
 mod site;
 mod tls;
 
+pub use oidc::ID_TOKEN_ALGS;
 pub use site::{run, SiteConfig};

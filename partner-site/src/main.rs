@@ -50,6 +50,10 @@ struct PartnerArgs {
     /// Scopes requested at sign-in.
     #[arg(long, default_value = "openid profile email")]
     scope: String,
+    /// The algorithm of the site's ID tokens, as registered at the agency:
+    /// RS256, ES256 or EdDSA. Tokens signed otherwise are refused.
+    #[arg(long, default_value = "RS256", value_parser = parse_alg)]
+    id_token_alg: jsonwebtoken::Algorithm,
     /// File holding a bearer token that opens `/status.json` (its users'
     /// sessions and claims, for tests); without it that page is not served.
     #[arg(long)]
@@ -60,6 +64,14 @@ struct PartnerArgs {
     /// `tracing` filter, e.g. `info`.
     #[arg(long, default_value = "info")]
     log_level: String,
+}
+
+fn parse_alg(s: &str) -> Result<jsonwebtoken::Algorithm, String> {
+    baa_partner_site::ID_TOKEN_ALGS
+        .iter()
+        .find(|(name, _)| *name == s)
+        .map(|(_, a)| *a)
+        .ok_or_else(|| format!("{s:?}: expected RS256, ES256 or EdDSA"))
 }
 
 /// `HOST=IP`.
@@ -117,6 +129,7 @@ fn main() -> anyhow::Result<()> {
         agencies: args.agencies,
         resolve: args.resolve,
         scope: args.scope,
+        id_token_alg: args.id_token_alg,
         status_token,
     };
     actix_rt::System::new().block_on(baa_partner_site::run(config))

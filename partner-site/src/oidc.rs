@@ -22,6 +22,17 @@ pub const LEEWAY_SECS: u64 = 60;
 /// The claims of a token, as signed.
 pub type Claims = Map<String, Value>;
 
+/// The agency's published signature keys, by `kid`, each with the one
+/// algorithm its JWK names.
+pub type Keys = HashMap<String, (Algorithm, DecodingKey)>;
+
+/// The ID-token algorithms a site can register for.
+pub const ID_TOKEN_ALGS: [(&str, Algorithm); 3] = [
+    ("RS256", Algorithm::RS256),
+    ("ES256", Algorithm::ES256),
+    ("EdDSA", Algorithm::EdDSA),
+];
+
 /// A fresh random value: 32 bytes, base64url without padding (43 characters).
 pub fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
@@ -79,9 +90,14 @@ pub enum TokenError {
     /// Not a JWT at all.
     #[error("the token is not a well-formed JWT")]
     Malformed,
-    /// Signed with something other than RS256.
-    #[error("the token is signed with {0:?}; only RS256 is accepted")]
-    Algorithm(Algorithm),
+    /// Signed with another algorithm than the one expected.
+    #[error("the token is signed with {got:?}; only {want:?} is accepted")]
+    Algorithm {
+        /// The header's algorithm.
+        got: Algorithm,
+        /// The one registered.
+        want: Algorithm,
+    },
     /// The header has no `kid`.
     #[error("the token header names no signing key (kid)")]
     NoKid,
@@ -112,28 +128,42 @@ pub struct Expected<'a> {
     pub issuer: &'a str,
     /// Required `aud` (and `azp`, when present).
     pub client_id: &'a str,
+    /// The one algorithm accepted: the site's registered ID-token
+    /// algorithm, or RS256 for logout tokens.
+    pub alg: Algorithm,
 }
 
-/// The `kid` of an RS256 token, read from its header (not yet verified).
-pub fn signing_kid(token: &str) -> Result<String, TokenError> {
+/// The `kid` of a token signed with `alg`, read from its header (not yet
+/// verified).
+pub fn signing_kid(token: &str, alg: Algorithm) -> Result<String, TokenError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
-    if header.alg != Algorithm::RS256 {
-        return Err(TokenError::Algorithm(header.alg));
+    if header.alg != alg {
+        return Err(TokenError::Algorithm {
+            got: header.alg,
+            want: alg,
+        });
     }
     header.kid.ok_or(TokenError::NoKid)
 }
 
-/// Checks the RS256 signature with the key named by the token's `kid`, and
-/// `iss`, `aud`, `exp` (with leeway) and `iat`; returns every claim.
+/// Checks the signature (of the expected algorithm, by a key published
+/// for it) with the key named by the token's `kid`, and `iss`, `aud`, `exp`
+/// (with leeway) and `iat`; returns every claim.
 pub fn verify_signed(
     token: &str,
-    keys: &HashMap<String, DecodingKey>,
+    keys: &Keys,
     expected: Expected<'_>,
     required: &[&str],
 ) -> Result<Claims, TokenError> {
-    let kid = signing_kid(token)?;
-    let key = keys.get(&kid).ok_or(TokenError::UnknownKey(kid))?;
-    let mut validation = Validation::new(Algorithm::RS256);
+    let kid = signing_kid(token, expected.alg)?;
+    let (key_alg, key) = keys.get(&kid).ok_or(TokenError::UnknownKey(kid))?;
+    if *key_alg != expected.alg {
+        return Err(TokenError::Algorithm {
+            got: *key_alg,
+            want: expected.alg,
+        });
+    }
+    let mut validation = Validation::new(expected.alg);
     validation.leeway = LEEWAY_SECS;
     validation.validate_exp = true;
     validation.set_issuer(&[expected.issuer]);
@@ -148,7 +178,10 @@ pub fn verify_signed(
             ErrorKind::MissingRequiredClaim(c) => {
                 TokenError::Claim(format!("claim {c} is missing"))
             }
-            ErrorKind::InvalidAlgorithm => TokenError::Algorithm(Algorithm::RS256),
+            ErrorKind::InvalidAlgorithm => TokenError::Algorithm {
+                got: *key_alg,
+                want: expected.alg,
+            },
             _ => TokenError::Malformed,
         })?;
     let claims = data.claims;
@@ -193,7 +226,7 @@ pub struct IdToken {
 /// flow that sent `nonce`.
 pub fn verify_id_token(
     token: &str,
-    keys: &HashMap<String, DecodingKey>,
+    keys: &Keys,
     expected: Expected<'_>,
     nonce: &str,
 ) -> Result<IdToken, TokenError> {
@@ -258,35 +291,49 @@ pub fn check_logout_claims(claims: &Claims) -> Result<LogoutToken, TokenError> {
 /// Verifies a back-channel logout token.
 pub fn verify_logout_token(
     token: &str,
-    keys: &HashMap<String, DecodingKey>,
+    keys: &Keys,
     expected: Expected<'_>,
 ) -> Result<LogoutToken, TokenError> {
     let claims = verify_signed(token, keys, expected, &["iss", "aud", "exp"])?;
     check_logout_claims(&claims)
 }
 
-/// The RS256 signature keys of a JWKS document, by `kid`. Keys of other
-/// types or uses, and keys without a `kid`, are skipped.
-pub fn parse_jwks(doc: &Value) -> HashMap<String, DecodingKey> {
-    let mut keys = HashMap::new();
+/// The signature keys of a JWKS document, by `kid`: RSA (RS256), P-256
+/// (ES256) and Ed25519 (EdDSA) keys whose `alg`, when given, is theirs.
+/// Keys of other types or uses, and keys without a `kid`, are skipped.
+pub fn parse_jwks(doc: &Value) -> Keys {
+    let mut keys = Keys::new();
     let Some(list) = doc.get("keys").and_then(Value::as_array) else {
         return keys;
     };
     for jwk in list {
         let field = |name: &str| jwk.get(name).and_then(Value::as_str);
-        if field("kty") != Some("RSA") {
-            continue;
-        }
+        let parsed = match (field("kty"), field("crv")) {
+            (Some("RSA"), _) => field("n")
+                .zip(field("e"))
+                .and_then(|(n, e)| DecodingKey::from_rsa_components(n, e).ok())
+                .map(|k| (Algorithm::RS256, k)),
+            (Some("EC"), Some("P-256")) => field("x")
+                .zip(field("y"))
+                .and_then(|(x, y)| DecodingKey::from_ec_components(x, y).ok())
+                .map(|k| (Algorithm::ES256, k)),
+            (Some("OKP"), Some("Ed25519")) => field("x")
+                .and_then(|x| DecodingKey::from_ed_components(x).ok())
+                .map(|k| (Algorithm::EdDSA, k)),
+            _ => None,
+        };
+        let Some((alg, key)) = parsed else { continue };
+        let named = ID_TOKEN_ALGS
+            .iter()
+            .find(|(_, a)| *a == alg)
+            .map(|(n, _)| *n);
         if !matches!(field("use"), None | Some("sig"))
-            || !matches!(field("alg"), None | Some("RS256"))
+            || !(field("alg").is_none() || field("alg") == named)
         {
             continue;
         }
-        let (Some(kid), Some(n), Some(e)) = (field("kid"), field("n"), field("e")) else {
-            continue;
-        };
-        if let Ok(key) = DecodingKey::from_rsa_components(n, e) {
-            keys.insert(kid.to_string(), key);
+        if let Some(kid) = field("kid") {
+            keys.insert(kid.to_string(), (alg, key));
         }
     }
     keys

@@ -14,12 +14,12 @@ use actix_web::http::StatusCode;
 use actix_web::middleware::DefaultHeaders;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context;
-use jsonwebtoken::DecodingKey;
+
 use maud::Markup;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::oidc::{self, Claims, Expected, RoundRobin, TokenError};
+use crate::oidc::{self, Claims, Expected, Keys, RoundRobin, TokenError};
 use crate::pages;
 
 /// Cookie binding a login flow to the browser that started it. It must reach
@@ -65,6 +65,8 @@ pub struct SiteConfig {
     pub resolve: Vec<(String, IpAddr)>,
     /// Scopes requested at the authorization endpoint.
     pub scope: String,
+    /// The algorithm of the ID tokens, as registered at the agency.
+    pub id_token_alg: jsonwebtoken::Algorithm,
     /// Bearer token that opens `/status.json` (sessions and claims of its
     /// users); without one that page is not served.
     pub status_token: Option<String>,
@@ -120,9 +122,10 @@ struct Site {
     public_url: String,
     redirect_uri: String,
     scope: String,
+    id_token_alg: jsonwebtoken::Algorithm,
     agencies: RoundRobin,
     http: reqwest::Client,
-    keys: Mutex<HashMap<String, DecodingKey>>,
+    keys: Mutex<Keys>,
     state: Mutex<SiteState>,
     status_token: Option<String>,
 }
@@ -195,6 +198,7 @@ impl Site {
             redirect_uri: format!("{public_url}/callback"),
             public_url,
             scope: config.scope.clone(),
+            id_token_alg: config.id_token_alg,
             agencies,
             http,
             keys: Mutex::new(HashMap::new()),
@@ -207,17 +211,32 @@ impl Site {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// What an ID token must be: from the agency, for this site, signed
+    /// with the algorithm registered.
     fn expected(&self) -> Expected<'_> {
         Expected {
             issuer: &self.issuer,
             client_id: &self.client_id,
+            alg: self.id_token_alg,
+        }
+    }
+
+    /// What a logout token must be (always RS256).
+    fn expected_logout(&self) -> Expected<'_> {
+        Expected {
+            alg: jsonwebtoken::Algorithm::RS256,
+            ..self.expected()
         }
     }
 
     /// The cached signing keys, after fetching the agency's JWKS once more if
-    /// `token` names a key not seen yet.
-    async fn keys_for(&self, token: &str) -> Result<HashMap<String, DecodingKey>, LoginError> {
-        let kid = oidc::signing_kid(token)?;
+    /// `token` (signed with `alg`) names a key not seen yet.
+    async fn keys_for(
+        &self,
+        token: &str,
+        alg: jsonwebtoken::Algorithm,
+    ) -> Result<Keys, LoginError> {
+        let kid = oidc::signing_kid(token, alg)?;
         {
             let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
             if keys.contains_key(&kid) {
@@ -315,7 +334,7 @@ impl Site {
         let id_token = answer
             .id_token
             .ok_or_else(|| LoginError::Agency("the token response has no id_token".into()))?;
-        let keys = self.keys_for(&id_token).await?;
+        let keys = self.keys_for(&id_token, self.id_token_alg).await?;
         let verified = oidc::verify_id_token(&id_token, &keys, self.expected(), &flow.nonce)?;
         tracing::info!(agency, "authorization code redeemed");
         Ok((verified, id_token, answer.access_token.unwrap_or_default()))
@@ -615,11 +634,11 @@ async fn backchannel_logout(site: web::Data<Site>, body: web::Bytes) -> HttpResp
     let Some(token) = fields.get("logout_token").filter(|t| !t.is_empty()) else {
         return invalid_request("logout_token is missing");
     };
-    let keys = match site.keys_for(token).await {
+    let keys = match site.keys_for(token, jsonwebtoken::Algorithm::RS256).await {
         Ok(k) => k,
         Err(e) => return invalid_request(&e.to_string()),
     };
-    let logout = match oidc::verify_logout_token(token, &keys, site.expected()) {
+    let logout = match oidc::verify_logout_token(token, &keys, site.expected_logout()) {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, "refused a logout token");
@@ -783,7 +802,7 @@ mod tests {
         })
     }
 
-    fn keys() -> HashMap<String, DecodingKey> {
+    fn keys() -> Keys {
         parse_jwks(&test_key().jwks)
     }
 
@@ -797,6 +816,7 @@ mod tests {
         Expected {
             issuer: ISS,
             client_id: CLIENT,
+            alg: jsonwebtoken::Algorithm::RS256,
         }
     }
 
@@ -854,10 +874,15 @@ mod tests {
     }
 
     #[test]
-    fn jwks_keeps_only_rs256_signature_keys() {
+    fn jwks_keeps_signature_keys_with_their_algorithm() {
         let keys = keys();
-        assert_eq!(keys.len(), 1);
-        assert!(keys.contains_key(KID));
+        assert_eq!(keys.len(), 2, "the encryption key is skipped");
+        assert_eq!(keys[KID].0, jsonwebtoken::Algorithm::RS256);
+        assert_eq!(keys["ec"].0, jsonwebtoken::Algorithm::ES256);
+        let mislabelled = json!({"keys": [
+            {"kty": "OKP", "crv": "Ed25519", "kid": "ed", "alg": "RS256", "x": "AA"},
+        ]});
+        assert!(parse_jwks(&mislabelled).is_empty());
         assert!(parse_jwks(&json!({"nokeys": 1})).is_empty());
     }
 
@@ -937,7 +962,7 @@ mod tests {
         .unwrap();
         assert!(matches!(
             verify_logout_token(&hs, &keys(), expected()),
-            Err(TokenError::Algorithm(_))
+            Err(TokenError::Algorithm { .. })
         ));
         let token = sign(&logout_claims(), Some(KID));
         let mut parts: Vec<&str> = token.split('.').collect();
@@ -963,6 +988,16 @@ mod tests {
         let token = sign(&claims, Some(KID));
         let id = verify_id_token(&token, &keys(), expected(), "n1").unwrap();
         assert_eq!(id.sub, "alice");
+        // A site registered for ES256 takes no RS256 token, even one the
+        // agency signed.
+        let es256 = Expected {
+            alg: jsonwebtoken::Algorithm::ES256,
+            ..expected()
+        };
+        assert!(matches!(
+            verify_id_token(&token, &keys(), es256, "n1"),
+            Err(TokenError::Algorithm { .. })
+        ));
         assert_eq!(id.sid.as_deref(), Some("s1"));
         assert_eq!(id.claims["email"], "a@example.test");
         assert!(matches!(

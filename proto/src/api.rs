@@ -250,6 +250,9 @@ pub struct CreateSiteRequest {
     /// `query` (default, as OIDC says) or `form_post` (seed-style sites).
     #[serde(default)]
     pub default_response_mode: Option<crate::sso::ResponseMode>,
+    /// The algorithm of its ID tokens: `RS256` (default), `ES256` or `EdDSA`.
+    #[serde(default)]
+    pub id_token_signed_response_alg: Option<crate::sso::IdTokenAlg>,
 }
 
 /// A partner site as the admin API shows it (never the secret).
@@ -272,15 +275,23 @@ pub struct SiteView {
     /// How tickets reach it when its request names no `response_mode`.
     #[serde(default)]
     pub default_response_mode: crate::sso::ResponseMode,
+    /// The algorithm of its ID tokens.
+    #[serde(default)]
+    pub id_token_signed_response_alg: crate::sso::IdTokenAlg,
     /// Registration time, ms.
     pub created_ms: u64,
 }
 
 impl SiteView {
-    /// The view of `s` with its options.
-    pub fn new(s: &crate::sso::Site, options: crate::sso::SiteOptions) -> Self {
+    /// The view of `s` with its options and ID-token algorithm.
+    pub fn new(
+        s: &crate::sso::Site,
+        options: crate::sso::SiteOptions,
+        id_token_alg: crate::sso::IdTokenAlg,
+    ) -> Self {
         Self {
             default_response_mode: options.default_response_mode,
+            id_token_signed_response_alg: id_token_alg,
             ..Self::from(s)
         }
     }
@@ -297,6 +308,7 @@ impl From<&crate::sso::Site> for SiteView {
             allowed_scopes: s.allowed_scopes.clone(),
             public: s.secret_hash.is_none(),
             default_response_mode: Default::default(),
+            id_token_signed_response_alg: Default::default(),
             created_ms: s.created_ms,
         }
     }

@@ -300,6 +300,15 @@ pub enum Op {
         /// The refresh token to store (with `offline_access`).
         refresh: Option<Box<RefreshToken>>,
     },
+    /// [`Op::RegisterSite`] with the algorithm of the site's ID tokens.
+    RegisterSiteWithAlg {
+        /// The site.
+        site: Box<Site>,
+        /// Its options.
+        options: crate::sso::SiteOptions,
+        /// `id_token_signed_response_alg`.
+        id_token_alg: crate::sso::IdTokenAlg,
+    },
 }
 
 impl Op {
@@ -340,6 +349,7 @@ impl Op {
             Op::RepinPeer { .. } => "repin_peer",
             Op::AddTicketKey { .. } => "add_ticket_key",
             Op::RedeemSealedTicket { .. } => "redeem_sealed_ticket",
+            Op::RegisterSiteWithAlg { .. } => "register_site",
         }
     }
 }

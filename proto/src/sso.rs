@@ -36,6 +36,36 @@ pub enum ResponseMode {
     FormPost,
 }
 
+/// The JWS algorithm of a site's ID tokens (OIDC Dynamic Client
+/// Registration's `id_token_signed_response_alg`), chosen at registration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum IdTokenAlg {
+    /// RSASSA-PKCS1-v1_5 with SHA-256, the OIDC default.
+    #[default]
+    #[serde(rename = "RS256")]
+    Rs256,
+    /// ECDSA on P-256 with SHA-256.
+    #[serde(rename = "ES256")]
+    Es256,
+    /// Ed25519 (RFC 8037).
+    #[serde(rename = "EdDSA")]
+    EdDsa,
+}
+
+impl IdTokenAlg {
+    /// Every algorithm, as discovery lists them.
+    pub const ALL: [IdTokenAlg; 3] = [Self::Rs256, Self::Es256, Self::EdDsa];
+
+    /// The JOSE name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Rs256 => "RS256",
+            Self::Es256 => "ES256",
+            Self::EdDsa => "EdDSA",
+        }
+    }
+}
+
 /// A site's settings kept apart from its registration record (which keeps
 /// its stored shape): for now how tickets reach it when it does not ask.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

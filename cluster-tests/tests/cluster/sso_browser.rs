@@ -44,8 +44,10 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let cluster = Cluster::start(3).await;
     sso::create_user(&cluster, USER, PASSWORD).await;
-    let shop = PartnerSite::start(&cluster, "shop", "shop.baa.localtest").await;
-    let news = PartnerSite::start(&cluster, "news", "news.baa.localtest").await;
+    // The demo's choice: each site takes ID tokens of one of the algorithms
+    // besides RS256, and verifies them against the JWKS with its own code.
+    let shop = PartnerSite::start_with_alg(&cluster, "shop", "shop.baa.localtest", "ES256").await;
+    let news = PartnerSite::start_with_alg(&cluster, "news", "news.baa.localtest", "EdDSA").await;
     let browser = must("starting the browser", Browser::start(HOST_RULES).await);
     Fixture {
         browser,

@@ -552,6 +552,10 @@ async fn leader_killed_between_sign_in_and_trust_page() {
     assert!(c.get("name").is_none() && c.get("email").is_none(), "{c}");
 }
 
+/// Authlib, an OIDC client written elsewhere, completes the code flow for
+/// sites registered for each ID-token algorithm, checking the ID token
+/// (signature against the JWKS, `at_hash`, nonce) accepting only the
+/// algorithm its site registered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn third_party_oidc_client_completes_the_code_flow() {
     let python = std::env::var("BAA_PYTHON").unwrap_or_else(|_| {
@@ -559,45 +563,52 @@ async fn third_party_oidc_client_completes_the_code_flow() {
     });
     let cluster = Cluster::start(3).await;
     create_user(&cluster, "alice", PASSWORD).await;
-    let site = add_site(
-        &cluster,
-        serde_json::json!({
-            "client_id": "authlib",
-            "name": "Authlib client",
-            "redirect_uris": ["https://app.example.test/callback"],
-        }),
-    )
-    .await;
-    let agent = signed_in_with_trust(&cluster, 2, &site).await;
-    let cookie = agent.sso_cookies().unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/oidc/authlib_flow.py");
-    let out = tokio::process::Command::new(python)
-        .arg(script)
-        .args(["--issuer", &cluster.issuer()])
-        .args(["--discovery-base", &cluster.agency_url(3)])
-        .args(["--client-id", &site.client_id])
-        // `=`: a generated secret may begin with `-`.
-        .arg(format!(
-            "--client-secret={}",
-            site.secret.as_deref().unwrap()
-        ))
-        .args(["--redirect-uri", &site.redirect_uri])
-        .args(["--sso-cookie", &cookie.header()])
-        .args(["--ca-file", cluster.ca_pem().to_str().unwrap()])
-        .args(["--resolve", "login.baa.localtest=127.0.0.1"])
-        .output()
-        .await
-        .expect("running the authlib script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "authlib flow failed:\n{stdout}\n{stderr}"
-    );
-    let line: serde_json::Value =
-        serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
-    assert_eq!(line["ok"], true, "{line}");
-    assert_eq!(line["preferred_username"], "alice");
+    for (i, alg) in ["RS256", "ES256", "EdDSA"].into_iter().enumerate() {
+        let site = add_site(
+            &cluster,
+            serde_json::json!({
+                "client_id": format!("authlib-{}", alg.to_lowercase()),
+                "name": format!("Authlib client ({alg})"),
+                "redirect_uris": ["https://app.example.test/callback"],
+                "id_token_signed_response_alg": alg,
+            }),
+        )
+        .await;
+        let view = cluster.admin(1).site(&site.client_id).await.unwrap();
+        assert_eq!(view.id_token_signed_response_alg.name(), alg);
+        let agent = signed_in_with_trust(&cluster, 1 + i as u64, &site).await;
+        let cookie = agent.sso_cookies().unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/oidc/authlib_flow.py");
+        let out = tokio::process::Command::new(&python)
+            .arg(script)
+            .args(["--issuer", &cluster.issuer()])
+            .args(["--discovery-base", &cluster.agency_url(3 - i as u64)])
+            .args(["--client-id", &site.client_id])
+            // `=`: a generated secret may begin with `-`.
+            .arg(format!(
+                "--client-secret={}",
+                site.secret.as_deref().unwrap()
+            ))
+            .args(["--redirect-uri", &site.redirect_uri])
+            .args(["--sso-cookie", &cookie.header()])
+            .args(["--ca-file", cluster.ca_pem().to_str().unwrap()])
+            .args(["--resolve", "login.baa.localtest=127.0.0.1"])
+            .args(["--id-token-alg", alg])
+            .output()
+            .await
+            .expect("running the authlib script");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "authlib flow ({alg}) failed:\n{stdout}\n{stderr}"
+        );
+        let line: serde_json::Value =
+            serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+        assert_eq!(line["ok"], true, "{line}");
+        assert_eq!(line["preferred_username"], "alice");
+        assert_eq!(line["alg"], alg);
+    }
 }
 
 /// Asks node `id`'s status endpoint about `reference`, as `site`.

@@ -12,7 +12,7 @@ use baa_proto::api::{
 };
 use baa_proto::model::NodeId;
 use baa_proto::sso::AccountName;
-use baa_proto::sso::ResponseMode;
+use baa_proto::sso::{IdTokenAlg, ResponseMode};
 use clap::Subcommand;
 
 use super::client::{AdminClient, Connection};
@@ -240,6 +240,10 @@ pub enum SiteCommand {
         /// (an auto-submitting form, for seed-style sites).
         #[arg(long, value_parser = parse_response_mode)]
         default_response_mode: Option<ResponseMode>,
+        /// The algorithm of the site's ID tokens: RS256 (the default), ES256
+        /// or EdDSA.
+        #[arg(long, value_parser = parse_id_token_alg)]
+        id_token_alg: Option<IdTokenAlg>,
         /// Print the registered site and its secret as JSON.
         #[arg(long)]
         json: bool,
@@ -601,6 +605,10 @@ fn print_site(site: &SiteView) {
         ResponseMode::FormPost => "form_post",
     };
     println!("  default response_mode: {mode}");
+    println!(
+        "  ID tokens signed with: {}",
+        site.id_token_signed_response_alg.name()
+    );
     println!("  registered: {}", time_ms(site.created_ms));
 }
 
@@ -610,6 +618,13 @@ fn parse_response_mode(s: &str) -> Result<ResponseMode, String> {
         "form_post" => Ok(ResponseMode::FormPost),
         other => Err(format!("{other:?}: expected query or form_post")),
     }
+}
+
+fn parse_id_token_alg(s: &str) -> Result<IdTokenAlg, String> {
+    IdTokenAlg::ALL
+        .into_iter()
+        .find(|a| a.name() == s)
+        .ok_or_else(|| format!("{s:?}: expected RS256, ES256 or EdDSA"))
 }
 
 fn read_secret_file(path: &std::path::Path) -> anyhow::Result<String> {
@@ -634,6 +649,7 @@ pub async fn site(conn: &Connection, command: SiteCommand) -> anyhow::Result<()>
             public,
             client_secret_file,
             default_response_mode,
+            id_token_alg,
             json,
         } => {
             let client_secret = client_secret_file
@@ -651,6 +667,7 @@ pub async fn site(conn: &Connection, command: SiteCommand) -> anyhow::Result<()>
                 public,
                 client_secret,
                 default_response_mode,
+                id_token_signed_response_alg: id_token_alg,
             };
             let created: CreatedSite = client.post("/admin/v1/sites", &req).await?;
             if json {

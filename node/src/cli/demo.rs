@@ -15,7 +15,7 @@ use baa_proto::api::{
     ClusterStatus, CreateSiteRequest, CreateUserRequest, CreatedSite, SiteView, UpdateUserRequest,
     UserView,
 };
-use baa_proto::sso::ResponseMode;
+use baa_proto::sso::{IdTokenAlg, ResponseMode};
 use baa_proto::ErrorCode;
 use clap::Args;
 
@@ -103,6 +103,8 @@ struct DemoSite {
     host: &'static str,
     /// Port offset from `--base-port`.
     offset: u16,
+    /// The algorithm of its ID tokens (the demo shows the two besides RS256).
+    id_token_alg: IdTokenAlg,
 }
 
 const SITES: [DemoSite; 2] = [
@@ -111,12 +113,14 @@ const SITES: [DemoSite; 2] = [
         name: "Demo Shop",
         host: "shop.baa.localtest",
         offset: 200,
+        id_token_alg: IdTokenAlg::Es256,
     },
     DemoSite {
         id: "news",
         name: "Demo News",
         host: "news.baa.localtest",
         offset: 201,
+        id_token_alg: IdTokenAlg::EdDsa,
     },
 ];
 
@@ -152,6 +156,7 @@ impl DemoSite {
             client_secret: Some(secret.into()),
             // Seed-style sites: the ticket comes by the auto-submitting form.
             default_response_mode: Some(ResponseMode::FormPost),
+            id_token_signed_response_alg: Some(self.id_token_alg),
         }
     }
 }
@@ -382,6 +387,7 @@ fn same_registration(have: &SiteView, want: &CreateSiteRequest) -> bool {
         && have.backchannel_logout_uri == want.backchannel_logout_uri
         && Some(&have.allowed_scopes) == want.allowed_scopes.as_ref()
         && Some(have.default_response_mode) == want.default_response_mode
+        && Some(have.id_token_signed_response_alg) == want.id_token_signed_response_alg
 }
 
 /// Registers the site as `want` says. An existing registration is kept when
@@ -705,7 +711,9 @@ async fn start_sites(plan: &Plan, ca: &Path, children: &mut Children) -> anyhow:
             .arg("--resolve")
             .arg(format!("{}=127.0.0.1", plan.host))
             .arg("--scope")
-            .arg("openid profile email");
+            .arg("openid profile email")
+            .arg("--id-token-alg")
+            .arg(site.id_token_alg.name());
         for i in 1..=plan.nodes {
             cmd.arg("--agency").arg(plan.agency_url(i));
         }

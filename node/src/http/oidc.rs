@@ -56,7 +56,7 @@ async fn discovery(agency: web::Data<Agency>) -> HttpResponse {
         "grant_types_supported": ["authorization_code", "refresh_token", DEVICE_GRANT],
         "device_authorization_endpoint": format!("{i}/sso/device_authorization"),
         "subject_types_supported": ["public", "pairwise"],
-        "id_token_signing_alg_values_supported": ["RS256"],
+        "id_token_signing_alg_values_supported": baa_proto::sso::IdTokenAlg::ALL.map(|a| a.name()),
         "scopes_supported": ["openid", "profile", "email", "offline_access"],
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "sid",
             "preferred_username", "name", "email", "amr", "at_hash"],

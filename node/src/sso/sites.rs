@@ -4,7 +4,7 @@
 
 use baa_proto::api::{CreateSiteRequest, CreatedSite, SiteView};
 use baa_proto::command::{ApplyError, Op, Outcome, RequestId};
-use baa_proto::sso::{secret_hash, Site, SiteOptions, Trust};
+use baa_proto::sso::{secret_hash, IdTokenAlg, Site, SiteOptions, Trust};
 use baa_proto::ErrorCode;
 
 use crate::agency::Agency;
@@ -49,13 +49,23 @@ pub async fn register(
     let options = SiteOptions {
         default_response_mode: req.default_response_mode.unwrap_or_default(),
     };
-    let op = Op::RegisterSite {
-        site: Box::new(site),
-        options,
+    let id_token_alg = req.id_token_signed_response_alg.unwrap_or_default();
+    // The older command while it says everything: a node not yet upgraded
+    // applies it.
+    let op = match id_token_alg {
+        IdTokenAlg::Rs256 => Op::RegisterSite {
+            site: Box::new(site),
+            options,
+        },
+        _ => Op::RegisterSiteWithAlg {
+            site: Box::new(site),
+            options,
+            id_token_alg,
+        },
     };
     match agency.write(op, request_id).await? {
         Outcome::Site(s) => Ok(CreatedSite {
-            site: SiteView::new(&s, options),
+            site: SiteView::new(&s, options, id_token_alg),
             client_secret: secret,
         }),
         other => Err(NodeError::Internal(format!("unexpected outcome {other:?}"))),
@@ -68,7 +78,7 @@ pub fn list(agency: &Agency) -> Result<Vec<SiteView>> {
         .state
         .sites()?
         .iter()
-        .map(|s| Ok(SiteView::new(s, agency.state.site_options(&s.client_id)?)))
+        .map(|s| view(agency, s))
         .collect()
 }
 
@@ -82,7 +92,15 @@ pub fn get(agency: &Agency, client_id: &str) -> Result<SiteView> {
         .state
         .site(client_id)?
         .ok_or_else(|| no_site(client_id))?;
-    Ok(SiteView::new(&site, agency.state.site_options(client_id)?))
+    view(agency, &site)
+}
+
+fn view(agency: &Agency, s: &Site) -> Result<SiteView> {
+    Ok(SiteView::new(
+        s,
+        agency.state.site_options(&s.client_id)?,
+        agency.state.id_token_alg(&s.client_id)?,
+    ))
 }
 
 /// Removes a site, its trust relationships and its tokens.

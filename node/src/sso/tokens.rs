@@ -7,7 +7,8 @@
 
 use baa_proto::command::{Consistency, Op, Outcome};
 use baa_proto::sso::{
-    secret_hash, subject, DevicePoll, Grant, LoginParams, PairwiseSalt, RefreshToken, Session, Site,
+    secret_hash, subject, DevicePoll, Grant, IdTokenAlg, LoginParams, PairwiseSalt, RefreshToken,
+    Session, Site,
 };
 use baa_proto::ErrorCode;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -63,7 +64,10 @@ pub async fn grant(
         let salt = crate::key_rotation::pairwise_salt(agency).await?;
         let token = match agency.state.peer_of_client(&site.client_id)? {
             Some(_) => peer_id_token(agency, &salt, &grant, &minted.access)?,
-            None => id_token(agency, &salt, &grant, &minted.access)?,
+            None => {
+                let alg = agency.state.id_token_alg(&site.client_id)?;
+                id_token(agency, &salt, &grant, &minted.access, alg)?
+            }
         };
         body["id_token"] = token.into();
     }
@@ -113,16 +117,31 @@ fn user_claims(
     m
 }
 
-/// The ID token of a grant (OIDC Core §2), bound to the access token by
-/// `at_hash`.
+/// The ID token of a grant (OIDC Core §2), signed with the site's
+/// algorithm and bound to the access token by `at_hash`.
 fn id_token(
     agency: &Agency,
     salt: &PairwiseSalt,
     g: &Grant,
     access_token: &str,
+    alg: IdTokenAlg,
 ) -> Result<String, NodeError> {
-    let claims = id_token_claims(agency, salt, g, access_token);
-    agency.keys.sign_jwt(&claims, crate::keys::ID_TOKEN_TYP)
+    let claims = id_token_claims(agency, salt, g, access_token, alg);
+    agency.keys.sign_id_token(&claims, alg)
+}
+
+/// `at_hash` (OIDC Core §3.1.3.6): the left half of the access token's
+/// hash under the hash of the signing algorithm — SHA-512 for Ed25519, as
+/// the OpenID Foundation's conformance suite and other providers take it.
+fn at_hash(access_token: &str, alg: IdTokenAlg) -> String {
+    match alg {
+        IdTokenAlg::Rs256 | IdTokenAlg::Es256 => {
+            URL_SAFE_NO_PAD.encode(&Sha256::digest(access_token.as_bytes())[..16])
+        }
+        IdTokenAlg::EdDsa => {
+            URL_SAFE_NO_PAD.encode(&sha2::Sha512::digest(access_token.as_bytes())[..32])
+        }
+    }
 }
 
 fn id_token_claims(
@@ -130,11 +149,11 @@ fn id_token_claims(
     salt: &PairwiseSalt,
     g: &Grant,
     access_token: &str,
+    alg: IdTokenAlg,
 ) -> serde_json::Map<String, serde_json::Value> {
     let now_s = now_ms() / 1000;
     let mut claims = user_claims(salt, &g.user, &g.client_id, &g.params, &g.scopes);
-    let digest = Sha256::digest(access_token.as_bytes());
-    let at_hash = URL_SAFE_NO_PAD.encode(&digest[..16]);
+    let at_hash = at_hash(access_token, alg);
     claims.insert("iss".into(), agency.config.issuer.clone().into());
     claims.insert("aud".into(), g.client_id.clone().into());
     claims.insert("iat".into(), now_s.into());
@@ -168,7 +187,7 @@ fn peer_id_token(
         params,
         ..g.clone()
     };
-    let mut claims = id_token_claims(agency, salt, &g, access_token);
+    let mut claims = id_token_claims(agency, salt, &g, access_token, IdTokenAlg::Rs256);
     claims.insert("preferred_username".into(), g.user.username.clone().into());
     agency.keys.sign_jwt(&claims, crate::keys::ID_TOKEN_TYP)
 }

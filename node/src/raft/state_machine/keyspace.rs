@@ -62,6 +62,8 @@ pub(super) const PREFIX_USER_SESSIONS: &[u8] = b"V/";
 pub(super) const PREFIX_SITE: &[u8] = b"c/";
 /// client id → `SiteOptions` (absent: the defaults).
 pub(super) const PREFIX_SITE_OPTIONS: &[u8] = b"O/";
+/// client id → `IdTokenAlg` (absent: RS256).
+pub(super) const PREFIX_SITE_ALG: &[u8] = b"A/";
 /// user id (big-endian) ++ client id → `Trust`.
 pub(super) const PREFIX_TRUST: &[u8] = b"t/";
 /// ticket hash → `LoginTicket`.
@@ -196,6 +198,9 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
         k if k.starts_with(PREFIX_USER_SESSIONS) => as_::<()>("user_sessions", value),
         k if k.starts_with(PREFIX_SITE) => as_::<Site>("site", value),
         k if k.starts_with(PREFIX_SITE_OPTIONS) => as_::<SiteOptions>("site_options", value),
+        k if k.starts_with(PREFIX_SITE_ALG) => {
+            as_::<baa_proto::sso::IdTokenAlg>("site_id_token_alg", value)
+        }
         k if k.starts_with(PREFIX_TRUST) => as_::<Trust>("trust", value),
         k if k.starts_with(PREFIX_TICKET) => as_::<LoginTicket>("ticket", value),
         k if k.starts_with(PREFIX_TOKEN) => as_::<AccessToken>("access_token", value),

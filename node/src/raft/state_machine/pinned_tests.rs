@@ -241,6 +241,7 @@ fn op_variants_keep_their_order() {
             Op::RepinPeer { .. } => "RepinPeer",
             Op::AddTicketKey { .. } => "AddTicketKey",
             Op::RedeemSealedTicket { .. } => "RedeemSealedTicket",
+            Op::RegisterSiteWithAlg { .. } => "RegisterSiteWithAlg",
         }
     }
     let table = [
@@ -278,6 +279,7 @@ fn op_variants_keep_their_order() {
         ("RepinPeer", 31),
         ("AddTicketKey", 32),
         ("RedeemSealedTicket", 33),
+        ("RegisterSiteWithAlg", 34),
     ];
     let rule = ThrottleRule {
         window_ms: 1,
@@ -417,6 +419,11 @@ fn op_variants_keep_their_order() {
         },
         super::tests::sso::ticket_key("t1"),
         super::tests::sso::redeem_sealed(1, [1; 32], [2; 32], "c"),
+        Op::RegisterSiteWithAlg {
+            site: Box::new(site()),
+            options: SiteOptions::default(),
+            id_token_alg: baa_proto::sso::IdTokenAlg::EdDsa,
+        },
     ];
     pin("Op", &table, &samples, name);
 }
@@ -687,6 +694,25 @@ fn response_mode_variants_keep_their_order() {
         "ResponseMode",
         &[("Query", 0), ("FormPost", 1)],
         &samples,
+        name,
+    );
+}
+
+/// Stored per site (family `A/`).
+#[test]
+fn id_token_alg_variants_keep_their_order() {
+    use baa_proto::sso::IdTokenAlg;
+    fn name(a: &IdTokenAlg) -> &'static str {
+        match a {
+            IdTokenAlg::Rs256 => "Rs256",
+            IdTokenAlg::Es256 => "Es256",
+            IdTokenAlg::EdDsa => "EdDsa",
+        }
+    }
+    pin(
+        "IdTokenAlg",
+        &[("Rs256", 0), ("Es256", 1), ("EdDsa", 2)],
+        &IdTokenAlg::ALL,
         name,
     );
 }

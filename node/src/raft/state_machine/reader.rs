@@ -103,6 +103,16 @@ impl StateReader {
             .unwrap_or_default())
     }
 
+    /// The algorithm of site `client_id`'s ID tokens (RS256 when it chose none).
+    pub fn id_token_alg(
+        &self,
+        client_id: &str,
+    ) -> Result<baa_proto::sso::IdTokenAlg, StorageError> {
+        Ok(self
+            .get(&key(super::keyspace::PREFIX_SITE_ALG, client_id.as_bytes()))?
+            .unwrap_or_default())
+    }
+
     /// The salt of pairwise identifiers, once set.
     pub fn pairwise_salt(&self) -> Result<Option<PairwiseSalt>, StorageError> {
         self.get(KEY_PAIRWISE_SALT)

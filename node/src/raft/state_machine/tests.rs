@@ -935,9 +935,10 @@ mod reopen {
             Op::RepinPeer { .. } => 31,
             Op::AddTicketKey { .. } => 32,
             Op::RedeemSealedTicket { .. } => 33,
+            Op::RegisterSiteWithAlg { .. } => 34,
         }
     }
-    const VARIANTS: usize = 34;
+    const VARIANTS: usize = 35;
 
     fn site(client_id: &str) -> Op {
         Op::AddSite(Box::new(Site {
@@ -1050,6 +1051,20 @@ mod reopen {
                 options: baa_proto::sso::SiteOptions {
                     default_response_mode: baa_proto::sso::ResponseMode::FormPost,
                 },
+            },
+            Op::RegisterSiteWithAlg {
+                site: Box::new(Site {
+                    client_id: "es".into(),
+                    name: "es".into(),
+                    redirect_uris: vec!["https://es.example/cb".into()],
+                    post_logout_redirect_uris: vec![],
+                    secret_hash: Some(secret_hash(b"secret")),
+                    backchannel_logout_uri: None,
+                    allowed_scopes: vec!["openid".into()],
+                    created_ms: 0,
+                }),
+                options: baa_proto::sso::SiteOptions::default(),
+                id_token_alg: baa_proto::sso::IdTokenAlg::Es256,
             },
             session(key),
             Op::TouchSession { key },
@@ -1254,6 +1269,7 @@ mod reopen {
             "user_sessions",
             "site",
             "site_options",
+            "site_id_token_alg",
             "trust",
             "ticket",
             "access_token",

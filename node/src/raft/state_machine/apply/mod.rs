@@ -25,7 +25,7 @@ mod trust;
 mod users;
 
 use baa_proto::command::{CommandResult, Op};
-use baa_proto::sso::SiteOptions;
+use baa_proto::sso::{IdTokenAlg, SiteOptions};
 
 use super::staged::Staged;
 use crate::raft::StorageError;
@@ -58,7 +58,9 @@ pub(super) fn apply_op(
         } => sessions::create(st, now, session, account, source),
         Op::TouchSession { key } => sessions::touch(st, now, key),
         Op::RevokeSession { key } => sessions::revoke(st, now, key),
-        Op::AddSite(site) => sites::register(st, now, site, SiteOptions::default()),
+        Op::AddSite(site) => {
+            sites::register(st, now, site, SiteOptions::default(), IdTokenAlg::Rs256)
+        }
         Op::RemoveSite { client_id } => sites::remove(st, client_id),
         Op::SetTrust(trust) => trust::set(st, now, trust),
         Op::RevokeTrust { user_id, client_id } => trust::revoke(st, *user_id, client_id),
@@ -143,7 +145,14 @@ pub(super) fn apply_op(
         Op::PurgeExpired => purge::expired(st, now),
         Op::RevokeUserSessions { username } => sessions::revoke_all_of(st, now, username),
         Op::SetPairwiseSalt { salt } => keys::set_pairwise_salt(st, salt),
-        Op::RegisterSite { site, options } => sites::register(st, now, site, *options),
+        Op::RegisterSite { site, options } => {
+            sites::register(st, now, site, *options, IdTokenAlg::Rs256)
+        }
+        Op::RegisterSiteWithAlg {
+            site,
+            options,
+            id_token_alg,
+        } => sites::register(st, now, site, *options, *id_token_alg),
         Op::RecordFailedSignIn {
             account,
             source,

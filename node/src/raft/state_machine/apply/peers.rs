@@ -53,7 +53,13 @@ pub(super) fn add(
     let options = SiteOptions {
         default_response_mode: ResponseMode::FormPost,
     };
-    if let Err(e) = sites::register(st, now, &peer_site(&peer.issuer), options)? {
+    if let Err(e) = sites::register(
+        st,
+        now,
+        &peer_site(&peer.issuer),
+        options,
+        Default::default(),
+    )? {
         return Ok(Err(e));
     }
     let mut p = peer.clone();

@@ -2,21 +2,23 @@
 //! removal, which ends every trust in the site.
 
 use baa_proto::command::{CommandResult, Outcome};
-use baa_proto::sso::{Site, SiteOptions};
+use baa_proto::sso::{IdTokenAlg, Site, SiteOptions};
 use baa_proto::ErrorCode;
 
-use super::super::keyspace::{key, PREFIX_SITE, PREFIX_SITE_OPTIONS};
+use super::super::keyspace::{key, PREFIX_SITE, PREFIX_SITE_ALG, PREFIX_SITE_OPTIONS};
 use super::super::staged::{invalid, refuse, Staged};
 use super::trust;
 use crate::raft::StorageError;
 
-/// Registers a site; options other than the defaults are stored apart, so
-/// the site record keeps the shape earlier releases stored.
+/// Registers a site; options and an ID-token algorithm other than the
+/// defaults are stored apart, so the site record keeps the shape earlier
+/// releases stored.
 pub(super) fn register(
     st: &mut Staged<'_>,
     now: u64,
     site: &Site,
     options: SiteOptions,
+    id_token_alg: IdTokenAlg,
 ) -> Result<CommandResult, StorageError> {
     if let Err(e) = baa_proto::sso::validate_site(site) {
         return Ok(Err(invalid(e)));
@@ -37,6 +39,12 @@ pub(super) fn register(
             &options,
         )?;
     }
+    if id_token_alg != IdTokenAlg::default() {
+        st.put(
+            &key(PREFIX_SITE_ALG, site.client_id.as_bytes()),
+            &id_token_alg,
+        )?;
+    }
     Ok(Ok(Outcome::Site(Box::new(site))))
 }
 
@@ -49,6 +57,7 @@ pub(super) fn remove(st: &mut Staged<'_>, client_id: &str) -> Result<CommandResu
     }
     st.remove(&k);
     st.remove(&key(PREFIX_SITE_OPTIONS, client_id.as_bytes()));
+    st.remove(&key(PREFIX_SITE_ALG, client_id.as_bytes()));
     trust::end_for_site(st, client_id)?;
     Ok(Ok(Outcome::Removed(true)))
 }
