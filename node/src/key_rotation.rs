@@ -59,9 +59,17 @@ pub async fn ensure_federation_key(agency: &Agency) -> Result<()> {
 /// How long a ticket key seals before the leader's reaper replaces it.
 pub const TICKET_KEY_LIFETIME_MS: u64 = 24 * 3600 * 1000;
 
-/// How long a replaced ticket key still opens tickets: past the longest a
-/// ticket it sealed can live, with room for clocks.
+/// How long a replaced ticket key still opens what it sealed: past the
+/// longest a ticket can live, with room for clocks (and past the access
+/// tokens' lifetime, see [`ticket_key_keep_ms`]).
 const TICKET_KEY_KEEP_MS: u64 = 15 * 60 * 1000;
+
+/// How long a replaced ticket key is kept: until every ticket and sealed
+/// access token it sealed has expired, with room for clocks.
+fn ticket_key_keep_ms(agency: &Agency) -> u64 {
+    let access = agency.config.sso.access_token_ttl_s.saturating_mul(1000);
+    TICKET_KEY_KEEP_MS.max(access.saturating_add(5 * 60 * 1000))
+}
 
 /// Makes a ticket key when the agency has none, and a new one when the
 /// current one is older than [`TICKET_KEY_LIFETIME_MS`] (the leader's
@@ -84,7 +92,7 @@ pub async fn ensure_ticket_key(agency: &Agency) -> Result<()> {
     };
     let op = Op::AddTicketKey {
         key: Box::new(key),
-        keep_old_for_ms: TICKET_KEY_KEEP_MS,
+        keep_old_for_ms: ticket_key_keep_ms(agency),
     };
     agency.write(op, None).await?;
     agency.tickets.invalidate();

@@ -1,16 +1,19 @@
-//! Sealed login tickets: a ticket is its own record — its contents
-//! (session, site, redirect URI, nonce, PKCE challenge, scopes, expiry and
-//! a random id) encrypted and authenticated with AES-256-GCM under a ticket
-//! key replicated through Raft — so issuing one writes nothing, and only
-//! its redemption (which marks the id spent) is replicated. Anyone without
-//! the key can neither read, make nor alter a ticket.
+//! Sealed values: a login ticket or an access token is its own record —
+//! its contents encrypted and authenticated with AES-256-GCM under a ticket
+//! key replicated through Raft — so issuing one writes nothing. A ticket
+//! (session, site, redirect URI, nonce, PKCE challenge, scopes, expiry, a
+//! random id) is replicated only when redeemed (its id marked spent); an
+//! access token (session, user, site, scopes, issue time, expiry, a random
+//! id) never is: it holds while its session, site and trust do, unless it
+//! was revoked. Anyone without the key can neither read, make nor alter
+//! either, and one kind never opens as the other (each binds its own label).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use baa_proto::codec;
-use baa_proto::sso::SealedTicket;
+use baa_proto::sso::{SealedAccess, SealedTicket};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
@@ -19,14 +22,34 @@ use crate::clock::now_ms;
 use crate::error::NodeError;
 use crate::raft::state_machine::StateReader;
 
-/// What every sealed ticket begins with (the format's version).
-const PREFIX: &str = "t1.";
+/// One kind of sealed value: the prefix it begins with (the format's
+/// version) and the label bound to its seal.
+struct Kind {
+    prefix: &'static str,
+    aad: &'static [u8],
+    what: &'static str,
+}
 
-/// Bound to every seal, so a sealed value of another kind never opens here.
-const AAD: &[u8] = b"baa login ticket v1";
+const TICKET: Kind = Kind {
+    prefix: "t1.",
+    aad: b"baa login ticket v1",
+    what: "ticket",
+};
 
-/// The most a sealed ticket's contents may weigh when opened.
-const MAX_TICKET_BYTES: u64 = 8 * 1024;
+const ACCESS: Kind = Kind {
+    prefix: "a1.",
+    aad: b"baa access token v1",
+    what: "access token",
+};
+
+/// The most a sealed value's contents may weigh when opened.
+const MAX_SEALED_BYTES: u64 = 8 * 1024;
+
+/// Whether `value` is in the sealed access-token format (it may still not
+/// open).
+pub fn is_sealed_access(value: &str) -> bool {
+    value.starts_with(ACCESS.prefix)
+}
 
 /// How long loaded keys are reused before the state is read again.
 const CACHE_FOR: Duration = Duration::from_millis(500);
@@ -98,28 +121,52 @@ impl TicketSealer {
 
     /// `t` sealed with the current ticket key: `t1.<kid>.<nonce ‖ ciphertext ‖ tag>`.
     pub fn seal(&self, t: &SealedTicket) -> Result<String, NodeError> {
-        let l = self.load()?;
-        let (kid, key) = l.current.as_ref().ok_or_else(|| NodeError::BadRequest {
-            code: baa_proto::ErrorCode::NoSigningKey,
-            message: "the agency has no ticket key yet; run `baa cluster init` or wait".into(),
-        })?;
-        let mut data = codec::encode_with_limit(t, MAX_TICKET_BYTES)
-            .map_err(|e| NodeError::Internal(e.to_string()))?;
-        let nonce_bytes = crate::secrets::random_bytes::<NONCE_LEN>();
-        let nonce = Nonce::assume_unique_for_key(nonce_bytes);
-        key.seal_in_place_append_tag(nonce, Aad::from(AAD), &mut data)
-            .map_err(|_| NodeError::Internal("sealing a ticket failed".into()))?;
-        let mut sealed = nonce_bytes.to_vec();
-        sealed.extend(data);
-        Ok(format!("{PREFIX}{kid}.{}", URL_SAFE_NO_PAD.encode(sealed)))
+        self.seal_as(&TICKET, t)
     }
 
     /// The contents of a ticket this agency sealed with a key it still
     /// keeps; `None` for anything else (altered in any byte, another
     /// agency's, a retired key's, not a ticket at all).
     pub fn open(&self, value: &str) -> Option<SealedTicket> {
-        let (kid, body) = value.strip_prefix(PREFIX)?.split_once('.')?;
-        if kid.len() > 64 || body.len() > 2 * MAX_TICKET_BYTES as usize {
+        self.open_as(&TICKET, value)
+    }
+
+    /// An access token `a` sealed with the current ticket key:
+    /// `a1.<kid>.<nonce ‖ ciphertext ‖ tag>`.
+    pub fn seal_access(&self, a: &SealedAccess) -> Result<String, NodeError> {
+        self.seal_as(&ACCESS, a)
+    }
+
+    /// The contents of an access token this agency sealed with a key it
+    /// still keeps; `None` for anything else.
+    pub fn open_access(&self, value: &str) -> Option<SealedAccess> {
+        self.open_as(&ACCESS, value)
+    }
+
+    fn seal_as<T: serde::Serialize>(&self, kind: &Kind, t: &T) -> Result<String, NodeError> {
+        let l = self.load()?;
+        let (kid, key) = l.current.as_ref().ok_or_else(|| NodeError::BadRequest {
+            code: baa_proto::ErrorCode::NoSigningKey,
+            message: "the agency has no ticket key yet; run `baa cluster init` or wait".into(),
+        })?;
+        let mut data = codec::encode_with_limit(t, MAX_SEALED_BYTES)
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        let nonce_bytes = crate::secrets::random_bytes::<NONCE_LEN>();
+        let nonce = Nonce::assume_unique_for_key(nonce_bytes);
+        key.seal_in_place_append_tag(nonce, Aad::from(kind.aad), &mut data)
+            .map_err(|_| NodeError::Internal(format!("sealing {} failed", kind.what)))?;
+        let mut sealed = nonce_bytes.to_vec();
+        sealed.extend(data);
+        Ok(format!(
+            "{}{kid}.{}",
+            kind.prefix,
+            URL_SAFE_NO_PAD.encode(sealed)
+        ))
+    }
+
+    fn open_as<T: serde::de::DeserializeOwned>(&self, kind: &Kind, value: &str) -> Option<T> {
+        let (kid, body) = value.strip_prefix(kind.prefix)?.split_once('.')?;
+        if kid.len() > 64 || body.len() > 2 * MAX_SEALED_BYTES as usize {
             return None;
         }
         let l = self.load().ok()?;
@@ -130,8 +177,10 @@ impl TicketSealer {
         }
         let mut data = bytes.split_off(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(&bytes).ok()?;
-        let plain = key.open_in_place(nonce, Aad::from(AAD), &mut data).ok()?;
-        codec::decode_with_limit(plain, MAX_TICKET_BYTES).ok()
+        let plain = key
+            .open_in_place(nonce, Aad::from(kind.aad), &mut data)
+            .ok()?;
+        codec::decode_with_limit(plain, MAX_SEALED_BYTES).ok()
     }
 
     /// Whether a current ticket key exists.
@@ -258,5 +307,31 @@ mod tests {
         let sealer = TicketSealer::new(sm.reader());
         assert_eq!(sealer.open(&sealed), Some(ticket()));
         assert!(sealer.seal(&ticket()).unwrap().starts_with("t1.k2."));
+    }
+
+    /// An access token opens as one, never as a ticket, and a ticket never
+    /// as an access token, though one key seals both.
+    #[tokio::test]
+    async fn access_tokens_and_tickets_never_open_as_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = state(dir.path(), vec![(now_ms(), key("k1", 1))]).await;
+        let sealer = TicketSealer::new(sm.reader());
+        let a = SealedAccess {
+            id: [9; 16],
+            session_key: [1; 32],
+            user_id: 7,
+            client_id: "shop".into(),
+            scopes: vec!["openid".into()],
+            issued_ms: 1,
+            expires_ms: 3_600_001,
+        };
+        let token = sealer.seal_access(&a).unwrap();
+        assert!(is_sealed_access(&token), "{token}");
+        assert_eq!(sealer.open_access(&token), Some(a));
+        assert_eq!(sealer.open(&token), None);
+        assert_eq!(sealer.open(&token.replacen("a1.", "t1.", 1)), None);
+        let ticket = sealer.seal(&ticket()).unwrap();
+        assert_eq!(sealer.open_access(&ticket), None);
+        assert_eq!(sealer.open_access(&ticket.replacen("t1.", "a1.", 1)), None);
     }
 }

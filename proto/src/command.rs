@@ -309,6 +309,31 @@ pub enum Op {
         /// `id_token_signed_response_alg`.
         id_token_alg: crate::sso::IdTokenAlg,
     },
+    /// [`Op::RedeemSealedTicket`] granting a sealed access token: nothing
+    /// is stored for it (the proposing node seals it with the command's
+    /// time as its issue time); a second redemption revokes the client's
+    /// tokens in the session, sealed ones included.
+    RedeemForSealedAccess {
+        /// The ticket's contents.
+        ticket: Box<crate::sso::SealedTicket>,
+        /// The authenticated client presenting it.
+        client_id: String,
+        /// The `redirect_uri` of the token request.
+        redirect_uri: String,
+        /// S256 of the presented `code_verifier`.
+        verifier_challenge: Option<String>,
+        /// Lifetime of the access token (cut to the session's).
+        access_ttl_ms: u64,
+        /// The refresh token to store (with `offline_access`).
+        refresh: Option<Box<RefreshToken>>,
+    },
+    /// Revoke one sealed access token until it would have expired.
+    RevokeSealedAccess {
+        /// Its id.
+        id: [u8; 16],
+        /// Its expiry: the record goes then.
+        expires_ms: u64,
+    },
 }
 
 impl Op {
@@ -350,6 +375,8 @@ impl Op {
             Op::AddTicketKey { .. } => "add_ticket_key",
             Op::RedeemSealedTicket { .. } => "redeem_sealed_ticket",
             Op::RegisterSiteWithAlg { .. } => "register_site",
+            Op::RedeemForSealedAccess { .. } => "redeem_sealed_ticket",
+            Op::RevokeSealedAccess { .. } => "revoke_token",
         }
     }
 }

@@ -298,6 +298,40 @@ pub struct SealedTicket {
     pub expires_ms: u64,
 }
 
+/// What a sealed access token holds: it is its own record (nothing is
+/// stored when it is issued). It holds while its session is alive, its site
+/// and the user's trust in it were there when it was issued, it was not
+/// revoked by itself (`Y/`) nor with its client's tokens in the session
+/// (`W/`), and it has not expired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedAccess {
+    /// Random id: what revoking it alone records.
+    pub id: [u8; 16],
+    /// The session it belongs to.
+    pub session_key: SecretHash,
+    /// The user.
+    pub user_id: u64,
+    /// The site it was issued to.
+    pub client_id: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Issue time: the time of the command that granted it.
+    pub issued_ms: u64,
+    /// Expiry.
+    pub expires_ms: u64,
+}
+
+/// The tokens of one client in one session issued at or before `at_ms`
+/// are revoked (a replayed ticket, a reused refresh token); kept while the
+/// session may live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientCutoff {
+    /// Tokens issued at or before this time are refused.
+    pub at_ms: u64,
+    /// The record may go at this time (the session's absolute expiry).
+    pub keep_until_ms: u64,
+}
+
 /// A sealed ticket's redemption, kept until the ticket has expired (and a
 /// grace period): a second presentation is refused and revokes `tokens`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

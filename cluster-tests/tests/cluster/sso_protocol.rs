@@ -230,6 +230,111 @@ async fn tickets_cross_nodes_and_redeem_exactly_once() {
     cluster.assert_no_panics();
 }
 
+/// Polls every node until `token` is inactive for `site`.
+async fn inactive_everywhere(cluster: &Cluster, site: &TestSite, token: &str, why: &str) {
+    for id in cluster.ids() {
+        let base = cluster.public_url(id);
+        poll_until(CONVERGE_DEADLINE, &format!("node {id}: {why}"), || {
+            let (http, base) = (cluster.http(), &base);
+            async move { (!introspect_active(http, base, site, token).await).then_some(()) }
+        })
+        .await;
+    }
+}
+
+/// A ticket issued through node 1 for `agent`'s session, redeemed through
+/// node 2: the access token.
+async fn login_token(cluster: &Cluster, agent: &mut Agent, shop: &TestSite) -> String {
+    let req = AuthRequest::new(shop);
+    let code = code_from(agent, &cluster.public_url(1), &req, shop).await;
+    let n2 = cluster.public_url(2);
+    let (status, tok) = redeem(cluster.http(), &n2, shop, &code, req.verifier.as_deref()).await;
+    assert_eq!(status, StatusCode::OK, "{tok}");
+    tok["access_token"].as_str().unwrap().to_string()
+}
+
+/// A login's access token is sealed (no record of its own): it holds on
+/// every node while its session, its site and the user's trust do, and
+/// goes when it is revoked alone (RFC 7009), when its trust is revoked
+/// (approving again does not bring it back), when any byte of it is
+/// altered, or when the session ends; a token of another session or
+/// issued later is not taken with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_access_tokens_hold_while_session_site_and_trust_do() {
+    let cluster = Cluster::start(3).await;
+    create_user(&cluster, "alice", PASSWORD).await;
+    let shop = add_confidential_site(&cluster, "shop", "https://shop.baa.localtest:9443/cb").await;
+    let mut agent = signed_in_with_trust(&cluster, 1, &shop).await;
+    let http = cluster.http().clone();
+    let (n1, n2, n3) = (
+        cluster.public_url(1),
+        cluster.public_url(2),
+        cluster.public_url(3),
+    );
+    let first = login_token(&cluster, &mut agent, &shop).await;
+    assert!(first.starts_with("a1."), "a sealed access token: {first}");
+    let second = login_token(&cluster, &mut agent, &shop).await;
+    for n in [&n1, &n2, &n3] {
+        assert!(introspect_active(&http, n, &shop, &first).await);
+    }
+    // Any byte altered: inactive, and nothing else changes.
+    let body_at = first.rfind('.').unwrap() + 1;
+    for i in (body_at..first.len()).step_by(7) {
+        let mut b = first.clone().into_bytes();
+        b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+        let altered = String::from_utf8(b).unwrap();
+        assert!(
+            !introspect_active(&http, &n3, &shop, &altered).await,
+            "byte {i}"
+        );
+    }
+    // Revoked alone (RFC 7009) through node 3: gone everywhere; the
+    // session's other token stays.
+    let resp = http
+        .post(format!("{n3}/sso/revoke"))
+        .basic_auth(&shop.client_id, shop.secret.as_deref())
+        .form(&[("token", first.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    inactive_everywhere(&cluster, &shop, &first, "the revoked token is inactive").await;
+    assert!(introspect_active(&http, &n1, &shop, &second).await);
+
+    // The trust revoked: the token goes, and approving again does not
+    // bring it back; a token issued under the new trust holds.
+    let resp = cluster
+        .admin(2)
+        .request(reqwest::Method::DELETE, "/admin/v1/users/alice/trust/shop")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    inactive_everywhere(&cluster, &shop, &second, "a token of a revoked trust").await;
+    let trust = agent.get(&AuthRequest::new(&shop).url(&n1)).await;
+    agent.approve(&n1, &trust, "username", true, true).await;
+    assert!(!introspect_active(&http, &n2, &shop, &second).await);
+    let third = login_token(&cluster, &mut agent, &shop).await;
+    let info = http
+        .get(format!("{n3}/sso/userinfo"))
+        .bearer_auth(&third)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(info.status(), StatusCode::OK);
+
+    // Another session of the same user keeps its token when this one ends.
+    let mut other = Agent::new(&cluster);
+    other.sign_in_ok(&n2, "alice", PASSWORD).await;
+    let elsewhere = login_token(&cluster, &mut other, &shop).await;
+    let page = agent.get(&format!("{n1}/sso/logout")).await;
+    let fields: Vec<(String, String)> = page.inputs().into_iter().collect();
+    agent.post_form(&format!("{n1}/sso/logout"), &fields).await;
+    inactive_everywhere(&cluster, &shop, &third, "the ended session's token").await;
+    assert!(introspect_active(&http, &n3, &shop, &elsewhere).await);
+    cluster.assert_no_panics();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirect_uri_must_match_exactly() {
     let cluster = Cluster::start(3).await;

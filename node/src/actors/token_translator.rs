@@ -150,6 +150,9 @@ pub async fn live_token(
     agency: &Agency,
     value: &str,
 ) -> Result<Option<(AccessToken, Session)>, NodeError> {
+    if crate::sealing::is_sealed_access(value) {
+        return live_sealed(agency, value).await;
+    }
     let hash = secret_hash(value.as_bytes());
     let find = |a: &Agency| -> Result<Option<(AccessToken, Session)>, NodeError> {
         let Some(t) = a.state.access_token(&hash)? else {
@@ -164,6 +167,69 @@ pub async fn live_token(
         }
         let now = now_ms();
         Ok((now < t.expires_ms && s.alive_at(now)).then_some((t, s)))
+    };
+    if let Some(found) = find(agency)? {
+        return Ok(Some(found));
+    }
+    agency.read_barrier(Consistency::Linearizable).await?;
+    find(agency)
+}
+
+/// A sealed access token that holds: it opens, has not expired, its
+/// session is alive, its site and the user's trust in it (a peer agency's
+/// client has none) are those it was issued under, and it was revoked
+/// neither alone nor with its client's tokens in the session. As the
+/// stored kind, it reads through to the leader once before saying no.
+async fn live_sealed(
+    agency: &Agency,
+    value: &str,
+) -> Result<Option<(AccessToken, Session)>, NodeError> {
+    let a = match agency.tickets.open_access(value) {
+        Some(a) => a,
+        None => {
+            // Sealed a moment ago with a key this node has not applied yet?
+            agency.read_barrier(Consistency::Linearizable).await?;
+            agency.tickets.invalidate();
+            match agency.tickets.open_access(value) {
+                Some(a) => a,
+                None => return Ok(None),
+            }
+        }
+    };
+    let find = |ag: &Agency| -> Result<Option<(AccessToken, Session)>, NodeError> {
+        let now = now_ms();
+        let Some(s) = ag.state.session(&a.session_key)? else {
+            return Ok(None);
+        };
+        if now >= a.expires_ms || !s.alive_at(now) || s.user_id != a.user_id {
+            return Ok(None);
+        }
+        let site_then = ag.state.site(&a.client_id)?;
+        if site_then.is_none_or(|site| site.created_ms > a.issued_ms) {
+            return Ok(None);
+        }
+        let trusted = match ag.state.trust(a.user_id, &a.client_id)? {
+            Some(t) => t.created_ms <= a.issued_ms,
+            None => ag.state.peer_of_client(&a.client_id)?.is_some(),
+        };
+        let cut = ag
+            .state
+            .client_cutoff(&a.session_key, &a.client_id)?
+            .is_some_and(|c| a.issued_ms <= c.at_ms);
+        if !trusted || cut || ag.state.access_revoked(&a.id)? {
+            return Ok(None);
+        }
+        let token = AccessToken {
+            hash: secret_hash(value.as_bytes()),
+            session_key: a.session_key,
+            sid: s.sid.clone(),
+            user_id: a.user_id,
+            client_id: a.client_id.clone(),
+            scopes: a.scopes.clone(),
+            issued_ms: a.issued_ms,
+            expires_ms: a.expires_ms,
+        };
+        Ok(Some((token, s)))
     };
     if let Some(found) = find(agency)? {
         return Ok(Some(found));

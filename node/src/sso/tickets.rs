@@ -7,7 +7,7 @@
 //! (Tickets are issued by the ticket issuer actor, `actors::ticket_issuer`.)
 
 use baa_proto::command::{Consistency, Op};
-use baa_proto::sso::{secret_hash, Site};
+use baa_proto::sso::{secret_hash, SecretHash, Site};
 use baa_proto::ErrorCode;
 
 use super::grants::{known, required_within, Minted, TokenRequest};
@@ -18,13 +18,15 @@ const MAX_TICKET_LEN: usize = 2048;
 use crate::agency::Agency;
 use crate::error::NodeError;
 
-/// The command that redeems the request's ticket for `minted`.
+/// The command that redeems the request's ticket for `minted`, with the
+/// session a sealed access token is to be made for once it is applied
+/// (`None`: the command stores `minted`'s access token).
 pub(super) async fn redemption(
     agency: &Agency,
     site: &Site,
     req: &TokenRequest,
     minted: &Minted,
-) -> Result<Op, NodeError> {
+) -> Result<(Op, Option<SecretHash>), NodeError> {
     let code = required_within(&req.code, "code", MAX_TICKET_LEN)?;
     let unknown = || NodeError::BadRequest {
         code: ErrorCode::InvalidGrant,
@@ -32,7 +34,10 @@ pub(super) async fn redemption(
     };
     if !code.starts_with("t1.") {
         // A stored ticket of the release before sealed tickets.
-        return stored_redemption(agency, site, req, minted, &code).await;
+        return Ok((
+            stored_redemption(agency, site, req, minted, &code).await?,
+            None,
+        ));
     }
     let ticket = match agency.tickets.open(&code) {
         Some(t) => t,
@@ -44,14 +49,16 @@ pub(super) async fn redemption(
         }
     };
     let (redirect_uri, verifier_challenge) = presented(req)?;
-    Ok(Op::RedeemSealedTicket {
+    let session = ticket.session_key;
+    let op = Op::RedeemForSealedAccess {
         ticket: Box::new(ticket),
         client_id: site.client_id.clone(),
         redirect_uri,
         verifier_challenge,
-        token: Box::new(minted.access_record.clone()),
+        access_ttl_ms: agency.config.sso.access_token_ttl_s.saturating_mul(1000),
         refresh: Some(Box::new(minted.refresh_record.clone())),
-    })
+    };
+    Ok((op, Some(session)))
 }
 
 /// The redirect URI and the S256 of the verifier a token request presents.

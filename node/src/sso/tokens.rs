@@ -8,7 +8,7 @@
 use baa_proto::command::{Consistency, Op, Outcome};
 use baa_proto::sso::{
     secret_hash, subject, DevicePoll, Grant, IdTokenAlg, LoginParams, PairwiseSalt, RefreshToken,
-    Session, Site,
+    SealedAccess, Session, Site,
 };
 use baa_proto::ErrorCode;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -45,14 +45,30 @@ pub async fn grant(
 ) -> Result<serde_json::Value, NodeError> {
     let grant_type = grant_type(req)?;
     let minted = new_tokens(agency, &site.client_id);
-    let op = match grant_type {
+    let (op, sealed_for) = match grant_type {
         "authorization_code" => super::tickets::redemption(agency, site, req, &minted).await?,
-        "refresh_token" => super::refresh::rotation(agency, site, req, &minted).await?,
-        _ => super::device::poll(agency, site, req, &minted).await?,
+        "refresh_token" => (
+            super::refresh::rotation(agency, site, req, &minted).await?,
+            None,
+        ),
+        _ => (super::device::poll(agency, site, req, &minted).await?, None),
     };
-    let grant = granted(agency.write(op, None).await?)?;
+    let (outcome, time_ms) = agency.write_timed(op, None).await?;
+    let grant = granted(outcome)?;
+    let access = match sealed_for {
+        None => minted.access.clone(),
+        Some(session_key) => agency.tickets.seal_access(&SealedAccess {
+            id: crate::secrets::random_bytes::<16>(),
+            session_key,
+            user_id: grant.user.id,
+            client_id: site.client_id.clone(),
+            scopes: grant.scopes.clone(),
+            issued_ms: time_ms,
+            expires_ms: grant.expires_ms,
+        })?,
+    };
     let mut body = serde_json::json!({
-        "access_token": minted.access,
+        "access_token": access,
         "token_type": "Bearer",
         "expires_in": grant.expires_ms.saturating_sub(now_ms()) / 1000,
         "scope": grant.scopes.join(" "),
@@ -63,10 +79,10 @@ pub async fn grant(
     if grant_type != "refresh_token" && grant.scopes.iter().any(|s| s == "openid") {
         let salt = crate::key_rotation::pairwise_salt(agency).await?;
         let token = match agency.state.peer_of_client(&site.client_id)? {
-            Some(_) => peer_id_token(agency, &salt, &grant, &minted.access)?,
+            Some(_) => peer_id_token(agency, &salt, &grant, &access)?,
             None => {
                 let alg = agency.state.id_token_alg(&site.client_id)?;
-                id_token(agency, &salt, &grant, &minted.access, alg)?
+                id_token(agency, &salt, &grant, &access, alg)?
             }
         };
         body["id_token"] = token.into();
@@ -240,6 +256,18 @@ pub async fn userinfo(
 /// Revokes a token at its own site's request (RFC 7009): an unknown token,
 /// or another site's, is not an error and changes nothing.
 pub async fn revoke(agency: &Agency, site: &Site, token: &str) -> Result<(), NodeError> {
+    if crate::sealing::is_sealed_access(token) {
+        if let Some(a) = agency.tickets.open_access(token) {
+            if a.client_id == site.client_id && now_ms() < a.expires_ms {
+                let op = Op::RevokeSealedAccess {
+                    id: a.id,
+                    expires_ms: a.expires_ms,
+                };
+                agency.write(op, None).await?;
+            }
+        }
+        return Ok(());
+    }
     let hash = secret_hash(token.as_bytes());
     let owner = match agency.state.access_token(&hash)? {
         Some(t) => Some(t.client_id),

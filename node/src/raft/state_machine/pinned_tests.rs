@@ -242,6 +242,8 @@ fn op_variants_keep_their_order() {
             Op::AddTicketKey { .. } => "AddTicketKey",
             Op::RedeemSealedTicket { .. } => "RedeemSealedTicket",
             Op::RegisterSiteWithAlg { .. } => "RegisterSiteWithAlg",
+            Op::RedeemForSealedAccess { .. } => "RedeemForSealedAccess",
+            Op::RevokeSealedAccess { .. } => "RevokeSealedAccess",
         }
     }
     let table = [
@@ -280,6 +282,8 @@ fn op_variants_keep_their_order() {
         ("AddTicketKey", 32),
         ("RedeemSealedTicket", 33),
         ("RegisterSiteWithAlg", 34),
+        ("RedeemForSealedAccess", 35),
+        ("RevokeSealedAccess", 36),
     ];
     let rule = ThrottleRule {
         window_ms: 1,
@@ -423,6 +427,11 @@ fn op_variants_keep_their_order() {
             site: Box::new(site()),
             options: SiteOptions::default(),
             id_token_alg: baa_proto::sso::IdTokenAlg::EdDsa,
+        },
+        super::tests::sso::redeem_for_sealed_access(1, [1; 32], "c"),
+        Op::RevokeSealedAccess {
+            id: [3; 16],
+            expires_ms: 1,
         },
     ];
     pin("Op", &table, &samples, name);

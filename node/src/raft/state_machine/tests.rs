@@ -311,6 +311,97 @@ pub(super) mod sso {
         }
     }
 
+    /// The command redeeming sealed ticket `id` of session `key` for a
+    /// sealed access token.
+    pub(crate) fn redeem_for_sealed_access(id: u8, key: [u8; 32], challenge: &str) -> Op {
+        let Op::RedeemSealedTicket {
+            ticket,
+            client_id,
+            redirect_uri,
+            verifier_challenge,
+            refresh,
+            ..
+        } = redeem_sealed(id, key, [0; 32], challenge)
+        else {
+            unreachable!()
+        };
+        Op::RedeemForSealedAccess {
+            ticket,
+            client_id,
+            redirect_uri,
+            verifier_challenge,
+            access_ttl_ms: 3_600_000,
+            refresh,
+        }
+    }
+
+    /// A redemption for a sealed access token stores no token; a second
+    /// one sets the cutoff that refuses the first one's sealed token; a
+    /// revoked sealed token is listed until it would have expired, then
+    /// swept with the cutoff.
+    #[tokio::test]
+    async fn a_sealed_access_redemption_stores_no_token_and_reuse_sets_the_cutoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, mut sm) = store(dir.path());
+        let key = secret_hash(b"session");
+        let ok = "c".repeat(43);
+        let res = sm
+            .apply(vec![
+                entry(1, None, create("alice")),
+                entry(2, None, shop()),
+                entry(3, None, session(key)),
+                entry(4, None, redeem_for_sealed_access(1, key, &ok)),
+            ])
+            .await
+            .unwrap();
+        let Ok(Outcome::Granted(g)) = &res[3][0] else {
+            panic!("{:?}", res[3][0]);
+        };
+        // Issued at 1004 (the command's time), an hour, cut to the session.
+        assert!(g.expires_ms > 1004 && g.expires_ms <= 1004 + 3_600_000);
+        let reader = sm.reader();
+        assert!(reader.ticket_spent(&[1; 16]).unwrap());
+        assert_eq!(reader.client_cutoff(&key, "shop").unwrap(), None);
+        let res = sm
+            .apply(vec![
+                entry(5, None, redeem_for_sealed_access(1, key, &ok)),
+                entry(
+                    6,
+                    None,
+                    Op::RevokeSealedAccess {
+                        id: [9; 16],
+                        expires_ms: 50_000,
+                    },
+                ),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            res[0][0].as_ref().err().map(|e| e.code),
+            Some(ErrorCode::InvalidGrant)
+        );
+        let cutoff = reader.client_cutoff(&key, "shop").unwrap().unwrap();
+        assert_eq!(cutoff.at_ms, 1005, "tokens issued until the replay go");
+        assert!(reader.access_revoked(&[9; 16]).unwrap());
+        assert!(!reader.access_revoked(&[8; 16]).unwrap());
+        let purge = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 7),
+            payload: EntryPayload::Normal(Proposal {
+                commands: vec![Command {
+                    request_id: None,
+                    time_ms: 50_000,
+                    op: Op::Sweep {
+                        request_cutoff_ms: 0,
+                        auto_request_cutoff_ms: 0,
+                        budget: 10_000,
+                    },
+                }],
+            }),
+        };
+        sm.apply(vec![purge]).await.unwrap();
+        assert!(!reader.access_revoked(&[9; 16]).unwrap());
+    }
+
     #[tokio::test]
     async fn a_sealed_ticket_redeems_once_and_reuse_revokes_its_token() {
         let dir = tempfile::tempdir().unwrap();
@@ -889,7 +980,10 @@ mod reopen {
     use std::collections::BTreeSet;
 
     use super::native::{at, at_time, rt};
-    use super::sso::{federated_sign_in, redeem, redeem_sealed, session, ticket, ticket_key};
+    use super::sso::{
+        federated_sign_in, redeem, redeem_for_sealed_access, redeem_sealed, session, ticket,
+        ticket_key,
+    };
     use super::*;
     use baa_proto::model::BaaNode;
     use baa_proto::sso::{
@@ -936,9 +1030,11 @@ mod reopen {
             Op::AddTicketKey { .. } => 32,
             Op::RedeemSealedTicket { .. } => 33,
             Op::RegisterSiteWithAlg { .. } => 34,
+            Op::RedeemForSealedAccess { .. } => 35,
+            Op::RevokeSealedAccess { .. } => 36,
         }
     }
-    const VARIANTS: usize = 35;
+    const VARIANTS: usize = 37;
 
     fn site(client_id: &str) -> Op {
         Op::AddSite(Box::new(Site {
@@ -1082,6 +1178,11 @@ mod reopen {
             ticket_key("t1"),
             ticket_key("t2"),
             redeem_sealed(9, key, [12; 32], &challenge),
+            redeem_for_sealed_access(10, key, &challenge),
+            Op::RevokeSealedAccess {
+                id: [10; 16],
+                expires_ms: u64::MAX / 2,
+            },
             Op::StartDevice(Box::new(device)),
             Op::DecideDevice {
                 user_code: "BCDFGHJK".into(),
@@ -1101,6 +1202,10 @@ mod reopen {
                 refresh: rt([6; 32]),
             },
             Op::RevokeToken { hash: [3; 32] },
+            // A sealed-access grant with a refresh token, which is then
+            // revoked: its client's sealed tokens in the session are cut off.
+            offline_sealed_access(key, [20; 32]),
+            Op::RevokeToken { hash: [20; 32] },
             Op::RecordSignInFailure {
                 account: secret_hash(b"mallory"),
                 source: "10.0.0.9".into(),
@@ -1169,6 +1274,20 @@ mod reopen {
                 pin: "pin2".into(),
             },
         ]
+    }
+
+    /// A sealed ticket of `shop` with `offline_access` redeemed in session
+    /// `key` for a sealed access token and refresh token `refresh`.
+    fn offline_sealed_access(key: [u8; 32], refresh: [u8; 32]) -> Op {
+        let mut op = redeem_for_sealed_access(11, key, &"c".repeat(43));
+        if let Op::RedeemForSealedAccess {
+            ticket, refresh: r, ..
+        } = &mut op
+        {
+            ticket.scopes = vec!["openid".into(), "offline_access".into()];
+            *r = Some(super::native::rt(refresh));
+        }
+        op
     }
 
     fn membership(index: u64) -> Entry {
@@ -1291,6 +1410,8 @@ mod reopen {
             "ticket_key",
             "current_ticket_kid",
             "spent_ticket",
+            "client_cutoff",
+            "revoked_access",
         ]
         .into();
         assert_eq!(families, all, "every key family is written");

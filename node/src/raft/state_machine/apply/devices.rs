@@ -128,7 +128,16 @@ pub(super) fn poll(
             d.status = DeviceStatus::Done;
             st.put(&dk, &d)?;
             let scopes = d.scopes.clone();
-            tokens::grant(st, now, &session, client_id, &scopes, None, token, refresh)
+            tokens::grant(
+                st,
+                now,
+                &session,
+                client_id,
+                &scopes,
+                None,
+                tokens::Access::Stored(token),
+                refresh,
+            )
         }
     }
 }

@@ -100,7 +100,7 @@ pub(super) fn apply_op(
             token,
             refresh,
         } => devices::poll(st, now, device_hash, client_id, token, refresh.as_deref()),
-        Op::RevokeToken { hash } => tokens::revoke(st, hash),
+        Op::RevokeToken { hash } => tokens::revoke(st, now, hash),
         Op::RecordSignInFailure {
             account,
             source,
@@ -139,9 +139,33 @@ pub(super) fn apply_op(
                 redirect_uri,
                 verifier_challenge: verifier_challenge.as_deref(),
             },
-            token,
+            tokens::Access::Stored(token),
             refresh.as_deref(),
         ),
+        Op::RedeemForSealedAccess {
+            ticket,
+            client_id,
+            redirect_uri,
+            verifier_challenge,
+            access_ttl_ms,
+            refresh,
+        } => tickets::redeem_sealed(
+            st,
+            now,
+            ticket,
+            &tickets::Presented {
+                client_id,
+                redirect_uri,
+                verifier_challenge: verifier_challenge.as_deref(),
+            },
+            tokens::Access::Sealed {
+                ttl_ms: *access_ttl_ms,
+            },
+            refresh.as_deref(),
+        ),
+        Op::RevokeSealedAccess { id, expires_ms } => {
+            tokens::revoke_sealed(st, now, id, *expires_ms)
+        }
         Op::PurgeExpired => purge::expired(st, now),
         Op::RevokeUserSessions { username } => sessions::revoke_all_of(st, now, username),
         Op::SetPairwiseSalt { salt } => keys::set_pairwise_salt(st, salt),

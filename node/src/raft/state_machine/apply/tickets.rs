@@ -16,7 +16,7 @@ use super::super::keyspace::{
     PREFIX_TOKEN,
 };
 use super::super::staged::{invalid, refuse, Staged};
-use super::tokens;
+use super::tokens::{self, Access};
 use crate::raft::StorageError;
 
 /// Stores a ticket for a site in a live session, which then counts the
@@ -73,7 +73,8 @@ pub(super) fn redeem(
         return bad("the ticket was issued to another client");
     }
     if t.used {
-        revoke_redeemed(st, std::mem::take(&mut t.tokens), &t.session_key, client_id)?;
+        let issued = std::mem::take(&mut t.tokens);
+        revoke_redeemed(st, now, issued, &t.session_key, client_id)?;
         st.put(&tk, &t)?;
         return bad("the ticket was already redeemed");
     }
@@ -110,7 +111,7 @@ pub(super) fn redeem(
         client_id,
         &scopes,
         t.nonce.clone(),
-        token,
+        Access::Stored(token),
         refresh,
     )
 }
@@ -119,6 +120,7 @@ pub(super) fn redeem(
 /// attacker who replayed the ticket, so they go too (RFC 6749 §4.1.2).
 fn revoke_redeemed(
     st: &mut Staged<'_>,
+    now: u64,
     tokens_issued: Vec<SecretHash>,
     session_key: &SecretHash,
     client_id: &str,
@@ -132,7 +134,7 @@ fn revoke_redeemed(
             tokens::revoke_family(st, &rt.family)?;
         }
     }
-    tokens::revoke_client_tokens(st, session_key, client_id)?;
+    tokens::revoke_client_tokens(st, now, session_key, client_id)?;
     Ok(())
 }
 
@@ -150,13 +152,14 @@ pub(super) struct Presented<'a> {
     pub verifier_challenge: Option<&'a str>,
 }
 
-/// Redeems a sealed ticket, once (see the module comment).
+/// Redeems a sealed ticket, once (see the module comment), for a stored
+/// or a sealed access token.
 pub(super) fn redeem_sealed(
     st: &mut Staged<'_>,
     now: u64,
     t: &SealedTicket,
     p: &Presented<'_>,
-    token: &AccessToken,
+    access: Access<'_>,
     refresh: Option<&RefreshToken>,
 ) -> Result<CommandResult, StorageError> {
     let bad = |m: &str| refuse(ErrorCode::InvalidGrant, m);
@@ -165,7 +168,13 @@ pub(super) fn redeem_sealed(
     }
     let spent_key = key(PREFIX_SPENT, &t.id);
     if let Some(spent) = st.get::<SpentTicket>(&spent_key)? {
-        revoke_redeemed(st, spent.tokens.clone(), &spent.session_key, p.client_id)?;
+        revoke_redeemed(
+            st,
+            now,
+            spent.tokens.clone(),
+            &spent.session_key,
+            p.client_id,
+        )?;
         st.put(
             &spent_key,
             &SpentTicket {
@@ -195,7 +204,10 @@ pub(super) fn redeem_sealed(
     if !session.alive_at(now) {
         return bad("the session has ended");
     }
-    let mut issued = vec![token.hash];
+    let mut issued = Vec::new();
+    if let Access::Stored(token) = access {
+        issued.push(token.hash);
+    }
     if let Some(r) = refresh {
         issued.push(r.hash);
     }
@@ -220,7 +232,7 @@ pub(super) fn redeem_sealed(
         p.client_id,
         &t.scopes,
         nonce,
-        token,
+        access,
         refresh,
     )
 }

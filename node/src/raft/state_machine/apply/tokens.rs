@@ -1,15 +1,33 @@
 //! Access and refresh tokens: granting them, refreshing (once per refresh
 //! token: reuse revokes the family), revoking, and the removals other
-//! aggregates ask for when a session, trust or site ends.
+//! aggregates ask for when a session, trust or site ends. A stored access
+//! token has a record; a sealed one has none, and is revoked by a cutoff
+//! of its client's tokens in its session (`W/`) or, alone, by its id (`Y/`).
 
 use baa_proto::command::{CommandResult, Outcome};
-use baa_proto::sso::{AccessToken, Grant, RefreshToken, SecretHash, Session, Site, Trust};
+use baa_proto::sso::{
+    AccessToken, ClientCutoff, Grant, RefreshToken, SecretHash, Session, Site, Trust,
+};
 use baa_proto::ErrorCode;
 
 use super::super::keyspace::{
-    family_key, key, session_token_key, trust_key, user_sessions_prefix, PREFIX_FAMILY,
-    PREFIX_REFRESH, PREFIX_SESSION, PREFIX_SESSION_TOKENS, PREFIX_SITE, PREFIX_TOKEN,
+    client_cutoff_key, family_key, key, session_token_key, trust_key, user_sessions_prefix,
+    PREFIX_FAMILY, PREFIX_REFRESH, PREFIX_REVOKED_ACCESS, PREFIX_SESSION, PREFIX_SESSION_TOKENS,
+    PREFIX_SITE, PREFIX_TOKEN,
 };
+
+/// The access token a grant hands out.
+#[derive(Clone, Copy)]
+pub(super) enum Access<'a> {
+    /// A stored one (its record as the proposing node made it).
+    Stored(&'a AccessToken),
+    /// A sealed one the proposing node makes after the grant, living
+    /// `ttl_ms` (cut to the session's absolute expiry).
+    Sealed {
+        /// Lifetime.
+        ttl_ms: u64,
+    },
+}
 use super::super::staged::{refuse, Staged};
 use super::users;
 use crate::raft::StorageError;
@@ -18,6 +36,7 @@ use crate::raft::StorageError;
 /// token with its family and the access tokens of the same grant.
 pub(super) fn revoke(
     st: &mut Staged<'_>,
+    now: u64,
     hash: &SecretHash,
 ) -> Result<CommandResult, StorageError> {
     let k = key(PREFIX_TOKEN, hash);
@@ -31,7 +50,7 @@ pub(super) fn revoke(
     match st.get::<RefreshToken>(&key(PREFIX_REFRESH, hash))? {
         Some(r) => {
             revoke_family(st, &r.family)?;
-            revoke_client_tokens(st, &r.session_key, &r.client_id)?;
+            revoke_client_tokens(st, now, &r.session_key, &r.client_id)?;
             Ok(Ok(Outcome::Removed(true)))
         }
         None => Ok(Ok(Outcome::Removed(false))),
@@ -76,14 +95,37 @@ fn revoke_tokens_where(
     Ok(n)
 }
 
-/// Removes the tokens `client_id` holds in session `session`: what reuse
-/// detection of one of its grants takes with it.
+/// Removes the tokens `client_id` holds in session `session`, and refuses
+/// its sealed ones issued until `now`: what reuse detection of one of its
+/// grants takes with it.
 pub(super) fn revoke_client_tokens(
     st: &mut Staged<'_>,
+    now: u64,
     session: &SecretHash,
     client_id: &str,
 ) -> Result<u64, StorageError> {
+    if let Some(s) = st.get::<Session>(&key(PREFIX_SESSION, session))? {
+        let cutoff = ClientCutoff {
+            at_ms: now,
+            keep_until_ms: s.absolute_expiry_ms,
+        };
+        st.put(&client_cutoff_key(session, client_id), &cutoff)?;
+    }
     revoke_tokens_where(st, session, |c| c == client_id)
+}
+
+/// Revokes one sealed access token (its id) until it would have expired.
+pub(super) fn revoke_sealed(
+    st: &mut Staged<'_>,
+    now: u64,
+    id: &[u8; 16],
+    expires_ms: u64,
+) -> Result<CommandResult, StorageError> {
+    if now >= expires_ms {
+        return Ok(Ok(Outcome::Removed(false)));
+    }
+    st.put(&key(PREFIX_REVOKED_ACCESS, id), &expires_ms)?;
+    Ok(Ok(Outcome::Removed(true)))
 }
 
 /// Removes the tokens `client_id` holds in any session of user `user_id`
@@ -98,13 +140,16 @@ pub(super) fn revoke_user_client_tokens(
     for uk in st.keys_with_prefix(&prefix)? {
         let mut session = [0u8; 32];
         session.copy_from_slice(&uk[prefix.len()..]);
-        n += revoke_client_tokens(st, &session, client_id)?;
+        // Sealed tokens need no cutoff here: they hold only while the
+        // trust and the site they were issued under do.
+        n += revoke_tokens_where(st, &session, |c| c == client_id)?;
     }
     Ok(n)
 }
 
-/// Stores the access token (and refresh token) of a grant for `session`
-/// and describes it, or refuses when the user can no longer sign in.
+/// Stores the access token (unless sealed) and refresh token of a grant
+/// for `session` and describes it, or refuses when the user can no longer
+/// sign in.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn grant(
     st: &mut Staged<'_>,
@@ -113,7 +158,7 @@ pub(super) fn grant(
     client_id: &str,
     scopes: &[String],
     nonce: Option<String>,
-    token: &AccessToken,
+    access: Access<'_>,
     refresh: Option<&RefreshToken>,
 ) -> Result<CommandResult, StorageError> {
     let Some(mut user) = users::by_id(st, session.user_id)? else {
@@ -133,20 +178,25 @@ pub(super) fn grant(
         .map(|tr| tr.params)
         .unwrap_or_default();
     user.password_hash = None;
-    let lifetime = token.expires_ms.saturating_sub(token.issued_ms);
-    let expires_ms = now.saturating_add(lifetime).min(session.absolute_expiry_ms);
-    let at = AccessToken {
-        hash: token.hash,
-        session_key: session.key,
-        sid: session.sid.clone(),
-        user_id: user.id,
-        client_id: client_id.to_string(),
-        scopes: scopes.to_vec(),
-        issued_ms: now,
-        expires_ms,
+    let lifetime = match access {
+        Access::Stored(t) => t.expires_ms.saturating_sub(t.issued_ms),
+        Access::Sealed { ttl_ms } => ttl_ms,
     };
-    st.put(&key(PREFIX_TOKEN, &token.hash), &at)?;
-    st.put(&session_token_key(&session.key, &token.hash), &())?;
+    let expires_ms = now.saturating_add(lifetime).min(session.absolute_expiry_ms);
+    if let Access::Stored(token) = access {
+        let at = AccessToken {
+            hash: token.hash,
+            session_key: session.key,
+            sid: session.sid.clone(),
+            user_id: user.id,
+            client_id: client_id.to_string(),
+            scopes: scopes.to_vec(),
+            issued_ms: now,
+            expires_ms,
+        };
+        st.put(&key(PREFIX_TOKEN, &token.hash), &at)?;
+        st.put(&session_token_key(&session.key, &token.hash), &())?;
+    }
     let offline = scopes.iter().any(|s| s == "offline_access");
     if let Some(r) = refresh.filter(|_| offline) {
         let lifetime = r.expires_ms.saturating_sub(r.issued_ms);
@@ -224,7 +274,7 @@ pub(super) fn refresh(
         // Reuse: one of the two holders is not the app; neither keeps access,
         // to the refresh tokens or to the access tokens issued from them.
         revoke_family(st, &old.family)?;
-        revoke_client_tokens(st, &old.session_key, client_id)?;
+        revoke_client_tokens(st, now, &old.session_key, client_id)?;
         return bad("the refresh token was already used; its family is revoked");
     }
     if now >= old.expires_ms {
@@ -250,7 +300,7 @@ pub(super) fn refresh(
         client_id,
         &scopes,
         None,
-        token,
+        Access::Stored(token),
         Some(&next),
     )
 }
