@@ -470,6 +470,10 @@ pub struct Limits {
     /// sign-in gets 503 `temporarily_unavailable` with `Retry-After` instead
     /// of queueing without end. 0: 32 per thread.
     pub max_pending_hashes: usize,
+    /// sled's page cache, in MiB: the bound on the memory the stored state
+    /// may take beyond what is in use (the working set of a busy agency fits
+    /// in a few MiB; more only saves disk reads).
+    pub storage_cache_mib: u64,
 }
 
 impl Default for Limits {
@@ -478,6 +482,7 @@ impl Default for Limits {
             max_json_bytes: 1024 * 1024,
             password_hash_threads: 0,
             max_pending_hashes: 0,
+            storage_cache_mib: 32,
         }
     }
 }

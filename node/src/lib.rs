@@ -103,7 +103,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let db = sled::Config::new()
         .path(config.data_dir.join("db"))
-        .cache_capacity(256 * 1024 * 1024)
+        .cache_capacity(config.limits.storage_cache_mib.saturating_mul(1024 * 1024))
         .open()
         .with_context(|| format!("opening sled database in {}", config.data_dir.display()))?;
     claim_data_dir(&db, config.node_id)?;

@@ -1,6 +1,13 @@
 //! Pieces shared by the benchmark programs: run results with CPU accounting
 //! from `/proc`, medians, failure tallies, an HTTPS client trusting the
-//! cluster CA, and the machine description printed with every report.
+//! cluster CA, and the machine description printed with every report; the
+//! interleaving driver (`driver`), the report table (`report`), the OIDC
+//! flow client (`oidc`) and the reference OIDC provider (`peer`).
+
+pub mod driver;
+pub mod oidc;
+pub mod peer;
+pub mod report;
 
 use std::future::Future;
 use std::path::Path;
@@ -35,6 +42,13 @@ pub struct RunResult {
 }
 
 impl RunResult {
+    /// A copy (the first error's text included).
+    pub fn copy(&self) -> Self {
+        Self {
+            first_error: self.first_error.clone(),
+            ..*self
+        }
+    }
     /// Successful operations per second.
     pub fn rate(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()

@@ -1,24 +1,24 @@
 //! Benchmark: single sign-on through the public endpoints of a 3-node baa
-//! cluster, each figure next to a reference measured in the same invocation.
+//! cluster, each figure next to a reference measured in the same invocation
+//! (the loads interleaved by `bench::driver`, reported by `bench::report`).
 //!
-//! 1. Ticket issue + redeem with the SSO cookie already present: a closed-loop
-//!    client sends `GET /sso/authorize` (answered with a 303 carrying a
-//!    one-time ticket) and redeems the ticket at `POST /sso/token` on the next
-//!    node (an ID token comes back). Reference: the foundation's replicated
-//!    write (`PATCH /admin/v1/users/…`, driven as `bench-writes` drives it) at
-//!    the same concurrency on the same cluster.
-//! 2. Password sign-in (`POST /sso/signin`, a 303 with a new SSO cookie) next
-//!    to the argon2id verification alone (same parameters as the nodes) on as
-//!    many threads as a node's hasher pool.
-//!
-//! Each round runs the loads it compares in turn, a short slice at a time
-//! (the order rotating), so that a slow spell of the shared machine hits them
-//! alike; the median round of each is reported.
+//! 1. The login flow with a session already present, against baa and
+//!    against Node's oidc-provider (the certified OpenID provider, in memory,
+//!    one process, plain HTTP): `GET authorize` (`form_post`, PKCE S256,
+//!    nonce) → `POST token` (`client_secret_basic`) → the ID token checked,
+//!    the same Rust client for both (`bench::oidc`). baa through TLS on one
+//!    node (its leader) and spread over three (authorize on one node, token
+//!    on the next); RS256 and ES256 sites/clients. Raft proposals per flow
+//!    come from the nodes' `/metrics`.
+//! 2. Password sign-in (`POST /sso/signin`) next to the argon2id
+//!    verification alone (same parameters as the nodes) on as many threads
+//!    as a node's hasher pool.
 //!
 //! Build in release and run: `ops/bench-sso` (see BENCHMARKS.md).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,34 +26,39 @@ use anyhow::{anyhow, bail, Context};
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use baa_cluster_tests::bench::driver::{interleave, Load, Plan, Rounds};
+use baa_cluster_tests::bench::oidc::{self, jwks_keys, Browser, Provider};
+use baa_cluster_tests::bench::peer::{self, OidcProvider};
+use baa_cluster_tests::bench::report::{print_all, run_cells, Table};
 use baa_cluster_tests::bench::{
-    client_for, closed_loop, cpu_seconds, cpu_snapshot, cpu_split, csrf_pair, machine, median,
-    median_of, node_pids, password_sign_in, report_errors, server_means, server_times, slicing,
-    unexpected, RunResult, Samples, Series, Tally,
+    client_for, closed_loop, cpu_seconds, cpu_snapshot, csrf_pair, machine, node_pids,
+    password_sign_in, server_means, server_times, unexpected, Samples, Series, Tally,
 };
 use baa_cluster_tests::sso::CSRF_COOKIE;
 use baa_cluster_tests::{Cluster, ClusterOptions};
 use baa_proto::api::CreateUserRequest;
 use clap::Parser;
+use jsonwebtoken::Algorithm;
 use reqwest::header::{COOKIE, LOCATION};
 use reqwest::StatusCode;
 
-/// The agency's CSRF cookie (double-submit: the form field carries the same value).
 const USER: &str = "bench";
 const PASSWORD: &str = "bench-password-0123456789";
-const CLIENT_ID: &str = "bench";
 const REDIRECT_URI: &str = "https://bench.example/cb";
 /// Share of failed operations above which the program exits non-zero.
 const MAX_ERROR_SHARE: f64 = 0.01;
+/// The algorithms compared: (name, JOSE algorithm).
+const ALGS: [(&str, Algorithm); 2] = [("RS256", Algorithm::RS256), ("ES256", Algorithm::ES256)];
 
 #[derive(Parser, Debug)]
-#[command(
-    about = "baa single sign-on: ticket issue + redeem vs replicated writes, password sign-in vs argon2id"
-)]
+#[command(about = "baa single sign-on: login flows vs oidc-provider, password sign-in vs argon2id")]
 struct Args {
-    /// Concurrent clients per level for ticket issue + redeem and the write reference.
+    /// Concurrent clients per level for the login flows.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     levels: Vec<usize>,
+    /// ID-token algorithms to run: RS256, ES256.
+    #[arg(long, value_delimiter = ',', default_value = "RS256,ES256")]
+    algs: Vec<String>,
     /// Concurrent clients per level for password sign-ins.
     #[arg(long, value_delimiter = ',', default_value = "4,16")]
     signin_levels: Vec<usize>,
@@ -63,8 +68,7 @@ struct Args {
     /// Warm-up seconds per load at the start of each level.
     #[arg(long, default_value_t = 1)]
     warmup: u64,
-    /// Length of one measured slice in milliseconds; a round runs the loads
-    /// in turn, a slice at a time, until each has had `seconds`.
+    /// Length of one measured slice in milliseconds.
     #[arg(long, default_value_t = 1000)]
     slice_ms: u64,
     /// Unmeasured milliseconds at the start of every slice.
@@ -73,6 +77,13 @@ struct Args {
     /// Measured rounds per level; the median round is reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// The folder where `npm ci` installed ops/oidc-provider (ops/bench-sso
+    /// makes one); without it the flows run against baa alone.
+    #[arg(long)]
+    oidc_provider: Option<PathBuf>,
+    /// The Node.js binary.
+    #[arg(long, default_value = "node")]
+    node: PathBuf,
     /// Threads for the argon2id reference (one per core of this machine).
     #[arg(long, default_value_t = 2)]
     hash_threads: usize,
@@ -80,16 +91,56 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     node_hash_threads: usize,
     /// Send every sign-in to this node (as a node on its own machine would
-    /// take them); 0 spreads them over all nodes, whose hashing pools then
-    /// share this machine's cores.
+    /// take them); 0 spreads them over all nodes.
     #[arg(long, default_value_t = 2)]
     signin_node: u64,
-    /// Skip the ticket issue + redeem part.
+    /// Skip the login flows.
     #[arg(long)]
     no_flows: bool,
-    /// Skip the password sign-in part.
+    /// Skip the password sign-ins.
     #[arg(long)]
     no_signins: bool,
+    /// Also run this many logins as fast as 64 clients go (spread over the
+    /// nodes) and print each node's data directory and resident memory
+    /// before, after, and once the tickets have expired (0: skip).
+    #[arg(long, default_value_t = 0)]
+    soak: u64,
+    /// Seconds to wait after the soak for the tickets' spent markers and
+    /// remembered results to expire and be swept.
+    #[arg(long, default_value_t = 300)]
+    soak_wait_s: u64,
+}
+
+impl Args {
+    fn plan(&self) -> Plan {
+        Plan {
+            rounds: self.rounds,
+            seconds: self.seconds,
+            slice_ms: self.slice_ms,
+            settle_ms: self.settle_ms,
+            warmup: self.warmup,
+        }
+    }
+}
+
+/// The benchmark site of `alg` at baa.
+fn site_id(alg: &str) -> String {
+    format!("bench-{}", alg.to_lowercase())
+}
+
+/// The authorization request of `client_id` with the answer in the query.
+fn query_request(client_id: &str) -> Vec<(&'static str, String)> {
+    [
+        ("response_type", "code"),
+        ("client_id", client_id),
+        ("redirect_uri", REDIRECT_URI),
+        ("scope", "openid profile"),
+        ("state", "s"),
+        ("nonce", "n"),
+        ("response_mode", "query"),
+    ]
+    .map(|(k, v)| (k, v.to_string()))
+    .to_vec()
 }
 
 /// The value of query parameter `name` in a `Location` header.
@@ -109,145 +160,29 @@ fn location_param(resp: &reqwest::Response, name: &str) -> Result<String, String
         .ok_or_else(|| format!("no {name} in {loc}"))
 }
 
-/// The authorization request of the benchmark site (answer in the query).
-fn authorize_query() -> [(&'static str, &'static str); 7] {
-    [
-        ("response_type", "code"),
-        ("client_id", CLIENT_ID),
-        ("redirect_uri", REDIRECT_URI),
-        ("scope", "openid profile"),
-        ("state", "s"),
-        ("nonce", "n"),
-        ("response_mode", "query"),
-    ]
-}
-
 /// One password sign-in of the benchmark user; the new SSO cookie value.
 async fn sign_in(http: &reqwest::Client, base: &str, csrf: &str) -> Result<String, String> {
     password_sign_in(http, base, csrf, (USER, PASSWORD)).await
 }
 
-/// One closed-loop client of the workload.
-enum Worker {
-    /// Ticket issue on node `i`, redeem on node `i + 1`, with a signed-in session.
-    Flow {
-        http: reqwest::Client,
-        nodes: Vec<String>,
-        client: usize,
-        sso: String,
-        secret: String,
-    },
-    /// The foundation's replicated write: one attribute of the client's own user.
-    Write {
-        http: reqwest::Client,
-        base: String,
-        token: String,
-        user: String,
-    },
-    /// A full password sign-in with a CSRF pair obtained once.
-    SignIn {
-        http: reqwest::Client,
-        nodes: Vec<String>,
-        client: usize,
-        csrf: String,
-    },
-}
-
-impl Worker {
-    async fn once(&self, seq: u64) -> Result<(), String> {
-        match self {
-            Worker::Flow {
-                http,
-                nodes,
-                client,
-                sso,
-                secret,
-            } => {
-                let n = nodes.len();
-                let i = (client + seq as usize) % n;
-                let resp = http
-                    .get(format!("{}/sso/authorize", nodes[i]))
-                    .query(&authorize_query())
-                    .header(COOKIE, sso.as_str())
-                    .send()
-                    .await
-                    .map_err(|e| format!("GET /sso/authorize: {e}"))?;
-                if resp.status() != StatusCode::SEE_OTHER {
-                    return Err(unexpected("GET /sso/authorize", resp).await);
-                }
-                let code = location_param(&resp, "code")?;
-                let _ = resp.bytes().await;
-                let resp = http
-                    .post(format!("{}/sso/token", nodes[(i + 1) % n]))
-                    .basic_auth(CLIENT_ID, Some(secret))
-                    .form(&[
-                        ("grant_type", "authorization_code"),
-                        ("code", &code),
-                        ("redirect_uri", REDIRECT_URI),
-                    ])
-                    .send()
-                    .await
-                    .map_err(|e| format!("POST /sso/token: {e}"))?;
-                if resp.status() != StatusCode::OK {
-                    return Err(unexpected("POST /sso/token", resp).await);
-                }
-                let body: serde_json::Value = resp
-                    .json()
-                    .await
-                    .map_err(|e| format!("POST /sso/token body: {e}"))?;
-                match body["id_token"].as_str() {
-                    Some(t) if t.split('.').count() == 3 => Ok(()),
-                    _ => Err(format!("POST /sso/token: no ID token in {body}")),
-                }
-            }
-            Worker::Write {
-                http,
-                base,
-                token,
-                user,
-            } => {
-                let resp = http
-                    .patch(format!("{base}/admin/v1/users/{user}"))
-                    .bearer_auth(token)
-                    .json(&serde_json::json!({ "attributes": { "n": seq.to_string() } }))
-                    .send()
-                    .await
-                    .map_err(|e| format!("PATCH user: {e}"))?;
-                if !resp.status().is_success() {
-                    return Err(unexpected("PATCH user", resp).await);
-                }
-                let _ = resp.bytes().await;
-                Ok(())
-            }
-            Worker::SignIn {
-                http,
-                nodes,
-                client,
-                csrf,
-            } => {
-                let base = &nodes[(client + seq as usize) % nodes.len()];
-                sign_in(http, base, csrf).await.map(drop)
-            }
-        }
-    }
-}
-
-/// Runs the workers closed-loop: `warmup`, then `secs` measured; `pids` are
-/// the node processes whose CPU time is recorded.
-async fn measure(
-    workers: &[Arc<Worker>],
-    pids: &[u32],
-    warmup: Duration,
-    secs: Duration,
-) -> Samples {
-    closed_loop(
-        workers,
-        |w: Arc<Worker>, seq| async move { w.once(seq).await },
-        pids,
-        warmup,
-        secs,
-    )
-    .await
+/// A slice of closed-loop flows of `browsers` at `provider`.
+fn flow_load<'a>(
+    name: &str,
+    provider: Arc<Provider>,
+    browsers: &'a [Arc<Browser>],
+    pids: Vec<u32>,
+) -> Load<'a> {
+    Load::new(name, move |settle, slice| {
+        let provider = provider.clone();
+        let pids = pids.clone();
+        Box::pin(async move {
+            let op = move |b: Arc<Browser>, seq: u64| {
+                let p = provider.clone();
+                async move { oidc::flow(&p, &b, seq).await }
+            };
+            Ok(closed_loop(browsers, op, &pids, settle, slice).await)
+        })
+    })
 }
 
 /// argon2id verifications of the bench password against `hash`, closed loop
@@ -312,7 +247,7 @@ async fn argon2_rate(
 }
 
 /// Server-side time by route and Raft proposal time, summed over the nodes.
-const SERVER_SERIES: [Series; 5] = [
+const SERVER_SERIES: [Series; 4] = [
     (
         "authorize",
         "baa_http_request_duration_seconds",
@@ -328,17 +263,12 @@ const SERVER_SERIES: [Series; 5] = [
         "baa_http_request_duration_seconds",
         "route=\"/sso/signin\"",
     ),
-    (
-        "PATCH user",
-        "baa_http_request_duration_seconds",
-        "route=\"/admin/v1/users/{username}\"",
-    ),
     ("raft proposal", "baa_raft_proposal_duration_seconds", ""),
 ];
 
-/// Creates the bench user, `writers` write-reference users and the benchmark
-/// site; returns the site's secret.
-async fn setup(cluster: &Cluster, writers: usize) -> anyhow::Result<String> {
+/// Creates the bench user and a site per algorithm; returns each site's
+/// secret.
+async fn setup(cluster: &Cluster, algs: &[&str]) -> anyhow::Result<Vec<String>> {
     let admin = cluster.admin(1);
     let user = CreateUserRequest {
         username: USER.into(),
@@ -351,28 +281,29 @@ async fn setup(cluster: &Cluster, writers: usize) -> anyhow::Result<String> {
         .create_user(&user, None)
         .await
         .context("creating the bench user")?;
-    for c in 0..writers {
-        let req = CreateUserRequest {
-            username: format!("bench-{c}"),
-            ..Default::default()
-        };
-        admin
-            .create_user(&req, None)
+    let mut secrets = Vec::new();
+    for alg in algs {
+        let site = serde_json::json!({
+            "client_id": site_id(alg),
+            "redirect_uris": [REDIRECT_URI],
+            "id_token_signed_response_alg": alg,
+        });
+        let created = admin
+            .create_site(&site)
             .await
-            .context("creating the write-reference users")?;
+            .context("registering a benchmark site")?;
+        secrets.push(
+            created
+                .client_secret
+                .ok_or_else(|| anyhow!("the confidential site came back without a secret"))?,
+        );
+        establish_trust(cluster, &site_id(alg)).await?;
     }
-    let site = serde_json::json!({ "client_id": CLIENT_ID, "redirect_uris": [REDIRECT_URI] });
-    let created = admin
-        .create_site(&site)
-        .await
-        .context("registering the benchmark site")?;
-    created
-        .client_secret
-        .ok_or_else(|| anyhow!("the confidential site came back without a secret"))
+    Ok(secrets)
 }
 
-/// Signs in once and approves the benchmark site (the trust relationship).
-async fn establish_trust(cluster: &Cluster) -> anyhow::Result<()> {
+/// Signs in once and approves site `client_id` (the trust relationship).
+async fn establish_trust(cluster: &Cluster, client_id: &str) -> anyhow::Result<()> {
     let base = cluster.public_url(1);
     let http = client_for(&cluster.ca_pem())?;
     let csrf = csrf_pair(&http, &base).await?;
@@ -380,7 +311,7 @@ async fn establish_trust(cluster: &Cluster) -> anyhow::Result<()> {
     let cookies = format!("{CSRF_COOKIE}={csrf}; {sso}");
     let resp = http
         .get(format!("{base}/sso/authorize"))
-        .query(&authorize_query())
+        .query(&query_request(client_id))
         .header(COOKIE, &cookies)
         .send()
         .await?;
@@ -394,7 +325,8 @@ async fn establish_trust(cluster: &Cluster) -> anyhow::Result<()> {
         ("account_name", "username"),
         ("share_name", "1"),
     ];
-    form.extend(authorize_query());
+    let request = query_request(client_id);
+    form.extend(request.iter().map(|(k, v)| (*k, v.as_str())));
     let resp = http
         .post(format!("{base}/sso/consent"))
         .header(COOKIE, &cookies)
@@ -408,137 +340,320 @@ async fn establish_trust(cluster: &Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One row of the flow table.
-struct FlowRow {
-    clients: usize,
-    flows: RunResult,
-    writes: RunResult,
-    /// Median over the rounds of flows/writes measured side by side.
-    ratio: f64,
-    /// Raft proposals per completed flow (token requests answered) while
-    /// the flows ran, summed over the nodes.
-    proposals_per_flow: f64,
-}
-
-/// Ticket issue + redeem vs replicated writes, per level.
+/// The login flows of one algorithm at every level: baa on its leader,
+/// baa spread over the nodes, and the peer when there is one.
 async fn bench_flows(
     cluster: &Cluster,
     args: &Args,
+    (alg_name, alg): (&str, Algorithm),
     secret: &str,
+    peer: Option<&OidcProvider>,
     tallies: &mut Vec<(String, Tally)>,
-) -> anyhow::Result<Vec<FlowRow>> {
+    table: &mut Table,
+) -> anyhow::Result<()> {
     let ca = cluster.ca_pem();
-    let nodes: Vec<String> = cluster
-        .ids()
-        .iter()
-        .map(|id| cluster.public_url(*id))
-        .collect();
+    let ids = cluster.ids();
+    let leader = cluster.leader().await;
+    let url = |id| cluster.public_url(id);
+    let http = client_for(&ca)?;
+    let jwks: serde_json::Value = http
+        .get(format!("{}/.well-known/jwks.json", url(leader)))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let baa = |nodes: Vec<u64>, next_node_redeems| Provider {
+        issuer: cluster.issuer(),
+        authorize: nodes
+            .iter()
+            .map(|id| format!("{}/sso/authorize", url(*id)))
+            .collect(),
+        token: nodes
+            .iter()
+            .map(|id| format!("{}/sso/token", url(*id)))
+            .collect(),
+        client_id: site_id(alg_name),
+        secret: secret.to_string(),
+        redirect_uri: REDIRECT_URI.into(),
+        alg,
+        keys: jwks_keys(&jwks),
+        next_node_redeems,
+    };
+    let one = Arc::new(baa(vec![leader], false));
+    let spread = Arc::new(baa(ids.clone(), true));
     let max = args.levels.iter().copied().max().unwrap_or(1);
-    // One signed-in browser per client, each with its own session.
-    let mut flow_workers = Vec::new();
-    let mut write_workers = Vec::new();
-    for c in 0..max {
-        let http = client_for(&ca)?;
-        let base = &nodes[c % nodes.len()];
-        let csrf = csrf_pair(&http, base).await?;
-        let sso = sign_in(&http, base, &csrf)
-            .await
-            .map_err(|e| anyhow!("signing in client {c}: {e}"))?;
-        flow_workers.push(Arc::new(Worker::Flow {
-            http,
-            nodes: nodes.clone(),
-            client: c,
-            sso,
-            secret: secret.to_string(),
-        }));
-        let ids = cluster.ids();
-        write_workers.push(Arc::new(Worker::Write {
-            http: client_for(&ca)?,
-            base: cluster.manage_url(ids[c % ids.len()]),
-            token: cluster.admin_token().to_string(),
-            user: format!("bench-{c}"),
-        }));
-    }
-    let pids = node_pids(cluster);
-    let warmup = Duration::from_secs(args.warmup);
-    let (slices, slice, settle) = slicing(args.seconds, args.slice_ms, args.settle_ms);
-    let mut rows = Vec::new();
-    for &c in &args.levels {
-        let before = server_times(cluster, &SERVER_SERIES).await;
-        let mut flows = Vec::new();
-        let mut writes = Vec::new();
-        let mut tally = Tally::default();
-        let mut ratios = Vec::new();
-        // (proposals, token requests) while the flows ran.
-        let mut during_flows = (0.0, 0.0);
-        let loads = [&flow_workers[..c], &write_workers[..c]];
-        for load in loads {
-            let _ = measure(load, &pids, warmup, Duration::ZERO).await;
-        }
-        for round in 0..args.rounds {
-            let mut samples: [Samples; 2] = Default::default();
-            for n in 0..slices {
-                for k in 0..loads.len() {
-                    let i = (k + n + round) % loads.len();
-                    let before = match i {
-                        0 => Some(server_times(cluster, &SERVER_SERIES).await),
-                        _ => None,
-                    };
-                    samples[i].absorb(measure(loads[i], &pids, settle, slice).await);
-                    if let Some(b) = before {
-                        let a = server_times(cluster, &SERVER_SERIES).await;
-                        during_flows.0 += a[4].1 - b[4].1;
-                        during_flows.1 += a[1].1 - b[1].1;
-                    }
-                }
+    let baa_browsers = signed_in_browsers(cluster, max).await?;
+    let (peer_provider, peer_browsers) = match peer {
+        None => (None, Vec::new()),
+        Some(p) => {
+            let http = OidcProvider::client()?;
+            let jwks: serde_json::Value = http
+                .get(format!("{}/jwks", p.url))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let client_id = site_id(alg_name);
+            let provider = Provider {
+                issuer: p.url.clone(),
+                authorize: vec![format!("{}/auth", p.url)],
+                token: vec![format!("{}/token", p.url)],
+                secret: format!("bench-secret-{}", alg_name.to_lowercase()),
+                client_id,
+                redirect_uri: peer::REDIRECT_URI.into(),
+                alg,
+                keys: jwks_keys(&jwks),
+                next_node_redeems: false,
+            };
+            let mut browsers = Vec::new();
+            for c in 0..max {
+                let http = OidcProvider::client()?;
+                let cookies = p.sign_in(&http, &provider.client_id).await?;
+                browsers.push(Arc::new(Browser {
+                    http,
+                    cookies,
+                    index: c,
+                }));
             }
-            let [f, w] = samples.map(Samples::finish);
-            eprintln!(
-                "  {c} clients, round {}: {:.0} flows/s ({} failed, {}), {:.0} writes/s ({} failed, {})",
-                round + 1,
-                f.rate(),
-                f.errors,
-                cpu_split(&f),
-                w.rate(),
-                w.errors,
-                cpu_split(&w)
-            );
-            report_errors("flows", &f);
-            report_errors("writes", &w);
-            tally.add(&f);
-            ratios.push(f.rate() / w.rate());
-            flows.push(f);
-            writes.push(w);
+            (Some(Arc::new(provider)), browsers)
         }
+    };
+    let pids = node_pids(cluster);
+    for &c in &args.levels {
+        let mut loads = vec![
+            flow_load("baa 1 node", one.clone(), &baa_browsers[..c], pids.clone()),
+            flow_load(
+                "baa 3 nodes",
+                spread.clone(),
+                &baa_browsers[..c],
+                pids.clone(),
+            ),
+        ];
+        if let (Some(p), Some(node)) = (&peer_provider, peer) {
+            let pid = node.pid().into_iter().collect();
+            loads.push(flow_load(
+                "oidc-provider",
+                p.clone(),
+                &peer_browsers[..c],
+                pid,
+            ));
+        }
+        let before = server_times(cluster, &SERVER_SERIES).await;
+        let rounds = interleave(&args.plan(), &loads, &format!("{alg_name}, {c} clients")).await?;
+        let after = server_times(cluster, &SERVER_SERIES).await;
         eprintln!(
-            "  [{c} clients, server side: {}]",
-            server_means(
-                &SERVER_SERIES,
-                &before,
-                &server_times(cluster, &SERVER_SERIES).await
-            )
+            "  [{alg_name}, {c} clients, server side: {}]",
+            server_means(&SERVER_SERIES, &before, &after)
         );
-        tallies.push((format!("ticket issue + redeem, {c} clients"), tally));
-        let flows = median(flows);
-        let writes = median(writes);
-        let ratio = median_of(ratios);
-        rows.push(FlowRow {
-            clients: c,
-            flows,
-            writes,
-            ratio,
-            proposals_per_flow: during_flows.0 / during_flows.1.max(1.0),
-        });
+        // Proposals over token requests answered, while only baa made them.
+        let proposals = (after[3].1 - before[3].1) / (after[1].1 - before[1].1).max(1.0);
+        table.row(flow_row(alg_name, c, &rounds, proposals));
+        for (i, name) in rounds.names.iter().enumerate() {
+            tallies.push((format!("{name} {alg_name}, {c} clients"), rounds.tally(i)));
+        }
     }
-    Ok(rows)
+    Ok(())
 }
 
-/// One row of the sign-in table.
-struct SignInRow {
-    clients: usize,
-    signins: RunResult,
-    /// Median over the rounds of sign-ins/argon2id measured side by side.
-    ratio: f64,
+/// `n` browsers signed in at baa (spread over the nodes), each with its own
+/// session and connection.
+async fn signed_in_browsers(cluster: &Cluster, n: usize) -> anyhow::Result<Vec<Arc<Browser>>> {
+    let ids = cluster.ids();
+    let mut out = Vec::new();
+    for c in 0..n {
+        let http = client_for(&cluster.ca_pem())?;
+        let base = cluster.public_url(ids[c % ids.len()]);
+        let csrf = csrf_pair(&http, &base).await?;
+        let cookies = sign_in(&http, &base, &csrf)
+            .await
+            .map_err(|e| anyhow!("signing in client {c}: {e}"))?;
+        out.push(Arc::new(Browser {
+            http,
+            cookies,
+            index: c,
+        }));
+    }
+    Ok(out)
+}
+
+/// The clients of the soak.
+const SOAK_CLIENTS: usize = 64;
+
+/// Bytes under `path`, recursively.
+fn dir_bytes(path: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Resident memory of process `pid`, in bytes.
+fn rss_bytes(pid: Option<u32>) -> u64 {
+    let status = pid
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// (data directory bytes, resident bytes) of every node.
+fn node_state(cluster: &Cluster) -> Vec<(u64, u64)> {
+    cluster
+        .ids()
+        .iter()
+        .map(|id| {
+            let node = cluster.node(*id);
+            (dir_bytes(&node.dir().join("data")), rss_bytes(node.pid()))
+        })
+        .collect()
+}
+
+/// `args.soak` logins at full speed, then the state each node keeps.
+async fn soak(cluster: &Cluster, args: &Args, secret: &str) -> anyhow::Result<Table> {
+    let alg = ALGS[0];
+    let ids = cluster.ids();
+    let url = |id: &u64| cluster.public_url(*id);
+    let jwks: serde_json::Value = client_for(&cluster.ca_pem())?
+        .get(format!("{}/.well-known/jwks.json", url(&ids[0])))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let provider = Arc::new(Provider {
+        issuer: cluster.issuer(),
+        authorize: ids
+            .iter()
+            .map(|id| format!("{}/sso/authorize", url(id)))
+            .collect(),
+        token: ids
+            .iter()
+            .map(|id| format!("{}/sso/token", url(id)))
+            .collect(),
+        client_id: site_id(alg.0),
+        secret: secret.to_string(),
+        redirect_uri: REDIRECT_URI.into(),
+        alg: alg.1,
+        keys: jwks_keys(&jwks),
+        next_node_redeems: true,
+    });
+    let browsers = signed_in_browsers(cluster, SOAK_CLIENTS).await?;
+    let before = node_state(cluster);
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for b in browsers {
+        let (p, done, failed, n) = (provider.clone(), done.clone(), failed.clone(), args.soak);
+        tasks.push(tokio::spawn(async move {
+            let mut seq = 0;
+            while done.fetch_add(1, Ordering::Relaxed) < n {
+                seq += 1;
+                if oidc::flow(&p, &b, seq).await.is_err() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let took = started.elapsed().as_secs_f64();
+    let after = node_state(cluster);
+    let failed = failed.load(Ordering::Relaxed);
+    let rate = args.soak as f64 / took;
+    eprintln!(
+        "  soak: {} logins in {took:.0} s ({rate:.0}/s), {failed} failed; waiting {} s for the tickets to expire",
+        args.soak, args.soak_wait_s
+    );
+    tokio::time::sleep(Duration::from_secs(args.soak_wait_s)).await;
+    let settled = node_state(cluster);
+    let mib = |b: u64| format!("{:.1}", b as f64 / (1024.0 * 1024.0));
+    let grew = |a: u64, b: u64| format!("{:+.1}", (a as f64 - b as f64) / (1024.0 * 1024.0));
+    let mut t = Table::new(
+        format!(
+            "State per node after {} logins at full speed ({SOAK_CLIENTS} clients, {rate:.0} logins/s, {failed} failed), and {} s later",
+            args.soak, args.soak_wait_s
+        ),
+        &[
+            "node",
+            "disk MiB before",
+            "after",
+            "growth",
+            "later",
+            "growth",
+            "RSS MiB before",
+            "after",
+            "growth",
+            "later",
+            "growth",
+        ],
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let ((d0, r0), (d1, r1), (d2, r2)) = (before[i], after[i], settled[i]);
+        t.row(vec![
+            id.to_string(),
+            mib(d0),
+            mib(d1),
+            grew(d1, d0),
+            mib(d2),
+            grew(d2, d0),
+            mib(r0),
+            mib(r1),
+            grew(r1, r0),
+            mib(r2),
+            grew(r2, r0),
+        ]);
+    }
+    t.note("disk: the node's data directory (sled files, snapshots); RSS: VmRSS of the node process. target: growth < 50 MiB after 200,000 logins, back near the baseline once the tickets have expired.");
+    Ok(t)
+}
+
+/// One row of the flow table.
+fn flow_row(alg: &str, clients: usize, rounds: &Rounds, proposals: f64) -> Vec<String> {
+    let mut row = vec![alg.to_string(), clients.to_string()];
+    for i in 0..3 {
+        match rounds.runs.get(i) {
+            Some(_) => row.extend(run_cells(&rounds.median(i))),
+            None => row.extend(["-"; 4].map(String::from)),
+        }
+    }
+    let ratio = |i| match rounds.runs.len() {
+        3 => format!("{:.2}", rounds.ratio(i, 2)),
+        _ => "-".into(),
+    };
+    row.extend([ratio(0), ratio(1), format!("{proposals:.2}")]);
+    row
+}
+
+fn flow_table(args: &Args) -> Table {
+    let mut t = Table::new(
+        format!(
+            "Login flow with a session (authorize form_post + PKCE + nonce → token client_secret_basic → ID token checked): baa vs oidc-provider; median of {} rounds, {}s per load per round in interleaved {} ms slices",
+            args.rounds, args.seconds, args.slice_ms
+        ),
+        &[
+            "alg", "clients",
+            "baa 1 node/s", "p50 ms", "p99 ms", "CPU ms",
+            "baa 3 nodes/s", "p50 ms", "p99 ms", "CPU ms",
+            "oidc-provider/s", "p50 ms", "p99 ms", "CPU ms",
+            "1 node/peer", "3 nodes/peer", "props/flow",
+        ],
+    );
+    t.note("baa 1 node: every request to the leader; 3 nodes: authorize on one node, token on the next (the command forwarded to the leader). TLS on every baa hop; oidc-provider on plain HTTP, in memory, as it ships.");
+    t.note("CPU ms: CPU time per completed flow of the server processes (baa: all three nodes; oidc-provider: its Node process) and the load generator.");
+    t.note("x/peer: median over the rounds of the ratio of flows/s measured within each round. props/flow: Raft proposals per token request answered, all nodes, background writes included.");
+    t.note("targets (RS256): 1 client >= 1.0x, 16 clients >= 3.0x, 64 clients >= 6.0x.");
+    t
 }
 
 /// Password sign-ins vs argon2id alone, per level.
@@ -546,87 +661,48 @@ async fn bench_signins(
     cluster: &Cluster,
     args: &Args,
     tallies: &mut Vec<(String, Tally)>,
-) -> anyhow::Result<(RunResult, Vec<SignInRow>)> {
+) -> anyhow::Result<Table> {
     let ca = cluster.ca_pem();
-    let nodes: Vec<String> = cluster
-        .ids()
-        .iter()
-        .map(|id| cluster.public_url(*id))
-        .collect();
+    let nodes: Vec<String> = match args.signin_node {
+        0 => cluster
+            .ids()
+            .iter()
+            .map(|id| cluster.public_url(*id))
+            .collect(),
+        id => vec![cluster.public_url(id)],
+    };
     let hash = Argon2::default()
         .hash_password(PASSWORD.as_bytes(), &SaltString::generate(&mut OsRng))
         .map_err(|e| anyhow!("hashing: {e}"))?
         .to_string();
-    let nodes: Vec<String> = match args.signin_node {
-        0 => nodes,
-        id => vec![cluster.public_url(id)],
-    };
     let max = args.signin_levels.iter().copied().max().unwrap_or(1);
-    let mut workers = Vec::new();
+    let mut clients = Vec::new();
     for c in 0..max {
         let http = client_for(&ca)?;
-        let csrf = csrf_pair(&http, &nodes[c % nodes.len()]).await?;
-        workers.push(Arc::new(Worker::SignIn {
-            http,
-            nodes: nodes.clone(),
-            client: c,
-            csrf,
-        }));
+        let base = nodes[c % nodes.len()].clone();
+        let csrf = csrf_pair(&http, &base).await?;
+        clients.push(Arc::new((http, base, csrf)));
     }
     let pids = node_pids(cluster);
-    let warmup = Duration::from_secs(args.warmup);
-    let (slices, slice, settle) = slicing(args.seconds, args.slice_ms, args.settle_ms);
-    let before = server_times(cluster, &SERVER_SERIES).await;
-    let mut pure = Vec::new();
-    let mut per_level: Vec<Vec<RunResult>> =
-        args.signin_levels.iter().map(|_| Vec::new()).collect();
-    let mut level_tallies = vec![Tally::default(); args.signin_levels.len()];
-    let mut level_ratios: Vec<Vec<f64>> = args.signin_levels.iter().map(|_| Vec::new()).collect();
+    let threads = args.hash_threads;
+    let mut loads = vec![Load::new("argon2id alone", move |settle, slice| {
+        let hash = hash.clone();
+        Box::pin(argon2_rate(hash, threads, settle, slice))
+    })];
     for &c in &args.signin_levels {
-        let _ = measure(&workers[..c], &pids, warmup, Duration::ZERO).await;
-    }
-    // Load 0 is argon2id alone, load k the k-th sign-in level.
-    let loads = args.signin_levels.len() + 1;
-    for round in 0..args.rounds {
-        let mut samples: Vec<Samples> = (0..loads).map(|_| Samples::default()).collect();
-        for n in 0..slices {
-            for k in 0..loads {
-                let i = (k + n + round) % loads;
-                let part = match i {
-                    0 => argon2_rate(hash.clone(), args.hash_threads, settle, slice).await?,
-                    _ => {
-                        let c = args.signin_levels[i - 1];
-                        measure(&workers[..c], &pids, settle, slice).await
-                    }
+        let (clients, pids) = (&clients[..c], pids.clone());
+        loads.push(Load::new(format!("{c} clients"), move |settle, slice| {
+            let pids = pids.clone();
+            Box::pin(async move {
+                let op = |s: Arc<(reqwest::Client, String, String)>, _| async move {
+                    sign_in(&s.0, &s.1, &s.2).await.map(drop)
                 };
-                samples[i].absorb(part);
-            }
-        }
-        let mut samples = samples.into_iter().map(Samples::finish);
-        let p = samples.next().unwrap_or_default();
-        eprintln!(
-            "  round {}: argon2id alone {:.1}/s on {} threads ({:.1} CPU ms each)",
-            round + 1,
-            p.rate(),
-            args.hash_threads,
-            p.cpu_ms_per_op()
-        );
-        let p_rate = p.rate();
-        pure.push(p);
-        for ((k, &c), r) in args.signin_levels.iter().enumerate().zip(samples) {
-            eprintln!(
-                "  round {}: {c} clients, {:.1} sign-ins/s ({} failed, {})",
-                round + 1,
-                r.rate(),
-                r.errors,
-                cpu_split(&r)
-            );
-            report_errors("sign-ins", &r);
-            level_tallies[k].add(&r);
-            level_ratios[k].push(r.rate() / p_rate);
-            per_level[k].push(r);
-        }
+                Ok(closed_loop(clients, op, &pids, settle, slice).await)
+            })
+        }));
     }
+    let before = server_times(cluster, &SERVER_SERIES).await;
+    let rounds = interleave(&args.plan(), &loads, "sign-ins").await?;
     eprintln!(
         "  [server side: {}]",
         server_means(
@@ -635,166 +711,61 @@ async fn bench_signins(
             &server_times(cluster, &SERVER_SERIES).await
         )
     );
-    let pure = median(pure);
-    let mut rows = Vec::new();
-    for (((c, runs), tally), ratios) in args
-        .signin_levels
-        .iter()
-        .zip(per_level)
-        .zip(level_tallies)
-        .zip(level_ratios)
-    {
-        tallies.push((format!("password sign-in, {c} clients"), tally));
-        let signins = median(runs);
-        let ratio = median_of(ratios);
-        rows.push(SignInRow {
-            clients: *c,
-            signins,
-            ratio,
-        });
+    let pure = rounds.median(0);
+    let mut t = Table::new(
+        format!(
+            "Password sign-in vs argon2id verify alone (m=19456, t=2, p=1) on {} threads; median of {} rounds. argon2id alone: {:.1}/s ({:.1} CPU ms each)",
+            args.hash_threads, args.rounds, pure.rate(), pure.cpu_ms_per_op()
+        ),
+        &["clients", "sign-ins/s", "p50 ms", "p99 ms", "CPU ms/sign-in", "argon2id alone/s", "sign-ins/argon2id"],
+    );
+    for (k, &c) in args.signin_levels.iter().enumerate() {
+        let r = rounds.median(k + 1);
+        t.row(vec![
+            c.to_string(),
+            format!("{:.1}", r.rate()),
+            format!("{:.1}", r.p50_ms),
+            format!("{:.1}", r.p99_ms),
+            format!("{:.1}", r.cpu_ms_per_op()),
+            format!("{:.1}", pure.rate()),
+            format!("{:.2}", rounds.ratio(k + 1, 0)),
+        ]);
+        tallies.push((
+            format!("password sign-in, {c} clients"),
+            rounds.tally(k + 1),
+        ));
     }
-    Ok((pure, rows))
-}
-
-fn print_flows(args: &Args, rows: &[FlowRow]) {
-    println!();
-    println!(
-        "Ticket issue + redeem (SSO cookie present) vs replicated writes; median of {} rounds per level, each {}s per load in interleaved {} ms slices (+{} ms settling each), after {}s warm-up per load",
-        args.rounds, args.seconds, args.slice_ms, args.settle_ms, args.warmup
-    );
-    println!(
-        "{:>7} | {:>8} {:>7} {:>7} {:>6} {:>6} {:>9} | {:>8} {:>7} {:>7} {:>6} {:>6} | {:>12}",
-        "clients",
-        "flows/s",
-        "p50 ms",
-        "p99 ms",
-        "CPU ms",
-        "errors",
-        "props/flow",
-        "writes/s",
-        "p50 ms",
-        "p99 ms",
-        "CPU ms",
-        "errors",
-        "flows/writes"
-    );
-    for r in rows {
-        println!(
-            "{:>7} | {:>8.0} {:>7.2} {:>7.2} {:>6.2} {:>6} {:>9.2} | {:>8.0} {:>7.2} {:>7.2} {:>6.2} {:>6} | {:>12.2}",
-            r.clients,
-            r.flows.rate(),
-            r.flows.p50_ms,
-            r.flows.p99_ms,
-            r.flows.cpu_ms_per_op(),
-            r.flows.errors,
-            r.proposals_per_flow,
-            r.writes.rate(),
-            r.writes.p50_ms,
-            r.writes.p99_ms,
-            r.writes.cpu_ms_per_op(),
-            r.writes.errors,
-            r.ratio
-        );
-    }
-    println!("CPU ms: CPU time of the three nodes and the load generator per completed operation");
-    println!("flows/writes: median over the rounds of the ratio measured within each round");
-    println!("props/flow: Raft proposals (batches; each carries one or more commands) per token request answered while the flows ran, all nodes, background writes included");
-    println!("target: flows/writes >= 0.5 at every level");
-}
-
-fn print_signins(args: &Args, pure: &RunResult, rows: &[SignInRow]) {
-    println!();
-    println!(
-        "Password sign-in vs argon2id verify alone (m=19456, t=2, p=1) on {} threads; median of {} rounds, each {}s per load in interleaved {} ms slices (+{} ms settling each)",
-        args.hash_threads, args.rounds, args.seconds, args.slice_ms, args.settle_ms
-    );
-    match args.signin_node {
-        0 => println!("sign-ins spread over every node (their hashing pools share this machine)"),
-        id => println!(
+    t.note(match args.signin_node {
+        0 => "sign-ins spread over every node (their hashing pools share this machine)".to_string(),
+        id => format!(
             "sign-ins sent to node {id} (hashing pool: one thread per CPU, as on its own machine)"
         ),
-    }
-    println!(
-        "argon2id verify alone: {:.1}/s ({:.1} CPU ms each)",
-        pure.rate(),
-        pure.cpu_ms_per_op()
-    );
-    println!(
-        "{:>7} | {:>10} {:>8} {:>8} {:>6} {:>6} | {:>12}",
-        "clients", "sign-ins/s", "p50 ms", "p99 ms", "CPU ms", "errors", "vs argon2id"
-    );
-    for r in rows {
-        println!(
-            "{:>7} | {:>10.1} {:>8.1} {:>8.1} {:>6.1} {:>6} | {:>12.2}",
-            r.clients,
-            r.signins.rate(),
-            r.signins.p50_ms,
-            r.signins.p99_ms,
-            r.signins.cpu_ms_per_op(),
-            r.signins.errors,
-            r.ratio
-        );
-    }
-    println!("vs argon2id: median over the rounds of the ratio measured within each round");
-    println!("target: sign-ins / argon2id alone >= 0.85");
-}
-
-fn print_markdown(pure: Option<&RunResult>, flows: &[FlowRow], signins: &[SignInRow]) {
-    println!();
-    println!("Markdown:");
-    if !flows.is_empty() {
-        println!();
-        println!("| clients | flows/s | flow p50 ms | flow p99 ms | CPU ms/flow | writes/s | write p50 ms | write p99 ms | CPU ms/write | flows/writes |");
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        for r in flows {
-            println!(
-                "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
-                r.clients,
-                r.flows.rate(),
-                r.flows.p50_ms,
-                r.flows.p99_ms,
-                r.flows.cpu_ms_per_op(),
-                r.writes.rate(),
-                r.writes.p50_ms,
-                r.writes.p99_ms,
-                r.writes.cpu_ms_per_op(),
-                r.ratio
-            );
-        }
-    }
-    if let Some(pure) = pure {
-        println!();
-        println!("| clients | sign-ins/s | p50 ms | p99 ms | CPU ms/sign-in | argon2id alone/s | sign-ins/argon2id |");
-        println!("|---:|---:|---:|---:|---:|---:|---:|");
-        for r in signins {
-            println!(
-                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |",
-                r.clients,
-                r.signins.rate(),
-                r.signins.p50_ms,
-                r.signins.p99_ms,
-                r.signins.cpu_ms_per_op(),
-                pure.rate(),
-                r.ratio
-            );
-        }
-    }
+    });
+    t.note("sign-ins/argon2id: median over the rounds of the ratio measured within each round; target >= 0.85");
+    Ok(t)
 }
 
 async fn run(args: &Args) -> anyhow::Result<bool> {
-    if args.rounds == 0 || args.seconds == 0 || args.slice_ms == 0 {
-        bail!("--rounds, --seconds and --slice-ms must be at least 1");
-    }
     if args.levels.contains(&0) || args.signin_levels.contains(&0) {
         bail!("levels must be at least 1 client");
     }
+    let algs: Vec<(&str, Algorithm)> = args
+        .algs
+        .iter()
+        .map(|a| {
+            ALGS.iter()
+                .find(|(n, _)| n == a)
+                .copied()
+                .ok_or_else(|| anyhow!("--algs: {a:?} is not RS256 or ES256"))
+        })
+        .collect::<anyhow::Result<_>>()?;
     println!("baa single sign-on benchmark");
     println!("machine: {}", machine());
     println!(
         "command: {}",
         std::env::args().collect::<Vec<_>>().join(" ")
     );
-    println!("cluster: 3 baa nodes on loopback, TLS on every hop, clients spread over the nodes, each with its own keep-alive connections");
+    println!("cluster: 3 baa nodes on loopback, TLS on every hop, each client with its own keep-alive connection and session");
     let mut opts = ClusterOptions {
         log_level: "warn".into(),
         ..ClusterOptions::default()
@@ -805,14 +776,20 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     );
     eprintln!("starting a 3-node cluster");
     let cluster = Cluster::start_with(opts).await;
-    let writers = if args.no_flows {
-        0
-    } else {
-        args.levels.iter().copied().max().unwrap_or(1)
+    let names: Vec<&str> = algs.iter().map(|(n, _)| *n).collect();
+    let secrets = setup(&cluster, &names).await?;
+    let peer = match &args.oidc_provider {
+        Some(dir) => {
+            let p = OidcProvider::start(&args.node, dir).await?;
+            println!(
+                "peer: oidc-provider at {} (Node {})",
+                p.url,
+                node_version(&args.node)
+            );
+            Some(p)
+        }
+        None => None,
     };
-    let secret = setup(&cluster, writers).await?;
-    establish_trust(&cluster).await?;
-    eprintln!("set up: user {USER}, site {CLIENT_ID}, trust approved");
     let pids = node_pids(&cluster);
     let idle_before = cpu_snapshot(&pids).0;
     let idle_started = Instant::now();
@@ -824,32 +801,40 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     );
 
     let mut tallies = Vec::new();
-    let flows = if args.no_flows {
-        Vec::new()
-    } else {
-        eprintln!("ticket issue + redeem vs replicated writes");
-        bench_flows(&cluster, args, &secret, &mut tallies).await?
+    let mut flows = flow_table(args);
+    if !args.no_flows {
+        for (alg, secret) in algs.iter().zip(&secrets) {
+            eprintln!("login flows, {}", alg.0);
+            bench_flows(
+                &cluster,
+                args,
+                *alg,
+                secret,
+                peer.as_ref(),
+                &mut tallies,
+                &mut flows,
+            )
+            .await?;
+        }
+    }
+    let soaked = match args.soak {
+        0 => Table::default(),
+        _ => {
+            eprintln!("soak: {} logins", args.soak);
+            soak(&cluster, args, &secrets[0]).await?
+        }
     };
-    let signins = if args.no_signins {
-        None
-    } else {
-        eprintln!("password sign-in vs argon2id alone");
-        Some(bench_signins(&cluster, args, &mut tallies).await?)
+    let signins = match args.no_signins {
+        true => Table::default(),
+        false => {
+            eprintln!("password sign-in vs argon2id alone");
+            bench_signins(&cluster, args, &mut tallies).await?
+        }
     };
     cluster.assert_no_panics();
+    drop(peer);
     drop(cluster);
-
-    if !flows.is_empty() {
-        print_flows(args, &flows);
-    }
-    if let Some((pure, rows)) = &signins {
-        print_signins(args, pure, rows);
-    }
-    print_markdown(
-        signins.as_ref().map(|(p, _)| p),
-        &flows,
-        signins.as_ref().map_or(&[][..], |(_, r)| r),
-    );
+    print_all(&[&flows, &signins, &soaked]);
     let mut ok = true;
     for (what, t) in &tallies {
         if t.error_share() > MAX_ERROR_SHARE {
@@ -865,6 +850,15 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
+fn node_version(node: &std::path::Path) -> String {
+    std::process::Command::new(node)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
@@ -875,17 +869,5 @@ async fn main() -> ExitCode {
             eprintln!("bench-sso: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Tally;
-
-    #[test]
-    fn error_share_counts_failures_over_all_attempts() {
-        let t = Tally { ops: 99, errors: 1 };
-        assert!((t.error_share() - 0.01).abs() < 1e-9);
-        assert_eq!(Tally::default().error_share(), 1.0);
     }
 }

@@ -142,6 +142,11 @@ fn revoke_redeemed(
 /// replay that comes late is still known for one (and revokes).
 pub(super) const SPENT_GRACE_MS: u64 = 10 * 60_000;
 
+/// The same for a redemption granting a sealed access token: shorter, as
+/// a login leaves nothing else behind (a replay after it is refused as
+/// expired, without revoking).
+pub(super) const SEALED_SPENT_GRACE_MS: u64 = 2 * 60_000;
+
 /// What the token request presented with a ticket.
 pub(super) struct Presented<'a> {
     /// The authenticated client.
@@ -215,7 +220,10 @@ pub(super) fn redeem_sealed(
         session_key: t.session_key,
         client_id: t.client_id.clone(),
         tokens: issued,
-        keep_until_ms: t.expires_ms.saturating_add(SPENT_GRACE_MS),
+        keep_until_ms: t.expires_ms.saturating_add(match access {
+            Access::Stored(_) => SPENT_GRACE_MS,
+            Access::Sealed { .. } => SEALED_SPENT_GRACE_MS,
+        }),
     };
     st.put(&spent_key, &spent)?;
     // The site got a ticket in this session: it hears of its end.
