@@ -107,24 +107,24 @@ impl Agency {
     /// (see `Op::needs_request_id`; the state machine remembers results only
     /// under request ids).
     pub async fn write(&self, op: Op, request_id: Option<RequestId>) -> Result<Outcome> {
-        Ok(self.write_timed(op, request_id).await?.0)
+        self.write_at(op, request_id, now_ms()).await
     }
 
-    /// [`Self::write`], also answering the command's time: the `now` its
-    /// apply saw (what a sealed value made from the outcome records as its
-    /// issue time).
-    pub async fn write_timed(
+    /// [`Self::write`] of a command whose time (the `now` its apply sees)
+    /// is `time_ms`, a moment ago on this node's clock: what a value made
+    /// from the outcome before it is known records as its issue time.
+    pub async fn write_at(
         &self,
         op: Op,
         request_id: Option<RequestId>,
-    ) -> Result<(Outcome, u64)> {
+        time_ms: u64,
+    ) -> Result<Outcome> {
         let request_id = request_id.or_else(|| op.needs_request_id().then(random_request_id));
         let cmd = Command {
             request_id,
-            time_ms: now_ms(),
+            time_ms,
             op,
         };
-        let time_ms = cmd.time_ms;
         let started = Instant::now();
         let deadline = started + self.config.write_timeout();
         let mut backoff = Duration::from_millis(20);
@@ -134,7 +134,7 @@ impl Agency {
                     self.metrics
                         .proposal_duration
                         .observe(started.elapsed().as_secs_f64());
-                    return result.map(|o| (o, time_ms)).map_err(NodeError::Apply);
+                    return result.map_err(NodeError::Apply);
                 }
                 Attempt::Fail(e) => return Err(e),
                 Attempt::Retry(e) => {

@@ -318,6 +318,8 @@ mod tests {
         let sealer = TicketSealer::new(sm.reader());
         let a = SealedAccess {
             id: [9; 16],
+            grant: [7; 16],
+            family: Some([3; 32]),
             session_key: [1; 32],
             user_id: 7,
             client_id: "shop".into(),

@@ -300,13 +300,18 @@ pub struct SealedTicket {
 
 /// What a sealed access token holds: it is its own record (nothing is
 /// stored when it is issued). It holds while its session is alive, its site
-/// and the user's trust in it were there when it was issued, it was not
-/// revoked by itself (`Y/`) nor with its client's tokens in the session
-/// (`W/`), and it has not expired.
+/// and the user's trust in it were there when it was issued, and none of
+/// its ids is on the revoked list (`Y/`): its own (revoked alone), its
+/// ticket's (the ticket was presented again) or its refresh family's (a
+/// refresh token of its grant was reused or revoked).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedAccess {
     /// Random id: what revoking it alone records.
     pub id: [u8; 16],
+    /// The id of the ticket whose redemption granted it.
+    pub grant: [u8; 16],
+    /// The family of the refresh token granted with it, if any.
+    pub family: Option<SecretHash>,
     /// The session it belongs to.
     pub session_key: SecretHash,
     /// The user.
@@ -319,17 +324,6 @@ pub struct SealedAccess {
     pub issued_ms: u64,
     /// Expiry.
     pub expires_ms: u64,
-}
-
-/// The tokens of one client in one session issued at or before `at_ms`
-/// are revoked (a replayed ticket, a reused refresh token); kept while the
-/// session may live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClientCutoff {
-    /// Tokens issued at or before this time are refused.
-    pub at_ms: u64,
-    /// The record may go at this time (the session's absolute expiry).
-    pub keep_until_ms: u64,
 }
 
 /// A sealed ticket's redemption, kept until the ticket has expired (and a

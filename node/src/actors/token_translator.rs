@@ -177,9 +177,9 @@ pub async fn live_token(
 
 /// A sealed access token that holds: it opens, has not expired, its
 /// session is alive, its site and the user's trust in it (a peer agency's
-/// client has none) are those it was issued under, and it was revoked
-/// neither alone nor with its client's tokens in the session. As the
-/// stored kind, it reads through to the leader once before saying no.
+/// client has none) are those it was issued under, and none of its ids
+/// (its own, its ticket's, its refresh family's) is listed as revoked. As
+/// the stored kind, it reads through to the leader once before saying no.
 async fn live_sealed(
     agency: &Agency,
     value: &str,
@@ -212,11 +212,13 @@ async fn live_sealed(
             Some(t) => t.created_ms <= a.issued_ms,
             None => ag.state.peer_of_client(&a.client_id)?.is_some(),
         };
-        let cut = ag
-            .state
-            .client_cutoff(&a.session_key, &a.client_id)?
-            .is_some_and(|c| a.issued_ms <= c.at_ms);
-        if !trusted || cut || ag.state.access_revoked(&a.id)? {
+        let revoked = ag.state.access_revoked(&a.id)?
+            || ag.state.access_revoked(&a.grant)?
+            || match &a.family {
+                Some(f) => ag.state.access_revoked(f)?,
+                None => false,
+            };
+        if !trusted || revoked {
             return Ok(None);
         }
         let token = AccessToken {

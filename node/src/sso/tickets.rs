@@ -19,14 +19,14 @@ use crate::agency::Agency;
 use crate::error::NodeError;
 
 /// The command that redeems the request's ticket for `minted`, with the
-/// session a sealed access token is to be made for once it is applied
-/// (`None`: the command stores `minted`'s access token).
+/// session and ticket id a sealed access token is to be made for once it
+/// is applied (`None`: the command stores `minted`'s access token).
 pub(super) async fn redemption(
     agency: &Agency,
     site: &Site,
     req: &TokenRequest,
     minted: &Minted,
-) -> Result<(Op, Option<SecretHash>), NodeError> {
+) -> Result<(Op, Option<(SecretHash, [u8; 16])>), NodeError> {
     let code = required_within(&req.code, "code", MAX_TICKET_LEN)?;
     let unknown = || NodeError::BadRequest {
         code: ErrorCode::InvalidGrant,
@@ -49,7 +49,7 @@ pub(super) async fn redemption(
         }
     };
     let (redirect_uri, verifier_challenge) = presented(req)?;
-    let session = ticket.session_key;
+    let sealed_for = (ticket.session_key, ticket.id);
     let op = Op::RedeemForSealedAccess {
         ticket: Box::new(ticket),
         client_id: site.client_id.clone(),
@@ -58,7 +58,7 @@ pub(super) async fn redemption(
         access_ttl_ms: agency.config.sso.access_token_ttl_s.saturating_mul(1000),
         refresh: Some(Box::new(minted.refresh_record.clone())),
     };
-    Ok((op, Some(session)))
+    Ok((op, Some(sealed_for)))
 }
 
 /// The redirect URI and the S256 of the verifier a token request presents.

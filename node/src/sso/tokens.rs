@@ -37,7 +37,10 @@ pub fn grant_type(req: &TokenRequest) -> Result<&str, NodeError> {
 }
 
 /// Answers a token request of the authenticated `site`: the token
-/// response's JSON body.
+/// response's JSON body. For a sealed ticket, the tokens are made from the
+/// grant this node expects while the redemption is replicated, and used if
+/// the grant applied is that one (otherwise made again from it): a login
+/// waits for its one Raft write, not for the write and then a signature.
 pub async fn grant(
     agency: &Agency,
     site: &Site,
@@ -53,19 +56,42 @@ pub async fn grant(
         ),
         _ => (super::device::poll(agency, site, req, &minted).await?, None),
     };
-    let (outcome, time_ms) = agency.write_timed(op, None).await?;
+    let time_ms = now_ms();
+    let minter = Minter {
+        keys: agency.keys.clone(),
+        tickets: agency.tickets.clone(),
+        issuer: agency.config.issuer.clone(),
+        salt: crate::key_rotation::pairwise_salt(agency).await?,
+        alg: agency.state.id_token_alg(&site.client_id)?,
+        peer: agency.state.peer_of_client(&site.client_id)?.is_some(),
+        id_token: grant_type != "refresh_token",
+        sealed_for,
+        family: minted.refresh_record.family,
+        stored_access: minted.access.clone(),
+        time_ms,
+    };
+    let guess = match &op {
+        Op::RedeemForSealedAccess {
+            ticket,
+            access_ttl_ms,
+            ..
+        } => expected_grant(agency, ticket, time_ms, *access_ttl_ms)?,
+        _ => None,
+    };
+    let write = agency.write_at(op, None, time_ms);
+    let (outcome, early) = match guess {
+        None => (write.await?, None),
+        Some(g) => {
+            let m = minter.clone();
+            let made = tokio::task::spawn_blocking(move || m.tokens(&g).map(|t| (g, t)));
+            let (outcome, made) = tokio::join!(write, made);
+            (outcome?, made.ok().and_then(Result::ok))
+        }
+    };
     let grant = granted(outcome)?;
-    let access = match sealed_for {
-        None => minted.access.clone(),
-        Some(session_key) => agency.tickets.seal_access(&SealedAccess {
-            id: crate::secrets::random_bytes::<16>(),
-            session_key,
-            user_id: grant.user.id,
-            client_id: site.client_id.clone(),
-            scopes: grant.scopes.clone(),
-            issued_ms: time_ms,
-            expires_ms: grant.expires_ms,
-        })?,
+    let (access, id_token) = match early {
+        Some((g, made)) if g == grant => made,
+        _ => minter.tokens(&grant)?,
     };
     let mut body = serde_json::json!({
         "access_token": access,
@@ -76,18 +102,100 @@ pub async fn grant(
     if grant.scopes.iter().any(|s| s == "offline_access") {
         body["refresh_token"] = minted.refresh.clone().into();
     }
-    if grant_type != "refresh_token" && grant.scopes.iter().any(|s| s == "openid") {
-        let salt = crate::key_rotation::pairwise_salt(agency).await?;
-        let token = match agency.state.peer_of_client(&site.client_id)? {
-            Some(_) => peer_id_token(agency, &salt, &grant, &access)?,
-            None => {
-                let alg = agency.state.id_token_alg(&site.client_id)?;
-                id_token(agency, &salt, &grant, &access, alg)?
-            }
-        };
-        body["id_token"] = token.into();
+    if let Some(t) = id_token {
+        body["id_token"] = t.into();
     }
     Ok(body)
+}
+
+/// The grant redeeming `ticket` at `time_ms` would make, from this node's
+/// state (`None` when the session is not here).
+fn expected_grant(
+    agency: &Agency,
+    ticket: &baa_proto::sso::SealedTicket,
+    time_ms: u64,
+    ttl_ms: u64,
+) -> Result<Option<Grant>, NodeError> {
+    let Some(session) = agency.state.session(&ticket.session_key)? else {
+        return Ok(None);
+    };
+    let Some(mut user) = agency.state.user_by_id(session.user_id)? else {
+        return Ok(None);
+    };
+    user.password_hash = None;
+    let params = agency
+        .state
+        .trust(user.id, &ticket.client_id)?
+        .map(|t| t.params)
+        .unwrap_or_default();
+    Ok(Some(Grant {
+        user,
+        sid: session.sid,
+        auth_time_ms: session.auth_time_ms,
+        client_id: ticket.client_id.clone(),
+        nonce: ticket.nonce.clone(),
+        scopes: ticket.scopes.clone(),
+        params,
+        expires_ms: time_ms
+            .saturating_add(ttl_ms)
+            .min(session.absolute_expiry_ms),
+    }))
+}
+
+/// Makes the tokens of a grant: everything it needs, owned, so it can run
+/// on a blocking thread while the command is replicated.
+#[derive(Clone)]
+struct Minter {
+    keys: crate::keys::KeyRing,
+    tickets: crate::sealing::TicketSealer,
+    issuer: String,
+    salt: PairwiseSalt,
+    alg: IdTokenAlg,
+    peer: bool,
+    /// Whether the grant type gives an ID token (not a refresh).
+    id_token: bool,
+    /// The session and ticket id of a sealed access token (`None`: the
+    /// stored one).
+    sealed_for: Option<(baa_proto::sso::SecretHash, [u8; 16])>,
+    /// The family of the refresh token the grant may give.
+    family: baa_proto::sso::SecretHash,
+    stored_access: String,
+    time_ms: u64,
+}
+
+impl Minter {
+    /// The access token and, when the grant calls for one, the ID token.
+    fn tokens(&self, g: &Grant) -> Result<(String, Option<String>), NodeError> {
+        let access = match self.sealed_for {
+            None => self.stored_access.clone(),
+            Some((session_key, grant)) => self.tickets.seal_access(&SealedAccess {
+                id: crate::secrets::random_bytes::<16>(),
+                grant,
+                family: g
+                    .scopes
+                    .iter()
+                    .any(|s| s == "offline_access")
+                    .then_some(self.family),
+                session_key,
+                user_id: g.user.id,
+                client_id: g.client_id.clone(),
+                scopes: g.scopes.clone(),
+                issued_ms: self.time_ms,
+                expires_ms: g.expires_ms,
+            })?,
+        };
+        if !self.id_token || !g.scopes.iter().any(|s| s == "openid") {
+            return Ok((access, None));
+        }
+        let token = match self.peer {
+            true => peer_id_token(&self.keys, &self.issuer, &self.salt, g, &access)?,
+            false => {
+                let claims = id_token_claims(&self.issuer, &self.salt, g, &access, self.alg);
+                self.keys.sign_id_token(&claims, self.alg)?
+            }
+        };
+        Ok((access, Some(token)))
+    }
 }
 
 /// The grant of a command's outcome, or the device grant's "not yet".
@@ -133,19 +241,6 @@ fn user_claims(
     m
 }
 
-/// The ID token of a grant (OIDC Core §2), signed with the site's
-/// algorithm and bound to the access token by `at_hash`.
-fn id_token(
-    agency: &Agency,
-    salt: &PairwiseSalt,
-    g: &Grant,
-    access_token: &str,
-    alg: IdTokenAlg,
-) -> Result<String, NodeError> {
-    let claims = id_token_claims(agency, salt, g, access_token, alg);
-    agency.keys.sign_id_token(&claims, alg)
-}
-
 /// `at_hash` (OIDC Core §3.1.3.6): the left half of the access token's
 /// hash under the hash of the signing algorithm — SHA-512 for Ed25519, as
 /// the OpenID Foundation's conformance suite and other providers take it.
@@ -160,8 +255,10 @@ fn at_hash(access_token: &str, alg: IdTokenAlg) -> String {
     }
 }
 
+/// The claims of a grant's ID token (OIDC Core §2), bound to the access
+/// token by `at_hash`.
 fn id_token_claims(
-    agency: &Agency,
+    issuer: &str,
     salt: &PairwiseSalt,
     g: &Grant,
     access_token: &str,
@@ -170,7 +267,7 @@ fn id_token_claims(
     let now_s = now_ms() / 1000;
     let mut claims = user_claims(salt, &g.user, &g.client_id, &g.params, &g.scopes);
     let at_hash = at_hash(access_token, alg);
-    claims.insert("iss".into(), agency.config.issuer.clone().into());
+    claims.insert("iss".into(), issuer.into());
     claims.insert("aud".into(), g.client_id.clone().into());
     claims.insert("iat".into(), now_s.into());
     claims.insert("exp".into(), (g.expires_ms / 1000).into());
@@ -189,7 +286,8 @@ fn id_token_claims(
 /// and email it needs to make the user's account there. The peering, made
 /// by both agencies' administrators, is the user's consent to it.
 fn peer_id_token(
-    agency: &Agency,
+    keys: &crate::keys::KeyRing,
+    issuer: &str,
     salt: &PairwiseSalt,
     g: &Grant,
     access_token: &str,
@@ -203,9 +301,9 @@ fn peer_id_token(
         params,
         ..g.clone()
     };
-    let mut claims = id_token_claims(agency, salt, &g, access_token, IdTokenAlg::Rs256);
+    let mut claims = id_token_claims(issuer, salt, &g, access_token, IdTokenAlg::Rs256);
     claims.insert("preferred_username".into(), g.user.username.clone().into());
-    agency.keys.sign_jwt(&claims, crate::keys::ID_TOKEN_TYP)
+    keys.sign_jwt(&claims, crate::keys::ID_TOKEN_TYP)
 }
 
 /// A refresh token that can still be used, with its session.

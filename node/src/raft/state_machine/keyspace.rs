@@ -64,10 +64,8 @@ pub(super) const PREFIX_SITE: &[u8] = b"c/";
 pub(super) const PREFIX_SITE_OPTIONS: &[u8] = b"O/";
 /// client id → `IdTokenAlg` (absent: RS256).
 pub(super) const PREFIX_SITE_ALG: &[u8] = b"A/";
-/// session key ‖ client id → `ClientCutoff`: that client's sealed access
-/// tokens issued in that session until then are revoked.
-pub(super) const PREFIX_CLIENT_CUTOFF: &[u8] = b"W/";
-/// sealed access-token id → its expiry (`u64`): revoked alone.
+/// revoked id (a sealed access token's, a ticket's whose tokens go with
+/// it, or a refresh family's) → when the record may go (`u64`).
 pub(super) const PREFIX_REVOKED_ACCESS: &[u8] = b"Y/";
 /// user id (big-endian) ++ client id → `Trust`.
 pub(super) const PREFIX_TRUST: &[u8] = b"t/";
@@ -151,11 +149,6 @@ pub(super) fn session_token_key(session: &[u8], hash: &[u8]) -> Vec<u8> {
     [PREFIX_SESSION_TOKENS, session, hash].concat()
 }
 
-/// The cutoff of `client_id`'s sealed access tokens in session `session`.
-pub(super) fn client_cutoff_key(session: &[u8], client_id: &str) -> Vec<u8> {
-    [PREFIX_CLIENT_CUTOFF, session, client_id.as_bytes()].concat()
-}
-
 /// The index entry of refresh token `hash` in its family `family`.
 pub(super) fn family_key(family: &[u8], hash: &[u8]) -> Vec<u8> {
     [PREFIX_FAMILY, family, hash].concat()
@@ -208,9 +201,6 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
         k if k.starts_with(PREFIX_USER_SESSIONS) => as_::<()>("user_sessions", value),
         k if k.starts_with(PREFIX_SITE) => as_::<Site>("site", value),
         k if k.starts_with(PREFIX_SITE_OPTIONS) => as_::<SiteOptions>("site_options", value),
-        k if k.starts_with(PREFIX_CLIENT_CUTOFF) => {
-            as_::<baa_proto::sso::ClientCutoff>("client_cutoff", value)
-        }
         k if k.starts_with(PREFIX_REVOKED_ACCESS) => as_::<u64>("revoked_access", value),
         k if k.starts_with(PREFIX_SITE_ALG) => {
             as_::<baa_proto::sso::IdTokenAlg>("site_id_token_alg", value)

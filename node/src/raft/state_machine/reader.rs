@@ -103,18 +103,9 @@ impl StateReader {
             .unwrap_or_default())
     }
 
-    /// The cutoff of `client_id`'s sealed access tokens in session
-    /// `session`, if one was set.
-    pub fn client_cutoff(
-        &self,
-        session: &SecretHash,
-        client_id: &str,
-    ) -> Result<Option<baa_proto::sso::ClientCutoff>, StorageError> {
-        self.get(&super::keyspace::client_cutoff_key(session, client_id))
-    }
-
-    /// Whether the sealed access token `id` was revoked by itself.
-    pub fn access_revoked(&self, id: &[u8; 16]) -> Result<bool, StorageError> {
+    /// Whether `id` (a sealed access token's, its ticket's or its refresh
+    /// family's) is on the revoked list.
+    pub fn access_revoked(&self, id: &[u8]) -> Result<bool, StorageError> {
         Ok(self
             .get::<u64>(&key(super::keyspace::PREFIX_REVOKED_ACCESS, id))?
             .is_some())

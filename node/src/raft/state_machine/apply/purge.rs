@@ -4,15 +4,15 @@
 
 use baa_proto::command::{CommandResult, Outcome};
 use baa_proto::sso::{
-    AccessToken, ClientCutoff, DeviceGrant, Failures, LoginTicket, RefreshToken, Session,
-    SigningKey, SpentTicket, TicketKey,
+    AccessToken, DeviceGrant, Failures, LoginTicket, RefreshToken, Session, SigningKey,
+    SpentTicket, TicketKey,
 };
 
 use super::super::keyspace::{
     family_key, key, session_token_key, RequestRecord, KEY_DEVICE_GRANTS, KEY_SWEEP_CURSOR,
-    PREFIX_CLIENT_CUTOFF, PREFIX_DEVICE, PREFIX_FAILURES, PREFIX_KEY, PREFIX_REFRESH,
-    PREFIX_REQUEST, PREFIX_REVOKED_ACCESS, PREFIX_SESSION, PREFIX_SPENT, PREFIX_TICKET,
-    PREFIX_TICKET_KEY, PREFIX_TOKEN, PREFIX_USER_CODE,
+    PREFIX_DEVICE, PREFIX_FAILURES, PREFIX_KEY, PREFIX_REFRESH, PREFIX_REQUEST,
+    PREFIX_REVOKED_ACCESS, PREFIX_SESSION, PREFIX_SPENT, PREFIX_TICKET, PREFIX_TICKET_KEY,
+    PREFIX_TOKEN, PREFIX_USER_CODE,
 };
 use super::super::staged::Staged;
 use super::tokens;
@@ -173,11 +173,6 @@ fn purge_if_expired(
     }
     if k.starts_with(PREFIX_TICKET_KEY) {
         return gone(st, k, |k: &TicketKey| (!k.published_at(now)).then(Vec::new));
-    }
-    if k.starts_with(PREFIX_CLIENT_CUTOFF) {
-        return gone(st, k, |c: &ClientCutoff| {
-            (now >= c.keep_until_ms).then(Vec::new)
-        });
     }
     if k.starts_with(PREFIX_REVOKED_ACCESS) {
         return gone(st, k, |expires_ms: &u64| {

@@ -74,7 +74,7 @@ pub(super) fn redeem(
     }
     if t.used {
         let issued = std::mem::take(&mut t.tokens);
-        revoke_redeemed(st, now, issued, &t.session_key, client_id)?;
+        revoke_redeemed(st, issued, &t.session_key, client_id)?;
         st.put(&tk, &t)?;
         return bad("the ticket was already redeemed");
     }
@@ -120,7 +120,6 @@ pub(super) fn redeem(
 /// attacker who replayed the ticket, so they go too (RFC 6749 §4.1.2).
 fn revoke_redeemed(
     st: &mut Staged<'_>,
-    now: u64,
     tokens_issued: Vec<SecretHash>,
     session_key: &SecretHash,
     client_id: &str,
@@ -134,13 +133,17 @@ fn revoke_redeemed(
             tokens::revoke_family(st, &rt.family)?;
         }
     }
-    tokens::revoke_client_tokens(st, now, session_key, client_id)?;
+    tokens::revoke_client_tokens(st, session_key, client_id)?;
     Ok(())
 }
 
 /// How long a spent ticket's id is kept past the ticket's expiry, so a
 /// replay that comes late is still known for one (and revokes).
 pub(super) const SPENT_GRACE_MS: u64 = 10 * 60_000;
+
+/// How long after its last recorded use a session's use is recorded again
+/// by a login, at most.
+const TOUCH_AFTER_MS: u64 = 60_000;
 
 /// The same for a redemption granting a sealed access token: shorter, as
 /// a login leaves nothing else behind (a replay after it is refused as
@@ -173,13 +176,13 @@ pub(super) fn redeem_sealed(
     }
     let spent_key = key(PREFIX_SPENT, &t.id);
     if let Some(spent) = st.get::<SpentTicket>(&spent_key)? {
-        revoke_redeemed(
-            st,
-            now,
-            spent.tokens.clone(),
-            &spent.session_key,
-            p.client_id,
-        )?;
+        revoke_redeemed(st, spent.tokens.clone(), &spent.session_key, p.client_id)?;
+        if let Access::Sealed { ttl_ms } = access {
+            // The sealed access token the first redemption got names this
+            // ticket: listed until it would have expired.
+            let until = t.expires_ms.max(now).saturating_add(ttl_ms);
+            tokens::list_revoked(st, &t.id, until)?;
+        }
         st.put(
             &spent_key,
             &SpentTicket {
@@ -227,11 +230,20 @@ pub(super) fn redeem_sealed(
     };
     st.put(&spent_key, &spent)?;
     // The site got a ticket in this session: it hears of its end.
-    if !session.sites.contains(&t.client_id) {
+    let new_site = !session.sites.contains(&t.client_id);
+    if new_site {
         session.sites.push(t.client_id.clone());
     }
-    session.last_seen_ms = session.last_seen_ms.max(now);
-    st.put(&sk, &session)?;
+    // A sealed-access login rewrites the session only when it changes it
+    // enough to matter (a new site, or use that moves the idle expiry by
+    // a sixteenth of the timeout, at most a minute): most logins write
+    // nothing but their spent marker.
+    let stale = now.saturating_sub(session.last_seen_ms)
+        >= (session.idle_timeout_ms / 16).min(TOUCH_AFTER_MS);
+    if new_site || stale || matches!(access, Access::Stored(_)) {
+        session.last_seen_ms = session.last_seen_ms.max(now);
+        st.put(&sk, &session)?;
+    }
     let nonce = t.nonce.clone();
     tokens::grant(
         st,

@@ -1,19 +1,17 @@
 //! Access and refresh tokens: granting them, refreshing (once per refresh
 //! token: reuse revokes the family), revoking, and the removals other
 //! aggregates ask for when a session, trust or site ends. A stored access
-//! token has a record; a sealed one has none, and is revoked by a cutoff
-//! of its client's tokens in its session (`W/`) or, alone, by its id (`Y/`).
+//! token has a record; a sealed one has none, and is revoked by listing one
+//! of its ids (`Y/`): its own, its ticket's or its refresh family's.
 
 use baa_proto::command::{CommandResult, Outcome};
-use baa_proto::sso::{
-    AccessToken, ClientCutoff, Grant, RefreshToken, SecretHash, Session, Site, Trust,
-};
+use baa_proto::sso::{AccessToken, Grant, RefreshToken, SecretHash, Session, Site, Trust};
 use baa_proto::ErrorCode;
 
 use super::super::keyspace::{
-    client_cutoff_key, family_key, key, session_token_key, trust_key, user_sessions_prefix,
-    PREFIX_FAMILY, PREFIX_REFRESH, PREFIX_REVOKED_ACCESS, PREFIX_SESSION, PREFIX_SESSION_TOKENS,
-    PREFIX_SITE, PREFIX_TOKEN,
+    family_key, key, session_token_key, trust_key, user_sessions_prefix, PREFIX_FAMILY,
+    PREFIX_REFRESH, PREFIX_REVOKED_ACCESS, PREFIX_SESSION, PREFIX_SESSION_TOKENS, PREFIX_SITE,
+    PREFIX_TOKEN,
 };
 
 /// The access token a grant hands out.
@@ -50,7 +48,8 @@ pub(super) fn revoke(
     match st.get::<RefreshToken>(&key(PREFIX_REFRESH, hash))? {
         Some(r) => {
             revoke_family(st, &r.family)?;
-            revoke_client_tokens(st, now, &r.session_key, &r.client_id)?;
+            list_revoked(st, &r.family, r.expires_ms.max(now))?;
+            revoke_client_tokens(st, &r.session_key, &r.client_id)?;
             Ok(Ok(Outcome::Removed(true)))
         }
         None => Ok(Ok(Outcome::Removed(false))),
@@ -95,23 +94,24 @@ fn revoke_tokens_where(
     Ok(n)
 }
 
-/// Removes the tokens `client_id` holds in session `session`, and refuses
-/// its sealed ones issued until `now`: what reuse detection of one of its
-/// grants takes with it.
+/// Removes the tokens `client_id` holds in session `session`: what reuse
+/// detection of one of its grants takes with it.
 pub(super) fn revoke_client_tokens(
     st: &mut Staged<'_>,
-    now: u64,
     session: &SecretHash,
     client_id: &str,
 ) -> Result<u64, StorageError> {
-    if let Some(s) = st.get::<Session>(&key(PREFIX_SESSION, session))? {
-        let cutoff = ClientCutoff {
-            at_ms: now,
-            keep_until_ms: s.absolute_expiry_ms,
-        };
-        st.put(&client_cutoff_key(session, client_id), &cutoff)?;
-    }
     revoke_tokens_where(st, session, |c| c == client_id)
+}
+
+/// Lists `id` as revoked until `keep_until_ms` (the sealed access tokens
+/// naming it are refused).
+pub(super) fn list_revoked(
+    st: &mut Staged<'_>,
+    id: &[u8],
+    keep_until_ms: u64,
+) -> Result<(), StorageError> {
+    st.put(&key(PREFIX_REVOKED_ACCESS, id), &keep_until_ms)
 }
 
 /// Revokes one sealed access token (its id) until it would have expired.
@@ -124,7 +124,7 @@ pub(super) fn revoke_sealed(
     if now >= expires_ms {
         return Ok(Ok(Outcome::Removed(false)));
     }
-    st.put(&key(PREFIX_REVOKED_ACCESS, id), &expires_ms)?;
+    list_revoked(st, id, expires_ms)?;
     Ok(Ok(Outcome::Removed(true)))
 }
 
@@ -274,7 +274,8 @@ pub(super) fn refresh(
         // Reuse: one of the two holders is not the app; neither keeps access,
         // to the refresh tokens or to the access tokens issued from them.
         revoke_family(st, &old.family)?;
-        revoke_client_tokens(st, now, &old.session_key, client_id)?;
+        list_revoked(st, &old.family, old.expires_ms.max(now))?;
+        revoke_client_tokens(st, &old.session_key, client_id)?;
         return bad("the refresh token was already used; its family is revoked");
     }
     if now >= old.expires_ms {
