@@ -498,6 +498,17 @@ mod tests {
         KeyRing::new(sm.reader())
     }
 
+    /// Claims of no particular purpose, and a validation that checks only
+    /// the signature (and the algorithm, which the ring sets).
+    fn claims_and_validation() -> (serde_json::Value, Validation) {
+        let claims = serde_json::json!({ "iss": "https://login.example", "sub": "1", "aud": "x" });
+        let mut v = Validation::new(Algorithm::RS256);
+        v.validate_exp = false;
+        v.validate_aud = false;
+        v.required_spec_claims.clear();
+        (claims, v)
+    }
+
     /// L3: a JWT signed for one purpose (a gateway session assertion, a
     /// logout token) does not pass where another is expected (an ID token
     /// as `id_token_hint`): each carries its `typ` and is checked for it.
@@ -505,11 +516,7 @@ mod tests {
     async fn l3_jwts_of_one_purpose_do_not_pass_for_another() {
         let dir = tempfile::tempdir().unwrap();
         let keys = ring(dir.path()).await;
-        let claims = serde_json::json!({ "iss": "https://login.example", "sub": "1", "aud": "x" });
-        let mut v = Validation::new(Algorithm::RS256);
-        v.validate_exp = false;
-        v.validate_aud = false;
-        v.required_spec_claims.clear();
+        let (claims, v) = claims_and_validation();
         let id_token = keys.sign_jwt(&claims, ID_TOKEN_TYP).unwrap();
         assert!(keys
             .verify_jwt::<serde_json::Value>(&id_token, &v, ID_TOKEN_TYP)
@@ -581,11 +588,7 @@ mod tests {
     async fn id_tokens_of_each_algorithm_verify_and_alg_confusion_fails() {
         let dir = tempfile::tempdir().unwrap();
         let keys = ring(dir.path()).await;
-        let claims = serde_json::json!({ "iss": "https://login.example", "sub": "1", "aud": "x" });
-        let mut v = Validation::new(Algorithm::RS256);
-        v.validate_exp = false;
-        v.validate_aud = false;
-        v.required_spec_claims.clear();
+        let (claims, v) = claims_and_validation();
         let jwks = keys.jwks().unwrap();
         for (alg, name) in [
             (IdTokenAlg::Rs256, "RS256"),

@@ -269,16 +269,22 @@ impl Tally {
 /// redirects never followed.
 pub fn client_for(ca: &Path) -> anyhow::Result<reqwest::Client> {
     let ca = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-    Ok(reqwest::Client::builder()
+    Ok(one_connection()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+        .build()?)
+}
+
+/// What every benchmark client is: HTTP/1.1 on one keep-alive connection,
+/// no Nagle, redirects not followed, 10 s per request.
+pub fn one_connection() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
         .http1_only()
         .pool_max_idle_per_host(1)
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
-        .build()?)
 }
 
 /// The value of cookie `name` among a response's `Set-Cookie` headers.

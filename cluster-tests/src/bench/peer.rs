@@ -61,13 +61,7 @@ impl OidcProvider {
     /// A client of the peer like the ones used for baa: keep-alive, one
     /// connection, redirects not followed.
     pub fn client() -> anyhow::Result<reqwest::Client> {
-        Ok(reqwest::Client::builder()
-            .http1_only()
-            .pool_max_idle_per_host(1)
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(10))
-            .build()?)
+        Ok(super::one_connection().build()?)
     }
 
     /// Signs the account in through `client_id`'s authorization request,

@@ -657,6 +657,40 @@ async fn leader_killed_between_sign_in_and_trust_page() {
     assert!(c.get("name").is_none() && c.get("email").is_none(), "{c}");
 }
 
+/// A ticket issued, then the leader killed: the one redemption succeeds
+/// through a survivor (its command waits for the new leader), a second one
+/// through the other survivor is refused and takes the first one's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_between_ticket_and_redemption() {
+    let mut cluster = Cluster::start(3).await;
+    create_user(&cluster, "alice", PASSWORD).await;
+    let shop = add_confidential_site(&cluster, "shop", "https://shop.baa.localtest:9443/cb").await;
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let other = (1..=3).find(|id| *id != leader && *id != follower).unwrap();
+    let mut agent = signed_in_with_trust(&cluster, follower, &shop).await;
+    let req = AuthRequest::new(&shop);
+    let code = code_from(&mut agent, &cluster.public_url(follower), &req, &shop).await;
+
+    cluster.kill(leader);
+    let v = req.verifier.as_deref();
+    let http = cluster.http().clone();
+    let (status, tok) = redeem(&http, &cluster.public_url(follower), &shop, &code, v).await;
+    assert_eq!(status, StatusCode::OK, "{tok}");
+    let token = tok["access_token"].as_str().unwrap().to_string();
+    let (status, err) = redeem(&http, &cluster.public_url(other), &shop, &code, v).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["error"], "invalid_grant");
+    for id in [follower, other] {
+        let base = cluster.public_url(id);
+        assert!(
+            !introspect_active(&http, &base, &shop, &token).await,
+            "node {id}"
+        );
+    }
+    cluster.assert_no_panics();
+}
+
 /// Authlib, an OIDC client written elsewhere, completes the code flow for
 /// sites registered for each ID-token algorithm, checking the ID token
 /// (signature against the JWKS, `at_hash`, nonce) accepting only the

@@ -134,11 +134,7 @@ pub(super) fn apply_op(
             st,
             now,
             ticket,
-            &tickets::Presented {
-                client_id,
-                redirect_uri,
-                verifier_challenge: verifier_challenge.as_deref(),
-            },
+            &tickets::Presented::new(client_id, redirect_uri, verifier_challenge),
             tokens::Access::Stored(token),
             refresh.as_deref(),
         ),
@@ -153,11 +149,7 @@ pub(super) fn apply_op(
             st,
             now,
             ticket,
-            &tickets::Presented {
-                client_id,
-                redirect_uri,
-                verifier_challenge: verifier_challenge.as_deref(),
-            },
+            &tickets::Presented::new(client_id, redirect_uri, verifier_challenge),
             tokens::Access::Sealed {
                 ttl_ms: *access_ttl_ms,
             },

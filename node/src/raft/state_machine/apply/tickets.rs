@@ -160,6 +160,21 @@ pub(super) struct Presented<'a> {
     pub verifier_challenge: Option<&'a str>,
 }
 
+impl<'a> Presented<'a> {
+    /// What a redemption command carries.
+    pub fn new(
+        client_id: &'a str,
+        redirect_uri: &'a str,
+        verifier_challenge: &'a Option<String>,
+    ) -> Self {
+        Self {
+            client_id,
+            redirect_uri,
+            verifier_challenge: verifier_challenge.as_deref(),
+        }
+    }
+}
+
 /// Redeems a sealed ticket, once (see the module comment), for a stored
 /// or a sealed access token.
 pub(super) fn redeem_sealed(
