@@ -471,30 +471,11 @@ mod tests {
 
     /// A key ring over a fresh state machine holding one signing key.
     pub(super) async fn ring(dir: &std::path::Path) -> KeyRing {
-        use baa_proto::command::{Command, Op, Proposal};
-        use openraft::storage::RaftStateMachine;
-        use openraft::{CommittedLeaderId, EntryPayload, LogId};
-        let db = sled::Config::new().path(dir.join("db")).open().unwrap();
-        let mut sm = crate::raft::state_machine::StateMachineStore::open(
-            &db,
-            &dir.join("snap"),
-            crate::metrics::Metrics::new(),
-        )
-        .unwrap();
-        let entry = crate::raft::Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
-            payload: EntryPayload::Normal(Proposal {
-                commands: vec![Command {
-                    request_id: None,
-                    time_ms: now_ms(),
-                    op: Op::AddSigningKey {
-                        key: Box::new(generate().unwrap()),
-                        publish_old_for_ms: 0,
-                    },
-                }],
-            }),
+        let add = baa_proto::command::Op::AddSigningKey {
+            key: Box::new(generate().unwrap()),
+            publish_old_for_ms: 0,
         };
-        sm.apply(vec![entry]).await.unwrap();
+        let sm = crate::raft::state_machine::applied(dir, vec![(now_ms(), add)]).await;
         KeyRing::new(sm.reader())
     }
 

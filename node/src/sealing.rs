@@ -192,38 +192,10 @@ impl TicketSealer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baa_proto::command::{Command, Op, Proposal};
+    use baa_proto::command::Op;
     use baa_proto::sso::TicketKey;
-    use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, EntryPayload, LogId};
 
-    /// A state machine in `dir` to which `ops` were applied, one entry each.
-    async fn state(
-        dir: &std::path::Path,
-        ops: Vec<(u64, Op)>,
-    ) -> crate::raft::state_machine::StateMachineStore {
-        let db = sled::Config::new().path(dir.join("db")).open().unwrap();
-        let mut sm = crate::raft::state_machine::StateMachineStore::open(
-            &db,
-            &dir.join("snap"),
-            crate::metrics::Metrics::new(),
-        )
-        .unwrap();
-        for (i, (time_ms, op)) in ops.into_iter().enumerate() {
-            let entry = crate::raft::Entry {
-                log_id: LogId::new(CommittedLeaderId::new(1, 1), i as u64 + 1),
-                payload: EntryPayload::Normal(Proposal {
-                    commands: vec![Command {
-                        request_id: None,
-                        time_ms,
-                        op,
-                    }],
-                }),
-            };
-            sm.apply(vec![entry]).await.unwrap();
-        }
-        sm
-    }
+    use crate::raft::state_machine::applied as state;
 
     fn key(kid: &str, byte: u8) -> Op {
         Op::AddTicketKey {

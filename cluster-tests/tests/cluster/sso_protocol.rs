@@ -617,9 +617,7 @@ async fn leader_killed_between_sign_in_and_trust_page() {
     let mut cluster = Cluster::start(3).await;
     create_user(&cluster, "alice", PASSWORD).await;
     let shop = add_confidential_site(&cluster, "shop", "https://shop.baa.localtest:9443/cb").await;
-    let leader = cluster.leader().await;
-    let follower = (1..=3).find(|id| *id != leader).unwrap();
-    let other = (1..=3).find(|id| *id != leader && *id != follower).unwrap();
+    let (leader, follower, other) = roles(&cluster).await;
     let base = cluster.public_url(follower);
     let mut agent = Agent::new(&cluster);
     assert_eq!(
@@ -665,9 +663,7 @@ async fn leader_killed_between_ticket_and_redemption() {
     let mut cluster = Cluster::start(3).await;
     create_user(&cluster, "alice", PASSWORD).await;
     let shop = add_confidential_site(&cluster, "shop", "https://shop.baa.localtest:9443/cb").await;
-    let leader = cluster.leader().await;
-    let follower = (1..=3).find(|id| *id != leader).unwrap();
-    let other = (1..=3).find(|id| *id != leader && *id != follower).unwrap();
+    let (leader, follower, other) = roles(&cluster).await;
     let mut agent = signed_in_with_trust(&cluster, follower, &shop).await;
     let req = AuthRequest::new(&shop);
     let code = code_from(&mut agent, &cluster.public_url(follower), &req, &shop).await;
@@ -689,6 +685,14 @@ async fn leader_killed_between_ticket_and_redemption() {
         );
     }
     cluster.assert_no_panics();
+}
+
+/// The leader of the 3-node cluster and its two followers.
+async fn roles(cluster: &Cluster) -> (u64, u64, u64) {
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let other = (1..=3).find(|id| *id != leader && *id != follower).unwrap();
+    (leader, follower, other)
 }
 
 /// Authlib, an OIDC client written elsewhere, completes the code flow for

@@ -216,3 +216,33 @@ fn apply_with_dedup(staged: &mut Staged<'_>, cmd: &Command) -> Result<CommandRes
 mod pinned_tests;
 #[cfg(test)]
 mod tests;
+
+/// A state machine over a fresh sled database in `dir` to which `ops` were
+/// applied, one entry each, at their times: what the tests of the layers
+/// above (keys, sealing) read from.
+#[cfg(test)]
+pub(crate) async fn applied(
+    dir: &std::path::Path,
+    ops: Vec<(u64, baa_proto::command::Op)>,
+) -> StateMachineStore {
+    use baa_proto::command::{Command, Proposal};
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+    let db = sled::Config::new().path(dir.join("db")).open().unwrap();
+    let mut sm =
+        StateMachineStore::open(&db, &dir.join("snap"), crate::metrics::Metrics::new()).unwrap();
+    for (i, (time_ms, op)) in ops.into_iter().enumerate() {
+        let entry = crate::raft::Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), i as u64 + 1),
+            payload: EntryPayload::Normal(Proposal {
+                commands: vec![Command {
+                    request_id: None,
+                    time_ms,
+                    op,
+                }],
+            }),
+        };
+        sm.apply(vec![entry]).await.unwrap();
+    }
+    sm
+}
