@@ -440,6 +440,10 @@ pub struct RaftTuning {
     pub snapshot_after_logs: u64,
     /// Log entries kept behind the last snapshot before they are purged.
     pub logs_to_keep: u64,
+    /// Build a snapshot when entries came since the last one and none was
+    /// built for this many seconds, so that the disk follows the live state
+    /// once a load stops.
+    pub snapshot_idle_s: u64,
     /// Deadline of one client write, including forwarding and retries across a leader change.
     pub write_timeout_ms: u64,
 }
@@ -452,6 +456,7 @@ impl Default for RaftTuning {
             election_timeout_max_ms: 1600,
             snapshot_after_logs: 10_000,
             logs_to_keep: 1_000,
+            snapshot_idle_s: 120,
             write_timeout_ms: 10_000,
         }
     }
@@ -640,6 +645,10 @@ impl Config {
         anyhow::ensure!(
             r.snapshot_after_logs > 0,
             "raft.snapshot_after_logs must be positive"
+        );
+        anyhow::ensure!(
+            r.snapshot_idle_s >= 10,
+            "raft.snapshot_idle_s must be at least 10"
         );
         anyhow::ensure!(
             r.write_timeout_ms >= 100,

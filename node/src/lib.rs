@@ -22,6 +22,7 @@ pub mod http;
 pub mod key_rotation;
 pub mod keys;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod peers;
 pub mod pki;
@@ -32,6 +33,7 @@ pub mod sso;
 pub mod tls;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::Actor;
 use anyhow::Context;
@@ -75,6 +77,10 @@ fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
     Ok(rc.validate()?)
 }
 
+/// Page cache of the Raft log's database, in MiB: it serves the entries
+/// being replicated, the newest ones.
+const LOG_CACHE_MIB: u64 = 4;
+
 /// Refuses to run a data directory that belongs to another node id.
 fn claim_data_dir(db: &sled::Db, node_id: u64) -> anyhow::Result<()> {
     let tree = db.open_tree("node")?;
@@ -111,7 +117,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let state_machine =
         StateMachineStore::open(&db, &config.data_dir.join("snapshots"), metrics.clone())?;
+    let log_db = raft::log_store::open_log_db(
+        &config.data_dir.join("raft-log"),
+        &db,
+        LOG_CACHE_MIB.min(config.limits.storage_cache_mib) * 1024 * 1024,
+    )
+    .with_context(|| format!("opening the Raft log in {}", config.data_dir.display()))?;
     let log_store = LogStore::open(
+        &log_db,
         &db,
         config.node_id,
         metrics.clone(),
@@ -146,6 +159,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .context("starting raft")?;
     crate::raft::gauges::follow(&metrics, &raft);
+    crate::raft::compaction::start(&raft, Duration::from_secs(config.raft.snapshot_idle_s));
 
     let agency = Arc::new(Agency {
         id: config.node_id,
@@ -180,6 +194,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _reaper =
         actors::reaper::Reaper::new(agency.clone(), actors::reaper::REAPER_INTERVAL).start();
     actors::courier::Courier::new(agency.clone()).start();
+    memory::start_trimming();
     let directory = actors::federation_directory::FederationDirectory::new(agency.clone()).start();
 
     let listeners = http::start(agency.clone(), hasher, directory, &identity)?;
@@ -197,6 +212,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "raft shutdown");
     }
     db.flush_async().await?;
+    log_db.flush_async().await?;
     a?;
     b?;
     c?;

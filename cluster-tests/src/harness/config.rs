@@ -35,6 +35,8 @@ pub struct ClusterOptions {
     pub snapshot_after_logs: Option<u64>,
     /// `[raft] logs_to_keep`.
     pub logs_to_keep: Option<u64>,
+    /// `[raft] snapshot_idle_s`.
+    pub snapshot_idle_s: Option<u64>,
     /// `[raft] write_timeout_ms`.
     pub write_timeout_ms: Option<u64>,
     /// Extra `[sso]` settings (agency, issuer and cookie domain are set by the harness).
@@ -102,6 +104,7 @@ impl Default for ClusterOptions {
             election_timeout_max_ms: None,
             snapshot_after_logs: None,
             logs_to_keep: None,
+            snapshot_idle_s: None,
             write_timeout_ms: None,
             sso: toml::Table::new(),
             limits: toml::Table::new(),
@@ -170,6 +173,8 @@ struct RaftConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     logs_to_keep: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot_idle_s: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     write_timeout_ms: Option<u64>,
 }
 
@@ -209,6 +214,7 @@ impl Cluster {
                 election_timeout_max_ms: o.election_timeout_max_ms,
                 snapshot_after_logs: o.snapshot_after_logs,
                 logs_to_keep: o.logs_to_keep,
+                snapshot_idle_s: o.snapshot_idle_s,
                 write_timeout_ms: o.write_timeout_ms,
             },
             limits: o.limits.clone(),
@@ -275,6 +281,7 @@ mod tests {
                 election_timeout_max_ms: None,
                 snapshot_after_logs: Some(200),
                 logs_to_keep: None,
+                snapshot_idle_s: None,
                 write_timeout_ms: None,
             },
             limits: toml::Table::new(),

@@ -1,7 +1,8 @@
 //! Restarts of nodes that have purged their own Raft log (a node that had
 //! purged once could not start again): each node stopped and killed in turn,
-//! the whole cluster killed at once, and a paused leader whose followers must
-//! move their writes on to the new leader.
+//! the whole cluster killed at once, a paused leader whose followers must
+//! move their writes on to the new leader, and a log purged once the load
+//! stopped.
 
 use std::time::{Duration, Instant};
 
@@ -118,6 +119,37 @@ async fn every_node_restarts_after_purging_its_own_log() {
         println!("node {id}: restarted cleanly and after SIGKILL past purge point {purged}");
     }
     finish_and_verify(&cluster, load).await;
+}
+
+/// A load that stops leaves no log behind: with snapshots by count out of
+/// reach, each node snapshots its quiet log after `snapshot_idle_s`, purges
+/// it, and starts again from that snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_log_is_snapshotted_and_purged() {
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        snapshot_after_logs: Some(1_000_000),
+        logs_to_keep: Some(0),
+        snapshot_idle_s: Some(10),
+        ..ClusterOptions::nodes(3)
+    })
+    .await;
+    let users = users(&cluster, "quiet", 5).await;
+    let leader = cluster.leader().await;
+    let written = cluster.status(leader).await.applied_index.unwrap_or(0);
+    wait_purged(&cluster, &[1, 2, 3], written.saturating_sub(1)).await;
+
+    let id = if leader == 2 { 3 } else { 2 };
+    cluster.kill(id);
+    cluster.restart(id).await;
+    wait_caught_up(&cluster, id).await;
+    for u in &users {
+        cluster
+            .admin(id)
+            .get_user(u, Consistency::Local)
+            .await
+            .unwrap_or_else(|e| panic!("{u} on node {id} after its restart: {e}"));
+    }
+    cluster.assert_no_panics();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

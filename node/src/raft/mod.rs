@@ -2,6 +2,7 @@
 //! state machine, the mTLS network client, read indexes and proposals (the
 //! cluster port's handlers are in `http::cluster_port`).
 
+pub mod compaction;
 pub mod gauges;
 pub mod log_store;
 pub mod network;

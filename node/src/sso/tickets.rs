@@ -50,13 +50,16 @@ pub(super) async fn redemption(
     };
     let (redirect_uri, verifier_challenge) = presented(req)?;
     let sealed_for = (ticket.session_key, ticket.id);
+    // The state machine keeps a refresh token only with `offline_access`:
+    // without it the record would ride in every login's Raft entry for nothing.
+    let offline = ticket.scopes.iter().any(|s| s == "offline_access");
     let op = Op::RedeemForSealedAccess {
         ticket: Box::new(ticket),
         client_id: site.client_id.clone(),
         redirect_uri,
         verifier_challenge,
         access_ttl_ms: agency.config.sso.access_token_ttl_s.saturating_mul(1000),
-        refresh: Some(Box::new(minted.refresh_record.clone())),
+        refresh: offline.then(|| Box::new(minted.refresh_record.clone())),
     };
     Ok((op, Some(sealed_for)))
 }
