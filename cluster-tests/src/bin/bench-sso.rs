@@ -90,6 +90,9 @@ struct Args {
     /// `[limits] password_hash_threads` of each node (0 = one per CPU, the default).
     #[arg(long, default_value_t = 0)]
     node_hash_threads: usize,
+    /// `[limits] storage_cache_mib` of each node (unset: the node's default).
+    #[arg(long)]
+    storage_cache_mib: Option<u64>,
     /// Send every sign-in to this node (as a node on its own machine would
     /// take them); 0 spreads them over all nodes.
     #[arg(long, default_value_t = 2)]
@@ -506,14 +509,33 @@ fn rss_bytes(pid: Option<u32>) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// (data directory bytes, resident bytes) of every node.
-fn node_state(cluster: &Cluster) -> Vec<(u64, u64)> {
+/// The parts of a node's data directory: the state, the Raft log, snapshots.
+const DATA_PARTS: [&str; 3] = ["db", "raft-log", "snapshots"];
+
+/// What one node keeps at one moment.
+#[derive(Clone, Copy)]
+struct NodeState {
+    /// Bytes of the data directory.
+    disk: u64,
+    /// Resident bytes.
+    rss: u64,
+    /// Bytes of each of [`DATA_PARTS`].
+    parts: [u64; 3],
+}
+
+/// What every node keeps now.
+fn node_state(cluster: &Cluster) -> Vec<NodeState> {
     cluster
         .ids()
         .iter()
         .map(|id| {
             let node = cluster.node(*id);
-            (dir_bytes(&node.dir().join("data")), rss_bytes(node.pid()))
+            let data = node.dir().join("data");
+            NodeState {
+                disk: dir_bytes(&data),
+                rss: rss_bytes(node.pid()),
+                parts: DATA_PARTS.map(|p| dir_bytes(&data.join(p))),
+            }
         })
         .collect()
 }
@@ -599,7 +621,8 @@ async fn soak(cluster: &Cluster, args: &Args, secret: &str) -> anyhow::Result<Ta
         ],
     );
     for (i, id) in ids.iter().enumerate() {
-        let ((d0, r0), (d1, r1), (d2, r2)) = (before[i], after[i], settled[i]);
+        let [(d0, r0), (d1, r1), (d2, r2)] =
+            [before[i], after[i], settled[i]].map(|n| (n.disk, n.rss));
         t.row(vec![
             id.to_string(),
             mib(d0),
@@ -615,6 +638,23 @@ async fn soak(cluster: &Cluster, args: &Args, secret: &str) -> anyhow::Result<Ta
         ]);
     }
     t.note("disk: the node's data directory (sled files, snapshots); RSS: VmRSS of the node process. target: growth < 50 MiB after 200,000 logins, back near the baseline once the tickets have expired.");
+    for (i, id) in ids.iter().enumerate() {
+        let parts: Vec<String> = DATA_PARTS
+            .iter()
+            .enumerate()
+            .map(|(p, name)| {
+                format!(
+                    "{name} {} -> {}",
+                    mib(after[i].parts[p]),
+                    mib(settled[i].parts[p])
+                )
+            })
+            .collect();
+        t.note(format!(
+            "node {id} disk MiB after -> later: {}",
+            parts.join(", ")
+        ));
+    }
     Ok(t)
 }
 
@@ -774,6 +814,10 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         "password_hash_threads".into(),
         (args.node_hash_threads as i64).into(),
     );
+    if let Some(mib) = args.storage_cache_mib {
+        opts.limits
+            .insert("storage_cache_mib".into(), (mib as i64).into());
+    }
     eprintln!("starting a 3-node cluster");
     let cluster = Cluster::start_with(opts).await;
     let names: Vec<&str> = algs.iter().map(|(n, _)| *n).collect();
