@@ -186,6 +186,10 @@ impl SmShared {
             file.sync_all()?;
         }
         drop(tree);
+        // The state is not flushed on a timer: make what this snapshot holds
+        // durable in the state too, so that a restart never finds its own
+        // state behind the snapshot on disk.
+        self.db.flush()?;
         let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match &last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, seq),
