@@ -5,8 +5,8 @@
 //! releases them. After a load of logins most of what sled and the request
 //! path allocated is free again, yet the node's resident size would stay at
 //! its peak for good. A trim every few seconds costs a walk over the free
-//! lists (well under a millisecond on an idle node) and brings the resident
-//! size back to what is in use.
+//! lists and gives back every free page; pages that still hold a live chunk
+//! stay (see BENCHMARKS.md on the memory a login leaves).
 
 use std::time::Duration;
 

@@ -3,10 +3,10 @@
 //! the entries are flushed to disk, so an acknowledged write survives `kill -9`.
 //!
 //! The log has a sled database of its own (`raft-log/` beside the state's
-//! `db/`): its entries are written once and purged in index order, a pattern
-//! sled reclaims well on its own, while sharing a file with the state's
-//! short-lived records kept segments of both alive (the file grew by ~1.7 KB
-//! per login). A log an earlier release kept in the state's database is moved
+//! `db/`): its entries are written once and purged in index order, which
+//! keeps sled's file within a few times the entries between two snapshots,
+//! while sharing a file with the state's short-lived records kept segments
+//! of both alive (the file grew by ~1.7 KB per login and never shrank). A log an earlier release kept in the state's database is moved
 //! over once, at start-up ([`open_log_db`]).
 //!
 //! Flushing is group commit: `append` writes the entries and hands its
@@ -311,8 +311,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             return Ok(());
         }
-        // The state these entries were applied to is flushed on its own
-        // schedule; it must be on disk before they can no longer be replayed.
+        // The state these entries were applied to is not flushed with each
+        // apply; it must be on disk before they can no longer be replayed.
         self.state
             .flush_async()
             .await
