@@ -334,6 +334,24 @@ pub enum Op {
         /// Its expiry: the record goes then.
         expires_ms: u64,
     },
+    /// [`Op::RedeemForSealedAccess`] whose spent marker is all a login
+    /// leaves: keyed by the time it may go, it also holds a fingerprint of
+    /// the command's request id, so a retry of the same request gets the
+    /// grant again without a remembered result of its own.
+    RedeemSealedOnce {
+        /// The ticket's contents.
+        ticket: Box<crate::sso::SealedTicket>,
+        /// The authenticated client presenting it.
+        client_id: String,
+        /// The `redirect_uri` of the token request.
+        redirect_uri: String,
+        /// S256 of the presented `code_verifier`.
+        verifier_challenge: Option<String>,
+        /// Lifetime of the access token (cut to the session's).
+        access_ttl_ms: u64,
+        /// The refresh token to store (with `offline_access`).
+        refresh: Option<Box<RefreshToken>>,
+    },
 }
 
 impl Op {
@@ -377,6 +395,7 @@ impl Op {
             Op::RegisterSiteWithAlg { .. } => "register_site",
             Op::RedeemForSealedAccess { .. } => "redeem_sealed_ticket",
             Op::RevokeSealedAccess { .. } => "revoke_token",
+            Op::RedeemSealedOnce { .. } => "redeem_sealed_ticket",
         }
     }
 }
@@ -469,6 +488,12 @@ impl Op {
                 | Op::CompleteDeliveries { .. }
                 | Op::RepinPeer { .. }
         )
+    }
+
+    /// Whether the command keeps what answers a retry of its request in
+    /// its own records, so the state machine remembers no result for it.
+    pub fn answers_its_own_retries(&self) -> bool {
+        matches!(self, Op::RedeemSealedOnce { .. })
     }
 }
 

@@ -340,6 +340,19 @@ pub struct SpentTicket {
     pub keep_until_ms: u64,
 }
 
+/// What [`crate::command::Op::RedeemSealedOnce`] keeps of a redemption,
+/// under a key holding the time it may go and the ticket's id: a second
+/// presentation of the ticket is refused and revokes what the first one
+/// got, unless it is a retry of the same request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpentOnce {
+    /// The first 16 bytes of the SHA-256 of the redeeming command's
+    /// request id (all zero once a second redemption revoked its tokens).
+    pub request: [u8; 16],
+    /// The refresh token its redemption issued, if any.
+    pub tokens: Vec<SecretHash>,
+}
+
 /// An opaque access token bound to a session, stored by hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessToken {

@@ -53,7 +53,7 @@ pub(super) async fn redemption(
     // The state machine keeps a refresh token only with `offline_access`:
     // without it the record would ride in every login's Raft entry for nothing.
     let offline = ticket.scopes.iter().any(|s| s == "offline_access");
-    let op = Op::RedeemForSealedAccess {
+    let op = Op::RedeemSealedOnce {
         ticket: Box::new(ticket),
         client_id: site.client_id.clone(),
         redirect_uri,

@@ -71,7 +71,7 @@ pub async fn grant(
         time_ms,
     };
     let guess = match &op {
-        Op::RedeemForSealedAccess {
+        Op::RedeemSealedOnce {
             ticket,
             access_ttl_ms,
             ..

@@ -95,6 +95,10 @@ pub(super) const PREFIX_PEER_AGENCY: &[u8] = b"P/";
 pub(super) const PREFIX_TICKET_KEY: &[u8] = b"T/";
 /// Spent sealed tickets: ticket id → `SpentTicket`.
 pub(super) const PREFIX_SPENT: &[u8] = b"S/";
+/// Spent sealed tickets of [`baa_proto::command::Op::RedeemSealedOnce`]:
+/// when the marker may go (`u64`, big-endian) ++ ticket id → `SpentOnce`.
+/// The time leads so that markers are written and removed in time order.
+pub(super) const PREFIX_SPENT_ONCE: &[u8] = b"E/";
 /// Back-channel logouts to deliver: id (`u64`, big-endian) → `OutboxItem`.
 pub(super) const PREFIX_OUTBOX: &[u8] = b"B/";
 /// A peer's subject linked to a local account: issuer, 0, sub → user id (`u64`).
@@ -122,6 +126,17 @@ pub(super) fn user_by_id_key(id: u64) -> Vec<u8> {
 /// The key of the remembered result of request `id`.
 pub(super) fn request_key(id: &str) -> Vec<u8> {
     key(PREFIX_REQUEST, id.as_bytes())
+}
+
+/// The key of the spent marker of ticket `id`, kept until `keep_until_ms`.
+pub(super) fn spent_once_key(keep_until_ms: u64, id: &[u8; 16]) -> Vec<u8> {
+    [PREFIX_SPENT_ONCE, &keep_until_ms.to_be_bytes(), id].concat()
+}
+
+/// When the spent marker under `k` (a key of [`PREFIX_SPENT_ONCE`]) may go.
+pub(super) fn spent_once_until(k: &[u8]) -> Option<u64> {
+    let t = k.get(PREFIX_SPENT_ONCE.len()..PREFIX_SPENT_ONCE.len() + 8)?;
+    Some(u64::from_be_bytes(t.try_into().ok()?))
 }
 
 /// The prefix of every session index entry of user `user_id`.
@@ -226,6 +241,9 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
         }
         k if k.starts_with(PREFIX_SPENT) => {
             as_::<baa_proto::sso::SpentTicket>("spent_ticket", value)
+        }
+        k if k.starts_with(PREFIX_SPENT_ONCE) => {
+            as_::<baa_proto::sso::SpentOnce>("spent_once", value)
         }
         k if k.starts_with(PREFIX_OUTBOX) => as_::<baa_proto::sso::OutboxItem>("outbox", value),
         k if k.starts_with(PREFIX_SUBJECT_LINK) => as_::<u64>("subject_link", value),

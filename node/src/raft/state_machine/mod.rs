@@ -192,14 +192,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 }
 
 /// Applies `cmd` unless its request id was seen before, in which case the
-/// first result is returned and nothing changes.
+/// first result is returned and nothing changes. A command that answers its
+/// own retries gets its request id instead of a remembered result.
 fn apply_with_dedup(staged: &mut Staged<'_>, cmd: &Command) -> Result<CommandResult, StorageError> {
+    if cmd.op.answers_its_own_retries() {
+        return apply::apply_op(staged, cmd.time_ms, &cmd.op, cmd.request_id.as_deref());
+    }
     if let Some(id) = &cmd.request_id {
         if let Some(rec) = staged.get::<RequestRecord>(&request_key(id))? {
             return Ok(rec.result);
         }
     }
-    let result = apply::apply_op(staged, cmd.time_ms, &cmd.op)?;
+    let result = apply::apply_op(staged, cmd.time_ms, &cmd.op, None)?;
     if let Some(id) = &cmd.request_id {
         staged.put(
             &request_key(id),

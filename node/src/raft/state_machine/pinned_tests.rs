@@ -244,6 +244,7 @@ fn op_variants_keep_their_order() {
             Op::RegisterSiteWithAlg { .. } => "RegisterSiteWithAlg",
             Op::RedeemForSealedAccess { .. } => "RedeemForSealedAccess",
             Op::RevokeSealedAccess { .. } => "RevokeSealedAccess",
+            Op::RedeemSealedOnce { .. } => "RedeemSealedOnce",
         }
     }
     let table = [
@@ -284,6 +285,7 @@ fn op_variants_keep_their_order() {
         ("RegisterSiteWithAlg", 34),
         ("RedeemForSealedAccess", 35),
         ("RevokeSealedAccess", 36),
+        ("RedeemSealedOnce", 37),
     ];
     let rule = ThrottleRule {
         window_ms: 1,
@@ -433,6 +435,7 @@ fn op_variants_keep_their_order() {
             id: [3; 16],
             expires_ms: 1,
         },
+        super::tests::sso::redeem_once(1, [1; 32], "c"),
     ];
     pin("Op", &table, &samples, name);
 }

@@ -335,6 +335,136 @@ pub(super) mod sso {
         }
     }
 
+    /// The command redeeming sealed ticket `id` of session `key` for a
+    /// sealed access token, leaving only its time-keyed spent marker.
+    pub(crate) fn redeem_once(id: u8, key: [u8; 32], challenge: &str) -> Op {
+        let Op::RedeemForSealedAccess {
+            ticket,
+            client_id,
+            redirect_uri,
+            verifier_challenge,
+            access_ttl_ms,
+            refresh,
+        } = redeem_for_sealed_access(id, key, challenge)
+        else {
+            unreachable!()
+        };
+        Op::RedeemSealedOnce {
+            ticket,
+            client_id,
+            redirect_uri,
+            verifier_challenge,
+            access_ttl_ms,
+            refresh,
+        }
+    }
+
+    /// Every key of the state machine's tree starting with `prefix`.
+    fn keys_under(sm: &StateMachineStore, prefix: &[u8]) -> Vec<Vec<u8>> {
+        sm.shared
+            .tree()
+            .scan_prefix(prefix)
+            .keys()
+            .map(|k| k.unwrap().to_vec())
+            .collect()
+    }
+
+    /// A login's redemption leaves its spent marker and nothing else (no
+    /// remembered result): a retry of the same request gets the same
+    /// grant and revokes nothing; another request presenting the ticket is
+    /// refused and lists it (its sealed token is refused), after which the
+    /// first request's retry is refused too; a ticket spent by the older
+    /// command is refused by the new one; the marker goes once its time is
+    /// past, found by the key alone.
+    #[tokio::test]
+    async fn a_login_leaves_one_marker_that_answers_its_own_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, mut sm) = store(dir.path());
+        let key = secret_hash(b"session");
+        let ok = "c".repeat(43);
+        let mut first = entry(4, Some("auto-first"), redeem_once(1, key, &ok));
+        let res = sm
+            .apply(vec![
+                entry(1, None, create("alice")),
+                entry(2, None, shop()),
+                entry(3, None, session(key)),
+                first.clone(),
+            ])
+            .await
+            .unwrap();
+        let Ok(Outcome::Granted(granted)) = &res[3][0] else {
+            panic!("{:?}", res[3][0]);
+        };
+        assert!(keys_under(&sm, b"r/").is_empty(), "no remembered result");
+        let markers = keys_under(&sm, b"E/");
+        assert_eq!(markers.len(), 1);
+        let until = 60_000 + super::super::apply::SEALED_SPENT_GRACE_FOR_TESTS;
+        assert_eq!(markers[0][2..10], until.to_be_bytes());
+        assert_eq!(markers[0][10..], [1; 16]);
+
+        // The same command again (its leader changed before it answered).
+        first.log_id = LogId::new(CommittedLeaderId::new(1, 1), 5);
+        let res = sm.apply(vec![first.clone()]).await.unwrap();
+        assert_eq!(res[0][0], Ok(Outcome::Granted(granted.clone())));
+        let reader = sm.reader();
+        assert!(!reader.access_revoked(&[1; 16]).unwrap());
+
+        // Another request presenting it: a replay.
+        let res = sm
+            .apply(vec![entry(6, Some("auto-other"), redeem_once(1, key, &ok))])
+            .await
+            .unwrap();
+        assert_eq!(
+            res[0][0].as_ref().err().map(|e| e.code),
+            Some(ErrorCode::InvalidGrant)
+        );
+        assert!(
+            reader.access_revoked(&[1; 16]).unwrap(),
+            "the ticket is listed"
+        );
+        first.log_id = LogId::new(CommittedLeaderId::new(1, 1), 7);
+        let res = sm.apply(vec![first]).await.unwrap();
+        assert_eq!(
+            res[0][0].as_ref().err().map(|e| e.code),
+            Some(ErrorCode::InvalidGrant),
+            "once revoked, the first request's retry is refused too"
+        );
+
+        // A ticket the older command spent is spent for the new one.
+        let res = sm
+            .apply(vec![
+                entry(8, None, redeem_for_sealed_access(2, key, &ok)),
+                entry(9, Some("auto-new"), redeem_once(2, key, &ok)),
+            ])
+            .await
+            .unwrap();
+        assert!(res[0][0].is_ok());
+        assert_eq!(
+            res[1][0].as_ref().err().map(|e| e.code),
+            Some(ErrorCode::InvalidGrant)
+        );
+
+        let sweep = |index: u64, time_ms: u64| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal {
+                commands: vec![Command {
+                    request_id: None,
+                    time_ms,
+                    op: Op::Sweep {
+                        request_cutoff_ms: 0,
+                        auto_request_cutoff_ms: 0,
+                        budget: 10_000,
+                    },
+                }],
+            }),
+        };
+        sm.apply(vec![sweep(10, until - 1)]).await.unwrap();
+        assert_eq!(keys_under(&sm, b"E/").len(), 1, "kept until its time");
+        sm.apply(vec![sweep(11, until)]).await.unwrap();
+        assert!(keys_under(&sm, b"E/").is_empty());
+        assert!(!sm.reader().ticket_spent(&[1; 16]).unwrap());
+    }
+
     /// A redemption for a sealed access token stores no token; a second
     /// one lists the ticket's id, which refuses the first one's sealed
     /// token, until that token would have expired; a revoked sealed token
@@ -987,8 +1117,8 @@ mod reopen {
 
     use super::native::{at, at_time, rt};
     use super::sso::{
-        federated_sign_in, redeem, redeem_for_sealed_access, redeem_sealed, session, ticket,
-        ticket_key,
+        federated_sign_in, redeem, redeem_for_sealed_access, redeem_once, redeem_sealed, session,
+        ticket, ticket_key,
     };
     use super::*;
     use baa_proto::model::BaaNode;
@@ -1038,9 +1168,10 @@ mod reopen {
             Op::RegisterSiteWithAlg { .. } => 34,
             Op::RedeemForSealedAccess { .. } => 35,
             Op::RevokeSealedAccess { .. } => 36,
+            Op::RedeemSealedOnce { .. } => 37,
         }
     }
-    const VARIANTS: usize = 37;
+    const VARIANTS: usize = 38;
 
     fn site(client_id: &str) -> Op {
         Op::AddSite(Box::new(Site {
@@ -1185,6 +1316,7 @@ mod reopen {
             ticket_key("t2"),
             redeem_sealed(9, key, [12; 32], &challenge),
             redeem_for_sealed_access(10, key, &challenge),
+            redeem_once(12, key, &challenge),
             Op::RevokeSealedAccess {
                 id: [10; 16],
                 expires_ms: u64::MAX / 2,
@@ -1416,6 +1548,7 @@ mod reopen {
             "ticket_key",
             "current_ticket_kid",
             "spent_ticket",
+            "spent_once",
             "revoked_access",
         ]
         .into();

@@ -34,13 +34,19 @@ pub use devices::MAX_DEVICE_GRANTS;
 /// How long a spent ticket id outlives its ticket (for tests).
 #[cfg(test)]
 pub(crate) const SPENT_GRACE_FOR_TESTS: u64 = tickets::SPENT_GRACE_MS;
+/// How long a sealed-access login's spent marker outlives its ticket (for tests).
+#[cfg(test)]
+pub(crate) const SEALED_SPENT_GRACE_FOR_TESTS: u64 = tickets::SEALED_SPENT_GRACE_MS;
 
 /// Applies `op` at time `now`. `Err` is a storage failure; a refusal of the
 /// command itself is an `Ok(Err(ApplyError))`, identical on every node.
+/// `request_id` reaches the operations that answer their own retries
+/// ([`Op::answers_its_own_retries`]).
 pub(super) fn apply_op(
     st: &mut Staged<'_>,
     now: u64,
     op: &Op,
+    request_id: Option<&str>,
 ) -> Result<CommandResult, StorageError> {
     match op {
         Op::CreateUser(new) => users::create(st, now, new),
@@ -154,6 +160,22 @@ pub(super) fn apply_op(
                 ttl_ms: *access_ttl_ms,
             },
             refresh.as_deref(),
+        ),
+        Op::RedeemSealedOnce {
+            ticket,
+            client_id,
+            redirect_uri,
+            verifier_challenge,
+            access_ttl_ms,
+            refresh,
+        } => tickets::redeem_once(
+            st,
+            now,
+            ticket,
+            &tickets::Presented::new(client_id, redirect_uri, verifier_challenge),
+            *access_ttl_ms,
+            refresh.as_deref(),
+            request_id,
         ),
         Op::RevokeSealedAccess { id, expires_ms } => {
             tokens::revoke_sealed(st, now, id, *expires_ms)

@@ -9,10 +9,10 @@ use baa_proto::sso::{
 };
 
 use super::super::keyspace::{
-    family_key, key, session_token_key, RequestRecord, KEY_DEVICE_GRANTS, KEY_SWEEP_CURSOR,
-    PREFIX_DEVICE, PREFIX_FAILURES, PREFIX_KEY, PREFIX_REFRESH, PREFIX_REQUEST,
-    PREFIX_REVOKED_ACCESS, PREFIX_SESSION, PREFIX_SPENT, PREFIX_TICKET, PREFIX_TICKET_KEY,
-    PREFIX_TOKEN, PREFIX_USER_CODE,
+    family_key, key, session_token_key, spent_once_until, RequestRecord, KEY_DEVICE_GRANTS,
+    KEY_SWEEP_CURSOR, PREFIX_DEVICE, PREFIX_FAILURES, PREFIX_KEY, PREFIX_REFRESH, PREFIX_REQUEST,
+    PREFIX_REVOKED_ACCESS, PREFIX_SESSION, PREFIX_SPENT, PREFIX_SPENT_ONCE, PREFIX_TICKET,
+    PREFIX_TICKET_KEY, PREFIX_TOKEN, PREFIX_USER_CODE,
 };
 use super::super::staged::Staged;
 use super::tokens;
@@ -58,6 +58,7 @@ pub(super) fn expired(st: &mut Staged<'_>, now: u64) -> Result<CommandResult, St
         PREFIX_FAILURES,
         PREFIX_KEY,
         PREFIX_SPENT,
+        PREFIX_SPENT_ONCE,
         PREFIX_TICKET_KEY,
     ] {
         for k in st.keys_with_prefix(prefix)? {
@@ -178,6 +179,14 @@ fn purge_if_expired(
         return gone(st, k, |expires_ms: &u64| {
             (now >= *expires_ms).then(Vec::new)
         });
+    }
+    if k.starts_with(PREFIX_SPENT_ONCE) {
+        // The key holds when the marker may go: nothing to decode.
+        if spent_once_until(k).is_none_or(|until| now >= until) {
+            st.remove(k);
+            return Ok(1);
+        }
+        return Ok(0);
     }
     if k.starts_with(PREFIX_SPENT) {
         return gone(st, k, |s: &SpentTicket| {

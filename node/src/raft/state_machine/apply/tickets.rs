@@ -7,13 +7,14 @@
 
 use baa_proto::command::{CommandResult, Outcome};
 use baa_proto::sso::{
-    AccessToken, LoginTicket, RefreshToken, SealedTicket, SecretHash, Session, SpentTicket,
+    secret_hash, AccessToken, LoginTicket, RefreshToken, SealedTicket, SecretHash, Session,
+    SpentOnce, SpentTicket,
 };
 use baa_proto::ErrorCode;
 
 use super::super::keyspace::{
-    key, session_token_key, PREFIX_REFRESH, PREFIX_SESSION, PREFIX_SPENT, PREFIX_TICKET,
-    PREFIX_TOKEN,
+    key, session_token_key, spent_once_key, PREFIX_REFRESH, PREFIX_SESSION, PREFIX_SPENT,
+    PREFIX_TICKET, PREFIX_TOKEN,
 };
 use super::super::staged::{invalid, refuse, Staged};
 use super::tokens::{self, Access};
@@ -116,6 +117,26 @@ pub(super) fn redeem(
     )
 }
 
+/// A second presentation of a sealed ticket: the first redemption's
+/// tokens go ([`revoke_redeemed`]), its sealed access token with them.
+fn revoke_replayed(
+    st: &mut Staged<'_>,
+    now: u64,
+    t: &SealedTicket,
+    access: Access<'_>,
+    tokens_issued: Vec<SecretHash>,
+    session_key: &SecretHash,
+) -> Result<(), StorageError> {
+    revoke_redeemed(st, tokens_issued, session_key, &t.client_id)?;
+    if let Access::Sealed { ttl_ms } = access {
+        // The sealed access token the first redemption got names this
+        // ticket: listed until it would have expired.
+        let until = t.expires_ms.max(now).saturating_add(ttl_ms);
+        tokens::list_revoked(st, &t.id, until)?;
+    }
+    Ok(())
+}
+
 /// A second redemption: whoever holds the first one's tokens may be an
 /// attacker who replayed the ticket, so they go too (RFC 6749 §4.1.2).
 fn revoke_redeemed(
@@ -176,7 +197,8 @@ impl<'a> Presented<'a> {
 }
 
 /// Redeems a sealed ticket, once (see the module comment), for a stored
-/// or a sealed access token.
+/// or a sealed access token, marking it spent under its id (`S/`): the
+/// commands of the releases before [`redeem_once`].
 pub(super) fn redeem_sealed(
     st: &mut Staged<'_>,
     now: u64,
@@ -185,19 +207,98 @@ pub(super) fn redeem_sealed(
     access: Access<'_>,
     refresh: Option<&RefreshToken>,
 ) -> Result<CommandResult, StorageError> {
+    spend(st, now, t, p, access, refresh, Marker::Keyed)
+}
+
+/// Redeems a sealed ticket for a sealed access token, leaving only its
+/// spent marker: keyed by the time it may go, so markers are written and
+/// swept in time order, and holding a fingerprint of the request, so that
+/// a retry of the same request (a leader change lost its answer) gets the
+/// grant again instead of being taken for a replay. A login then writes
+/// no remembered result, which would carry the whole grant for a minute.
+pub(super) fn redeem_once(
+    st: &mut Staged<'_>,
+    now: u64,
+    t: &SealedTicket,
+    p: &Presented<'_>,
+    access_ttl_ms: u64,
+    refresh: Option<&RefreshToken>,
+    request_id: Option<&str>,
+) -> Result<CommandResult, StorageError> {
+    let request = match request_id {
+        Some(id) => {
+            let mut f = [0u8; 16];
+            f.copy_from_slice(&secret_hash(id.as_bytes())[..16]);
+            f
+        }
+        None => NO_REQUEST,
+    };
+    let access = Access::Sealed {
+        ttl_ms: access_ttl_ms,
+    };
+    spend(st, now, t, p, access, refresh, Marker::Once { request })
+}
+
+/// The request fingerprint that no retry matches: a command without a
+/// request id, or a redemption whose tokens a replay revoked.
+const NO_REQUEST: [u8; 16] = [0; 16];
+
+/// How a redemption marks its ticket spent.
+#[derive(Clone, Copy)]
+enum Marker {
+    /// `S/` ticket id → `SpentTicket`.
+    Keyed,
+    /// `E/` keep-until ++ ticket id → `SpentOnce` with this fingerprint.
+    Once { request: [u8; 16] },
+}
+
+/// The sealed redemption under either marker: either one found refuses
+/// (and revokes), whichever command wrote it.
+fn spend(
+    st: &mut Staged<'_>,
+    now: u64,
+    t: &SealedTicket,
+    p: &Presented<'_>,
+    access: Access<'_>,
+    refresh: Option<&RefreshToken>,
+    marker: Marker,
+) -> Result<CommandResult, StorageError> {
     let bad = |m: &str| refuse(ErrorCode::InvalidGrant, m);
     if t.client_id != p.client_id {
         return bad("the ticket was issued to another client");
     }
+    let once_key = spent_once_key(t.expires_ms.saturating_add(SEALED_SPENT_GRACE_MS), &t.id);
+    if let Some(spent) = st.get::<SpentOnce>(&once_key)? {
+        if let Marker::Once { request } = marker {
+            if request != NO_REQUEST && spent.request == request {
+                // The same request again: what it was granted, unwritten.
+                let Some(session) = tokens::live_session(st, now, &t.session_key)? else {
+                    return bad("the session has ended");
+                };
+                let nonce = t.nonce.clone();
+                return tokens::grant(
+                    st,
+                    now,
+                    &session,
+                    p.client_id,
+                    &t.scopes,
+                    nonce,
+                    access,
+                    None,
+                );
+            }
+        }
+        revoke_replayed(st, now, t, access, spent.tokens, &t.session_key)?;
+        let revoked = SpentOnce {
+            request: NO_REQUEST,
+            tokens: Vec::new(),
+        };
+        st.put(&once_key, &revoked)?;
+        return bad("the ticket was already redeemed");
+    }
     let spent_key = key(PREFIX_SPENT, &t.id);
     if let Some(spent) = st.get::<SpentTicket>(&spent_key)? {
-        revoke_redeemed(st, spent.tokens.clone(), &spent.session_key, p.client_id)?;
-        if let Access::Sealed { ttl_ms } = access {
-            // The sealed access token the first redemption got names this
-            // ticket: listed until it would have expired.
-            let until = t.expires_ms.max(now).saturating_add(ttl_ms);
-            tokens::list_revoked(st, &t.id, until)?;
-        }
+        revoke_replayed(st, now, t, access, spent.tokens.clone(), &spent.session_key)?;
         st.put(
             &spent_key,
             &SpentTicket {
@@ -234,16 +335,27 @@ pub(super) fn redeem_sealed(
     if let Some(r) = refresh {
         issued.push(r.hash);
     }
-    let spent = SpentTicket {
-        session_key: t.session_key,
-        client_id: t.client_id.clone(),
-        tokens: issued,
-        keep_until_ms: t.expires_ms.saturating_add(match access {
-            Access::Stored(_) => SPENT_GRACE_MS,
-            Access::Sealed { .. } => SEALED_SPENT_GRACE_MS,
-        }),
-    };
-    st.put(&spent_key, &spent)?;
+    match marker {
+        Marker::Keyed => {
+            let spent = SpentTicket {
+                session_key: t.session_key,
+                client_id: t.client_id.clone(),
+                tokens: issued,
+                keep_until_ms: t.expires_ms.saturating_add(match access {
+                    Access::Stored(_) => SPENT_GRACE_MS,
+                    Access::Sealed { .. } => SEALED_SPENT_GRACE_MS,
+                }),
+            };
+            st.put(&spent_key, &spent)?;
+        }
+        Marker::Once { request } => {
+            let spent = SpentOnce {
+                request,
+                tokens: issued,
+            };
+            st.put(&once_key, &spent)?;
+        }
+    }
     // The site got a ticket in this session: it hears of its end.
     let new_site = !session.sites.contains(&t.client_id);
     if new_site {
