@@ -77,10 +77,6 @@ fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
     Ok(rc.validate()?)
 }
 
-/// Page cache of the Raft log's database, in MiB: it serves the entries
-/// being replicated, the newest ones.
-const LOG_CACHE_MIB: u64 = 4;
-
 /// Refuses to run a data directory that belongs to another node id.
 fn claim_data_dir(db: &sled::Db, node_id: u64) -> anyhow::Result<()> {
     let tree = db.open_tree("node")?;
@@ -123,14 +119,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let state_machine =
         StateMachineStore::open(&db, &config.data_dir.join("snapshots"), metrics.clone())?;
-    let log_db = raft::log_store::open_log_db(
+    let wal = raft::log_store::open_log(
+        &config.data_dir.join("raft-wal"),
         &config.data_dir.join("raft-log"),
         &db,
-        LOG_CACHE_MIB.min(config.limits.storage_cache_mib) * 1024 * 1024,
     )
     .with_context(|| format!("opening the Raft log in {}", config.data_dir.display()))?;
     let log_store = LogStore::open(
-        &log_db,
+        wal,
         &db,
         config.node_id,
         metrics.clone(),
@@ -218,7 +214,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "raft shutdown");
     }
     db.flush_async().await?;
-    log_db.flush_async().await?;
     a?;
     b?;
     c?;

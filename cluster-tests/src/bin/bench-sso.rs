@@ -510,7 +510,7 @@ fn rss_bytes(pid: Option<u32>) -> u64 {
 }
 
 /// The parts of a node's data directory: the state, the Raft log, snapshots.
-const DATA_PARTS: [&str; 3] = ["db", "raft-log", "snapshots"];
+const DATA_PARTS: [&str; 3] = ["db", "raft-wal", "snapshots"];
 
 /// What one node keeps at one moment.
 #[derive(Clone, Copy)]

@@ -48,10 +48,13 @@ async fn release_0_1_0_data_after_a_purge_opens() {
 
         let sm =
             StateMachineStore::open(&db, &dir.path().join("snapshots"), Metrics::new()).unwrap();
-        let log_db =
-            super::log_store::open_log_db(&dir.path().join("raft-log"), &db, 1 << 20).unwrap();
-        let mut log =
-            LogStore::open(&log_db, &db, node, Metrics::new(), sm.snapshot_cover()).unwrap();
+        let wal = super::log_store::open_log(
+            &dir.path().join("raft-wal"),
+            &dir.path().join("raft-log"),
+            &db,
+        )
+        .unwrap();
+        let mut log = LogStore::open(wal, &db, node, Metrics::new(), sm.snapshot_cover()).unwrap();
         let state = log.get_log_state().await.unwrap();
         assert_eq!(
             state.last_purged_log_id.map(|l| l.index),
@@ -62,11 +65,13 @@ async fn release_0_1_0_data_after_a_purge_opens() {
         assert!(log.read_vote().await.unwrap().is_some(), "node {node} vote");
         let entries = log.try_get_log_entries(140..=157).await.unwrap();
         assert_eq!(entries.len(), 18, "node {node} entries after the purge");
-        // The log moved to its own database: the state's keeps no copy.
+        // The log moved to its own files: the state's database keeps no
+        // copy, and no sled copy is left on the way.
         assert!(
             !db.tree_names().iter().any(|n| n.as_ref() == b"raft_log"),
             "node {node}: the old log tree is still in the state's database"
         );
+        assert!(!dir.path().join("raft-log").exists(), "node {node}");
 
         let mut sm =
             StateMachineStore::open(&db, &dir.path().join("snapshots"), Metrics::new()).unwrap();

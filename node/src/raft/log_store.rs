@@ -1,23 +1,24 @@
-//! The Raft log on sled: entries keyed by big-endian index, plus the vote,
-//! the committed id and the last purged id. `append` acknowledges only after
-//! the entries are flushed to disk, so an acknowledged write survives `kill -9`.
+//! The Raft log: entries in segment files ([`super::wal`]), plus the vote
+//! and the last purged id. `append` acknowledges only after the entries are
+//! synced to disk, so an acknowledged write survives `kill -9`.
 //!
-//! The log has a sled database of its own (`raft-log/` beside the state's
-//! `db/`): its entries are written once and purged in index order, which
-//! keeps sled's file within a few times the entries between two snapshots,
-//! while sharing a file with the state's short-lived records kept segments
-//! of both alive (the file grew by ~1.7 KB per login and never shrank). A log an earlier release kept in the state's database is moved
-//! over once, at start-up ([`open_log_db`]).
+//! The log lives beside the state's sled database (`raft-wal/` beside
+//! `db/`) and is deleted a segment at a time as snapshots cover it, so the
+//! disk follows the entries between two snapshots. A log an earlier release
+//! kept in sled (`raft-log/`, or before that inside `db/`) is moved over
+//! once, at start-up ([`open_log`]).
 //!
-//! Flushing is group commit: `append` writes the entries and hands its
-//! completion callback to a flusher task, which flushes once for every
+//! Syncing is group commit: `append` writes the entries and hands its
+//! completion callback to a flusher thread, which syncs once for every
 //! callback queued meanwhile and then completes them in order. Raft's core
 //! loop never waits for the disk, and one fsync covers many appends.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 
+use anyhow::Context;
 use baa_proto::codec;
 use baa_proto::model::NodeId;
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -26,6 +27,7 @@ use std::sync::{mpsc, Arc};
 
 use crate::metrics::Metrics;
 
+use super::wal::{Meta, Wal};
 use super::{Entry, LogId, SnapshotCover, StorageError, TypeConfig, Vote};
 
 /// A key of the meta tree together with the type stored under it, so that
@@ -97,15 +99,70 @@ pub fn open_log_db(dir: &Path, state: &sled::Db, cache_bytes: u64) -> anyhow::Re
     Ok(db)
 }
 
-/// The sled-backed Raft log. Cheap to clone: readers share the trees.
+/// Opens the log at `dir`, first moving into it a log an earlier release
+/// kept in sled: its own database at `sled_dir`, or the state's database
+/// `state` (see [`open_log_db`]). The copy is written to `<dir>.moving`,
+/// synced and renamed into place before the sled copy is removed, so a crash
+/// at any point leaves one whole log that the next start goes on from.
+pub fn open_log(dir: &Path, sled_dir: &Path, state: &sled::Db) -> anyhow::Result<Wal> {
+    let moving = dir.with_extension("moving");
+    if moving.exists() {
+        std::fs::remove_dir_all(&moving)?;
+    }
+    let has_old = state
+        .tree_names()
+        .iter()
+        .any(|n| LOG_TREES.iter().any(|t| n.as_ref() == t.as_bytes()));
+    if !dir.exists() && (sled_dir.exists() || has_old) {
+        let db = open_log_db(sled_dir, state, 1 << 20)?;
+        let meta_tree = db.open_tree("raft_meta")?;
+        let read_meta = |key: &[u8]| -> anyhow::Result<Option<Vec<u8>>> {
+            Ok(meta_tree.get(key)?.map(|v| v.to_vec()))
+        };
+        let vote: Option<Vote> = read_meta(VOTE.key)?
+            .map(|v| codec::decode_record(&v))
+            .transpose()?;
+        let last_purged: Option<LogId> = read_meta(LAST_PURGED.key)?
+            .map(|v| codec::decode_record::<Option<LogId>>(&v))
+            .transpose()?
+            .flatten();
+        let mut entries = Vec::new();
+        for item in db.open_tree("raft_log")?.iter() {
+            let (_, v) = item?;
+            let entry: Entry = codec::decode_record(&v)?;
+            // A purge that crashed before removing its entries left them.
+            if last_purged.is_none_or(|p| entry.log_id.index > p.index) {
+                entries.push(entry);
+            }
+        }
+        let mut wal = Wal::open(&moving)?;
+        wal.set_meta(Meta { vote, last_purged })?;
+        wal.append(&entries)?;
+        if let Some(f) = wal.active_file() {
+            f.sync_data()?;
+        }
+        drop(wal);
+        drop(db);
+        std::fs::rename(&moving, dir)?;
+        if let Some(parent) = dir.parent() {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+        tracing::info!(entries = entries.len(), to = %dir.display(), "moved the Raft log out of sled");
+    }
+    if sled_dir.exists() {
+        std::fs::remove_dir_all(sled_dir)
+            .with_context(|| format!("removing the moved log {}", sled_dir.display()))?;
+    }
+    Wal::open(dir).with_context(|| format!("opening the Raft log {}", dir.display()))
+}
+
+/// The Raft log. Cheap to clone: readers share the files.
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
+    wal: Arc<Mutex<Wal>>,
     /// The state machine's database, flushed before a purge: what the
     /// purged entries applied must be on disk before they go.
     state: sled::Db,
-    log: sled::Tree,
-    meta: sled::Tree,
     flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
     node_id: NodeId,
     metrics: Arc<Metrics>,
@@ -113,29 +170,51 @@ pub struct LogStore {
     cover: SnapshotCover,
 }
 
+fn io_read(e: std::io::Error) -> StorageError {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn io_write(e: std::io::Error) -> StorageError {
+    StorageIOError::write_logs(&e).into()
+}
+
+/// Syncs the file entries are appended to; every closed segment was synced
+/// when it closed.
+fn sync(wal: &Mutex<Wal>) -> std::io::Result<()> {
+    let active = lock(wal).active_file();
+    match active {
+        Some(f) => f.sync_data(),
+        None => Ok(()),
+    }
+}
+
+/// The log, even if a thread panicked holding it: every change to it is
+/// a file operation that either happened or did not.
+fn lock(wal: &Mutex<Wal>) -> MutexGuard<'_, Wal> {
+    wal.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl LogStore {
-    /// Opens (or creates) the log trees in `db` and starts the flusher thread,
-    /// which ends when the last clone of the store is dropped. Purges stop at
-    /// what `cover` says the snapshot on disk covers, and flush `state` first.
+    /// Serves the log `wal` and starts the flusher thread, which ends when
+    /// the last clone of the store is dropped. Purges stop at what `cover`
+    /// says the snapshot on disk covers, and flush `state` first.
     pub fn open(
-        db: &sled::Db,
+        wal: Wal,
         state: &sled::Db,
         node_id: NodeId,
         metrics: Arc<Metrics>,
         cover: SnapshotCover,
-    ) -> Result<Self, sled::Error> {
+    ) -> std::io::Result<Self> {
         let (flusher, rx) = mpsc::channel();
-        let flush_db = db.clone();
+        let wal = Arc::new(Mutex::new(wal));
+        let flush_wal = wal.clone();
         let flush_metrics = metrics.clone();
         std::thread::Builder::new()
             .name("baa-log-flush".into())
-            .spawn(move || group_commit(flush_db, rx, flush_metrics))
-            .map_err(sled::Error::Io)?;
+            .spawn(move || group_commit(flush_wal, rx, flush_metrics))?;
         Ok(Self {
-            db: db.clone(),
+            wal,
             state: state.clone(),
-            log: db.open_tree("raft_log")?,
-            meta: db.open_tree("raft_meta")?,
             flusher,
             node_id,
             metrics,
@@ -143,44 +222,32 @@ impl LogStore {
         })
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &MetaKey<T>,
-    ) -> Result<Option<T>, StorageError> {
-        let raw = self
-            .meta
-            .get(key.key)
-            .map_err(|e| StorageIOError::read(&e))?;
-        raw.map(|v| {
-            codec::decode_record(&v).map_err(|e| StorageIOError::read(AnyError::new(&e)).into())
-        })
-        .transpose()
+    fn wal(&self) -> MutexGuard<'_, Wal> {
+        lock(&self.wal)
     }
 
-    async fn put_meta<T: serde::Serialize>(
-        &self,
-        key: &MetaKey<T>,
-        value: &T,
-    ) -> Result<(), StorageError> {
-        let bytes =
-            codec::encode_record(value).map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
-        self.meta
-            .insert(key.key, bytes)
-            .map_err(|e| StorageIOError::write(&e))?;
-        self.db
+    /// After a snapshot install, openraft appends the entries that follow
+    /// the snapshot before it purges the log behind it: when the entry
+    /// `first` leaves a gap after the log's last, the log is purged up to
+    /// the snapshot on disk first, which must reach the entry before it.
+    async fn purge_before_gap(&mut self, first: u64) -> Result<(), StorageError> {
+        let Some(covered) = self.cover.get().filter(|c| c.index + 1 >= first) else {
+            let e = std::io::Error::other(format!(
+                "entry {first} does not follow the log's last, and no snapshot covers the gap"
+            ));
+            return Err(io_write(e));
+        };
+        self.state
             .flush_async()
             .await
-            .map_err(|e| StorageIOError::write(&e))?;
-        Ok(())
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.wal().purge(covered).map_err(io_write)
     }
 
-    fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
-        codec::decode_record(bytes).map_err(|e| StorageIOError::read_logs(AnyError::new(&e)).into())
+    /// Bytes of the log's segment files.
+    pub fn size(&self) -> u64 {
+        self.wal().size()
     }
-}
-
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -194,16 +261,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(i) => Bound::Included(index_key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-            Bound::Unbounded => Bound::Unbounded,
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
         };
-        let mut out = Vec::new();
-        for item in self.log.range((Bound::Included(index_key(start)), end)) {
-            let (_, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-            out.push(Self::decode_entry(&v)?);
-        }
-        Ok(out)
+        self.wal().read(start, end).map_err(io_read)
     }
 }
 
@@ -211,11 +273,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged = self.get_meta(&LAST_PURGED)?.flatten();
-        let last = match self.log.last().map_err(|e| StorageIOError::read_logs(&e))? {
-            Some((_, v)) => Some(Self::decode_entry(&v)?.log_id),
-            None => last_purged,
-        };
+        let wal = self.wal();
+        let last_purged = wal.meta().last_purged;
+        let last = wal.last_log_id().map_err(io_read)?.or(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last,
@@ -227,11 +287,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.put_meta(&VOTE, vote).await
+        let wal = self.wal.clone();
+        let vote = *vote;
+        tokio::task::spawn_blocking(move || {
+            let mut wal = lock(&wal);
+            let meta = Meta {
+                vote: Some(vote),
+                ..wal.meta().clone()
+            };
+            wal.set_meta(meta)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)))?
+        .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.get_meta(&VOTE)
+        Ok(self.wal().meta().vote)
     }
 
     // `save_committed` / `read_committed` keep openraft's no-op defaults: the
@@ -248,24 +320,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        // Plain inserts, in order: entries are acknowledged only after the
-        // flush below, and sled recovers a prefix of its writes, so a crash can
-        // lose a tail of unacknowledged entries but never leave a gap.
-        let mut from_other_leader = false;
-        for entry in entries {
-            from_other_leader |= entry.log_id.leader_id.node_id != self.node_id;
-            let bytes = codec::encode_record(&entry)
-                .map_err(|e| StorageIOError::write_log_entry(entry.log_id, AnyError::new(&e)))?;
-            self.log
-                .insert(index_key(entry.log_id.index), bytes)
-                .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+        // Written in order and acknowledged only after the sync below; a
+        // crash can leave a torn tail of unacknowledged entries, which the
+        // next open cuts off, never a gap.
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let first = entries.first().map(|e| e.log_id.index);
+        if let Some(first) = first.filter(|f| self.wal().next_index().is_some_and(|n| n < *f)) {
+            self.purge_before_gap(first).await?;
         }
+        let from_other_leader = entries
+            .iter()
+            .any(|e| e.log_id.leader_id.node_id != self.node_id);
+        self.wal().append(&entries).map_err(io_write)?;
         if from_other_leader {
-            // A follower answers the leader only after this flush and has
-            // nothing else to do meanwhile: flushing here saves two thread
+            // A follower answers the leader only after this sync and has
+            // nothing else to do meanwhile: syncing here saves two thread
             // hand-offs on the replication path.
             let started = std::time::Instant::now();
-            let result = self.db.flush().map(|_| ()).map_err(std::io::Error::other);
+            let result = sync(&self.wal);
             self.metrics.log_flushes.inc();
             self.metrics.log_flushed_appends.inc();
             self.metrics
@@ -273,7 +345,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .observe(started.elapsed().as_secs_f64());
             callback.log_io_completed(result);
         } else if let Err(mpsc::SendError(callback)) = self.flusher.send(callback) {
-            // The leader's own entries: flushed by the group-commit thread
+            // The leader's own entries: synced by the group-commit thread
             // while replication to the followers proceeds in parallel.
             callback.log_io_completed(Err(std::io::Error::other("log flusher stopped")));
         }
@@ -281,19 +353,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(index_key(log_id.index)..) {
-            let (k, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.remove(k);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.db
-            .flush_async()
-            .await
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
+        self.wal().truncate(log_id.index).map_err(io_write)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -305,8 +365,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             None => return Ok(()),
         };
         if self
-            .get_meta(&LAST_PURGED)?
-            .flatten()
+            .wal()
+            .meta()
+            .last_purged
             .is_some_and(|p| p.index >= log_id.index)
         {
             return Ok(());
@@ -317,38 +378,38 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .flush_async()
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        // Record the purge point first: a crash in between leaves extra entries, never a gap.
-        self.put_meta(&LAST_PURGED, &Some(log_id)).await?;
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(..=index_key(log_id.index)) {
-            let (k, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.remove(k);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
+        // The purge point is recorded before any segment goes: a crash in
+        // between leaves extra entries, never a gap.
+        self.wal().purge(log_id).map_err(io_write)
     }
 }
 
-/// Flushes the database once per group of queued appends and completes their
+/// Syncs the log once per group of queued appends and completes their
 /// callbacks in order. Every callback in a group was queued after its entries
-/// were written, so the one flush covers them all. Runs on its own thread so
+/// were written, so the one sync covers them all. Runs on its own thread so
 /// that the fsync never occupies an async worker.
-fn group_commit(db: sled::Db, rx: mpsc::Receiver<LogFlushed<TypeConfig>>, metrics: Arc<Metrics>) {
+fn group_commit(
+    wal: Arc<Mutex<Wal>>,
+    rx: mpsc::Receiver<LogFlushed<TypeConfig>>,
+    metrics: Arc<Metrics>,
+) {
     let mut group = Vec::new();
     while let Ok(first) = rx.recv() {
         group.push(first);
         group.extend(rx.try_iter());
         let started = std::time::Instant::now();
-        let result = db.flush().map(|_| ());
+        let result = sync(&wal);
         metrics
             .log_flush_duration
             .observe(started.elapsed().as_secs_f64());
         metrics.log_flushes.inc();
         metrics.log_flushed_appends.inc_by(group.len() as u64);
         for callback in group.drain(..) {
-            callback.log_io_completed(result.clone().map_err(std::io::Error::other));
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            };
+            callback.log_io_completed(r);
         }
     }
 }
@@ -397,13 +458,13 @@ mod tests {
         }
     }
 
-    /// Opens the store at `dir`, waiting for the flusher thread of a store
-    /// dropped just before to release the database's file lock.
+    /// Opens the store at `dir` (the log in `raft-wal/`, the state in `db/`).
     fn open(dir: &std::path::Path) -> LogStore {
-        let db = open_sled(dir);
+        let state = open_sled(&dir.join("db"));
+        let wal = open_log(&dir.join("raft-wal"), &dir.join("raft-log"), &state).unwrap();
         let cover = SnapshotCover::default();
         cover.set(Some(log_id(2, 1_000)));
-        LogStore::open(&db, &db, 1, Metrics::new(), cover).unwrap()
+        LogStore::open(wal, &state, 1, Metrics::new(), cover).unwrap()
     }
 
     #[tokio::test]
@@ -452,64 +513,178 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_log_kept_in_the_state_database_moves_to_its_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let (state_dir, log_dir) = (dir.path().join("db"), dir.path().join("raft-log"));
-        let vote = Vote::new_committed(2, 1);
-        let all: Vec<Entry> = (1..=20).map(entry).collect();
-        {
-            // As earlier releases kept it: the log's trees in the state's database.
-            let shared = open_sled(&state_dir);
-            let mut store = LogStore::open(
-                &shared,
-                &shared,
-                1,
-                Metrics::new(),
-                SnapshotCover::default(),
+    /// Writes the sled log of earlier releases: `vote`, `entries` and the
+    /// purge point `purged` in the trees `raft_log` and `raft_meta` of `db`.
+    fn write_sled_log(db: &sled::Db, vote: &Vote, entries: &[Entry], purged: Option<LogId>) {
+        let (log, meta) = (
+            db.open_tree("raft_log").unwrap(),
+            db.open_tree("raft_meta").unwrap(),
+        );
+        meta.insert(VOTE.key, codec::encode_record(vote).unwrap())
+            .unwrap();
+        meta.insert(LAST_PURGED.key, codec::encode_record(&purged).unwrap())
+            .unwrap();
+        for e in entries {
+            log.insert(
+                e.log_id.index.to_be_bytes(),
+                codec::encode_record(e).unwrap(),
             )
             .unwrap();
-            store.save_vote(&vote).await.unwrap();
+        }
+        db.flush().unwrap();
+    }
+
+    /// A log in the state's database (the first releases) and one in its
+    /// own sled database (the release before) both move to the log files,
+    /// once: a torn copy left by a crash is redone, a second start finds
+    /// the files and no sled copy.
+    #[tokio::test]
+    async fn a_log_kept_in_sled_moves_to_its_files() {
+        let vote = Vote::new_committed(2, 1);
+        let all: Vec<Entry> = (1..=20).map(entry).collect();
+        for in_state in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let (state_dir, sled_dir) = (dir.path().join("db"), dir.path().join("raft-log"));
+            let wal_dir = dir.path().join("raft-wal");
+            {
+                let state = open_sled(&state_dir);
+                let db = if in_state {
+                    state.clone()
+                } else {
+                    open_sled(&sled_dir)
+                };
+                // Entries 1..=3 were purged, 3 was left behind by a crash.
+                write_sled_log(&db, &vote, &all[2..], Some(log_id(2, 3)));
+                state.open_tree("sm.0").unwrap().insert(b"k", b"v").unwrap();
+                state.flush().unwrap();
+            }
+            std::fs::create_dir_all(wal_dir.with_extension("moving")).unwrap();
+            std::fs::write(wal_dir.with_extension("moving").join("meta"), b"torn").unwrap();
+            for round in 0..2 {
+                let state = open_sled(&state_dir);
+                let wal = open_log(&wal_dir, &sled_dir, &state).unwrap();
+                let mut store =
+                    LogStore::open(wal, &state, 1, Metrics::new(), SnapshotCover::default())
+                        .unwrap();
+                let what = format!("in the state's db: {in_state}, round {round}");
+                assert!(!wal_dir.with_extension("moving").exists(), "{what}");
+                assert!(!sled_dir.exists(), "{what}");
+                assert!(
+                    !state.tree_names().iter().any(|n| n.as_ref() == b"raft_log"),
+                    "{what}: the old log is still in the state's database"
+                );
+                let record = state.open_tree("sm.0").unwrap().get(b"k").unwrap();
+                assert_eq!(record.as_deref(), Some(&b"v"[..]), "{what}");
+                assert_eq!(store.read_vote().await.unwrap(), Some(vote), "{what}");
+                let log_state = store.get_log_state().await.unwrap();
+                assert_eq!(log_state.last_purged_log_id, Some(log_id(2, 3)), "{what}");
+                assert_eq!(log_state.last_log_id, Some(log_id(2, 20)), "{what}");
+                assert_eq!(
+                    store.try_get_log_entries(..).await.unwrap(),
+                    all[3..].to_vec(),
+                    "{what}"
+                );
+            }
+        }
+    }
+
+    /// A crash mid-append leaves a torn record at the end of the last
+    /// segment: it is cut off at the next open, and the log goes on from
+    /// the entry before it. A bad record in an earlier segment is an error.
+    #[tokio::test]
+    async fn a_torn_tail_is_cut_off_and_the_log_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let all: Vec<Entry> = (1..=10).map(entry).collect();
+        {
+            let mut store = open(dir.path());
             store.blocking_append(all.clone()).await.unwrap();
-            shared
-                .open_tree("sm.0")
+        }
+        let seg = dir.path().join("raft-wal").join(format!("{:020}.seg", 1));
+        let len = std::fs::metadata(&seg).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        f.set_len(len - 3).unwrap();
+        drop(f);
+        {
+            let mut store = open(dir.path());
+            let log_state = store.get_log_state().await.unwrap();
+            assert_eq!(log_state.last_log_id, Some(log_id(2, 9)));
+            store.blocking_append(all[9..].to_vec()).await.unwrap();
+            assert_eq!(store.try_get_log_entries(..).await.unwrap(), all);
+        }
+        // A flipped byte in the middle of a segment that is not the last.
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[20] ^= 0xff;
+        std::fs::write(&seg, &bytes).unwrap();
+        std::fs::copy(&seg, seg.with_file_name(format!("{:020}.seg", 11))).unwrap();
+        assert!(Wal::open(&dir.path().join("raft-wal")).is_err());
+    }
+
+    /// Purged segments are deleted whole, and a log whose entries are all
+    /// purged starts anew where the next entry is (after a snapshot
+    /// install); truncation cuts inside a segment and across segments.
+    #[tokio::test]
+    async fn purged_segments_go_and_a_purged_log_starts_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("raft-wal");
+        let segments = || {
+            std::fs::read_dir(&wal_dir)
                 .unwrap()
-                .insert(b"k", b"v")
-                .unwrap();
-            shared.flush().unwrap();
-        }
-        // A move that crashed half-way left its copy behind: it is redone.
-        std::fs::create_dir_all(log_dir.with_extension("moving")).unwrap();
-        std::fs::write(log_dir.with_extension("moving").join("db"), b"torn").unwrap();
-        for round in 0..2 {
-            let state = open_sled(&state_dir);
-            let log_db = open_log_db(&log_dir, &state, 1 << 20).unwrap();
-            assert!(!log_dir.with_extension("moving").exists());
-            assert!(
-                !state.tree_names().iter().any(|n| n.as_ref() == b"raft_log"),
-                "round {round}: the old log is still in the state's database"
-            );
-            let state_record = state.open_tree("sm.0").unwrap().get(b"k").unwrap();
-            assert_eq!(state_record.as_deref(), Some(&b"v"[..]), "round {round}");
-            let mut store =
-                LogStore::open(&log_db, &state, 1, Metrics::new(), SnapshotCover::default())
-                    .unwrap();
-            assert_eq!(
-                store.read_vote().await.unwrap(),
-                Some(vote),
-                "round {round}"
-            );
-            assert_eq!(
-                store.try_get_log_entries(..).await.unwrap(),
-                all,
-                "round {round}"
-            );
-            drop(store);
-            drop(log_db);
-            drop(state);
-            // Let the flusher thread of the dropped store release the lock.
-            drop(open_sled(&log_dir));
-        }
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .ends_with(".seg")
+                })
+                .count()
+        };
+        let mut store = open(dir.path());
+        // Entries large enough that a few fill a segment.
+        let big = |index: u64| {
+            let mut e = entry(index);
+            e.payload = EntryPayload::Normal(Proposal {
+                commands: vec![Command {
+                    request_id: Some("x".repeat(1 << 20)),
+                    time_ms: index,
+                    op: Op::PurgeExpired,
+                }],
+            });
+            e.log_id = log_id(2, index);
+            e
+        };
+        let all: Vec<Entry> = (1..=12).map(big).collect();
+        store.blocking_append(all.clone()).await.unwrap();
+        assert!(segments() >= 3, "{} segments", segments());
+        store.truncate(log_id(2, 7)).await.unwrap();
+        assert_eq!(
+            store.try_get_log_entries(..).await.unwrap(),
+            all[..6].to_vec()
+        );
+        store.blocking_append(all[6..].to_vec()).await.unwrap();
+        store.purge(log_id(2, 9)).await.unwrap();
+        assert_eq!(
+            store.try_get_log_entries(..).await.unwrap(),
+            all[9..].to_vec()
+        );
+        assert!(segments() <= 2, "{} segments", segments());
+        store.purge(log_id(2, 12)).await.unwrap();
+        assert_eq!(segments(), 0);
+        store.blocking_append([big(30)]).await.unwrap();
+        // After a snapshot install the entries that follow it come before
+        // the purge behind it: the log is purged up to the snapshot first.
+        store.cover.set(Some(log_id(2, 39)));
+        store.blocking_append([big(40)]).await.unwrap();
+        let log_state = store.get_log_state().await.unwrap();
+        assert_eq!(log_state.last_purged_log_id, Some(log_id(2, 39)));
+        assert_eq!(store.try_get_log_entries(..).await.unwrap(), vec![big(40)]);
+        // A gap no snapshot covers is refused.
+        assert!(store.blocking_append([big(50)]).await.is_err());
+        drop(store);
+        let mut store = open(dir.path());
+        let log_state = store.get_log_state().await.unwrap();
+        assert_eq!(log_state.last_purged_log_id, Some(log_id(2, 39)));
+        assert_eq!(log_state.last_log_id, Some(log_id(2, 40)));
+        assert_eq!(store.try_get_log_entries(..).await.unwrap(), vec![big(40)]);
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
-//! Raft wiring: the openraft type configuration, the sled-backed log store and
-//! state machine, the mTLS network client, read indexes and proposals (the
+//! Raft wiring: the openraft type configuration, the log store (segment
+//! files) and the state machine (sled), the mTLS network client, read indexes and proposals (the
 //! cluster port's handlers are in `http::cluster_port`).
 
 pub mod compaction;
@@ -9,6 +9,7 @@ pub mod network;
 pub mod proposer;
 pub mod read_index;
 pub mod state_machine;
+pub mod wal;
 
 #[cfg(test)]
 mod compat_tests;
