@@ -384,15 +384,22 @@ pub async fn proceed(
     if a.peer {
         return issue_ticket(issuer, a, v).await;
     }
-    let trust = agency.state.trust(v.session.user_id, &a.site.client_id)?;
-    let covers = trust
-        .as_ref()
-        .is_some_and(|t| a.scopes.iter().all(|s| t.scopes.contains(s)));
+    let covers = || -> Result<bool, NodeError> {
+        let trust = agency.state.trust(v.session.user_id, &a.site.client_id)?;
+        Ok(trust.is_some_and(|t| a.scopes.iter().all(|s| t.scopes.contains(s))))
+    };
     // A public native client's loopback redirect can be claimed by any local
     // program, so an earlier approval never carries over (RFC 8252 §8.6):
     // the user sees the page every time.
     let public_client = a.site.secret_hash.is_none();
-    if !covers || a.prompt_consent || public_client {
+    let mut covered = covers()?;
+    if !covered && !a.prompt_consent && !public_client {
+        // Approved a moment ago through another node, which this one has
+        // not applied yet? One read barrier tells.
+        agency.read_barrier(Consistency::Linearizable).await?;
+        covered = covers()?;
+    }
+    if !covered || a.prompt_consent || public_client {
         return Ok(match a.prompt_none {
             true => Next::SiteError(
                 ErrorCode::ConsentRequired,
