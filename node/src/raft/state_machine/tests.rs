@@ -398,7 +398,7 @@ pub(super) mod sso {
         assert!(keys_under(&sm, b"r/").is_empty(), "no remembered result");
         let markers = keys_under(&sm, b"E/");
         assert_eq!(markers.len(), 1);
-        let until = 60_000 + super::super::apply::SEALED_SPENT_GRACE_FOR_TESTS;
+        let until = 60_000 + super::super::apply::ONCE_SPENT_GRACE_FOR_TESTS;
         assert_eq!(markers[0][2..10], until.to_be_bytes());
         assert_eq!(markers[0][10..], [1; 16]);
 

@@ -36,7 +36,7 @@ pub use devices::MAX_DEVICE_GRANTS;
 pub(crate) const SPENT_GRACE_FOR_TESTS: u64 = tickets::SPENT_GRACE_MS;
 /// How long a sealed-access login's spent marker outlives its ticket (for tests).
 #[cfg(test)]
-pub(crate) const SEALED_SPENT_GRACE_FOR_TESTS: u64 = tickets::SEALED_SPENT_GRACE_MS;
+pub(crate) const ONCE_SPENT_GRACE_FOR_TESTS: u64 = tickets::ONCE_SPENT_GRACE_MS;
 
 /// Applies `op` at time `now`. `Err` is a storage failure; a refusal of the
 /// command itself is an `Ok(Err(ApplyError))`, identical on every node.

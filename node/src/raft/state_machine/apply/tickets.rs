@@ -171,6 +171,15 @@ const TOUCH_AFTER_MS: u64 = 60_000;
 /// expired, without revoking).
 pub(super) const SEALED_SPENT_GRACE_MS: u64 = 2 * 60_000;
 
+/// The same for [`redeem_once`]. The grace is what the nodes' clocks may
+/// disagree by: the marker goes by the time of the sweep's proposer, and a
+/// redemption is checked against its own proposer's time, so a sweep by a
+/// clock ahead by more than this could let a replay stamped by a clock
+/// behind in before the ticket's expiry. Half a minute is far beyond what
+/// synchronised clocks drift by, and keeps half as many markers as two
+/// minutes did (each one on disk, in memory and in every snapshot).
+pub(super) const ONCE_SPENT_GRACE_MS: u64 = 30_000;
+
 /// What the token request presented with a ticket.
 pub(super) struct Presented<'a> {
     /// The authenticated client.
@@ -267,7 +276,7 @@ fn spend(
     if t.client_id != p.client_id {
         return bad("the ticket was issued to another client");
     }
-    let once_key = spent_once_key(t.expires_ms.saturating_add(SEALED_SPENT_GRACE_MS), &t.id);
+    let once_key = spent_once_key(t.expires_ms.saturating_add(ONCE_SPENT_GRACE_MS), &t.id);
     if let Some(spent) = st.get::<SpentOnce>(&once_key)? {
         if let Marker::Once { request } = marker {
             if request != NO_REQUEST && spent.request == request {
