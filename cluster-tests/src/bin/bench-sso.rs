@@ -637,7 +637,7 @@ async fn soak(cluster: &Cluster, args: &Args, secret: &str) -> anyhow::Result<Ta
             grew(r2, r0),
         ]);
     }
-    t.note("disk: the node's data directory (sled files, snapshots); RSS: VmRSS of the node process. target: growth < 50 MiB after 200,000 logins, back near the baseline once the tickets have expired.");
+    t.note("disk: the node's data directory (the state's sled files, the Raft log's segments, snapshots); RSS: VmRSS of the node process. target: growth < 50 MiB after 200,000 logins, back near the baseline once the tickets have expired.");
     for (i, id) in ids.iter().enumerate() {
         let parts: Vec<String> = DATA_PARTS
             .iter()

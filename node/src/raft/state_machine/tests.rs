@@ -359,6 +359,25 @@ pub(super) mod sso {
         }
     }
 
+    /// Entry `index`: a sweep of everything at `time_ms`, request results
+    /// kept.
+    fn sweep(index: u64, time_ms: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal {
+                commands: vec![Command {
+                    request_id: None,
+                    time_ms,
+                    op: Op::Sweep {
+                        request_cutoff_ms: 0,
+                        auto_request_cutoff_ms: 0,
+                        budget: 10_000,
+                    },
+                }],
+            }),
+        }
+    }
+
     /// Every key of the state machine's tree starting with `prefix`.
     fn keys_under(sm: &StateMachineStore, prefix: &[u8]) -> Vec<Vec<u8>> {
         sm.shared
@@ -444,20 +463,6 @@ pub(super) mod sso {
             Some(ErrorCode::InvalidGrant)
         );
 
-        let sweep = |index: u64, time_ms: u64| Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Proposal {
-                commands: vec![Command {
-                    request_id: None,
-                    time_ms,
-                    op: Op::Sweep {
-                        request_cutoff_ms: 0,
-                        auto_request_cutoff_ms: 0,
-                        budget: 10_000,
-                    },
-                }],
-            }),
-        };
         sm.apply(vec![sweep(10, until - 1)]).await.unwrap();
         assert_eq!(keys_under(&sm, b"E/").len(), 1, "kept until its time");
         sm.apply(vec![sweep(11, until)]).await.unwrap();
@@ -516,21 +521,7 @@ pub(super) mod sso {
         );
         assert!(reader.access_revoked(&[9; 16]).unwrap());
         assert!(!reader.access_revoked(&[8; 16]).unwrap());
-        let purge = Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), 7),
-            payload: EntryPayload::Normal(Proposal {
-                commands: vec![Command {
-                    request_id: None,
-                    time_ms: 50_000,
-                    op: Op::Sweep {
-                        request_cutoff_ms: 0,
-                        auto_request_cutoff_ms: 0,
-                        budget: 10_000,
-                    },
-                }],
-            }),
-        };
-        sm.apply(vec![purge]).await.unwrap();
+        sm.apply(vec![sweep(7, 50_000)]).await.unwrap();
         assert!(!reader.access_revoked(&[9; 16]).unwrap());
         assert!(
             reader.access_revoked(&[1; 16]).unwrap(),
