@@ -60,7 +60,14 @@ const LOG_TREES: [&str; 2] = ["raft_log", "raft_meta"];
 /// and renamed into place before the old trees are dropped, so a crash at
 /// any point leaves one whole copy that the next start finishes from.
 pub fn open_log_db(dir: &Path, state: &sled::Db, cache_bytes: u64) -> anyhow::Result<sled::Db> {
-    let config = |path: &Path| sled::Config::new().path(path).cache_capacity(cache_bytes);
+    // No timer flush: its thread holds the database a moment after the
+    // last handle is dropped, and the copy is reopened right after its move.
+    let config = |path: &Path| {
+        sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(None)
+    };
     let moving = dir.with_extension("moving");
     if moving.exists() {
         std::fs::remove_dir_all(&moving)?;
