@@ -250,11 +250,6 @@ impl LogStore {
             .map_err(|e| StorageIOError::write_logs(&e))?;
         self.wal().purge(covered).map_err(io_write)
     }
-
-    /// Bytes of the log's segment files.
-    pub fn size(&self) -> u64 {
-        self.wal().size()
-    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -617,6 +612,16 @@ mod tests {
             assert_eq!(log_state.last_log_id, Some(log_id(2, 9)));
             store.blocking_append(all[9..].to_vec()).await.unwrap();
             assert_eq!(store.try_get_log_entries(..).await.unwrap(), all);
+        }
+        // Zeros after the last record (blocks a crash left unwritten).
+        let len = std::fs::metadata(&seg).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        f.set_len(len + 4096).unwrap();
+        drop(f);
+        {
+            let mut store = open(dir.path());
+            assert_eq!(store.try_get_log_entries(..).await.unwrap(), all);
+            assert_eq!(std::fs::metadata(&seg).unwrap().len(), len);
         }
         // A flipped byte in the middle of a segment that is not the last.
         let mut bytes = std::fs::read(&seg).unwrap();

@@ -96,7 +96,8 @@ fn record(payload: &[u8]) -> io::Result<Vec<u8>> {
 fn parse_record(buf: &[u8]) -> Option<(&[u8], usize)> {
     let len = u32::from_le_bytes(buf.get(0..4)?.try_into().ok()?);
     let crc = u32::from_le_bytes(buf.get(4..8)?.try_into().ok()?);
-    if len > MAX_RECORD {
+    // No entry encodes to nothing: a zero header is space never written.
+    if len == 0 || len > MAX_RECORD {
         return None;
     }
     let payload = buf.get(HEADER..HEADER + len as usize)?;
@@ -162,8 +163,9 @@ impl Wal {
         Ok(wal)
     }
 
-    /// Reads segment `first`, checking every record; a bad record ends the
-    /// last segment there (cut off) and is an error in any other.
+    /// Reads segment `first`, checking every record; a bad record (cut
+    /// short, failing its checksum, or not an entry) ends the last segment
+    /// there (cut off) and is an error in any other.
     fn load_segment(&self, first: u64, last: bool) -> io::Result<Segment> {
         let path = self.dir.join(segment_name(first));
         let bytes = fs::read(&path)?;
@@ -173,7 +175,9 @@ impl Wal {
             let Some((payload, n)) = parse_record(&bytes[at..]) else {
                 break;
             };
-            let entry = decode(payload)?;
+            let Ok(entry) = decode(payload) else {
+                break;
+            };
             let expected = first + records.len() as u64;
             if entry.log_id.index != expected {
                 return Err(corrupt(format!(
@@ -386,10 +390,5 @@ impl Wal {
         };
         self.set_meta(meta)?;
         self.drop_purged_segments()
-    }
-
-    /// Bytes of the segment files.
-    pub fn size(&self) -> u64 {
-        self.segments.iter().map(|s| s.size).sum()
     }
 }
