@@ -444,6 +444,10 @@ pub struct RaftTuning {
     /// built for this many seconds, so that the disk follows the live state
     /// once a load stops.
     pub snapshot_idle_s: u64,
+    /// After a snapshot, rebuild the state into a fresh database when its
+    /// files take this many MiB more than twice the live records (the
+    /// snapshot's size): sled keeps the space its peak took.
+    pub state_rebuild_waste_mib: u64,
     /// Deadline of one client write, including forwarding and retries across a leader change.
     pub write_timeout_ms: u64,
 }
@@ -457,6 +461,7 @@ impl Default for RaftTuning {
             snapshot_after_logs: 10_000,
             logs_to_keep: 1_000,
             snapshot_idle_s: 120,
+            state_rebuild_waste_mib: 16,
             write_timeout_ms: 10_000,
         }
     }

@@ -43,7 +43,7 @@ use crate::config::{Config, LogFormat};
 use crate::metrics::Metrics;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{ClusterClient, NetworkFactory};
-use crate::raft::state_machine::StateMachineStore;
+use crate::raft::state_machine::{StateDb, StateMachineStore};
 use crate::tls::NodeIdentity;
 
 /// Sets up logging to standard error. Secrets are never passed to the logger.
@@ -103,31 +103,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-    // The state needs no fsync of its own on the write path: what was
-    // applied is replayed from the log after a crash, and the log store
-    // flushes the state before it purges entries. sled's periodic flush
-    // would put an fsync of the state's pages beside the log's, every half
-    // second, in the middle of the writes it delays.
-    let db = sled::Config::new()
-        .path(config.data_dir.join("db"))
-        .cache_capacity(config.limits.storage_cache_mib.saturating_mul(1024 * 1024))
-        .flush_every_ms(None)
-        .open()
-        .with_context(|| format!("opening sled database in {}", config.data_dir.display()))?;
-    claim_data_dir(&db, config.node_id)?;
-
-    let metrics = Metrics::new();
-    let state_machine =
-        StateMachineStore::open(&db, &config.data_dir.join("snapshots"), metrics.clone())?;
+    let state = StateDb::open(
+        &config.data_dir,
+        config.limits.storage_cache_mib.saturating_mul(1024 * 1024),
+    )
+    .with_context(|| format!("opening the state in {}", config.data_dir.display()))?;
+    claim_data_dir(state.db(), config.node_id)?;
     let wal = raft::log_store::open_log(
         &config.data_dir.join("raft-wal"),
         &config.data_dir.join("raft-log"),
-        &db,
+        state.db(),
     )
     .with_context(|| format!("opening the Raft log in {}", config.data_dir.display()))?;
+
+    let metrics = Metrics::new();
+    // The state machine owns the database from here on: a rebuild replaces
+    // it, so no other handle may outlive this point.
+    let state_machine =
+        StateMachineStore::open(state, &config.data_dir.join("snapshots"), metrics.clone())?;
+    let storage = state_machine.storage();
     let log_store = LogStore::open(
         wal,
-        &db,
+        storage.clone(),
         config.node_id,
         metrics.clone(),
         state_machine.snapshot_cover(),
@@ -161,7 +158,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .context("starting raft")?;
     crate::raft::gauges::follow(&metrics, &raft);
-    crate::raft::compaction::start(&raft, Duration::from_secs(config.raft.snapshot_idle_s));
+    crate::raft::compaction::start(
+        &raft,
+        Duration::from_secs(config.raft.snapshot_idle_s),
+        storage.clone(),
+        config
+            .raft
+            .state_rebuild_waste_mib
+            .saturating_mul(1024 * 1024),
+    );
 
     let agency = Arc::new(Agency {
         id: config.node_id,
@@ -213,7 +218,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }
-    db.flush_async().await?;
+    storage.flush().await?;
     a?;
     b?;
     c?;

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub snapshots_built: IntCounter,
     /// Snapshots installed from a leader.
     pub snapshots_installed: IntCounter,
+    /// Rebuilds of the state's database into a fresh one (see `raft::compaction`).
+    pub state_rebuilds: IntCounter,
     /// Time from proposing a command to its applied result.
     pub proposal_duration: Histogram,
     /// Writes forwarded to the leader by this node.
@@ -230,6 +232,10 @@ impl Metrics {
             snapshots_installed: reg!(IntCounter::new(
                 "baa_raft_snapshots_installed_total",
                 "Snapshots installed from the leader"
+            )),
+            state_rebuilds: reg!(IntCounter::new(
+                "baa_state_rebuilds_total",
+                "Rebuilds of the state's database into a fresh one, giving back the space of records gone"
             )),
             proposal_duration: reg!(Histogram::with_opts(
                 HistogramOpts::new(

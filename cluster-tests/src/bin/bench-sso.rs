@@ -509,8 +509,29 @@ fn rss_bytes(pid: Option<u32>) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// The parts of a node's data directory: the state, the Raft log, snapshots.
+/// The parts of a node's data directory: the state (`db/`, or `db.N/` once
+/// rebuilt), the Raft log, snapshots.
 const DATA_PARTS: [&str; 3] = ["db", "raft-wal", "snapshots"];
+
+/// Bytes of the part `name` of the data directory `data`: every directory
+/// called `name` or `name.N`.
+fn part_bytes(data: &std::path::Path, name: &str) -> u64 {
+    let Ok(entries) = std::fs::read_dir(data) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n == name
+                || n.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    .is_some_and(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|e| dir_bytes(&e.path()))
+        .sum()
+}
 
 /// What one node keeps at one moment.
 #[derive(Clone, Copy)]
@@ -534,7 +555,7 @@ fn node_state(cluster: &Cluster) -> Vec<NodeState> {
             NodeState {
                 disk: dir_bytes(&data),
                 rss: rss_bytes(node.pid()),
-                parts: DATA_PARTS.map(|p| dir_bytes(&data.join(p))),
+                parts: DATA_PARTS.map(|p| part_bytes(&data, p)),
             }
         })
         .collect()

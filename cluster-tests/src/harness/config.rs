@@ -37,6 +37,8 @@ pub struct ClusterOptions {
     pub logs_to_keep: Option<u64>,
     /// `[raft] snapshot_idle_s`.
     pub snapshot_idle_s: Option<u64>,
+    /// `[raft] state_rebuild_waste_mib`.
+    pub state_rebuild_waste_mib: Option<u64>,
     /// `[raft] write_timeout_ms`.
     pub write_timeout_ms: Option<u64>,
     /// Extra `[sso]` settings (agency, issuer and cookie domain are set by the harness).
@@ -105,6 +107,7 @@ impl Default for ClusterOptions {
             snapshot_after_logs: None,
             logs_to_keep: None,
             snapshot_idle_s: None,
+            state_rebuild_waste_mib: None,
             write_timeout_ms: None,
             sso: toml::Table::new(),
             limits: toml::Table::new(),
@@ -175,6 +178,8 @@ struct RaftConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     snapshot_idle_s: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    state_rebuild_waste_mib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     write_timeout_ms: Option<u64>,
 }
 
@@ -215,6 +220,7 @@ impl Cluster {
                 snapshot_after_logs: o.snapshot_after_logs,
                 logs_to_keep: o.logs_to_keep,
                 snapshot_idle_s: o.snapshot_idle_s,
+                state_rebuild_waste_mib: o.state_rebuild_waste_mib,
                 write_timeout_ms: o.write_timeout_ms,
             },
             limits: o.limits.clone(),
@@ -282,6 +288,7 @@ mod tests {
                 snapshot_after_logs: Some(200),
                 logs_to_keep: None,
                 snapshot_idle_s: None,
+                state_rebuild_waste_mib: None,
                 write_timeout_ms: None,
             },
             limits: toml::Table::new(),

@@ -121,34 +121,72 @@ async fn every_node_restarts_after_purging_its_own_log() {
     finish_and_verify(&cluster, load).await;
 }
 
-/// A load that stops leaves no log behind: with snapshots by count out of
-/// reach, each node snapshots its quiet log after `snapshot_idle_s`, purges
-/// it, and starts again from that snapshot.
+/// A load that stops leaves no log behind and no wasted state: with
+/// snapshots by count out of reach, each node snapshots its quiet log after
+/// `snapshot_idle_s` and purges it, and (the waste threshold at 0) copies
+/// its state into a fresh database. A node restarted from there, written to
+/// and restarted again keeps every record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_quiet_log_is_snapshotted_and_purged() {
+async fn a_quiet_node_purges_its_log_and_rebuilds_its_state() {
     let mut cluster = Cluster::start_with(ClusterOptions {
         snapshot_after_logs: Some(1_000_000),
         logs_to_keep: Some(0),
         snapshot_idle_s: Some(10),
+        state_rebuild_waste_mib: Some(0),
         ..ClusterOptions::nodes(3)
     })
     .await;
     let users = users(&cluster, "quiet", 5).await;
+    // Records rewritten over and over: the space their versions took is
+    // what a rebuild gives back.
+    let load = start_writers(&cluster, &users, &[1, 2, 3], Duration::from_secs(600));
+    wait_acks(&load, 300, "writes before the load stops").await;
+    let reports = load.finish().await;
+    assert_writers_resolved(&reports);
     let leader = cluster.leader().await;
     let written = cluster.status(leader).await.applied_index.unwrap_or(0);
     wait_purged(&cluster, &[1, 2, 3], written.saturating_sub(1)).await;
+    poll_until(
+        CONVERGE_DEADLINE,
+        "every node rebuilt its state into a fresh database",
+        || async {
+            for id in [1, 2, 3] {
+                if cluster.metric(id, "baa_state_rebuilds_total").await < Some(1.0) {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    for id in [1, 2, 3] {
+        let data = cluster.node(id).dir().join("data");
+        assert!(data.join("db.current").is_file(), "node {id}");
+        assert!(!data.join("db").exists(), "node {id} kept the old database");
+    }
+    verify_reports_on(&cluster, &[1, 2, 3], &reports).await;
 
     let id = if leader == 2 { 3 } else { 2 };
     cluster.kill(id);
     cluster.restart(id).await;
     wait_caught_up(&cluster, id).await;
-    for u in &users {
+    create_user(&cluster, id, "quiet-after").await;
+    cluster.kill(id);
+    cluster.restart(id).await;
+    wait_caught_up(&cluster, id).await;
+    for u in users.iter().map(String::as_str).chain(["quiet-after"]) {
         cluster
             .admin(id)
             .get_user(u, Consistency::Local)
             .await
-            .unwrap_or_else(|e| panic!("{u} on node {id} after its restart: {e}"));
+            .unwrap_or_else(|e| panic!("{u} on node {id} after its restarts: {e}"));
     }
+    let statuses = cluster.wait_converged(&[1, 2, 3]).await;
+    assert!(
+        statuses.windows(2).all(|w| w[0].digest == w[1].digest),
+        "digests differ: {statuses:?}"
+    );
+    verify_reports_on(&cluster, &[1, 2, 3], &reports).await;
     cluster.assert_no_panics();
 }
 

@@ -1,4 +1,4 @@
-//! Snapshots the log of a node whose load has stopped. openraft builds a
+//! Gives back the disk a load took once it stops. openraft builds a
 //! snapshot after `snapshot_after_logs` entries, so after a burst of logins
 //! the log behind it and a snapshot of the state at its peak (every
 //! ticket's spent marker) would stay on disk until as many entries came
@@ -7,16 +7,25 @@
 //! swept by then, so the new snapshot holds the live state, and the purge
 //! that follows drops the log behind it (all but `logs_to_keep` entries).
 //! At most one snapshot per `snapshot_idle_s` is built this way.
+//!
+//! The state's sled database keeps the size its peak took after the
+//! records are swept: whenever a snapshot shows up (built or installed; its
+//! size is that of the live records), the node rebuilds the database into
+//! a fresh one if it wastes more than the configured space (see
+//! `state_machine::StateDb`). The rebuild holds writes for the copy of the
+//! live records, so it waits for a snapshot rather than running on a clock.
 
 use std::time::{Duration, Instant};
 
+use super::state_machine::StateStorage;
 use super::Raft;
 
 /// How often the log is looked at.
 const LOOK_EVERY: Duration = Duration::from_secs(5);
 
-/// Watches `raft` and triggers a snapshot as the module says.
-pub fn start(raft: &Raft, idle: Duration) {
+/// Watches `raft` and triggers a snapshot, and a rebuild of `storage` when
+/// it wastes more than `min_waste` bytes, as the module says.
+pub fn start(raft: &Raft, idle: Duration, storage: StateStorage, min_waste: u64) {
     let raft = raft.clone();
     tokio::spawn(async move {
         let mut last = (None, Instant::now());
@@ -31,6 +40,13 @@ pub fn start(raft: &Raft, idle: Duration) {
             };
             if snapshot != last.0 {
                 last = (snapshot, Instant::now());
+                let storage = storage.clone();
+                let rebuilt =
+                    tokio::task::spawn_blocking(move || storage.rebuild_if_wasteful(min_waste))
+                        .await;
+                if let Ok(Err(e)) = rebuilt {
+                    tracing::warn!(error = %format!("{e:#}"), "rebuilding the state's database failed; the old one stays");
+                }
                 continue;
             }
             let behind = applied

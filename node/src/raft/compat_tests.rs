@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use openraft::storage::{RaftLogReader, RaftLogStorage, RaftStateMachine};
 
 use super::log_store::LogStore;
-use super::state_machine::StateMachineStore;
+use super::state_machine::{StateDb, StateMachineStore};
 use crate::metrics::Metrics;
 
 /// Release 0.1.0's cluster after a purge (see the fixture's README).
@@ -41,20 +41,18 @@ async fn release_0_1_0_data_after_a_purge_opens() {
             &fixture(PURGED_0_1_0).join(format!("node{node}")),
             dir.path(),
         );
-        let db = sled::Config::new()
-            .path(dir.path().join("db"))
-            .open()
-            .unwrap();
-
-        let sm =
-            StateMachineStore::open(&db, &dir.path().join("snapshots"), Metrics::new()).unwrap();
+        let state = StateDb::open(dir.path(), 16 << 20).unwrap();
+        let db = state.db().clone();
         let wal = super::log_store::open_log(
             &dir.path().join("raft-wal"),
             &dir.path().join("raft-log"),
             &db,
         )
         .unwrap();
-        let mut log = LogStore::open(wal, &db, node, Metrics::new(), sm.snapshot_cover()).unwrap();
+        let mut sm =
+            StateMachineStore::open(state, &dir.path().join("snapshots"), Metrics::new()).unwrap();
+        let mut log =
+            LogStore::open(wal, sm.storage(), node, Metrics::new(), sm.snapshot_cover()).unwrap();
         let state = log.get_log_state().await.unwrap();
         assert_eq!(
             state.last_purged_log_id.map(|l| l.index),
@@ -73,8 +71,6 @@ async fn release_0_1_0_data_after_a_purge_opens() {
         );
         assert!(!dir.path().join("raft-log").exists(), "node {node}");
 
-        let mut sm =
-            StateMachineStore::open(&db, &dir.path().join("snapshots"), Metrics::new()).unwrap();
         let (applied, membership) = sm.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(157), "node {node}");
         assert_eq!(membership.membership().voter_ids().count(), 3);

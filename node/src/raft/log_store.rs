@@ -27,6 +27,7 @@ use std::sync::{mpsc, Arc};
 
 use crate::metrics::Metrics;
 
+use super::state_machine::StateStorage;
 use super::wal::{Meta, Wal};
 use super::{Entry, LogId, SnapshotCover, StorageError, TypeConfig, Vote};
 
@@ -169,7 +170,7 @@ pub struct LogStore {
     wal: Arc<Mutex<Wal>>,
     /// The state machine's database, flushed before a purge: what the
     /// purged entries applied must be on disk before they go.
-    state: sled::Db,
+    state: StateStorage,
     flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
     node_id: NodeId,
     metrics: Arc<Metrics>,
@@ -207,7 +208,7 @@ impl LogStore {
     /// says the snapshot on disk covers, and flush `state` first.
     pub fn open(
         wal: Wal,
-        state: &sled::Db,
+        state: StateStorage,
         node_id: NodeId,
         metrics: Arc<Metrics>,
         cover: SnapshotCover,
@@ -221,7 +222,7 @@ impl LogStore {
             .spawn(move || group_commit(flush_wal, rx, flush_metrics))?;
         Ok(Self {
             wal,
-            state: state.clone(),
+            state,
             flusher,
             node_id,
             metrics,
@@ -245,7 +246,7 @@ impl LogStore {
             return Err(io_write(e));
         };
         self.state
-            .flush_async()
+            .flush()
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
         self.wal().purge(covered).map_err(io_write)
@@ -377,7 +378,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The state these entries were applied to is not flushed with each
         // apply; it must be on disk before they can no longer be replayed.
         self.state
-            .flush_async()
+            .flush()
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
         // The purge point is recorded before any segment goes: a crash in
@@ -427,6 +428,7 @@ mod tests {
     use openraft::{CommittedLeaderId, EntryPayload, Membership};
 
     use super::*;
+    use crate::raft::state_machine::{StateDb, StateMachineStore};
 
     fn log_id(term: u64, index: u64) -> LogId {
         LogId::new(CommittedLeaderId::new(term, 1), index)
@@ -462,11 +464,29 @@ mod tests {
 
     /// Opens the store at `dir` (the log in `raft-wal/`, the state in `db/`).
     fn open(dir: &std::path::Path) -> LogStore {
-        let state = open_sled(&dir.join("db"));
+        let (state, sm) = open_state(dir);
         let wal = open_log(&dir.join("raft-wal"), &dir.join("raft-log"), &state).unwrap();
         let cover = SnapshotCover::default();
         cover.set(Some(log_id(2, 1_000)));
-        LogStore::open(wal, &state, 1, Metrics::new(), cover).unwrap()
+        LogStore::open(wal, sm.storage(), 1, Metrics::new(), cover).unwrap()
+    }
+
+    /// The state machine of the data directory `dir` and its database.
+    fn open_state(dir: &std::path::Path) -> (sled::Db, StateMachineStore) {
+        // A dropped store's flusher thread may hold the file lock a moment.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let state = loop {
+            match StateDb::open(dir, 16 << 20) {
+                Ok(state) => break state,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("reopening the state in {}: {e:#}", dir.display()),
+            }
+        };
+        let db = state.db().clone();
+        let sm = StateMachineStore::open(state, &dir.join("snapshots"), Metrics::new()).unwrap();
+        (db, sm)
     }
 
     #[tokio::test]
@@ -563,11 +583,16 @@ mod tests {
             std::fs::create_dir_all(wal_dir.with_extension("moving")).unwrap();
             std::fs::write(wal_dir.with_extension("moving").join("meta"), b"torn").unwrap();
             for round in 0..2 {
-                let state = open_sled(&state_dir);
+                let (state, sm) = open_state(dir.path());
                 let wal = open_log(&wal_dir, &sled_dir, &state).unwrap();
-                let mut store =
-                    LogStore::open(wal, &state, 1, Metrics::new(), SnapshotCover::default())
-                        .unwrap();
+                let mut store = LogStore::open(
+                    wal,
+                    sm.storage(),
+                    1,
+                    Metrics::new(),
+                    SnapshotCover::default(),
+                )
+                .unwrap();
                 let what = format!("in the state's db: {in_state}, round {round}");
                 assert!(!wal_dir.with_extension("moving").exists(), "{what}");
                 assert!(!sled_dir.exists(), "{what}");

@@ -7,11 +7,14 @@
 //! This file holds the apply loop and the deduplication of commands by
 //! request id; `apply` applies one command, through the `staged` batch, to
 //! the records laid out in `keyspace`; `snapshot` builds and installs
-//! snapshots; `reader` serves request handlers.
+//! snapshots; `reader` serves request handlers; `database` says where the
+//! sled database is and rebuilds it into a fresh one.
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use baa_proto::codec;
 use baa_proto::command::{Command, CommandResult};
@@ -26,12 +29,14 @@ use super::{
 use crate::metrics::Metrics;
 
 mod apply;
+mod database;
 mod keyspace;
 mod reader;
 mod snapshot;
 mod staged;
 
 pub use apply::MAX_DEVICE_GRANTS;
+pub use database::StateDb;
 pub use reader::StateReader;
 pub use snapshot::SnapshotBuilder;
 
@@ -41,11 +46,14 @@ use staged::Staged;
 /// State shared by the Raft-owned state machine, its snapshot builders and
 /// the node's readers.
 pub struct SmShared {
-    db: sled::Db,
-    root: sled::Tree,
-    /// The tree holding the live state. Apply and snapshot install take the
-    /// write lock; reads, digests and snapshot builds take the read lock.
-    active: RwLock<sled::Tree>,
+    /// The database and its trees. Apply and snapshot install take the
+    /// write lock; reads, digests, snapshot builds and the copy of a
+    /// rebuild take the read lock; a rebuild replaces it all under the
+    /// write lock.
+    live: RwLock<Live>,
+    /// Held by whatever writes the state (apply, snapshot install, a
+    /// rebuild), so that a rebuild copies a state nothing changes.
+    writer: Mutex<()>,
     snapshot_dir: PathBuf,
     /// Held while the current snapshot's two files are replaced, and while
     /// a reader reads the meta and opens the data: a reader never pairs one
@@ -58,17 +66,20 @@ pub struct SmShared {
     snapshot_seq: AtomicU64,
 }
 
-/// The state machine handed to openraft.
-#[derive(Clone)]
-pub struct StateMachineStore {
-    shared: Arc<SmShared>,
+/// The state's database and its two trees.
+struct Live {
+    /// Shared with flushes in flight, which a rebuild waits for before it
+    /// removes the database it replaced.
+    state: Arc<StateDb>,
+    /// Names the active tree and counts installs.
+    root: sled::Tree,
+    /// The live state.
+    tree: sled::Tree,
 }
 
-impl StateMachineStore {
-    /// Opens the state machine in `db`, with snapshot files under `snapshot_dir`.
-    pub fn open(db: &sled::Db, snapshot_dir: &Path, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(snapshot_dir)?;
-        let root = db.open_tree("sm_root")?;
+impl Live {
+    fn open(state: StateDb) -> anyhow::Result<Self> {
+        let root = state.db().open_tree("sm_root")?;
         let name = match root.get(ROOT_ACTIVE)? {
             Some(n) => n.to_vec(),
             None => {
@@ -77,14 +88,36 @@ impl StateMachineStore {
                 n
             }
         };
-        let active = db.open_tree(&name)?;
-        snapshot::remove_leftovers(db, &name, snapshot_dir)?;
+        let tree = state.db().open_tree(&name)?;
+        Ok(Self {
+            state: Arc::new(state),
+            root,
+            tree,
+        })
+    }
+}
+
+/// The state machine handed to openraft.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    shared: Arc<SmShared>,
+}
+
+impl StateMachineStore {
+    /// Opens the state machine in `state`, with snapshot files under `snapshot_dir`.
+    pub fn open(
+        state: StateDb,
+        snapshot_dir: &Path,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(snapshot_dir)?;
+        let live = Live::open(state)?;
+        snapshot::remove_leftovers(live.state.db(), &live.tree.name(), snapshot_dir)?;
         let cover = SnapshotCover::default();
         cover.set(snapshot::covered(snapshot_dir)?);
         let shared = SmShared {
-            db: db.clone(),
-            root,
-            active: RwLock::new(active),
+            live: RwLock::new(live),
+            writer: Mutex::new(()),
             snapshot_dir: snapshot_dir.to_path_buf(),
             snapshot_files: std::sync::Mutex::new(()),
             cover,
@@ -105,6 +138,32 @@ impl StateMachineStore {
     pub fn reader(&self) -> StateReader {
         StateReader::new(self.shared.clone())
     }
+
+    /// The flush and the rebuild of the state's database, for the log store
+    /// and the compaction task.
+    pub fn storage(&self) -> StateStorage {
+        StateStorage(self.shared.clone())
+    }
+}
+
+/// The state's database as the log store and the compaction task see it.
+#[derive(Clone)]
+pub struct StateStorage(Arc<SmShared>);
+
+impl StateStorage {
+    /// Makes the applied state durable, whichever database holds it now.
+    pub async fn flush(&self) -> sled::Result<()> {
+        let state = self.0.live().state.clone();
+        state.db().flush_async().await.map(drop)
+    }
+
+    /// Rebuilds the state into a fresh database if the current one takes
+    /// more than `min_waste` bytes beyond twice the live records (the
+    /// size of the snapshot on disk), and returns the sizes on disk before
+    /// and after. Writes to the state wait for the copy; reads go on.
+    pub fn rebuild_if_wasteful(&self, min_waste: u64) -> anyhow::Result<Option<(u64, u64)>> {
+        self.0.rebuild_if_wasteful(min_waste)
+    }
 }
 
 fn read_tree<T: DeserializeOwned>(
@@ -117,14 +176,115 @@ fn read_tree<T: DeserializeOwned>(
     }
 }
 
+/// The live state's tree under the read lock.
+struct TreeRead<'a>(RwLockReadGuard<'a, Live>);
+
+impl Deref for TreeRead<'_> {
+    type Target = sled::Tree;
+    fn deref(&self) -> &sled::Tree {
+        &self.0.tree
+    }
+}
+
+/// The live state's tree under the write lock.
+struct TreeWrite<'a>(RwLockWriteGuard<'a, Live>);
+
+impl Deref for TreeWrite<'_> {
+    type Target = sled::Tree;
+    fn deref(&self) -> &sled::Tree {
+        &self.0.tree
+    }
+}
+
+/// How long a rebuild waits for flushes of the database it replaced
+/// before leaving its directory to the next start.
+const RETIRE_WAIT: Duration = Duration::from_secs(30);
+
 impl SmShared {
-    fn tree(&self) -> std::sync::RwLockReadGuard<'_, sled::Tree> {
-        // A poisoned lock only means a panic elsewhere; the tree itself is intact.
-        self.active.read().unwrap_or_else(|p| p.into_inner())
+    // A poisoned lock only means a panic elsewhere; every change under it
+    // is one sled batch or one handle swap, whole or not done.
+    fn live(&self) -> RwLockReadGuard<'_, Live> {
+        self.live.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn tree_mut(&self) -> std::sync::RwLockWriteGuard<'_, sled::Tree> {
-        self.active.write().unwrap_or_else(|p| p.into_inner())
+    fn live_mut(&self) -> RwLockWriteGuard<'_, Live> {
+        self.live.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tree(&self) -> TreeRead<'_> {
+        TreeRead(self.live())
+    }
+
+    fn tree_mut(&self) -> TreeWrite<'_> {
+        TreeWrite(self.live_mut())
+    }
+
+    /// The one writer's turn: see `writer`.
+    fn writer(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn rebuild_if_wasteful(&self, min_waste: u64) -> anyhow::Result<Option<(u64, u64)>> {
+        let live_bytes = match std::fs::metadata(self.snapshot_paths().1) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e.into()),
+        };
+        let writer = self.writer();
+        let (fresh, name, before) = {
+            let live = self.live();
+            let before = live.state.db().size_on_disk()?;
+            if before <= min_waste.saturating_add(live_bytes.saturating_mul(2)) {
+                tracing::debug!(
+                    size = before,
+                    live_bytes,
+                    "the state's database is not worth rebuilding"
+                );
+                return Ok(None);
+            }
+            (live.state.copy_to_next()?, live.tree.name(), before)
+        };
+        let path = fresh.path();
+        let after = fresh.db().size_on_disk()?;
+        let fresh = Live::open(fresh)?;
+        anyhow::ensure!(
+            fresh.tree.name() == name,
+            "the rebuilt database names another active tree"
+        );
+        // From the moment `db.current` names the copy, writes must go to it.
+        let durable = fresh.state.make_current()?;
+        let old = std::mem::replace(&mut *self.live_mut(), fresh);
+        drop(writer);
+        self.metrics.state_rebuilds.inc();
+        let Live {
+            mut state,
+            root,
+            tree,
+        } = old;
+        drop((root, tree));
+        let deadline = Instant::now() + RETIRE_WAIT;
+        loop {
+            match Arc::try_unwrap(state) {
+                Ok(old) if durable => {
+                    let old_path = old.path();
+                    if let Err(e) = old.remove() {
+                        tracing::warn!(path = %old_path.display(), error = %e, "the replaced state database stays until the next start");
+                    }
+                    break;
+                }
+                Ok(_) => break,
+                Err(shared) if Instant::now() < deadline => {
+                    state = shared;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => {
+                    tracing::warn!("a flush still holds the replaced state database; it goes at the next start");
+                    break;
+                }
+            }
+        }
+        tracing::info!(path = %path.display(), before, after, "rebuilt the state into a fresh database");
+        Ok(Some((before, after)))
     }
 }
 
@@ -143,6 +303,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let _writer = self.shared.writer();
         let tree = self.shared.tree_mut();
         let mut staged = Staged::new(&tree);
         let mut results = Vec::new();
@@ -232,9 +393,9 @@ pub(crate) async fn applied(
     use baa_proto::command::{Command, Proposal};
     use openraft::storage::RaftStateMachine;
     use openraft::{CommittedLeaderId, EntryPayload, LogId};
-    let db = sled::Config::new().path(dir.join("db")).open().unwrap();
+    let state = StateDb::open(dir, 16 << 20).unwrap();
     let mut sm =
-        StateMachineStore::open(&db, &dir.join("snap"), crate::metrics::Metrics::new()).unwrap();
+        StateMachineStore::open(state, &dir.join("snap"), crate::metrics::Metrics::new()).unwrap();
     for (i, (time_ms, op)) in ops.into_iter().enumerate() {
         let entry = crate::raft::Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), i as u64 + 1),

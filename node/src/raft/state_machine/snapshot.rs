@@ -161,7 +161,7 @@ pub(super) async fn current(
 }
 
 impl SmShared {
-    fn snapshot_paths(&self) -> (PathBuf, PathBuf) {
+    pub(super) fn snapshot_paths(&self) -> (PathBuf, PathBuf) {
         (
             self.snapshot_dir.join("current.meta"),
             self.snapshot_dir.join("current.data"),
@@ -185,11 +185,12 @@ impl SmShared {
             let file = out.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
         }
+        let state = tree.0.state.clone();
         drop(tree);
         // The state is not flushed on a timer: make what this snapshot holds
         // durable in the state too, so that a restart never finds its own
         // state behind the snapshot on disk.
-        self.db.flush()?;
+        state.db().flush()?;
         let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match &last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, seq),
@@ -227,16 +228,21 @@ impl SmShared {
 
     /// Replaces the state with the snapshot in `file`, streamed into a fresh tree.
     fn install_from(&self, meta: &SnapshotMeta, file: std::fs::File) -> anyhow::Result<()> {
-        let seq: u64 = self
-            .root
+        let _writer = self.writer();
+        let (state, root) = {
+            let live = self.live();
+            (live.state.clone(), live.root.clone())
+        };
+        let db = state.db();
+        let seq: u64 = root
             .get(ROOT_SEQ)?
             .map(|v| codec::decode_record(&v))
             .transpose()?
             .unwrap_or(0)
             + 1;
-        self.root.insert(ROOT_SEQ, codec::encode_record(&seq)?)?;
+        root.insert(ROOT_SEQ, codec::encode_record(&seq)?)?;
         let name = format!("sm.{seq}");
-        let fresh = self.db.open_tree(&name)?;
+        let fresh = db.open_tree(&name)?;
         fresh.clear()?;
         let mut reader = BufReader::new(file);
         let mut batch = sled::Batch::default();
@@ -257,14 +263,14 @@ impl SmShared {
             applied == meta.last_log_id,
             "snapshot data does not match its meta"
         );
-        self.db.flush()?;
-        let mut active = self.tree_mut();
-        let old = active.name();
-        self.root.insert(ROOT_ACTIVE, name.as_bytes())?;
-        self.db.flush()?;
-        *active = fresh;
-        drop(active);
-        self.db.drop_tree(old)?;
+        db.flush()?;
+        let mut live = self.live_mut();
+        let old = live.tree.name();
+        root.insert(ROOT_ACTIVE, name.as_bytes())?;
+        db.flush()?;
+        live.tree = fresh;
+        drop(live);
+        db.drop_tree(old)?;
         Ok(())
     }
 }
