@@ -9,6 +9,7 @@ pub mod oidc;
 pub mod peer;
 pub mod report;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +40,9 @@ pub struct RunResult {
     pub node_cpu_s: f64,
     /// CPU seconds this program (the load generator) spent during it.
     pub self_cpu_s: f64,
+    /// CPU seconds of the nodes' threads by group (see [`thread_cpu`]),
+    /// of the threads alive at both ends of the window.
+    pub node_threads: BTreeMap<String, f64>,
 }
 
 impl RunResult {
@@ -46,6 +50,7 @@ impl RunResult {
     pub fn copy(&self) -> Self {
         Self {
             first_error: self.first_error.clone(),
+            node_threads: self.node_threads.clone(),
             ..*self
         }
     }
@@ -75,6 +80,8 @@ pub struct Samples {
     pub node_cpu_s: f64,
     /// CPU seconds this program spent while measuring.
     pub self_cpu_s: f64,
+    /// CPU seconds of the nodes' threads by group while measuring.
+    pub node_threads: BTreeMap<String, f64>,
 }
 
 impl Samples {
@@ -88,6 +95,9 @@ impl Samples {
         }
         self.node_cpu_s += other.node_cpu_s;
         self.self_cpu_s += other.self_cpu_s;
+        for (group, cpu) in other.node_threads {
+            *self.node_threads.entry(group).or_default() += cpu;
+        }
     }
 
     /// Rate, percentiles and CPU of everything absorbed.
@@ -110,6 +120,7 @@ impl Samples {
             first_error: self.first_error,
             node_cpu_s: self.node_cpu_s,
             self_cpu_s: self.self_cpu_s,
+            node_threads: self.node_threads,
         }
     }
 }
@@ -168,6 +179,7 @@ where
         }));
     }
     tokio::time::sleep(warmup).await;
+    let threads_before = thread_cpu(pids);
     let cpu_before = cpu_snapshot(pids);
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
@@ -179,6 +191,7 @@ where
         elapsed,
         node_cpu_s: cpu_after.0 - cpu_before.0,
         self_cpu_s: cpu_after.1 - cpu_before.1,
+        node_threads: thread_cpu_between(&threads_before, &thread_cpu(pids)),
         ..Samples::default()
     };
     for t in tasks {
@@ -204,18 +217,63 @@ pub fn cpu_seconds(pid: Option<u32>) -> f64 {
         || "/proc/self/stat".to_string(),
         |p| format!("/proc/{p}/stat"),
     );
-    let Ok(stat) = std::fs::read_to_string(path) else {
-        return 0.0;
-    };
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|stat| stat_cpu(&stat).map(|(_, cpu)| cpu))
+        .unwrap_or(0.0)
+}
+
+/// The command name and user + system CPU seconds in a `/proc` `stat` line.
+fn stat_cpu(stat: &str) -> Option<(&str, f64)> {
+    let open = stat.find('(')?;
+    let (comm, rest) = stat[open + 1..].rsplit_once(") ")?;
     // Fields after the command name: state is the first, utime the 12th, stime the 13th.
-    let Some((_, rest)) = stat.rsplit_once(") ") else {
-        return 0.0;
-    };
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // SAFETY: sysconf has no memory-safety preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (ticks(11) + ticks(12)) / hz
+    Some((comm, (ticks(11) + ticks(12)) / hz))
+}
+
+/// The CPU seconds of every thread of the processes `pids`, by process and
+/// thread id, with the thread's group: its name without what numbers it
+/// (`sled-io-3` → `sled-io`, `actix-rt|system:0|arbiter:1` → `actix-rt`).
+pub fn thread_cpu(pids: &[u32]) -> BTreeMap<(u32, u32), (String, f64)> {
+    let mut out = BTreeMap::new();
+    for &pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            if let Some((comm, cpu)) = stat_cpu(&stat) {
+                let name = comm.split('|').next().unwrap_or(comm);
+                let group = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
+                out.insert((pid, tid), (group.to_string(), cpu));
+            }
+        }
+    }
+    out
+}
+
+/// CPU seconds by thread group spent between two [`thread_cpu`] readings,
+/// by the threads alive at both.
+pub fn thread_cpu_between(
+    before: &BTreeMap<(u32, u32), (String, f64)>,
+    after: &BTreeMap<(u32, u32), (String, f64)>,
+) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for (id, (group, cpu)) in after {
+        if let Some((_, was)) = before.get(id) {
+            *out.entry(group.clone()).or_default() += cpu - was;
+        }
+    }
+    out
 }
 
 /// CPU seconds of the nodes and of this process, now.
@@ -461,13 +519,14 @@ mod tests {
 
     #[test]
     fn slices_add_up_to_one_result() {
-        let slice = |lat: Vec<u64>, errors, cpu| Samples {
+        let slice = |lat: Vec<u64>, errors, cpu: f64| Samples {
             latencies_us: lat,
             errors,
             elapsed: Duration::from_millis(500),
             first_error: (errors > 0).then(|| "boom".to_string()),
             node_cpu_s: cpu,
             self_cpu_s: cpu / 2.0,
+            node_threads: [("baa".to_string(), cpu / 4.0)].into(),
         };
         let mut all = Samples::default();
         all.absorb(slice((1..=60).map(|i| i * 1000).collect(), 0, 0.2));
@@ -481,6 +540,7 @@ mod tests {
         assert_eq!(r.p99_ms, 100.0);
         assert_eq!(r.first_error.as_deref(), Some("boom"));
         assert!((r.node_cpu_s - 0.5).abs() < 1e-9);
+        assert!((r.node_threads["baa"] - 0.125).abs() < 1e-9);
         assert!((r.cpu_ms_per_op() - 7.5).abs() < 1e-9);
     }
 

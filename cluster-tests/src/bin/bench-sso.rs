@@ -32,7 +32,7 @@ use baa_cluster_tests::bench::peer::{self, OidcProvider};
 use baa_cluster_tests::bench::report::{print_all, run_cells, Table};
 use baa_cluster_tests::bench::{
     client_for, closed_loop, cpu_seconds, cpu_snapshot, csrf_pair, machine, node_pids,
-    password_sign_in, server_means, server_times, unexpected, Samples, Series, Tally,
+    password_sign_in, server_means, server_times, unexpected, RunResult, Samples, Series, Tally,
 };
 use baa_cluster_tests::sso::CSRF_COOKIE;
 use baa_cluster_tests::{Cluster, ClusterOptions};
@@ -249,8 +249,8 @@ async fn argon2_rate(
     .await?
 }
 
-/// Server-side time by route and Raft proposal time, summed over the nodes.
-const SERVER_SERIES: [Series; 4] = [
+/// Server-side time by route, Raft proposal time and its parts, summed over the nodes.
+const SERVER_SERIES: [Series; 7] = [
     (
         "authorize",
         "baa_http_request_duration_seconds",
@@ -267,6 +267,18 @@ const SERVER_SERIES: [Series; 4] = [
         "route=\"/sso/signin\"",
     ),
     ("raft proposal", "baa_raft_proposal_duration_seconds", ""),
+    // Where a proposal's time goes (heartbeats included in the appends).
+    ("log fsync", "baa_raft_log_flush_duration_seconds", ""),
+    (
+        "append RPC round trip",
+        "baa_cluster_rpc_duration_seconds",
+        "path=\"/raft/append\"",
+    ),
+    (
+        "append handled by a follower",
+        "baa_http_request_duration_seconds",
+        "route=\"/raft/append\"",
+    ),
 ];
 
 /// Creates the bench user and a site per algorithm; returns each site's
@@ -352,7 +364,7 @@ async fn bench_flows(
     secret: &str,
     peer: Option<&OidcProvider>,
     tallies: &mut Vec<(String, Tally)>,
-    table: &mut Table,
+    (table, threads): (&mut Table, &mut Table),
 ) -> anyhow::Result<()> {
     let ca = cluster.ca_pem();
     let ids = cluster.ids();
@@ -451,6 +463,9 @@ async fn bench_flows(
         // Proposals over token requests answered, while only baa made them.
         let proposals = (after[3].1 - before[3].1) / (after[1].1 - before[1].1).max(1.0);
         table.row(flow_row(alg_name, c, &rounds, proposals));
+        for (i, name) in rounds.names.iter().enumerate().take(2) {
+            threads.row(thread_row(alg_name, c, name, &rounds.median(i)));
+        }
         for (i, name) in rounds.names.iter().enumerate() {
             tallies.push((format!("{name} {alg_name}, {c} clients"), rounds.tally(i)));
         }
@@ -717,6 +732,50 @@ fn flow_table(args: &Args) -> Table {
     t
 }
 
+/// The nodes' thread groups, as named in `bench::thread_cpu`, and what
+/// runs on them.
+const THREAD_GROUPS: [(&str, &[&str]); 5] = [
+    ("main", &["baa"]),
+    ("HTTP workers", &["actix-rt"]),
+    ("blocking pool", &["tokio-rt-worker", "tokio-runtime-w"]),
+    ("log fsync", &["baa-log-flush"]),
+    ("sled I/O", &["sled-io"]),
+];
+
+/// Where a baa load's CPU went, by thread group, in ms per flow.
+fn thread_row(alg: &str, clients: usize, load: &str, r: &RunResult) -> Vec<String> {
+    let per = |s: f64| format!("{:.3}", s * 1000.0 / r.ops.max(1) as f64);
+    let groups = THREAD_GROUPS.map(|(_, names)| {
+        names
+            .iter()
+            .filter_map(|n| r.node_threads.get(*n))
+            .sum::<f64>()
+    });
+    let other = r.node_cpu_s - groups.iter().sum::<f64>();
+    let mut row = vec![
+        alg.to_string(),
+        clients.to_string(),
+        load.to_string(),
+        per(r.node_cpu_s),
+    ];
+    row.extend(groups.iter().map(|g| per(*g)));
+    row.extend([per(other), per(r.self_cpu_s)]);
+    row
+}
+
+fn thread_table() -> Table {
+    let mut columns = vec!["alg", "clients", "load", "nodes CPU ms"];
+    columns.extend(THREAD_GROUPS.map(|(label, _)| label));
+    columns.extend(["other", "generator"]);
+    let mut t = Table::new(
+        "Where the CPU of a flow goes: CPU ms per completed flow by thread group, all three nodes, the median round of each load",
+        &columns,
+    );
+    t.note("main: the node's actix System thread (openraft's core, the state machine's apply, the cluster RPC client, actors) and unnamed threads (the password hashers, idle here). HTTP workers: the public, cluster and manage listeners (TLS, the handlers, sealing and opening tickets, the followers' append RPCs). blocking pool: the token endpoint's signatures (made while the redemption is replicated) and snapshot builds. log fsync: the Raft log's group commit. sled I/O: the state database's threads.");
+    t.note("other: the nodes' CPU not in these groups (threads that started or ended within a slice, such as the blocking pool's). generator: the load generator (TLS client, ID token check).");
+    t
+}
+
 /// Password sign-ins vs argon2id alone, per level.
 async fn bench_signins(
     cluster: &Cluster,
@@ -867,6 +926,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
 
     let mut tallies = Vec::new();
     let mut flows = flow_table(args);
+    let mut threads = thread_table();
     if !args.no_flows {
         for (alg, secret) in algs.iter().zip(&secrets) {
             eprintln!("login flows, {}", alg.0);
@@ -877,7 +937,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
                 secret,
                 peer.as_ref(),
                 &mut tallies,
-                &mut flows,
+                (&mut flows, &mut threads),
             )
             .await?;
         }
@@ -899,7 +959,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     cluster.assert_no_panics();
     drop(peer);
     drop(cluster);
-    print_all(&[&flows, &signins, &soaked]);
+    print_all(&[&flows, &threads, &signins, &soaked]);
     let mut ok = true;
     for (what, t) in &tallies {
         if t.error_share() > MAX_ERROR_SHARE {
