@@ -55,6 +55,18 @@ impl StateDb {
         })
     }
 
+    /// The database `db`, already open, as the first generation of
+    /// `data_dir`.
+    #[cfg(test)]
+    pub(super) fn from_open(db: sled::Db, data_dir: &Path) -> Self {
+        Self {
+            db,
+            data_dir: data_dir.to_path_buf(),
+            generation: 0,
+            cache_bytes: 16 << 20,
+        }
+    }
+
     /// The database.
     pub fn db(&self) -> &sled::Db {
         &self.db

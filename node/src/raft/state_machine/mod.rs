@@ -1,11 +1,12 @@
-//! The replicated state machine on sled. Applying a batch of entries is one
-//! atomic sled batch (records, remembered request results and the applied log
-//! id together), so a crash never leaves a half-applied entry that would be
-//! applied a second time. Apply is deterministic: it reads no clock and no
-//! network; times come from the command.
+//! The replicated state machine on sled. A batch of entries is applied
+//! whole or not at all across a crash (records, remembered request results
+//! and the applied log id together; see `staged`), so no entry is ever
+//! applied a second time over half of itself. Apply is deterministic: it
+//! reads no clock and no network; times come from the command.
 //!
 //! This file holds the apply loop and the deduplication of commands by
-//! request id; `apply` applies one command, through the `staged` batch, to
+//! request id; `apply` applies one command, through the `staged` batch
+//! (which also says how a batch survives a crash whole), to
 //! the records laid out in `keyspace`; `snapshot` builds and installs
 //! snapshots; `reader` serves request handlers; `database` says where the
 //! sled database is and rebuilds it into a fresh one.
@@ -75,6 +76,8 @@ struct Live {
     root: sled::Tree,
     /// The live state.
     tree: sled::Tree,
+    /// The last batch's writes (see `staged`).
+    redo: sled::Tree,
 }
 
 impl Live {
@@ -89,10 +92,15 @@ impl Live {
             }
         };
         let tree = state.db().open_tree(&name)?;
+        let redo = state.db().open_tree(staged::REDO_TREE)?;
+        if staged::recover(&tree, &redo)? {
+            tracing::info!("replayed the last applied batch, which a crash had cut short");
+        }
         Ok(Self {
             state: Arc::new(state),
             root,
             tree,
+            redo,
         })
     }
 }
@@ -186,16 +194,6 @@ impl Deref for TreeRead<'_> {
     }
 }
 
-/// The live state's tree under the write lock.
-struct TreeWrite<'a>(RwLockWriteGuard<'a, Live>);
-
-impl Deref for TreeWrite<'_> {
-    type Target = sled::Tree;
-    fn deref(&self) -> &sled::Tree {
-        &self.0.tree
-    }
-}
-
 /// How long a rebuild waits for flushes of the database it replaced
 /// before leaving its directory to the next start.
 const RETIRE_WAIT: Duration = Duration::from_secs(30);
@@ -213,10 +211,6 @@ impl SmShared {
 
     fn tree(&self) -> TreeRead<'_> {
         TreeRead(self.live())
-    }
-
-    fn tree_mut(&self) -> TreeWrite<'_> {
-        TreeWrite(self.live_mut())
     }
 
     /// The one writer's turn: see `writer`.
@@ -260,8 +254,9 @@ impl SmShared {
             mut state,
             root,
             tree,
+            redo,
         } = old;
-        drop((root, tree));
+        drop((root, tree, redo));
         let deadline = Instant::now() + RETIRE_WAIT;
         loop {
             match Arc::try_unwrap(state) {
@@ -304,8 +299,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: Send,
     {
         let _writer = self.shared.writer();
-        let tree = self.shared.tree_mut();
-        let mut staged = Staged::new(&tree);
+        let live = self.shared.live_mut();
+        let mut staged = Staged::new(&live.tree);
         let mut results = Vec::new();
         for entry in entries {
             staged.put(KEY_APPLIED, &Some(entry.log_id))?;
@@ -326,8 +321,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             results.push(result);
         }
-        staged.commit()?;
-        drop(tree);
+        staged.commit(&live.redo)?;
+        drop(live);
         Ok(results)
     }
 
