@@ -96,18 +96,7 @@ impl StateDb {
         for name in self.db.tree_names() {
             let from = self.db.open_tree(&name)?;
             let to = fresh.db.open_tree(&name)?;
-            let mut batch = sled::Batch::default();
-            let mut pending = 0usize;
-            for item in from.iter() {
-                let (k, v) = item?;
-                batch.insert(k, v);
-                pending += 1;
-                if pending == 1024 {
-                    to.apply_batch(std::mem::take(&mut batch))?;
-                    pending = 0;
-                }
-            }
-            to.apply_batch(batch)?;
+            load(&to, from.iter().map(|r| r.map_err(anyhow::Error::from)))?;
             anyhow::ensure!(
                 from.checksum()? == to.checksum()?,
                 "the copy of tree {} differs from the original",
@@ -143,6 +132,31 @@ impl StateDb {
         drop(self.db);
         std::fs::remove_dir_all(path)
     }
+}
+
+/// Writes `records` into `tree` in sled batches of 1,024: a bulk load (a
+/// snapshot install, a rebuild), where sled's batches cost little per record.
+pub(super) fn load<K, V>(
+    tree: &sled::Tree,
+    records: impl IntoIterator<Item = anyhow::Result<(K, V)>>,
+) -> anyhow::Result<()>
+where
+    K: Into<sled::IVec>,
+    V: Into<sled::IVec>,
+{
+    let mut batch = sled::Batch::default();
+    let mut pending = 0usize;
+    for record in records {
+        let (k, v) = record?;
+        batch.insert(k, v);
+        pending += 1;
+        if pending == 1024 {
+            tree.apply_batch(std::mem::take(&mut batch))?;
+            pending = 0;
+        }
+    }
+    tree.apply_batch(batch)?;
+    Ok(())
 }
 
 fn path(data_dir: &Path, generation: u64) -> PathBuf {

@@ -19,7 +19,7 @@ use openraft::RaftSnapshotBuilder;
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::keyspace::{KEY_APPLIED, KEY_MEMBERSHIP, ROOT_ACTIVE, ROOT_SEQ};
-use super::{read_tree, SmShared};
+use super::{database, read_tree, SmShared};
 use crate::raft::{
     sm_read_err, sm_write_err, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -245,17 +245,10 @@ impl SmShared {
         let fresh = db.open_tree(&name)?;
         fresh.clear()?;
         let mut reader = BufReader::new(file);
-        let mut batch = sled::Batch::default();
-        let mut pending = 0usize;
-        while let Some((k, v)) = read_frame::<(Vec<u8>, Vec<u8>)>(&mut reader)? {
-            batch.insert(k, v);
-            pending += 1;
-            if pending == 1024 {
-                fresh.apply_batch(std::mem::take(&mut batch))?;
-                pending = 0;
-            }
-        }
-        fresh.apply_batch(batch)?;
+        database::load(
+            &fresh,
+            std::iter::from_fn(|| read_frame::<(Vec<u8>, Vec<u8>)>(&mut reader).transpose()),
+        )?;
         // The dump was taken under the same lock as its meta, so the applied id
         // and membership records in it already agree with `meta`.
         let applied: Option<LogId> = read_tree::<Option<LogId>>(&fresh, KEY_APPLIED)?.flatten();
