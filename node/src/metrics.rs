@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -11,6 +12,7 @@ use prometheus::{
 /// Every metric the node exports.
 pub struct Metrics {
     registry: Registry,
+    families: Vec<String>,
     /// Current Raft term.
     pub raft_term: IntGauge,
     /// Current leader id (0 when unknown).
@@ -35,6 +37,10 @@ pub struct Metrics {
     pub snapshots_installed: IntCounter,
     /// Rebuilds of the state's database into a fresh one (see `raft::compaction`).
     pub state_rebuilds: IntCounter,
+    /// Bytes available to the node on the data directory's file system.
+    pub data_dir_available: IntGauge,
+    /// Size of the data directory's file system.
+    pub data_dir_size: IntGauge,
     /// Time from proposing a command to its applied result.
     pub proposal_duration: Histogram,
     /// Writes forwarded to the leader by this node.
@@ -97,9 +103,17 @@ impl Metrics {
     #[allow(clippy::expect_used)]
     pub fn new() -> Arc<Self> {
         let registry = Registry::new();
+        let mut families = Vec::new();
+        // The process's resident memory, CPU time, threads and open files.
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        families.extend(process.desc().iter().map(|d| d.fq_name.clone()));
+        registry
+            .register(Box::new(process))
+            .expect("metric registration");
         macro_rules! reg {
             ($m:expr) => {{
                 let m = $m.expect("metric definition");
+                families.extend(m.desc().iter().map(|d| d.fq_name.clone()));
                 registry
                     .register(Box::new(m.clone()))
                     .expect("metric registration");
@@ -237,6 +251,14 @@ impl Metrics {
                 "baa_state_rebuilds_total",
                 "Rebuilds of the state's database into a fresh one, giving back the space of records gone"
             )),
+            data_dir_available: reg!(IntGauge::new(
+                "baa_data_dir_filesystem_available_bytes",
+                "Bytes available to the node on its data directory's file system, at the last scrape"
+            )),
+            data_dir_size: reg!(IntGauge::new(
+                "baa_data_dir_filesystem_size_bytes",
+                "Size of the data directory's file system"
+            )),
             proposal_duration: reg!(Histogram::with_opts(
                 HistogramOpts::new(
                     "baa_raft_proposal_duration_seconds",
@@ -296,8 +318,14 @@ impl Metrics {
                 &["listener", "route"]
             )),
             registry,
+            families,
         };
         Arc::new(m)
+    }
+
+    /// The name of every metric family registered, served or not yet.
+    pub fn families(&self) -> &[String] {
+        &self.families
     }
 
     /// Counts a password sign-in by its result.
@@ -336,6 +364,26 @@ impl Metrics {
         self.backchannel_logouts
             .with_label_values(&[outcome.label()])
             .inc();
+    }
+
+    /// Reads the free space of the file system holding `dir` into the two
+    /// data-directory gauges (left as they were if it cannot be read).
+    pub fn observe_data_dir(&self, dir: &std::path::Path) {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+            return;
+        };
+        // SAFETY: `path` is a valid NUL-terminated string and `stat` a
+        // zeroed struct statvfs that the call fills in.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+            return;
+        }
+        let block = stat.f_frsize as i64;
+        self.data_dir_available
+            .set((stat.f_bavail as i64).saturating_mul(block));
+        self.data_dir_size
+            .set((stat.f_blocks as i64).saturating_mul(block));
     }
 
     /// The Prometheus text exposition of every metric.
@@ -447,5 +495,50 @@ label_values! {
         Ok = "ok",
         /// Every attempt failed.
         Failed = "failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::Metrics;
+
+    /// The metric names an expression file mentions: `baa_…` and
+    /// `process_…` words, histogram suffixes dropped.
+    fn named(text: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("baa_") || word.starts_with("process_") {
+                let name = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| word.strip_suffix(s))
+                    .unwrap_or(word);
+                out.insert(name.to_string());
+            }
+        }
+        out
+    }
+
+    /// Every metric the Grafana dashboard and the alert rules in `ops/`
+    /// query is one a node registers: a renamed metric cannot leave a panel
+    /// or an alert silently empty.
+    #[test]
+    fn the_dashboard_and_the_alerts_name_only_registered_metrics() {
+        let ops = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops");
+        let metrics = Metrics::new();
+        let registered: BTreeSet<&str> = metrics.families().iter().map(String::as_str).collect();
+        for file in ["grafana/baa.json", "prometheus/alerts.yml"] {
+            let text = std::fs::read_to_string(ops.join(file)).unwrap();
+            let names = named(&text);
+            assert!(names.len() > 5, "{file} names {names:?}");
+            for name in names {
+                // Test series of the alerts' unit tests are not in this file.
+                assert!(
+                    registered.contains(name.as_str()),
+                    "{file} queries {name}, which no node registers"
+                );
+            }
+        }
     }
 }

@@ -24,6 +24,7 @@ pub async fn metrics(agency: web::Data<Agency>) -> HttpResponse {
     if let Some(c) = agency.committed_index().await {
         agency.metrics.raft_committed_index.set(c as i64);
     }
+    agency.metrics.observe_data_dir(&agency.config.data_dir);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(agency.metrics.render())
