@@ -14,6 +14,7 @@ mod cluster {
     mod flood;
     mod forward_auth;
     mod membership;
+    mod monitoring;
     mod native;
     mod native_cli;
     mod public_port;
