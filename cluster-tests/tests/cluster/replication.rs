@@ -1,7 +1,7 @@
 //! Acceptance 1: three nodes form a cluster through the CLI; a write sent to a
 //! follower is readable from every node.
 
-use baa_cluster_tests::harness::{find_leader, CONVERGE_DEADLINE};
+use baa_cluster_tests::harness::{find_leader, run_baa, CONVERGE_DEADLINE};
 use baa_cluster_tests::{poll_until, Cluster};
 use baa_proto::api::{ClusterStatus, CreateUserRequest, UpdateUserRequest};
 use baa_proto::command::Consistency;
@@ -9,15 +9,18 @@ use baa_proto::command::Consistency;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_form_a_cluster_and_replicate_a_follower_write() {
     // Cluster::start runs `baa pki init`, starts three `baa serve` and runs `baa cluster init` on node 1.
-    let cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(3).await;
 
-    // `baa cluster status --json`: three statuses, voters {1,2,3} everywhere, exactly one leader.
+    // `baa cluster status --json`: three statuses, voters {1,2,3} everywhere,
+    // exactly one leader (it exits non-zero until there is one).
     let statuses: Vec<ClusterStatus> = poll_until(
         CONVERGE_DEADLINE,
         "cluster status --json shows a settled cluster",
         || async {
             let out = cluster.cli(2, &["cluster", "status", "--json"]).await;
-            out.assert_success("baa cluster status --json");
+            if !out.status.success() {
+                return None;
+            }
             let st: Vec<ClusterStatus> = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
                 panic!(
                     "cluster status --json is not a JSON array of ClusterStatus: {e}\n{}",
@@ -109,5 +112,41 @@ async fn three_nodes_form_a_cluster_and_replicate_a_follower_write() {
         assert_eq!(view, updated, "node {id} local read");
     }
     cluster.wait_converged(&[1, 2, 3]).await;
+
+    // A healthy cluster's status exits 0, the token read from a file (kept
+    // off the command line); with a member down it exits non-zero and says
+    // which.
+    let token_file = cluster.root().join("admin-token");
+    std::fs::write(&token_file, format!("{}\n", cluster.admin_token())).unwrap();
+    let status = |cluster: &Cluster| {
+        let (url, ca) = (cluster.manage_url(reader), cluster.ca_pem());
+        let token_file = token_file.clone();
+        let bin = cluster.bin().to_path_buf();
+        async move {
+            let args = [
+                "--url",
+                url.as_str(),
+                "--ca",
+                ca.to_str().unwrap(),
+                "--token-file",
+                token_file.to_str().unwrap(),
+                "cluster",
+                "status",
+            ];
+            run_baa(&bin, &args).await
+        }
+    };
+    let healthy = status(&cluster).await;
+    healthy.assert_success("baa cluster status --token-file on a healthy cluster");
+    let down = writer;
+    cluster.stop(down).await;
+    let out = status(&cluster).await;
+    assert!(
+        !out.status.success() && out.stderr.contains(&format!("[{down}] did not answer")),
+        "cluster status with node {down} stopped: {:?}\n{}\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
     cluster.assert_no_panics();
 }

@@ -42,7 +42,9 @@ pub enum ClusterCommand {
         #[arg(long)]
         id: NodeId,
     },
-    /// Show every member's view: leader, term, log and applied index, state digest.
+    /// Show every member's view: leader, term, log and applied index, state
+    /// digest. Exits non-zero when a member does not answer or no member
+    /// knows a leader.
     Status {
         /// Print a JSON array instead of a table.
         #[arg(long)]
@@ -374,7 +376,8 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> anyhow::Resu
             if json {
                 let ok: Vec<&ClusterStatus> =
                     views.values().filter_map(|v| v.as_ref().ok()).collect();
-                return print_json(&ok);
+                print_json(&ok)?;
+                return cluster_health(&views);
             }
             println!(
                 "{:>4}  {:<9}  {:>6}  {:>4}  {:>8}  {:>8}  {:<16}",
@@ -396,9 +399,28 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> anyhow::Resu
                     Err(e) => println!("{id:>4}  unreachable: {e}"),
                 }
             }
-            Ok(())
+            cluster_health(&views)
         }
     }
+}
+
+/// An error (so a non-zero exit) when a member did not answer or none of
+/// those that did knows a leader: what a monitoring script checks.
+fn cluster_health(views: &BTreeMap<NodeId, Result<ClusterStatus, String>>) -> anyhow::Result<()> {
+    let unreachable: Vec<NodeId> = views
+        .iter()
+        .filter(|(_, v)| v.is_err())
+        .map(|(id, _)| *id)
+        .collect();
+    anyhow::ensure!(
+        unreachable.is_empty(),
+        "unhealthy: node(s) {unreachable:?} did not answer"
+    );
+    anyhow::ensure!(
+        views.values().flatten().any(|s| s.leader.is_some()),
+        "unhealthy: the cluster has no leader"
+    );
+    Ok(())
 }
 
 /// Runs a `baa user` subcommand.

@@ -17,9 +17,35 @@ pub struct Connection {
     /// CA certificate to trust for the node's TLS certificate.
     #[arg(long, env = "BAA_CA", global = true)]
     pub ca: Option<PathBuf>,
-    /// Admin bearer credential.
+    /// Admin bearer credential. A token on the command line shows in `ps`:
+    /// prefer --token-file or the environment.
     #[arg(long, env = "BAA_ADMIN_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// A file holding the admin bearer credential (its first line).
+    #[arg(
+        long,
+        env = "BAA_ADMIN_TOKEN_FILE",
+        global = true,
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Connection {
+    /// The admin credential, from --token or --token-file.
+    fn admin_token(&self) -> anyhow::Result<String> {
+        if let Some(t) = &self.token {
+            return Ok(t.clone());
+        }
+        let path = self.token_file.as_ref().context(
+            "--token or --token-file (or BAA_ADMIN_TOKEN, BAA_ADMIN_TOKEN_FILE) is required",
+        )?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the admin token from {}", path.display()))?;
+        let token = text.lines().next().unwrap_or_default().trim().to_string();
+        anyhow::ensure!(!token.is_empty(), "{} holds no token", path.display());
+        Ok(token)
+    }
 }
 
 /// An error answered by the API.
@@ -49,10 +75,7 @@ impl AdminClient {
     /// A client for `conn`.
     pub fn new(conn: &Connection) -> anyhow::Result<Self> {
         let url = conn.url.clone().context("--url (or BAA_URL) is required")?;
-        let token = conn
-            .token
-            .clone()
-            .context("--token (or BAA_ADMIN_TOKEN) is required")?;
+        let token = conn.admin_token()?;
         let ca = conn.ca.clone().context("--ca (or BAA_CA) is required")?;
         Self::with(&url, &ca, &token)
     }
