@@ -13,6 +13,7 @@ mod cluster {
     mod federation_browser;
     mod flood;
     mod forward_auth;
+    mod logs;
     mod membership;
     mod monitoring;
     mod native;

@@ -39,6 +39,8 @@ pub struct ClusterOptions {
     pub snapshot_idle_s: Option<u64>,
     /// `[raft] state_rebuild_waste_mib`.
     pub state_rebuild_waste_mib: Option<u64>,
+    /// `log_format` (`text` unless set).
+    pub log_format: Option<String>,
     /// `[raft] write_timeout_ms`.
     pub write_timeout_ms: Option<u64>,
     /// Extra `[sso]` settings (agency, issuer and cookie domain are set by the harness).
@@ -108,6 +110,7 @@ impl Default for ClusterOptions {
             logs_to_keep: None,
             snapshot_idle_s: None,
             state_rebuild_waste_mib: None,
+            log_format: None,
             write_timeout_ms: None,
             sso: toml::Table::new(),
             limits: toml::Table::new(),
@@ -204,7 +207,7 @@ impl Cluster {
             cluster_advertise: node.cluster_advertise().to_string(),
             cluster_source_ip: proxy::source_ip(id).to_string(),
             admin_token: self.token.clone(),
-            log_format: "text".into(),
+            log_format: o.log_format.clone().unwrap_or_else(|| "text".into()),
             log_level: o.log_level.clone(),
             tls: TlsConfig {
                 cert: pki.join(format!("node{id}.pem")),

@@ -72,6 +72,43 @@ async fn record_metrics(
     Ok(res)
 }
 
+/// The header carrying a request's id, both ways.
+const REQUEST_ID: &str = "x-request-id";
+
+/// The client's request id when it is a valid one (the idempotency key of
+/// an admin write: 8 to 64 letters, digits, `-`, `_`, `.`, safe in a log
+/// line as is), else a fresh random one.
+fn request_id(req: &ServiceRequest) -> String {
+    req.headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| baa_proto::command::valid_request_id(v))
+        .map(String::from)
+        .unwrap_or_else(|| hex::encode(rand::random::<[u8; 8]>()))
+}
+
+/// Serves each request inside a `request` span holding its id and route
+/// pattern (never its path or query, which may carry a code), so that every
+/// line logged while serving it names the request; the response carries
+/// the id back in `X-Request-Id`.
+async fn request_span(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    use tracing::Instrument;
+    let id = request_id(&req);
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let span = tracing::info_span!("request", id = %id, route = %route);
+    let mut res = next.call(req).instrument(span).await?;
+    if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&id) {
+        res.headers_mut().insert(
+            actix_web::http::header::HeaderName::from_static(REQUEST_ID),
+            v,
+        );
+    }
+    Ok(res)
+}
+
 /// The three listeners of a node.
 pub struct Listeners {
     /// Users, partner sites and apps.
@@ -150,6 +187,7 @@ fn manage_server(shared: Shared, identity: &NodeIdentity) -> anyhow::Result<Serv
             .app_data(Listener("manage"))
             .app_data(shared.directory.clone())
             .wrap(from_fn(record_metrics))
+            .wrap(from_fn(request_span))
             .wrap(hsts())
             .service(resource("/metrics").route(web::get().to(health::metrics)))
             .service(web::scope("/admin/v1").configure(admin::configure))
@@ -187,6 +225,7 @@ fn public_server(shared: Shared, identity: &NodeIdentity) -> anyhow::Result<Serv
             )
             .app_data(Listener("public"))
             .wrap(from_fn(record_metrics))
+            .wrap(from_fn(request_span))
             .wrap(hsts())
             .configure(routes)
             .default_service(web::to(error::not_found))
@@ -221,6 +260,7 @@ fn cluster_server(data: web::Data<Agency>, identity: &NodeIdentity) -> anyhow::R
             .app_data(Listener("cluster"))
             .wrap(from_fn(cluster_port::authorize_peer))
             .wrap(from_fn(record_metrics))
+            .wrap(from_fn(request_span))
             .configure(cluster_port::configure)
             .default_service(web::to(error::not_found))
     });
