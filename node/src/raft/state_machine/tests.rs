@@ -17,15 +17,29 @@ fn store(dir: &std::path::Path) -> (sled::Db, StateMachineStore) {
 }
 
 fn entry(index: u64, request_id: Option<&str>, op: Op) -> Entry {
+    entry_at(index, 1000 + index, request_id, op)
+}
+
+/// Entry `index` holding one command proposed at `time_ms`.
+fn entry_at(index: u64, time_ms: u64, request_id: Option<&str>, op: Op) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
         payload: EntryPayload::Normal(Proposal {
             commands: vec![Command {
                 request_id: request_id.map(String::from),
-                time_ms: 1000 + index,
+                time_ms,
                 op,
             }],
         }),
+    }
+}
+
+/// A sweep of everything expired at `time_ms`, `budget` keys at a time.
+fn sweep_op(budget: u32) -> Op {
+    Op::Sweep {
+        request_cutoff_ms: 0,
+        auto_request_cutoff_ms: 0,
+        budget,
     }
 }
 
@@ -515,20 +529,7 @@ pub(super) mod sso {
     /// Entry `index`: a sweep of everything at `time_ms`, request results
     /// kept.
     fn sweep(index: u64, time_ms: u64) -> Entry {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Proposal {
-                commands: vec![Command {
-                    request_id: None,
-                    time_ms,
-                    op: Op::Sweep {
-                        request_cutoff_ms: 0,
-                        auto_request_cutoff_ms: 0,
-                        budget: 10_000,
-                    },
-                }],
-            }),
-        }
+        entry_at(index, time_ms, None, sweep_op(10_000))
     }
 
     /// Every key of the state machine's tree starting with `prefix`.
@@ -972,20 +973,7 @@ pub(super) mod sso {
             ));
         }
         sm.apply(entries).await.unwrap();
-        let sweep = |index: u64, time_ms: u64| Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Proposal {
-                commands: vec![Command {
-                    request_id: None,
-                    time_ms,
-                    op: Op::Sweep {
-                        request_cutoff_ms: 0,
-                        auto_request_cutoff_ms: 0,
-                        budget: 4,
-                    },
-                }],
-            }),
-        };
+        let sweep = |index: u64, time_ms: u64| entry_at(index, time_ms, None, sweep_op(4));
         // Past every ticket's 60 s and the session's idle timeout.
         let (mut removed, mut index, mut rounds) = (0, 100, 0);
         loop {
