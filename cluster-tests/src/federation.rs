@@ -4,11 +4,16 @@
 //! trusting the other's web CA and peered both ways against the pin of the
 //! other's federation key.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use anyhow::{anyhow, bail, Context};
+use reqwest::header::{COOKIE, LOCATION};
+use reqwest::StatusCode;
 use serde_json::Value;
 
+use crate::bench::{set_cookie, unexpected};
 use crate::harness::{ClusterOptions, CONVERGE_DEADLINE};
+use crate::sso::{CSRF_COOKIE, REFERENCE_COOKIE, SESSION_COOKIE};
 use crate::{poll_until, Cluster};
 
 /// Agency A's host name.
@@ -153,4 +158,123 @@ impl Federation {
         add_peer(&b, &a).await;
         Federation { a, b, _dir: dir }
     }
+}
+
+/// `url` with its origin replaced by `base` (agents know no host names).
+pub fn at(base: &str, url: &str) -> anyhow::Result<String> {
+    let u = url::Url::parse(url).with_context(|| url.to_string())?;
+    Ok(format!(
+        "{base}{}",
+        &url[u.origin().ascii_serialization().len()..]
+    ))
+}
+
+/// The trust page's approval of the authorization request `query`.
+pub fn approval(query: &str, csrf: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let mut form: Vec<(String, String)> = serde_urlencoded::from_str(query)?;
+    for (k, v) in [
+        ("csrf", csrf),
+        ("decision", "approve"),
+        ("account_name", "username"),
+    ] {
+        form.push((k.into(), v.into()));
+    }
+    Ok(form)
+}
+
+/// Timings of one client's first cross-agency login: until A has a
+/// session, and until the site has its ticket (A's trust page approved).
+pub struct FirstLogin {
+    /// Until A has a session.
+    pub session: Duration,
+    /// Until the site has its ticket.
+    pub ticket: Duration,
+}
+
+/// The first cross-agency login of a browser with B's cookies `b_cookies`
+/// (and a CSRF pair at A): A → B (silent) → A's callback → A's trust page →
+/// approval → ticket, for the authorization request `query` (a site of
+/// A, response mode `query`). Answers the derived session's `Cookie` value.
+pub async fn first_login(
+    http: &reqwest::Client,
+    a: &str,
+    b: &str,
+    b_cookies: &str,
+    csrf: &str,
+    query: &str,
+) -> anyhow::Result<(String, FirstLogin)> {
+    let reference = b_cookies
+        .split("; ")
+        .find_map(|c| c.strip_prefix(&format!("{REFERENCE_COOKIE}=")))
+        .ok_or_else(|| anyhow!("no reference in B's cookies"))?
+        .to_string();
+    let started = Instant::now();
+    let resp = http
+        .get(format!("{a}/sso/authorize?{query}"))
+        .header(
+            COOKIE,
+            format!("{CSRF_COOKIE}={csrf}; {REFERENCE_COOKIE}={reference}"),
+        )
+        .send()
+        .await?;
+    let trip =
+        set_cookie(&resp, "__Host-baa_fed").ok_or_else(|| anyhow!("A started no round trip"))?;
+    let to_b = resp
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let to_b = to_b.ok_or_else(|| anyhow!("A sent the browser nowhere"))?;
+    let resp = http
+        .get(at(b, &to_b)?)
+        .header(COOKIE, b_cookies)
+        .send()
+        .await?;
+    if resp.status() != StatusCode::OK {
+        bail!(unexpected("B's authorize", resp).await);
+    }
+    let page = resp.text().await?;
+    let fields: Vec<(String, String)> = crate::sso::inputs(&page).into_iter().collect();
+    let action = crate::sso::form_action(&page).ok_or_else(|| anyhow!("no form from B"))?;
+    let resp = http
+        .post(at(a, &action)?)
+        .header(COOKIE, format!("__Host-baa_fed={trip}"))
+        .form(&fields)
+        .send()
+        .await?;
+    if resp.status() != StatusCode::SEE_OTHER {
+        bail!(unexpected("A's callback", resp).await);
+    }
+    let session = set_cookie(&resp, SESSION_COOKIE).ok_or_else(|| anyhow!("no session at A"))?;
+    let session_at = started.elapsed();
+    let derived = format!("{SESSION_COOKIE}={session}; {REFERENCE_COOKIE}={reference}");
+    let cookies = format!("{CSRF_COOKIE}={csrf}; {derived}");
+    let resp = http
+        .get(format!("{a}/sso/authorize?{query}"))
+        .header(COOKIE, &cookies)
+        .send()
+        .await?;
+    if resp.status() != StatusCode::OK {
+        bail!(unexpected("A's trust page", resp).await);
+    }
+    let _ = resp.bytes().await;
+    let resp = http
+        .post(format!("{a}/sso/consent"))
+        .header(COOKIE, &cookies)
+        .form(&approval(query, csrf)?)
+        .send()
+        .await?;
+    let ticket = resp
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ticket.contains("code=") {
+        bail!(unexpected("A's consent", resp).await);
+    }
+    let times = FirstLogin {
+        session: session_at,
+        ticket: started.elapsed(),
+    };
+    Ok((derived, times))
 }

@@ -11,6 +11,7 @@ pub mod harness;
 pub mod load;
 pub mod partner;
 pub mod poll;
+pub mod prometheus;
 pub mod proxy;
 pub mod sso;
 pub mod upstream;

@@ -157,7 +157,7 @@ impl Metrics {
             backchannel_logouts: reg!(IntCounterVec::new(
                 Opts::new(
                     "baa_sso_backchannel_logouts_total",
-                    "Back-channel logout deliveries to partner sites by result"
+                    "Back-channel logout delivery attempts to partner sites by result (retried: failed, to be tried again)"
                 ),
                 &["result"]
             )),
@@ -493,6 +493,8 @@ label_values! {
     Delivery {
         /// The site took the logout token.
         Ok = "ok",
+        /// An attempt failed; it will be tried again after a backoff.
+        Retried = "retried",
         /// Every attempt failed.
         Failed = "failed",
     }

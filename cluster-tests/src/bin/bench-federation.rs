@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use baa_cluster_tests::bench::{
     client_for, closed_loop, cpu_split, csrf_pair, machine, median, median_of, node_pids,
-    password_sign_in, report_errors, set_cookie, slicing, unexpected, RunResult, Samples, Tally,
+    password_sign_in, report_errors, slicing, unexpected, RunResult, Samples, Tally,
 };
-use baa_cluster_tests::federation::Federation;
-use baa_cluster_tests::sso::{pkce, CSRF_COOKIE, REFERENCE_COOKIE, SESSION_COOKIE};
+use baa_cluster_tests::federation::{approval, first_login, Federation, FirstLogin};
+use baa_cluster_tests::sso::{pkce, CSRF_COOKIE};
 use baa_cluster_tests::Cluster;
 use baa_proto::api::CreateUserRequest;
 use clap::Parser;
@@ -80,15 +80,6 @@ struct Client {
     linked: String,
 }
 
-/// `url` with its origin replaced by `base` (agents know no host names).
-fn at(base: &str, url: &str) -> anyhow::Result<String> {
-    let u = url::Url::parse(url).with_context(|| url.to_string())?;
-    Ok(format!(
-        "{base}{}",
-        &url[u.origin().ascii_serialization().len()..]
-    ))
-}
-
 /// The authorization request of the bench site (query response mode).
 fn authorize_query(challenge: &str) -> String {
     serde_urlencoded::to_string([
@@ -103,115 +94,6 @@ fn authorize_query(challenge: &str) -> String {
         ("code_challenge_method", "S256"),
     ])
     .unwrap_or_default()
-}
-
-/// The trust page's approval of the authorization request `query`.
-fn approval(query: &str, csrf: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let mut form: Vec<(String, String)> = serde_urlencoded::from_str(query)?;
-    for (k, v) in [
-        ("csrf", csrf),
-        ("decision", "approve"),
-        ("account_name", "username"),
-    ] {
-        form.push((k.into(), v.into()));
-    }
-    Ok(form)
-}
-
-/// Timings of one client's first cross-agency login: until A has a
-/// session, and until the site has its ticket (A's trust page approved).
-struct FirstLogin {
-    session: Duration,
-    ticket: Duration,
-}
-
-/// The first cross-agency login of a browser with B's cookies `b_cookies`
-/// (and a CSRF pair at A): A → B (silent) → A's callback → A's trust page →
-/// approval → ticket. Answers the derived session's `Cookie` value.
-async fn first_login(
-    http: &reqwest::Client,
-    a: &str,
-    b: &str,
-    b_cookies: &str,
-    csrf: &str,
-) -> anyhow::Result<(String, FirstLogin)> {
-    let reference = b_cookies
-        .split("; ")
-        .find_map(|c| c.strip_prefix(&format!("{REFERENCE_COOKIE}=")))
-        .ok_or_else(|| anyhow!("no reference in B's cookies"))?
-        .to_string();
-    let (_, challenge) = pkce();
-    let query = authorize_query(&challenge);
-    let started = Instant::now();
-    let resp = http
-        .get(format!("{a}/sso/authorize?{query}"))
-        .header(
-            COOKIE,
-            format!("{CSRF_COOKIE}={csrf}; {REFERENCE_COOKIE}={reference}"),
-        )
-        .send()
-        .await?;
-    let trip =
-        set_cookie(&resp, "__Host-baa_fed").ok_or_else(|| anyhow!("A started no round trip"))?;
-    let to_b = resp
-        .headers()
-        .get(LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    let to_b = to_b.ok_or_else(|| anyhow!("A sent the browser nowhere"))?;
-    let resp = http
-        .get(at(b, &to_b)?)
-        .header(COOKIE, b_cookies)
-        .send()
-        .await?;
-    if resp.status() != StatusCode::OK {
-        bail!(unexpected("B's authorize", resp).await);
-    }
-    let page = resp.text().await?;
-    let fields: Vec<(String, String)> = baa_cluster_tests::sso::inputs(&page).into_iter().collect();
-    let action =
-        baa_cluster_tests::sso::form_action(&page).ok_or_else(|| anyhow!("no form from B"))?;
-    let resp = http
-        .post(at(a, &action)?)
-        .header(COOKIE, format!("__Host-baa_fed={trip}"))
-        .form(&fields)
-        .send()
-        .await?;
-    if resp.status() != StatusCode::SEE_OTHER {
-        bail!(unexpected("A's callback", resp).await);
-    }
-    let session = set_cookie(&resp, SESSION_COOKIE).ok_or_else(|| anyhow!("no session at A"))?;
-    let session_at = started.elapsed();
-    let derived = format!("{SESSION_COOKIE}={session}; {REFERENCE_COOKIE}={reference}");
-    let cookies = format!("{CSRF_COOKIE}={csrf}; {derived}");
-    let resp = http
-        .get(format!("{a}/sso/authorize?{query}"))
-        .header(COOKIE, &cookies)
-        .send()
-        .await?;
-    if resp.status() != StatusCode::OK {
-        bail!(unexpected("A's trust page", resp).await);
-    }
-    let _ = resp.bytes().await;
-    let resp = http
-        .post(format!("{a}/sso/consent"))
-        .header(COOKIE, &cookies)
-        .form(&approval(&query, csrf)?)
-        .send()
-        .await?;
-    let ticket = resp
-        .headers()
-        .get(LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ticket.contains("code=") {
-        bail!(unexpected("A's consent", resp).await);
-    }
-    let times = FirstLogin {
-        session: session_at,
-        ticket: started.elapsed(),
-    };
-    Ok((derived, times))
 }
 
 /// A local seamless login at A: the site's authorization request with a
@@ -326,7 +208,15 @@ async fn new_client(fed: &Federation, i: usize) -> anyhow::Result<(Client, First
     let b_cookies = password_sign_in(&http, &b_base, &b_csrf, (&b_user, PASSWORD))
         .await
         .map_err(|e| anyhow!(e))?;
-    let (derived, first) = first_login(&http, &base, &b_base, &b_cookies, &csrf).await?;
+    let (derived, first) = first_login(
+        &http,
+        &base,
+        &b_base,
+        &b_cookies,
+        &csrf,
+        &authorize_query(&pkce().1),
+    )
+    .await?;
     let c = Client {
         http,
         base,

@@ -130,6 +130,7 @@ impl Courier {
                     self.done.push(item.id);
                     return;
                 }
+                m.backchannel_logout(Delivery::Retried);
                 let wait = FIRST_RETRY
                     .saturating_mul(1 << (tries.0 - 1).min(16))
                     .min(MAX_WAIT);
