@@ -15,6 +15,7 @@ mod cluster {
     mod forward_auth;
     mod logs;
     mod membership;
+    mod memory;
     mod monitoring;
     mod native;
     mod native_cli;
