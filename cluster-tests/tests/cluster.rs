@@ -22,6 +22,7 @@ mod cluster {
     mod public_port;
     mod replication;
     mod restarts;
+    mod rolling;
     mod sso_browser;
     mod sso_protocol;
     mod support;
