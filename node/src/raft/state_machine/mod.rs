@@ -55,6 +55,13 @@ pub struct SmShared {
     /// Held by whatever writes the state (apply, snapshot install, a
     /// rebuild), so that a rebuild copies a state nothing changes.
     writer: Mutex<()>,
+    /// Held for a whole snapshot build, and taken by a snapshot install and
+    /// a rebuild before the writer's turn: those replace the tree a build
+    /// reads while apply goes on.
+    building: Mutex<()>,
+    /// While a snapshot build reads the tree: what every key written since
+    /// it began held then (see `snapshot`).
+    pre_images: Mutex<Option<snapshot::PreImages>>,
     snapshot_dir: PathBuf,
     /// Held while the current snapshot's two files are replaced, and while
     /// a reader reads the meta and opens the data: a reader never pairs one
@@ -126,6 +133,8 @@ impl StateMachineStore {
         let shared = SmShared {
             live: RwLock::new(live),
             writer: Mutex::new(()),
+            building: Mutex::new(()),
+            pre_images: Mutex::new(None),
             snapshot_dir: snapshot_dir.to_path_buf(),
             snapshot_files: std::sync::Mutex::new(()),
             cover,
@@ -218,12 +227,18 @@ impl SmShared {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The one snapshot build's turn: see `building`.
+    fn building(&self) -> MutexGuard<'_, ()> {
+        self.building.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn rebuild_if_wasteful(&self, min_waste: u64) -> anyhow::Result<Option<(u64, u64)>> {
         let live_bytes = match std::fs::metadata(self.snapshot_paths().1) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e.into()),
         };
+        let _building = self.building();
         let writer = self.writer();
         let (fresh, name, before) = {
             let live = self.live();
@@ -321,6 +336,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             results.push(result);
         }
+        self.shared
+            .keep_pre_images(&live.tree, staged.written_keys())?;
         staged.commit(&live.redo)?;
         drop(live);
         Ok(results)

@@ -7,7 +7,16 @@
 //! received snapshot is streamed into a fresh tree that replaces the old one
 //! with a single pointer update in the root tree, so a crash mid-install
 //! leaves the old state whole.
+//!
+//! A build does not hold apply up: it notes where the state stands (applied
+//! id, membership) and starts keeping pre-images, each key's value before
+//! the first write to it since, all within one turn of the writer; reads
+//! the tree while writes go on (a key's value is read whole, from before or
+//! after any write to it); then takes the pre-images in another short turn
+//! and writes the data with every key written meanwhile put back to its
+//! pre-image, in key order: exactly the state at the noted applied id.
 
+use std::collections::BTreeMap;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -23,6 +32,19 @@ use super::{database, read_tree, SmShared};
 use crate::raft::{
     sm_read_err, sm_write_err, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
+
+/// What every key written since a snapshot build began held then (`None`:
+/// absent).
+pub(super) type PreImages = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Stops keeping pre-images when a build ends, whichever way.
+struct KeepingPreImages<'a>(&'a SmShared);
+
+impl Drop for KeepingPreImages<'_> {
+    fn drop(&mut self) {
+        self.0.pre_images().take();
+    }
+}
 
 /// Builds snapshots for openraft.
 pub struct SnapshotBuilder {
@@ -168,25 +190,83 @@ impl SmShared {
         )
     }
 
-    /// Writes the whole active tree to the current snapshot files and returns
-    /// its meta with the data file opened.
+    fn pre_images(&self) -> std::sync::MutexGuard<'_, Option<PreImages>> {
+        // A poisoned lock guards a map that is whole after every insert.
+        self.pre_images.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// While a build reads the tree, keeps what `keys` hold in `tree` before
+    /// a batch's writes reach it (apply calls this in the writer's turn).
+    pub(super) fn keep_pre_images<'k>(
+        &self,
+        tree: &sled::Tree,
+        keys: impl Iterator<Item = &'k Vec<u8>>,
+    ) -> Result<(), StorageError> {
+        let mut guard = self.pre_images();
+        let Some(images) = guard.as_mut() else {
+            return Ok(());
+        };
+        for k in keys {
+            if !images.contains_key(k) {
+                let before = tree.get(k).map_err(sm_read_err)?.map(|v| v.to_vec());
+                images.insert(k.clone(), before);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the active tree as it stands at its applied id to the current
+    /// snapshot files, while apply goes on (see the module's doc), and
+    /// returns its meta with the data file opened.
     fn dump_snapshot(&self) -> anyhow::Result<(SnapshotMeta, std::fs::File)> {
+        let _building = self.building();
         let (meta_path, data_path) = self.snapshot_paths();
+        let raw = self.snapshot_dir.join("build.raw.tmp");
         let tmp = self.snapshot_dir.join("build.data.tmp");
-        let tree = self.tree();
-        let last_applied: Option<LogId> = read_tree::<Option<LogId>>(&tree, KEY_APPLIED)?.flatten();
-        let membership: StoredMembership = read_tree(&tree, KEY_MEMBERSHIP)?.unwrap_or_default();
+        let (tree, state, last_applied, membership) = {
+            let _writer = self.writer();
+            let live = self.live();
+            let applied: Option<LogId> =
+                read_tree::<Option<LogId>>(&live.tree, KEY_APPLIED)?.flatten();
+            let membership: StoredMembership =
+                read_tree(&live.tree, KEY_MEMBERSHIP)?.unwrap_or_default();
+            *self.pre_images() = Some(PreImages::new());
+            (live.tree.clone(), live.state.clone(), applied, membership)
+        };
+        let keeping = KeepingPreImages(self);
         {
-            let mut out = BufWriter::new(std::fs::File::create(&tmp)?);
+            let mut out = BufWriter::new(std::fs::File::create(&raw)?);
             for item in tree.iter() {
                 let (k, v) = item?;
                 write_frame(&mut out, &(k.to_vec(), v.to_vec()))?;
             }
+            out.flush()?;
+        }
+        let images = {
+            let _writer = self.writer();
+            self.pre_images().take().unwrap_or_default()
+        };
+        drop(keeping);
+        {
+            let mut input = BufReader::new(std::fs::File::open(&raw)?);
+            let mut out = BufWriter::new(std::fs::File::create(&tmp)?);
+            let mut images = images.into_iter().peekable();
+            while let Some((k, v)) = read_frame::<(Vec<u8>, Vec<u8>)>(&mut input)? {
+                while let Some((ik, iv)) = images.next_if(|(ik, _)| *ik < k) {
+                    put_back(&mut out, ik, iv)?;
+                }
+                match images.next_if(|(ik, _)| *ik == k) {
+                    Some((ik, iv)) => put_back(&mut out, ik, iv)?,
+                    None => write_frame(&mut out, &(k, v))?,
+                }
+            }
+            for (ik, iv) in images {
+                put_back(&mut out, ik, iv)?;
+            }
             let file = out.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
         }
-        let state = tree.0.state.clone();
-        drop(tree);
+        std::fs::remove_file(&raw)?;
         // The state is not flushed on a timer: make what this snapshot holds
         // durable in the state too, so that a restart never finds its own
         // state behind the snapshot on disk.
@@ -228,6 +308,7 @@ impl SmShared {
 
     /// Replaces the state with the snapshot in `file`, streamed into a fresh tree.
     fn install_from(&self, meta: &SnapshotMeta, file: std::fs::File) -> anyhow::Result<()> {
+        let _building = self.building();
         let _writer = self.writer();
         let (state, root) = {
             let live = self.live();
@@ -265,6 +346,14 @@ impl SmShared {
         drop(live);
         db.drop_tree(old)?;
         Ok(())
+    }
+}
+
+/// Writes a key's pre-image, if it had a value.
+fn put_back(out: &mut impl Write, key: Vec<u8>, value: Option<Vec<u8>>) -> anyhow::Result<()> {
+    match value {
+        Some(v) => write_frame(out, &(key, v)),
+        None => Ok(()),
     }
 }
 

@@ -133,6 +133,11 @@ impl<'a> Staged<'a> {
         Ok(keys)
     }
 
+    /// The keys this batch writes or removes.
+    pub(super) fn written_keys(&self) -> impl Iterator<Item = &Vec<u8>> {
+        self.pending.keys()
+    }
+
     /// Writes the batch to the tree: its redo record in `redo` first, then
     /// key by key, the applied log id last. A batch too large for one
     /// record goes as one sled batch instead.

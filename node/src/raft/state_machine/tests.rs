@@ -179,6 +179,76 @@ async fn snapshot_round_trip_reproduces_the_digest() {
     assert_eq!(current.meta, snap.meta);
 }
 
+/// A snapshot built while entries go on being applied holds exactly the
+/// state at its applied id (records written, added and removed meanwhile
+/// put back), and apply did not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_built_while_entries_apply_holds_the_state_at_its_index() {
+    const USERS: u64 = 20_000;
+    let a = tempfile::tempdir().unwrap();
+    let (_db_a, mut sm) = store(a.path());
+    let mut log: Vec<Entry> = (1..=USERS)
+        .map(|i| entry(i, Some(&format!("req-{i:08}")), create(&format!("u{i}"))))
+        .collect();
+    for chunk in log.chunks(1_000) {
+        sm.apply(chunk.to_vec()).await.unwrap();
+    }
+
+    let mut builder = sm.get_snapshot_builder().await;
+    let build = tokio::spawn(async move { builder.build_snapshot().await });
+    let mut index = USERS;
+    while !build.is_finished() {
+        index += 1;
+        // Updates of existing records, new records with request records,
+        // and sweeps that remove request records.
+        let op = match index % 3 {
+            0 => set_attr(&format!("u{}", index % USERS + 1), "k", &index.to_string()),
+            1 => create(&format!("new-{index}")),
+            _ => Op::Sweep {
+                request_cutoff_ms: u64::MAX,
+                auto_request_cutoff_ms: u64::MAX,
+                budget: 50,
+            },
+        };
+        let e = entry(index, Some(&format!("req-{index:08}")), op);
+        sm.apply(vec![e.clone()]).await.unwrap();
+        log.push(e);
+    }
+    let snap = build.await.unwrap().unwrap();
+    let at = snap.meta.last_log_id.unwrap().index;
+    let during = index - USERS;
+    println!("{during} entries applied while the snapshot at {at} was built");
+    assert!(
+        at + 20 <= index,
+        "apply waited for the build: the snapshot at {at}, the state at {index}"
+    );
+
+    // The same entries up to the snapshot's index, applied afresh.
+    let b = tempfile::tempdir().unwrap();
+    let (_db_b, mut expected) = store(b.path());
+    for chunk in log[..at as usize].chunks(1_000) {
+        expected.apply(chunk.to_vec()).await.unwrap();
+    }
+    let c = tempfile::tempdir().unwrap();
+    let (_db_c, mut installed) = store(c.path());
+    let mut incoming = installed.begin_receiving_snapshot().await.unwrap();
+    let mut src = *snap.snapshot;
+    tokio::io::copy(&mut src, &mut *incoming).await.unwrap();
+    installed
+        .install_snapshot(&snap.meta, incoming)
+        .await
+        .unwrap();
+    assert_eq!(
+        installed.reader().digest().unwrap(),
+        expected.reader().digest().unwrap()
+    );
+    assert_ne!(
+        sm.reader().digest().unwrap(),
+        expected.reader().digest().unwrap(),
+        "the live state moved on"
+    );
+}
+
 #[tokio::test]
 async fn state_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
