@@ -4,7 +4,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use baa_proto::api::{
-    ClusterStatus, CreateUserRequest, CreatedSite, ErrorBody, UpdateUserRequest, UserList, UserView,
+    ClusterStatus, CreateUserRequest, CreatedSite, ErrorBody, ListPage, ListQuery,
+    UpdateUserRequest, UserList, UserView, MAX_PAGE_LIMIT,
 };
 use baa_proto::command::Consistency;
 use baa_proto::model::NodeId;
@@ -214,13 +215,38 @@ impl AdminClient {
         self.update_user(name, &req, request_id).await
     }
 
-    /// `GET /admin/v1/users?consistency=…`.
+    /// Every user (`GET /admin/v1/users?consistency=…`, page after page
+    /// until a page names no next one), in one list.
     pub async fn list_users(&self, consistency: Consistency) -> Result<UserList, ApiError> {
-        let path = format!(
-            "/admin/v1/users?consistency={}",
-            consistency_str(consistency)
-        );
-        self.send_json(self.request(Method::GET, &path)).await
+        let mut query = Some(ListQuery {
+            limit: Some(MAX_PAGE_LIMIT),
+            consistency,
+            ..Default::default()
+        });
+        let mut users = Vec::new();
+        while let Some(q) = query {
+            let (found, next) = self
+                .list_page::<UserList>("/admin/v1/users", &q)
+                .await?
+                .into_parts();
+            users.extend(found);
+            query = q.after(next);
+        }
+        Ok(UserList {
+            users,
+            next_cursor: None,
+        })
+    }
+
+    /// One page of an admin list: `GET path?limit=…&cursor=…&prefix=…`
+    /// (`UserList`, `SiteList` or `SessionList`).
+    pub async fn list_page<P: ListPage + DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &ListQuery,
+    ) -> Result<P, ApiError> {
+        let rb = self.request(Method::GET, path).query(query);
+        self.send_json(rb).await
     }
 
     /// `POST /admin/v1/users/{name}/disable` or `/enable`.

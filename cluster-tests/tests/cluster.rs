@@ -3,6 +3,7 @@
 //! on small machines. The modules live in `tests/cluster/`.
 
 mod cluster {
+    mod admin_lists;
     mod attacks;
     mod browser_smoke;
     mod cluster_port;

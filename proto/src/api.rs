@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, CommandResult};
+use crate::command::{Command, CommandResult, Consistency};
 use crate::model::{BaaNode, NodeId, User};
 use crate::ErrorCode;
 
@@ -109,12 +109,75 @@ impl From<&User> for UserView {
     }
 }
 
-/// `GET /admin/v1/users`.
+/// How many items a page of an admin list holds when the query names no `limit`.
+pub const DEFAULT_PAGE_LIMIT: u32 = 100;
+/// The most items a page of an admin list may hold.
+pub const MAX_PAGE_LIMIT: u32 = 1000;
+
+/// The query of the admin lists (`GET /admin/v1/users`, `/admin/v1/sites`,
+/// `/admin/v1/users/{username}/sessions`): one page at a time, in an order
+/// that stays put while items come and go, each page starting after the
+/// last item of the one before.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// At most this many items, 1 to [`MAX_PAGE_LIMIT`]; default
+    /// [`DEFAULT_PAGE_LIMIT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the page before (opaque); absent: the first page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Only the items whose name (username, client id) starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Read this node's state, or confirm with the leader first.
+    #[serde(default)]
+    pub consistency: Consistency,
+}
+
+impl ListQuery {
+    /// The query of the page after one whose `next_cursor` is `next`; `None`
+    /// when that page was the last.
+    pub fn after(&self, next: Option<String>) -> Option<ListQuery> {
+        next.map(|cursor| ListQuery {
+            cursor: Some(cursor),
+            ..self.clone()
+        })
+    }
+}
+
+/// One page of an admin list: its items and where the next page starts.
+pub trait ListPage {
+    /// What the list holds.
+    type Item;
+    /// The items and the cursor of the next page (`None` on the last page).
+    fn into_parts(self) -> (Vec<Self::Item>, Option<String>);
+}
+
+/// Implements [`ListPage`] for a list whose items are in field `$items`.
+macro_rules! list_page {
+    ($list:ty, $item:ty, $items:ident) => {
+        impl ListPage for $list {
+            type Item = $item;
+            fn into_parts(self) -> (Vec<$item>, Option<String>) {
+                (self.$items, self.next_cursor)
+            }
+        }
+    };
+}
+
+/// `GET /admin/v1/users`: one page of users.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UserList {
     /// Users in username order.
     pub users: Vec<UserView>,
+    /// The `cursor` of the next page; `null` on the last page.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
 }
+
+list_page!(UserList, UserView, users);
 
 /// `POST /admin/v1/cluster/join`: add a node as learner, then (by default) promote it to voter.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -341,12 +404,17 @@ pub struct PeerList {
     pub peers: Vec<crate::federation::PeerAgency>,
 }
 
-/// `GET /admin/v1/sites`.
+/// `GET /admin/v1/sites`: one page of sites.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SiteList {
-    /// Every site, by client id.
+    /// Sites in client id order.
     pub sites: Vec<SiteView>,
+    /// The `cursor` of the next page; `null` on the last page.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
 }
+
+list_page!(SiteList, SiteView, sites);
 
 /// `GET /admin/v1/users/{username}/trust`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -388,16 +456,52 @@ impl From<&crate::sso::Session> for SessionView {
     }
 }
 
-/// `GET /admin/v1/users/{username}/sessions`.
+/// `GET /admin/v1/users/{username}/sessions`: one page of a user's live
+/// sessions.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionList {
-    /// The user's live sessions, oldest first.
+    /// Live sessions, in an order that stays put between pages (not by
+    /// time: sort by `created_ms` to show them oldest first).
     pub sessions: Vec<SessionView>,
+    /// The `cursor` of the next page; `null` on the last page.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
 }
+
+list_page!(SessionList, SessionView, sessions);
 
 /// `DELETE /admin/v1/users/{username}/sessions` and `DELETE /admin/v1/sessions/{sid}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionsEnded {
     /// How many sessions ended.
     pub revoked: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_read_without_a_cursor_and_say_null_on_the_last_page() {
+        let old: UserList = serde_json::from_str(r#"{"users":[]}"#).unwrap();
+        assert_eq!(old.next_cursor, None);
+        let last = SiteList {
+            sites: vec![],
+            next_cursor: None,
+        };
+        assert_eq!(
+            serde_json::to_value(last).unwrap(),
+            serde_json::json!({"sites": [], "next_cursor": null})
+        );
+        let q = ListQuery {
+            limit: Some(5),
+            ..Default::default()
+        };
+        let next = q.after(Some("YWxpY2U".into())).unwrap();
+        assert_eq!(
+            (next.limit, next.cursor.as_deref()),
+            (Some(5), Some("YWxpY2U"))
+        );
+        assert_eq!(q.after(None), None);
+    }
 }

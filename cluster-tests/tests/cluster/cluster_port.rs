@@ -8,7 +8,7 @@ use std::time::Duration;
 use baa_cluster_tests::client::{https_client, identity_pem};
 use baa_cluster_tests::harness::run_baa;
 use baa_cluster_tests::Cluster;
-use baa_proto::api::{ErrorBody, ForwardedWrite};
+use baa_proto::api::ForwardedWrite;
 use baa_proto::codec;
 use baa_proto::command::{Command, Op, UserPatch};
 use baa_proto::ErrorCode;
@@ -16,7 +16,7 @@ use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::support::{assert_node_serves, create_user};
+use super::support::{assert_error, assert_node_serves, create_user};
 
 const NODE: u64 = 1;
 
@@ -99,7 +99,13 @@ async fn cluster_port_rejects_bad_clients_and_frames() {
     let resp = post("/raft/append", vec![0x05, 0x01])
         .await
         .expect("truncated append: an answer");
-    assert_error(resp, StatusCode::BAD_REQUEST, ErrorCode::MalformedFrame).await;
+    assert_error(
+        "truncated append",
+        resp,
+        StatusCode::BAD_REQUEST,
+        ErrorCode::MalformedFrame,
+    )
+    .await;
     let write = ForwardedWrite {
         commands: vec![Command {
             request_id: Some("truncated-frame-1".into()),
@@ -118,7 +124,13 @@ async fn cluster_port_rejects_bad_clients_and_frames() {
     let resp = post("/cluster/v1/write", frame)
         .await
         .expect("truncated forwarded write: an answer");
-    assert_error(resp, StatusCode::BAD_REQUEST, ErrorCode::MalformedFrame).await;
+    assert_error(
+        "truncated forwarded write",
+        resp,
+        StatusCode::BAD_REQUEST,
+        ErrorCode::MalformedFrame,
+    )
+    .await;
     assert_node_serves(&cluster, NODE, "probe", "after-truncated").await;
 
     // 5. A body over 16 MiB: 413, or the connection is closed with an error.
@@ -155,15 +167,6 @@ async fn cluster_port_rejects_bad_clients_and_frames() {
         "a truncated frame was applied: {view:?}"
     );
     cluster.assert_no_panics();
-}
-
-async fn assert_error(resp: reqwest::Response, status: StatusCode, code: ErrorCode) {
-    let got = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    assert_eq!(got, status, "body: {text}");
-    let body: ErrorBody = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("error body is not an ErrorBody ({e}): {text}"));
-    assert_eq!(body.error, code, "body: {text}");
 }
 
 /// A request through `client` must fail at the TLS layer: no HTTP answer at all.
@@ -220,7 +223,7 @@ async fn assert_cannot_write(cluster: &Cluster, id: u64, identity: &[u8], key: &
         .await;
     match sent {
         Err(e) => println!("{who}: refused at the TLS layer ({e})"),
-        Ok(resp) => assert_error(resp, StatusCode::FORBIDDEN, ErrorCode::NotAMember).await,
+        Ok(resp) => assert_error(who, resp, StatusCode::FORBIDDEN, ErrorCode::NotAMember).await,
     }
     let view = cluster
         .admin(id)

@@ -2,26 +2,10 @@
 //! requests with the documented JSON errors.
 
 use baa_cluster_tests::Cluster;
-use baa_proto::api::ErrorBody;
 use baa_proto::ErrorCode;
-use reqwest::{Method, RequestBuilder, StatusCode};
+use reqwest::{Method, StatusCode};
 
-async fn expect_error(what: &str, rb: RequestBuilder, status: StatusCode, code: ErrorCode) {
-    let resp = rb
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{what}: no answer: {e}"));
-    let got = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    assert_eq!(got, status, "{what}: body {text}");
-    let body: ErrorBody = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{what}: not an ErrorBody ({e}): {text}"));
-    assert_eq!(body.error, code, "{what}: {text}");
-    assert!(
-        !body.error_description.is_empty(),
-        "{what}: empty error_description"
-    );
-}
+use super::support::expect_error;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_port_errors_are_json_with_stable_codes() {

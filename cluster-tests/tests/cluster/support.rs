@@ -4,15 +4,22 @@ use std::time::{Duration, Instant};
 
 use baa_cluster_tests::harness::{random_token, CONVERGE_DEADLINE};
 use baa_cluster_tests::load::{Load, Writer, WriterReport};
-use baa_cluster_tests::{poll_until, Cluster};
+use baa_cluster_tests::{poll_until, AdminClient, Cluster};
 use baa_proto::api::CreateUserRequest;
+use baa_proto::api::ErrorBody;
 use baa_proto::command::Consistency;
 use baa_proto::model::NodeId;
-use reqwest::StatusCode;
+use baa_proto::ErrorCode;
+use reqwest::{RequestBuilder, Response, StatusCode};
 
 /// Creates user `name` through node `via` (retrying while there is no leader).
 pub async fn create_user(cluster: &Cluster, via: NodeId, name: &str) {
-    let admin = cluster.admin(via);
+    create_user_through(&cluster.admin(via), name).await
+}
+
+/// Creates user `name` (no password) through `admin`, retrying while there
+/// is no leader.
+pub async fn create_user_through(admin: &AdminClient, name: &str) {
     let req = CreateUserRequest {
         username: name.into(),
         ..Default::default()
@@ -20,7 +27,7 @@ pub async fn create_user(cluster: &Cluster, via: NodeId, name: &str) {
     let rid = format!("create-{name}-{}", random_token(8));
     poll_until(
         CONVERGE_DEADLINE,
-        &format!("creating user {name} via node {via}"),
+        &format!("creating user {name} via node {}", admin.node()),
         || async {
             match admin.create_user(&req, Some(&rid)).await {
                 Ok(v) => Some(v),
@@ -131,4 +138,28 @@ pub async fn assert_node_serves(cluster: &Cluster, id: NodeId, user: &str, key: 
         .await
         .unwrap_or_else(|e| panic!("write through node {id} after {key}: {e}"));
     assert_eq!(view.attributes.get(key).map(String::as_str), Some("ok"));
+}
+
+/// Sends `rb` and asserts the answer is `status` with an `ErrorBody` of `code`
+/// and a message.
+pub async fn expect_error(what: &str, rb: RequestBuilder, status: StatusCode, code: ErrorCode) {
+    let resp = rb
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: no answer: {e}"));
+    assert_error(what, resp, status, code).await
+}
+
+/// Asserts `resp` is `status` with an `ErrorBody` of `code` and a message.
+pub async fn assert_error(what: &str, resp: Response, status: StatusCode, code: ErrorCode) {
+    let got = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    assert_eq!(got, status, "{what}: body {text}");
+    let body: ErrorBody = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{what}: not an ErrorBody ({e}): {text}"));
+    assert_eq!(body.error, code, "{what}: {text}");
+    assert!(
+        !body.error_description.is_empty(),
+        "{what}: empty error_description"
+    );
 }

@@ -8,12 +8,14 @@ use std::path::PathBuf;
 use anyhow::Context;
 use baa_proto::api::{
     ClusterStatus, CreateSiteRequest, CreateUserRequest, CreatedSite, JoinRequest, LeaveRequest,
-    SessionList, SiteList, SiteView, TrustList, UpdateUserRequest, UserList, UserView,
+    ListPage, ListQuery, SessionList, SiteList, SiteView, TrustList, UpdateUserRequest, UserList,
+    UserView, MAX_PAGE_LIMIT,
 };
 use baa_proto::model::NodeId;
 use baa_proto::sso::AccountName;
 use baa_proto::sso::{IdTokenAlg, ResponseMode};
 use clap::Subcommand;
+use serde::de::DeserializeOwned;
 
 use super::client::{AdminClient, Connection};
 
@@ -82,8 +84,15 @@ pub enum UserCommand {
         #[arg(long)]
         linearizable: bool,
     },
-    /// List users.
-    List,
+    /// List users in username order (every page of them) as JSON.
+    List {
+        /// Only users whose names start with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// At most this many users.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// Change a user's attributes or profile.
     Set {
         /// Login name.
@@ -144,7 +153,8 @@ pub enum TrustCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum SessionCommand {
-    /// List a user's live sessions (public handles only, never a secret).
+    /// List a user's live sessions, oldest first (public handles only,
+    /// never a secret).
     List {
         /// Login name.
         #[arg(long)]
@@ -170,13 +180,13 @@ pub async fn session(conn: &Connection, command: SessionCommand) -> anyhow::Resu
     let client = AdminClient::new(conn)?;
     match command {
         SessionCommand::List { user, json } => {
-            let list: SessionList = client
-                .get(&format!("/admin/v1/users/{user}/sessions"))
-                .await?;
+            let path = format!("/admin/v1/users/{user}/sessions");
+            let mut sessions = list_all::<SessionList>(&client, &path, None, None).await?;
+            sessions.sort_by_key(|s| s.created_ms);
             if json {
-                return print_json(&list.sessions);
+                return print_json(&sessions);
             }
-            if list.sessions.is_empty() {
+            if sessions.is_empty() {
                 println!("{user} has no live session");
                 return Ok(());
             }
@@ -184,7 +194,7 @@ pub async fn session(conn: &Connection, command: SessionCommand) -> anyhow::Resu
                 "{:<32}  {:<24}  {:<24}  sites",
                 "sid", "signed in", "last used"
             );
-            for s in &list.sessions {
+            for s in &sessions {
                 println!(
                     "{:<32}  {:<24}  {:<24}  {}",
                     s.sid,
@@ -250,8 +260,14 @@ pub enum SiteCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List partner sites.
+    /// List partner sites in client id order (every page of them).
     List {
+        /// Only sites whose client ids start with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// At most this many sites.
+        #[arg(long)]
+        limit: Option<usize>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -321,6 +337,33 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+/// Every item of the admin list at `path` (at most `max`), page after page
+/// until a page names no next one.
+async fn list_all<P: ListPage + DeserializeOwned>(
+    client: &AdminClient,
+    path: &str,
+    prefix: Option<String>,
+    max: Option<usize>,
+) -> anyhow::Result<Vec<P::Item>> {
+    let max = max.unwrap_or(usize::MAX);
+    let mut items = Vec::new();
+    let mut query = Some(ListQuery {
+        prefix,
+        ..Default::default()
+    });
+    while let Some(mut q) = query.take().filter(|_| items.len() < max) {
+        let left = u32::try_from(max - items.len()).unwrap_or(u32::MAX);
+        q.limit = Some(left.min(MAX_PAGE_LIMIT));
+        let page: P = client
+            .get(&format!("{path}?{}", serde_urlencoded::to_string(&q)?))
+            .await?;
+        let (found, next) = page.into_parts();
+        items.extend(found);
+        query = q.after(next);
+    }
+    Ok(items)
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
@@ -467,9 +510,9 @@ pub async fn user(conn: &Connection, command: UserCommand) -> anyhow::Result<()>
                 .await?;
             print_json(&user)
         }
-        UserCommand::List => {
-            let list: UserList = client.get("/admin/v1/users").await?;
-            print_json(&list.users)
+        UserCommand::List { prefix, limit } => {
+            let users = list_all::<UserList>(&client, "/admin/v1/users", prefix, limit).await?;
+            print_json(&users)
         }
         UserCommand::Set {
             username,
@@ -709,12 +752,16 @@ pub async fn site(conn: &Connection, command: SiteCommand) -> anyhow::Result<()>
             }
             Ok(())
         }
-        SiteCommand::List { json } => {
-            let list: SiteList = client.get("/admin/v1/sites").await?;
+        SiteCommand::List {
+            prefix,
+            limit,
+            json,
+        } => {
+            let sites = list_all::<SiteList>(&client, "/admin/v1/sites", prefix, limit).await?;
             if json {
-                return print_json(&list.sites);
+                return print_json(&sites);
             }
-            if list.sites.is_empty() {
+            if sites.is_empty() {
                 println!("no partner sites");
                 return Ok(());
             }
@@ -722,7 +769,7 @@ pub async fn site(conn: &Connection, command: SiteCommand) -> anyhow::Result<()>
                 "{:<24}  {:<24}  {:<12}  redirect URIs",
                 "client id", "name", "type"
             );
-            for s in &list.sites {
+            for s in &sites {
                 println!(
                     "{:<24}  {:<24}  {:<12}  {}",
                     s.client_id,

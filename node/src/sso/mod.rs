@@ -12,6 +12,7 @@ pub mod federation;
 pub mod forward_auth;
 pub mod grants;
 pub mod logout;
+pub mod page;
 pub mod peer_login;
 pub mod refresh;
 pub mod sessions;

@@ -3,7 +3,7 @@
 //! them, end one by its public handle, end them all). Ending a session ends every token bound
 //! to it; the caller tells the sites (back-channel logout) with what comes back.
 
-use baa_proto::api::SessionView;
+use baa_proto::api::{ListQuery, SessionList, SessionView};
 use baa_proto::command::{Op, Outcome, RequestId};
 use baa_proto::cookie::Reference;
 use baa_proto::sso::{RevokedSession, Session};
@@ -12,6 +12,7 @@ use baa_proto::ErrorCode;
 use crate::agency::Agency;
 use crate::clock::now_ms;
 use crate::error::{NodeError, Result};
+use crate::sso::page::{self, Page};
 
 /// The agency reference cookie's value for `session`: a JWS naming the
 /// agency and the session's public handle (verifiable by partner sites and
@@ -34,13 +35,20 @@ fn user_id(agency: &Agency, username: &str) -> Result<u64> {
     })
 }
 
-/// The user's live sessions, oldest first.
-pub fn list(agency: &Agency, username: &str) -> Result<Vec<SessionView>> {
+/// One page of the user's live sessions, in storage-key order (see
+/// `sso::page`; they have no name to filter by).
+pub fn list(agency: &Agency, username: &str, query: &ListQuery) -> Result<SessionList> {
+    let page = Page::parse_without_prefix(query)?;
+    let user_id = user_id(agency, username)?;
     let now = now_ms();
-    let mut sessions = agency.state.sessions_of(user_id(agency, username)?)?;
-    sessions.retain(|s| s.alive_at(now));
-    sessions.sort_by_key(|s| s.created_ms);
-    Ok(sessions.iter().map(SessionView::from).collect())
+    let found = agency
+        .state
+        .sessions_page(user_id, page.after(), page.limit, |s| s.alive_at(now))?;
+    let (sessions, next_cursor) = page::views(found, |s| Ok(SessionView::from(s)))?;
+    Ok(SessionList {
+        sessions,
+        next_cursor,
+    })
 }
 
 /// Ends every session of the user.

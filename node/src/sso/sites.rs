@@ -2,7 +2,7 @@
 //! up, remove), and users' trust relationships with them (list, revoke).
 //! Removing a site or revoking trust ends the tokens it holds.
 
-use baa_proto::api::{CreateSiteRequest, CreatedSite, SiteView};
+use baa_proto::api::{CreateSiteRequest, CreatedSite, ListQuery, SiteList, SiteView};
 use baa_proto::command::{ApplyError, Op, Outcome, RequestId};
 use baa_proto::sso::{secret_hash, IdTokenAlg, Site, SiteOptions, Trust};
 use baa_proto::ErrorCode;
@@ -10,6 +10,7 @@ use baa_proto::ErrorCode;
 use crate::agency::Agency;
 use crate::error::{NodeError, Result};
 use crate::secrets::random_secret;
+use crate::sso::page::{self, Page};
 
 /// Registers a site; a confidential site without a secret of its own gets
 /// a generated one, shown this once.
@@ -72,14 +73,16 @@ pub async fn register(
     }
 }
 
-/// Every site with its options.
-pub fn list(agency: &Agency) -> Result<Vec<SiteView>> {
-    agency
-        .state
-        .sites()?
-        .iter()
-        .map(|s| view(agency, s))
-        .collect()
+/// One page of sites with their options, in client id order (see
+/// `sso::page`).
+pub fn list(agency: &Agency, query: &ListQuery) -> Result<SiteList> {
+    let page = Page::parse(query)?;
+    let found =
+        agency
+            .state
+            .named_page::<Site>(page.prefix.as_bytes(), page.after(), page.limit)?;
+    let (sites, next_cursor) = page::views(found, |s| view(agency, s))?;
+    Ok(SiteList { sites, next_cursor })
 }
 
 fn no_site(id: &str) -> NodeError {

@@ -2,7 +2,7 @@
 //! changed, disabled and enabled. A change that ends the user's sessions (a
 //! new password, a disabled account) tells their sites over the back channel.
 
-use baa_proto::api::{CreateUserRequest, UpdateUserRequest, UserView};
+use baa_proto::api::{CreateUserRequest, ListQuery, UpdateUserRequest, UserList, UserView};
 use baa_proto::command::{ApplyError, NewUser, Op, Outcome, RequestId, UserPatch};
 use baa_proto::model;
 use baa_proto::ErrorCode;
@@ -10,6 +10,7 @@ use baa_proto::ErrorCode;
 use crate::actors::hasher::Hashers;
 use crate::agency::Agency;
 use crate::error::{NodeError, Result};
+use crate::sso::page::{self, Page};
 
 fn user_of(outcome: Outcome) -> Result<UserView> {
     match outcome {
@@ -78,9 +79,15 @@ pub fn get(agency: &Agency, name: &str) -> Result<UserView> {
     }
 }
 
-/// Every user, in username order.
-pub fn list(agency: &Agency) -> Result<Vec<UserView>> {
-    Ok(agency.state.users()?.iter().map(UserView::from).collect())
+/// One page of users, in username order (see `sso::page`).
+pub fn list(agency: &Agency, query: &ListQuery) -> Result<UserList> {
+    let page = Page::parse(query)?;
+    let found =
+        agency
+            .state
+            .named_page::<model::User>(page.prefix.as_bytes(), page.after(), page.limit)?;
+    let (users, next_cursor) = page::views(found, |u| Ok(UserView::from(u)))?;
+    Ok(UserList { users, next_cursor })
 }
 
 /// A change to a user.

@@ -75,7 +75,8 @@ impl FromRequest for RequestIdHeader {
     }
 }
 
-/// `?consistency=local|linearizable` on reads.
+/// `?consistency=local|linearizable` on reads of one record (the lists take
+/// `baa_proto::api::ListQuery`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReadParams {

@@ -2,7 +2,7 @@
 //! (see `sso::sites`, `sso::sessions`, `key_rotation`).
 
 use actix_web::{web, HttpResponse};
-use baa_proto::api::{CreateSiteRequest, SessionList, SessionsEnded, SiteList, TrustList};
+use baa_proto::api::{CreateSiteRequest, ListQuery, SessionsEnded, TrustList};
 
 use super::{Admin, ReadParams, RequestIdHeader};
 use crate::agency::Agency;
@@ -38,11 +38,10 @@ async fn list_sessions(
     _: Admin,
     agency: web::Data<Agency>,
     path: web::Path<String>,
-    params: web::Query<ReadParams>,
+    query: web::Query<ListQuery>,
 ) -> Result<HttpResponse> {
-    agency.read_barrier(params.consistency).await?;
-    let sessions = sessions::list(&agency, &path.into_inner())?;
-    Ok(HttpResponse::Ok().json(SessionList { sessions }))
+    agency.read_barrier(query.consistency).await?;
+    Ok(HttpResponse::Ok().json(sessions::list(&agency, &path, &query)?))
 }
 
 async fn end_user_sessions(
@@ -79,11 +78,10 @@ async fn create_site(
 async fn list_sites(
     _: Admin,
     agency: web::Data<Agency>,
-    params: web::Query<ReadParams>,
+    query: web::Query<ListQuery>,
 ) -> Result<HttpResponse> {
-    agency.read_barrier(params.consistency).await?;
-    let sites = sites::list(&agency)?;
-    Ok(HttpResponse::Ok().json(SiteList { sites }))
+    agency.read_barrier(query.consistency).await?;
+    Ok(HttpResponse::Ok().json(sites::list(&agency, &query)?))
 }
 
 async fn get_site(

@@ -2,7 +2,7 @@
 //! (see `sso::users`).
 
 use actix_web::{web, HttpResponse};
-use baa_proto::api::{CreateUserRequest, UpdateUserRequest, UserList};
+use baa_proto::api::{CreateUserRequest, ListQuery, UpdateUserRequest};
 
 use super::{Admin, ReadParams, RequestIdHeader};
 use crate::actors::hasher::Hashers;
@@ -52,11 +52,10 @@ async fn get_user(
 async fn list_users(
     _: Admin,
     agency: web::Data<Agency>,
-    params: web::Query<ReadParams>,
+    query: web::Query<ListQuery>,
 ) -> Result<HttpResponse> {
-    agency.read_barrier(params.consistency).await?;
-    let users = users::list(&agency)?;
-    Ok(HttpResponse::Ok().json(UserList { users }))
+    agency.read_barrier(query.consistency).await?;
+    Ok(HttpResponse::Ok().json(users::list(&agency, &query)?))
 }
 
 async fn update_user(

@@ -38,7 +38,7 @@ mod staged;
 
 pub use apply::MAX_DEVICE_GRANTS;
 pub use database::StateDb;
-pub use reader::StateReader;
+pub use reader::{KeyPage, Named, StateReader};
 pub use snapshot::SnapshotBuilder;
 
 use keyspace::{request_key, RequestRecord, KEY_APPLIED, KEY_MEMBERSHIP, ROOT_ACTIVE};
@@ -391,6 +391,8 @@ fn apply_with_dedup(staged: &mut Staged<'_>, cmd: &Command) -> Result<CommandRes
 
 #[cfg(test)]
 mod pinned_tests;
+#[cfg(test)]
+mod reader_tests;
 #[cfg(test)]
 mod tests;
 

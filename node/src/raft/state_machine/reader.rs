@@ -3,6 +3,7 @@
 //! a snapshot install half done.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use baa_proto::codec;
@@ -23,6 +24,33 @@ use super::keyspace::{
 };
 use super::{read_tree, SmShared};
 use crate::raft::{sm_read_err, LogId, StorageError};
+
+/// One page of a key family, in key order.
+#[derive(Debug)]
+pub struct KeyPage<T> {
+    /// The records of the page.
+    pub items: Vec<T>,
+    /// The own key (the key after the family prefix) of the last item when
+    /// more records follow: where the next page starts after.
+    pub next_after: Option<Vec<u8>>,
+}
+
+/// Records stored under their names, listed a page at a time by
+/// [`StateReader::named_page`].
+pub trait Named: DeserializeOwned {
+    /// The key family holding them (see `keyspace`).
+    const FAMILY: &'static [u8];
+}
+
+/// Users, by username.
+impl Named for User {
+    const FAMILY: &'static [u8] = PREFIX_USER;
+}
+
+/// Partner sites, by client id.
+impl Named for Site {
+    const FAMILY: &'static [u8] = PREFIX_SITE;
+}
 
 /// Read access to the applied state, for request handlers.
 #[derive(Clone)]
@@ -54,9 +82,80 @@ impl StateReader {
         self.get(&user_key(username))
     }
 
-    /// Every user, in username order.
-    pub fn users(&self) -> Result<Vec<User>, StorageError> {
-        self.scan(PREFIX_USER)
+    /// Up to `limit` records of a named family (users, sites) whose names
+    /// start with `prefix`, in name order, from just after the name `after`.
+    pub fn named_page<T: Named>(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<KeyPage<T>, StorageError> {
+        self.page(T::FAMILY, prefix, after, limit, |_, _, v| {
+            codec::decode_record(v).map(Some).map_err(sm_read_err)
+        })
+    }
+
+    /// Up to `limit` stored sessions of user `user_id` that `keep` accepts,
+    /// in session-key order, from just after the session key `after`.
+    pub fn sessions_page(
+        &self,
+        user_id: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+        keep: impl Fn(&Session) -> bool,
+    ) -> Result<KeyPage<Session>, StorageError> {
+        let index = user_sessions_prefix(user_id);
+        self.page(&index, b"", after, limit, |tree, session_key, _| {
+            let session: Option<Session> = read_tree(tree, &key(PREFIX_SESSION, session_key))?;
+            Ok(session.filter(|s| keep(s)))
+        })
+    }
+
+    /// One page of family `family`'s records whose own keys (the key after
+    /// the family prefix) start with `prefix`: a range scan from just after
+    /// the own key `after` (or from the first key with `prefix`, whichever
+    /// comes later) that stops at the first record past `limit` that `read`
+    /// accepts. It costs `limit` records plus those `read` passes over,
+    /// whatever the family's size. `read` gets the tree, an own key and its
+    /// value, and answers the item or `None` to pass over the record.
+    fn page<T>(
+        &self,
+        family: &[u8],
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+        mut read: impl FnMut(&sled::Tree, &[u8], &[u8]) -> Result<Option<T>, StorageError>,
+    ) -> Result<KeyPage<T>, StorageError> {
+        let first = key(family, prefix);
+        let from = match after.map(|a| key(family, a)) {
+            Some(k) if k >= first => Bound::Excluded(k),
+            _ => Bound::Included(first.clone()),
+        };
+        let tree = self.shared.tree();
+        let mut items = Vec::new();
+        let mut last = None;
+        for record in tree.range::<Vec<u8>, _>((from, Bound::Unbounded)) {
+            let (k, v) = record.map_err(sm_read_err)?;
+            if !k.starts_with(&first) {
+                break;
+            }
+            let own = &k[family.len()..];
+            let Some(item) = read(&tree, own, &v)? else {
+                continue;
+            };
+            if items.len() == limit {
+                return Ok(KeyPage {
+                    items,
+                    next_after: last,
+                });
+            }
+            items.push(item);
+            last = Some(own.to_vec());
+        }
+        Ok(KeyPage {
+            items,
+            next_after: None,
+        })
     }
 
     /// Decodes every record as the type its key family holds (see
@@ -126,24 +225,6 @@ impl StateReader {
         self.get(KEY_PAIRWISE_SALT)
     }
 
-    /// Every stored session of user `user_id` (alive or not).
-    pub fn sessions_of(&self, user_id: u64) -> Result<Vec<Session>, StorageError> {
-        let prefix = user_sessions_prefix(user_id);
-        let keys: Vec<Vec<u8>> = {
-            let tree = self.shared.tree();
-            tree.scan_prefix(&prefix)
-                .keys()
-                .map(|k| k.map(|k| k[prefix.len()..].to_vec()))
-                .collect::<Result<_, _>>()
-                .map_err(sm_read_err)?
-        };
-        let mut out = Vec::new();
-        for k in keys {
-            out.extend(self.get::<Session>(&key(PREFIX_SESSION, &k))?);
-        }
-        Ok(out)
-    }
-
     /// The session whose public handle is `sid`, if stored (alive or not).
     pub fn session_by_sid(&self, sid: &str) -> Result<Option<Session>, StorageError> {
         match self.get::<SecretHash>(&key(PREFIX_SESSION_BY_SID, sid.as_bytes()))? {
@@ -163,11 +244,6 @@ impl StateReader {
     /// The partner site `client_id`.
     pub fn site(&self, client_id: &str) -> Result<Option<Site>, StorageError> {
         self.get(&key(PREFIX_SITE, client_id.as_bytes()))
-    }
-
-    /// Every partner site, by client id.
-    pub fn sites(&self) -> Result<Vec<Site>, StorageError> {
-        self.scan(PREFIX_SITE)
     }
 
     /// The user's trust relationship with a site.

@@ -43,7 +43,7 @@ fn sweep_op(budget: u32) -> Op {
     }
 }
 
-fn create(name: &str) -> Op {
+pub(super) fn create(name: &str) -> Op {
     Op::CreateUser(NewUser {
         username: name.into(),
         display_name: name.into(),
@@ -431,7 +431,7 @@ pub(super) mod sso {
         res.into_iter().next().unwrap().into_iter().next().unwrap()
     }
 
-    pub(super) fn session(key: [u8; 32]) -> Op {
+    pub(crate) fn session(key: [u8; 32]) -> Op {
         Op::CreateSession {
             session: Box::new(Session {
                 key,
