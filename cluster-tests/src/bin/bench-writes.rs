@@ -19,6 +19,7 @@ use baa_cluster_tests::client::https_client;
 use baa_cluster_tests::harness::free_port;
 use baa_cluster_tests::{Cluster, ClusterOptions};
 use clap::Parser;
+use futures::StreamExt;
 
 #[derive(Parser, Debug)]
 #[command(about = "baa vs etcd: replicated writes per second and latency")]
@@ -44,6 +45,16 @@ struct Args {
     /// Send every baa client to the leader instead of spreading them over the nodes.
     #[arg(long)]
     leader_only: bool,
+    /// Instead of the etcd comparison: fill the state with this many users,
+    /// then measure baa's writes with snapshots built back to back on every
+    /// node (forced through the admin API) next to writes without, in
+    /// interleaved rounds.
+    #[arg(long)]
+    snapshot_users: Option<usize>,
+    /// With `--snapshot-users`: force snapshots on every node at once, not
+    /// only on the leader.
+    #[arg(long)]
+    snapshot_all: bool,
 }
 
 /// What one measured run produced.
@@ -357,6 +368,197 @@ async fn node_stats(cluster: &Cluster, id: u64) -> [f64; 8] {
     ]
 }
 
+/// While `on`, nodes `ids` build a snapshot, again as soon as they have one;
+/// answers how many were built and their mean time in ms.
+async fn force_snapshots(cluster: &Cluster, ids: &[u64], on: Arc<AtomicBool>) -> (usize, f64) {
+    let each = ids.iter().map(|&id| {
+        let admin = cluster.admin_with_timeout(id, Duration::from_secs(60));
+        let on = on.clone();
+        async move {
+            let mut times = Vec::new();
+            while on.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let r = admin
+                    .request(reqwest::Method::POST, "/admin/v1/cluster/snapshot")
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().is_success() => times.push(t.elapsed().as_secs_f64()),
+                    Ok(r) => panic!("forcing a snapshot: {}", r.status()),
+                    Err(e) => panic!("forcing a snapshot: {e}"),
+                }
+            }
+            times
+        }
+    });
+    let times: Vec<f64> = futures::future::join_all(each)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64 * 1000.0;
+    (times.len(), mean)
+}
+
+/// Writes with snapshots built meanwhile next to writes without (see
+/// `--snapshot-users`).
+async fn snapshot_bench(args: &Args, cluster: &Cluster, baa: &[Target], users: usize) {
+    let admin = cluster.admin(1);
+    let started = Instant::now();
+    let made = futures::stream::iter(0..users)
+        .map(|i| {
+            let admin = admin.clone();
+            async move {
+                let req = baa_proto::api::CreateUserRequest {
+                    username: format!("fill-{i:07}"),
+                    display_name: Some(format!("Fill user {i}")),
+                    email: Some(format!("fill-{i}@example.test")),
+                    ..Default::default()
+                };
+                admin.create_user(&req, None).await.is_ok()
+            }
+        })
+        .buffer_unordered(32)
+        .filter(|ok| futures::future::ready(*ok))
+        .count()
+        .await;
+    // One build on each node first, to know the snapshot's size.
+    for id in cluster.ids() {
+        let r = cluster
+            .admin_with_timeout(id, Duration::from_secs(60))
+            .request(reqwest::Method::POST, "/admin/v1/cluster/snapshot")
+            .send()
+            .await
+            .expect("forcing a snapshot");
+        assert!(
+            r.status().is_success(),
+            "forcing a snapshot: {}",
+            r.status()
+        );
+    }
+    let size = snapshot_bytes(cluster);
+    println!(
+        "state: {made} users made in {:.0?}; a snapshot of it is {:.1} MiB",
+        started.elapsed(),
+        size as f64 / 1048576.0
+    );
+    let ca = cluster.ca_pem();
+    let (warmup, secs) = (
+        Duration::from_secs(args.warmup),
+        Duration::from_secs(args.seconds),
+    );
+    println!(
+        "{:>7} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} {:>9} {:>9} | {:>9}",
+        "clients",
+        "quiet/s",
+        "p50 ms",
+        "p99 ms",
+        "snap/s",
+        "p50 ms",
+        "p99 ms",
+        "snapshots",
+        "build ms",
+        "p99 ratio"
+    );
+    let mut rows = Vec::new();
+    for &c in &args.clients {
+        let mut quiet = Vec::new();
+        let mut busy = Vec::new();
+        let mut builds = (0usize, 0.0f64);
+        let builders = if args.snapshot_all {
+            cluster.ids()
+        } else {
+            vec![cluster.leader().await]
+        };
+        for round in 0..args.rounds {
+            quiet.push(measure(baa, &ca, c, warmup, secs).await);
+            let rebuilds = rebuilds(cluster).await;
+            let on = Arc::new(AtomicBool::new(true));
+            let (r, (n, ms)) = tokio::join!(
+                async {
+                    let r = measure(baa, &ca, c, warmup, secs).await;
+                    on.store(false, Ordering::Relaxed);
+                    r
+                },
+                force_snapshots(cluster, &builders, on.clone())
+            );
+            builds = (builds.0 + n, builds.1 + ms * n as f64);
+            eprintln!(
+                "  {c} clients, round {}: quiet p99 {:.2} ms, with {n} snapshots ({:.0} ms each, {} state rebuilds) p99 {:.2} ms",
+                round + 1,
+                quiet[round].p99_ms,
+                ms,
+                rebuilds_since(cluster, rebuilds).await,
+                r.p99_ms
+            );
+            busy.push(r);
+        }
+        let (q, b) = (median_p99(quiet), median_p99(busy));
+        let mean_build = builds.1 / builds.0.max(1) as f64;
+        let ratio = b.p99_ms / q.p99_ms;
+        println!(
+            "{:>7} | {:>10.0} {:>8.2} {:>8.2} | {:>10.0} {:>8.2} {:>8.2} {:>9} {:>9.0} | {:>9.2}",
+            c,
+            q.rate(),
+            q.p50_ms,
+            q.p99_ms,
+            b.rate(),
+            b.p50_ms,
+            b.p99_ms,
+            builds.0,
+            mean_build,
+            ratio
+        );
+        rows.push((c, q, b, builds.0, mean_build, ratio));
+    }
+    println!();
+    println!("Markdown:");
+    println!("| clients | writes/s | p50 ms | p99 ms | writes/s during snapshots | p50 ms | p99 ms | snapshots built | mean build ms | p99 ratio |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (c, q, b, n, ms, ratio) in &rows {
+        println!(
+            "| {c} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {n} | {ms:.0} | {ratio:.2} |",
+            q.rate(),
+            q.p50_ms,
+            q.p99_ms,
+            b.rate(),
+            b.p50_ms,
+            b.p99_ms
+        );
+    }
+}
+
+/// State rebuilds so far, summed over the nodes.
+async fn rebuilds(cluster: &Cluster) -> f64 {
+    let mut n = 0.0;
+    for id in cluster.ids() {
+        n += cluster
+            .metric(id, "baa_state_rebuilds_total")
+            .await
+            .unwrap_or(0.0);
+    }
+    n
+}
+
+/// State rebuilds since `before`.
+async fn rebuilds_since(cluster: &Cluster, before: f64) -> f64 {
+    rebuilds(cluster).await - before
+}
+
+/// The run with the median p99.
+fn median_p99(mut runs: Vec<RunResult>) -> RunResult {
+    runs.sort_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
+    let mid = runs.len() / 2;
+    runs.swap_remove(mid)
+}
+
+/// The size of node 1's current snapshot data.
+fn snapshot_bytes(cluster: &Cluster) -> u64 {
+    std::fs::metadata(cluster.node(1).dir().join("data/snapshots/current.data"))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -390,6 +592,10 @@ async fn main() {
             token: cluster.admin_token().to_string(),
         })
         .collect();
+    if let Some(users) = args.snapshot_users {
+        snapshot_bench(&args, &cluster, &baa, users).await;
+        return;
+    }
     let etcd = if args.baa_only {
         None
     } else {

@@ -1,5 +1,6 @@
 //! `/admin/v1/cluster/…`: initialise a cluster, add and remove members,
-//! and the cluster's status as this node and every member see it.
+//! the cluster's status as this node and every member see it, and a
+//! snapshot built on demand.
 
 use actix_web::{web, HttpResponse};
 use baa_proto::api::{JoinRequest, LeaveRequest, MembershipChange};
@@ -16,7 +17,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/cluster/join").route(post().to(cluster_join)))
         .service(resource("/cluster/leave").route(post().to(cluster_leave)))
         .service(resource("/cluster/status").route(get().to(cluster_status)))
-        .service(resource("/cluster/members").route(get().to(cluster_members)));
+        .service(resource("/cluster/members").route(get().to(cluster_members)))
+        .service(resource("/cluster/snapshot").route(post().to(cluster_snapshot)));
 }
 
 async fn cluster_init(_: Admin, agency: web::Data<Agency>) -> Result<HttpResponse> {
@@ -50,4 +52,10 @@ async fn cluster_status(_: Admin, agency: web::Data<Agency>) -> Result<HttpRespo
 /// could not be had, gathered by this node over the cluster port.
 async fn cluster_members(_: Admin, agency: web::Data<Agency>) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(agency.member_statuses().await?))
+}
+
+/// `POST /admin/v1/cluster/snapshot`: this node builds a snapshot of its
+/// state now (before a backup, or to measure one); answers its status.
+async fn cluster_snapshot(_: Admin, agency: web::Data<Agency>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(agency.snapshot_now().await?))
 }
