@@ -120,6 +120,13 @@ impl Metrics {
                 m
             }};
         }
+        // Which release this node runs, for dashboards across an upgrade.
+        reg!(IntGaugeVec::new(
+            Opts::new("baa_build_info", "The release this node runs (always 1)"),
+            &["version"]
+        ))
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
         let m = Metrics {
             cookie_validations: reg!(IntCounterVec::new(
                 Opts::new(
