@@ -19,6 +19,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod kek;
 pub mod key_rotation;
 pub mod keys;
 pub mod limits;
