@@ -476,6 +476,12 @@ pub fn write_new_kek_file(path: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(kek_id(&kek)))
 }
 
+/// The KEK of unit tests.
+#[cfg(test)]
+pub(crate) fn test_kek() -> std::sync::Arc<KekRing> {
+    std::sync::Arc::new(KekRing::new(&[0x4b; 32], &[]).unwrap())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
