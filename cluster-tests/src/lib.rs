@@ -3,6 +3,7 @@
 //! port for partitions, a typed admin client, steady writers and polling helpers.
 //! Used by the `cluster` test binary and by benchmark programs.
 
+pub mod at_rest;
 pub mod bench;
 pub mod browser;
 pub mod client;

@@ -383,6 +383,20 @@ impl Agent {
         self.post_form(&format!("{base}/sso/consent"), &fields)
             .await
     }
+
+    /// The ticket (`code`) a `form_post` site gets for `req` at `base`, in
+    /// this agent's session; its trust page, if shown, is approved with the
+    /// username, sharing name and email as `share` says.
+    pub async fn code_for(&mut self, base: &str, req: &AuthRequest, share: bool) -> String {
+        let mut page = self.get(&req.url(base)).await;
+        if page.body.contains("id=\"trust\"") {
+            page = self.approve(base, &page, "username", share, share).await;
+        }
+        page.inputs()
+            .get("code")
+            .cloned()
+            .unwrap_or_else(|| panic!("no code: {}", page.body))
+    }
 }
 
 /// An authorization request of a site.

@@ -14,6 +14,7 @@ mod cluster {
     mod federation_browser;
     mod flood;
     mod forward_auth;
+    mod keys_at_rest;
     mod logs;
     mod membership;
     mod memory;

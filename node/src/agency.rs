@@ -42,6 +42,8 @@ pub struct Agency {
     pub config: Arc<Config>,
     /// Groups writes into proposals and sends them to the leader.
     pub proposer: Proposer,
+    /// The key-encryption keys, which wrap the agency's secrets at rest.
+    pub kek: Arc<crate::kek::KekRing>,
     /// The replicated signing keys.
     pub keys: crate::keys::KeyRing,
     /// Seals and opens login tickets with the replicated ticket keys.

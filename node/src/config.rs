@@ -71,6 +71,27 @@ pub struct FileConfig {
     /// How this agency reaches the other agencies of its federation.
     #[serde(default)]
     pub federation: FederationConfig,
+    /// Where the key-encryption key is, which wraps the agency's keys at rest.
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+}
+
+/// `[secrets]`: the key-encryption key (KEK) under which the agency's keys
+/// are kept at rest (see `kek`). Every node of a cluster has the same one;
+/// each agency of a federation its own. The environment variables
+/// `BAA_KEK` and `BAA_PREVIOUS_KEKS` take precedence over the files.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// File holding the current KEK: 32 random bytes as 64 hex digits or
+    /// base64 (`baa kek new --out FILE`), readable by the node's user only;
+    /// outside the data directory. Required unless `BAA_KEK` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kek_file: Option<PathBuf>,
+    /// Files of previous KEKs, which still open what they wrapped until
+    /// the leader has wrapped it again under the current one (rotation).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub previous_kek_files: Vec<PathBuf>,
 }
 
 /// `[federation]`: how this agency reaches peer agencies.
@@ -586,6 +607,8 @@ pub struct Config {
     pub forward_auth: Vec<ForwardAuthApp>,
     /// How peer agencies are reached.
     pub federation: FederationConfig,
+    /// Where the key-encryption keys are (paths absolute).
+    pub secrets: SecretsConfig,
 }
 
 impl Config {
@@ -772,6 +795,15 @@ impl Config {
             gateway: f.gateway,
             forward_auth: f.forward_auth,
             federation,
+            secrets: SecretsConfig {
+                kek_file: f.secrets.kek_file.as_deref().map(abs),
+                previous_kek_files: f
+                    .secrets
+                    .previous_kek_files
+                    .iter()
+                    .map(|p| abs(p))
+                    .collect(),
+            },
         })
     }
 
@@ -933,5 +965,19 @@ mod tests {
         let text = include_str!("../../ops/examples/node1.toml");
         let f: FileConfig = toml::from_str(text).unwrap();
         assert_eq!(f.peers.len(), 2);
+        assert!(f.secrets.kek_file.is_some(), "the example names its KEK");
+    }
+
+    #[test]
+    fn kek_files_are_taken_relative_to_the_file() {
+        let f: FileConfig = toml::from_str(&format!(
+            "{MINIMAL}\n[secrets]\nkek_file = \"kek\"\nprevious_kek_files = [\"/k/old\"]\n"
+        ))
+        .unwrap();
+        let c = Config::from_file(f, Overrides::default(), Path::new("/etc/baa")).unwrap();
+        assert_eq!(c.secrets.kek_file, Some(PathBuf::from("/etc/baa/kek")));
+        assert_eq!(c.secrets.previous_kek_files, vec![PathBuf::from("/k/old")]);
+        let bad = format!("{MINIMAL}\n[secrets]\nkek = \"00\"\n");
+        assert!(toml::from_str::<FileConfig>(&bad).is_err());
     }
 }

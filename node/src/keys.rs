@@ -5,8 +5,11 @@
 //! reference cookie (EdDSA: compact, and never valid as an ID token), and a
 //! P-256 and an Ed25519 key that sign the ID tokens of sites registered for
 //! ES256 or EdDSA. Keys are generated or derived here (RustCrypto `rsa` and
-//! `p256`, only for that), parsed into ring's key pairs once per key, and
-//! sign through ring; verification goes through `jsonwebtoken` (ring).
+//! `p256`, only for that), opened with the cluster's key-encryption key and
+//! parsed into ring's key pairs once per key, and sign through ring;
+//! verification goes through `jsonwebtoken` (ring). The derived keys come
+//! from the RSA key in the clear, so they are the same whatever envelope
+//! holds it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -24,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::clock::now_ms;
 use crate::error::NodeError;
+use crate::kek::KekRing;
 use crate::raft::state_machine::StateReader;
 
 /// `typ` of the agency's ID tokens.
@@ -37,7 +41,8 @@ pub const RSA_BITS: usize = 2048;
 /// How long a loaded key set is reused before the state is read again.
 const CACHE_FOR: Duration = Duration::from_millis(500);
 
-/// Generates a new RSA signing key.
+/// Generates a new RSA signing key, its private key in the clear (see
+/// [`KekRing::wrap_signing_key`]).
 pub fn generate() -> anyhow::Result<SigningKey> {
     use rsa::pkcs1::EncodeRsaPrivateKey;
     use rsa::traits::PublicKeyParts;
@@ -73,10 +78,36 @@ pub fn ed25519_public(seed: &[u8; 32]) -> Option<[u8; 32]> {
     pair.public_key().as_ref().try_into().ok()
 }
 
-/// A seed derived from an RSA key under a label of its own: the derived
-/// keys are independent of each other and alike on every node.
-fn derived_seed(label: &[u8], k: &SigningKey) -> [u8; 32] {
-    Sha256::digest([label, &k.private_der].concat()).into()
+/// A seed derived from an RSA key (its PKCS#1 DER) under a label of its
+/// own: the derived keys are independent of each other and alike on every
+/// node.
+fn derived_seed(label: &[u8], der: &[u8]) -> [u8; 32] {
+    Sha256::digest([label, der].concat()).into()
+}
+
+const ED25519_ID_TOKEN_LABEL: &[u8] = b"baa id-token ed25519 v1\0";
+const REFERENCE_LABEL: &[u8] = b"baa reference key v1\0";
+
+/// The P-256 key derived from an RSA key: the first hash under the label
+/// that is a valid scalar (all but about 2^-32 of them are).
+fn p256_secret(der: &[u8]) -> Option<p256::SecretKey> {
+    (0u8..=255).find_map(|i| {
+        let seed = derived_seed(&[b"baa id-token p-256 v1\0".as_slice(), &[i]].concat(), der);
+        p256::SecretKey::from_bytes(&seed.into()).ok()
+    })
+}
+
+/// The private keys derived from the RSA key whose PKCS#1 DER is `der`:
+/// the P-256 scalar and the two Ed25519 seeds. For checks that none of
+/// them is ever stored.
+pub fn derived_private_keys(der: &[u8]) -> Vec<[u8; 32]> {
+    let mut out: Vec<[u8; 32]> = p256_secret(der)
+        .map(|s| s.to_bytes().into())
+        .into_iter()
+        .collect();
+    out.push(derived_seed(ED25519_ID_TOKEN_LABEL, der));
+    out.push(derived_seed(REFERENCE_LABEL, der));
+    out
 }
 
 fn kid_of(prefix: &str, public: &[u8]) -> String {
@@ -104,11 +135,12 @@ struct Jws {
 }
 
 impl Jws {
-    fn rsa(k: &SigningKey) -> Option<Self> {
+    /// The RSA key `k`, whose private key's PKCS#1 DER is `der`.
+    fn rsa(k: &SigningKey, der: &[u8]) -> Option<Self> {
         Some(Self {
             kid: k.kid.clone(),
             alg: Algorithm::RS256,
-            signer: Signer::Rsa(RsaKeyPair::from_der(&k.private_der).ok()?),
+            signer: Signer::Rsa(RsaKeyPair::from_der(der).ok()?),
             jwk: serde_json::json!({
                 "kty": "RSA", "use": "sig", "alg": "RS256", "kid": k.kid,
                 "n": URL_SAFE_NO_PAD.encode(&k.n),
@@ -135,15 +167,11 @@ impl Jws {
         })
     }
 
-    /// The P-256 key derived from `k`: the first hash under the label that
-    /// is a valid scalar (all but about 2^-32 of them are).
-    fn p256(k: &SigningKey) -> Option<Self> {
+    /// The P-256 key derived from the RSA key whose DER is `der`.
+    fn p256(der: &[u8]) -> Option<Self> {
         use p256::elliptic_curve::sec1::ToEncodedPoint;
         use p256::pkcs8::EncodePrivateKey;
-        let secret = (0u8..=255).find_map(|i| {
-            let seed = derived_seed(&[b"baa id-token p-256 v1\0".as_slice(), &[i]].concat(), k);
-            p256::SecretKey::from_bytes(&seed.into()).ok()
-        })?;
+        let secret = p256_secret(der)?;
         let der = secret.to_pkcs8_der().ok()?;
         let rng = ring::rand::SystemRandom::new();
         let pair = EcdsaKeyPair::from_pkcs8(
@@ -217,12 +245,13 @@ struct KeySet {
 }
 
 impl KeySet {
-    fn of(k: &SigningKey) -> Option<Self> {
+    /// The keys of `k`, whose private key's PKCS#1 DER is `der`.
+    fn of(k: &SigningKey, der: &[u8]) -> Option<Self> {
         Some(Self {
-            rs256: Jws::rsa(k)?,
-            es256: Jws::p256(k)?,
-            eddsa: Jws::ed25519(&derived_seed(b"baa id-token ed25519 v1\0", k), "ed-")?,
-            reference: Jws::ed25519(&derived_seed(b"baa reference key v1\0", k), "ref-")?,
+            rs256: Jws::rsa(k, der)?,
+            es256: Jws::p256(der)?,
+            eddsa: Jws::ed25519(&derived_seed(ED25519_ID_TOKEN_LABEL, der), "ed-")?,
+            reference: Jws::ed25519(&derived_seed(REFERENCE_LABEL, der), "ref-")?,
         })
     }
 
@@ -249,6 +278,7 @@ struct Loaded {
 #[derive(Clone)]
 pub struct KeyRing {
     state: StateReader,
+    kek: Arc<KekRing>,
     loaded: Arc<RwLock<Option<Arc<Loaded>>>>,
     /// Key sets already parsed, by RSA kid: a reload reuses them.
     parsed: Arc<Mutex<HashMap<String, Arc<KeySet>>>>,
@@ -263,10 +293,11 @@ fn no_key() -> NodeError {
 }
 
 impl KeyRing {
-    /// A key ring reading keys from `state`.
-    pub fn new(state: StateReader) -> Self {
+    /// A key ring reading keys from `state`, opened with `kek`.
+    pub fn new(state: StateReader, kek: Arc<KekRing>) -> Self {
         Self {
             state,
+            kek,
             loaded: Arc::new(RwLock::new(None)),
             parsed: Arc::new(Mutex::new(HashMap::new())),
         }
@@ -280,18 +311,22 @@ impl KeyRing {
             .ok()
     }
 
-    /// The key set of `k`, parsed at its first use on this node.
-    fn key_set(&self, k: &SigningKey) -> Option<Arc<KeySet>> {
-        let mut parsed = self.parsed.lock().ok()?;
+    /// The key set of `k`, opened and parsed at its first use on this
+    /// node (`None` if it does not parse); an error if it does not open.
+    fn key_set(&self, k: &SigningKey) -> Result<Option<Arc<KeySet>>, NodeError> {
+        let Ok(mut parsed) = self.parsed.lock() else {
+            return Ok(None);
+        };
         if let Some(s) = parsed.get(&k.kid) {
-            return Some(s.clone());
+            return Ok(Some(s.clone()));
         }
-        let Some(set) = KeySet::of(k).map(Arc::new) else {
+        let der = self.kek.open_signing_key(k)?;
+        let Some(set) = KeySet::of(k, &der).map(Arc::new) else {
             tracing::error!(kid = %k.kid, "a signing key does not parse");
-            return None;
+            return Ok(None);
         };
         parsed.insert(k.kid.clone(), set.clone());
-        Some(set)
+        Ok(Some(set))
     }
 
     fn load(&self) -> Result<Arc<Loaded>, NodeError> {
@@ -310,7 +345,9 @@ impl KeyRing {
         let (mut jwks, mut reference_jwks) = (Vec::new(), Vec::new());
         let published: Vec<&SigningKey> = keys.iter().filter(|k| k.published_at(now)).collect();
         for k in &published {
-            let Some(set) = self.key_set(k) else { continue };
+            let Some(set) = self.key_set(k)? else {
+                continue;
+            };
             for alg in [IdTokenAlg::Rs256, IdTokenAlg::Es256, IdTokenAlg::EdDsa] {
                 let jws = set.id_token_key(alg);
                 jwks.push(jws.jwk.clone());
@@ -469,14 +506,62 @@ pub(crate) async fn test_ring(dir: &std::path::Path) -> KeyRing {
 mod tests {
     use super::*;
 
-    /// A key ring over a fresh state machine holding one signing key.
+    /// A key ring over a fresh state machine holding one signing key,
+    /// wrapped under the test KEK.
     pub(super) async fn ring(dir: &std::path::Path) -> KeyRing {
+        let kek = crate::kek::test_kek();
         let add = baa_proto::command::Op::AddSigningKey {
-            key: Box::new(generate().unwrap()),
+            key: Box::new(kek.wrap_signing_key(generate().unwrap()).unwrap()),
             publish_old_for_ms: 0,
         };
         let sm = crate::raft::state_machine::applied(dir, vec![(now_ms(), add)]).await;
-        KeyRing::new(sm.reader())
+        KeyRing::new(sm.reader(), kek)
+    }
+
+    /// A key stored in the clear (by an earlier release) signs; one wrapped
+    /// under another KEK makes the ring fail, naming that KEK, rather than
+    /// sign or verify with nothing; its derived keys are those of the key
+    /// in the clear, whatever holds it.
+    #[tokio::test]
+    async fn keys_in_the_clear_sign_and_keys_under_another_kek_fail_loudly() {
+        let key = generate().unwrap();
+        let (claims, v) = claims_and_validation();
+        let dir = tempfile::tempdir().unwrap();
+        let add = |k: SigningKey| baa_proto::command::Op::AddSigningKey {
+            key: Box::new(k),
+            publish_old_for_ms: 0,
+        };
+        let sm =
+            crate::raft::state_machine::applied(dir.path(), vec![(now_ms(), add(key.clone()))])
+                .await;
+        let clear = KeyRing::new(sm.reader(), crate::kek::test_kek());
+        let token = clear.sign_jwt(&claims, ID_TOKEN_TYP).unwrap();
+        let jwks = clear.jwks().unwrap();
+        drop(sm);
+
+        let other = std::sync::Arc::new(crate::kek::KekRing::new(&[0x5a; 32], &[]).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let wrapped = other.wrap_signing_key(key).unwrap();
+        let sm =
+            crate::raft::state_machine::applied(dir.path(), vec![(now_ms(), add(wrapped))]).await;
+        let same = KeyRing::new(sm.reader(), other);
+        assert_eq!(same.jwks().unwrap(), jwks, "the same keys, wrapped or not");
+        assert!(same
+            .verify_jwt::<serde_json::Value>(&token, &v, ID_TOKEN_TYP)
+            .is_some());
+        let wrong = KeyRing::new(sm.reader(), crate::kek::test_kek());
+        let e = wrong
+            .sign_jwt(&claims, ID_TOKEN_TYP)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&hex::encode(crate::kek::kek_id(&[0x5a; 32]))),
+            "names the KEK it needs: {e}"
+        );
+        assert!(wrong.has_current().is_err());
+        assert!(wrong
+            .verify_jwt::<serde_json::Value>(&token, &v, ID_TOKEN_TYP)
+            .is_none());
     }
 
     /// Claims of no particular purpose, and a validation that checks only
@@ -515,8 +600,9 @@ mod tests {
     #[test]
     fn derived_keys_are_alike_everywhere_and_each_verifies_only_its_own() {
         let rsa = generate().unwrap();
-        let (a, b) = (KeySet::of(&rsa).unwrap(), KeySet::of(&rsa).unwrap());
-        let other = KeySet::of(&generate().unwrap()).unwrap();
+        let of = |k: &SigningKey| KeySet::of(k, &k.private_der).unwrap();
+        let (a, b) = (of(&rsa), of(&rsa));
+        let other = of(&generate().unwrap());
         let claims = Reference {
             iss: "https://login.example".into(),
             sid: "s".into(),
@@ -560,6 +646,25 @@ mod tests {
             &Validation::new(Algorithm::ES256)
         )
         .is_ok());
+        // The derived private keys named for checks are the ones in use.
+        use p256::elliptic_curve::sec1::ToEncodedPoint;
+        let [p256, ed, reference] = derived_private_keys(&rsa.private_der)[..] else {
+            panic!("three derived keys")
+        };
+        let point = p256::SecretKey::from_bytes(&p256.into())
+            .unwrap()
+            .public_key()
+            .to_encoded_point(false);
+        let x = |k: &Jws| k.jwk["x"].as_str().unwrap().to_string();
+        assert_eq!(URL_SAFE_NO_PAD.encode(point.x().unwrap()), x(&a.es256));
+        assert_eq!(
+            URL_SAFE_NO_PAD.encode(ed25519_public(&ed).unwrap()),
+            x(&a.eddsa)
+        );
+        assert_eq!(
+            URL_SAFE_NO_PAD.encode(ed25519_public(&reference).unwrap()),
+            x(&a.reference)
+        );
     }
 
     /// Each ID-token algorithm signs with its own key, verified by the ring's

@@ -19,6 +19,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod kek;
 pub mod key_rotation;
 pub mod keys;
 pub mod limits;
@@ -101,6 +102,10 @@ fn claim_data_dir(db: &sled::Db, node_id: u64) -> anyhow::Result<()> {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     tls::install_crypto_provider();
     let config = Arc::new(config);
+    let kek = Arc::new(kek::KekRing::load(&config.secrets, |k| {
+        std::env::var(k).ok()
+    })?);
+    tracing::info!(kek = %kek.ids(), "key-encryption keys read");
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let state = StateDb::open(
@@ -130,8 +135,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         state_machine.snapshot_cover(),
     )?;
     let reader = state_machine.reader();
-    let keys = keys::KeyRing::new(reader.clone());
-    let tickets = sealing::TicketSealer::new(reader.clone());
+    // Before anything is served: a node whose KEK does not open the
+    // agency's secrets stops here, naming the KEK they need.
+    key_rotation::check_secrets(&reader, &kek)
+        .context("this node cannot open the agency's secrets")?;
+    let keys = keys::KeyRing::new(reader.clone(), kek.clone());
+    let tickets = sealing::TicketSealer::new(reader.clone(), kek.clone());
 
     let identity = NodeIdentity {
         cert: config.tls.cert.clone(),
@@ -190,6 +199,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.write_timeout(),
             metrics,
         ),
+        kek: kek.clone(),
         keys,
         tickets,
         limits: limits::Limits::default(),
@@ -212,8 +222,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cluster = %config.cluster_listen,
         "baa node started"
     );
-    let (a, b, c) =
-        futures::future::join3(listeners.public, listeners.manage, listeners.cluster).await;
+    let handles = [
+        listeners.public.handle(),
+        listeners.manage.handle(),
+        listeners.cluster.handle(),
+    ];
+    let served = futures::future::join3(listeners.public, listeners.manage, listeners.cluster);
+    futures::pin_mut!(served);
+    // A secret this node cannot open (a node given another KEK than the
+    // cluster's, joined or restarted) stops the node rather than let it
+    // serve without keys.
+    let (a, b, c) = tokio::select! {
+        done = &mut served => done,
+        e = key_rotation::watch_secrets(agency.clone()) => {
+            tracing::error!(error = %e, "stopping: this node cannot open the agency's secrets");
+            let stops = futures::future::join_all(handles.iter().map(|h| h.stop(false)));
+            // The listeners' own results matter no more than the reason to stop.
+            let _ = futures::future::join(&mut served, stops).await;
+            if let Err(e) = raft.shutdown().await {
+                tracing::warn!(error = %e, "raft shutdown");
+            }
+            storage.flush().await?;
+            return Err(e.context("this node cannot open the agency's secrets"));
+        }
+    };
     tracing::info!("listeners stopped; shutting down raft");
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");

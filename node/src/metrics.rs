@@ -75,6 +75,9 @@ pub struct Metrics {
     pub backchannel_logouts: IntCounterVec,
     /// Back-channel logouts waiting in the outbox (as the leader last saw).
     pub outbox_items: IntGauge,
+    /// Secrets of the state not wrapped under this node's current
+    /// key-encryption key (in the clear, or under a previous one).
+    pub secrets_not_under_current_kek: IntGauge,
     /// Whether the last fetch of each peer agency's configuration worked (1) or not (0).
     pub federation_peer_reachable: IntGaugeVec,
     /// Age of the configuration of each peer agency this node holds, in seconds.
@@ -160,6 +163,11 @@ impl Metrics {
             outbox_items: reg!(IntGauge::new(
                 "baa_sso_backchannel_outbox_items",
                 "Back-channel logouts waiting in the outbox (as the leader last saw)"
+            )),
+            secrets_not_under_current_kek: reg!(IntGauge::new(
+                "baa_secrets_not_under_current_kek",
+                "Secrets of the state not wrapped under this node's current key-encryption key \
+                 (in the clear or under a previous one); 0 once the leader has rewrapped them"
             )),
             backchannel_logouts: reg!(IntCounterVec::new(
                 Opts::new(

@@ -7,6 +7,8 @@
 //! id) never is: it holds while its session, site and trust do, unless it
 //! was revoked. Anyone without the key can neither read, make nor alter
 //! either, and one kind never opens as the other (each binds its own label).
+//! The ticket keys are stored wrapped under the cluster's key-encryption
+//! key and opened here as they are loaded.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -20,6 +22,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 
 use crate::clock::now_ms;
 use crate::error::NodeError;
+use crate::kek::KekRing;
 use crate::raft::state_machine::StateReader;
 
 /// One kind of sealed value: the prefix it begins with (the format's
@@ -65,6 +68,7 @@ struct Loaded {
 #[derive(Clone)]
 pub struct TicketSealer {
     state: StateReader,
+    kek: Arc<KekRing>,
     loaded: Arc<RwLock<Option<Arc<Loaded>>>>,
 }
 
@@ -74,10 +78,11 @@ fn aead_key(bytes: &[u8; 32]) -> Option<Arc<LessSafeKey>> {
 }
 
 impl TicketSealer {
-    /// A sealer reading keys from `state`.
-    pub fn new(state: StateReader) -> Self {
+    /// A sealer reading keys from `state`, opened with `kek`.
+    pub fn new(state: StateReader, kek: Arc<KekRing>) -> Self {
         Self {
             state,
+            kek,
             loaded: Arc::new(RwLock::new(None)),
         }
     }
@@ -100,6 +105,7 @@ impl TicketSealer {
         let mut open = HashMap::new();
         let mut current = None;
         for k in keys.iter().filter(|k| k.published_at(now)) {
+            let k = self.kek.open_ticket_key(k)?;
             let Some(key) = aead_key(&k.key) else {
                 continue;
             };
@@ -197,17 +203,69 @@ mod tests {
 
     use crate::raft::state_machine::applied as state;
 
+    fn clear_key(kid: &str, byte: u8) -> TicketKey {
+        TicketKey {
+            kid: kid.into(),
+            key: [byte; 32],
+            created_ms: 0,
+            retired_ms: None,
+            publish_until_ms: None,
+        }
+    }
+
+    /// A ticket key wrapped under the test KEK.
     fn key(kid: &str, byte: u8) -> Op {
-        Op::AddTicketKey {
-            key: Box::new(TicketKey {
-                kid: kid.into(),
-                key: [byte; 32],
-                created_ms: 0,
-                retired_ms: None,
-                publish_until_ms: None,
-            }),
+        let wrapped = crate::kek::test_kek()
+            .wrap_ticket_key(&clear_key(kid, byte))
+            .unwrap();
+        Op::AddWrappedTicketKey {
+            key: Box::new(wrapped),
             keep_old_for_ms: 1_000,
         }
+    }
+
+    /// A ticket key in the clear, as an earlier release added it.
+    fn legacy_key(kid: &str, byte: u8) -> Op {
+        Op::AddTicketKey {
+            key: Box::new(clear_key(kid, byte)),
+            keep_old_for_ms: 1_000,
+        }
+    }
+
+    fn sealer(reader: StateReader) -> TicketSealer {
+        TicketSealer::new(reader, crate::kek::test_kek())
+    }
+
+    /// A ticket sealed with the current key of a state made of `ops`.
+    async fn sealed_by(ops: Vec<(u64, Op)>) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = state(dir.path(), ops).await;
+        sealer(sm.reader()).seal(&ticket()).unwrap()
+    }
+
+    /// A ticket sealed under a key an earlier release stored in the clear
+    /// still opens once a wrapped key replaced it, and the wrapped one
+    /// seals; under another KEK nothing seals and nothing opens.
+    #[tokio::test]
+    async fn keys_in_the_clear_and_wrapped_keys_work_together() {
+        let now = now_ms();
+        let sealed = sealed_by(vec![(now, legacy_key("k1", 1))]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let sm = state(
+            dir.path(),
+            vec![(now, legacy_key("k1", 1)), (now, key("k2", 2))],
+        )
+        .await;
+        let s = sealer(sm.reader());
+        assert_eq!(s.open(&sealed), Some(ticket()));
+        assert!(s.seal(&ticket()).unwrap().starts_with("t1.k2."));
+        let (keys, _) = sm.reader().ticket_keys().unwrap();
+        let k1 = keys.iter().find(|k| k.kid == "k1").unwrap();
+        assert!(k1.retired_ms.is_some(), "the clear key was retired");
+        let other = std::sync::Arc::new(KekRing::new(&[9; 32], &[]).unwrap());
+        let wrong = TicketSealer::new(sm.reader(), other);
+        assert!(wrong.seal(&ticket()).is_err());
+        assert_eq!(wrong.open(&sealed), None);
     }
 
     fn ticket() -> SealedTicket {
@@ -229,7 +287,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let now = now_ms();
         let sm = state(dir.path(), vec![(now, key("k1", 1))]).await;
-        let sealer = TicketSealer::new(sm.reader());
+        let sealer = sealer(sm.reader());
         let t = ticket();
         let sealed = sealer.seal(&t).unwrap();
         assert!(sealed.starts_with("t1.k1."), "{sealed}");
@@ -260,23 +318,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_ticket_of_a_retired_key_opens_while_the_key_is_kept_only() {
-        let dir = tempfile::tempdir().unwrap();
         let now = now_ms();
         // k1 replaced by k2 long ago: k1 was kept for 1 s only.
-        let old = state(dir.path(), vec![(now, key("k1", 1))]).await;
-        let sealed = TicketSealer::new(old.reader()).seal(&ticket()).unwrap();
-        drop(old);
+        let sealed = sealed_by(vec![(now, key("k1", 1))]).await;
         let dir2 = tempfile::tempdir().unwrap();
         let sm = state(
             dir2.path(),
             vec![(now - 10_000, key("k1", 1)), (now - 5_000, key("k2", 2))],
         )
         .await;
-        assert_eq!(TicketSealer::new(sm.reader()).open(&sealed), None);
+        assert_eq!(sealer(sm.reader()).open(&sealed), None);
         // Replaced a moment ago: still kept, so it opens.
         let dir3 = tempfile::tempdir().unwrap();
         let sm = state(dir3.path(), vec![(now, key("k1", 1)), (now, key("k2", 2))]).await;
-        let sealer = TicketSealer::new(sm.reader());
+        let sealer = sealer(sm.reader());
         assert_eq!(sealer.open(&sealed), Some(ticket()));
         assert!(sealer.seal(&ticket()).unwrap().starts_with("t1.k2."));
     }
@@ -287,7 +342,7 @@ mod tests {
     async fn access_tokens_and_tickets_never_open_as_each_other() {
         let dir = tempfile::tempdir().unwrap();
         let sm = state(dir.path(), vec![(now_ms(), key("k1", 1))]).await;
-        let sealer = TicketSealer::new(sm.reader());
+        let sealer = sealer(sm.reader());
         let a = SealedAccess {
             id: [9; 16],
             grant: [7; 16],

@@ -19,6 +19,23 @@ pub fn random_secret() -> (String, SecretHash) {
     encode(&random_bytes::<32>())
 }
 
+/// Creates `path` holding `bytes`, readable and writable by its owner only
+/// (mode 0600), and flushed to disk; an existing file is never replaced.
+pub fn create_private_file(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
 /// `N` random bytes from the operating system.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];

@@ -352,6 +352,36 @@ pub enum Op {
         /// The refresh token to store (with `offline_access`).
         refresh: Option<Box<RefreshToken>>,
     },
+    /// [`Op::AddTicketKey`] of a key wrapped under the cluster's
+    /// key-encryption key.
+    AddWrappedTicketKey {
+        /// The new key.
+        key: Box<crate::sso::WrappedTicketKey>,
+        /// How long the replaced key still opens tickets.
+        keep_old_for_ms: u64,
+    },
+    /// [`Op::AddFederationKey`] of a key wrapped under the cluster's
+    /// key-encryption key.
+    AddWrappedFederationKey {
+        /// The new key.
+        key: Box<crate::federation::WrappedFederationKey>,
+        /// How long the replaced key stays published.
+        publish_old_for_ms: u64,
+    },
+    /// [`Op::SetPairwiseSalt`] of a salt wrapped under the cluster's
+    /// key-encryption key, unless one is set (first wins).
+    SetWrappedPairwiseSalt {
+        /// The salt's envelope.
+        salt: Vec<u8>,
+    },
+    /// Replace stored secrets (kept in the clear by an earlier release, or
+    /// wrapped under a previous key-encryption key) by envelopes of the
+    /// same secrets under the current one. Each replaces only the stored
+    /// form it names, so a second application changes nothing.
+    RewrapSecrets {
+        /// The secrets and their new envelopes.
+        secrets: Vec<crate::sso::Rewrap>,
+    },
 }
 
 impl Op {
@@ -396,6 +426,10 @@ impl Op {
             Op::RedeemForSealedAccess { .. } => "redeem_sealed_ticket",
             Op::RevokeSealedAccess { .. } => "revoke_token",
             Op::RedeemSealedOnce { .. } => "redeem_sealed_ticket",
+            Op::AddWrappedTicketKey { .. } => "add_ticket_key",
+            Op::AddWrappedFederationKey { .. } => "add_federation_key",
+            Op::SetWrappedPairwiseSalt { .. } => "set_pairwise_salt",
+            Op::RewrapSecrets { .. } => "rewrap_secrets",
         }
     }
 }
@@ -485,6 +519,8 @@ impl Op {
                 | Op::PurgeRequestResults { .. }
                 | Op::Sweep { .. }
                 | Op::SetPairwiseSalt { .. }
+                | Op::SetWrappedPairwiseSalt { .. }
+                | Op::RewrapSecrets { .. }
                 | Op::CompleteDeliveries { .. }
                 | Op::RepinPeer { .. }
         )

@@ -14,7 +14,9 @@ pub const ENTITY_STATEMENT_TYP: &str = "entity-statement+jwt";
 pub const ENTITY_CONFIGURATION_PATH: &str = "/.well-known/openid-federation";
 
 /// A federation key: Ed25519, replicated; its `kid` is its RFC 7638
-/// thumbprint, the value a peer pins.
+/// thumbprint, the value a peer pins. In the clear: how a node holds it in
+/// memory, and how releases before keys were wrapped stored it
+/// (`Op::AddFederationKey`); the state holds a [`WrappedFederationKey`] now.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FederationKey {
     /// Key id: the JWK thumbprint of the public key.
@@ -32,6 +34,57 @@ pub struct FederationKey {
 }
 
 rotating_key!(FederationKey);
+
+/// A [`FederationKey`] as the replicated state holds it: the seed wrapped
+/// under the cluster's key-encryption key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrappedFederationKey {
+    /// Key id: the JWK thumbprint of the public key.
+    pub kid: String,
+    /// The envelope of the private key's 32-byte seed (see the node's
+    /// `kek`). Read from a record of a release before keys were wrapped,
+    /// the 32 clear bytes.
+    pub seed: Vec<u8>,
+    /// The public key, 32 bytes.
+    pub public: [u8; 32],
+    /// When it was added.
+    pub created_ms: u64,
+    /// When a newer key replaced it as the current one.
+    pub retired_ms: Option<u64>,
+    /// It stays published until this time after retiring.
+    pub publish_until_ms: Option<u64>,
+}
+
+rotating_key!(WrappedFederationKey);
+
+impl FederationKey {
+    /// The key as the state holds it, its seed stored as `stored` (an
+    /// envelope; the clear bytes for a record of an earlier release).
+    pub fn stored_as(self, stored: Vec<u8>) -> WrappedFederationKey {
+        WrappedFederationKey {
+            kid: self.kid,
+            seed: stored,
+            public: self.public,
+            created_ms: self.created_ms,
+            retired_ms: self.retired_ms,
+            publish_until_ms: self.publish_until_ms,
+        }
+    }
+}
+
+impl WrappedFederationKey {
+    /// The key in the clear, its seed opened as `seed`.
+    pub fn opened_as(&self, seed: [u8; 32]) -> FederationKey {
+        FederationKey {
+            kid: self.kid.clone(),
+            seed,
+            public: self.public,
+            created_ms: self.created_ms,
+            retired_ms: self.retired_ms,
+            publish_until_ms: self.publish_until_ms,
+        }
+    }
+}
 
 /// The federation key that signs now (the entity configuration and the
 /// client assertions): after a rotation, the key it replaced, for as long

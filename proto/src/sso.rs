@@ -74,7 +74,8 @@ pub struct SiteOptions {
     pub default_response_mode: ResponseMode,
 }
 
-/// The agency's secret salt of pairwise identifiers (replicated, made once).
+/// The agency's secret salt of pairwise identifiers (replicated, made once;
+/// the state holds it wrapped, see `Op::SetWrappedPairwiseSalt`).
 pub type PairwiseSalt = [u8; 32];
 
 fn pairwise(label: &[u8], salt: &PairwiseSalt, user_id: u64, client_id: &str) -> [u8; 32] {
@@ -256,7 +257,9 @@ pub struct LoginTicket {
 
 /// A key that seals login tickets (AES-256-GCM), replicated and rotated:
 /// the current one seals, older ones open what they sealed until it has
-/// expired.
+/// expired. In the clear: how a node holds it in memory, and how releases
+/// before keys were wrapped stored it (`Op::AddTicketKey`); the state holds
+/// a [`WrappedTicketKey`] now.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TicketKey {
     /// Key id (16 hex digits, random).
@@ -272,6 +275,99 @@ pub struct TicketKey {
 }
 
 rotating_key!(TicketKey);
+
+/// A [`TicketKey`] as the replicated state holds it: the key wrapped under
+/// the cluster's key-encryption key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrappedTicketKey {
+    /// Key id (16 hex digits, random).
+    pub kid: String,
+    /// The key's envelope (see the node's `kek`). Read from a record of a
+    /// release before keys were wrapped, the 32 clear bytes.
+    pub key: Vec<u8>,
+    /// When it was added.
+    pub created_ms: u64,
+    /// When a newer key replaced it.
+    pub retired_ms: Option<u64>,
+    /// It opens tickets until this time after retiring.
+    pub publish_until_ms: Option<u64>,
+}
+
+rotating_key!(WrappedTicketKey);
+
+impl TicketKey {
+    /// The key as the state holds it, its secret stored as `stored` (an
+    /// envelope; the clear bytes for a record of an earlier release).
+    pub fn stored_as(self, stored: Vec<u8>) -> WrappedTicketKey {
+        WrappedTicketKey {
+            kid: self.kid,
+            key: stored,
+            created_ms: self.created_ms,
+            retired_ms: self.retired_ms,
+            publish_until_ms: self.publish_until_ms,
+        }
+    }
+}
+
+impl WrappedTicketKey {
+    /// The key in the clear, its secret opened as `key`.
+    pub fn opened_as(&self, key: [u8; 32]) -> TicketKey {
+        TicketKey {
+            kid: self.kid.clone(),
+            key,
+            created_ms: self.created_ms,
+            retired_ms: self.retired_ms,
+            publish_until_ms: self.publish_until_ms,
+        }
+    }
+}
+
+/// The kinds of secret the agency keeps wrapped under its key-encryption
+/// key; each is bound to its kind (and key id) when wrapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SecretKind {
+    /// A [`SigningKey`]'s private key.
+    SigningKey,
+    /// A ticket key.
+    TicketKey,
+    /// A federation key's seed.
+    FederationKey,
+    /// The salt of pairwise identifiers (its "key id" is empty).
+    PairwiseSalt,
+}
+
+impl SecretKind {
+    /// The name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SigningKey => "signing key",
+            Self::TicketKey => "ticket key",
+            Self::FederationKey => "federation key",
+            Self::PairwiseSalt => "pairwise salt",
+        }
+    }
+}
+
+/// One stored secret replaced by another envelope of it (wrapped under the
+/// current key-encryption key): see `Op::RewrapSecrets`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rewrap {
+    /// What the secret is.
+    pub kind: SecretKind,
+    /// Its key id (empty for the pairwise salt).
+    pub kid: String,
+    /// The [`stored_fingerprint`] of the form it replaces: a secret stored
+    /// otherwise (rewrapped meanwhile) is left alone.
+    pub replaces: [u8; 32],
+    /// The new envelope.
+    pub wrapped: Vec<u8>,
+}
+
+/// The fingerprint of a stored secret's bytes (an envelope, or a secret in
+/// the clear): how a [`Rewrap`] names the form it replaces.
+pub fn stored_fingerprint(stored: &[u8]) -> [u8; 32] {
+    Sha256::digest([b"baa stored secret v1\0".as_slice(), stored].concat()).into()
+}
 
 /// What a sealed login ticket holds: issuing it writes nothing, since the
 /// ticket itself carries all its redemption checks (sealed by a ticket key,
@@ -449,7 +545,9 @@ pub fn normalise_user_code(typed: &str) -> String {
 pub struct SigningKey {
     /// Key id (`kid`).
     pub kid: String,
-    /// PKCS#1 DER of the private key.
+    /// The envelope of the private key's PKCS#1 DER, wrapped under the
+    /// cluster's key-encryption key (see the node's `kek`); stored by a
+    /// release before keys were wrapped, the DER in the clear.
     pub private_der: Vec<u8>,
     /// Public modulus, big-endian.
     pub n: Vec<u8>,

@@ -155,6 +155,12 @@ struct NodeConfig {
     forward_auth: Vec<toml::Table>,
     #[serde(skip_serializing_if = "toml::Table::is_empty")]
     federation: toml::Table,
+    secrets: SecretsConfig,
+}
+
+#[derive(Serialize)]
+struct SecretsConfig {
+    kek_file: PathBuf,
 }
 
 #[derive(Serialize)]
@@ -254,6 +260,9 @@ impl Cluster {
             gateway: o.gateway.clone(),
             forward_auth: o.forward_auth.clone(),
             federation: o.federation.clone(),
+            secrets: SecretsConfig {
+                kek_file: self.kek_file(),
+            },
         };
         let text = toml::to_string(&cfg).expect("serialising node config");
         std::fs::write(&node.config_path, text).expect("writing node config");
@@ -304,6 +313,9 @@ mod tests {
             gateway: Vec::new(),
             forward_auth: Vec::new(),
             federation: toml::Table::new(),
+            secrets: SecretsConfig {
+                kek_file: "/tmp/x/kek".into(),
+            },
         };
         let text = toml::to_string(&cfg).unwrap();
         println!("{text}");
@@ -312,5 +324,6 @@ mod tests {
         assert!(v["raft"].get("logs_to_keep").is_none());
         assert_eq!(v["peers"][0]["id"].as_integer(), Some(2));
         assert_eq!(v["tls"]["cluster_ca"].as_str(), Some("/p/cluster-ca.pem"));
+        assert_eq!(v["secrets"]["kek_file"].as_str(), Some("/tmp/x/kek"));
     }
 }

@@ -127,6 +127,10 @@ impl Cluster {
         )
         .await
         .assert_success("baa pki init");
+        // One key-encryption key for the cluster, beside its PKI.
+        run_baa(&bin, &["kek", "new", "--out", path_str(&root.join("kek"))])
+            .await
+            .assert_success("baa kek new");
         let http = client::https_client(&pki.join("ca.pem"), None, DEFAULT_REQUEST_TIMEOUT);
         let mut cluster = Cluster {
             tmp: Some(tmp),
@@ -168,6 +172,11 @@ impl Cluster {
     /// The PKI directory (`ca.pem`, `nodeN.pem`, `nodeN.key`).
     pub fn pki_dir(&self) -> PathBuf {
         self.root.join("pki")
+    }
+    /// The cluster's key-encryption key file (`[secrets] kek_file` of
+    /// every node), outside every node's directory.
+    pub fn kek_file(&self) -> PathBuf {
+        self.root.join("kek")
     }
     /// The cluster CA certificate.
     pub fn ca_pem(&self) -> PathBuf {

@@ -189,15 +189,7 @@ async fn tokens_for(cluster: &Cluster, agent: &mut Agent, site: &TestSite) -> se
         agent.sign_in_ok(&base, "alice", PASSWORD).await;
     }
     let req = AuthRequest::new(site).set("scope", "openid offline_access");
-    let mut page = agent.get(&req.url(&base)).await;
-    if page.body.contains("id=\"trust\"") {
-        page = agent.approve(&base, &page, "username", false, false).await;
-    }
-    let code = page
-        .inputs()
-        .get("code")
-        .cloned()
-        .unwrap_or_else(|| panic!("no code: {}", page.body));
+    let code = agent.code_for(&base, &req, false).await;
     let (status, tokens) = sso::redeem(
         cluster.http(),
         &cluster.public_url(2),

@@ -3,7 +3,8 @@
 //! names the request (the id its response returns in `X-Request-Id`, the
 //! client's own when it sent a usable one); and no line holds a secret the
 //! test used — password, session and reference cookies, code, tokens,
-//! client secret, admin token — searched for by value.
+//! client secret, admin token, the key-encryption key — searched for by
+//! value.
 
 use baa_cluster_tests::sso::{
     add_confidential_site, create_user, query_params, redeem, Agent, AuthRequest,
@@ -73,6 +74,13 @@ async fn json_logs_name_the_request_and_hold_no_secret() {
         ("code", code.clone()),
         ("client secret", shop.secret.clone().unwrap()),
         ("admin token", cluster.admin_token().to_string()),
+        (
+            "key-encryption key",
+            std::fs::read_to_string(cluster.kek_file())
+                .unwrap()
+                .trim()
+                .to_string(),
+        ),
     ];
     for t in ["access_token", "id_token", "refresh_token"] {
         if let Some(v) = tokens[t].as_str() {

@@ -166,7 +166,7 @@ async fn deliver(
         return Ok(());
     };
     let peer = st.peer_of_client(&item.client_id).map_err(err)?.is_some();
-    let salt = st.pairwise_salt().map_err(err)?;
+    let salt = crate::key_rotation::stored_pairwise_salt(agency).map_err(|e| e.to_string())?;
     let user = st.user_by_id(item.user_id).map_err(err)?;
     // The subject as this site knows it (a pseudonym's pairwise `sub`; a
     // peer always gets a pairwise one).

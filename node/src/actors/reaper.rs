@@ -1,8 +1,9 @@
 //! The reaper: on the leader, periodically proposes sweeps of state that
 //! has expired (remembered request results, sessions, tickets, tokens,
 //! throttle records, retired keys) — each one bounded, a few in a row when
-//! there is much to do — and makes a signing key and a federation key if
-//! none exists.
+//! there is much to do — makes a signing key and a federation key if none
+//! exists, and wraps under the current key-encryption key the secrets
+//! stored in the clear or under a previous one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,15 +74,7 @@ impl Actor for Reaper {
                         }
                     }
                 }
-                if let Err(e) = crate::key_rotation::ensure_signing_key(&agency).await {
-                    tracing::warn!(error = %e, "reaper: could not make a signing key");
-                }
-                if let Err(e) = crate::key_rotation::ensure_federation_key(&agency).await {
-                    tracing::warn!(error = %e, "reaper: could not make a federation key");
-                }
-                if let Err(e) = crate::key_rotation::ensure_ticket_key(&agency).await {
-                    tracing::warn!(error = %e, "reaper: could not make a ticket key");
-                }
+                crate::key_rotation::maintain(&agency).await;
             });
         });
     }

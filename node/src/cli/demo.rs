@@ -20,7 +20,7 @@ use baa_proto::ErrorCode;
 use clap::Args;
 
 use super::client::{error_code, AdminClient, ApiError};
-use crate::config::{FileConfig, LogFormat, Peer, RaftTuning, SsoConfig, TlsFiles};
+use crate::config::{FileConfig, LogFormat, Peer, RaftTuning, SecretsConfig, SsoConfig, TlsFiles};
 use crate::pki;
 
 #[derive(Debug, Args)]
@@ -328,15 +328,7 @@ fn ensure_secret_file(
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
     let secret = make();
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(secret.as_bytes())?;
+    crate::secrets::create_private_file(path, secret.as_bytes())?;
     Ok((secret, true))
 }
 
@@ -517,7 +509,12 @@ fn plans(args: &DemoArgs, dir: &Path) -> anyhow::Result<Vec<Plan>> {
 }
 
 /// Writes each node's configuration and starts it.
-fn spawn_nodes(plan: &Plan, token_file: &Path, children: &mut Children) -> anyhow::Result<()> {
+fn spawn_nodes(
+    plan: &Plan,
+    token_file: &Path,
+    kek_file: &Path,
+    children: &mut Children,
+) -> anyhow::Result<()> {
     let pki_dir = plan.dir.join("pki");
     let exe = std::env::current_exe().context("locating the baa binary")?;
     for i in 1..=plan.nodes {
@@ -565,6 +562,10 @@ fn spawn_nodes(plan: &Plan, token_file: &Path, children: &mut Children) -> anyho
             gateway: Vec::new(),
             forward_auth: Vec::new(),
             federation: plan.federation.clone(),
+            secrets: SecretsConfig {
+                kek_file: Some(kek_file.to_path_buf()),
+                previous_kek_files: Vec::new(),
+            },
         };
         let config_path = plan.dir.join(format!("node{i}.toml"));
         std::fs::write(&config_path, toml::to_string_pretty(&file)?)?;
@@ -603,7 +604,13 @@ async fn start_agency(plan: &Plan, children: &mut Children) -> anyhow::Result<St
     let token_file = plan.dir.join("admin-token");
     let (token, _) = ensure_secret_file(&token_file, || hex::encode(rand::random::<[u8; 24]>()))?;
     let ca = pki::ca_cert_path(&pki_dir);
-    spawn_nodes(plan, &token_file, children)?;
+    // The agency's key-encryption key, beside its PKI (never in a node's
+    // data directory), kept for the next run like the data.
+    let kek_file = plan.dir.join("kek");
+    if !kek_file.exists() {
+        crate::kek::write_new_kek_file(&kek_file)?;
+    }
+    spawn_nodes(plan, &token_file, &kek_file, children)?;
     let clients: Vec<AdminClient> = (1..=plan.nodes)
         .map(|i| AdminClient::with(&format!("https://{}", plan.manage(i)), &ca, &token))
         .collect::<Result<_, _>>()?;

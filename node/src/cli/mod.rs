@@ -1,5 +1,5 @@
-//! The `baa` command line: `serve`, `pki`, `cluster`, `user`, `site`, `keys`,
-//! `federation`,
+//! The `baa` command line: `serve`, `pki`, `kek`, `cluster`, `user`, `site`,
+//! `keys`, `federation`,
 //! `login`, `demo`. (The demo's partner sites are their own binary,
 //! `baa-partner-site`.)
 
@@ -34,6 +34,12 @@ enum Command {
     Pki {
         #[command(subcommand)]
         command: PkiCommand,
+    },
+    /// Make or identify the key-encryption key that wraps the agency's
+    /// keys at rest (local files; nothing is sent).
+    Kek {
+        #[command(subcommand)]
+        command: KekCommand,
     },
     /// Cluster membership and status.
     Cluster {
@@ -147,6 +153,41 @@ enum PkiCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum KekCommand {
+    /// Write a new random key-encryption key to FILE (hex, mode 0600; an
+    /// existing file is never replaced) and print its id. One per agency:
+    /// copy it to every node, outside the data directories.
+    New {
+        /// The file to create.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the id of the KEK in FILE (or in BAA_KEK without --file): the
+    /// id that envelopes and error messages name.
+    Id {
+        /// A KEK file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+fn kek(command: KekCommand) -> anyhow::Result<()> {
+    let id = match command {
+        KekCommand::New { out } => crate::kek::write_new_kek_file(&out)?,
+        KekCommand::Id { file: Some(file) } => {
+            hex::encode(crate::kek::kek_id(&crate::kek::read_kek_file(&file)?))
+        }
+        KekCommand::Id { file: None } => {
+            let v = std::env::var(crate::kek::ENV_KEK)
+                .map_err(|_| anyhow::anyhow!("give --file, or set {}", crate::kek::ENV_KEK))?;
+            hex::encode(crate::kek::kek_id(&crate::kek::parse_kek(&v)?))
+        }
+    };
+    println!("{id}");
+    Ok(())
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -215,6 +256,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Pki { command } => pki(command),
+        Command::Kek { command } => kek(command),
         Command::Cluster { command } => {
             runtime().and_then(|rt| rt.block_on(admin::cluster(&cli.conn, command)))
         }

@@ -40,7 +40,7 @@ pub struct AgencyFacts<'a> {
 
 /// The agency's entity configuration, signed with its current federation key.
 pub fn entity_configuration(agency: &Agency) -> Result<String, NodeError> {
-    let (keys, current) = agency.state.federation_keys()?;
+    let (keys, current) = crate::key_rotation::federation_keys(agency)?;
     let reference_keys = agency.keys.reference_jwks()?;
     let token_keys: Vec<serde_json::Value> = agency.keys.jwks()?["keys"]
         .as_array()
@@ -63,7 +63,7 @@ pub fn entity_configuration(agency: &Agency) -> Result<String, NodeError> {
 /// (the RFC 7638 thumbprint peers give `baa federation add --pin`), and the
 /// key a rotation has published to sign with next, if any.
 pub fn own_key(agency: &Agency) -> Result<serde_json::Value, NodeError> {
-    let (keys, current) = agency.state.federation_keys()?;
+    let (keys, current) = crate::key_rotation::federation_keys(agency)?;
     let key = baa_proto::federation::signing_key(&keys, current.as_deref(), now_ms()).ok_or_else(
         || NodeError::BadRequest {
             code: ErrorCode::NoSigningKey,

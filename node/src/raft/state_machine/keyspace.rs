@@ -38,8 +38,11 @@ pub(super) const KEY_CURRENT_KID: &[u8] = b"m/current_kid";
 pub(super) const KEY_SWEEP_CURSOR: &[u8] = b"m/sweep_cursor";
 /// How many device grants are stored: `u64` (their cap is kept in apply).
 pub(super) const KEY_DEVICE_GRANTS: &[u8] = b"m/device_grants";
-/// The salt of pairwise subject identifiers: `PairwiseSalt`.
+/// The salt of pairwise subject identifiers in the clear, as releases
+/// before keys were wrapped stored it: `PairwiseSalt`.
 pub(super) const KEY_PAIRWISE_SALT: &[u8] = b"m/pairwise_salt";
+/// The salt of pairwise subject identifiers, wrapped (`Vec<u8>`, an envelope).
+pub(super) const KEY_WRAPPED_PAIRWISE_SALT: &[u8] = b"m/wrapped_pairwise_salt";
 /// Key id (`String`) of the current federation key.
 pub(super) const KEY_CURRENT_FEDERATION_KID: &[u8] = b"m/current_federation_kid";
 /// The id of the next outbox item: `u64`.
@@ -75,7 +78,8 @@ pub(super) const PREFIX_TICKET: &[u8] = b"k/";
 pub(super) const PREFIX_TOKEN: &[u8] = b"x/";
 /// Index: session key ++ token hash → `()`: the access and refresh tokens of a session.
 pub(super) const PREFIX_SESSION_TOKENS: &[u8] = b"X/";
-/// key id → `SigningKey`.
+/// key id → `SigningKey` (its private key wrapped, or in the clear as
+/// releases before keys were wrapped stored it).
 pub(super) const PREFIX_KEY: &[u8] = b"K/";
 /// throttle subject → `Failures`.
 pub(super) const PREFIX_FAILURES: &[u8] = b"f/";
@@ -87,12 +91,18 @@ pub(super) const PREFIX_FAMILY: &[u8] = b"Q/";
 pub(super) const PREFIX_DEVICE: &[u8] = b"D/";
 /// Index: normalised user code → device-code hash (`SecretHash`).
 pub(super) const PREFIX_USER_CODE: &[u8] = b"d/";
-/// key id → `FederationKey`.
+/// key id → `FederationKey`, in the clear: as releases before keys were
+/// wrapped stored them (rewrapping moves them to [`PREFIX_WRAPPED_FEDERATION_KEY`]).
 pub(super) const PREFIX_FEDERATION_KEY: &[u8] = b"F/";
+/// key id → `WrappedFederationKey`.
+pub(super) const PREFIX_WRAPPED_FEDERATION_KEY: &[u8] = b"J/";
 /// issuer URL → `PeerAgency`.
 pub(super) const PREFIX_PEER_AGENCY: &[u8] = b"P/";
-/// Ticket keys: kid → `TicketKey`.
+/// Ticket keys in the clear: kid → `TicketKey`, as releases before keys
+/// were wrapped stored them (rewrapping moves them to [`PREFIX_WRAPPED_TICKET_KEY`]).
 pub(super) const PREFIX_TICKET_KEY: &[u8] = b"T/";
+/// Ticket keys: kid → `WrappedTicketKey`.
+pub(super) const PREFIX_WRAPPED_TICKET_KEY: &[u8] = b"W/";
 /// Spent sealed tickets: ticket id → `SpentTicket`.
 pub(super) const PREFIX_SPENT: &[u8] = b"S/";
 /// Spent sealed tickets of [`baa_proto::command::Op::RedeemSealedOnce`]:
@@ -203,6 +213,7 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
         KEY_NEXT_USER_ID => as_::<u64>("next_user_id", value),
         KEY_CURRENT_KID => as_::<String>("current_kid", value),
         KEY_PAIRWISE_SALT => as_::<PairwiseSalt>("pairwise_salt", value),
+        KEY_WRAPPED_PAIRWISE_SALT => as_::<Vec<u8>>("wrapped_pairwise_salt", value),
         KEY_SWEEP_CURSOR => as_::<Vec<u8>>("sweep_cursor", value),
         KEY_DEVICE_GRANTS => as_::<u64>("device_grants", value),
         KEY_CURRENT_FEDERATION_KID => as_::<String>("current_federation_kid", value),
@@ -238,6 +249,12 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
         }
         k if k.starts_with(PREFIX_TICKET_KEY) => {
             as_::<baa_proto::sso::TicketKey>("ticket_key", value)
+        }
+        k if k.starts_with(PREFIX_WRAPPED_TICKET_KEY) => {
+            as_::<baa_proto::sso::WrappedTicketKey>("wrapped_ticket_key", value)
+        }
+        k if k.starts_with(PREFIX_WRAPPED_FEDERATION_KEY) => {
+            as_::<baa_proto::federation::WrappedFederationKey>("wrapped_federation_key", value)
         }
         k if k.starts_with(PREFIX_SPENT) => {
             as_::<baa_proto::sso::SpentTicket>("spent_ticket", value)

@@ -24,8 +24,8 @@ use baa_proto::command::{
 use baa_proto::model::{BaaNode, User};
 use baa_proto::sso::{
     AccessToken, AccountName, DeviceGrant, DevicePoll, DeviceStatus, Grant, LoginParams,
-    LoginTicket, RefreshToken, ResponseMode, RevokedSession, Session, SigningKey, Site,
-    SiteOptions, ThrottlePolicy, ThrottleRule, ThrottleSubject, Trust,
+    LoginTicket, RefreshToken, ResponseMode, RevokedSession, Rewrap, SecretKind, Session,
+    SigningKey, Site, SiteOptions, ThrottlePolicy, ThrottleRule, ThrottleSubject, Trust,
 };
 use baa_proto::ErrorCode;
 use openraft::EntryPayload;
@@ -245,6 +245,10 @@ fn op_variants_keep_their_order() {
             Op::RedeemForSealedAccess { .. } => "RedeemForSealedAccess",
             Op::RevokeSealedAccess { .. } => "RevokeSealedAccess",
             Op::RedeemSealedOnce { .. } => "RedeemSealedOnce",
+            Op::AddWrappedTicketKey { .. } => "AddWrappedTicketKey",
+            Op::AddWrappedFederationKey { .. } => "AddWrappedFederationKey",
+            Op::SetWrappedPairwiseSalt { .. } => "SetWrappedPairwiseSalt",
+            Op::RewrapSecrets { .. } => "RewrapSecrets",
         }
     }
     let table = [
@@ -286,6 +290,10 @@ fn op_variants_keep_their_order() {
         ("RedeemForSealedAccess", 35),
         ("RevokeSealedAccess", 36),
         ("RedeemSealedOnce", 37),
+        ("AddWrappedTicketKey", 38),
+        ("AddWrappedFederationKey", 39),
+        ("SetWrappedPairwiseSalt", 40),
+        ("RewrapSecrets", 41),
     ];
     let rule = ThrottleRule {
         window_ms: 1,
@@ -398,17 +406,7 @@ fn op_variants_keep_their_order() {
             auto_request_cutoff_ms: 1,
             budget: 1,
         },
-        Op::AddFederationKey {
-            key: Box::new(baa_proto::federation::FederationKey {
-                kid: "f1".into(),
-                seed: [1; 32],
-                public: [2; 32],
-                created_ms: 0,
-                retired_ms: None,
-                publish_until_ms: None,
-            }),
-            publish_old_for_ms: 1,
-        },
+        super::tests::keys::clear_federation_key("f1"),
         Op::AddPeerAgency(Box::new(baa_proto::federation::PeerAgency {
             issuer: "https://b.example".into(),
             pin: "p".into(),
@@ -436,8 +434,49 @@ fn op_variants_keep_their_order() {
             expires_ms: 1,
         },
         super::tests::sso::redeem_once(1, [1; 32], "c"),
+        super::tests::sso::wrapped_ticket_key("t2"),
+        super::tests::keys::wrapped_federation_key("f2"),
+        Op::SetWrappedPairwiseSalt { salt: vec![1; 73] },
+        Op::RewrapSecrets {
+            secrets: vec![Rewrap {
+                kind: SecretKind::SigningKey,
+                kid: "k".into(),
+                replaces: [1; 32],
+                wrapped: vec![2; 80],
+            }],
+        },
     ];
     pin("Op", &table, &samples, name);
+}
+
+/// Stored in `Op::RewrapSecrets` (the Raft log).
+#[test]
+fn secret_kind_variants_keep_their_order() {
+    fn name(k: &SecretKind) -> &'static str {
+        match k {
+            SecretKind::SigningKey => "SigningKey",
+            SecretKind::TicketKey => "TicketKey",
+            SecretKind::FederationKey => "FederationKey",
+            SecretKind::PairwiseSalt => "PairwiseSalt",
+        }
+    }
+    let samples = [
+        SecretKind::SigningKey,
+        SecretKind::TicketKey,
+        SecretKind::FederationKey,
+        SecretKind::PairwiseSalt,
+    ];
+    pin(
+        "SecretKind",
+        &[
+            ("SigningKey", 0),
+            ("TicketKey", 1),
+            ("FederationKey", 2),
+            ("PairwiseSalt", 3),
+        ],
+        &samples,
+        name,
+    );
 }
 
 #[test]

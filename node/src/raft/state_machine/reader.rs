@@ -220,9 +220,15 @@ impl StateReader {
             .unwrap_or_default())
     }
 
-    /// The salt of pairwise identifiers, once set.
-    pub fn pairwise_salt(&self) -> Result<Option<PairwiseSalt>, StorageError> {
-        self.get(KEY_PAIRWISE_SALT)
+    /// The salt of pairwise identifiers as stored, once set: its envelope,
+    /// or (set by an earlier release and not rewrapped yet) the clear salt.
+    pub fn pairwise_salt(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        if let Some(wrapped) = self.get::<Vec<u8>>(keyspace::KEY_WRAPPED_PAIRWISE_SALT)? {
+            return Ok(Some(wrapped));
+        }
+        Ok(self
+            .get::<PairwiseSalt>(KEY_PAIRWISE_SALT)?
+            .map(|s| s.to_vec()))
     }
 
     /// The session whose public handle is `sid`, if stored (alive or not).
@@ -296,7 +302,8 @@ impl StateReader {
             .unwrap_or_default())
     }
 
-    /// Every signing key, and the current key id.
+    /// Every signing key as stored (its private key wrapped, or in the
+    /// clear as an earlier release stored it), and the current key id.
     pub fn signing_keys(&self) -> Result<(Vec<SigningKey>, Option<String>), StorageError> {
         Ok((self.scan(PREFIX_KEY)?, self.get(KEY_CURRENT_KID)?))
     }
@@ -365,14 +372,19 @@ impl StateReader {
         Ok(out)
     }
 
-    /// Every ticket key, and the current key id.
+    /// Every ticket key as stored (wrapped; those an earlier release
+    /// stored, with their clear bytes until rewrapped), and the current
+    /// key id.
     pub fn ticket_keys(
         &self,
-    ) -> Result<(Vec<baa_proto::sso::TicketKey>, Option<String>), StorageError> {
-        Ok((
-            self.scan(keyspace::PREFIX_TICKET_KEY)?,
-            self.get(keyspace::KEY_CURRENT_TICKET_KID)?,
-        ))
+    ) -> Result<(Vec<baa_proto::sso::WrappedTicketKey>, Option<String>), StorageError> {
+        let mut keys: Vec<baa_proto::sso::WrappedTicketKey> =
+            self.scan(keyspace::PREFIX_WRAPPED_TICKET_KEY)?;
+        for k in self.scan::<baa_proto::sso::TicketKey>(keyspace::PREFIX_TICKET_KEY)? {
+            let clear = k.key.to_vec();
+            keys.push(k.stored_as(clear));
+        }
+        Ok((keys, self.get(keyspace::KEY_CURRENT_TICKET_KID)?))
     }
 
     /// Whether the sealed ticket `id` has been redeemed (and is still
@@ -392,13 +404,24 @@ impl StateReader {
         Ok(keyed || once)
     }
 
-    /// Every federation key, and the current key id.
+    /// Every federation key as stored (wrapped; those an earlier release
+    /// stored, with their clear seeds until rewrapped), and the current
+    /// key id.
     pub fn federation_keys(
         &self,
-    ) -> Result<(Vec<baa_proto::federation::FederationKey>, Option<String>), StorageError> {
-        Ok((
-            self.scan(PREFIX_FEDERATION_KEY)?,
-            self.get(KEY_CURRENT_FEDERATION_KID)?,
-        ))
+    ) -> Result<
+        (
+            Vec<baa_proto::federation::WrappedFederationKey>,
+            Option<String>,
+        ),
+        StorageError,
+    > {
+        let mut keys: Vec<baa_proto::federation::WrappedFederationKey> =
+            self.scan(keyspace::PREFIX_WRAPPED_FEDERATION_KEY)?;
+        for k in self.scan::<baa_proto::federation::FederationKey>(PREFIX_FEDERATION_KEY)? {
+            let clear = k.seed.to_vec();
+            keys.push(k.stored_as(clear));
+        }
+        Ok((keys, self.get(KEY_CURRENT_FEDERATION_KID)?))
     }
 }

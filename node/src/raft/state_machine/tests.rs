@@ -513,6 +513,20 @@ pub(super) mod sso {
         }
     }
 
+    /// [`ticket_key`] wrapped (apply never opens it: any bytes do).
+    pub(crate) fn wrapped_ticket_key(kid: &str) -> Op {
+        Op::AddWrappedTicketKey {
+            key: Box::new(baa_proto::sso::WrappedTicketKey {
+                kid: kid.into(),
+                key: vec![6; 73],
+                created_ms: 0,
+                retired_ms: None,
+                publish_until_ms: None,
+            }),
+            keep_old_for_ms: 900_000,
+        }
+    }
+
     /// The redemption of a sealed ticket `id` of session `key` for shop
     /// (PKCE challenge `c` × 43), presenting the verifier challenge
     /// `challenge` and issuing the access token `token`.
@@ -1131,6 +1145,176 @@ pub(super) mod sso {
     }
 }
 
+/// Keys in the clear (an earlier release's) and wrapped ones together:
+/// rotation across the two layouts, rewrapping, and the salt.
+pub(super) mod keys {
+    use baa_proto::federation::FederationKey;
+    use baa_proto::sso::{stored_fingerprint, Rewrap, SecretKind, SigningKey};
+
+    use super::*;
+
+    fn federation_key(kid: &str) -> FederationKey {
+        FederationKey {
+            kid: kid.into(),
+            seed: [3; 32],
+            public: [4; 32],
+            created_ms: 0,
+            retired_ms: None,
+            publish_until_ms: None,
+        }
+    }
+
+    /// A federation key wrapped (apply never opens it: any bytes do).
+    pub(crate) fn wrapped_federation_key(kid: &str) -> Op {
+        Op::AddWrappedFederationKey {
+            key: Box::new(federation_key(kid).stored_as(vec![3; 73])),
+            publish_old_for_ms: 3_600_000,
+        }
+    }
+
+    /// A federation key in the clear, as an earlier release added it.
+    pub(crate) fn clear_federation_key(kid: &str) -> Op {
+        Op::AddFederationKey {
+            key: Box::new(federation_key(kid)),
+            publish_old_for_ms: 3_600_000,
+        }
+    }
+
+    /// A signing key in the clear, as an earlier release added it.
+    pub(super) fn clear_signing_key(kid: &str) -> Op {
+        Op::AddSigningKey {
+            key: Box::new(SigningKey {
+                kid: kid.into(),
+                private_der: vec![0x30, 1, 2],
+                n: vec![4, 5],
+                e: vec![1, 0, 1],
+                created_ms: 0,
+                retired_ms: None,
+                publish_until_ms: None,
+            }),
+            publish_old_for_ms: 3_600_000,
+        }
+    }
+
+    fn rewrap(kind: SecretKind, kid: &str, replaces: &[u8], wrapped: u8) -> Rewrap {
+        Rewrap {
+            kind,
+            kid: kid.into(),
+            replaces: stored_fingerprint(replaces),
+            wrapped: vec![wrapped; 80],
+        }
+    }
+
+    /// A wrapped key replacing a current key in the clear retires it, and
+    /// a rewrap moves each clear key into the wrapped family, replacing
+    /// only the stored form it names: applied twice, it changes nothing.
+    #[tokio::test]
+    async fn keys_in_the_clear_are_retired_and_rewrapped_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = applied(
+            dir.path(),
+            vec![
+                (1_000, super::sso::ticket_key("t1")),
+                (1_000, clear_federation_key("f1")),
+                (1_000, clear_signing_key("k1")),
+                (1_000, Op::SetPairwiseSalt { salt: [7; 32] }),
+                (2_000, super::sso::wrapped_ticket_key("t2")),
+                (2_000, wrapped_federation_key("f2")),
+                (2_000, Op::SetWrappedPairwiseSalt { salt: vec![9; 73] }),
+            ],
+        )
+        .await;
+        let r = sm.reader();
+        let (tickets, current) = r.ticket_keys().unwrap();
+        assert_eq!(current.as_deref(), Some("t2"));
+        let t1 = tickets.iter().find(|k| k.kid == "t1").unwrap();
+        assert_eq!(
+            (t1.key.clone(), t1.retired_ms, t1.publish_until_ms),
+            (vec![6; 32], Some(2_000), Some(902_000)),
+            "the clear key, retired by the wrapped one"
+        );
+        let (feds, _) = r.federation_keys().unwrap();
+        assert_eq!(
+            feds.iter().find(|k| k.kid == "f1").unwrap().retired_ms,
+            Some(2_000)
+        );
+        assert_eq!(
+            r.pairwise_salt().unwrap(),
+            Some(vec![7; 32]),
+            "the first salt wins, whatever its form"
+        );
+        drop(r);
+        drop(sm);
+
+        let secrets = vec![
+            rewrap(SecretKind::TicketKey, "t1", &[6; 32], 1),
+            rewrap(SecretKind::FederationKey, "f1", &[3; 32], 2),
+            rewrap(SecretKind::SigningKey, "k1", &[0x30, 1, 2], 3),
+            rewrap(SecretKind::PairwiseSalt, "", &[7; 32], 4),
+            // Names a form no longer stored (rewrapped meanwhile): left alone.
+            rewrap(SecretKind::TicketKey, "t2", &[5; 73], 5),
+            // A key that is gone: nothing.
+            rewrap(SecretKind::TicketKey, "t9", &[6; 32], 6),
+        ];
+        let (_db, mut sm) = super::store(dir.path());
+        let at = |i: u64, op: Op| super::native::at_time(i, 3_000, op);
+        let op = Op::RewrapSecrets { secrets };
+        sm.apply(vec![at(8, op.clone())]).await.unwrap();
+        let r = sm.reader();
+        let (_, first) = r.digest().unwrap();
+        let (tickets, current) = r.ticket_keys().unwrap();
+        assert_eq!(current.as_deref(), Some("t2"));
+        let key = |kid: &str| tickets.iter().find(|k| k.kid == kid).unwrap().key.clone();
+        assert_eq!((key("t1"), key("t2")), (vec![1; 80], vec![6; 73]));
+        assert_eq!(tickets.len(), 2, "moved, not copied");
+        let t1 = tickets.iter().find(|k| k.kid == "t1").unwrap();
+        assert_eq!(t1.retired_ms, Some(2_000), "times kept");
+        let (feds, _) = r.federation_keys().unwrap();
+        let f1 = feds.iter().find(|k| k.kid == "f1").unwrap();
+        assert_eq!((f1.seed.clone(), f1.public), (vec![2; 80], [4; 32]));
+        assert_eq!(feds.len(), 2);
+        let (signing, _) = r.signing_keys().unwrap();
+        assert_eq!(signing[0].private_der, vec![3; 80]);
+        assert_eq!(r.pairwise_salt().unwrap(), Some(vec![4; 80]));
+        let counts = r.check_records().unwrap();
+        assert!(!counts.contains_key("ticket_key"), "{counts:?}");
+        assert!(!counts.contains_key("federation_key"), "{counts:?}");
+        assert!(!counts.contains_key("pairwise_salt"), "{counts:?}");
+        assert_eq!(counts.get("wrapped_pairwise_salt"), Some(&1));
+        // Again: every form it names is gone, so nothing changes.
+        sm.apply(vec![at(9, op)]).await.unwrap();
+        assert_eq!(r.digest().unwrap().1, first);
+        // A further rewrap of a wrapped key replaces its envelope.
+        let again = Op::RewrapSecrets {
+            secrets: vec![rewrap(SecretKind::TicketKey, "t1", &[1; 80], 7)],
+        };
+        sm.apply(vec![at(10, again)]).await.unwrap();
+        let (tickets, _) = r.ticket_keys().unwrap();
+        let t1 = tickets.iter().find(|k| k.kid == "t1").unwrap();
+        assert_eq!(t1.key, vec![7; 80]);
+    }
+
+    /// Retired wrapped ticket keys are swept like the others.
+    #[tokio::test]
+    async fn retired_wrapped_ticket_keys_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = applied(
+            dir.path(),
+            vec![
+                (1_000, super::sso::wrapped_ticket_key("t1")),
+                (2_000, super::sso::wrapped_ticket_key("t2")),
+                (2_000_000, super::sweep_op(100)),
+            ],
+        )
+        .await;
+        let (keys, _) = sm.reader().ticket_keys().unwrap();
+        assert_eq!(
+            keys.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>(),
+            ["t2"]
+        );
+    }
+}
+
 mod native {
     use baa_proto::sso::{
         public_sid, secret_hash, AccessToken, DeviceGrant, DevicePoll, DeviceStatus, RefreshToken,
@@ -1317,6 +1501,7 @@ mod native {
 mod reopen {
     use std::collections::BTreeSet;
 
+    use super::keys::{clear_federation_key, clear_signing_key};
     use super::native::{at, at_time, rt};
     use super::sso::{
         federated_sign_in, redeem, redeem_for_sealed_access, redeem_once, redeem_sealed, session,
@@ -1325,8 +1510,7 @@ mod reopen {
     use super::*;
     use baa_proto::model::BaaNode;
     use baa_proto::sso::{
-        secret_hash, AccountName, DeviceGrant, DeviceStatus, LoginParams, SigningKey, Site,
-        ThrottleRule, Trust,
+        secret_hash, AccountName, DeviceGrant, DeviceStatus, LoginParams, Site, ThrottleRule, Trust,
     };
 
     /// Index of `op`'s variant. Exhaustive, so a new command cannot be added
@@ -1371,9 +1555,13 @@ mod reopen {
             Op::RedeemForSealedAccess { .. } => 35,
             Op::RevokeSealedAccess { .. } => 36,
             Op::RedeemSealedOnce { .. } => 37,
+            Op::AddWrappedTicketKey { .. } => 38,
+            Op::AddWrappedFederationKey { .. } => 39,
+            Op::SetWrappedPairwiseSalt { .. } => 40,
+            Op::RewrapSecrets { .. } => 41,
         }
     }
-    const VARIANTS: usize = 38;
+    const VARIANTS: usize = 42;
 
     fn site(client_id: &str) -> Op {
         Op::AddSite(Box::new(Site {
@@ -1403,41 +1591,12 @@ mod reopen {
         }))
     }
 
-    fn signing_key(kid: &str) -> Op {
-        Op::AddSigningKey {
-            key: Box::new(SigningKey {
-                kid: kid.into(),
-                private_der: vec![1, 2, 3],
-                n: vec![4, 5],
-                e: vec![1, 0, 1],
-                created_ms: 0,
-                retired_ms: None,
-                publish_until_ms: None,
-            }),
-            publish_old_for_ms: 3_600_000,
-        }
-    }
-
     fn peer_agency(issuer: &str) -> Op {
         Op::AddPeerAgency(Box::new(baa_proto::federation::PeerAgency {
             issuer: issuer.into(),
             pin: "pin".into(),
             added_ms: 0,
         }))
-    }
-
-    fn federation_key(kid: &str) -> Op {
-        Op::AddFederationKey {
-            key: Box::new(baa_proto::federation::FederationKey {
-                kid: kid.into(),
-                seed: [3; 32],
-                public: [4; 32],
-                created_ms: 0,
-                retired_ms: None,
-                publish_until_ms: None,
-            }),
-            publish_old_for_ms: 3_600_000,
-        }
     }
 
     /// The ops of every write path, each expected to succeed, in an order
@@ -1567,10 +1726,10 @@ mod reopen {
                     lockout_ms: 60_000,
                 },
             },
-            signing_key("k1"),
-            signing_key("k2"),
-            federation_key("f1"),
-            federation_key("f2"),
+            clear_signing_key("k1"),
+            clear_signing_key("k2"),
+            clear_federation_key("f1"),
+            clear_federation_key("f2"),
             peer_agency("https://b.example"),
             peer_agency("https://c.example"),
             Op::RemovePeerAgency {
@@ -1589,6 +1748,25 @@ mod reopen {
                 username: "bob".into(),
             },
             Op::SetPairwiseSalt { salt: [7; 32] },
+            Op::SetWrappedPairwiseSalt { salt: vec![8; 73] },
+            super::sso::wrapped_ticket_key("t3"),
+            super::keys::wrapped_federation_key("f3"),
+            Op::RewrapSecrets {
+                secrets: vec![
+                    baa_proto::sso::Rewrap {
+                        kind: baa_proto::sso::SecretKind::TicketKey,
+                        kid: "t1".into(),
+                        replaces: baa_proto::sso::stored_fingerprint(&[6; 32]),
+                        wrapped: vec![1; 73],
+                    },
+                    baa_proto::sso::Rewrap {
+                        kind: baa_proto::sso::SecretKind::PairwiseSalt,
+                        kid: String::new(),
+                        replaces: baa_proto::sso::stored_fingerprint(&[7; 32]),
+                        wrapped: vec![2; 73],
+                    },
+                ],
+            },
             Op::Sweep {
                 request_cutoff_ms: 0,
                 auto_request_cutoff_ms: 0,
@@ -1717,7 +1895,8 @@ mod reopen {
             "membership",
             "next_user_id",
             "current_kid",
-            "pairwise_salt",
+            // The salt in the clear (`pairwise_salt`) was moved here by the rewrap.
+            "wrapped_pairwise_salt",
             "sweep_cursor",
             "device_grants",
             "user",
@@ -1752,6 +1931,8 @@ mod reopen {
             "spent_ticket",
             "spent_once",
             "revoked_access",
+            "wrapped_ticket_key",
+            "wrapped_federation_key",
         ]
         .into();
         assert_eq!(families, all, "every key family is written");

@@ -180,6 +180,16 @@ pub(super) fn apply_op(
         Op::RevokeSealedAccess { id, expires_ms } => {
             tokens::revoke_sealed(st, now, id, *expires_ms)
         }
+        Op::AddWrappedTicketKey {
+            key,
+            keep_old_for_ms,
+        } => keys::add(st, now, key.as_ref(), *keep_old_for_ms),
+        Op::AddWrappedFederationKey {
+            key,
+            publish_old_for_ms,
+        } => keys::add(st, now, key.as_ref(), *publish_old_for_ms),
+        Op::SetWrappedPairwiseSalt { salt } => keys::set_wrapped_pairwise_salt(st, salt),
+        Op::RewrapSecrets { secrets } => keys::rewrap(st, secrets),
         Op::PurgeExpired => purge::expired(st, now),
         Op::RevokeUserSessions { username } => sessions::revoke_all_of(st, now, username),
         Op::SetPairwiseSalt { salt } => keys::set_pairwise_salt(st, salt),

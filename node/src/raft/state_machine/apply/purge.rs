@@ -5,14 +5,14 @@
 use baa_proto::command::{CommandResult, Outcome};
 use baa_proto::sso::{
     AccessToken, DeviceGrant, Failures, LoginTicket, RefreshToken, Session, SigningKey,
-    SpentTicket, TicketKey,
+    SpentTicket, TicketKey, WrappedTicketKey,
 };
 
 use super::super::keyspace::{
     family_key, key, session_token_key, spent_once_until, RequestRecord, KEY_DEVICE_GRANTS,
     KEY_SWEEP_CURSOR, PREFIX_DEVICE, PREFIX_FAILURES, PREFIX_KEY, PREFIX_REFRESH, PREFIX_REQUEST,
     PREFIX_REVOKED_ACCESS, PREFIX_SESSION, PREFIX_SPENT, PREFIX_SPENT_ONCE, PREFIX_TICKET,
-    PREFIX_TICKET_KEY, PREFIX_TOKEN, PREFIX_USER_CODE,
+    PREFIX_TICKET_KEY, PREFIX_TOKEN, PREFIX_USER_CODE, PREFIX_WRAPPED_TICKET_KEY,
 };
 use super::super::staged::Staged;
 use super::tokens;
@@ -60,6 +60,7 @@ pub(super) fn expired(st: &mut Staged<'_>, now: u64) -> Result<CommandResult, St
         PREFIX_SPENT,
         PREFIX_SPENT_ONCE,
         PREFIX_TICKET_KEY,
+        PREFIX_WRAPPED_TICKET_KEY,
     ] {
         for k in st.keys_with_prefix(prefix)? {
             n += purge_if_expired(st, now, &k, None)?;
@@ -174,6 +175,11 @@ fn purge_if_expired(
     }
     if k.starts_with(PREFIX_TICKET_KEY) {
         return gone(st, k, |k: &TicketKey| (!k.published_at(now)).then(Vec::new));
+    }
+    if k.starts_with(PREFIX_WRAPPED_TICKET_KEY) {
+        return gone(st, k, |k: &WrappedTicketKey| {
+            (!k.published_at(now)).then(Vec::new)
+        });
     }
     if k.starts_with(PREFIX_REVOKED_ACCESS) {
         return gone(st, k, |expires_ms: &u64| {
