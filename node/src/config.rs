@@ -960,12 +960,42 @@ mod tests {
         }
     }
 
+    /// The three shipped example nodes parse, each names the other two as
+    /// peers at the addresses they advertise, and they agree on everything
+    /// an agency's nodes must share.
     #[test]
-    fn shipped_example_parses() {
-        let text = include_str!("../../ops/examples/node1.toml");
-        let f: FileConfig = toml::from_str(text).unwrap();
-        assert_eq!(f.peers.len(), 2);
-        assert!(f.secrets.kek_file.is_some(), "the example names its KEK");
+    fn shipped_examples_make_one_agency() {
+        let texts = [
+            include_str!("../../ops/examples/node1.toml"),
+            include_str!("../../ops/examples/node2.toml"),
+            include_str!("../../ops/examples/node3.toml"),
+        ];
+        let files: Vec<FileConfig> = texts.iter().map(|t| toml::from_str(t).unwrap()).collect();
+        let tables: Vec<toml::Table> = texts.iter().map(|t| toml::from_str(t).unwrap()).collect();
+        for (i, f) in files.iter().enumerate() {
+            let id = i as u64 + 1;
+            assert_eq!(tables[i]["node_id"].as_integer(), Some(id as i64));
+            assert!(f.secrets.kek_file.is_some(), "node {id} names its KEK");
+            let peers: Vec<u64> = f.peers.iter().map(|p| p.id).collect();
+            let others: Vec<u64> = (1..=3).filter(|o| *o != id).collect();
+            assert_eq!(peers, others, "node {id}'s peers");
+            for p in &f.peers {
+                let other = &tables[p.id as usize - 1];
+                assert_eq!(
+                    Some(p.cluster_addr.as_str()),
+                    other["cluster_advertise"].as_str(),
+                    "node {id}'s peer {}",
+                    p.id
+                );
+            }
+            for shared in ["raft", "limits", "sso", "secrets", "admin_token_file"] {
+                assert_eq!(
+                    tables[i].get(shared),
+                    tables[0].get(shared),
+                    "node {id}: {shared}"
+                );
+            }
+        }
     }
 
     #[test]
