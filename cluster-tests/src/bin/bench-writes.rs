@@ -55,6 +55,9 @@ struct Args {
     /// only on the leader.
     #[arg(long)]
     snapshot_all: bool,
+    /// The nodes' `[raft] state_rebuild_waste_mib` (default: the node's own).
+    #[arg(long)]
+    state_rebuild_waste_mib: Option<u64>,
 }
 
 /// What one measured run produced.
@@ -564,6 +567,7 @@ async fn main() {
     let args = Args::parse();
     let opts = ClusterOptions {
         log_level: "warn".into(),
+        state_rebuild_waste_mib: args.state_rebuild_waste_mib,
         ..ClusterOptions::nodes(3)
     };
     let cluster = Cluster::start_with(opts).await;
