@@ -148,17 +148,16 @@ impl Prometheus {
             .collect())
     }
 
+    /// The JSON answer of `GET /api/v1/{what}`.
+    async fn api(&self, what: &str) -> Result<serde_json::Value, String> {
+        let resp = self.http.get(format!("{}/api/v1/{what}", self.url)).send();
+        let resp = resp.await.map_err(|e| format!("{what}: {e}"))?;
+        resp.json().await.map_err(|e| format!("{what}: {e}"))
+    }
+
     /// The scrape targets and whether each is up (`health == "up"`).
     pub async fn targets(&self) -> Result<Vec<(String, bool)>, String> {
-        let body: serde_json::Value = self
-            .http
-            .get(format!("{}/api/v1/targets", self.url))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
+        let body = self.api("targets").await?;
         Ok(body["data"]["activeTargets"]
             .as_array()
             .into_iter()
@@ -178,15 +177,7 @@ impl Prometheus {
     /// The alert rules as Prometheus loaded them: each rule's name, its
     /// expression and its evaluation health.
     pub async fn alert_rules(&self) -> Result<Vec<(String, String, String)>, String> {
-        let body: serde_json::Value = self
-            .http
-            .get(format!("{}/api/v1/rules", self.url))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
+        let body = self.api("rules").await?;
         let mut out = Vec::new();
         for g in body["data"]["groups"].as_array().into_iter().flatten() {
             for r in g["rules"].as_array().into_iter().flatten() {

@@ -120,6 +120,24 @@ pub fn pkce() -> (String, String) {
     (verifier, challenge)
 }
 
+/// A code request of site `client_id` answered in the redirect's query
+/// (scope `openid`, PKCE S256): the query string and its verifier.
+pub fn query_mode_request(client_id: &str, redirect_uri: &str) -> (String, String) {
+    let (verifier, challenge) = pkce();
+    let query = serde_urlencoded::to_string([
+        ("client_id", client_id),
+        ("redirect_uri", redirect_uri),
+        ("response_type", "code"),
+        ("response_mode", "query"),
+        ("scope", "openid"),
+        ("state", "s"),
+        ("nonce", "n"),
+        ("code_challenge", &challenge),
+        ("code_challenge_method", "S256"),
+    ]);
+    (query.unwrap_or_default(), verifier)
+}
+
 /// An HTTP answer with its body read.
 #[derive(Debug, Clone)]
 pub struct Answer {

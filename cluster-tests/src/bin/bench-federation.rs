@@ -27,7 +27,7 @@ use baa_cluster_tests::bench::{
     password_sign_in, report_errors, slicing, unexpected, RunResult, Samples, Tally,
 };
 use baa_cluster_tests::federation::{approval, first_login, Federation, FirstLogin};
-use baa_cluster_tests::sso::{pkce, CSRF_COOKIE};
+use baa_cluster_tests::sso::{query_mode_request, CSRF_COOKIE};
 use baa_cluster_tests::Cluster;
 use baa_proto::api::CreateUserRequest;
 use clap::Parser;
@@ -81,32 +81,16 @@ struct Client {
 }
 
 /// The authorization request of the bench site (query response mode).
-fn authorize_query(challenge: &str) -> String {
-    serde_urlencoded::to_string([
-        ("client_id", SITE),
-        ("redirect_uri", REDIRECT),
-        ("response_type", "code"),
-        ("response_mode", "query"),
-        ("scope", "openid"),
-        ("state", "s"),
-        ("nonce", "n"),
-        ("code_challenge", challenge),
-        ("code_challenge_method", "S256"),
-    ])
-    .unwrap_or_default()
+fn authorize_query() -> String {
+    query_mode_request(SITE, REDIRECT).0
 }
 
 /// A local seamless login at A: the site's authorization request with a
 /// session and trust → its ticket.
 async fn seamless_login(c: &Client) -> Result<(), String> {
-    let (_, challenge) = pkce();
     let resp = c
         .http
-        .get(format!(
-            "{}/sso/authorize?{}",
-            c.base,
-            authorize_query(&challenge)
-        ))
+        .get(format!("{}/sso/authorize?{}", c.base, authorize_query()))
         .header(COOKIE, &c.local)
         .send()
         .await
@@ -208,15 +192,8 @@ async fn new_client(fed: &Federation, i: usize) -> anyhow::Result<(Client, First
     let b_cookies = password_sign_in(&http, &b_base, &b_csrf, (&b_user, PASSWORD))
         .await
         .map_err(|e| anyhow!(e))?;
-    let (derived, first) = first_login(
-        &http,
-        &base,
-        &b_base,
-        &b_cookies,
-        &csrf,
-        &authorize_query(&pkce().1),
-    )
-    .await?;
+    let (derived, first) =
+        first_login(&http, &base, &b_base, &b_cookies, &csrf, &authorize_query()).await?;
     let c = Client {
         http,
         base,
@@ -238,8 +215,7 @@ async fn new_client(fed: &Federation, i: usize) -> anyhow::Result<(Client, First
 
 /// The local user's approval of the bench site.
 async fn approve_once(c: &Client, csrf: &str) -> anyhow::Result<()> {
-    let (_, challenge) = pkce();
-    let query = authorize_query(&challenge);
+    let query = authorize_query();
     let resp = c
         .http
         .post(format!("{}/sso/consent", c.base))

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use baa_cluster_tests::bench::{client_for, csrf_pair, password_sign_in};
 use baa_cluster_tests::federation::approval;
-use baa_cluster_tests::sso::{add_site, create_user, pkce, query_params, redeem, CSRF_COOKIE};
+use baa_cluster_tests::sso::{
+    add_site, create_user, query_mode_request, query_params, redeem, CSRF_COOKIE,
+};
 use baa_cluster_tests::{poll_until, Cluster, ClusterOptions};
 use futures::StreamExt;
 use reqwest::header::{COOKIE, LOCATION};
@@ -35,21 +37,9 @@ fn resident_mib(pid: u32) -> f64 {
     kib / 1024.0
 }
 
-/// The site's authorization request and its PKCE verifier.
+/// The site's authorization request (answer in the query) and its verifier.
 fn authorize_query() -> (String, String) {
-    let (verifier, challenge) = pkce();
-    let query = serde_urlencoded::to_string([
-        ("client_id", "shop"),
-        ("redirect_uri", REDIRECT),
-        ("response_type", "code"),
-        ("response_mode", "query"),
-        ("scope", "openid"),
-        ("state", "s"),
-        ("nonce", "n"),
-        ("code_challenge", &challenge),
-        ("code_challenge_method", "S256"),
-    ]);
-    (query.unwrap(), verifier)
+    query_mode_request("shop", REDIRECT)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,8 +19,8 @@ use baa_cluster_tests::harness::{cli_gateway_app, free_port, TOOLS_APP};
 use baa_cluster_tests::poll_until;
 use baa_cluster_tests::prometheus::{ops_dir as ops, Prometheus, Sample};
 use baa_cluster_tests::sso::{
-    add_cli_client, add_site, create_user, other_node, pkce, query_params, redeem, Agent,
-    AuthRequest,
+    add_cli_client, add_site, create_user, other_node, query_mode_request, query_params, redeem,
+    Agent, AuthRequest,
 };
 use baa_cluster_tests::upstream::Upstream;
 use futures::StreamExt;
@@ -266,19 +266,7 @@ async fn mixed_load(fed: &Federation) {
     let b_cookies = password_sign_in(&http, &b_base, &b_csrf, ("bob", PASSWORD))
         .await
         .unwrap();
-    let (_, challenge) = pkce();
-    let query = serde_urlencoded::to_string([
-        ("client_id", "shop"),
-        ("redirect_uri", "https://shop.baa.localtest:9443/cb"),
-        ("response_type", "code"),
-        ("response_mode", "query"),
-        ("scope", "openid"),
-        ("state", "s"),
-        ("nonce", "n"),
-        ("code_challenge", &challenge),
-        ("code_challenge_method", "S256"),
-    ])
-    .unwrap();
+    let (query, _) = query_mode_request("shop", "https://shop.baa.localtest:9443/cb");
     let (derived, _) = first_login(&http, &base, &b_base, &b_cookies, &csrf, &query)
         .await
         .unwrap();

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use baa_cluster_tests::bench::{client_for, set_cookie, sso_cookies};
 use baa_cluster_tests::federation::approval;
-use baa_cluster_tests::sso::{add_site, create_user, pkce, query_params, TestSite, CSRF_COOKIE};
+use baa_cluster_tests::sso::{
+    add_site, create_user, query_mode_request, query_params, TestSite, CSRF_COOKIE,
+};
 use baa_cluster_tests::{poll_until, Cluster, ClusterOptions};
 use reqwest::header::{COOKIE, LOCATION, RETRY_AFTER};
 use reqwest::{RequestBuilder, Response, StatusCode};
@@ -25,19 +27,7 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 
 /// The site's authorization request (answer in the query) and its verifier.
 fn authorize_query() -> (String, String) {
-    let (verifier, challenge) = pkce();
-    let query = serde_urlencoded::to_string([
-        ("client_id", "shop"),
-        ("redirect_uri", REDIRECT),
-        ("response_type", "code"),
-        ("response_mode", "query"),
-        ("scope", "openid"),
-        ("state", "s"),
-        ("nonce", "n"),
-        ("code_challenge", &challenge),
-        ("code_challenge_method", "S256"),
-    ]);
-    (query.unwrap(), verifier)
+    query_mode_request("shop", REDIRECT)
 }
 
 /// A user's browser (and the site's back end, for redemptions) that retries
