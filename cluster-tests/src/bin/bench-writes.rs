@@ -143,9 +143,9 @@ fn client_for(ca: &Path) -> reqwest::Client {
         .expect("client")
 }
 
-/// The run with the median rate.
-fn median(mut runs: Vec<RunResult>) -> RunResult {
-    runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+/// The run with the median `key` (rate, or p99).
+fn median_by(mut runs: Vec<RunResult>, key: impl Fn(&RunResult) -> f64) -> RunResult {
+    runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
     let mid = runs.len() / 2;
     runs.swap_remove(mid)
 }
@@ -371,25 +371,33 @@ async fn node_stats(cluster: &Cluster, id: u64) -> [f64; 8] {
     ]
 }
 
+/// Has node `id` build a snapshot now (`POST /admin/v1/cluster/snapshot`);
+/// panics if it cannot.
+async fn snapshot_now(cluster: &Cluster, id: u64) {
+    let r = cluster
+        .admin_with_timeout(id, Duration::from_secs(60))
+        .request(reqwest::Method::POST, "/admin/v1/cluster/snapshot")
+        .send()
+        .await
+        .expect("forcing a snapshot");
+    assert!(
+        r.status().is_success(),
+        "forcing a snapshot: {}",
+        r.status()
+    );
+}
+
 /// While `on`, nodes `ids` build a snapshot, again as soon as they have one;
 /// answers how many were built and their mean time in ms.
 async fn force_snapshots(cluster: &Cluster, ids: &[u64], on: Arc<AtomicBool>) -> (usize, f64) {
     let each = ids.iter().map(|&id| {
-        let admin = cluster.admin_with_timeout(id, Duration::from_secs(60));
         let on = on.clone();
         async move {
             let mut times = Vec::new();
             while on.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                let r = admin
-                    .request(reqwest::Method::POST, "/admin/v1/cluster/snapshot")
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status().is_success() => times.push(t.elapsed().as_secs_f64()),
-                    Ok(r) => panic!("forcing a snapshot: {}", r.status()),
-                    Err(e) => panic!("forcing a snapshot: {e}"),
-                }
+                snapshot_now(cluster, id).await;
+                times.push(t.elapsed().as_secs_f64());
             }
             times
         }
@@ -427,17 +435,7 @@ async fn snapshot_bench(args: &Args, cluster: &Cluster, baa: &[Target], users: u
         .await;
     // One build on each node first, to know the snapshot's size.
     for id in cluster.ids() {
-        let r = cluster
-            .admin_with_timeout(id, Duration::from_secs(60))
-            .request(reqwest::Method::POST, "/admin/v1/cluster/snapshot")
-            .send()
-            .await
-            .expect("forcing a snapshot");
-        assert!(
-            r.status().is_success(),
-            "forcing a snapshot: {}",
-            r.status()
-        );
+        snapshot_now(cluster, id).await;
     }
     let size = snapshot_bytes(cluster);
     println!(
@@ -475,7 +473,7 @@ async fn snapshot_bench(args: &Args, cluster: &Cluster, baa: &[Target], users: u
         };
         for round in 0..args.rounds {
             quiet.push(measure(baa, &ca, c, warmup, secs).await);
-            let rebuilds = rebuilds(cluster).await;
+            let before = rebuilds(cluster).await;
             let on = Arc::new(AtomicBool::new(true));
             let (r, (n, ms)) = tokio::join!(
                 async {
@@ -491,12 +489,15 @@ async fn snapshot_bench(args: &Args, cluster: &Cluster, baa: &[Target], users: u
                 round + 1,
                 quiet[round].p99_ms,
                 ms,
-                rebuilds_since(cluster, rebuilds).await,
+                rebuilds(cluster).await - before,
                 r.p99_ms
             );
             busy.push(r);
         }
-        let (q, b) = (median_p99(quiet), median_p99(busy));
+        let (q, b) = (
+            median_by(quiet, |r| r.p99_ms),
+            median_by(busy, |r| r.p99_ms),
+        );
         let mean_build = builds.1 / builds.0.max(1) as f64;
         let ratio = b.p99_ms / q.p99_ms;
         println!(
@@ -541,18 +542,6 @@ async fn rebuilds(cluster: &Cluster) -> f64 {
             .unwrap_or(0.0);
     }
     n
-}
-
-/// State rebuilds since `before`.
-async fn rebuilds_since(cluster: &Cluster, before: f64) -> f64 {
-    rebuilds(cluster).await - before
-}
-
-/// The run with the median p99.
-fn median_p99(mut runs: Vec<RunResult>) -> RunResult {
-    runs.sort_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
-    let mid = runs.len() / 2;
-    runs.swap_remove(mid)
 }
 
 /// The size of node 1's current snapshot data.
@@ -684,8 +673,8 @@ async fn main() {
             d(l.0, l.1, 7),
             d(f.0, f.1, 2) / d(f.0, f.1, 3).max(1.0) * 1000.0,
         );
-        let b = median(baa_runs);
-        let e = median(etcd_runs);
+        let b = median_by(baa_runs, RunResult::rate);
+        let e = median_by(etcd_runs, RunResult::rate);
         let ratio = b.rate() / e.rate();
         println!(
             "{:>7} | {:>10.0} {:>8.2} {:>8.2} {:>6} | {:>10.0} {:>8.2} {:>8.2} {:>6} | {:>6.2}",
