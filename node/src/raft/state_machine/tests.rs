@@ -10,7 +10,21 @@ use super::snapshot::read_frame;
 use super::*;
 
 fn store(dir: &std::path::Path) -> (sled::Db, StateMachineStore) {
-    let state = StateDb::open(dir, 16 << 20).unwrap();
+    // sled's own threads give the file lock back a moment after the last
+    // handle of a database goes: a reopen in the same process waits for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let state = loop {
+        match StateDb::open(dir, 16 << 20) {
+            Ok(state) => break state,
+            Err(e)
+                if format!("{e:#}").contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("opening the state database: {e:#}"),
+        }
+    };
     let db = state.db().clone();
     let sm = StateMachineStore::open(state, &dir.join("snap"), Metrics::new()).unwrap();
     (db, sm)
