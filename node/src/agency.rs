@@ -245,7 +245,12 @@ impl Agency {
     /// This node's view of the cluster.
     pub fn status(&self) -> Result<ClusterStatus> {
         let m = self.raft_metrics();
-        let (applied, digest) = self.state.digest()?;
+        // Under a steady write load the digest may not settle: the applied
+        // index then comes from Raft and the digest stays empty.
+        let (applied, digest) = self
+            .state
+            .digest()?
+            .unwrap_or_else(|| (m.last_applied.map(|l| l.index), String::new()));
         let membership = m.membership_config.membership();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
         let learners: Vec<NodeId> = membership.learner_ids().collect();

@@ -129,7 +129,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let storage = state_machine.storage();
     let log_store = LogStore::open(
         wal,
-        storage.clone(),
         config.node_id,
         metrics.clone(),
         state_machine.snapshot_cover(),

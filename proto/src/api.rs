@@ -228,7 +228,8 @@ pub struct ClusterStatus {
     /// Index up to which the log was purged.
     pub purged_index: Option<u64>,
     /// SHA-256 of the state machine's records (hex), comparable between nodes
-    /// at the same applied index.
+    /// at the same applied index; empty when entries kept being applied
+    /// while it was taken (compare digests of a quiet cluster).
     pub digest: String,
     /// Voting members.
     pub voters: Vec<NodeId>,

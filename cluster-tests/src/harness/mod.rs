@@ -390,6 +390,7 @@ impl Cluster {
                 let first = st.first()?;
                 let same = st.len() == ids.len()
                     && first.applied_index.is_some()
+                    && !first.digest.is_empty()
                     && st.iter().all(|s| {
                         s.applied_index == first.applied_index && s.digest == first.digest
                     });

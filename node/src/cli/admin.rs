@@ -437,7 +437,11 @@ pub async fn cluster(conn: &Connection, command: ClusterCommand) -> anyhow::Resu
                         s.term,
                         idx(s.last_log_index),
                         idx(s.applied_index),
-                        &s.digest[..16.min(s.digest.len())]
+                        if s.digest.is_empty() {
+                            "(applying)"
+                        } else {
+                            &s.digest[..16.min(s.digest.len())]
+                        }
                     ),
                     Err(e) => println!("{id:>4}  unreachable: {e}"),
                 }

@@ -12,8 +12,8 @@
 //! records are swept: whenever a snapshot shows up (built or installed; its
 //! size is that of the live records), the node rebuilds the database into
 //! a fresh one if it wastes more than the configured space (see
-//! `state_machine::StateDb`). The rebuild holds writes for the copy of the
-//! live records, so it waits for a snapshot rather than running on a clock.
+//! `state_machine::StateDb`). The rebuild copies every live record (while
+//! writes go on), so it waits for a snapshot rather than running on a clock.
 
 use std::time::{Duration, Instant};
 

@@ -52,7 +52,7 @@ async fn release_0_1_0_data_after_a_purge_opens() {
         let mut sm =
             StateMachineStore::open(state, &dir.path().join("snapshots"), Metrics::new()).unwrap();
         let mut log =
-            LogStore::open(wal, sm.storage(), node, Metrics::new(), sm.snapshot_cover()).unwrap();
+            LogStore::open(wal, node, Metrics::new(), sm.snapshot_cover()).unwrap();
         let state = log.get_log_state().await.unwrap();
         assert_eq!(
             state.last_purged_log_id.map(|l| l.index),
@@ -77,7 +77,7 @@ async fn release_0_1_0_data_after_a_purge_opens() {
         let reader = sm.reader();
         assert_eq!(
             reader.digest().unwrap(),
-            (Some(157), DIGEST_0_1_0.to_string()),
+            Some((Some(157), DIGEST_0_1_0.to_string())),
             "node {node}"
         );
         reader.check_records().unwrap();

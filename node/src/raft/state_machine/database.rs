@@ -77,10 +77,9 @@ impl StateDb {
         path(&self.data_dir, self.generation)
     }
 
-    /// Copies every tree into a fresh database of the next generation,
-    /// checks the copy and flushes it. The caller keeps every writer out
-    /// from here until it has made the copy current
-    /// ([`make_current`](Self::make_current)) and replaced its handles.
+    /// Copies every tree into a fresh database of the next generation
+    /// while writes go on: what they change meanwhile is brought over by
+    /// [`catch_up`](Self::catch_up), in the writer's turn.
     pub(super) fn copy_to_next(&self) -> anyhow::Result<StateDb> {
         let next = self.generation + 1;
         let path = path(&self.data_dir, next);
@@ -97,6 +96,39 @@ impl StateDb {
             let from = self.db.open_tree(&name)?;
             let to = fresh.db.open_tree(&name)?;
             load(&to, from.iter().map(|r| r.map_err(anyhow::Error::from)))?;
+        }
+        Ok(fresh)
+    }
+
+    /// Brings the copy `fresh` up to this database and flushes it: the
+    /// keys of the tree `active` written since the copy began (`written`)
+    /// take their values now, and every other tree (the root and the redo
+    /// record: a few small records) is copied again and checked. The
+    /// caller holds the writer's turn from here until it has made the copy
+    /// current ([`make_current`](Self::make_current)) and replaced its
+    /// handles.
+    pub(super) fn catch_up<'k>(
+        &self,
+        fresh: &StateDb,
+        active: &[u8],
+        written: impl Iterator<Item = &'k Vec<u8>>,
+    ) -> anyhow::Result<()> {
+        let (from, to) = (self.db.open_tree(active)?, fresh.db.open_tree(active)?);
+        let mut batch = sled::Batch::default();
+        for k in written {
+            match from.get(k)? {
+                Some(v) => batch.insert(k.as_slice(), v),
+                None => batch.remove(k.as_slice()),
+            }
+        }
+        to.apply_batch(batch)?;
+        for name in self.db.tree_names() {
+            if name.as_ref() == active {
+                continue;
+            }
+            let (from, to) = (self.db.open_tree(&name)?, fresh.db.open_tree(&name)?);
+            to.clear()?;
+            load(&to, from.iter().map(|r| r.map_err(anyhow::Error::from)))?;
             anyhow::ensure!(
                 from.checksum()? == to.checksum()?,
                 "the copy of tree {} differs from the original",
@@ -104,7 +136,7 @@ impl StateDb {
             );
         }
         fresh.db.flush()?;
-        Ok(fresh)
+        Ok(())
     }
 
     /// Names this database in `db.current`. An error means the name did
@@ -168,10 +200,10 @@ fn path(data_dir: &Path, generation: u64) -> PathBuf {
 
 fn open_sled(path: &Path, cache_bytes: u64) -> anyhow::Result<sled::Db> {
     // The state needs no fsync of its own on the write path: what was
-    // applied is replayed from the log after a crash, and the log store
-    // flushes the state before it purges entries. sled's periodic flush
-    // would put an fsync of the state's pages beside the log's, every half
-    // second, in the middle of the writes it delays.
+    // applied is replayed from the log after a crash, and a snapshot build
+    // or install flushes the state before the log behind it can go.
+    // sled's periodic flush would put an fsync of the state's pages beside
+    // the log's, every half second, in the middle of the writes it delays.
     sled::Config::new()
         .path(path)
         .cache_capacity(cache_bytes)

@@ -48,12 +48,14 @@ use staged::Staged;
 /// the node's readers.
 pub struct SmShared {
     /// The database and its trees. Apply and snapshot install take the
-    /// write lock; reads, digests, snapshot builds and the copy of a
-    /// rebuild take the read lock; a rebuild replaces it all under the
-    /// write lock.
+    /// write lock; reads take the read lock; a rebuild replaces it all
+    /// under the write lock. What reads the whole tree (a digest, a
+    /// snapshot build, the copy of a rebuild) clones the tree's handle and
+    /// lets the lock go, so that it never holds apply up.
     live: RwLock<Live>,
-    /// Held by whatever writes the state (apply, snapshot install, a
-    /// rebuild), so that a rebuild copies a state nothing changes.
+    /// Held by whatever writes the state (apply, snapshot install, the
+    /// switch of a rebuild), and for the short turns in which a build or a
+    /// rebuild starts and stops keeping pre-images.
     writer: Mutex<()>,
     /// Held for a whole snapshot build, and taken by a snapshot install and
     /// a rebuild before the writer's turn: those replace the tree a build
@@ -156,8 +158,8 @@ impl StateMachineStore {
         StateReader::new(self.shared.clone())
     }
 
-    /// The flush and the rebuild of the state's database, for the log store
-    /// and the compaction task.
+    /// The flush and the rebuild of the state's database, for shutdown and
+    /// the compaction task.
     pub fn storage(&self) -> StateStorage {
         StateStorage(self.shared.clone())
     }
@@ -177,7 +179,8 @@ impl StateStorage {
     /// Rebuilds the state into a fresh database if the current one takes
     /// more than `min_waste` bytes beyond twice the live records (the
     /// size of the snapshot on disk), and returns the sizes on disk before
-    /// and after. Writes to the state wait for the copy; reads go on.
+    /// and after. Writes go on during the copy and wait only for the keys
+    /// they wrote meanwhile to be brought over.
     pub fn rebuild_if_wasteful(&self, min_waste: u64) -> anyhow::Result<Option<(u64, u64)>> {
         self.0.rebuild_if_wasteful(min_waste)
     }
@@ -239,8 +242,7 @@ impl SmShared {
             Err(e) => return Err(e.into()),
         };
         let _building = self.building();
-        let writer = self.writer();
-        let (fresh, name, before) = {
+        let (state, name, before) = {
             let live = self.live();
             let before = live.state.db().size_on_disk()?;
             if before <= min_waste.saturating_add(live_bytes.saturating_mul(2)) {
@@ -251,8 +253,21 @@ impl SmShared {
                 );
                 return Ok(None);
             }
-            (live.state.copy_to_next()?, live.tree.name(), before)
+            (live.state.clone(), live.tree.name(), before)
         };
+        // The copy is made while writes go on, as a snapshot build reads
+        // the tree; the keys written meanwhile are brought over in one
+        // short turn of the writer, which then switches to the copy.
+        let keeping = {
+            let _writer = self.writer();
+            self.start_keeping_pre_images()
+        };
+        let fresh = state.copy_to_next()?;
+        let writer = self.writer();
+        let written = self.take_pre_images();
+        drop(keeping);
+        state.catch_up(&fresh, &name, written.keys())?;
+        drop(state);
         let path = fresh.path();
         let after = fresh.db().size_on_disk()?;
         let fresh = Live::open(fresh)?;

@@ -52,6 +52,9 @@ impl Named for Site {
     const FAMILY: &'static [u8] = PREFIX_SITE;
 }
 
+/// How many times a digest is taken while entries keep being applied.
+pub const DIGEST_TRIES: usize = 2;
+
 /// Read access to the applied state, for request handlers.
 #[derive(Clone)]
 pub struct StateReader {
@@ -162,7 +165,7 @@ impl StateReader {
     /// `keyspace`) and counts them by family; the first record that does not
     /// read back is an error naming it.
     pub fn check_records(&self) -> Result<BTreeMap<&'static str, usize>, String> {
-        let tree = self.shared.tree();
+        let tree = self.shared.tree().clone();
         let mut counts = BTreeMap::new();
         for item in tree.iter() {
             let (k, v) = item.map_err(|e| e.to_string())?;
@@ -172,22 +175,39 @@ impl StateReader {
     }
 
     /// The applied log index and a SHA-256 digest of every record, taken
-    /// together so that nodes at the same index can be compared.
-    pub fn digest(&self) -> Result<(Option<u64>, String), StorageError> {
-        let tree = self.shared.tree();
-        let applied: Option<LogId> = read_tree::<Option<LogId>>(&tree, KEY_APPLIED)?.flatten();
-        let mut h = Sha256::new();
-        for item in tree.iter() {
-            let (k, v) = item.map_err(sm_read_err)?;
-            if k.as_ref() == KEY_APPLIED {
-                continue;
+    /// together so that nodes at the same index can be compared; `None`
+    /// when entries were applied during every try.
+    ///
+    /// The tree is read without holding apply up (a digest of a large state
+    /// takes a while, and a status call must not stall writes for it).
+    /// Every batch apply writes rewrites the applied id, so a digest whose
+    /// applied id reads the same before and after is the state at exactly
+    /// that id; otherwise it is taken again, up to [`DIGEST_TRIES`] times.
+    pub fn digest(&self) -> Result<Option<(Option<u64>, String)>, StorageError> {
+        for _ in 0..DIGEST_TRIES {
+            let before = self.applied()?;
+            let tree = self.shared.tree().clone();
+            let mut h = Sha256::new();
+            for item in tree.iter() {
+                let (k, v) = item.map_err(sm_read_err)?;
+                if k.as_ref() == KEY_APPLIED {
+                    continue;
+                }
+                h.update((k.len() as u64).to_le_bytes());
+                h.update(&k);
+                h.update((v.len() as u64).to_le_bytes());
+                h.update(&v);
             }
-            h.update((k.len() as u64).to_le_bytes());
-            h.update(&k);
-            h.update((v.len() as u64).to_le_bytes());
-            h.update(&v);
+            if self.applied()? == before {
+                return Ok(Some((before.map(|l| l.index), hex::encode(h.finalize()))));
+            }
         }
-        Ok((applied.map(|l| l.index), hex::encode(h.finalize())))
+        Ok(None)
+    }
+
+    /// The id of the last entry applied, read from the live tree.
+    fn applied(&self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get::<Option<LogId>>(KEY_APPLIED)?.flatten())
     }
 
     /// The session with key `key`, if stored (alive or not).

@@ -37,8 +37,8 @@ use crate::raft::{
 /// absent).
 pub(super) type PreImages = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
-/// Stops keeping pre-images when a build ends, whichever way.
-struct KeepingPreImages<'a>(&'a SmShared);
+/// Stops keeping pre-images when a build (or a rebuild) ends, whichever way.
+pub(super) struct KeepingPreImages<'a>(&'a SmShared);
 
 impl Drop for KeepingPreImages<'_> {
     fn drop(&mut self) {
@@ -195,6 +195,19 @@ impl SmShared {
         self.pre_images.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Starts keeping pre-images, until the guard returned goes; called in
+    /// the writer's turn, so that every batch applied after it is seen.
+    pub(super) fn start_keeping_pre_images(&self) -> KeepingPreImages<'_> {
+        *self.pre_images() = Some(PreImages::new());
+        KeepingPreImages(self)
+    }
+
+    /// The pre-images kept so far; no more are kept after this. Called in
+    /// the writer's turn, so that no batch is half seen.
+    pub(super) fn take_pre_images(&self) -> PreImages {
+        self.pre_images().take().unwrap_or_default()
+    }
+
     /// While a build reads the tree, keeps what `keys` hold in `tree` before
     /// a batch's writes reach it (apply calls this in the writer's turn).
     pub(super) fn keep_pre_images<'k>(
@@ -223,17 +236,16 @@ impl SmShared {
         let (meta_path, data_path) = self.snapshot_paths();
         let raw = self.snapshot_dir.join("build.raw.tmp");
         let tmp = self.snapshot_dir.join("build.data.tmp");
-        let (tree, state, last_applied, membership) = {
+        let (keeping, tree, state, last_applied, membership) = {
             let _writer = self.writer();
             let live = self.live();
             let applied: Option<LogId> =
                 read_tree::<Option<LogId>>(&live.tree, KEY_APPLIED)?.flatten();
             let membership: StoredMembership =
                 read_tree(&live.tree, KEY_MEMBERSHIP)?.unwrap_or_default();
-            *self.pre_images() = Some(PreImages::new());
-            (live.tree.clone(), live.state.clone(), applied, membership)
+            let keeping = self.start_keeping_pre_images();
+            (keeping, live.tree.clone(), live.state.clone(), applied, membership)
         };
-        let keeping = KeepingPreImages(self);
         {
             let mut out = BufWriter::new(std::fs::File::create(&raw)?);
             for item in tree.iter() {
@@ -244,7 +256,7 @@ impl SmShared {
         }
         let images = {
             let _writer = self.writer();
-            self.pre_images().take().unwrap_or_default()
+            self.take_pre_images()
         };
         drop(keeping);
         {
