@@ -206,6 +206,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let hasher = actors::hasher::Hashers::start(
         config.limits.hash_threads(),
         config.limits.pending_hashes(),
+        agency.metrics.clone(),
     );
     let _reaper =
         actors::reaper::Reaper::new(agency.clone(), actors::reaper::REAPER_INTERVAL).start();

@@ -57,6 +57,11 @@ pub struct Metrics {
     pub log_flush_duration: Histogram,
     /// Round trip of calls to peers' cluster ports, by path.
     pub cluster_rpc_duration: HistogramVec,
+    /// Messages sent to an actor and not yet answered (waiting in its
+    /// mailbox or being handled), by actor.
+    pub actor_mailbox_depth: IntGaugeVec,
+    /// Time from sending a message to an actor to its answer, by actor.
+    pub actor_handling: HistogramVec,
     /// HTTP requests by route, method and status.
     pub http_requests: IntCounterVec,
     /// HTTP request latency by route.
@@ -317,6 +322,21 @@ impl Metrics {
                 &["path"]
             )),
 
+            actor_mailbox_depth: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "baa_actor_mailbox_depth",
+                    "Messages sent to an actor and not yet answered (queued or being handled)"
+                ),
+                &["actor"]
+            )),
+            actor_handling: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "baa_actor_handling_seconds",
+                    "Time from sending a message to an actor to its answer (wait in the mailbox included)"
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["actor"]
+            )),
             http_requests: reg!(IntCounterVec::new(
                 Opts::new(
                     "baa_http_requests_total",

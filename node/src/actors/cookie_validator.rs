@@ -105,6 +105,10 @@ impl Verified {
     }
 }
 
+impl super::Metered for CookieValidator {
+    const NAME: &'static str = "cookie_validator";
+}
+
 impl Actor for CookieValidator {
     type Context = Context<Self>;
 }
@@ -162,7 +166,7 @@ async fn validate_linked(
             return None;
         }
     };
-    match peers.send(CheckPeerReference(reference)).await {
+    match super::ask(&agency.metrics, peers, CheckPeerReference(reference)).await {
         Ok(Ok(p)) if p.peer.issuer == link.peer && p.sid == link.peer_sid => Some(valid),
         Ok(Ok(_)) => {
             agency.metrics.cookie_check(CookieCheck::Mismatch);

@@ -361,6 +361,10 @@ impl FederationDirectory {
     }
 }
 
+impl super::Metered for FederationDirectory {
+    const NAME: &'static str = "federation_directory";
+}
+
 impl Actor for FederationDirectory {
     type Context = Context<Self>;
 

@@ -21,6 +21,10 @@ pub struct PasswordHasher {
     work: Work,
 }
 
+impl super::Metered for PasswordHasher {
+    const NAME: &'static str = "password_hasher";
+}
+
 impl Actor for PasswordHasher {
     type Context = SyncContext<Self>;
 }
@@ -159,6 +163,7 @@ pub struct Busy;
 #[derive(Clone)]
 pub struct Hashers {
     addr: Addr<PasswordHasher>,
+    metrics: Arc<crate::metrics::Metrics>,
     pending: Arc<AtomicUsize>,
     capacity: usize,
 }
@@ -174,9 +179,10 @@ impl Drop for Slot {
 
 impl Hashers {
     /// `threads` hashers taking at most `capacity` requests at a time.
-    pub fn start(threads: usize, capacity: usize) -> Self {
+    pub fn start(threads: usize, capacity: usize, metrics: Arc<crate::metrics::Metrics>) -> Self {
         Self {
             addr: start(threads),
+            metrics,
             pending: Arc::new(AtomicUsize::new(0)),
             capacity: capacity.max(1),
         }
@@ -195,21 +201,21 @@ impl Hashers {
     /// Hashes `password` (a PHC string, or why not), or `Busy`.
     pub async fn hash(&self, password: String) -> Result<Result<String, String>, Busy> {
         let _slot = self.slot()?;
-        Ok(self
-            .addr
-            .send(HashPassword(password))
-            .await
-            .unwrap_or_else(|e| Err(format!("password hasher unavailable: {e}"))))
+        Ok(
+            super::ask(&self.metrics, &self.addr, HashPassword(password))
+                .await
+                .unwrap_or_else(|e| Err(format!("password hasher unavailable: {e}"))),
+        )
     }
 
     /// Whether `password` matches `hash`, or `Busy`.
     pub async fn verify(&self, password: String, hash: String) -> Result<bool, Busy> {
         let _slot = self.slot()?;
-        Ok(self
-            .addr
-            .send(VerifyPassword { password, hash })
-            .await
-            .unwrap_or(false))
+        Ok(
+            super::ask(&self.metrics, &self.addr, VerifyPassword { password, hash })
+                .await
+                .unwrap_or(false),
+        )
     }
 }
 
@@ -221,7 +227,7 @@ mod tests {
     /// growing; places come back as requests finish.
     #[actix_rt::test]
     async fn l8_the_hashing_queue_is_bounded() {
-        let hashers = Hashers::start(1, 2);
+        let hashers = Hashers::start(1, 2, crate::metrics::Metrics::new());
         let h = hash_password("pw").unwrap();
         let results =
             futures::future::join_all((0..10).map(|_| hashers.verify("pw".into(), h.clone())))

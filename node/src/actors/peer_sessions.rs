@@ -162,6 +162,10 @@ impl PeerSessions {
     }
 }
 
+impl super::Metered for PeerSessions {
+    const NAME: &'static str = "peer_sessions";
+}
+
 impl Actor for PeerSessions {
     type Context = Context<Self>;
 }

@@ -46,6 +46,10 @@ impl TicketIssuer {
     }
 }
 
+impl super::Metered for TicketIssuer {
+    const NAME: &'static str = "ticket_issuer";
+}
+
 impl Actor for TicketIssuer {
     type Context = Context<Self>;
 }

@@ -63,6 +63,10 @@ impl TokenTranslator {
     }
 }
 
+impl super::Metered for TokenTranslator {
+    const NAME: &'static str = "token_translator";
+}
+
 impl Actor for TokenTranslator {
     type Context = Context<Self>;
 }

@@ -597,7 +597,17 @@ async fn wait_all(
 
 /// Starts one agency: its nodes (the cluster initialised), its sites and
 /// its demo user.
+/// One line of start-up progress on stderr (stdout keeps the summary).
+fn progress(plan: &Plan, began: Instant, what: &str) {
+    eprintln!(
+        "baa demo: agency {}: {what} ({:.1} s)",
+        plan.name,
+        began.elapsed().as_secs_f64()
+    );
+}
+
 async fn start_agency(plan: &Plan, children: &mut Children) -> anyhow::Result<Started> {
+    let began = Instant::now();
     std::fs::create_dir_all(&plan.dir)?;
     let pki_dir = plan.dir.join("pki");
     ensure_pki(&pki_dir, plan)?;
@@ -611,12 +621,14 @@ async fn start_agency(plan: &Plan, children: &mut Children) -> anyhow::Result<St
         crate::kek::write_new_kek_file(&kek_file)?;
     }
     spawn_nodes(plan, &token_file, &kek_file, children)?;
+    progress(plan, began, &format!("started {} nodes", plan.nodes));
     let clients: Vec<AdminClient> = (1..=plan.nodes)
         .map(|i| AdminClient::with(&format!("https://{}", plan.manage(i)), &ca, &token))
         .collect::<Result<_, _>>()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let logs = format!("did not start; see the logs in {}", plan.dir.display());
     wait_all(&clients, "/healthz", &logs, deadline, children).await?;
+    progress(plan, began, "every node answers");
     match clients[0]
         .post::<_, serde_json::Value>("/admin/v1/cluster/init", &serde_json::json!({}))
         .await
@@ -633,8 +645,15 @@ async fn start_agency(plan: &Plan, children: &mut Children) -> anyhow::Result<St
         children,
     )
     .await?;
+    progress(plan, began, "a leader is elected, every node is ready");
     let password = configure(plan, &clients[0]).await?;
+    progress(
+        plan,
+        began,
+        "sites, the baa-cli client and the demo user registered",
+    );
     start_sites(plan, &ca, children).await?;
+    progress(plan, began, "partner sites answer");
     Ok(Started {
         clients,
         token,

@@ -49,7 +49,10 @@ pub async fn current_session(
         session,
         reference: cookie_value(req, REFERENCE_COOKIE),
     };
-    gate.send(ValidateCookies(cookies)).await.ok().flatten()
+    crate::actors::ask(&agency.metrics, gate, ValidateCookies(cookies))
+        .await
+        .ok()
+        .flatten()
 }
 
 /// The request's CSRF token, or a new one with the cookie that carries it.

@@ -70,11 +70,16 @@ pub async fn peer_sign_in(
         return None;
     }
     let refusal = match cookie_value(req, REFERENCE_COOKIE) {
-        Some(reference) => match peers.send(CheckPeerReference(reference)).await.ok()? {
-            Ok(p) => return Some(go(agency, &p.peer, params, true)),
-            Err(PeerRefusal::NotAPeer) => None,
-            Err(r) => Some(r),
-        },
+        Some(reference) => {
+            match crate::actors::ask(&agency.metrics, peers, CheckPeerReference(reference))
+                .await
+                .ok()?
+            {
+                Ok(p) => return Some(go(agency, &p.peer, params, true)),
+                Err(PeerRefusal::NotAPeer) => None,
+                Err(r) => Some(r),
+            }
+        }
         None => None,
     };
     if a.prompt_none {

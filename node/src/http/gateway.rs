@@ -323,7 +323,7 @@ async fn forward(
         return error_response(ErrorCode::NotFound, "no gateway app of that name");
     };
     let prepared = async {
-        let t = translate(&req, &broker, app).await?;
+        let t = translate(&req, &agency, &broker, app).await?;
         let target = target_of(&req, app)?;
         let body = read_body(payload).await?;
         let headers = identity_headers(&req, &agency, app, &t)?;
@@ -350,6 +350,7 @@ async fn forward(
 /// Who the request's bearer token speaks for, if the app takes its client's tokens.
 async fn translate(
     req: &HttpRequest,
+    agency: &Agency,
     broker: &Addr<TokenTranslator>,
     app: &GatewayApp,
 ) -> Result<Translated, HttpResponse> {
@@ -357,8 +358,7 @@ async fn translate(
         return Err(unauthorized());
     };
     let accept = app.accept_clients.clone();
-    let found = broker
-        .send(TranslateToken { token, accept })
+    let found = crate::actors::ask(&agency.metrics, broker, TranslateToken { token, accept })
         .await
         .unwrap_or_else(|_| Err(NodeError::Internal("token translator unavailable".into())));
     match found {

@@ -41,9 +41,10 @@ pub fn start(raft: &Raft, idle: Duration, storage: StateStorage, min_waste: u64)
             if snapshot != last.0 {
                 last = (snapshot, Instant::now());
                 let storage = storage.clone();
-                let rebuilt =
-                    tokio::task::spawn_blocking(move || storage.rebuild_if_wasteful(min_waste))
-                        .await;
+                let rebuilt = super::background::run("baa-rebuild", move || {
+                    storage.rebuild_if_wasteful(min_waste)
+                })
+                .await;
                 if let Ok(Err(e)) = rebuilt {
                     tracing::warn!(error = %format!("{e:#}"), "rebuilding the state's database failed; the old one stays");
                 }

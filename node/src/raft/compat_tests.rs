@@ -51,8 +51,7 @@ async fn release_0_1_0_data_after_a_purge_opens() {
         .unwrap();
         let mut sm =
             StateMachineStore::open(state, &dir.path().join("snapshots"), Metrics::new()).unwrap();
-        let mut log =
-            LogStore::open(wal, node, Metrics::new(), sm.snapshot_cover()).unwrap();
+        let mut log = LogStore::open(wal, node, Metrics::new(), sm.snapshot_cover()).unwrap();
         let state = log.get_log_state().await.unwrap();
         assert_eq!(
             state.last_purged_log_id.map(|l| l.index),

@@ -574,13 +574,8 @@ mod tests {
             for round in 0..2 {
                 let (state, _sm) = open_state(dir.path());
                 let wal = open_log(&wal_dir, &sled_dir, &state).unwrap();
-                let mut store = LogStore::open(
-                    wal,
-                    1,
-                    Metrics::new(),
-                    SnapshotCover::default(),
-                )
-                .unwrap();
+                let mut store =
+                    LogStore::open(wal, 1, Metrics::new(), SnapshotCover::default()).unwrap();
                 let what = format!("in the state's db: {in_state}, round {round}");
                 assert!(!wal_dir.with_extension("moving").exists(), "{what}");
                 assert!(!sled_dir.exists(), "{what}");

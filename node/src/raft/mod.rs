@@ -2,6 +2,7 @@
 //! files) and the state machine (sled), the mTLS network client, read indexes and proposals (the
 //! cluster port's handlers are in `http::cluster_port`).
 
+pub mod background;
 pub mod compaction;
 pub mod gauges;
 pub mod log_store;

@@ -382,7 +382,7 @@ pub async fn proceed(
         });
     };
     if a.peer {
-        return issue_ticket(issuer, a, v).await;
+        return issue_ticket(agency, issuer, a, v).await;
     }
     let covers = || -> Result<bool, NodeError> {
         let trust = agency.state.trust(v.session.user_id, &a.site.client_id)?;
@@ -408,11 +408,12 @@ pub async fn proceed(
             false => Next::Trust,
         });
     }
-    issue_ticket(issuer, a, v).await
+    issue_ticket(agency, issuer, a, v).await
 }
 
 /// Has the ticket issuer make the site's ticket for the session.
 pub async fn issue_ticket(
+    agency: &Agency,
     issuer: &Addr<TicketIssuer>,
     a: &Authz,
     v: &ValidSession,
@@ -425,8 +426,7 @@ pub async fn issue_ticket(
         code_challenge: a.challenge.clone(),
         scopes: a.scopes.clone(),
     };
-    let issued = issuer
-        .send(IssueTicket(req))
+    let issued = crate::actors::ask(&agency.metrics, issuer, IssueTicket(req))
         .await
         .map_err(|_| NodeError::Internal("ticket issuer unavailable".into()))?;
     match issued {

@@ -85,7 +85,7 @@ pub async fn decide(
         updated_ms: now,
     };
     agency.write(Op::SetTrust(Box::new(trust)), None).await?;
-    issue_ticket(issuer, a, v).await
+    issue_ticket(agency, issuer, a, v).await
 }
 
 /// A user and the sites they trust.

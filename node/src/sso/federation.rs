@@ -213,9 +213,10 @@ pub async fn add_peer(
 
 /// What this node's federation directory holds of each peer.
 pub async fn directory(
+    agency: &Agency,
     addr: &actix::Addr<FederationDirectory>,
 ) -> Result<Vec<PeerState>, NodeError> {
-    addr.send(ListPeers)
+    crate::actors::ask(&agency.metrics, addr, ListPeers)
         .await
         .map_err(|_| NodeError::Internal("the federation directory is not running".into()))
 }

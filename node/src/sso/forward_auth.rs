@@ -289,8 +289,7 @@ pub async fn verify(
     };
     if let Some(token) = presented.token {
         let accept = app.accept_clients.clone();
-        let found = broker
-            .send(TranslateToken { token, accept })
+        let found = crate::actors::ask(&agency.metrics, broker, TranslateToken { token, accept })
             .await
             .map_err(|_| NodeError::Internal("token translator unavailable".into()))??;
         return Ok(found.map_or(

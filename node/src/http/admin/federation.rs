@@ -56,9 +56,10 @@ async fn own_key(_: Admin, agency: web::Data<Agency>) -> Result<HttpResponse> {
 /// (reachable, when fetched, its keys).
 async fn directory(
     _: Admin,
+    agency: web::Data<Agency>,
     addr: web::Data<actix::Addr<FederationDirectory>>,
 ) -> Result<HttpResponse> {
-    let peers = federation::directory(&addr).await?;
+    let peers = federation::directory(&agency, &addr).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "peers": peers })))
 }
 

@@ -60,10 +60,11 @@ impl SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let shared = self.shared.clone();
-        let (meta, file) = tokio::task::spawn_blocking(move || shared.dump_snapshot())
-            .await
-            .map_err(sm_read_err)?
-            .map_err(sm_read_err)?;
+        let (meta, file) =
+            crate::raft::background::run("baa-snapshot", move || shared.dump_snapshot())
+                .await
+                .map_err(sm_read_err)?
+                .map_err(sm_read_err)?;
         self.shared.metrics.snapshots_built.inc();
         Ok(Snapshot {
             meta,
@@ -233,6 +234,7 @@ impl SmShared {
     /// returns its meta with the data file opened.
     fn dump_snapshot(&self) -> anyhow::Result<(SnapshotMeta, std::fs::File)> {
         let _building = self.building();
+        let began = std::time::Instant::now();
         let (meta_path, data_path) = self.snapshot_paths();
         let raw = self.snapshot_dir.join("build.raw.tmp");
         let tmp = self.snapshot_dir.join("build.data.tmp");
@@ -244,7 +246,13 @@ impl SmShared {
             let membership: StoredMembership =
                 read_tree(&live.tree, KEY_MEMBERSHIP)?.unwrap_or_default();
             let keeping = self.start_keeping_pre_images();
-            (keeping, live.tree.clone(), live.state.clone(), applied, membership)
+            (
+                keeping,
+                live.tree.clone(),
+                live.state.clone(),
+                applied,
+                membership,
+            )
         };
         {
             let mut out = BufWriter::new(std::fs::File::create(&raw)?);
@@ -258,6 +266,7 @@ impl SmShared {
             let _writer = self.writer();
             self.take_pre_images()
         };
+        let kept = images.len();
         drop(keeping);
         {
             let mut input = BufReader::new(std::fs::File::open(&raw)?);
@@ -298,6 +307,13 @@ impl SmShared {
         write_meta(&meta_path, &meta)?;
         self.cover.set(meta.last_log_id);
         let data = std::fs::File::open(&data_path)?;
+        tracing::info!(
+            index = ?meta.last_log_id.map(|l| l.index),
+            bytes = data.metadata().map(|m| m.len()).unwrap_or(0),
+            written_meanwhile = kept,
+            ms = began.elapsed().as_millis() as u64,
+            "built a snapshot"
+        );
         Ok((meta, data))
     }
 
@@ -337,11 +353,20 @@ impl SmShared {
         let name = format!("sm.{seq}");
         let fresh = db.open_tree(&name)?;
         fresh.clear()?;
+        let total = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut reader = BufReader::new(file);
+        let mut progress = Progress::new(meta, total);
         database::load(
             &fresh,
-            std::iter::from_fn(|| read_frame::<(Vec<u8>, Vec<u8>)>(&mut reader).transpose()),
+            std::iter::from_fn(|| {
+                let frame = read_frame::<(Vec<u8>, Vec<u8>)>(&mut reader).transpose();
+                if let Some(Ok((k, v))) = &frame {
+                    progress.record(k.len() + v.len() + 4);
+                }
+                frame
+            }),
         )?;
+        progress.done();
         // The dump was taken under the same lock as its meta, so the applied id
         // and membership records in it already agree with `meta`.
         let applied: Option<LogId> = read_tree::<Option<LogId>>(&fresh, KEY_APPLIED)?.flatten();
@@ -407,5 +432,61 @@ fn read_meta(path: &Path) -> anyhow::Result<Option<SnapshotMeta>> {
         Ok(bytes) => Ok(Some(codec::decode_record(&bytes)?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// How often a long install says how far it got.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Logs how far the install of a snapshot got, now and then and at its end.
+struct Progress {
+    index: Option<u64>,
+    total: u64,
+    records: u64,
+    bytes: u64,
+    began: std::time::Instant,
+    last: std::time::Instant,
+}
+
+impl Progress {
+    fn new(meta: &SnapshotMeta, total: u64) -> Self {
+        let now = std::time::Instant::now();
+        tracing::info!(
+            index = ?meta.last_log_id.map(|l| l.index),
+            bytes = total,
+            "installing a snapshot"
+        );
+        Self {
+            index: meta.last_log_id.map(|l| l.index),
+            total,
+            records: 0,
+            bytes: 0,
+            began: now,
+            last: now,
+        }
+    }
+
+    fn record(&mut self, bytes: usize) {
+        self.records += 1;
+        self.bytes += bytes as u64;
+        if self.last.elapsed() >= PROGRESS_EVERY {
+            self.last = std::time::Instant::now();
+            tracing::info!(
+                index = ?self.index,
+                records = self.records,
+                percent = self.bytes * 100 / self.total.max(1),
+                "installing a snapshot"
+            );
+        }
+    }
+
+    fn done(&self) {
+        tracing::info!(
+            index = ?self.index,
+            records = self.records,
+            bytes = self.bytes,
+            ms = self.began.elapsed().as_millis() as u64,
+            "snapshot records loaded"
+        );
     }
 }

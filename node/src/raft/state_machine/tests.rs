@@ -301,7 +301,7 @@ async fn a_digest_taken_while_entries_apply_holds_them_not_up() {
         );
         sm.apply(vec![e.clone()]).await.unwrap();
         log.push(e);
-        if index % 50 == 0 {
+        if index.is_multiple_of(50) {
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         }
     }
@@ -535,7 +535,10 @@ async fn a_rebuild_made_while_entries_apply_holds_them_all() {
     rebuild.await.unwrap().unwrap().expect("rebuilt");
     let during = index - USERS;
     println!("{during} entries applied while the state was rebuilt");
-    assert!(during >= 20, "apply waited for the rebuild: {during} entries");
+    assert!(
+        during >= 20,
+        "apply waited for the rebuild: {during} entries"
+    );
     assert!(dir.path().join("db.1").is_dir());
     // One more after the switch goes to the fresh database.
     index += 1;
