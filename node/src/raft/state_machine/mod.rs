@@ -38,7 +38,7 @@ mod staged;
 
 pub use apply::MAX_DEVICE_GRANTS;
 pub use database::StateDb;
-pub use reader::{KeyPage, Named, StateReader};
+pub use reader::{KeyPage, Named, StateDigest, StateReader};
 pub use snapshot::SnapshotBuilder;
 
 use keyspace::{request_key, RequestRecord, KEY_APPLIED, KEY_MEMBERSHIP, ROOT_ACTIVE};
