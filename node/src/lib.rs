@@ -14,6 +14,7 @@
 
 pub mod actors;
 pub mod agency;
+pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -23,7 +23,7 @@ use super::keyspace::{
     PREFIX_SITE_OPTIONS, PREFIX_TICKET, PREFIX_TOKEN, PREFIX_USER, PREFIX_USER_CODE,
 };
 use super::{read_tree, SmShared};
-use crate::raft::{sm_read_err, LogId, StorageError};
+use crate::raft::{sm_read_err, LogId, SnapshotMeta, StorageError};
 
 /// The state's digest: SHA-256 over every record in key order, each as
 /// its key's and its value's lengths and bytes, except the applied log id
@@ -209,6 +209,12 @@ impl StateReader {
             h.add(&k, &v);
         }
         Ok((applied.map(|l| l.index), h.finish()))
+    }
+
+    /// The current snapshot's meta and its data file, read as one pair:
+    /// what a backup is written from.
+    pub fn current_snapshot(&self) -> anyhow::Result<Option<(SnapshotMeta, std::fs::File)>> {
+        self.shared.open_current_snapshot()
     }
 
     /// The session with key `key`, if stored (alive or not).
