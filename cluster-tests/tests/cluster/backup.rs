@@ -5,7 +5,8 @@
 //! index, and a user created before the backup signs in there. A backup
 //! taken after the load equals the live source's digest on every node. A
 //! truncated, corrupted or newer-format backup is refused with a clear error
-//! and writes nothing; a backup holds no key material in the clear.
+//! and writes nothing; a backup holds no key material in the clear. A data
+//! directory of a newer format is refused at start.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -308,4 +309,33 @@ async fn a_backup_under_load_restores_into_a_fresh_cluster_with_the_same_digest(
     {
         assert!(!files.is_empty(), "envelope {i} not found in the backup");
     }
+
+    // A data directory of a newer format: the node refuses to start, naming it.
+    let data = source.node(1).dir().join("data");
+    let format = data.join("FORMAT");
+    assert_eq!(
+        std::fs::read_to_string(&format).ok().as_deref(),
+        Some("1\n")
+    );
+    std::fs::write(&format, "2\n").expect("writing FORMAT");
+    let mut serve = tokio::process::Command::new(source.bin());
+    serve
+        .arg("serve")
+        .arg("--config")
+        .arg(source.node(1).config_path())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), serve.output())
+        .await
+        .expect("baa serve did not stop within 60 s")
+        .expect("running baa serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a newer data directory served");
+    assert!(
+        stderr.contains(&format!(
+            "data directory {} is in format 2, newer than this baa reads (≤ 1)",
+            data.display()
+        )),
+        "{stderr}"
+    );
 }
