@@ -5,6 +5,10 @@
 //! a node rolled back after an upgrade stops instead of misreading what the
 //! newer release left.
 //!
+//! Snapshot files live in the data directory and share its format; a
+//! snapshot sent to a lagging follower travels as a cluster-port RPC, so a
+//! change to the snapshot data's layout bumps both.
+//!
 //! Data written before versions existed is version 1: a data directory
 //! without its `FORMAT` file, a request without the version header.
 
