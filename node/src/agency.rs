@@ -242,6 +242,43 @@ impl Agency {
         self.status()
     }
 
+    /// Builds a snapshot of this node's state covering at least what is
+    /// applied now (writes go on meanwhile), waiting up to `timeout` (a
+    /// large state takes longer than a write). openraft drops a request made
+    /// while a build is under way, and that build may cover less: so the
+    /// request is repeated every few seconds until a snapshot covers enough.
+    pub async fn snapshot_covering_now(&self, timeout: Duration) -> Result<()> {
+        const ASK_AGAIN: Duration = Duration::from_secs(2);
+        let applied = self.raft_metrics().last_applied.map(|l| l.index);
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.raft
+                .trigger()
+                .snapshot()
+                .await
+                .map_err(|e| NodeError::Internal(format!("triggering a snapshot: {e}")))?;
+            let wait = ASK_AGAIN.min(deadline.saturating_duration_since(Instant::now()));
+            let built = self
+                .raft
+                .wait(Some(wait))
+                .metrics(
+                    |m| m.snapshot.map(|l| l.index) >= applied,
+                    "a snapshot of the applied state",
+                )
+                .await;
+            match built {
+                Ok(_) => return Ok(()),
+                Err(openraft::metrics::WaitError::Timeout(..)) if Instant::now() < deadline => {}
+                Err(e) => {
+                    return Err(NodeError::Storage(format!(
+                        "building a snapshot within {} s: {e}",
+                        timeout.as_secs()
+                    )))
+                }
+            }
+        }
+    }
+
     /// This node's view of the cluster.
     pub fn status(&self) -> Result<ClusterStatus> {
         let m = self.raft_metrics();

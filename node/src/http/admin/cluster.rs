@@ -61,13 +61,19 @@ async fn cluster_snapshot(_: Admin, agency: web::Data<Agency>) -> Result<HttpRes
     Ok(HttpResponse::Ok().json(agency.snapshot_now().await?))
 }
 
+/// How long a backup waits for its snapshot: a build of a large state
+/// takes far longer than a write.
+const BACKUP_SNAPSHOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// `GET /admin/v1/cluster/backup`: this node builds a snapshot now (writes
 /// go on meanwhile) and streams it as a backup file (see `backup`): a
 /// blocking task reads the snapshot's data file and hands the response
 /// chunks over a short channel, so the state is never held whole. A failure
 /// midway cuts the body short, which the reader's checks refuse.
 async fn cluster_backup(_: Admin, agency: web::Data<Agency>) -> Result<HttpResponse> {
-    agency.snapshot_now().await?;
+    agency
+        .snapshot_covering_now(BACKUP_SNAPSHOT_TIMEOUT)
+        .await?;
     let (meta, file) = agency
         .state
         .current_snapshot()
