@@ -225,20 +225,8 @@ impl Agency {
     /// Builds a snapshot of this node's state now (writes go on meanwhile)
     /// and answers the cluster's status once it is there.
     pub async fn snapshot_now(&self) -> Result<ClusterStatus> {
-        let applied = self.raft_metrics().last_applied.map(|l| l.index);
-        self.raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(|e| NodeError::Internal(format!("triggering a snapshot: {e}")))?;
-        self.raft
-            .wait(Some(self.config.write_timeout()))
-            .metrics(
-                |m| m.snapshot.map(|l| l.index) >= applied,
-                "a snapshot of the applied state",
-            )
-            .await
-            .map_err(|e| NodeError::Storage(format!("building a snapshot: {e}")))?;
+        self.snapshot_covering_now(self.config.write_timeout())
+            .await?;
         self.status()
     }
 
