@@ -5,7 +5,8 @@
 //! index, and a user created before the backup signs in there. A backup
 //! taken after the load equals the live source's digest on every node. A
 //! truncated, corrupted or newer-format backup is refused with a clear error
-//! and writes nothing; a backup holds no key material in the clear. A data
+//! and writes nothing, as is a restore under another KEK; a backup holds no
+//! key material in the clear. A data
 //! directory of a newer format is refused at start.
 
 use std::path::{Path, PathBuf};
@@ -281,6 +282,25 @@ async fn a_backup_under_load_restores_into_a_fresh_cluster_with_the_same_digest(
         assert!(!target.exists(), "{bad:?} left {target:?}");
         assert!(!dir.path().join("target.restoring").exists());
     }
+    // A node given another KEK than the backup's: refused, nothing left.
+    let target = dir.path().join("target");
+    let out = tokio::process::Command::new(restored.bin())
+        .args(["restore", file.to_str().unwrap(), "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&target)
+        .env(baa_node::kek::ENV_KEK, "ab".repeat(32))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("running baa restore");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "restored under another KEK");
+    assert!(
+        stderr.contains("does not open the backup's secrets"),
+        "{stderr}"
+    );
+    assert!(!target.exists() && !dir.path().join("target.restoring").exists());
     // A data directory in use is never overwritten.
     let data = restored.node(1).dir().join("data");
     let out = restore(restored.bin(), &file, &config, &data).await;

@@ -165,6 +165,9 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config, overrides)?;
     let data_dir = config.data_dir.clone();
     refuse_non_empty(&data_dir)?;
+    // The KEK the node will start with: the restored secrets must open
+    // under it, or the node would refuse to start.
+    let kek = crate::kek::KekRing::load(&config.secrets, |k| std::env::var(k).ok())?;
     eprintln!("restore: verifying {}", args.file.display());
     let mut ticker = Ticker::new();
     let header = backup::verify(&args.file, |p| {
@@ -195,7 +198,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&staging)
             .with_context(|| format!("removing {} (a restore cut short)", staging.display()))?;
     }
-    let seeded = seed(&config, &args.file, &meta, last, &staging);
+    let seeded = seed(&config, &kek, &args.file, &meta, last, &staging);
     if let Err(e) = seeded {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e.context(format!("restoring into {}", data_dir.display())));
@@ -278,12 +281,13 @@ pub fn new_cluster_meta(old: &SnapshotMeta, config: &Config) -> SnapshotMeta {
 }
 
 /// Builds the data directory in `dir`: its format, the state and the
-/// snapshot from the backup's records, and an empty log purged up to the
-/// backup's last log id, with a vote of that log id's term (uncommitted, for
-/// no one else) so that the first election goes past every term the log
-/// holds.
+/// snapshot from the backup's records (whose secrets must open under
+/// `kek`), and an empty log purged up to the backup's last log id, with a
+/// vote of that log id's term (uncommitted, for no one else) so that the
+/// first election goes past every term the log holds.
 fn seed(
     config: &Config,
+    kek: &crate::kek::KekRing,
     file: &Path,
     meta: &SnapshotMeta,
     last: crate::raft::LogId,
@@ -304,6 +308,10 @@ fn seed(
     store.seed(meta, backup::records(file)?, |n| {
         ticker.tick(|| format!("restore: {n} records written"))
     })?;
+    crate::key_rotation::check_secrets(&store.reader(), kek).context(
+        "this node's key-encryption key does not open the backup's secrets: give it the KEK \
+         of the agency the backup was taken from",
+    )?;
     drop(store);
     let mut wal = crate::raft::wal::Wal::open(&dir.join("raft-wal"))?;
     wal.set_meta(crate::raft::wal::Meta {
