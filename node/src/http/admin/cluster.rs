@@ -66,10 +66,7 @@ async fn cluster_snapshot(_: Admin, agency: web::Data<Agency>) -> Result<HttpRes
 const BACKUP_SNAPSHOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// `GET /admin/v1/cluster/backup`: this node builds a snapshot now (writes
-/// go on meanwhile) and streams it as a backup file (see `backup`): a
-/// blocking task reads the snapshot's data file and hands the response
-/// chunks over a short channel, so the state is never held whole. A failure
-/// midway cuts the body short, which the reader's checks refuse.
+/// go on meanwhile) and streams it as a backup file (see `backup`).
 async fn cluster_backup(_: Admin, agency: web::Data<Agency>) -> Result<HttpResponse> {
     agency
         .snapshot_covering_now(BACKUP_SNAPSHOT_TIMEOUT)
@@ -80,7 +77,21 @@ async fn cluster_backup(_: Admin, agency: web::Data<Agency>) -> Result<HttpRespo
         .map_err(|e| NodeError::Storage(format!("opening the snapshot: {e:#}")))?
         .ok_or_else(|| NodeError::Storage("no snapshot was built".into()))?;
     let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
-    let name = agency.config.sso.agency.clone();
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .insert_header(("x-baa-backup-index", index.to_string()))
+        .streaming(backup_body(meta, file, agency.config.sso.agency.clone())))
+}
+
+/// The backup of the snapshot `meta` whose data is `file`, as a response
+/// body: a blocking task reads the file and hands chunks over a short
+/// channel, so the state is never held whole. A failure midway cuts the
+/// body short, which the reader's checks refuse.
+fn backup_body(
+    meta: crate::raft::SnapshotMeta,
+    file: std::fs::File,
+    agency: String,
+) -> impl futures::Stream<Item = std::io::Result<web::Bytes>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<web::Bytes>>(8);
     tokio::task::spawn_blocking(move || {
         let open = || {
@@ -89,8 +100,7 @@ async fn cluster_backup(_: Admin, agency: web::Data<Agency>) -> Result<HttpRespo
             Ok(f)
         };
         let out = std::io::BufWriter::with_capacity(256 * 1024, Chunks(tx.clone()));
-        let written = crate::backup::write(meta, open, &name, crate::clock::now_ms(), out);
-        match written {
+        match crate::backup::write(meta, open, &agency, crate::clock::now_ms(), out) {
             Ok(h) => tracing::info!(
                 index = h.index(),
                 records = h.records,
@@ -103,13 +113,9 @@ async fn cluster_backup(_: Admin, agency: web::Data<Agency>) -> Result<HttpRespo
             }
         }
     });
-    let body = futures::stream::unfold(rx, |mut rx| async move {
+    futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (chunk, rx))
-    });
-    Ok(HttpResponse::Ok()
-        .content_type("application/octet-stream")
-        .insert_header(("x-baa-backup-index", index.to_string()))
-        .streaming(body))
+    })
 }
 
 /// Hands what is written to it to a response body, a chunk at a time.
