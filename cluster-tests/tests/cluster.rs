@@ -5,6 +5,7 @@
 mod cluster {
     mod admin_lists;
     mod attacks;
+    mod backup;
     mod browser_smoke;
     mod cluster_port;
     mod conformance;

@@ -225,21 +225,46 @@ impl Agency {
     /// Builds a snapshot of this node's state now (writes go on meanwhile)
     /// and answers the cluster's status once it is there.
     pub async fn snapshot_now(&self) -> Result<ClusterStatus> {
-        let applied = self.raft_metrics().last_applied.map(|l| l.index);
-        self.raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(|e| NodeError::Internal(format!("triggering a snapshot: {e}")))?;
-        self.raft
-            .wait(Some(self.config.write_timeout()))
-            .metrics(
-                |m| m.snapshot.map(|l| l.index) >= applied,
-                "a snapshot of the applied state",
-            )
-            .await
-            .map_err(|e| NodeError::Storage(format!("building a snapshot: {e}")))?;
+        self.snapshot_covering_now(self.config.write_timeout())
+            .await?;
         self.status()
+    }
+
+    /// Builds a snapshot of this node's state covering at least what is
+    /// applied now (writes go on meanwhile), waiting up to `timeout` (a
+    /// large state takes longer than a write). openraft drops a request made
+    /// while a build is under way, and that build may cover less: so the
+    /// request is repeated every few seconds until a snapshot covers enough.
+    pub async fn snapshot_covering_now(&self, timeout: Duration) -> Result<()> {
+        const ASK_AGAIN: Duration = Duration::from_secs(2);
+        let applied = self.raft_metrics().last_applied.map(|l| l.index);
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.raft
+                .trigger()
+                .snapshot()
+                .await
+                .map_err(|e| NodeError::Internal(format!("triggering a snapshot: {e}")))?;
+            let wait = ASK_AGAIN.min(deadline.saturating_duration_since(Instant::now()));
+            let built = self
+                .raft
+                .wait(Some(wait))
+                .metrics(
+                    |m| m.snapshot.map(|l| l.index) >= applied,
+                    "a snapshot of the applied state",
+                )
+                .await;
+            match built {
+                Ok(_) => return Ok(()),
+                Err(openraft::metrics::WaitError::Timeout(..)) if Instant::now() < deadline => {}
+                Err(e) => {
+                    return Err(NodeError::Storage(format!(
+                        "building a snapshot within {} s: {e}",
+                        timeout.as_secs()
+                    )))
+                }
+            }
+        }
     }
 
     /// This node's view of the cluster.

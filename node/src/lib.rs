@@ -14,6 +14,7 @@
 
 pub mod actors;
 pub mod agency;
+pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -32,6 +33,7 @@ pub mod sealing;
 pub mod secrets;
 pub mod sso;
 pub mod tls;
+pub mod versions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,6 +110,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(kek = %kek.ids(), "key-encryption keys read");
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    versions::claim_data_dir_format(&config.data_dir)?;
     let state = StateDb::open(
         &config.data_dir,
         config.limits.storage_cache_mib.saturating_mul(1024 * 1024),

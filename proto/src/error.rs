@@ -138,6 +138,9 @@ error_codes! {
     /// The session a peer agency's reference names could not be used here
     /// (unknown agency or key, session ended, peer unreachable).
     PeerSessionRefused = "peer_session_refused", 401, "login_required", 401;
+    /// Data of a format or wire version newer than this node speaks (a
+    /// cluster-port request from a newer release).
+    UnsupportedVersion = "unsupported_version", 400, "invalid_request", 400;
 }
 
 impl std::fmt::Display for ErrorCode {

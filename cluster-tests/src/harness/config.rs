@@ -56,6 +56,12 @@ pub struct ClusterOptions {
     pub federation: toml::Table,
     /// The agency's host name (its certificates, issuer and browser URLs).
     pub host: String,
+    /// Use a copy of this key-encryption key file (another cluster's)
+    /// instead of a new one.
+    pub kek_from: Option<PathBuf>,
+    /// Seed every node's data directory from this backup (`baa restore`)
+    /// before it starts; goes with `init: false`.
+    pub restore_from: Option<PathBuf>,
 }
 
 /// The forward-auth app every test cluster has unless told otherwise.
@@ -118,6 +124,8 @@ impl Default for ClusterOptions {
             forward_auth: vec![app_table(TOOLS_APP, "origin", TOOLS_ORIGIN, &["baa-cli"])],
             federation: toml::Table::new(),
             host: AGENCY_HOST.into(),
+            kek_from: None,
+            restore_from: None,
         }
     }
 }

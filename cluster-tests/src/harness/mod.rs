@@ -128,9 +128,16 @@ impl Cluster {
         .await
         .assert_success("baa pki init");
         // One key-encryption key for the cluster, beside its PKI.
-        run_baa(&bin, &["kek", "new", "--out", path_str(&root.join("kek"))])
-            .await
-            .assert_success("baa kek new");
+        match &opts.kek_from {
+            Some(from) => {
+                std::fs::copy(from, root.join("kek")).expect("copying the KEK");
+            }
+            None => {
+                run_baa(&bin, &["kek", "new", "--out", path_str(&root.join("kek"))])
+                    .await
+                    .assert_success("baa kek new");
+            }
+        }
         let http = client::https_client(&pki.join("ca.pem"), None, DEFAULT_REQUEST_TIMEOUT);
         let mut cluster = Cluster {
             tmp: Some(tmp),
@@ -148,6 +155,20 @@ impl Cluster {
         let ids: Vec<NodeId> = cluster.nodes.keys().copied().collect();
         for &id in &ids {
             cluster.write_config(id, &ids);
+        }
+        if let Some(backup) = &opts.restore_from {
+            for &id in &ids {
+                let config = cluster.node(id).config_path().to_path_buf();
+                let out = run_baa(
+                    &cluster.bin,
+                    &["restore", path_str(backup), "--config", path_str(&config)],
+                )
+                .await;
+                out.assert_success("baa restore");
+                eprintln!("node {id}: {}", out.stdout.trim());
+            }
+        }
+        for &id in &ids {
             cluster.spawn(id);
         }
         for &id in &ids {

@@ -156,6 +156,38 @@ async fn cluster_port_rejects_bad_clients_and_frames() {
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     assert_node_serves(&cluster, NODE, "probe", "after-unknown-path").await;
 
+    // 7. A well-formed write of a newer wire version: 400 unsupported_version,
+    //    saying which versions the node speaks; nothing applied.
+    let mut newer = write.clone();
+    newer.commands[0].request_id = Some("newer-wire-1".into());
+    newer.commands[0].op = Op::UpdateUser {
+        username: "probe".into(),
+        patch: UserPatch {
+            attributes: [("newer".to_string(), Some("x".to_string()))].into(),
+            ..Default::default()
+        },
+    };
+    let newer_version = (baa_node::versions::WIRE_VERSION + 1).to_string();
+    let resp = peer
+        .post(format!("{base}/cluster/v1/write"))
+        .header("content-type", "application/octet-stream")
+        .header(baa_node::versions::WIRE_VERSION_HEADER, &newer_version)
+        .body(codec::encode(&newer).unwrap())
+        .send()
+        .await
+        .expect("newer wire version: an answer");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: baa_proto::api::ErrorBody = resp.json().await.expect("an error body");
+    assert_eq!(body.error, ErrorCode::UnsupportedVersion, "{body:?}");
+    assert!(
+        body.error_description.contains(&format!(
+            "versions 1 to {}",
+            baa_node::versions::WIRE_VERSION
+        )),
+        "{body:?}"
+    );
+    assert_node_serves(&cluster, NODE, "probe", "after-newer-version").await;
+
     // Nothing above changed the user but the checks' own writes.
     let view = cluster
         .admin(NODE)
@@ -165,6 +197,10 @@ async fn cluster_port_rejects_bad_clients_and_frames() {
     assert!(
         !view.attributes.contains_key("truncated"),
         "a truncated frame was applied: {view:?}"
+    );
+    assert!(
+        !view.attributes.contains_key("newer"),
+        "a write of a newer wire version was applied: {view:?}"
     );
     cluster.assert_no_panics();
 }

@@ -94,18 +94,18 @@ impl AdminClient {
         })
     }
 
-    /// Sends `req` with the credential; the body of a success, or the API's error.
-    async fn call(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Vec<u8>> {
+    /// Sends `req` with the credential; the response of a success, or the API's error.
+    async fn respond(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
         let resp = req
             .bearer_auth(&self.token)
             .send()
             .await
             .with_context(|| format!("calling {}", self.base))?;
         let status = resp.status();
-        let bytes = resp.bytes().await?;
         if status.is_success() {
-            return Ok(bytes.to_vec());
+            return Ok(resp);
         }
+        let bytes = resp.bytes().await?;
         match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(body) => Err(ApiError {
                 status: status.as_u16(),
@@ -114,6 +114,27 @@ impl AdminClient {
             .into()),
             Err(_) => anyhow::bail!("{status}: {}", String::from_utf8_lossy(&bytes)),
         }
+    }
+
+    /// Sends `req` with the credential; the body of a success, or the API's error.
+    async fn call(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Vec<u8>> {
+        let resp = self.respond(req).await?;
+        Ok(resp.bytes().await?.to_vec())
+    }
+
+    /// GET a resource to be read a chunk at a time, allowing `timeout` for
+    /// the whole of it: the response of a success, or the API's error.
+    pub async fn get_streamed(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<reqwest::Response> {
+        self.respond(
+            self.http
+                .get(format!("{}{path}", self.base))
+                .timeout(timeout),
+        )
+        .await
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {

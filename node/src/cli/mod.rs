@@ -1,9 +1,10 @@
 //! The `baa` command line: `serve`, `pki`, `kek`, `cluster`, `user`, `site`,
-//! `keys`, `federation`,
+//! `keys`, `federation`, `backup`, `restore`,
 //! `login`, `demo`. (The demo's partner sites are their own binary,
 //! `baa-partner-site`.)
 
 mod admin;
+mod backup;
 mod client;
 mod demo;
 mod login;
@@ -71,6 +72,14 @@ enum Command {
         #[command(subcommand)]
         command: admin::FederationCommand,
     },
+    /// Write a backup of the agency's state to FILE: a node (--url) builds
+    /// a snapshot while the cluster serves and streams it. The backup holds
+    /// keys only sealed under the KEK: keep it apart from the KEK.
+    Backup(backup::BackupArgs),
+    /// Seed a new node's empty data directory from a backup FILE (offline:
+    /// run it for each node of the new cluster with its configuration,
+    /// then start them all with `serve`, without `cluster init`).
+    Restore(backup::RestoreArgs),
     /// Run a local demo cluster.
     Demo(demo::DemoArgs),
     /// Sign this app in at an agency through the system browser (loopback
@@ -275,6 +284,10 @@ pub fn main() -> ExitCode {
         Command::Federation { command } => {
             runtime().and_then(|rt| rt.block_on(admin::federation(&cli.conn, command)))
         }
+        Command::Backup(args) => {
+            runtime().and_then(|rt| rt.block_on(backup::backup(&cli.conn, args)))
+        }
+        Command::Restore(args) => backup::restore(args),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         Command::Login(args) => {
             runtime().and_then(|rt| rt.block_on(login::login(cli.conn.ca.clone(), args)))

@@ -3,6 +3,8 @@
 //! (already checked against the cluster CA by TLS) must name a node of the
 //! membership, else 403 `not_a_member`. Bodies are decoded with a size
 //! limit; anything undecodable gets 400 `malformed_frame` and changes nothing.
+//! Every request carries the wire version it speaks (`versions`); one newer
+//! than this node's gets 400 `unsupported_version` saying which it speaks.
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -34,7 +36,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Middleware of the cluster listener: refuses requests from any peer that
-/// is not a current member (see [`Agency::admits_peer`]).
+/// is not a current member (see [`Agency::admits_peer`]), then requests of
+/// a wire version this node does not speak.
 pub async fn authorize_peer(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -51,6 +54,19 @@ pub async fn authorize_peer(
             "refused a cluster-port request: the peer is not a current member"
         );
         let resp = actix_web::ResponseError::error_response(&NodeError::NotAMember);
+        return Ok(req.into_response(resp).map_into_right_body());
+    }
+    let version = req
+        .headers()
+        .get(crate::versions::WIRE_VERSION_HEADER)
+        .map(|v| v.as_bytes());
+    if let Err(message) = crate::versions::accept_wire_version(version) {
+        tracing::warn!(peer = ?peer, path = req.path(), %message, "refused a cluster-port request");
+        let e = NodeError::BadRequest {
+            code: ErrorCode::UnsupportedVersion,
+            message,
+        };
+        let resp = actix_web::ResponseError::error_response(&e);
         return Ok(req.into_response(resp).map_into_right_body());
     }
     next.call(req)

@@ -99,6 +99,10 @@ impl ClusterClient {
             .http
             .post(format!("https://{addr}{path}"))
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(
+                crate::versions::WIRE_VERSION_HEADER,
+                crate::versions::WIRE_VERSION.to_string(),
+            )
             .timeout(timeout)
             .body(body)
             .send()

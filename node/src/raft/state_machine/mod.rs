@@ -38,8 +38,8 @@ mod staged;
 
 pub use apply::MAX_DEVICE_GRANTS;
 pub use database::StateDb;
-pub use reader::{KeyPage, Named, StateReader};
-pub use snapshot::SnapshotBuilder;
+pub use reader::{KeyPage, Named, StateDigest, StateReader};
+pub use snapshot::{read_record, SnapshotBuilder};
 
 use keyspace::{request_key, RequestRecord, KEY_APPLIED, KEY_MEMBERSHIP, ROOT_ACTIVE};
 use staged::Staged;

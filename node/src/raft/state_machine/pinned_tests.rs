@@ -613,6 +613,7 @@ fn error_code_variants_keep_their_order() {
             ErrorCode::PeerUnreachable => "PeerUnreachable",
             ErrorCode::AccountNotLinked => "AccountNotLinked",
             ErrorCode::PeerSessionRefused => "PeerSessionRefused",
+            ErrorCode::UnsupportedVersion => "UnsupportedVersion",
         }
     }
     let table = [
@@ -662,6 +663,7 @@ fn error_code_variants_keep_their_order() {
         ("PeerUnreachable", 43),
         ("AccountNotLinked", 44),
         ("PeerSessionRefused", 45),
+        ("UnsupportedVersion", 46),
     ];
     let samples = [
         ErrorCode::InvalidRequest,
@@ -710,6 +712,7 @@ fn error_code_variants_keep_their_order() {
         ErrorCode::PeerUnreachable,
         ErrorCode::AccountNotLinked,
         ErrorCode::PeerSessionRefused,
+        ErrorCode::UnsupportedVersion,
     ];
     pin("ErrorCode", &table, &samples, name);
 }

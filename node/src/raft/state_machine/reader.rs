@@ -17,13 +17,40 @@ use sha2::{Digest, Sha256};
 
 use super::keyspace::{
     self, key, trust_key, user_by_id_key, user_key, user_sessions_prefix, user_trusts_prefix,
-    KEY_APPLIED, KEY_CURRENT_FEDERATION_KID, KEY_CURRENT_KID, KEY_DEVICE_GRANTS, KEY_PAIRWISE_SALT,
-    PREFIX_DEVICE, PREFIX_FAILURES, PREFIX_FEDERATION_KEY, PREFIX_KEY, PREFIX_PEER_AGENCY,
-    PREFIX_REFRESH, PREFIX_SESSION, PREFIX_SESSION_BY_SID, PREFIX_SITE, PREFIX_SITE_OPTIONS,
-    PREFIX_TICKET, PREFIX_TOKEN, PREFIX_USER, PREFIX_USER_CODE,
+    KEY_APPLIED, KEY_CURRENT_FEDERATION_KID, KEY_CURRENT_KID, KEY_DEVICE_GRANTS, KEY_MEMBERSHIP,
+    KEY_PAIRWISE_SALT, PREFIX_DEVICE, PREFIX_FAILURES, PREFIX_FEDERATION_KEY, PREFIX_KEY,
+    PREFIX_PEER_AGENCY, PREFIX_REFRESH, PREFIX_SESSION, PREFIX_SESSION_BY_SID, PREFIX_SITE,
+    PREFIX_SITE_OPTIONS, PREFIX_TICKET, PREFIX_TOKEN, PREFIX_USER, PREFIX_USER_CODE,
 };
 use super::{read_tree, SmShared};
-use crate::raft::{sm_read_err, LogId, StorageError};
+use crate::raft::{sm_read_err, LogId, SnapshotMeta, StorageError};
+
+/// The state's digest: SHA-256 over every record in key order, each as
+/// its key's and its value's lengths and bytes, except the applied log id
+/// and the membership. Those two say where the state stands and who holds
+/// it, not what it holds: nodes at the same index differ in neither, and a
+/// cluster restored from a backup has the same records under another
+/// membership (new addresses), so its digest equals the backup's.
+#[derive(Default)]
+pub struct StateDigest(Sha256);
+
+impl StateDigest {
+    /// Adds one record, in key order (skips the two named above).
+    pub fn add(&mut self, k: &[u8], v: &[u8]) {
+        if k == KEY_APPLIED || k == KEY_MEMBERSHIP {
+            return;
+        }
+        self.0.update((k.len() as u64).to_le_bytes());
+        self.0.update(k);
+        self.0.update((v.len() as u64).to_le_bytes());
+        self.0.update(v);
+    }
+
+    /// The digest, in hex.
+    pub fn finish(self) -> String {
+        hex::encode(self.0.finalize())
+    }
+}
 
 /// One page of a key family, in key order.
 #[derive(Debug)]
@@ -174,9 +201,9 @@ impl StateReader {
         Ok(counts)
     }
 
-    /// The applied log index and a SHA-256 digest of every record, taken
-    /// together so that nodes at the same index can be compared; `None`
-    /// when entries were applied during every try.
+    /// The applied log index and the state's digest (see [`StateDigest`]),
+    /// taken together so that nodes at the same index can be compared;
+    /// `None` when entries were applied during every try.
     ///
     /// The tree is read without holding apply up (a digest of a large state
     /// takes a while, and a status call must not stall writes for it).
@@ -187,19 +214,13 @@ impl StateReader {
         for _ in 0..DIGEST_TRIES {
             let before = self.applied()?;
             let tree = self.shared.tree().clone();
-            let mut h = Sha256::new();
+            let mut h = StateDigest::default();
             for item in tree.iter() {
                 let (k, v) = item.map_err(sm_read_err)?;
-                if k.as_ref() == KEY_APPLIED {
-                    continue;
-                }
-                h.update((k.len() as u64).to_le_bytes());
-                h.update(&k);
-                h.update((v.len() as u64).to_le_bytes());
-                h.update(&v);
+                h.add(&k, &v);
             }
             if self.applied()? == before {
-                return Ok(Some((before.map(|l| l.index), hex::encode(h.finalize()))));
+                return Ok(Some((before.map(|l| l.index), h.finish())));
             }
         }
         Ok(None)
@@ -208,6 +229,12 @@ impl StateReader {
     /// The id of the last entry applied, read from the live tree.
     fn applied(&self) -> Result<Option<LogId>, StorageError> {
         Ok(self.get::<Option<LogId>>(KEY_APPLIED)?.flatten())
+    }
+
+    /// The current snapshot's meta and its data file, read as one pair:
+    /// what a backup is written from.
+    pub fn current_snapshot(&self) -> anyhow::Result<Option<(SnapshotMeta, std::fs::File)>> {
+        self.shared.open_current_snapshot()
     }
 
     /// The session with key `key`, if stored (alive or not).

@@ -386,6 +386,86 @@ impl SmShared {
     }
 }
 
+impl SmShared {
+    /// The current snapshot's meta and its data file, read as one pair (a
+    /// backup's source).
+    pub(super) fn open_current_snapshot(
+        &self,
+    ) -> anyhow::Result<Option<(SnapshotMeta, std::fs::File)>> {
+        self.current_snapshot()
+    }
+}
+
+impl super::StateMachineStore {
+    /// Seeds the empty state of a new node from a backup's `records`, held
+    /// at `meta`'s last log id, with the membership record replaced by
+    /// `meta`'s (the new cluster's): writes them as this node's current
+    /// snapshot, then installs that as an install from a leader would.
+    /// `progress` is told how many records are written so far.
+    pub fn seed(
+        &self,
+        meta: &SnapshotMeta,
+        records: impl Iterator<Item = anyhow::Result<(Vec<u8>, Vec<u8>)>>,
+        mut progress: impl FnMut(u64),
+    ) -> anyhow::Result<()> {
+        let shared = &self.shared;
+        anyhow::ensure!(
+            shared.tree().iter().next().is_none(),
+            "the state to seed is not empty"
+        );
+        let (meta_path, data_path) = shared.snapshot_paths();
+        let tmp = shared.snapshot_dir.join("seed.data.tmp");
+        let membership = codec::encode_record(&meta.last_membership)?;
+        let (mut count, mut saw_membership, mut saw_applied) = (0u64, false, false);
+        {
+            let mut out = BufWriter::new(std::fs::File::create(&tmp)?);
+            for record in records {
+                let (k, v) = record?;
+                if k.as_slice() == KEY_MEMBERSHIP {
+                    saw_membership = true;
+                    write_frame(&mut out, &(k, membership.clone()))?;
+                } else {
+                    if k.as_slice() == KEY_APPLIED {
+                        let applied: Option<LogId> = codec::decode_record(&v)?;
+                        anyhow::ensure!(
+                            applied == meta.last_log_id,
+                            "the records are applied up to {applied:?}, not {:?}",
+                            meta.last_log_id
+                        );
+                        saw_applied = true;
+                    }
+                    write_frame(&mut out, &(k, v))?;
+                }
+                count += 1;
+                if count.is_multiple_of(4096) {
+                    progress(count);
+                }
+            }
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+        }
+        anyhow::ensure!(
+            saw_membership && saw_applied,
+            "the records hold no membership or no applied log id"
+        );
+        progress(count);
+        {
+            let _files = shared.lock_snapshot_files();
+            std::fs::rename(&tmp, &data_path)?;
+            write_meta(&meta_path, meta)?;
+        }
+        shared.install_from(meta, std::fs::File::open(&data_path)?)?;
+        shared.cover.set(meta.last_log_id);
+        Ok(())
+    }
+}
+
+/// The next `(key, value)` record of a snapshot's data (a backup's data
+/// too), or `None` at its end; decoded under the record size limit.
+pub fn read_record(input: &mut impl Read) -> anyhow::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    read_frame(input)
+}
+
 /// Writes a key's pre-image, if it had a value.
 fn put_back(out: &mut impl Write, key: Vec<u8>, value: Option<Vec<u8>>) -> anyhow::Result<()> {
     match value {
