@@ -227,7 +227,7 @@ impl Agency {
     pub async fn snapshot_now(&self) -> Result<ClusterStatus> {
         self.snapshot_covering_now(self.config.write_timeout())
             .await?;
-        self.status()
+        self.status().await
     }
 
     /// Builds a snapshot of this node's state covering at least what is
@@ -268,14 +268,19 @@ impl Agency {
     }
 
     /// This node's view of the cluster.
-    pub fn status(&self) -> Result<ClusterStatus> {
+    pub async fn status(&self) -> Result<ClusterStatus> {
+        // The digest reads the whole state: on a thread of its own at a
+        // lower priority, neither on a request worker nor in the way of
+        // writes.
+        let state = self.state.clone();
+        let digest = crate::raft::background::run("baa-digest", move || state.digest())
+            .await
+            .map_err(|e| NodeError::Internal(format!("taking the state's digest: {e}")))??;
         let m = self.raft_metrics();
         // Under a steady write load the digest may not settle: the applied
         // index then comes from Raft and the digest stays empty.
-        let (applied, digest) = self
-            .state
-            .digest()?
-            .unwrap_or_else(|| (m.last_applied.map(|l| l.index), String::new()));
+        let (applied, digest) =
+            digest.unwrap_or_else(|| (m.last_applied.map(|l| l.index), String::new()));
         let membership = m.membership_config.membership();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
         let learners: Vec<NodeId> = membership.learner_ids().collect();
@@ -303,7 +308,7 @@ impl Agency {
     pub async fn member_statuses(
         &self,
     ) -> Result<BTreeMap<NodeId, std::result::Result<ClusterStatus, String>>> {
-        let own = self.status()?;
+        let own = self.status().await?;
         let mut out = BTreeMap::new();
         for (id, node) in &own.nodes {
             if *id == self.id {
@@ -436,7 +441,7 @@ impl Agency {
             self.membership(self.raft.change_membership(change, false))
                 .await?;
         }
-        self.status()
+        self.status().await
     }
 
     /// Removes a node from the membership. Must run on the leader.
@@ -453,7 +458,7 @@ impl Agency {
         };
         self.membership(self.raft.change_membership(change, false))
             .await?;
-        self.status()
+        self.status().await
     }
 
     async fn membership<T>(

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use baa_cluster_tests::bench::{
     client_for, closed_loop, cpu_split, csrf_pair, machine, median, median_of, node_pids,
-    password_sign_in, report_errors, slicing, unexpected, RunResult, Samples, Tally,
+    password_sign_in, print_resident, report_errors, slicing, unexpected, RunResult, Samples, Tally,
 };
 use baa_cluster_tests::federation::{approval, first_login, Federation, FirstLogin};
 use baa_cluster_tests::sso::{query_mode_request, CSRF_COOKIE};
@@ -313,6 +313,7 @@ async fn bench(
         for (i, load) in Load::ALL.iter().enumerate() {
             tallies.push((format!("{}, {n} clients", load.name()), level_tallies[i]));
         }
+        print_resident(a, &format!("agency A, {n} clients"));
         let [l, c] = runs;
         rows.push(Row {
             clients: n,

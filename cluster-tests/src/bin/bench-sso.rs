@@ -32,7 +32,8 @@ use baa_cluster_tests::bench::peer::{self, OidcProvider};
 use baa_cluster_tests::bench::report::{print_all, run_cells, Table};
 use baa_cluster_tests::bench::{
     client_for, closed_loop, cpu_seconds, cpu_snapshot, csrf_pair, machine, node_pids,
-    password_sign_in, server_means, server_times, unexpected, RunResult, Samples, Series, Tally,
+    password_sign_in, print_resident, rss_bytes, server_means, server_times, unexpected, RunResult,
+    Samples, Series, Tally,
 };
 use baa_cluster_tests::sso::CSRF_COOKIE;
 use baa_cluster_tests::{Cluster, ClusterOptions};
@@ -460,6 +461,7 @@ async fn bench_flows(
             "  [{alg_name}, {c} clients, server side: {}]",
             server_means(&SERVER_SERIES, &before, &after)
         );
+        print_resident(cluster, &format!("{alg_name}, {c} clients"));
         // Proposals over token requests answered, while only baa made them.
         let proposals = (after[3].1 - before[3].1) / (after[1].1 - before[1].1).max(1.0);
         table.row(flow_row(alg_name, c, &rounds, proposals));
@@ -510,18 +512,6 @@ fn dir_bytes(path: &std::path::Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
-}
-
-/// Resident memory of process `pid`, in bytes.
-fn rss_bytes(pid: Option<u32>) -> u64 {
-    let status = pid
-        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
-        .unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// The parts of a node's data directory: the state (`db/`, or `db.N/` once
@@ -831,6 +821,7 @@ async fn bench_signins(
             &server_times(cluster, &SERVER_SERIES).await
         )
     );
+    print_resident(cluster, "sign-ins");
     let pure = rounds.median(0);
     let mut t = Table::new(
         format!(

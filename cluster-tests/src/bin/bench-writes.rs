@@ -498,6 +498,7 @@ async fn snapshot_bench(args: &Args, cluster: &Cluster, baa: &[Target], users: u
             median_by(quiet, |r| r.p99_ms),
             median_by(busy, |r| r.p99_ms),
         );
+        baa_cluster_tests::bench::print_resident(cluster, &format!("{c} clients and snapshots"));
         let mean_build = builds.1 / builds.0.max(1) as f64;
         let ratio = b.p99_ms / q.p99_ms;
         println!(
@@ -673,6 +674,7 @@ async fn main() {
             d(l.0, l.1, 7),
             d(f.0, f.1, 2) / d(f.0, f.1, 3).max(1.0) * 1000.0,
         );
+        baa_cluster_tests::bench::print_resident(&cluster, &format!("{c} clients"));
         let b = median_by(baa_runs, RunResult::rate);
         let e = median_by(etcd_runs, RunResult::rate);
         let ratio = b.rate() / e.rate();

@@ -161,7 +161,7 @@ async fn status(
 ) -> Result<HttpResponse, NodeError> {
     let body = body(payload).await?;
     let () = decode(&body)?;
-    reply(&agency.status()?)
+    reply(&agency.status().await?)
 }
 
 async fn read_index(

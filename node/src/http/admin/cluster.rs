@@ -46,7 +46,7 @@ async fn cluster_leave(
 }
 
 async fn cluster_status(_: Admin, agency: web::Data<Agency>) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(agency.status()?))
+    Ok(HttpResponse::Ok().json(agency.status().await?))
 }
 
 /// `GET /admin/v1/cluster/members`: every member's own status, or why it
