@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use baa_cluster_tests::bench::{
     client_for, closed_loop, cpu_split, csrf_pair, machine, median, median_of, node_pids,
-    password_sign_in, print_resident, report_errors, slicing, unexpected, RunResult, Samples, Tally,
+    password_sign_in, print_resident, report_errors, slicing, unexpected, RunResult, Samples,
+    Tally,
 };
 use baa_cluster_tests::federation::{approval, first_login, Federation, FirstLogin};
 use baa_cluster_tests::sso::{query_mode_request, CSRF_COOKIE};

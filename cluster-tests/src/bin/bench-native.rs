@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use baa_cluster_tests::bench::{
     client_for, closed_loop, cpu_snapshot, cpu_split, csrf_pair, machine, median, median_of,
-    node_pids, password_sign_in, print_resident, report_errors, server_means, server_times, slicing,
-    unexpected, RunResult, Samples, Series, Tally,
+    node_pids, password_sign_in, print_resident, report_errors, server_means, server_times,
+    slicing, unexpected, RunResult, Samples, Series, Tally,
 };
 use baa_cluster_tests::harness::{app_table, TOOLS_APP, TOOLS_ORIGIN};
 use baa_cluster_tests::sso::{pkce, CSRF_COOKIE};

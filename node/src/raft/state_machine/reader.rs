@@ -207,19 +207,25 @@ impl StateReader {
     ///
     /// The tree is read without holding apply up (a digest of a large state
     /// takes a while, and a status call must not stall writes for it).
-    /// Every batch apply writes rewrites the applied id, so a digest whose
-    /// applied id reads the same before and after is the state at exactly
-    /// that id; otherwise it is taken again, up to [`DIGEST_TRIES`] times.
+    /// Apply writes the applied id with every batch, so a digest whose
+    /// applied id reads the same before and after, in the same tree (an
+    /// install replaces it), is the state at exactly that id; otherwise it
+    /// is taken again, up to [`DIGEST_TRIES`] times.
     pub fn digest(&self) -> Result<Option<(Option<u64>, String)>, StorageError> {
-        for _ in 0..DIGEST_TRIES {
+        'tries: for _ in 0..DIGEST_TRIES {
             let before = self.applied()?;
             let tree = self.shared.tree().clone();
             let mut h = StateDigest::default();
             for item in tree.iter() {
-                let (k, v) = item.map_err(sm_read_err)?;
-                h.add(&k, &v);
+                match item {
+                    Ok((k, v)) => h.add(&k, &v),
+                    // A snapshot install replaced the tree and dropped the
+                    // one being read: the state moved on; take it again.
+                    Err(_) if self.shared.tree().name() != tree.name() => continue 'tries,
+                    Err(e) => return Err(sm_read_err(e)),
+                }
             }
-            if self.applied()? == before {
+            if self.applied()? == before && self.shared.tree().name() == tree.name() {
                 return Ok(Some((before.map(|l| l.index), h.finish())));
             }
         }

@@ -193,30 +193,31 @@ async fn snapshot_round_trip_reproduces_the_digest() {
     assert_eq!(current.meta, snap.meta);
 }
 
-/// A snapshot built while entries go on being applied holds exactly the
-/// state at its applied id (records written, added and removed meanwhile
-/// put back), and apply did not wait for it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_built_while_entries_apply_holds_the_state_at_its_index() {
-    const USERS: u64 = 20_000;
-    let a = tempfile::tempdir().unwrap();
-    let (_db_a, mut sm) = store(a.path());
-    let mut log: Vec<Entry> = (1..=USERS)
+/// `users` users, created one entry each and applied in batches of 1,000:
+/// the log so far.
+async fn filled(sm: &mut StateMachineStore, users: u64) -> Vec<Entry> {
+    let log: Vec<Entry> = (1..=users)
         .map(|i| entry(i, Some(&format!("req-{i:08}")), create(&format!("u{i}"))))
         .collect();
     for chunk in log.chunks(1_000) {
         sm.apply(chunk.to_vec()).await.unwrap();
     }
+    log
+}
 
-    let mut builder = sm.get_snapshot_builder().await;
-    let build = tokio::spawn(async move { builder.build_snapshot().await });
-    let mut index = USERS;
-    while !build.is_finished() {
-        index += 1;
-        // Updates of existing records, new records with request records,
-        // and sweeps that remove request records.
+/// Applies entries one at a time after `log` until `done()`, each pushed
+/// onto `log`: updates of existing records (of the `users` first ones), new
+/// records with request records, and sweeps that remove request records.
+async fn churn_until(
+    sm: &mut StateMachineStore,
+    log: &mut Vec<Entry>,
+    users: u64,
+    done: impl Fn() -> bool,
+) {
+    while !done() {
+        let index = log.len() as u64 + 1;
         let op = match index % 3 {
-            0 => set_attr(&format!("u{}", index % USERS + 1), "k", &index.to_string()),
+            0 => set_attr(&format!("u{}", index % users + 1), "k", &index.to_string()),
             1 => create(&format!("new-{index}")),
             _ => Op::Sweep {
                 request_cutoff_ms: u64::MAX,
@@ -228,6 +229,22 @@ async fn a_snapshot_built_while_entries_apply_holds_the_state_at_its_index() {
         sm.apply(vec![e.clone()]).await.unwrap();
         log.push(e);
     }
+}
+
+/// A snapshot built while entries go on being applied holds exactly the
+/// state at its applied id (records written, added and removed meanwhile
+/// put back), and apply did not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_built_while_entries_apply_holds_the_state_at_its_index() {
+    const USERS: u64 = 20_000;
+    let a = tempfile::tempdir().unwrap();
+    let (_db_a, mut sm) = store(a.path());
+    let mut log = filled(&mut sm, USERS).await;
+
+    let mut builder = sm.get_snapshot_builder().await;
+    let build = tokio::spawn(async move { builder.build_snapshot().await });
+    churn_until(&mut sm, &mut log, USERS, || build.is_finished()).await;
+    let index = log.len() as u64;
     let snap = build.await.unwrap().unwrap();
     let at = snap.meta.last_log_id.unwrap().index;
     let during = index - USERS;
@@ -272,12 +289,7 @@ async fn a_digest_taken_while_entries_apply_holds_them_not_up() {
     const USERS: u64 = 20_000;
     let a = tempfile::tempdir().unwrap();
     let (_db_a, mut sm) = store(a.path());
-    let mut log: Vec<Entry> = (1..=USERS)
-        .map(|i| entry(i, Some(&format!("req-{i:08}")), create(&format!("u{i}"))))
-        .collect();
-    for chunk in log.chunks(1_000) {
-        sm.apply(chunk.to_vec()).await.unwrap();
-    }
+    let mut log = filled(&mut sm, USERS).await;
 
     let reader = sm.reader();
     let digests = std::thread::spawn(move || {
@@ -327,6 +339,59 @@ async fn a_digest_taken_while_entries_apply_holds_them_not_up() {
             "the digest at {at}"
         );
     }
+}
+
+/// A digest taken while snapshots are installed (each replacing the tree
+/// it reads and dropping the old one) never fails: it is taken again on
+/// the new tree, or comes back unsettled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_taken_while_snapshots_install_never_fails() {
+    const USERS: u64 = 5_000;
+    let a = tempfile::tempdir().unwrap();
+    let (_db_a, mut source) = store(a.path());
+    filled(&mut source, USERS).await;
+    let snap = source
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut data = Vec::new();
+    let mut file = *snap.snapshot;
+    tokio::io::AsyncReadExt::read_to_end(&mut file, &mut data)
+        .await
+        .unwrap();
+
+    let b = tempfile::tempdir().unwrap();
+    let (_db_b, mut sm) = store(b.path());
+    filled(&mut sm, USERS).await;
+    let reader = sm.reader();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let digests = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut taken = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                reader.digest().expect("a digest during installs");
+                taken += 1;
+            }
+            taken
+        })
+    };
+    for _ in 0..10 {
+        let mut incoming = sm.begin_receiving_snapshot().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut *incoming, &data)
+            .await
+            .unwrap();
+        sm.install_snapshot(&snap.meta, incoming).await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let taken = digests.join().unwrap();
+    println!("{taken} digests taken during 10 installs");
+    assert_eq!(
+        sm.reader().digest().unwrap(),
+        source.reader().digest().unwrap()
+    );
 }
 
 #[tokio::test]
@@ -508,30 +573,11 @@ async fn a_rebuild_made_while_entries_apply_holds_them_all() {
     let dir = tempfile::tempdir().unwrap();
     let (db, mut sm) = store(dir.path());
     drop(db);
-    let mut log: Vec<Entry> = (1..=USERS)
-        .map(|i| entry(i, Some(&format!("req-{i:08}")), create(&format!("u{i}"))))
-        .collect();
-    for chunk in log.chunks(1_000) {
-        sm.apply(chunk.to_vec()).await.unwrap();
-    }
+    let mut log = filled(&mut sm, USERS).await;
     let storage = sm.storage();
     let rebuild = tokio::task::spawn_blocking(move || storage.rebuild_if_wasteful(0));
-    let mut index = USERS;
-    while !rebuild.is_finished() {
-        index += 1;
-        let op = match index % 3 {
-            0 => set_attr(&format!("u{}", index % USERS + 1), "k", &index.to_string()),
-            1 => create(&format!("new-{index}")),
-            _ => Op::Sweep {
-                request_cutoff_ms: u64::MAX,
-                auto_request_cutoff_ms: u64::MAX,
-                budget: 50,
-            },
-        };
-        let e = entry(index, Some(&format!("req-{index:08}")), op);
-        sm.apply(vec![e.clone()]).await.unwrap();
-        log.push(e);
-    }
+    churn_until(&mut sm, &mut log, USERS, || rebuild.is_finished()).await;
+    let mut index = log.len() as u64;
     rebuild.await.unwrap().unwrap().expect("rebuilt");
     let during = index - USERS;
     println!("{during} entries applied while the state was rebuilt");
