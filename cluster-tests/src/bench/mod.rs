@@ -512,6 +512,32 @@ pub fn node_pids(cluster: &Cluster) -> Vec<u32> {
         .collect()
 }
 
+/// Resident memory of process `pid`, in bytes (0 when it is gone).
+pub fn rss_bytes(pid: Option<u32>) -> u64 {
+    let status = pid
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Prints each node's resident memory after a load, as every benchmark
+/// does after each of its loads.
+pub fn print_resident(cluster: &Cluster, after: &str) {
+    let nodes: Vec<String> = cluster
+        .ids()
+        .into_iter()
+        .map(|id| {
+            let mib = rss_bytes(cluster.node(id).pid()) as f64 / 1_048_576.0;
+            format!("node {id} {mib:.0} MiB")
+        })
+        .collect();
+    eprintln!("  [resident after {after}: {}]", nodes.join(", "));
+}
+
 #[cfg(test)]
 mod tests {
     use super::Samples;
@@ -550,30 +576,4 @@ mod tests {
         assert_eq!(r.ops, 0);
         assert!(r.p50_ms.is_nan());
     }
-}
-
-/// Resident memory of process `pid`, in bytes (0 when it is gone).
-pub fn rss_bytes(pid: Option<u32>) -> u64 {
-    let status = pid
-        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
-        .unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
-/// Prints each node's resident memory after a load, as every benchmark
-/// does after each of its loads.
-pub fn print_resident(cluster: &Cluster, after: &str) {
-    let nodes: Vec<String> = cluster
-        .ids()
-        .into_iter()
-        .map(|id| {
-            let mib = rss_bytes(cluster.node(id).pid()) as f64 / 1_048_576.0;
-            format!("node {id} {mib:.0} MiB")
-        })
-        .collect();
-    eprintln!("  [resident after {after}: {}]", nodes.join(", "));
 }
