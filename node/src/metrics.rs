@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -27,6 +27,17 @@ pub struct Metrics {
     pub raft_applied_index: IntGauge,
     /// Entries each follower is behind the leader's last log index (leader only).
     pub raft_replication_lag: IntGaugeVec,
+    /// How long ago the first entry each follower lacks was appended on
+    /// the leader (0 when it has them all; leader only).
+    pub raft_replication_lag_seconds: GaugeVec,
+    /// 1 when this node knows a leader.
+    pub raft_has_leader: IntGauge,
+    /// Token translations (an app's token to its session) by result.
+    pub translations: IntCounterVec,
+    /// Device authorization grants by event.
+    pub device_flows: IntCounterVec,
+    /// Sessions held in the state (live ones and those not yet swept).
+    pub sessions: IntGauge,
     /// Elections observed (term changes seen by this node).
     pub elections: IntCounter,
     /// Leader changes observed by this node.
@@ -104,6 +115,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0, 5.0,
     10.0,
 ];
+
+/// The events `baa_sso_device_flows_total` counts.
+pub const DEVICE_EVENTS: [&str; 4] = ["started", "approved", "denied", "wrong_code"];
 
 impl Metrics {
     /// Creates and registers every metric. Panics only on duplicate
@@ -322,6 +336,35 @@ impl Metrics {
                 &["path"]
             )),
 
+            raft_replication_lag_seconds: reg!(GaugeVec::new(
+                Opts::new(
+                    "baa_raft_replication_lag_seconds",
+                    "How long ago the first entry a follower lacks was appended on the leader (leader only)"
+                ),
+                &["follower"]
+            )),
+            raft_has_leader: reg!(IntGauge::new(
+                "baa_raft_has_leader",
+                "1 when this node knows a leader"
+            )),
+            translations: reg!(IntCounterVec::new(
+                Opts::new(
+                    "baa_sso_token_translations_total",
+                    "Token translations (an app's token to its session) by result (found, refused, error)"
+                ),
+                &["result"]
+            )),
+            device_flows: reg!(IntCounterVec::new(
+                Opts::new(
+                    "baa_sso_device_flows_total",
+                    "Device authorization grants by event (started, approved, denied, wrong_code)"
+                ),
+                &["event"]
+            )),
+            sessions: reg!(IntGauge::new(
+                "baa_sso_sessions",
+                "Sessions held in the state (live ones and those not yet swept)"
+            )),
             actor_mailbox_depth: reg!(IntGaugeVec::new(
                 Opts::new(
                     "baa_actor_mailbox_depth",
@@ -355,12 +398,25 @@ impl Metrics {
             registry,
             families,
         };
+        // Every label value of an enum-like counter exists from the start,
+        // so that a dashboard shows 0 rather than no data.
+        for result in ["found", "refused", "error"] {
+            m.translations.with_label_values(&[result]);
+        }
+        for event in DEVICE_EVENTS {
+            m.device_flows.with_label_values(&[event]);
+        }
         Arc::new(m)
     }
 
     /// The name of every metric family registered, served or not yet.
     pub fn families(&self) -> &[String] {
         &self.families
+    }
+
+    /// Counts a device grant's event (one of [`DEVICE_EVENTS`]).
+    pub fn device_flow(&self, event: &'static str) {
+        self.device_flows.with_label_values(&[event]).inc();
     }
 
     /// Counts a password sign-in by its result.

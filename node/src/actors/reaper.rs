@@ -52,6 +52,16 @@ impl Actor for Reaper {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.every, |act, _| {
             let agency = act.agency.clone();
+            // Every node counts its own state's sessions, off the workers.
+            let counted = agency.clone();
+            actix::spawn(async move {
+                let state = counted.state.clone();
+                if let Ok(Ok(n)) =
+                    crate::raft::background::run("baa-count", move || state.session_count()).await
+                {
+                    counted.metrics.sessions.set(n as i64);
+                }
+            });
             if agency.leader().map(|(id, _)| id) != Some(agency.id) {
                 return;
             }

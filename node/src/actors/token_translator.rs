@@ -100,9 +100,19 @@ impl Handler<TranslateToken> for TokenTranslator {
             async move { lookup(&agency, &msg.token, &msg.accept).await }
                 .into_actor(self)
                 .map(|found, act, _| {
-                    if let Ok(Some(t)) = &found {
-                        act.record_use(&t.session);
-                    }
+                    let result = match &found {
+                        Ok(Some(t)) => {
+                            act.record_use(&t.session);
+                            "found"
+                        }
+                        Ok(None) => "refused",
+                        Err(_) => "error",
+                    };
+                    act.agency
+                        .metrics
+                        .translations
+                        .with_label_values(&[result])
+                        .inc();
                     found
                 }),
         )

@@ -98,6 +98,7 @@ pub async fn start(
     };
     agency.write(Op::StartDevice(Box::new(grant)), None).await?;
     let uri = format!("{}/device", agency.config.issuer);
+    agency.metrics.device_flow("started");
     Ok(Started {
         device_code,
         user_code: display_code(&user_code),
@@ -175,11 +176,15 @@ pub async fn decide(
     match agency.write(op, None).await {
         Ok(Outcome::DeviceDecided(client)) => {
             tracing::info!(client = %client, approved = approve, sid = %v.session.sid, "device decision");
+            agency
+                .metrics
+                .device_flow(if approve { "approved" } else { "denied" });
             Ok(Decided::Done)
         }
         Ok(_) => Err(NodeError::Internal("unexpected outcome".into())),
         Err(NodeError::Apply(e)) if e.code != ErrorCode::StorageError => {
             record_wrong_code(agency, typed, source).await;
+            agency.metrics.device_flow("wrong_code");
             Ok(Decided::WrongCode)
         }
         Err(e) => Err(e),
