@@ -582,4 +582,40 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("not empty"), "{e}");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// A backup verifies; with any byte changed or cut anywhere it is
+        /// refused; arbitrary bytes never panic the reader.
+        #[test]
+        fn a_backup_verifies_only_unaltered(
+            records in proptest::collection::btree_map(
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16),
+                0..6,
+            ),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            by in 1u8..,
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let quiet = |_: Progress| ();
+            let data: Vec<u8> = records.iter().flat_map(|(k, v)| frame(k, v)).collect();
+            let mut file = Vec::new();
+            let header = write(meta(), || Ok(data.as_slice()), "acme", 7, &mut file).unwrap();
+            proptest::prop_assert_eq!(header.records, records.len() as u64);
+            let read = verify_from(file.as_slice(), file.len() as u64, quiet).unwrap();
+            proptest::prop_assert_eq!(read.digest, header.digest);
+            let i = at.index(file.len());
+            let mut altered = file.clone();
+            altered[i] = altered[i].wrapping_add(by);
+            proptest::prop_assert!(verify_from(altered.as_slice(), file.len() as u64, quiet).is_err());
+            let c = cut.index(file.len());
+            proptest::prop_assert!(verify_from(&file[..c], c as u64, quiet).is_err());
+            let mut forged = MAGIC.to_vec();
+            forged.extend(junk);
+            proptest::prop_assert!(verify_from(forged.as_slice(), forged.len() as u64, quiet).is_err());
+        }
+    }
 }

@@ -1010,4 +1010,31 @@ mod tests {
         let bad = format!("{MINIMAL}\n[secrets]\nkek = \"00\"\n");
         assert!(toml::from_str::<FileConfig>(&bad).is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// TOML-ish text either fails to parse or parses to a file that
+        /// validates or is refused, never a panic; a parsed file writes
+        /// out to a fixed point.
+        #[test]
+        fn config_text_never_panics(
+            extra in "(([a-z_]{1,12}|\\[[a-z_.]{1,10}\\]) ?= ?(\"[ -~]{0,10}\"|[0-9-]{1,6}|true|\\[\\]|\\{\\})\n){0,6}",
+            drop in 0usize..40,
+        ) {
+            let mut lines: Vec<&str> = MINIMAL.lines().collect();
+            if drop < lines.len() {
+                lines.remove(drop);
+            }
+            let text = format!("{}\n{extra}", lines.join("\n"));
+            if let Ok(f) = toml::from_str::<FileConfig>(&text) {
+                let once = toml::to_string(&f).unwrap();
+                let back: FileConfig = toml::from_str(&once).unwrap();
+                proptest::prop_assert_eq!(toml::to_string(&back).unwrap(), once);
+                if f.admin_token_file.is_none() {
+                    let _ = Config::from_file(f, Overrides::default(), Path::new("/nonexistent"));
+                }
+            }
+        }
+    }
 }

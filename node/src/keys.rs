@@ -469,24 +469,10 @@ impl KeyRing {
 
     /// [`Self::verify_reference`], with the id of the key that signed it.
     pub fn verify_reference_kid(&self, value: &str, issuer: &str) -> Option<(Reference, String)> {
-        if value.len() > MAX_COOKIE_LEN {
-            return None;
-        }
-        let header = jsonwebtoken::decode_header(value).ok()?;
-        if header.alg != Algorithm::EdDSA || header.typ.as_deref() != Some(REFERENCE_TYP) {
-            return None;
-        }
-        let kid = header.kid?;
+        let kid = reference_kid(value)?;
         let l = self.load_logged()?;
         let set = l.reference_verify.get(&kid)?;
-        let mut v = Validation::new(Algorithm::EdDSA);
-        v.set_issuer(&[issuer]);
-        v.set_required_spec_claims(&["exp", "iss"]);
-        v.validate_aud = false;
-        v.leeway = 0;
-        jsonwebtoken::decode::<Reference>(value, &set.reference.decoding, &v)
-            .ok()
-            .map(|d| (d.claims, kid))
+        decode_reference(value, issuer, &set.reference.decoding).map(|r| (r, kid))
     }
 
     /// Whether references signed with `kid` are still honoured.
@@ -494,6 +480,35 @@ impl KeyRing {
         self.load()
             .is_ok_and(|l| l.reference_verify.contains_key(kid))
     }
+}
+
+/// The key id of `value` if its header is a reference's (EdDSA, the
+/// reference `typ`, a kid) and it is no longer than a cookie may be;
+/// nothing is verified. Public for fuzzing.
+#[doc(hidden)]
+pub fn reference_kid(value: &str) -> Option<String> {
+    if value.len() > MAX_COOKIE_LEN {
+        return None;
+    }
+    let header = jsonwebtoken::decode_header(value).ok()?;
+    if header.alg != Algorithm::EdDSA || header.typ.as_deref() != Some(REFERENCE_TYP) {
+        return None;
+    }
+    header.kid
+}
+
+/// The claims of the reference `value` if `key` signed it for `issuer` and
+/// it has not expired. Public for fuzzing.
+#[doc(hidden)]
+pub fn decode_reference(value: &str, issuer: &str, key: &DecodingKey) -> Option<Reference> {
+    let mut v = Validation::new(Algorithm::EdDSA);
+    v.set_issuer(&[issuer]);
+    v.set_required_spec_claims(&["exp", "iss"]);
+    v.validate_aud = false;
+    v.leeway = 0;
+    jsonwebtoken::decode::<Reference>(value, key, &v)
+        .ok()
+        .map(|d| d.claims)
 }
 
 /// A key ring over a fresh state machine in `dir` holding one signing key.

@@ -155,43 +155,103 @@ impl TicketSealer {
             code: baa_proto::ErrorCode::NoSigningKey,
             message: "the agency has no ticket key yet; run `baa cluster init` or wait".into(),
         })?;
-        let mut data = codec::encode_with_limit(t, MAX_SEALED_BYTES)
-            .map_err(|e| NodeError::Internal(e.to_string()))?;
-        let nonce_bytes = crate::secrets::random_bytes::<NONCE_LEN>();
-        let nonce = Nonce::assume_unique_for_key(nonce_bytes);
-        key.seal_in_place_append_tag(nonce, Aad::from(kind.aad), &mut data)
-            .map_err(|_| NodeError::Internal(format!("sealing {} failed", kind.what)))?;
-        let mut sealed = nonce_bytes.to_vec();
-        sealed.extend(data);
-        Ok(format!(
-            "{}{kid}.{}",
-            kind.prefix,
-            URL_SAFE_NO_PAD.encode(sealed)
-        ))
+        seal_with(kind, kid, key, t)
     }
 
     fn open_as<T: serde::de::DeserializeOwned>(&self, kind: &Kind, value: &str) -> Option<T> {
-        let (kid, body) = value.strip_prefix(kind.prefix)?.split_once('.')?;
-        if kid.len() > 64 || body.len() > 2 * MAX_SEALED_BYTES as usize {
-            return None;
-        }
-        let l = self.load().ok()?;
-        let key = l.open.get(kid)?;
-        let mut bytes = URL_SAFE_NO_PAD.decode(body).ok()?;
-        if bytes.len() < NONCE_LEN {
-            return None;
-        }
-        let mut data = bytes.split_off(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(&bytes).ok()?;
-        let plain = key
-            .open_in_place(nonce, Aad::from(kind.aad), &mut data)
-            .ok()?;
-        codec::decode_with_limit(plain, MAX_SEALED_BYTES).ok()
+        open_with(kind, value, |kid| {
+            let l = self.load().ok()?;
+            l.open.get(kid).cloned()
+        })
     }
 
     /// Whether a current ticket key exists.
     pub fn has_current(&self) -> Result<bool, NodeError> {
         Ok(self.load()?.current.is_some())
+    }
+}
+
+/// `t` sealed as `kind` under `key`, whose id is `kid`.
+fn seal_with<T: serde::Serialize>(
+    kind: &Kind,
+    kid: &str,
+    key: &LessSafeKey,
+    t: &T,
+) -> Result<String, NodeError> {
+    let mut data = codec::encode_with_limit(t, MAX_SEALED_BYTES)
+        .map_err(|e| NodeError::Internal(e.to_string()))?;
+    let nonce_bytes = crate::secrets::random_bytes::<NONCE_LEN>();
+    let nonce = Nonce::assume_unique_for_key(nonce_bytes);
+    key.seal_in_place_append_tag(nonce, Aad::from(kind.aad), &mut data)
+        .map_err(|_| NodeError::Internal(format!("sealing {} failed", kind.what)))?;
+    let mut sealed = nonce_bytes.to_vec();
+    sealed.extend(data);
+    Ok(format!(
+        "{}{kid}.{}",
+        kind.prefix,
+        URL_SAFE_NO_PAD.encode(sealed)
+    ))
+}
+
+/// The contents of `value` sealed as `kind` under the key `key_of` finds
+/// for its kid; `None` for anything else.
+fn open_with<T: serde::de::DeserializeOwned>(
+    kind: &Kind,
+    value: &str,
+    key_of: impl FnOnce(&str) -> Option<Arc<LessSafeKey>>,
+) -> Option<T> {
+    let (kid, body) = value.strip_prefix(kind.prefix)?.split_once('.')?;
+    if kid.len() > 64 || body.len() > 2 * MAX_SEALED_BYTES as usize {
+        return None;
+    }
+    let key = key_of(kid)?;
+    let mut bytes = URL_SAFE_NO_PAD.decode(body).ok()?;
+    if bytes.len() < NONCE_LEN {
+        return None;
+    }
+    let mut data = bytes.split_off(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(&bytes).ok()?;
+    let plain = key
+        .open_in_place(nonce, Aad::from(kind.aad), &mut data)
+        .ok()?;
+    codec::decode_with_limit(plain, MAX_SEALED_BYTES).ok()
+}
+
+/// One ticket key outside any replicated state, sealing and opening
+/// tickets exactly as [`TicketSealer`] does. Exists for fuzzing and
+/// property tests.
+#[doc(hidden)]
+pub struct FixedTicketKey {
+    kid: String,
+    key: Arc<LessSafeKey>,
+}
+
+impl FixedTicketKey {
+    /// The key `key`, named `kid`.
+    pub fn new(kid: &str, key: &[u8; 32]) -> Option<Self> {
+        Some(Self {
+            kid: kid.to_string(),
+            key: aead_key(key)?,
+        })
+    }
+
+    /// As [`TicketSealer::seal`].
+    pub fn seal(&self, t: &SealedTicket) -> Result<String, NodeError> {
+        seal_with(&TICKET, &self.kid, &self.key, t)
+    }
+
+    /// As [`TicketSealer::open`].
+    pub fn open(&self, value: &str) -> Option<SealedTicket> {
+        open_with(&TICKET, value, |kid| {
+            (kid == self.kid).then(|| self.key.clone())
+        })
+    }
+
+    /// As [`TicketSealer::open_access`].
+    pub fn open_access(&self, value: &str) -> Option<SealedAccess> {
+        open_with(&ACCESS, value, |kid| {
+            (kid == self.kid).then(|| self.key.clone())
+        })
     }
 }
 
@@ -362,5 +422,78 @@ mod tests {
         let ticket = sealer.seal(&ticket()).unwrap();
         assert_eq!(sealer.open_access(&ticket), None);
         assert_eq!(sealer.open_access(&ticket.replacen("t1.", "a1.", 1)), None);
+    }
+
+    fn any_ticket() -> impl proptest::strategy::Strategy<Value = SealedTicket> {
+        use proptest::prelude::*;
+        (
+            any::<[u8; 16]>(),
+            any::<[u8; 32]>(),
+            "\\PC{0,20}",
+            "\\PC{0,40}",
+            proptest::option::of("\\PC{0,20}"),
+            proptest::option::of("[A-Za-z0-9_-]{43}"),
+            proptest::collection::vec("[a-z]{1,10}", 0..4),
+            any::<u64>(),
+            any::<u64>(),
+        )
+            .prop_map(
+                |(
+                    id,
+                    session_key,
+                    client_id,
+                    redirect_uri,
+                    nonce,
+                    code_challenge,
+                    scopes,
+                    issued_ms,
+                    expires_ms,
+                )| SealedTicket {
+                    id,
+                    session_key,
+                    client_id,
+                    redirect_uri,
+                    nonce,
+                    code_challenge,
+                    scopes,
+                    issued_ms,
+                    expires_ms,
+                },
+            )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Every ticket opens whole, never as an access token, and with
+        /// any byte changed or any part cut off it never opens.
+        #[test]
+        fn a_sealed_ticket_opens_only_unaltered(
+            t in any_ticket(),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            by in 1u8..,
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let key = FixedTicketKey::new("k1", &[1; 32]).unwrap();
+            let sealed = key.seal(&t).unwrap();
+            proptest::prop_assert_eq!(key.open(&sealed), Some(t));
+            proptest::prop_assert_eq!(key.open_access(&sealed), None);
+            let i = at.index(sealed.len());
+            let mut altered = sealed.clone().into_bytes();
+            altered[i] = altered[i].wrapping_add(by);
+            if let Ok(altered) = String::from_utf8(altered) {
+                proptest::prop_assert_eq!(key.open(&altered), None);
+            }
+            proptest::prop_assert_eq!(key.open(&sealed[..cut.index(sealed.len())]), None);
+            let other = FixedTicketKey::new("k1", &[2; 32]).unwrap();
+            proptest::prop_assert_eq!(other.open(&sealed), None);
+        }
+
+        /// Arbitrary strings never open, however ticket-like.
+        #[test]
+        fn arbitrary_strings_never_open(s in "(t1\\.k1\\.)?[A-Za-z0-9_-]{0,120}|\\PC{0,60}") {
+            let key = FixedTicketKey::new("k1", &[1; 32]).unwrap();
+            proptest::prop_assert_eq!(key.open(&s), None);
+        }
     }
 }

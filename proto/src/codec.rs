@@ -163,4 +163,45 @@ mod tests {
             Err(CodecError::TooLarge { .. })
         ));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn values_round_trip(name in "\\PC{0,40}", items in proptest::collection::vec(proptest::prelude::any::<u64>(), 0..20)) {
+            let s = Sample { name, items };
+            let bytes = encode(&s).unwrap();
+            proptest::prop_assert_eq!(decode::<Sample>(&bytes).unwrap(), s);
+        }
+
+        /// Whatever decodes re-encodes canonically (never longer than the
+        /// input, and to a fixed point); what is over the limit never
+        /// decodes.
+        #[test]
+        fn arbitrary_bytes_decode_canonically_within_the_limit(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            limit in 0u64..80,
+        ) {
+            match decode_with_limit::<Sample>(&bytes, limit) {
+                Ok(v) => {
+                    proptest::prop_assert!(bytes.len() as u64 <= limit);
+                    let again = encode_with_limit(&v, limit).unwrap();
+                    proptest::prop_assert!(again.len() <= bytes.len());
+                    proptest::prop_assert_eq!(decode_with_limit::<Sample>(&again, limit).unwrap(), v);
+                }
+                Err(CodecError::TooLarge { limit: l }) => proptest::prop_assert_eq!(l, limit),
+                Err(CodecError::Malformed(_)) => proptest::prop_assert!(bytes.len() as u64 <= limit),
+            }
+        }
+
+        /// A declared length far beyond the input never reaches the
+        /// allocator: decoding fails, it does not abort.
+        #[test]
+        fn declared_lengths_do_not_allocate(len in 1u64 << 20.., tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16)) {
+            let mut bytes = vec![0u8, 253];
+            bytes.extend_from_slice(&len.to_le_bytes());
+            bytes.extend(tail);
+            proptest::prop_assert!(decode_with_limit::<Sample>(&bytes, 1024).is_err());
+        }
+    }
 }

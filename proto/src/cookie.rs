@@ -187,4 +187,60 @@ mod tests {
         ];
         assert_eq!(exact_value(two, CSRF_COOKIE), None);
     }
+
+    /// A plain reading of [`exact_value`]'s rule, to test it against.
+    fn oracle<'a>(headers: &[&'a [u8]], name: &str) -> Option<&'a str> {
+        let prefix = [name.as_bytes(), b"="].concat();
+        let found: Vec<&[u8]> = headers
+            .iter()
+            .flat_map(|h| h.split(|&b| b == b';'))
+            .map(|p| p.strip_prefix(b" ").unwrap_or(p))
+            .filter_map(|p| p.strip_prefix(prefix.as_slice()))
+            .collect();
+        match found.as_slice() {
+            [one] => Some(std::str::from_utf8(one).ok()?.trim_end_matches(' ')),
+            _ => None,
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn every_session_secret_round_trips(secret: [u8; SESSION_SECRET_LEN]) {
+            proptest::prop_assert_eq!(parse_session(&session_value(&secret)), Some(secret));
+        }
+
+        #[test]
+        fn a_parsed_session_value_formats_back_to_itself(s in "[A-Za-z0-9_=+/-]{40,46}|\\PC{0,50}") {
+            if let Some(secret) = parse_session(&s) {
+                proptest::prop_assert_eq!(session_value(&secret), s);
+            }
+        }
+
+        #[test]
+        fn exact_value_follows_its_rule(
+            headers in proptest::collection::vec("(( ?(__Host-baa_csrf|a|__host-baa_csrf|x) ?=[ a-z\u{e9}]{0,4});?){0,4}", 0..3),
+        ) {
+            let headers: Vec<&[u8]> = headers.iter().map(|h| h.as_bytes()).collect();
+            for name in [CSRF_COOKIE, "a"] {
+                proptest::prop_assert_eq!(
+                    exact_value(headers.iter().copied(), name),
+                    oracle(&headers, name)
+                );
+            }
+        }
+
+        #[test]
+        fn a_cookie_written_among_others_is_read_back(
+            value in "[!#-+--:<-~]{0,40}",
+            others in proptest::collection::vec("[a-z_]{1,8}", 0..4),
+            at in 0usize..5,
+        ) {
+            let mut pairs: Vec<String> = others.iter().map(|o| format!("{o}=1")).collect();
+            pairs.insert(at.min(pairs.len()), format!("{CSRF_COOKIE}={value}"));
+            let header = pairs.join("; ");
+            proptest::prop_assert_eq!(exact_value([header.as_bytes()], CSRF_COOKIE), Some(value.as_str()));
+        }
+    }
 }

@@ -8,6 +8,8 @@ mod loopback;
 mod oauth;
 mod store;
 
+pub use loopback::{parse_request as parse_loopback_request, Target as LoopbackTarget};
+
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;

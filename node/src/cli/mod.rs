@@ -9,6 +9,11 @@ mod client;
 mod demo;
 mod login;
 
+/// The request-line parser of `baa login`'s loopback listener. Public for
+/// fuzzing.
+#[doc(hidden)]
+pub use login::{parse_loopback_request, LoopbackTarget};
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

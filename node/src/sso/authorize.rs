@@ -507,6 +507,10 @@ fn canonical(uri: &str) -> String {
         }
         _ => authority,
     };
+    // Only a loopback host takes any port (`127.0.0.1.evil` is a name).
+    if host != "127.0.0.1" && host != "[::1]" {
+        return uri.to_string();
+    }
     format!("http://{host}{path}")
 }
 
@@ -547,10 +551,137 @@ mod tests {
         ] {
             assert!(!redirect_matches(reg, bad), "{bad}");
         }
+        // A registration that only starts like a loopback address is a
+        // name, and matches exactly only (found by the differential property).
+        for (reg, other) in [
+            ("http://127.0.0.1.evil/cb", "http://127.0.0.1.evil:5000/cb"),
+            ("http://[::1]x/cb", "http://[::1]x:5000/cb"),
+            ("http://127.0.0.1:80:90/cb", "http://127.0.0.1:80:91/cb"),
+        ] {
+            assert!(!redirect_matches(reg, other), "{reg} {other}");
+            assert!(redirect_matches(reg, reg));
+        }
         // Non-loopback registrations match exactly only.
         assert!(!redirect_matches(
             "https://shop.example/cb",
             "https://shop.example:444/cb"
         ));
+    }
+
+    /// The host and what follows the port, if `u` is a loopback URI
+    /// (RFC 8252 §7.3): `http://127.0.0.1` or `http://[::1]`, an optional
+    /// `:digits` port, then nothing, a path or a query.
+    fn loopback(u: &str) -> Option<(&str, &str)> {
+        let rest = u.strip_prefix("http://")?;
+        let (host, after) = ["127.0.0.1", "[::1]"]
+            .iter()
+            .find_map(|h| rest.strip_prefix(h).map(|r| (*h, r)))?;
+        let after = match after.strip_prefix(':') {
+            Some(p) => {
+                let digits = p.bytes().take_while(u8::is_ascii_digit).count();
+                (digits > 0).then_some(&p[digits..])?
+            }
+            None => after,
+        };
+        (after.is_empty() || after.starts_with(['/', '?'])).then_some((host, after))
+    }
+
+    /// The rule, read plainly: equal strings, or two loopback URIs that
+    /// differ in their port only, the candidate without `@`, `#` or `\`.
+    fn oracle(registered: &str, candidate: &str) -> bool {
+        registered == candidate
+            || (!candidate.contains(['@', '#', '\\'])
+                && loopback(registered).is_some()
+                && loopback(registered) == loopback(candidate))
+    }
+
+    const PORTS: [&str; 7] = ["", ":", ":80", ":5000", ":80:90", ":abc", ":0"];
+
+    /// A URI's scheme with its host, and its path: tricky ones mostly.
+    fn parts() -> impl proptest::strategy::Strategy<Value = (String, &'static str)> {
+        use proptest::prelude::*;
+        let scheme = prop::sample::select(vec!["http://", "https://", "HTTP://", ""]);
+        let host = prop::sample::select(vec![
+            "127.0.0.1",
+            "[::1]",
+            "127.0.0.1.evil",
+            "127.0.0.2",
+            "localhost",
+            "[::1]x",
+            "127.0.0.1@evil",
+            "",
+        ]);
+        let path = prop::sample::select(vec![
+            "", "/cb", "/cb?x=1", "/Cb", "/cb#f", "?a", "/../cb", "\\cb", "@evil/cb", "/cb/",
+        ]);
+        (scheme, host, path).prop_map(|(s, h, p)| (format!("{s}{h}"), p))
+    }
+
+    fn uri() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        (parts(), prop::sample::select(PORTS.to_vec()))
+            .prop_map(|((origin, path), port)| format!("{origin}{port}{path}"))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Differential: `redirect_matches` is the plain rule.
+        #[test]
+        fn redirect_matching_is_exact_match_plus_the_loopback_port_rule(
+            registered in uri(),
+            candidate in uri(),
+        ) {
+            proptest::prop_assert_eq!(
+                redirect_matches(&registered, &candidate),
+                oracle(&registered, &candidate)
+            );
+        }
+
+        /// The same, for pairs that differ in their port only.
+        #[test]
+        fn uris_differing_in_their_port_match_by_the_plain_rule(
+            (origin, path) in parts(),
+            p in proptest::sample::select(PORTS.to_vec()),
+            q in proptest::sample::select(PORTS.to_vec()),
+        ) {
+            let (registered, candidate) = (format!("{origin}{p}{path}"), format!("{origin}{q}{path}"));
+            proptest::prop_assert_eq!(
+                redirect_matches(&registered, &candidate),
+                oracle(&registered, &candidate)
+            );
+        }
+
+        #[test]
+        fn arbitrary_strings_match_by_the_plain_rule(
+            registered in "\\PC{0,30}",
+            candidate in "\\PC{0,30}",
+        ) {
+            proptest::prop_assert_eq!(
+                redirect_matches(&registered, &candidate),
+                oracle(&registered, &candidate)
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Authorization parameters decode from any form or query string
+        /// or are refused, and re-encode (as the sign-in pages carry them)
+        /// to a fixed point; `safe_continue` never names another host.
+        #[test]
+        fn auth_params_decode_and_re_encode_to_a_fixed_point(
+            s in "((client_id|redirect_uri|state|scope|continue|prompt|x)=[ -~]{0,12}&?){0,5}|\\PC{0,40}",
+        ) {
+            if let Ok(p) = serde_urlencoded::from_str::<super::AuthParams>(&s) {
+                let once = serde_urlencoded::to_string(&p).unwrap();
+                let back: super::AuthParams = serde_urlencoded::from_str(&once).unwrap();
+                proptest::prop_assert_eq!(serde_urlencoded::to_string(&back).unwrap(), once);
+                if let Some(c) = p.safe_continue() {
+                    proptest::prop_assert!(c.starts_with('/') && !c.starts_with("//"), "{}", c);
+                }
+            }
+        }
     }
 }

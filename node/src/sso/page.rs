@@ -168,4 +168,31 @@ mod tests {
         assert_eq!(e.code(), ErrorCode::InvalidRequest);
         assert!(Page::parse_without_prefix(&query(Some(5), None, None)).is_ok());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// A list query decodes from any query string or is refused; one
+        /// that decodes encodes and decodes to itself, and a page is read
+        /// from it only with a limit of 1 to 1000.
+        #[test]
+        fn list_queries_decode_round_trip_and_bound_the_limit(
+            s in "((limit|cursor|prefix|consistency|x)=[0-9A-Za-z_%+-]{0,12}&?){0,4}|\\PC{0,40}",
+        ) {
+            if let Ok(q) = serde_urlencoded::from_str::<ListQuery>(&s) {
+                let encoded = serde_urlencoded::to_string(&q).unwrap();
+                proptest::prop_assert_eq!(serde_urlencoded::from_str::<ListQuery>(&encoded).unwrap(), q.clone());
+                if Page::parse(&q).is_ok() {
+                    proptest::prop_assert!((1..=1000).contains(&q.limit.unwrap_or(1)));
+                }
+                let _ = Page::parse_without_prefix(&q);
+            }
+        }
+
+        /// Any cursor a page hands out is read back as the key it names.
+        #[test]
+        fn cursors_round_trip(key in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..=MAX_CURSOR_KEY)) {
+            proptest::prop_assert_eq!(decode_cursor(&cursor(&key)).unwrap(), key);
+        }
+    }
 }
