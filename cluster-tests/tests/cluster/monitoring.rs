@@ -291,6 +291,22 @@ async fn fires(prom: &Prometheus, alert: &str, expr: &str, fault: &str) -> Vec<S
     .await
 }
 
+/// Polls until the alert expression `expr` fires for exactly the
+/// instances `expected`.
+async fn fires_for(prom: &Prometheus, expr: &str, what: &str, expected: &BTreeSet<String>) {
+    poll_until(Duration::from_secs(90), what, || async {
+        let firing: BTreeSet<String> = prom
+            .query(expr)
+            .await
+            .ok()?
+            .iter()
+            .filter_map(|s| s.labels["instance"].as_str().map(String::from))
+            .collect();
+        (&firing == expected).then_some(())
+    })
+    .await
+}
+
 /// Acceptance 1 of the operations issue: a real Prometheus scrapes two
 /// federated agencies under a mixed load; every target is up, every query
 /// of the dashboard returns data, every alert rule is silent while all is
@@ -438,39 +454,20 @@ async fn prometheus_scrapes_a_federation_and_the_alerts_fire_on_their_faults() {
         .iter()
         .map(|id| fed.b.node(*id).manage_addr().to_string())
         .collect();
-    let expr = &rules["BaaNodeDown"];
-    poll_until(
-        Duration::from_secs(90),
+    fires_for(
+        &prom,
+        &rules["BaaNodeDown"],
         "BaaNodeDown to fire for both stopped nodes",
-        || async {
-            let down: BTreeSet<String> = prom
-                .query(expr)
-                .await
-                .ok()?
-                .iter()
-                .filter_map(|s| s.labels["instance"].as_str().map(String::from))
-                .collect();
-            (down == expected).then_some(())
-        },
+        &expected,
     )
     .await;
     // Exactly B's survivor: a node of A restarted by the churn above may
     // know no leader for a moment too, which is not this fault.
-    let survivor_addr = fed.b.node(survivor).manage_addr().to_string();
-    let expr = &rules["BaaNoLeader"];
-    poll_until(
-        Duration::from_secs(90),
+    fires_for(
+        &prom,
+        &rules["BaaNoLeader"],
         "BaaNoLeader to fire for B's survivor alone",
-        || async {
-            let lost: Vec<String> = prom
-                .query(expr)
-                .await
-                .ok()?
-                .iter()
-                .filter_map(|s| s.labels["instance"].as_str().map(String::from))
-                .collect();
-            (lost == [survivor_addr.clone()]).then_some(())
-        },
+        &BTreeSet::from([fed.b.node(survivor).manage_addr().to_string()]),
     )
     .await;
 
