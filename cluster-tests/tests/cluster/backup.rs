@@ -78,10 +78,12 @@ async fn backup(cluster: &Cluster, via: NodeId, file: &Path) -> Written {
         bytes: before("bytes"),
     };
     assert_eq!(written.digest.len(), 64, "{line}");
+    let meta = std::fs::metadata(file).expect("the backup file");
+    assert_eq!(meta.len(), written.bytes, "{line}");
     assert_eq!(
-        std::fs::metadata(file).expect("the backup file").len(),
-        written.bytes,
-        "{line}"
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600,
+        "a backup is readable by its owner only"
     );
     written
 }

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -112,10 +113,19 @@ async fn fetch(client: &AdminClient, partial: &Path) -> anyhow::Result<Header> {
     let mut resp = client
         .get_streamed("/admin/v1/cluster/backup", BACKUP_TIMEOUT)
         .await?;
-    let mut out = std::io::BufWriter::new(
-        std::fs::File::create(partial)
-            .with_context(|| format!("creating {}", partial.display()))?,
-    );
+    // A backup holds every user's password hash and the sealed keys:
+    // readable by its owner only, whatever the umask, even if the file
+    // was there before.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(partial)
+        .with_context(|| format!("creating {}", partial.display()))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} private", partial.display()))?;
+    let mut out = std::io::BufWriter::new(file);
     let mut ticker = Ticker::new();
     let mut received = 0u64;
     while let Some(chunk) = resp
