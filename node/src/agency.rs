@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use baa_proto::api::{
     ClusterStatus, ForwardError, ForwardedWriteReply, JoinRequest, MembershipChange,
-    MembershipReply, ReadIndexReply,
+    MembershipReply, ReadIndexReply, SnapshotBuilt,
 };
 use baa_proto::command::{Command, Consistency, Op, Outcome, RequestId};
 use baa_proto::model::{BaaNode, NodeId};
@@ -223,11 +223,17 @@ impl Agency {
     }
 
     /// Builds a snapshot of this node's state now (writes go on meanwhile)
-    /// and answers the cluster's status once it is there.
-    pub async fn snapshot_now(&self) -> Result<ClusterStatus> {
+    /// and answers what it covers once it is there. (Not the status: its
+    /// digest reads the whole state again.)
+    pub async fn snapshot_now(&self) -> Result<SnapshotBuilt> {
         self.snapshot_covering_now(self.config.write_timeout())
             .await?;
-        self.status().await
+        let m = self.raft_metrics();
+        Ok(SnapshotBuilt {
+            node_id: self.id,
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+        })
     }
 
     /// Builds a snapshot of this node's state covering at least what is

@@ -239,6 +239,18 @@ pub struct ClusterStatus {
     pub nodes: BTreeMap<NodeId, BaaNode>,
 }
 
+/// `POST /admin/v1/cluster/snapshot`: the snapshot the node built.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotBuilt {
+    /// The answering node.
+    pub node_id: NodeId,
+    /// Index covered by the node's snapshot now (at least what it had
+    /// applied when asked).
+    pub snapshot_index: Option<u64>,
+    /// Index up to which the node's log is purged now.
+    pub purged_index: Option<u64>,
+}
+
 /// Cluster port: writes forwarded by a follower to the leader, proposed
 /// together as one log entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -56,7 +56,7 @@ async fn cluster_members(_: Admin, agency: web::Data<Agency>) -> Result<HttpResp
 }
 
 /// `POST /admin/v1/cluster/snapshot`: this node builds a snapshot of its
-/// state now (before a backup, or to measure one); answers its status.
+/// state now (to measure one, or to purge its log); answers what it covers.
 async fn cluster_snapshot(_: Admin, agency: web::Data<Agency>) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(agency.snapshot_now().await?))
 }

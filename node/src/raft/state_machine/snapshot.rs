@@ -10,11 +10,14 @@
 //!
 //! A build does not hold apply up: it notes where the state stands (applied
 //! id, membership) and starts keeping pre-images, each key's value before
-//! the first write to it since, all within one turn of the writer; reads
-//! the tree while writes go on (a key's value is read whole, from before or
-//! after any write to it); then takes the pre-images in another short turn
-//! and writes the data with every key written meanwhile put back to its
-//! pre-image, in key order: exactly the state at the noted applied id.
+//! the first write to it since, all within one turn of the writer; then
+//! reads the tree in key order while writes go on (a key's value is read
+//! whole, from before or after any write to it), writing each key as read
+//! unless it has a pre-image, which is written instead, and writing the
+//! pre-images of keys deleted before the read got to them; a last short
+//! turn takes the pre-images of keys past the last one read. The data is
+//! exactly the state at the noted applied id, written in one pass and
+//! handed to the disk a step at a time.
 
 use std::collections::BTreeMap;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -142,9 +145,9 @@ pub(super) async fn install(
         let (meta_path, data_path) = sm.snapshot_paths();
         let tmp = sm.snapshot_dir.join("received.data.tmp");
         std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0))?;
-        let mut out = std::fs::File::create(&tmp)?;
+        let mut out = SyncingWriter::new(std::fs::File::create(&tmp)?);
         std::io::copy(&mut f, &mut out)?;
-        out.sync_all()?;
+        out.finish()?;
         let _files = sm.lock_snapshot_files();
         std::fs::rename(&tmp, &data_path)?;
         write_meta(&meta_path, &meta)?;
@@ -236,7 +239,6 @@ impl SmShared {
         let _building = self.building();
         let began = std::time::Instant::now();
         let (meta_path, data_path) = self.snapshot_paths();
-        let raw = self.snapshot_dir.join("build.raw.tmp");
         let tmp = self.snapshot_dir.join("build.data.tmp");
         let (keeping, tree, state, last_applied, membership) = {
             let _writer = self.writer();
@@ -254,13 +256,22 @@ impl SmShared {
                 membership,
             )
         };
-        {
-            let mut out = BufWriter::new(std::fs::File::create(&raw)?);
-            for item in tree.iter() {
-                let (k, v) = item?;
+        let mut out = SyncingWriter::new(std::fs::File::create(&tmp)?);
+        let mut last: Option<sled::IVec> = None;
+        let mut kept_back = Vec::new();
+        for item in tree.iter() {
+            let (k, v) = item?;
+            // What to write for the keys from just after the last one read
+            // up to this one, as they stood when the build began: see
+            // `pre_images_up_to`.
+            let read = self.pre_images_up_to(last.as_deref(), &k, &mut kept_back);
+            for (ik, iv) in kept_back.drain(..) {
+                put_back(&mut out, ik, iv)?;
+            }
+            if !read {
                 write_frame(&mut out, &(k.to_vec(), v.to_vec()))?;
             }
-            out.flush()?;
+            last = Some(k);
         }
         let images = {
             let _writer = self.writer();
@@ -268,26 +279,12 @@ impl SmShared {
         };
         let kept = images.len();
         drop(keeping);
-        {
-            let mut input = BufReader::new(std::fs::File::open(&raw)?);
-            let mut out = BufWriter::new(std::fs::File::create(&tmp)?);
-            let mut images = images.into_iter().peekable();
-            while let Some((k, v)) = read_frame::<(Vec<u8>, Vec<u8>)>(&mut input)? {
-                while let Some((ik, iv)) = images.next_if(|(ik, _)| *ik < k) {
-                    put_back(&mut out, ik, iv)?;
-                }
-                match images.next_if(|(ik, _)| *ik == k) {
-                    Some((ik, iv)) => put_back(&mut out, ik, iv)?,
-                    None => write_frame(&mut out, &(k, v))?,
-                }
-            }
-            for (ik, iv) in images {
+        for (ik, iv) in images {
+            if last.as_deref().is_none_or(|l| ik.as_slice() > l) {
                 put_back(&mut out, ik, iv)?;
             }
-            let file = out.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
         }
-        std::fs::remove_file(&raw)?;
+        out.finish()?;
         // The state is not flushed on a timer: make what this snapshot holds
         // durable in the state too, so that a restart never finds its own
         // state behind the snapshot on disk.
@@ -315,6 +312,42 @@ impl SmShared {
             "built a snapshot"
         );
         Ok((meta, data))
+    }
+
+    /// While a build reads the tree: whether the key `key` just read is
+    /// to be written from its pre-image rather than as read, and in `out`,
+    /// in key order, the records to write before it: the keys after
+    /// `after` and before `key` that held a value when the build began
+    /// but that the read did not meet (deleted before it got there), and
+    /// `key`'s pre-image if it had a value. A key whose first write since
+    /// the build began came before the read holds its pre-image in the
+    /// map by then; one written after the read has the value read as its
+    /// pre-image; either way the pre-image is the value to write.
+    fn pre_images_up_to(
+        &self,
+        after: Option<&[u8]>,
+        key: &[u8],
+        out: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> bool {
+        use std::ops::Bound;
+        let guard = self.pre_images();
+        let Some(images) = guard.as_ref() else {
+            return false;
+        };
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        out.extend(
+            images
+                .range::<[u8], _>((from, Bound::Excluded(key)))
+                .filter(|(_, v)| v.is_some())
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        match images.get(key) {
+            Some(pre) => {
+                out.push((key.to_vec(), pre.clone()));
+                true
+            }
+            None => false,
+        }
     }
 
     fn lock_snapshot_files(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -464,6 +497,99 @@ impl super::StateMachineStore {
 /// too), or `None` at its end; decoded under the record size limit.
 pub fn read_record(input: &mut impl Read) -> anyhow::Result<Option<(Vec<u8>, Vec<u8>)>> {
     read_frame(input)
+}
+
+/// How much a snapshot's data file is written between two pushes of it
+/// to the disk.
+const SYNC_EVERY: u64 = 1 << 20;
+
+/// A snapshot data file written in steps the disk takes one at a time:
+/// every [`SYNC_EVERY`] bytes its writeback is started, and the step
+/// before it waited for, as RocksDB's `bytes_per_sync` does. A single
+/// sync of the whole file at its end would hand the disk megabytes at
+/// once, and the log's own syncs, one per write, would queue behind them.
+struct SyncingWriter {
+    out: BufWriter<std::fs::File>,
+    /// Bytes written, handed to the disk, and known to be on it (bar the
+    /// file's metadata, which `finish` syncs).
+    written: u64,
+    pushed: u64,
+    waited: u64,
+}
+
+impl SyncingWriter {
+    fn new(file: std::fs::File) -> Self {
+        Self {
+            out: BufWriter::with_capacity(64 << 10, file),
+            written: 0,
+            pushed: 0,
+            waited: 0,
+        }
+    }
+
+    /// Writes what is buffered and syncs the file.
+    fn finish(self) -> anyhow::Result<std::fs::File> {
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(file)
+    }
+
+    /// Waits for the step handed to the disk last, then hands it the
+    /// bytes written since.
+    fn push(&mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        if self.pushed > self.waited {
+            self.sync_range(
+                self.waited,
+                self.pushed - self.waited,
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            )?;
+            self.waited = self.pushed;
+        }
+        self.sync_range(
+            self.pushed,
+            self.written - self.pushed,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )?;
+        self.pushed = self.written;
+        Ok(())
+    }
+
+    fn sync_range(&self, from: u64, len: u64, flags: libc::c_uint) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain system call on a descriptor this writer owns for
+        // its whole life; it reads no memory of ours.
+        let rc = unsafe {
+            libc::sync_file_range(
+                self.out.get_ref().as_raw_fd(),
+                from as libc::off64_t,
+                len as libc::off64_t,
+                flags,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+}
+
+impl Write for SyncingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.pushed >= SYNC_EVERY {
+            self.push()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// Writes a key's pre-image, if it had a value.
