@@ -36,7 +36,7 @@ use baa_cluster_tests::bench::{
     Samples, Series, Tally,
 };
 use baa_cluster_tests::sso::CSRF_COOKIE;
-use baa_cluster_tests::{Cluster, ClusterOptions};
+use baa_cluster_tests::{poll_until, Cluster, ClusterOptions};
 use baa_proto::api::CreateUserRequest;
 use clap::Parser;
 use jsonwebtoken::Algorithm;
@@ -113,6 +113,11 @@ struct Args {
     /// remembered results to expire and be swept.
     #[arg(long, default_value_t = 300)]
     soak_wait_s: u64,
+    /// Also make this many live sessions (password sign-ins, spread over
+    /// the nodes) and print each node's resident memory and data directory
+    /// per session (0: skip).
+    #[arg(long, default_value_t = 0)]
+    sessions: u64,
 }
 
 impl Args {
@@ -684,6 +689,117 @@ async fn soak(cluster: &Cluster, args: &Args, secret: &str) -> anyhow::Result<Ta
     Ok(t)
 }
 
+/// Sign-ins made before the sessions are counted: each hashing thread's
+/// argon2 memory is taken once, not per session.
+const SESSION_WARMUP: u64 = 32;
+/// Concurrent sign-ins while sessions are made.
+const SESSION_CLIENTS: u64 = 8;
+/// How long resident memory is given to settle after the sessions.
+const SESSION_SETTLE: Duration = Duration::from_secs(20);
+
+/// `args.sessions` password sign-ins, each a new live session, and what
+/// every node keeps per session: resident memory and data directory.
+async fn sessions(cluster: &Cluster, args: &Args) -> anyhow::Result<Table> {
+    let ids = cluster.ids();
+    let ca = cluster.ca_pem();
+    let sign_ins = |n: u64| {
+        let ca = ca.clone();
+        let urls: Vec<String> = ids.iter().map(|id| cluster.public_url(*id)).collect();
+        async move {
+            let done = Arc::new(AtomicU64::new(0));
+            let failed = Arc::new(AtomicU64::new(0));
+            let mut tasks = Vec::new();
+            for c in 0..SESSION_CLIENTS {
+                let base = urls[c as usize % urls.len()].clone();
+                let (done, failed, ca) = (done.clone(), failed.clone(), ca.clone());
+                tasks.push(tokio::spawn(async move {
+                    while done.fetch_add(1, Ordering::Relaxed) < n {
+                        // A fresh client per sign-in: nothing of one session
+                        // is carried into the next.
+                        let ok = match client_for(&ca) {
+                            Ok(http) => match csrf_pair(&http, &base).await {
+                                Ok(csrf) => sign_in(&http, &base, &csrf).await.is_ok(),
+                                Err(_) => false,
+                            },
+                            Err(_) => false,
+                        };
+                        if !ok {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await?;
+            }
+            anyhow::Ok(failed.load(Ordering::Relaxed))
+        }
+    };
+    let live = |id: u64| async move {
+        cluster
+            .metric(id, "baa_sso_sessions")
+            .await
+            .unwrap_or(f64::NAN)
+    };
+    sign_ins(SESSION_WARMUP).await?;
+    // The session gauge is refreshed by the reaper: wait for the warm-up's.
+    let first = *ids.first().context("no node")?;
+    poll_until(Duration::from_secs(120), "the warm-up's sessions counted", || async {
+        (live(first).await >= SESSION_WARMUP as f64).then_some(())
+    })
+    .await;
+    let before = node_state(cluster);
+    let live_before = live(first).await;
+    let started = Instant::now();
+    let failed = sign_ins(args.sessions).await?;
+    let took = started.elapsed().as_secs_f64();
+    let made = args.sessions - failed;
+    eprintln!(
+        "  sessions: {made} made in {took:.0} s ({:.0}/s), {failed} failed",
+        made as f64 / took
+    );
+    let want = live_before + made as f64;
+    poll_until(Duration::from_secs(120), "the sessions counted", || async {
+        (live(first).await >= want).then_some(())
+    })
+    .await;
+    tokio::time::sleep(SESSION_SETTLE).await;
+    let after = node_state(cluster);
+    let per = |a: u64, b: u64| (a as f64 - b as f64) / made.max(1) as f64;
+    let mib = |b: u64| format!("{:.1}", b as f64 / (1024.0 * 1024.0));
+    let mut t = Table::new(
+        format!(
+            "Memory and disk per live session: {made} sessions made by password sign-ins ({:.0}/s, {failed} failed), {} s later",
+            made as f64 / took,
+            SESSION_SETTLE.as_secs()
+        ),
+        &[
+            "node",
+            "live sessions",
+            "RSS MiB before",
+            "after",
+            "bytes/session",
+            "disk MiB before",
+            "after",
+            "bytes/session",
+        ],
+    );
+    for (i, id) in ids.iter().enumerate() {
+        t.row(vec![
+            id.to_string(),
+            format!("{:.0}", live(*id).await),
+            mib(before[i].rss),
+            mib(after[i].rss),
+            format!("{:.0}", per(after[i].rss, before[i].rss)),
+            mib(before[i].disk),
+            mib(after[i].disk),
+            format!("{:.0}", per(after[i].disk, before[i].disk)),
+        ]);
+    }
+    t.note("RSS: VmRSS of the node process, before the sessions (after a warm-up of sign-ins that takes each hashing thread's argon2 memory) and after them; bytes/session: the growth over the sessions made, the Raft log's entries for them included. target: at most 2 KB of memory per live session. disk: the node's data directory.");
+    Ok(t)
+}
+
 /// One row of the flow table.
 fn flow_row(alg: &str, clients: usize, rounds: &Rounds, proposals: f64) -> Vec<String> {
     let mut row = vec![alg.to_string(), clients.to_string()];
@@ -940,6 +1056,13 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
             soak(&cluster, args, &secrets[0]).await?
         }
     };
+    let per_session = match args.sessions {
+        0 => Table::default(),
+        n => {
+            eprintln!("sessions: {n} password sign-ins");
+            sessions(&cluster, args).await?
+        }
+    };
     let signins = match args.no_signins {
         true => Table::default(),
         false => {
@@ -950,7 +1073,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     cluster.assert_no_panics();
     drop(peer);
     drop(cluster);
-    print_all(&[&flows, &threads, &signins, &soaked]);
+    print_all(&[&flows, &threads, &signins, &soaked, &per_session]);
     let mut ok = true;
     for (what, t) in &tallies {
         if t.error_share() > MAX_ERROR_SHARE {
