@@ -81,3 +81,18 @@ pub async fn body_deadline(
     }
     next.call(req).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_deadline_s_own_error_is_a_timeout() {
+        let ours = std::io::Error::new(std::io::ErrorKind::TimedOut, TimedOut);
+        assert!(timed_out(&PayloadError::Io(ours)));
+        let other = std::io::Error::new(std::io::ErrorKind::TimedOut, "a socket timeout");
+        assert!(!timed_out(&PayloadError::Io(other)));
+        assert!(!timed_out(&PayloadError::Overflow));
+        assert!(!timed_out(&PayloadError::Incomplete(None)));
+    }
+}
