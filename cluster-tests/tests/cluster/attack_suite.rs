@@ -1501,12 +1501,13 @@ async fn error_code(resp: reqwest::Response) -> (StatusCode, Option<String>) {
     (status, body["error"].as_str().map(String::from))
 }
 
-/// RFC 9110 §15.5.14 (413 Content Too Large), CWE-400, OWASP ASVS 5.0
-/// V4.2.5. Every POST endpoint of the public port answers a form over the
+/// RFC 9110 §15.5.14 (413 Content Too Large), RFC 6585 §5 (431), CWE-400,
+/// CWE-770. Every POST endpoint of the public port answers a form over the
 /// limit (64 KiB) — with its length declared, or sent chunked without
 /// one — with 413 and a machine-readable code, without reading it all, and
-/// nothing is written; an oversized request head (a 64 KiB cookie) is
-/// refused with a 4xx and the node goes on serving.
+/// nothing is written; an oversized request head (a 256 KiB cookie) is
+/// refused with 431 (actix-web's own answer, no code) and the node goes on
+/// serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_input_is_413_with_a_code_and_changes_nothing() {
     let cluster = Cluster::start(3).await;
