@@ -14,6 +14,7 @@ pub mod partner;
 pub mod poll;
 pub mod prometheus;
 pub mod proxy;
+pub mod raw;
 pub mod sso;
 pub mod upstream;
 

@@ -4,6 +4,7 @@
 
 mod cluster {
     mod admin_lists;
+    mod attack_suite;
     mod attacks;
     mod backup;
     mod browser_smoke;

@@ -141,6 +141,9 @@ error_codes! {
     /// Data of a format or wire version newer than this node speaks (a
     /// cluster-port request from a newer release).
     UnsupportedVersion = "unsupported_version", 400, "invalid_request", 400;
+    /// The request's body did not arrive in time (a client sending it
+    /// slowly holds a connection; see `http::deadline`).
+    RequestTimeout = "request_timeout", 408, "invalid_request", 408;
 }
 
 impl std::fmt::Display for ErrorCode {

@@ -156,6 +156,10 @@ pub fn json_error(
             code: ErrorCode::UnsupportedMediaType,
             message: "the request body must be application/json".into(),
         },
+        J::Payload(p) if super::deadline::timed_out(p) => NodeError::BadRequest {
+            code: ErrorCode::RequestTimeout,
+            message: super::deadline::TimedOut.to_string(),
+        },
         J::Deserialize(e) => NodeError::BadRequest {
             code: ErrorCode::MalformedJson,
             message: format!("invalid JSON body: {e}"),
@@ -183,6 +187,10 @@ pub fn form_error(
         U::ContentType => NodeError::BadRequest {
             code: ErrorCode::UnsupportedMediaType,
             message: "the request body must be application/x-www-form-urlencoded".into(),
+        },
+        U::Payload(p) if super::deadline::timed_out(p) => NodeError::BadRequest {
+            code: ErrorCode::RequestTimeout,
+            message: super::deadline::TimedOut.to_string(),
         },
         _ => NodeError::invalid("the form could not be parsed"),
     };

@@ -387,6 +387,15 @@ fn target_of(req: &HttpRequest, app: &GatewayApp) -> Result<(reqwest::Method, Ur
 async fn read_body(payload: web::Payload) -> Result<actix_web::web::Bytes, HttpResponse> {
     match payload.to_bytes_limited(MAX_BODY_BYTES).await {
         Ok(Ok(b)) => Ok(b),
+        Ok(Err(e))
+            if e.as_error::<actix_web::error::PayloadError>()
+                .is_some_and(super::deadline::timed_out) =>
+        {
+            Err(error_response(
+                ErrorCode::RequestTimeout,
+                super::deadline::TimedOut.to_string(),
+            ))
+        }
         Ok(Err(_)) => Err(error_response(
             ErrorCode::InvalidRequest,
             "the request body could not be read",

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod authorize;
 pub mod browser;
 pub mod cluster_port;
+pub mod deadline;
 pub mod error;
 pub mod federation;
 pub mod forward_auth;
@@ -224,6 +225,7 @@ fn public_server(shared: Shared, identity: &NodeIdentity) -> anyhow::Result<Serv
                     .error_handler(error::form_error),
             )
             .app_data(Listener("public"))
+            .wrap(from_fn(deadline::body_deadline))
             .wrap(from_fn(record_metrics))
             .wrap(from_fn(request_span))
             .wrap(hsts())
@@ -234,6 +236,8 @@ fn public_server(shared: Shared, identity: &NodeIdentity) -> anyhow::Result<Serv
         .workers(2)
         .tcp_nodelay(true)
         .shutdown_timeout(5)
+        .client_request_timeout(deadline::HEAD_TIMEOUT)
+        .tls_handshake_timeout(deadline::HANDSHAKE_TIMEOUT)
         .bind_rustls_0_23(addr, identity.public_server()?)?
         .run())
 }

@@ -614,6 +614,7 @@ fn error_code_variants_keep_their_order() {
             ErrorCode::AccountNotLinked => "AccountNotLinked",
             ErrorCode::PeerSessionRefused => "PeerSessionRefused",
             ErrorCode::UnsupportedVersion => "UnsupportedVersion",
+            ErrorCode::RequestTimeout => "RequestTimeout",
         }
     }
     let table = [
@@ -664,6 +665,7 @@ fn error_code_variants_keep_their_order() {
         ("AccountNotLinked", 44),
         ("PeerSessionRefused", 45),
         ("UnsupportedVersion", 46),
+        ("RequestTimeout", 47),
     ];
     let samples = [
         ErrorCode::InvalidRequest,
@@ -713,6 +715,7 @@ fn error_code_variants_keep_their_order() {
         ErrorCode::AccountNotLinked,
         ErrorCode::PeerSessionRefused,
         ErrorCode::UnsupportedVersion,
+        ErrorCode::RequestTimeout,
     ];
     pin("ErrorCode", &table, &samples, name);
 }
