@@ -10,6 +10,7 @@ mod cluster {
     mod cluster_port;
     mod conformance;
     mod demo;
+    mod fault_schedules;
     mod faults;
     mod federation;
     mod federation_browser;
