@@ -495,6 +495,7 @@ mod tests {
             Outcome::Fail("not sent: refused".into()),
         ));
         assert_eq!(history_violations(&ops, &e), vec![]);
+        let mut ops = clean();
         ops.push(op(
             2,
             (41, 51),
