@@ -166,7 +166,7 @@ pub fn history_violations(ops: &[Op], e: &Entities) -> Vec<Violation> {
         if let (Action::CreateUser { .. } | Action::Write { .. }, Outcome::Fail(why)) =
             (&op.action, &op.outcome)
         {
-            if why.contains("409") {
+            if why.starts_with("HTTP 409") {
                 out.push(violation("retry applied twice", describe(op)));
             }
         }
@@ -563,11 +563,19 @@ mod tests {
             create("a", ok(Value::None)),
             create("b", Outcome::Fail("HTTP 400".into())),
             create("c", Outcome::Unknown("reset".into())),
-            create("d", Outcome::Fail("HTTP 409 exists".into())),
+            create("d", Outcome::Fail("HTTP 409 Conflict: exists".into())),
+            // Not an answer of the agency, whatever the port.
+            create(
+                "e",
+                Outcome::Fail("not sent: https://127.0.0.1:14409/admin/v1/users".into()),
+            ),
         ];
         let x = expectations(&ops, &e);
         assert_eq!(x.present_users, ["a".to_string()].into());
-        assert_eq!(x.absent_users, ["b".to_string(), "d".to_string()].into());
+        assert_eq!(
+            x.absent_users,
+            ["b".to_string(), "d".to_string(), "e".to_string()].into()
+        );
         let rules: Vec<&str> = history_violations(&ops, &e)
             .iter()
             .map(|v| v.rule)
