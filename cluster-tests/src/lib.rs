@@ -1,6 +1,7 @@
 //! Cluster test harness for baa: real `baa serve` processes with real TLS and
 //! sled directories on loopback, a TCP proxy in front of every node's cluster
-//! port for partitions, a typed admin client, steady writers and polling helpers.
+//! port for partitions, a typed admin client, steady writers, polling helpers,
+//! and seeded fault schedules with a history checker.
 //! Used by the `cluster` test binary and by benchmark programs.
 
 pub mod at_rest;
@@ -15,6 +16,7 @@ pub mod poll;
 pub mod prometheus;
 pub mod proxy;
 pub mod raw;
+pub mod schedule;
 pub mod sso;
 pub mod upstream;
 

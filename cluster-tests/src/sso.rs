@@ -236,6 +236,15 @@ impl Agent {
     /// A new agent whose connections leave from `source` (any 127.0.0.0/8
     /// address: a distinct client as far as the agency can tell).
     pub fn from_address(cluster: &Cluster, source: Option<std::net::IpAddr>) -> Self {
+        Self::build(cluster, source, Duration::from_secs(30))
+    }
+
+    /// A new agent whose requests give up after `timeout`.
+    pub fn with_timeout(cluster: &Cluster, timeout: Duration) -> Self {
+        Self::build(cluster, None, timeout)
+    }
+
+    fn build(cluster: &Cluster, source: Option<std::net::IpAddr>, timeout: Duration) -> Self {
         let ca = std::fs::read(cluster.ca_pem()).expect("CA");
         let http = reqwest::Client::builder()
             .local_address(source)
@@ -243,7 +252,8 @@ impl Agent {
             .tls_built_in_root_certs(false)
             .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("CA PEM"))
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(30))
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(2))
             .build()
             .expect("client");
         Self {
@@ -317,14 +327,49 @@ impl Agent {
 
     /// GET with the agent's cookies.
     pub async fn get(&mut self, url: &str) -> Answer {
+        self.try_get(url)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    }
+
+    /// GET with the agent's cookies; a transport error is returned.
+    pub async fn try_get(&mut self, url: &str) -> Result<Answer, reqwest::Error> {
         let resp = self
             .http
             .get(url)
             .header(COOKIE, self.cookie_header())
             .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-        self.finish(resp).await
+            .await?;
+        self.try_finish(resp).await
+    }
+
+    /// POST a form with the agent's cookies; a transport error is returned.
+    pub async fn try_post_form(
+        &mut self,
+        url: &str,
+        fields: &[(String, String)],
+    ) -> Result<Answer, reqwest::Error> {
+        let resp = self
+            .http
+            .post(url)
+            .header(COOKIE, self.cookie_header())
+            .form(fields)
+            .send()
+            .await?;
+        self.try_finish(resp).await
+    }
+
+    /// Like `finish`, but a body cut short is an error.
+    async fn try_finish(&mut self, resp: reqwest::Response) -> Result<Answer, reqwest::Error> {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.text().await?;
+        self.absorb(&headers);
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// POST a form with the agent's cookies.

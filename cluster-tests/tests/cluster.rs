@@ -11,6 +11,7 @@ mod cluster {
     mod cluster_port;
     mod conformance;
     mod demo;
+    mod fault_schedules;
     mod faults;
     mod federation;
     mod federation_browser;

@@ -744,9 +744,11 @@ async fn sessions(cluster: &Cluster, args: &Args) -> anyhow::Result<Table> {
     sign_ins(SESSION_WARMUP).await?;
     // The session gauge is refreshed by the reaper: wait for the warm-up's.
     let first = *ids.first().context("no node")?;
-    poll_until(Duration::from_secs(120), "the warm-up's sessions counted", || async {
-        (live(first).await >= SESSION_WARMUP as f64).then_some(())
-    })
+    poll_until(
+        Duration::from_secs(120),
+        "the warm-up's sessions counted",
+        || async { (live(first).await >= SESSION_WARMUP as f64).then_some(()) },
+    )
     .await;
     let before = node_state(cluster);
     let live_before = live(first).await;

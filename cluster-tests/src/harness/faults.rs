@@ -1,5 +1,6 @@
 //! Faults the tests inject: kill, clean stop and restart of a node, signals
-//! (pause and resume), and partitions through the per-node proxies.
+//! (pause and resume), and partitions (both ways or one way) through the
+//! per-node proxies.
 
 use super::*;
 
@@ -69,6 +70,36 @@ impl Cluster {
     pub async fn isolate(&self, id: NodeId) {
         let others: Vec<NodeId> = self.ids().into_iter().filter(|&o| o != id).collect();
         self.partition(&[id], &others).await;
+    }
+
+    /// Refuses (and resets) the cluster connections node `from` opens to
+    /// node `to`. `to` still reaches `from`, and gets answers on its own
+    /// connections: Raft RPCs from `from` to `to` are lost, those from `to`
+    /// to `from` are not. Undone by [`Cluster::heal`].
+    pub async fn cut_one_way(&self, from: NodeId, to: NodeId) {
+        assert_ne!(from, to, "a node cannot be cut from itself");
+        let proxy = &self.node(to).proxy;
+        let mut blocked = proxy.blocked();
+        blocked.insert(from);
+        proxy.set_blocked(blocked).await;
+    }
+
+    /// SIGSTOP: the process stays, its sockets stay open, nothing answers.
+    pub fn pause(&self, id: NodeId) {
+        let pid = self
+            .node(id)
+            .pid()
+            .unwrap_or_else(|| panic!("node {id} is not running"));
+        signal(pid, libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Cluster::pause`].
+    pub fn resume(&self, id: NodeId) {
+        let pid = self
+            .node(id)
+            .pid()
+            .unwrap_or_else(|| panic!("node {id} is not running"));
+        signal(pid, libc::SIGCONT);
     }
 
     /// Removes every partition.

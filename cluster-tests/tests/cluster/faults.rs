@@ -1,12 +1,15 @@
-//! Acceptance 2–4: leader crash under load, catch-up by snapshot, partition of the leader.
+//! Acceptance 2–4: leader crash under load, catch-up by snapshot, partition of the leader;
+//! a sign-out sent to a node cut off from the leader.
 
 use std::time::{Duration, Instant};
 
 use baa_cluster_tests::harness::{random_token, CONVERGE_DEADLINE};
 use baa_cluster_tests::load::first_ack_after;
+use baa_cluster_tests::sso;
 use baa_cluster_tests::{poll_until, Cluster, ClusterOptions};
 use baa_proto::command::Consistency;
 use baa_proto::model::NodeId;
+use reqwest::StatusCode;
 
 use super::support::{
     assert_writers_ok, assert_writers_resolved, create_user, start_writers, verify_reports_on,
@@ -256,5 +259,61 @@ async fn partitioned_leader_cannot_acknowledge_and_its_writes_vanish() {
         }
         assert_eq!(view.revision, 1 + acked.len() as u64, "node {id}: {view:?}");
     }
+    cluster.assert_no_panics();
+}
+
+/// A sign-out sent to a node cut off from the leader, for a session that
+/// node has not seen (signed in on the other side after the cut), must not
+/// answer "signed out": it could not end the session, which stays valid
+/// everywhere once the cut heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_out_a_cut_off_node_cannot_carry_out_is_refused() {
+    let opts = ClusterOptions {
+        write_timeout_ms: Some(2_000),
+        ..ClusterOptions::nodes(3)
+    };
+    let cluster = Cluster::start_with(opts).await;
+    sso::create_user(&cluster, "alice", "correct horse battery").await;
+    cluster.wait_converged(&[1, 2, 3]).await;
+    let leader = cluster.leader().await;
+    let cut = [1, 2, 3].into_iter().find(|&i| i != leader).unwrap_or(3);
+    let rest: Vec<NodeId> = [1, 2, 3].into_iter().filter(|&i| i != cut).collect();
+    cluster.partition(&[cut], &rest).await;
+
+    let mut agent = sso::Agent::new(&cluster);
+    agent
+        .sign_in_ok(
+            &cluster.public_url(leader),
+            "alice",
+            "correct horse battery",
+        )
+        .await;
+    let cookies = agent.sso_cookies().expect("session cookies");
+    let url = format!("{}/sso/logout", cluster.public_url(cut));
+    let page = agent.get(&url).await;
+    let fields: Vec<(String, String)> = page.inputs().into_iter().collect();
+    let out = agent.post_form(&url, &fields).await;
+    let refused = out.status != StatusCode::OK;
+
+    cluster.heal().await;
+    cluster.wait_converged(&[1, 2, 3]).await;
+    let verify = cluster
+        .http()
+        .get(format!("{}/auth/verify", cluster.public_url(leader)))
+        .header("cookie", cookies.header())
+        .send()
+        .await
+        .expect("verify");
+    let still_valid = verify.status() == StatusCode::OK;
+    assert!(
+        refused || !still_valid,
+        "node {cut}, cut off, answered the sign-out with {} while the session stayed valid",
+        out.status
+    );
+    assert!(refused, "sign-out on the cut-off node: {}", out.status);
+    assert!(
+        still_valid,
+        "the session was not ended, so it is still valid"
+    );
     cluster.assert_no_panics();
 }

@@ -7,7 +7,9 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use super::browser::{self, csrf_ok, csrf_refused, current_session, with_cookie};
+use baa_proto::cookie::SESSION_COOKIE;
+
+use super::browser::{self, cookie_value, csrf_ok, csrf_refused, current_session, with_cookie};
 use super::pages::{self, Csp};
 use crate::actors::cookie_validator::{CookieValidator, ValidSession};
 use crate::agency::Agency;
@@ -37,7 +39,9 @@ async fn logout_get(
     };
     let session = current_session(&req, &gate, &agency).await;
     match (&session, logout::hinted_sid(&agency, &p)) {
-        (Some(v), Some(sid)) if v.session.sid == sid => finish(&agency, session, target).await,
+        (Some(v), Some(sid)) if v.session.sid == sid => {
+            finish(&agency, session, true, target).await
+        }
         _ => confirm_page(&req, &agency, &p, session.as_ref(), target.as_deref()),
     }
 }
@@ -111,7 +115,8 @@ async fn logout_post(
         Err(e) => return browser::failed(&agency, &e),
     };
     let session = current_session(&req, &gate, &agency).await;
-    finish(&agency, session, target).await
+    let presented = cookie_value(&req, SESSION_COOKIE).is_some();
+    finish(&agency, session, presented, target).await
 }
 
 /// Signs out, clears the cookies, and returns to the site or shows the
@@ -119,9 +124,10 @@ async fn logout_post(
 async fn finish(
     agency: &web::Data<Agency>,
     session: Option<ValidSession>,
+    presented: bool,
     target: Option<String>,
 ) -> HttpResponse {
-    if let Err(e) = logout::sign_out(agency, session).await {
+    if let Err(e) = logout::sign_out(agency, session, presented).await {
         return browser::failed(agency, &e);
     }
     let clear = match browser::browser_cookies(agency, None) {

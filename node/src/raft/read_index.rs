@@ -1,5 +1,6 @@
-//! Read indexes for linearizable reads, fetched in rounds. A reader needs the
-//! leader's commit index confirmed by a quorum *after* it asked; one round
+//! Read indexes for linearizable reads, fetched in rounds. A reader needs an
+//! index from a leader a quorum confirmed *after* it asked (the end of the
+//! leader's log: see [`leader_read_index`]); one round
 //! answers every reader that was waiting when the round began, and a node
 //! runs one round at a time. So a burst of reads that miss locally (a flood of
 //! made-up tokens, say) costs one quorum check per round trip, not one per
@@ -104,10 +105,21 @@ async fn fetch(ctx: &Context) -> RoundResult {
 }
 
 /// On the leader: confirms leadership with a quorum and returns the index a
-/// reader must have applied.
+/// reader must have applied: the end of the leader's log as it stands once
+/// leadership is confirmed, not openraft's read log id alone. That one is
+/// the larger of the commit index the leader knows and the first entry of
+/// its term; a leader restarted after `kill -9` comes back as leader of its
+/// old term (openraft restores it so) knowing as committed only what its
+/// state machine had applied and flushed, while later entries of its log
+/// were committed, and acknowledged, before the crash. Every acknowledged
+/// entry is in the confirmed leader's log, so waiting for its end is safe;
+/// it costs a reader at most the replication of the entries in flight.
 pub async fn leader_read_index(raft: &Raft) -> ReadIndexReply {
     match raft.get_read_log_id().await {
-        Ok((read, applied)) => Ok(read.max(applied).map(|l| l.index)),
+        Ok((read, applied)) => {
+            let last = raft.metrics().borrow().last_log_index;
+            Ok(read.max(applied).map(|l| l.index).max(last))
+        }
         Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
             Err(ForwardError::NotLeader {
                 leader: f.leader_id,

@@ -4,7 +4,7 @@
 //! and every site that got a ticket in it told over the back channel (the
 //! replicated outbox, delivered by the leader's courier).
 
-use baa_proto::command::{Op, Outcome};
+use baa_proto::command::{Consistency, Op, Outcome};
 use baa_proto::ErrorCode;
 use serde::Deserialize;
 
@@ -89,9 +89,21 @@ pub fn hinted_sid(agency: &Agency, p: &LogoutParams) -> Option<String> {
 }
 
 /// Ends the session everywhere; the sites hear of it through the outbox.
-/// A session that has already ended is not an error.
-pub async fn sign_out(agency: &Agency, session: Option<ValidSession>) -> Result<(), NodeError> {
+/// A session that has already ended is not an error. `presented` says
+/// whether the browser sent a session cookie: when it did and no live
+/// session was found, that must be the cluster's answer, not this node's
+/// while it cannot reach the leader (the session may have been signed in on
+/// the other side of a partition), or the user would be told "signed out"
+/// of a session that lives on.
+pub async fn sign_out(
+    agency: &Agency,
+    session: Option<ValidSession>,
+    presented: bool,
+) -> Result<(), NodeError> {
     let Some(v) = session else {
+        if presented {
+            agency.read_barrier(Consistency::Linearizable).await?;
+        }
         return Ok(());
     };
     match agency.write(Op::RevokeSession { key: v.key }, None).await {

@@ -279,3 +279,7 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<&'static str, String> {
 pub(super) const ROOT_ACTIVE: &[u8] = b"active";
 /// In the root tree: the number of the last tree made for an install: `u64`.
 pub(super) const ROOT_SEQ: &[u8] = b"seq";
+/// In the root tree: the log id of the last snapshot installed
+/// (`Option<LogId>`), written with the switch to its tree. A snapshot on
+/// disk behind it at open was lost to a crash (see `cover_applied_state`).
+pub(super) const ROOT_INSTALLED: &[u8] = b"installed";

@@ -143,6 +143,7 @@ impl StateMachineStore {
             metrics,
             snapshot_seq: AtomicU64::new(0),
         };
+        shared.cover_applied_state()?;
         Ok(Self {
             shared: Arc::new(shared),
         })

@@ -30,7 +30,7 @@ use openraft::storage::Snapshot;
 use openraft::RaftSnapshotBuilder;
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::keyspace::{KEY_APPLIED, KEY_MEMBERSHIP, ROOT_ACTIVE, ROOT_SEQ};
+use super::keyspace::{KEY_APPLIED, KEY_MEMBERSHIP, ROOT_ACTIVE, ROOT_INSTALLED, ROOT_SEQ};
 use super::{database, read_tree, SmShared};
 use crate::raft::{
     sm_read_err, sm_write_err, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -350,6 +350,35 @@ impl SmShared {
         }
     }
 
+    /// Builds a snapshot of the state when the last snapshot installed is
+    /// ahead of the snapshot on disk. A crash between switching the state
+    /// to an installed snapshot and keeping that snapshot's files leaves the
+    /// state past the end of the log with an older snapshot on disk: openraft
+    /// then purges its log up to the applied entry and refuses to start with
+    /// a snapshot behind its purged log. Run at open, before Raft starts
+    /// (found by the fault schedules: a follower killed right after a
+    /// snapshot install could not start again).
+    pub(super) fn cover_applied_state(&self) -> anyhow::Result<()> {
+        let installed: Option<LogId> = {
+            let live = self.live();
+            live.root
+                .get(ROOT_INSTALLED)?
+                .map(|v| codec::decode_record::<Option<LogId>>(&v))
+                .transpose()?
+                .flatten()
+        };
+        let covered = self.cover.get();
+        if installed > covered {
+            tracing::info!(
+                installed = ?installed.map(|l| l.index),
+                covered = ?covered.map(|l| l.index),
+                "the snapshot installed last was not kept: building one of the state"
+            );
+            self.dump_snapshot()?;
+        }
+        Ok(())
+    }
+
     fn lock_snapshot_files(&self) -> std::sync::MutexGuard<'_, ()> {
         // A poisoned lock guards no data of its own; the files are intact.
         self.snapshot_files
@@ -368,7 +397,11 @@ impl SmShared {
     }
 
     /// Replaces the state with the snapshot in `file`, streamed into a fresh tree.
-    fn install_from(&self, meta: &SnapshotMeta, file: std::fs::File) -> anyhow::Result<()> {
+    pub(super) fn install_from(
+        &self,
+        meta: &SnapshotMeta,
+        file: std::fs::File,
+    ) -> anyhow::Result<()> {
         let _building = self.building();
         let _writer = self.writer();
         let (state, root) = {
@@ -410,6 +443,7 @@ impl SmShared {
         db.flush()?;
         let mut live = self.live_mut();
         let old = live.tree.name();
+        root.insert(ROOT_INSTALLED, codec::encode_record(&meta.last_log_id)?)?;
         root.insert(ROOT_ACTIVE, name.as_bytes())?;
         db.flush()?;
         live.tree = fresh;

@@ -193,6 +193,62 @@ async fn snapshot_round_trip_reproduces_the_digest() {
     assert_eq!(current.meta, snap.meta);
 }
 
+/// A crash after a snapshot install switched the state but before the
+/// snapshot's files were kept: the state is past the snapshot on disk (and
+/// past the end of the log). Reopened, the state machine builds a snapshot
+/// covering the state, as openraft needs to start.
+#[tokio::test]
+async fn a_state_ahead_of_its_snapshot_gets_one_at_open() {
+    let a = tempfile::tempdir().unwrap();
+    let (_db_a, mut sm_a) = store(a.path());
+    let entries: Vec<Entry> = (1..=120)
+        .map(|i| entry(i, None, create(&format!("u{i}"))))
+        .collect();
+    sm_a.apply(entries).await.unwrap();
+    let snap = sm_a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+
+    let b = tempfile::tempdir().unwrap();
+    {
+        let (db_b, mut sm_b) = store(b.path());
+        sm_b.apply(vec![entry(1, None, create("u1"))])
+            .await
+            .unwrap();
+        let old = sm_b
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(old.meta.last_log_id.map(|l| l.index), Some(1));
+        // The install's switch of the state, without the files that follow it.
+        let mut file = tempfile::tempfile().unwrap();
+        let mut src = *snap.snapshot;
+        let mut bytes = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut src, &mut bytes)
+            .await
+            .unwrap();
+        std::io::Write::write_all(&mut file, &bytes).unwrap();
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).unwrap();
+        sm_b.shared.install_from(&snap.meta, file).unwrap();
+        db_b.flush().unwrap();
+        let current = sm_b.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.last_log_id.map(|l| l.index), Some(1));
+    }
+    let (_db_b, mut sm_b) = store(b.path());
+    let current = sm_b.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta.last_log_id, snap.meta.last_log_id);
+    assert_eq!(sm_b.snapshot_cover().get(), snap.meta.last_log_id);
+    assert_eq!(
+        sm_a.reader().digest().unwrap(),
+        sm_b.reader().digest().unwrap()
+    );
+}
+
 /// `users` users, created one entry each and applied in batches of 1,000:
 /// the log so far.
 async fn filled(sm: &mut StateMachineStore, users: u64) -> Vec<Entry> {

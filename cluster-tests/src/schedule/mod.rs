@@ -1,0 +1,21 @@
+//! Seeded fault schedules with a history checker (issue 15): a schedule
+//! ([`plan`]) of kills, pauses, partitions (both ways, one way, the leader
+//! isolated) and whole-cluster kills, generated from a seed; a concurrent
+//! client load ([`workload`]) whose every operation is recorded as
+//! invoked / ok / fail / unknown ([`history`]); and a checker ([`checker`])
+//! run on the history and, after the cluster heals and converges, on what
+//! every node shows. [`run`] puts one seed through all of it.
+//!
+//! The same seed replays the same schedule: the faults, their order, their
+//! targets (as roles: the leader, a follower, a side of a partition) and
+//! their timings. Which node holds a role, and the interleaving of the
+//! load, are the run's.
+
+pub mod checker;
+pub mod history;
+pub mod plan;
+pub mod run;
+pub mod workload;
+
+pub use plan::Plan;
+pub use run::{run, Report};
