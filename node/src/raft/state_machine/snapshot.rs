@@ -485,7 +485,7 @@ impl super::StateMachineStore {
         let membership = codec::encode_record(&meta.last_membership)?;
         let (mut count, mut saw_membership, mut saw_applied) = (0u64, false, false);
         {
-            let mut out = BufWriter::new(std::fs::File::create(&tmp)?);
+            let mut out = SyncingWriter::new(std::fs::File::create(&tmp)?);
             for record in records {
                 let (k, v) = record?;
                 if k.as_slice() == KEY_MEMBERSHIP {
@@ -508,8 +508,7 @@ impl super::StateMachineStore {
                     progress(count);
                 }
             }
-            let file = out.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
+            out.finish()?;
         }
         anyhow::ensure!(
             saw_membership && saw_applied,
