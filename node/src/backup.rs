@@ -12,7 +12,7 @@
 //!            id, membership), record count, data length, state digest,
 //!            agency, creation time
 //! data       data_bytes of the snapshot's frames: u32 length + bincode
-//!            (key, value), in key order, exactly as `current.data` holds them
+//!            (key, value), in key order, exactly as a snapshot's data file holds them
 //! trailer    SHA-256 of every byte before it
 //! ```
 //!

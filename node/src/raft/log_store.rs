@@ -230,18 +230,37 @@ impl LogStore {
 
     /// After a snapshot install, openraft appends the entries that follow
     /// the snapshot before it purges the log behind it: when the entry
-    /// `first` leaves a gap after the log's last, the log is purged up to
-    /// the snapshot on disk first, which must reach the entry before it.
+    /// `first` leaves a gap after the log's last (or after the purge point,
+    /// when nothing is left), the log is purged up to the snapshot on disk
+    /// first, which must end right before the entry. openraft issues its
+    /// purge without waiting for the install to keep its files, so the
+    /// snapshot may still be on its way to disk: it is waited for a while.
     async fn purge_before_gap(&mut self, first: u64) -> Result<(), StorageError> {
-        let Some(covered) = self.cover.get().filter(|c| c.index + 1 >= first) else {
-            let e = std::io::Error::other(format!(
-                "entry {first} does not follow the log's last, and no snapshot covers the gap"
-            ));
-            return Err(io_write(e));
-        };
-        self.wal().purge(covered).map_err(io_write)
+        let deadline = std::time::Instant::now() + COVER_WAIT;
+        loop {
+            let covered = self.cover.get();
+            if let Some(c) = covered.filter(|c| c.index + 1 == first) {
+                return self.wal().purge(c).map_err(io_write);
+            }
+            if covered.is_some_and(|c| c.index >= first) || std::time::Instant::now() >= deadline {
+                let e = std::io::Error::other(format!(
+                    "entry {first} does not follow the log's last, and the snapshot on disk \
+                     (up to {:?}) does not end right before it",
+                    covered.map(|c| c.index)
+                ));
+                return Err(io_write(e));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 }
+
+/// How long an append after a gap waits for the snapshot that fills it to
+/// be kept on disk.
+#[cfg(not(test))]
+const COVER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+#[cfg(test)]
+const COVER_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
@@ -318,7 +337,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // next open cuts off, never a gap.
         let entries: Vec<Entry> = entries.into_iter().collect();
         let first = entries.first().map(|e| e.log_id.index);
-        if let Some(first) = first.filter(|f| self.wal().next_index().is_some_and(|n| n < *f)) {
+        // Found by the fault schedules: with every entry purged, a log
+        // restarted at the leader's next entry and left a hole between its
+        // purge point and that entry, which the next restart read into.
+        if let Some(first) = first.filter(|f| self.wal().expected_index().is_some_and(|n| n < *f)) {
             self.purge_before_gap(first).await?;
         }
         let from_other_leader = entries
@@ -689,7 +711,7 @@ mod tests {
         assert!(segments() <= 2, "{} segments", segments());
         store.purge(log_id(2, 12)).await.unwrap();
         assert_eq!(segments(), 0);
-        store.blocking_append([big(30)]).await.unwrap();
+        store.blocking_append([big(13)]).await.unwrap();
         // After a snapshot install the entries that follow it come before
         // the purge behind it: the log is purged up to the snapshot first.
         store.cover.set(Some(log_id(2, 39)));
@@ -705,6 +727,46 @@ mod tests {
         assert_eq!(log_state.last_purged_log_id, Some(log_id(2, 39)));
         assert_eq!(log_state.last_log_id, Some(log_id(2, 40)));
         assert_eq!(store.try_get_log_entries(..).await.unwrap(), vec![big(40)]);
+    }
+
+    /// Found by the fault schedules (seed 16): openraft purges the log up
+    /// to an installed snapshot before the install has kept its files, so
+    /// the purge stops at the older snapshot on disk, which may leave
+    /// nothing live; the entries after the installed snapshot then come.
+    /// They must not start a log with a hole after the purge point, which
+    /// the next start reads into.
+    #[tokio::test]
+    async fn entries_after_an_install_leave_no_hole_behind_an_emptied_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        store.blocking_append((1..=30).map(entry)).await.unwrap();
+        // The snapshot on disk covers the whole log; openraft, installing
+        // one up to 60, purges to 60: the purge stops at 30.
+        store.cover.set(Some(log_id(2, 30)));
+        store.purge(log_id(2, 60)).await.unwrap();
+        assert_eq!(store.try_get_log_entries(..).await.unwrap(), vec![]);
+        // The install keeps its files while the next entries wait.
+        let cover = store.cover.clone();
+        let install = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            cover.set(Some(log_id(2, 60)));
+        });
+        store.blocking_append((61..=62).map(entry)).await.unwrap();
+        install.await.unwrap();
+        drop(store);
+        let mut store = open(dir.path());
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(2, 60)));
+        assert_eq!(state.last_log_id, Some(log_id(2, 62)));
+        let read = store.try_get_log_entries(..).await.unwrap();
+        assert_eq!(read, (61..=62).map(entry).collect::<Vec<_>>());
+        // Entries after a purge point that no snapshot ends at are refused,
+        // not written after a hole.
+        store.cover.set(Some(log_id(2, 62)));
+        store.purge(log_id(2, 62)).await.unwrap();
+        assert!(store.blocking_append([entry(70)]).await.is_err());
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(log_id(2, 62)));
     }
 
     #[tokio::test]

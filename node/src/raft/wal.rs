@@ -252,6 +252,14 @@ impl Wal {
         (next > self.first_live()).then_some(next)
     }
 
+    /// The index the next entry must take: after the last live entry, or
+    /// right after the purge point when none is left; any, in a log that
+    /// never held an entry.
+    pub fn expected_index(&self) -> Option<u64> {
+        self.next_index()
+            .or_else(|| self.meta.last_purged.map(|p| p.index + 1))
+    }
+
     /// The file entries are appended to now: what a sync must cover.
     pub fn active_file(&self) -> Option<Arc<File>> {
         self.segments.back().map(|s| s.file.clone())
@@ -270,8 +278,14 @@ impl Wal {
                         next.unwrap_or(0).saturating_sub(1)
                     )));
                 }
+                if self.meta.last_purged.is_some() && index != self.first_live() {
+                    return Err(corrupt(format!(
+                        "entry {index} does not follow the purge point ({:?})",
+                        self.meta.last_purged.map(|p| p.index)
+                    )));
+                }
                 // Nothing live (all purged, e.g. after a snapshot install):
-                // the log restarts where the leader's entries do.
+                // the log restarts right after the purge point.
                 self.remove_segments(self.segments.len())?;
                 self.start_segment(index)?;
             } else if self

@@ -237,10 +237,11 @@ impl SmShared {
     }
 
     fn rebuild_if_wasteful(&self, min_waste: u64) -> anyhow::Result<Option<(u64, u64)>> {
-        let live_bytes = match std::fs::metadata(self.snapshot_paths().1) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e.into()),
+        let live_bytes = match self.current_data_path()?.map(std::fs::metadata) {
+            Some(Ok(m)) => m.len(),
+            None => 0,
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Some(Err(e)) => return Err(e.into()),
         };
         let _building = self.building();
         let (state, name, before) = {

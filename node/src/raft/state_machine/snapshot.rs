@@ -1,9 +1,13 @@
 //! Snapshots of the state machine as files: building one from the active
 //! tree, serving the current one, receiving and installing one.
 //!
-//! A snapshot is two files under the snapshot directory: `current.data`, a
+//! A snapshot is two files under the snapshot directory: a data file, a
 //! stream of length-prefixed `(key, value)` records of the active tree, and
-//! `current.meta`, its openraft meta. openraft sends the data in chunks; a
+//! `current.meta`, its openraft meta, which names the data file (the name
+//! is derived from the meta). Writing the meta is the one commit point: a
+//! new data file is complete under its own name before the meta names it,
+//! and the old one goes only after, so a crash anywhere leaves a meta and
+//! data that agree. openraft sends the data in chunks; a
 //! received snapshot is streamed into a fresh tree that replaces the old one
 //! with a single pointer update in the root tree, so a crash mid-install
 //! leaves the old state whole.
@@ -20,6 +24,8 @@
 //! handed to the disk a step at a time.
 
 use std::collections::BTreeMap;
+
+use anyhow::Context;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -76,8 +82,28 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
+/// The meta file of the current snapshot.
+const META_FILE: &str = "current.meta";
+
+/// The data file of snapshots kept before data files were named after
+/// their meta: renamed to its name from the meta at open.
+const LEGACY_DATA_FILE: &str = "current.data";
+
+/// The name of the data file of the snapshot `meta` describes: two
+/// snapshots with the same id hold the same state, so it may be replaced.
+fn data_file_name(meta: &SnapshotMeta) -> String {
+    use sha2::Digest;
+    let (term, index) = meta
+        .last_log_id
+        .map_or((0, 0), |l| (l.leader_id.term, l.index));
+    let id = sha2::Sha256::digest(meta.snapshot_id.as_bytes());
+    format!("snapshot-{term}-{index}-{}.data", hex::encode(&id[..8]))
+}
+
 /// Removes what a crash may have left behind: trees of an install that did
-/// not switch over to them, half-received and half-written snapshot files.
+/// not switch over to them, half-received and half-written snapshot files,
+/// data files the meta does not name (written before a crash kept them
+/// from being named, or left after one kept the old from going).
 pub(super) fn remove_leftovers(
     db: &sled::Db,
     active: &[u8],
@@ -88,14 +114,22 @@ pub(super) fn remove_leftovers(
             db.drop_tree(&t)?;
         }
     }
+    let named = read_meta(&snapshot_dir.join(META_FILE))?.map(|m| data_file_name(&m));
+    if let Some(named) = &named {
+        let legacy = snapshot_dir.join(LEGACY_DATA_FILE);
+        if legacy.exists() && !snapshot_dir.join(named).exists() {
+            std::fs::rename(legacy, snapshot_dir.join(named))?;
+            sync_dir(snapshot_dir)?;
+        }
+    }
     for entry in std::fs::read_dir(snapshot_dir)? {
         let path = entry?.path();
-        if path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("incoming-") || n.ends_with(".tmp"))
-        {
-            std::fs::remove_file(path)?;
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let unnamed_data = name.ends_with(".data") && named.as_deref() != Some(name);
+        if name.starts_with("incoming-") || name.ends_with(".tmp") || unnamed_data {
+            std::fs::remove_file(&path)?;
         }
     }
     Ok(())
@@ -103,7 +137,12 @@ pub(super) fn remove_leftovers(
 
 /// What the snapshot on disk covers, as its meta says.
 pub(super) fn covered(snapshot_dir: &Path) -> anyhow::Result<Option<LogId>> {
-    Ok(read_meta(&snapshot_dir.join("current.meta"))?.and_then(|m| m.last_log_id))
+    Ok(read_meta(&snapshot_dir.join(META_FILE))?.and_then(|m| m.last_log_id))
+}
+
+/// Makes a directory's entries (new names, renames, removals) durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// A fresh file for a snapshot openraft is about to send us.
@@ -142,15 +181,12 @@ pub(super) async fn install(
         let copy = f.try_clone()?;
         sm.install_from(&meta, copy)?;
         // Keep the received file as the current snapshot, to serve other laggards.
-        let (meta_path, data_path) = sm.snapshot_paths();
         let tmp = sm.snapshot_dir.join("received.data.tmp");
         std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0))?;
         let mut out = SyncingWriter::new(std::fs::File::create(&tmp)?);
         std::io::copy(&mut f, &mut out)?;
         out.finish()?;
-        let _files = sm.lock_snapshot_files();
-        std::fs::rename(&tmp, &data_path)?;
-        write_meta(&meta_path, &meta)?;
+        sm.keep_snapshot(&tmp, &meta)?;
         sm.cover.set(meta.last_log_id);
         Ok(())
     })
@@ -187,11 +223,37 @@ pub(super) async fn current(
 }
 
 impl SmShared {
-    pub(super) fn snapshot_paths(&self) -> (PathBuf, PathBuf) {
-        (
-            self.snapshot_dir.join("current.meta"),
-            self.snapshot_dir.join("current.data"),
-        )
+    /// The current snapshot's data file, if there is one (for its size:
+    /// the file may be replaced once this returns).
+    pub(super) fn current_data_path(&self) -> anyhow::Result<Option<PathBuf>> {
+        let meta = read_meta(&self.snapshot_dir.join(META_FILE))?;
+        Ok(meta.map(|m| self.snapshot_dir.join(data_file_name(&m))))
+    }
+
+    /// Makes `tmp`, a complete and synced data file, the current snapshot
+    /// with `meta`: the data under its name first, then the meta naming it
+    /// (the commit point), then the data file it replaces goes. Returns
+    /// the data file's path.
+    fn keep_snapshot(&self, tmp: &Path, meta: &SnapshotMeta) -> anyhow::Result<PathBuf> {
+        let name = data_file_name(meta);
+        let data = self.snapshot_dir.join(&name);
+        let _files = self.lock_snapshot_files();
+        std::fs::rename(tmp, &data)?;
+        sync_dir(&self.snapshot_dir)?;
+        write_meta(&self.snapshot_dir.join(META_FILE), meta)?;
+        sync_dir(&self.snapshot_dir)?;
+        for entry in std::fs::read_dir(&self.snapshot_dir)? {
+            let path = entry?.path();
+            let old_data = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".data") && n != name && !n.starts_with("incoming-"));
+            if old_data {
+                // A reader that opened it keeps reading it.
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(data)
     }
 
     fn pre_images(&self) -> std::sync::MutexGuard<'_, Option<PreImages>> {
@@ -238,7 +300,6 @@ impl SmShared {
     fn dump_snapshot(&self) -> anyhow::Result<(SnapshotMeta, std::fs::File)> {
         let _building = self.building();
         let began = std::time::Instant::now();
-        let (meta_path, data_path) = self.snapshot_paths();
         let tmp = self.snapshot_dir.join("build.data.tmp");
         let (keeping, tree, state, last_applied, membership) = {
             let _writer = self.writer();
@@ -299,9 +360,7 @@ impl SmShared {
             last_membership: membership,
             snapshot_id,
         };
-        let _files = self.lock_snapshot_files();
-        std::fs::rename(&tmp, &data_path)?;
-        write_meta(&meta_path, &meta)?;
+        let data_path = self.keep_snapshot(&tmp, &meta)?;
         self.cover.set(meta.last_log_id);
         let data = std::fs::File::open(&data_path)?;
         tracing::info!(
@@ -388,12 +447,14 @@ impl SmShared {
 
     /// The current snapshot's meta and its data file, read as one pair.
     fn current_snapshot(&self) -> anyhow::Result<Option<(SnapshotMeta, std::fs::File)>> {
-        let (meta_path, data_path) = self.snapshot_paths();
         let _files = self.lock_snapshot_files();
-        let Some(meta) = read_meta(&meta_path)? else {
+        let Some(meta) = read_meta(&self.snapshot_dir.join(META_FILE))? else {
             return Ok(None);
         };
-        Ok(Some((meta, std::fs::File::open(&data_path)?)))
+        let name = data_file_name(&meta);
+        let data = std::fs::File::open(self.snapshot_dir.join(&name))
+            .with_context(|| format!("the current snapshot's data file {name}"))?;
+        Ok(Some((meta, data)))
     }
 
     /// Replaces the state with the snapshot in `file`, streamed into a fresh tree.
@@ -480,7 +541,6 @@ impl super::StateMachineStore {
             shared.tree().iter().next().is_none(),
             "the state to seed is not empty"
         );
-        let (meta_path, data_path) = shared.snapshot_paths();
         let tmp = shared.snapshot_dir.join("seed.data.tmp");
         let membership = codec::encode_record(&meta.last_membership)?;
         let (mut count, mut saw_membership, mut saw_applied) = (0u64, false, false);
@@ -515,11 +575,7 @@ impl super::StateMachineStore {
             "the records hold no membership or no applied log id"
         );
         progress(count);
-        {
-            let _files = shared.lock_snapshot_files();
-            std::fs::rename(&tmp, &data_path)?;
-            write_meta(&meta_path, meta)?;
-        }
+        let data_path = shared.keep_snapshot(&tmp, meta)?;
         shared.install_from(meta, std::fs::File::open(&data_path)?)?;
         shared.cover.set(meta.last_log_id);
         Ok(())
