@@ -382,6 +382,24 @@ pub enum Op {
         /// The secrets and their new envelopes.
         secrets: Vec<crate::sso::Rewrap>,
     },
+    /// [`Op::CreateSession`] in a browser whose cookies prove session
+    /// `previous` (a re-authentication: OWASP ASVS 5.0 V7.2.4 wants a new
+    /// session token and the current one ended). Refused as
+    /// `CreateSession` is. When made, the previous session ends as a
+    /// sign-out ends it (its sites are told), except that, when it is the
+    /// same user's, the tokens issued through it first move to the new
+    /// session, so the apps signed in through this browser go on. A
+    /// previous session that has already ended is no matter.
+    ReplaceSession {
+        /// The new session (timestamps are overwritten at apply).
+        session: Box<Session>,
+        /// Throttle key of the account name, whose failures are forgiven.
+        account: SecretHash,
+        /// Source address of the sign-in.
+        source: String,
+        /// Key of the session the browser held.
+        previous: SecretHash,
+    },
 }
 
 impl Op {
@@ -430,6 +448,7 @@ impl Op {
             Op::AddWrappedFederationKey { .. } => "add_federation_key",
             Op::SetWrappedPairwiseSalt { .. } => "set_pairwise_salt",
             Op::RewrapSecrets { .. } => "rewrap_secrets",
+            Op::ReplaceSession { .. } => "replace_session",
         }
     }
 }

@@ -9,6 +9,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::browser::{self, csrf_ok, csrf_refused, SignInView};
+use crate::actors::cookie_validator::CookieValidator;
 use crate::actors::hasher::Hashers;
 use crate::actors::ticket_issuer::TicketIssuer;
 use crate::agency::Agency;
@@ -55,6 +56,7 @@ async fn sign_in_post(
     agency: web::Data<Agency>,
     hasher: web::Data<Hashers>,
     issuer: web::Data<Addr<TicketIssuer>>,
+    gate: web::Data<Addr<CookieValidator>>,
     form: web::Form<SignInForm>,
 ) -> HttpResponse {
     let f = form.into_inner();
@@ -75,7 +77,12 @@ async fn sign_in_post(
         password: f.password,
         source,
     };
-    match sign_in::sign_in(&agency, &hasher, &creds).await {
+    // A session the browser already holds is replaced, not left beside
+    // the new one (re-authentication, OWASP ASVS 5.0 V7.2.4).
+    let previous = browser::current_session(&req, &gate, &agency)
+        .await
+        .map(|v| v.key);
+    match sign_in::sign_in(&agency, &hasher, &creds, previous).await {
         Ok(done) => signed_in(&req, &agency, &issuer, &f.params, authz, done).await,
         Err(e) => refused(&req, &agency, &f.params, authz.as_ref(), &creds, e),
     }

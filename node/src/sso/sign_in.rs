@@ -8,7 +8,9 @@ use std::sync::OnceLock;
 
 use baa_proto::command::{Op, Outcome};
 use baa_proto::cookie::SESSION_SECRET_LEN;
-use baa_proto::sso::{public_sid, secret_hash, Session, ThrottlePolicy, ThrottleSubject};
+use baa_proto::sso::{
+    public_sid, secret_hash, SecretHash, Session, ThrottlePolicy, ThrottleSubject,
+};
 use baa_proto::ErrorCode;
 
 use crate::actors::cookie_validator::ValidSession;
@@ -102,11 +104,14 @@ pub async fn record_failure(agency: &Agency, account: [u8; 32], source: String) 
     }
 }
 
-/// Signs in: checks the throttle and the password, then makes a session.
+/// Signs in: checks the throttle and the password, then makes a session;
+/// in a browser that holds session `previous`, the new session replaces
+/// it (see `Op::ReplaceSession`).
 pub async fn sign_in(
     agency: &Agency,
     hasher: &Hashers,
     creds: &Credentials,
+    previous: Option<SecretHash>,
 ) -> Result<SignedIn, SignInError> {
     let typed = creds.account_name();
     if typed.len() > 256 || creds.password.len() > 1024 {
@@ -159,10 +164,19 @@ pub async fn sign_in(
         methods: vec!["pwd".into()],
         sites: Vec::new(),
     };
-    let op = Op::CreateSession {
-        session: Box::new(session),
-        account,
-        source: creds.source.clone(),
+    let (session, source) = (Box::new(session), creds.source.clone());
+    let op = match previous {
+        Some(previous) => Op::ReplaceSession {
+            session,
+            account,
+            source,
+            previous,
+        },
+        None => Op::CreateSession {
+            session,
+            account,
+            source,
+        },
     };
     let session = match agency.write(op, None).await {
         Ok(Outcome::Session(s)) => *s,

@@ -249,6 +249,7 @@ fn op_variants_keep_their_order() {
             Op::AddWrappedFederationKey { .. } => "AddWrappedFederationKey",
             Op::SetWrappedPairwiseSalt { .. } => "SetWrappedPairwiseSalt",
             Op::RewrapSecrets { .. } => "RewrapSecrets",
+            Op::ReplaceSession { .. } => "ReplaceSession",
         }
     }
     let table = [
@@ -294,6 +295,7 @@ fn op_variants_keep_their_order() {
         ("AddWrappedFederationKey", 39),
         ("SetWrappedPairwiseSalt", 40),
         ("RewrapSecrets", 41),
+        ("ReplaceSession", 42),
     ];
     let rule = ThrottleRule {
         window_ms: 1,
@@ -444,6 +446,12 @@ fn op_variants_keep_their_order() {
                 replaces: [1; 32],
                 wrapped: vec![2; 80],
             }],
+        },
+        Op::ReplaceSession {
+            session: Box::new(session()),
+            account: [6; 32],
+            source: "10.0.0.1".into(),
+            previous: [1; 32],
         },
     ];
     pin("Op", &table, &samples, name);

@@ -1608,10 +1608,10 @@ mod native {
         r[0][0].as_ref().err().map(|e| e.code)
     }
 
-    #[tokio::test]
-    async fn device_grant_polls_and_refresh_tokens_rotate_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_db, mut sm) = store(dir.path());
+    /// Alice's session `session` at the agency (entries 1–7): a device
+    /// grant she approves in it, polled twice too early and once in time,
+    /// which gets access token `[1; 32]` and refresh token `[2; 32]`.
+    async fn device_granted(sm: &mut StateMachineStore) -> [u8; 32] {
         let key = secret_hash(b"session");
         let session = Session {
             key,
@@ -1699,6 +1699,115 @@ mod native {
         let reader = sm.reader();
         assert!(reader.access_token(&[1; 32]).unwrap().is_some());
         assert!(reader.refresh_token(&[2; 32]).unwrap().is_some());
+        key
+    }
+
+    /// A sign-in of user `user_id` in new session `key` over session
+    /// `previous`.
+    pub(super) fn replace(key: [u8; 32], user_id: u64, previous: [u8; 32]) -> Op {
+        let Op::CreateSession {
+            mut session,
+            account,
+            source,
+        } = super::sso::session(key)
+        else {
+            unreachable!()
+        };
+        session.user_id = user_id;
+        Op::ReplaceSession {
+            session,
+            account,
+            source,
+            previous,
+        }
+    }
+
+    /// OWASP ASVS 5.0 V7.2.4: a sign-in over a session replaces it. The
+    /// same user's tokens move to the new session (and refresh there); the
+    /// previous session ends; another user's sign-in over it ends it with
+    /// its tokens.
+    #[tokio::test]
+    async fn a_sign_in_over_a_session_replaces_it_and_keeps_only_its_own_users_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, mut sm) = store(dir.path());
+        let first = device_granted(&mut sm).await;
+        let reader = sm.reader();
+        let again = secret_hash(b"again");
+        let r = sm
+            .apply(vec![at_time(8, 20_000, replace(again, 1, first))])
+            .await
+            .unwrap();
+        assert!(matches!(r[0][0], Ok(Outcome::Session(_))), "{r:?}");
+        assert!(
+            reader.session(&first).unwrap().is_none(),
+            "the old session lives"
+        );
+        assert!(reader.session(&again).unwrap().is_some());
+        let access = reader
+            .access_token(&[1; 32])
+            .unwrap()
+            .expect("access token");
+        assert_eq!(access.session_key, again);
+        let refresh = reader
+            .refresh_token(&[2; 32])
+            .unwrap()
+            .expect("refresh token");
+        assert_eq!(refresh.session_key, again);
+        let r = sm
+            .apply(vec![at_time(
+                9,
+                21_000,
+                Op::Refresh {
+                    hash: [2; 32],
+                    client_id: "cli".into(),
+                    token: at([5; 32]),
+                    refresh: rt([6; 32]),
+                },
+            )])
+            .await
+            .unwrap();
+        assert!(matches!(r[0][0], Ok(Outcome::Granted(_))), "{r:?}");
+        assert_eq!(
+            reader.refresh_token(&[6; 32]).unwrap().unwrap().session_key,
+            again
+        );
+        // Bob signs in over Alice's session: hers ends with its tokens.
+        let bobs = secret_hash(b"bob's");
+        sm.apply(vec![at_time(10, 22_000, create("bob"))])
+            .await
+            .unwrap();
+        let r = sm
+            .apply(vec![at_time(11, 23_000, replace(bobs, 2, again))])
+            .await
+            .unwrap();
+        assert!(matches!(r[0][0], Ok(Outcome::Session(_))), "{r:?}");
+        assert!(reader.session(&again).unwrap().is_none());
+        assert!(reader.access_token(&[5; 32]).unwrap().is_none());
+        assert!(reader.refresh_token(&[6; 32]).unwrap().is_none());
+        // A previous session already gone is no matter.
+        let r = sm
+            .apply(vec![at_time(
+                12,
+                24_000,
+                replace(secret_hash(b"b2"), 2, first),
+            )])
+            .await
+            .unwrap();
+        assert!(matches!(r[0][0], Ok(Outcome::Session(_))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn device_grant_polls_and_refresh_tokens_rotate_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, mut sm) = store(dir.path());
+        device_granted(&mut sm).await;
+        let reader = sm.reader();
+        let poll = |a: u8, r: u8| Op::PollDevice {
+            device_hash: [9; 32],
+            client_id: "cli".into(),
+            token: at([a; 32]),
+            refresh: Some(rt([r; 32])),
+        };
         let r = sm
             .apply(vec![at_time(8, 30_000, poll(3, 4))])
             .await
@@ -1801,9 +1910,10 @@ mod reopen {
             Op::AddWrappedFederationKey { .. } => 39,
             Op::SetWrappedPairwiseSalt { .. } => 40,
             Op::RewrapSecrets { .. } => 41,
+            Op::ReplaceSession { .. } => 42,
         }
     }
-    const VARIANTS: usize = 42;
+    const VARIANTS: usize = 43;
 
     fn site(client_id: &str) -> Op {
         Op::AddSite(Box::new(Site {
@@ -2033,6 +2143,8 @@ mod reopen {
                 issuer: "https://b.example".into(),
                 pin: "pin2".into(),
             },
+            // Alice signs in again over her session: its tokens move.
+            super::native::replace(secret_hash(b"again"), 1, key),
         ]
     }
 

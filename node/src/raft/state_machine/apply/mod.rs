@@ -62,6 +62,12 @@ pub(super) fn apply_op(
             account,
             source,
         } => sessions::create(st, now, session, account, source),
+        Op::ReplaceSession {
+            session,
+            account,
+            source,
+            previous,
+        } => sessions::replace(st, now, session, account, source, previous),
         Op::TouchSession { key } => sessions::touch(st, now, key),
         Op::RevokeSession { key } => sessions::revoke(st, now, key),
         Op::AddSite(site) => {

@@ -51,6 +51,34 @@ pub(super) fn create(
     Ok(Ok(Outcome::Session(Box::new(s))))
 }
 
+/// Starts a session in place of `previous`, the one the browser held (see
+/// `Op::ReplaceSession`): the previous session ends as a sign-out ends it,
+/// its tokens moving to the new session first when both are the same
+/// user's.
+pub(super) fn replace(
+    st: &mut Staged<'_>,
+    now: u64,
+    session: &Session,
+    account: &SecretHash,
+    source: &str,
+    previous: &SecretHash,
+) -> Result<CommandResult, StorageError> {
+    let created = create(st, now, session, account, source)?;
+    let Ok(Outcome::Session(new)) = &created else {
+        return Ok(created);
+    };
+    let Some(old) = st.get::<Session>(&key(PREFIX_SESSION, previous))? else {
+        return Ok(created);
+    };
+    if old.user_id == new.user_id {
+        tokens::move_session_tokens(st, previous, &new.key)?;
+    }
+    remove_records(st, &old)?;
+    super::outbox::enqueue(st, now, &old.sites, &old.sid, old.user_id)?;
+    tokens::revoke_session_tokens(st, previous)?;
+    Ok(created)
+}
+
 /// Stores session `s` with its index entries.
 pub(super) fn put_records(st: &mut Staged<'_>, s: &Session) -> Result<(), StorageError> {
     st.put(&key(PREFIX_SESSION, &s.key), s)?;

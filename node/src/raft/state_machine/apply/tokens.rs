@@ -64,6 +64,34 @@ pub(super) fn revoke_session_tokens(
     revoke_tokens_where(st, k, |_| true)
 }
 
+/// Moves every token of session `from` (access and refresh) to session
+/// `to`, with their index entries: what a re-authentication of the same
+/// user keeps. Returns how many. Sealed access tokens name the session
+/// they were issued in and end with it; their apps refresh.
+pub(super) fn move_session_tokens(
+    st: &mut Staged<'_>,
+    from: &SecretHash,
+    to: &SecretHash,
+) -> Result<u64, StorageError> {
+    let prefix = key(PREFIX_SESSION_TOKENS, from);
+    let mut n = 0;
+    for ik in st.keys_with_prefix(&prefix)? {
+        let hash = &ik[prefix.len()..];
+        let (tk, rk) = (key(PREFIX_TOKEN, hash), key(PREFIX_REFRESH, hash));
+        if let Some(mut t) = st.get::<AccessToken>(&tk)? {
+            t.session_key = *to;
+            st.put(&tk, &t)?;
+        } else if let Some(mut r) = st.get::<RefreshToken>(&rk)? {
+            r.session_key = *to;
+            st.put(&rk, &r)?;
+        }
+        st.remove(&ik);
+        st.put(&session_token_key(to, hash), &())?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Removes the tokens of session `session` that `doomed` picks by client
 /// id, with their index entries; returns how many.
 fn revoke_tokens_where(
