@@ -40,7 +40,7 @@ async fn logout_get(
     let session = current_session(&req, &gate, &agency).await;
     match (&session, logout::hinted_sid(&agency, &p)) {
         (Some(v), Some(sid)) if v.session.sid == sid => {
-            finish(&agency, session, true, target).await
+            finish(&agency, session, None, target).await
         }
         _ => confirm_page(&req, &agency, &p, session.as_ref(), target.as_deref()),
     }
@@ -115,7 +115,9 @@ async fn logout_post(
         Err(e) => return browser::failed(&agency, &e),
     };
     let session = current_session(&req, &gate, &agency).await;
-    let presented = cookie_value(&req, SESSION_COOKIE).is_some();
+    let presented = cookie_value(&req, SESSION_COOKIE)
+        .and_then(|c| baa_proto::cookie::parse_session(&c))
+        .map(|secret| baa_proto::sso::secret_hash(&secret));
     finish(&agency, session, presented, target).await
 }
 
@@ -124,7 +126,7 @@ async fn logout_post(
 async fn finish(
     agency: &web::Data<Agency>,
     session: Option<ValidSession>,
-    presented: bool,
+    presented: Option<baa_proto::sso::SecretHash>,
     target: Option<String>,
 ) -> HttpResponse {
     if let Err(e) = logout::sign_out(agency, session, presented).await {

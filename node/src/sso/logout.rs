@@ -5,6 +5,7 @@
 //! replicated outbox, delivered by the leader's courier).
 
 use baa_proto::command::{Consistency, Op, Outcome};
+use baa_proto::sso::SecretHash;
 use baa_proto::ErrorCode;
 use serde::Deserialize;
 
@@ -89,24 +90,36 @@ pub fn hinted_sid(agency: &Agency, p: &LogoutParams) -> Option<String> {
 }
 
 /// Ends the session everywhere; the sites hear of it through the outbox.
-/// A session that has already ended is not an error. `presented` says
-/// whether the browser sent a session cookie: when it did and no live
-/// session was found, that must be the cluster's answer, not this node's
-/// while it cannot reach the leader (the session may have been signed in on
-/// the other side of a partition), or the user would be told "signed out"
-/// of a session that lives on.
+/// A session that has already ended is not an error. `presented` is the
+/// key of the session cookie the browser sent, if it sent a well-formed
+/// one: when the cookies proved no live session here, that must be the
+/// cluster's answer, not this node's while it is behind or cannot reach
+/// the leader (the session may have been signed in on the other side of a
+/// partition, or a moment ago on another node), or the user would be told
+/// "signed out" of a session that lives on. So the node catches up with
+/// the leader first and looks again.
 pub async fn sign_out(
     agency: &Agency,
     session: Option<ValidSession>,
-    presented: bool,
+    presented: Option<SecretHash>,
 ) -> Result<(), NodeError> {
-    let Some(v) = session else {
-        if presented {
+    let key = match session {
+        Some(v) => v.key,
+        None => {
+            let Some(key) = presented else {
+                return Ok(());
+            };
             agency.read_barrier(Consistency::Linearizable).await?;
+            // Found by the fault schedules: the lookup before the barrier
+            // can miss a session this node had not applied yet, while the
+            // barrier then succeeds once the partition heals.
+            if agency.state.session(&key)?.is_none() {
+                return Ok(());
+            }
+            key
         }
-        return Ok(());
     };
-    match agency.write(Op::RevokeSession { key: v.key }, None).await {
+    match agency.write(Op::RevokeSession { key }, None).await {
         Ok(Outcome::Revoked(r)) => {
             tracing::info!(sid = %r.sid, tokens = r.tokens_revoked, "signed out");
             Ok(())
