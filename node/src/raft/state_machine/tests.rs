@@ -30,6 +30,15 @@ fn store(dir: &std::path::Path) -> (sled::Db, StateMachineStore) {
     (db, sm)
 }
 
+/// Installs `snap` into `sm` as openraft does with one received from a
+/// leader.
+async fn install(sm: &mut StateMachineStore, snap: openraft::storage::Snapshot<TypeConfig>) {
+    let mut incoming = sm.begin_receiving_snapshot().await.unwrap();
+    let mut src = *snap.snapshot;
+    tokio::io::copy(&mut src, &mut *incoming).await.unwrap();
+    sm.install_snapshot(&snap.meta, incoming).await.unwrap();
+}
+
 fn entry(index: u64, request_id: Option<&str>, op: Op) -> Entry {
     entry_at(index, 1000 + index, request_id, op)
 }
@@ -174,10 +183,8 @@ async fn snapshot_round_trip_reproduces_the_digest() {
     sm_b.apply(vec![entry(1, None, create("stale"))])
         .await
         .unwrap();
-    let mut incoming = sm_b.begin_receiving_snapshot().await.unwrap();
-    let mut src = *snap.snapshot;
-    tokio::io::copy(&mut src, &mut *incoming).await.unwrap();
-    sm_b.install_snapshot(&snap.meta, incoming).await.unwrap();
+    let meta = snap.meta.clone();
+    install(&mut sm_b, snap).await;
 
     assert_eq!(
         sm_a.reader().digest().unwrap(),
@@ -190,7 +197,7 @@ async fn snapshot_round_trip_reproduces_the_digest() {
     assert_eq!(sm_b.reader().user("alice").unwrap().unwrap().revision, 199);
     // The installed snapshot is served onwards.
     let current = sm_b.get_current_snapshot().await.unwrap().unwrap();
-    assert_eq!(current.meta, snap.meta);
+    assert_eq!(current.meta, meta);
 }
 
 /// A crash after a snapshot install switched the state but before the
@@ -318,13 +325,7 @@ async fn a_snapshot_built_while_entries_apply_holds_the_state_at_its_index() {
     }
     let c = tempfile::tempdir().unwrap();
     let (_db_c, mut installed) = store(c.path());
-    let mut incoming = installed.begin_receiving_snapshot().await.unwrap();
-    let mut src = *snap.snapshot;
-    tokio::io::copy(&mut src, &mut *incoming).await.unwrap();
-    installed
-        .install_snapshot(&snap.meta, incoming)
-        .await
-        .unwrap();
+    install(&mut installed, snap).await;
     assert_eq!(
         installed.reader().digest().unwrap(),
         expected.reader().digest().unwrap()
@@ -2303,11 +2304,8 @@ mod reopen {
         let expected = {
             let (db, mut b) = store(other.path());
             let snap = sm.get_current_snapshot().await.unwrap().unwrap();
-            let mut incoming = b.begin_receiving_snapshot().await.unwrap();
-            let mut src = *snap.snapshot;
-            tokio::io::copy(&mut src, &mut *incoming).await.unwrap();
-            b.install_snapshot(&snap.meta, incoming).await.unwrap();
             let next = snap.meta.last_log_id.unwrap().index + 1;
+            install(&mut b, snap).await;
             b.apply(vec![entry(next, None, create("carol"))])
                 .await
                 .unwrap();
@@ -2391,14 +2389,9 @@ async fn current_snapshot_installs(sm: &mut StateMachineStore) -> Option<LogId<u
     let current = sm.get_current_snapshot().await.unwrap().unwrap();
     let peer = tempfile::tempdir().unwrap();
     let (_db, mut peer_sm) = store(peer.path());
-    let mut incoming = peer_sm.begin_receiving_snapshot().await.unwrap();
-    let mut src = *current.snapshot;
-    tokio::io::copy(&mut src, &mut *incoming).await.unwrap();
-    peer_sm
-        .install_snapshot(&current.meta, incoming)
-        .await
-        .unwrap();
-    current.meta.last_log_id
+    let covers = current.meta.last_log_id;
+    install(&mut peer_sm, current).await;
+    covers
 }
 
 /// Found by the fault schedules (seed 11): a kill between keeping a new
