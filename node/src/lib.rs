@@ -103,6 +103,7 @@ fn claim_data_dir(db: &sled::Db, node_id: u64) -> anyhow::Result<()> {
 /// Runs a node until SIGINT/SIGTERM. Must be called inside an actix System.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     tls::install_crypto_provider();
+    clock::follow_test_offset();
     let config = Arc::new(config);
     let kek = Arc::new(kek::KekRing::load(&config.secrets, |k| {
         std::env::var(k).ok()

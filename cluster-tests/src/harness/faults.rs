@@ -102,6 +102,40 @@ impl Cluster {
         signal(pid, libc::SIGCONT);
     }
 
+    /// Sets node `id`'s wall clock `offset_ms` ahead of the system's (behind
+    /// when negative; 0 undoes it) and, when the node runs, waits until it
+    /// says the offset is in force. Only debug builds of `baa` follow it
+    /// (see `node/src/clock.rs`); the offset outlives restarts.
+    pub async fn set_clock_offset(&self, id: NodeId, offset_ms: i64) {
+        let node = self.node(id);
+        let path = node.clock_offset_path();
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, offset_ms.to_string())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if node.child.is_none() {
+            return;
+        }
+        let seen = path.with_extension("seen");
+        let want = offset_ms.to_string();
+        poll_until(
+            CONVERGE_DEADLINE,
+            &format!("node {id} running {offset_ms} ms off the system clock"),
+            || async { (std::fs::read_to_string(&seen).ok()? == want).then_some(()) },
+        )
+        .await;
+    }
+
+    /// Kills node `id` if it runs and forgets it: it no longer counts in
+    /// [`Cluster::ids`] (its directory stays for reading). For a node that
+    /// has left the membership.
+    pub fn remove_node(&mut self, id: NodeId) {
+        if self.node(id).child.is_some() {
+            self.kill(id);
+        }
+        self.nodes.remove(&id);
+    }
+
     /// Removes every partition.
     pub async fn heal(&self) {
         for node in self.nodes.values() {

@@ -71,6 +71,12 @@ impl Node {
     pub fn cluster_advertise(&self) -> SocketAddr {
         self.proxy.addr()
     }
+    /// The file the node's test clock offset is read from (see
+    /// [`Cluster::set_clock_offset`]).
+    pub fn clock_offset_path(&self) -> PathBuf {
+        self.dir.join("clock-offset")
+    }
+
     /// The node's log file (stdout + stderr of every run, appended).
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("node.log")

@@ -174,6 +174,7 @@ impl Cluster {
             .arg("--config")
             .arg(&node.config_path)
             .env("RUST_BACKTRACE", "1")
+            .env("BAA_TEST_CLOCK_OFFSET_FILE", node.clock_offset_path())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

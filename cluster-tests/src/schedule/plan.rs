@@ -19,6 +19,10 @@ pub const HEARTBEAT_MS: u64 = 100;
 pub const ELECTION_TIMEOUT_MIN_MS: u64 = 500;
 /// Upper bound of the election timeout.
 pub const ELECTION_TIMEOUT_MAX_MS: u64 = 1_000;
+/// The largest clock offset a schedule sets: inside the 30 s by which the
+/// agency lets its nodes' clocks disagree (the spent-ticket grace, README
+/// "Single sign-on").
+pub const MAX_CLOCK_OFFSET_MS: i64 = 20_000;
 
 /// A node a step acts on, chosen when the step runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +69,17 @@ pub enum Fault {
     },
     /// Every node killed at once (`kill -9`), all restarted after `hold`.
     KillAll,
+    /// A node's wall clock set `offset_ms` ahead (behind when negative) of
+    /// the others', back after `hold`. Within [`MAX_CLOCK_OFFSET_MS`].
+    Clock {
+        /// The node.
+        target: Target,
+        /// The offset.
+        offset_ms: i64,
+    },
+    /// A fresh node joins as a voter (so a majority needs one more node),
+    /// catches up by snapshot, and leaves again after `hold`.
+    Join,
     /// No fault: load only.
     Quiet,
 }
@@ -78,6 +93,8 @@ impl fmt::Display for Fault {
             Fault::IsolateLeader => write!(f, "isolate the leader"),
             Fault::OneWay { from, to } => write!(f, "cut {from} -> {to} one way"),
             Fault::KillAll => write!(f, "kill -9 every node"),
+            Fault::Clock { target, offset_ms } => write!(f, "clock of {target} {offset_ms:+} ms"),
+            Fault::Join => write!(f, "a new voter joins, then leaves"),
             Fault::Quiet => write!(f, "quiet"),
         }
     }
@@ -93,6 +110,8 @@ impl Fault {
             Fault::IsolateLeader => "isolate-leader",
             Fault::OneWay { .. } => "one-way",
             Fault::KillAll => "kill-all",
+            Fault::Clock { .. } => "clock",
+            Fault::Join => "join",
             Fault::Quiet => "quiet",
         }
     }
@@ -134,13 +153,13 @@ impl Plan {
         let mut total = Duration::ZERO;
         while total < budget {
             let fault = match rng.gen_range(0..100) {
-                0..=19 => Fault::Kill(target(&mut rng)),
-                20..=36 => Fault::Pause(target(&mut rng)),
-                37..=53 => Fault::Partition {
+                0..=16 => Fault::Kill(target(&mut rng)),
+                17..=30 => Fault::Pause(target(&mut rng)),
+                31..=44 => Fault::Partition {
                     minority: minority(&mut rng, nodes),
                 },
-                54..=66 => Fault::IsolateLeader,
-                67..=80 => {
+                45..=55 => Fault::IsolateLeader,
+                56..=67 => {
                     let from = target(&mut rng);
                     let to = match from {
                         Target::Leader => Target::Follower(rng.gen()),
@@ -148,7 +167,15 @@ impl Plan {
                     };
                     Fault::OneWay { from, to }
                 }
-                81..=91 => Fault::KillAll,
+                68..=77 => Fault::KillAll,
+                78..=87 => {
+                    let size = rng.gen_range(500..=MAX_CLOCK_OFFSET_MS);
+                    Fault::Clock {
+                        target: target(&mut rng),
+                        offset_ms: if rng.gen_bool(0.5) { size } else { -size },
+                    }
+                }
+                88..=94 => Fault::Join,
                 _ => Fault::Quiet,
             };
             let hold = match fault {
@@ -156,6 +183,7 @@ impl Plan {
                 Fault::Pause(_) => ms(&mut rng, pause_min, pause_min + 2_000),
                 Fault::KillAll => ms(&mut rng, 200, 1_200),
                 Fault::Quiet => ms(&mut rng, 500, 1_500),
+                Fault::Clock { .. } => ms(&mut rng, 1_000, 4_000),
                 _ => ms(&mut rng, 1_000, 3_500),
             };
             let gap = ms(&mut rng, 100, 1_200);
@@ -270,6 +298,12 @@ mod tests {
                         "{p}"
                     );
                 }
+                if let Fault::Clock { offset_ms, .. } = s.fault {
+                    assert!(
+                        offset_ms != 0 && offset_ms.abs() <= MAX_CLOCK_OFFSET_MS,
+                        "{p}"
+                    );
+                }
             }
         }
     }
@@ -295,6 +329,6 @@ mod tests {
                 kinds.insert(s.fault.kind());
             }
         }
-        assert_eq!(kinds.len(), 7, "{kinds:?}");
+        assert_eq!(kinds.len(), 9, "{kinds:?}");
     }
 }

@@ -20,7 +20,7 @@ use super::plan::{
     HEARTBEAT_MS,
 };
 use super::workload::{by_status, transport, Target, Workload, CLIENT_TIMEOUT, PASSWORD, SCOPES};
-use crate::harness::{find_leader, Cluster, ClusterOptions};
+use crate::harness::{find_leader, CliOutput, Cluster, ClusterOptions, CONVERGE_DEADLINE};
 use crate::poll::try_poll_until;
 use crate::sso::{self, Agent, AuthRequest, TestSite};
 
@@ -160,16 +160,18 @@ pub async fn run(seed: u64, nodes: u64, budget: Duration) -> Report {
 
     let mut installs = Installs::default();
     let mut faults = Vec::new();
+    // Nodes that join get fresh ids: a node that left never comes back.
+    let mut next_id = nodes + 1;
     tokio::time::sleep(plan.warmup).await;
     for step in &plan.steps {
         let at = history.now().as_millis();
-        let what = inject(&mut cluster, &step.fault, &mut installs).await;
+        let what = inject(&mut cluster, &step.fault, &mut installs, &mut next_id).await;
         faults.push(format!(
             "{what} at {at} ms for {} ms",
             step.hold.as_millis()
         ));
         tokio::time::sleep(step.hold).await;
-        undo(&mut cluster, &what).await;
+        undo(&mut cluster, &what, &mut installs).await;
         tokio::time::sleep(step.gap).await;
     }
     cluster.heal().await;
@@ -364,6 +366,8 @@ enum Done {
     Paused(NodeId),
     Cut(String),
     KilledAll,
+    Skewed(NodeId, i64),
+    Joined(NodeId),
     Nothing,
 }
 
@@ -374,12 +378,19 @@ impl fmt::Display for Done {
             Done::Paused(id) => write!(f, "SIGSTOP node {id}"),
             Done::Cut(what) => write!(f, "{what}"),
             Done::KilledAll => write!(f, "kill -9 every node"),
+            Done::Skewed(id, ms) => write!(f, "clock of node {id} {ms:+} ms"),
+            Done::Joined(id) => write!(f, "node {id} joined as a voter"),
             Done::Nothing => write!(f, "quiet"),
         }
     }
 }
 
-async fn inject(cluster: &mut Cluster, fault: &Fault, installs: &mut Installs) -> Done {
+async fn inject(
+    cluster: &mut Cluster,
+    fault: &Fault,
+    installs: &mut Installs,
+    next_id: &mut NodeId,
+) -> Done {
     match fault {
         Fault::Kill(t) => {
             let id = resolve(cluster, *t).await;
@@ -426,11 +437,53 @@ async fn inject(cluster: &mut Cluster, fault: &Fault, installs: &mut Installs) -
             }
             Done::KilledAll
         }
+        Fault::Clock { target, offset_ms } => {
+            let id = resolve(cluster, *target).await;
+            cluster.set_clock_offset(id, *offset_ms).await;
+            Done::Skewed(id, *offset_ms)
+        }
+        Fault::Join => {
+            let id = *next_id;
+            *next_id += 1;
+            cluster.add_node(id).await;
+            change_membership(cluster, &format!("node {id} joins as a voter"), |c, via| {
+                Box::pin(c.join(via, id, false))
+            })
+            .await;
+            Done::Joined(id)
+        }
         Fault::Quiet => Done::Nothing,
     }
 }
 
-async fn undo(cluster: &mut Cluster, done: &Done) {
+/// Sends a membership change (`baa cluster join` or `leave`) to the
+/// leader until it succeeds: with no other fault in force, it must.
+async fn change_membership<F>(cluster: &Cluster, what: &str, send: F)
+where
+    F: for<'a> Fn(
+        &'a Cluster,
+        NodeId,
+    )
+        -> std::pin::Pin<Box<dyn std::future::Future<Output = CliOutput> + Send + 'a>>,
+{
+    let done = try_poll_until(CONVERGE_DEADLINE, || async {
+        let via = current_leader(cluster).await?;
+        let out = send(cluster, via).await;
+        if out.status.success() {
+            Some(())
+        } else {
+            println!("{what} via node {via}: {}", out.stderr.trim());
+            None
+        }
+    })
+    .await;
+    assert!(
+        done.is_some(),
+        "{what}: not done within {CONVERGE_DEADLINE:?}"
+    );
+}
+
+async fn undo(cluster: &mut Cluster, done: &Done, installs: &mut Installs) {
     match done {
         Done::Killed(id) => cluster.restart(*id).await,
         Done::Paused(id) => cluster.resume(*id),
@@ -439,6 +492,18 @@ async fn undo(cluster: &mut Cluster, done: &Done) {
             for id in cluster.ids() {
                 cluster.restart(id).await;
             }
+        }
+        Done::Skewed(id, _) => cluster.set_clock_offset(*id, 0).await,
+        Done::Joined(id) => {
+            let id = *id;
+            change_membership(cluster, &format!("node {id} leaves"), |c, via| {
+                Box::pin(c.leave(via, id))
+            })
+            .await;
+            let rest: Vec<NodeId> = cluster.ids().into_iter().filter(|&i| i != id).collect();
+            cluster.wait_for_membership(&rest, &rest).await;
+            installs.scrape(cluster, id).await;
+            cluster.remove_node(id);
         }
         Done::Nothing => {}
     }

@@ -2,11 +2,13 @@
 //! and per pair (a lock known here refuses at once; one this node has not
 //! applied yet is enforced by the state machine in log order), the password
 //! checked on the hashing pool (unknown accounts verify a dummy hash, so they
-//! take the same path and time), and a new session made through Raft.
+//! take the same path and time), and a new session made through Raft. The
+//! account is read after a read barrier, so a user acknowledged anywhere in
+//! the cluster can sign in at once on any node.
 
 use std::sync::OnceLock;
 
-use baa_proto::command::{Op, Outcome};
+use baa_proto::command::{Consistency, Op, Outcome};
 use baa_proto::cookie::SESSION_SECRET_LEN;
 use baa_proto::sso::{
     public_sid, secret_hash, SecretHash, Session, ThrottlePolicy, ThrottleSubject,
@@ -118,6 +120,11 @@ pub async fn sign_in(
         return Err(SignInError::BadCredentials);
     }
     let account = secret_hash(typed.as_bytes());
+    // Accounts and locks are read locally: first catch up with every write
+    // acknowledged before this request, so a user created (or locked) a
+    // moment ago on another node is known here. Every name waits the same
+    // round, known or not (no timing difference between them).
+    agency.read_barrier(Consistency::Linearizable).await?;
     let now = now_ms();
     let mut locked_until = 0;
     for subject in ThrottleSubject::of_sign_in(&account, &creds.source) {
