@@ -15,6 +15,7 @@ use crate::bench::{set_cookie, unexpected};
 use crate::harness::{ClusterOptions, CONVERGE_DEADLINE};
 use crate::sso::{CSRF_COOKIE, REFERENCE_COOKIE, SESSION_COOKIE};
 use crate::{poll_until, Cluster};
+use baa_proto::federation::ROUND_TRIP_COOKIE;
 
 /// Agency A's host name.
 pub const HOST_A: &str = "login-a.baa.localtest";
@@ -191,24 +192,34 @@ pub struct FirstLogin {
     pub ticket: Duration,
 }
 
-/// The first cross-agency login of a browser with B's cookies `b_cookies`
-/// (and a CSRF pair at A): A → B (silent) → A's callback → A's trust page →
-/// approval → ticket, for the authorization request `query` (a site of
-/// A, response mode `query`). Answers the derived session's `Cookie` value.
-pub async fn first_login(
+/// A round trip A started and B answered, not yet delivered to A.
+pub struct Answered {
+    /// The round-trip cookie A set in the browser.
+    pub trip: String,
+    /// A's callback, on A's base URL.
+    pub callback: String,
+    /// B's answer: the fields its page posts to the callback.
+    pub fields: Vec<(String, String)>,
+    /// B's reference cookie, which sent A to B.
+    pub reference: String,
+}
+
+/// The start of a cross-agency login of a browser with B's cookies
+/// `b_cookies` (and a CSRF pair at A), for the authorization request
+/// `query` of a site of A: A → B (silent) → B's answer, not yet posted.
+pub async fn round_trip(
     http: &reqwest::Client,
     a: &str,
     b: &str,
     b_cookies: &str,
     csrf: &str,
     query: &str,
-) -> anyhow::Result<(String, FirstLogin)> {
+) -> anyhow::Result<Answered> {
     let reference = b_cookies
         .split("; ")
         .find_map(|c| c.strip_prefix(&format!("{REFERENCE_COOKIE}=")))
         .ok_or_else(|| anyhow!("no reference in B's cookies"))?
         .to_string();
-    let started = Instant::now();
     let resp = http
         .get(format!("{a}/sso/authorize?{query}"))
         .header(
@@ -218,7 +229,7 @@ pub async fn first_login(
         .send()
         .await?;
     let trip =
-        set_cookie(&resp, "__Host-baa_fed").ok_or_else(|| anyhow!("A started no round trip"))?;
+        set_cookie(&resp, ROUND_TRIP_COOKIE).ok_or_else(|| anyhow!("A started no round trip"))?;
     let to_b = resp
         .headers()
         .get(LOCATION)
@@ -236,12 +247,51 @@ pub async fn first_login(
     let page = resp.text().await?;
     let fields: Vec<(String, String)> = crate::sso::inputs(&page).into_iter().collect();
     let action = crate::sso::form_action(&page).ok_or_else(|| anyhow!("no form from B"))?;
-    let resp = http
-        .post(at(a, &action)?)
-        .header(COOKIE, format!("__Host-baa_fed={trip}"))
-        .form(&fields)
-        .send()
-        .await?;
+    Ok(Answered {
+        trip,
+        callback: at(a, &action)?,
+        fields,
+        reference,
+    })
+}
+
+/// Posts B's answer `fields` to A's `callback` with round-trip cookie
+/// `trip` (none: as a browser that never started one).
+pub async fn deliver(
+    http: &reqwest::Client,
+    callback: &str,
+    trip: Option<&str>,
+    fields: &[(String, String)],
+) -> anyhow::Result<reqwest::Response> {
+    let mut req = http.post(callback).form(fields);
+    if let Some(trip) = trip {
+        req = req.header(COOKIE, format!("{ROUND_TRIP_COOKIE}={trip}"));
+    }
+    Ok(req.send().await?)
+}
+
+/// The first cross-agency login of a browser with B's cookies `b_cookies`
+/// (and a CSRF pair at A): A → B (silent) → A's callback → A's trust page →
+/// approval → ticket, for the authorization request `query` (a site of
+/// A, response mode `query`). Answers the derived session's `Cookie` value.
+pub async fn first_login(
+    http: &reqwest::Client,
+    a: &str,
+    b: &str,
+    b_cookies: &str,
+    csrf: &str,
+    query: &str,
+) -> anyhow::Result<(String, FirstLogin)> {
+    let started = Instant::now();
+    let answered = round_trip(http, a, b, b_cookies, csrf, query).await?;
+    let reference = answered.reference.clone();
+    let resp = deliver(
+        http,
+        &answered.callback,
+        Some(&answered.trip),
+        &answered.fields,
+    )
+    .await?;
     if resp.status() != StatusCode::SEE_OTHER {
         bail!(unexpected("A's callback", resp).await);
     }

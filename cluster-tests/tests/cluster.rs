@@ -14,6 +14,7 @@ mod cluster {
     mod fault_schedules;
     mod faults;
     mod federation;
+    mod federation_attacks;
     mod federation_browser;
     mod flood;
     mod forward_auth;

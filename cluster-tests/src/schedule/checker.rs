@@ -250,6 +250,58 @@ pub struct Expectations {
     pub acked_keys: BTreeSet<String>,
     /// Counter attributes ever sent: nothing else may be there.
     pub sent_keys: BTreeSet<String>,
+    /// B's sessions signed in and never signed out: valid on every node of B.
+    pub live_peer_sessions: BTreeSet<usize>,
+    /// B's sessions signed out (`Ok`): refused on every node of B.
+    pub ended_peer_sessions: BTreeSet<usize>,
+    /// Sessions A derived from a B session never signed out: valid on
+    /// every node of A.
+    pub live_derived: BTreeSet<usize>,
+    /// Sessions A derived from a B session before its sign-out (`Ok`) was
+    /// asked for: refused on every node of A.
+    pub ended_derived: BTreeSet<usize>,
+}
+
+/// The expectations of the federated part of a history: B's sessions, and
+/// the sessions A derived from them (a B sign-out that may have happened
+/// leaves its derived sessions either way).
+fn peer_expectations(ops: &[Op], x: &mut Expectations) {
+    let mut out_maybe = BTreeSet::new();
+    let mut ended_at: BTreeMap<usize, std::time::Duration> = BTreeMap::new();
+    for op in ops {
+        if let Action::PeerLogout { peer_session } = op.action {
+            if !op.failed() {
+                out_maybe.insert(peer_session);
+            }
+            if op.ok() {
+                let at = ended_at.entry(peer_session).or_insert(op.invoked);
+                *at = (*at).min(op.invoked);
+            }
+        }
+    }
+    for op in ops {
+        match (&op.action, &op.outcome) {
+            (Action::PeerSignIn { .. }, Outcome::Ok(Value::PeerSession(s)))
+                if !out_maybe.contains(s) =>
+            {
+                x.live_peer_sessions.insert(*s);
+            }
+            (Action::CrossSignIn { peer_session }, Outcome::Ok(Value::Derived(d))) => {
+                match ended_at.get(peer_session) {
+                    Some(at) if op.completed < *at => {
+                        x.ended_derived.insert(*d);
+                    }
+                    Some(_) => {}
+                    None if !out_maybe.contains(peer_session) => {
+                        x.live_derived.insert(*d);
+                    }
+                    None => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    x.ended_peer_sessions = ended_at.into_keys().collect();
 }
 
 /// Derives the [`Expectations`] of a history.
@@ -291,6 +343,7 @@ pub fn expectations(ops: &[Op], e: &Entities) -> Expectations {
         .filter(|(_, all_failed)| *all_failed)
         .map(|(n, _)| n.to_string())
         .collect();
+    peer_expectations(ops, &mut x);
     let presented: BTreeSet<usize> = ops
         .iter()
         .filter_map(|op| match op.action {
@@ -377,6 +430,7 @@ mod tests {
                     token: "r2".into(),
                 },
             ],
+            ..Entities::default()
         }
     }
 
@@ -581,5 +635,52 @@ mod tests {
             .map(|v| v.rule)
             .collect();
         assert_eq!(rules, ["retry applied twice"]);
+    }
+
+    /// B's session 0 signed out after session A derived 0 from it and
+    /// before A derived 1; B's session 1 never signed out (derived 2 live);
+    /// B's session 2's sign-out unknown (derived 3 either way).
+    #[test]
+    fn derived_sessions_follow_their_home_session() {
+        let e = entities();
+        let cross = |p, at, d| {
+            op(
+                1,
+                at,
+                Action::CrossSignIn { peer_session: p },
+                ok(Value::Derived(d)),
+            )
+        };
+        let out = |p, at, outcome| op(2, at, Action::PeerLogout { peer_session: p }, outcome);
+        let peer = |at, s| {
+            op(
+                3,
+                at,
+                Action::PeerSignIn { user: "b".into() },
+                ok(Value::PeerSession(s)),
+            )
+        };
+        let ops = vec![
+            peer((0, 5), 0),
+            peer((0, 5), 1),
+            peer((0, 5), 2),
+            cross(0, (10, 20), 0),
+            out(0, (30, 40), ok(Value::None)),
+            cross(0, (35, 50), 1),
+            cross(1, (10, 20), 2),
+            cross(2, (10, 20), 3),
+            out(2, (30, 40), Outcome::Unknown("timeout".into())),
+            op(
+                1,
+                (60, 70),
+                Action::CrossSignIn { peer_session: 1 },
+                Outcome::Fail("HTTP 401".into()),
+            ),
+        ];
+        let x = expectations(&ops, &e);
+        assert_eq!(x.live_peer_sessions, [1].into());
+        assert_eq!(x.ended_peer_sessions, [0].into());
+        assert_eq!(x.live_derived, [2].into());
+        assert_eq!(x.ended_derived, [0].into());
     }
 }

@@ -55,6 +55,22 @@ pub enum Action {
     },
     /// Admin: linearizable read of the counter user.
     Read,
+    /// Password sign-in of `user` at the peer agency B (federated schedules).
+    PeerSignIn {
+        /// B's account.
+        user: String,
+    },
+    /// A sign-in at A through the silent round trip to B, with B's session
+    /// `peer_session`: a session derived from it.
+    CrossSignIn {
+        /// B's session.
+        peer_session: usize,
+    },
+    /// Sign-out of B's session `peer_session` at B.
+    PeerLogout {
+        /// B's session.
+        peer_session: usize,
+    },
 }
 
 /// What an `Ok` operation produced.
@@ -68,6 +84,10 @@ pub enum Value {
     Code(usize),
     /// A refresh token (index into [`Entities::refresh`]).
     Refresh(usize),
+    /// A session at B (index into [`Entities::peer_sessions`]).
+    PeerSession(usize),
+    /// A session at A derived from one at B (index into [`Entities::derived`]).
+    Derived(usize),
     /// What a read saw: the revision and the attribute keys.
     Read {
         /// The record's revision.
@@ -153,6 +173,15 @@ pub struct RefreshRec {
     pub token: String,
 }
 
+/// A session A derived from one of B's.
+#[derive(Debug, Clone)]
+pub struct DerivedRec {
+    /// B's session it came from.
+    pub peer_session: usize,
+    /// Its cookies at A (`Cookie` header value).
+    pub cookies: String,
+}
+
 /// The secrets the operations made, by index.
 #[derive(Debug, Clone, Default)]
 pub struct Entities {
@@ -162,6 +191,10 @@ pub struct Entities {
     pub codes: Vec<CodeRec>,
     /// Refresh tokens.
     pub refresh: Vec<RefreshRec>,
+    /// Sessions at the peer agency B.
+    pub peer_sessions: Vec<SessionRec>,
+    /// Sessions at A derived from B's.
+    pub derived: Vec<DerivedRec>,
 }
 
 #[derive(Default)]
@@ -251,6 +284,20 @@ impl History {
         let mut g = self.lock();
         g.entities.refresh.push(rec);
         g.entities.refresh.len() - 1
+    }
+
+    /// Keeps a new session at B; returns its index.
+    pub fn add_peer_session(&self, rec: SessionRec) -> usize {
+        let mut g = self.lock();
+        g.entities.peer_sessions.push(rec);
+        g.entities.peer_sessions.len() - 1
+    }
+
+    /// Keeps a new derived session at A; returns its index.
+    pub fn add_derived(&self, rec: DerivedRec) -> usize {
+        let mut g = self.lock();
+        g.entities.derived.push(rec);
+        g.entities.derived.len() - 1
     }
 
     /// Ticket `i`.

@@ -11,15 +11,19 @@ use std::time::{Duration, Instant};
 
 use baa_proto::command::Consistency;
 use baa_proto::model::NodeId;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 
 use super::checker::{expectations, history_violations, Expectations, Violation};
 use super::history::{counts, Action, Counts, Entities, History, Op, Outcome};
+use super::peer_load::{PeerLoad, PeerTarget};
 use super::plan::{
     Fault, Plan, Target as PlanTarget, ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS,
     HEARTBEAT_MS,
 };
 use super::workload::{by_status, transport, Target, Workload, CLIENT_TIMEOUT, PASSWORD, SCOPES};
+use crate::federation::Federation;
 use crate::harness::{find_leader, CliOutput, Cluster, ClusterOptions, CONVERGE_DEADLINE};
 use crate::poll::try_poll_until;
 use crate::sso::{self, Agent, AuthRequest, TestSite};
@@ -80,6 +84,10 @@ pub struct Probed {
     pub users: usize,
     /// Counter attributes acknowledged.
     pub acked_writes: usize,
+    /// Sessions derived at A that had to be valid on every node of A.
+    pub live_derived: usize,
+    /// Sessions derived at A that had to be refused there (B signed out).
+    pub ended_derived: usize,
 }
 
 impl fmt::Display for Report {
@@ -113,6 +121,13 @@ impl fmt::Display for Report {
             "  probed after healing: {} live and {} signed-out sessions, {} live and {} dead refresh tokens, {} spent tickets, {} users, {} acknowledged writes",
             p.live_sessions, p.ended_sessions, p.live_heirs, p.dead_heirs, p.spent_codes, p.users, p.acked_writes
         )?;
+        if p.live_derived + p.ended_derived > 0 {
+            write!(
+                f,
+                "; {} live and {} ended sessions derived from B's",
+                p.live_derived, p.ended_derived
+            )?;
+        }
         for v in &self.violations {
             write!(f, "\n  VIOLATION {v}")?;
         }
@@ -130,6 +145,9 @@ fn action_name(a: &Action) -> &'static str {
         Action::CreateUser { .. } => "create-user",
         Action::Write { .. } => "write",
         Action::Read => "read",
+        Action::PeerSignIn { .. } => "sign-in at B",
+        Action::CrossSignIn { .. } => "sign-in at A through B",
+        Action::PeerLogout { .. } => "logout at B",
     }
 }
 
@@ -154,34 +172,106 @@ pub async fn run(seed: u64, nodes: u64, budget: Duration) -> Report {
     let plan = Plan::generate(seed, nodes, budget);
     println!("{plan}");
     let mut cluster = Cluster::start_with(options(nodes)).await;
-    let target = setup(&cluster, seed).await;
+    run_on(plan, &mut cluster, None, started).await
+}
+
+/// Runs the schedule of `seed` over two federated agencies of 3 nodes
+/// each, A and B: each step's fault hits A or B (drawn from the seed too),
+/// A's load runs as in [`run`], and cross-agency workers sign in at B and
+/// then at A through B, and sign out at B. Panics as [`run`] does.
+pub async fn run_federated(seed: u64, budget: Duration) -> Report {
+    let started = Instant::now();
+    let plan = Plan::generate(seed, 3, budget);
+    println!("{plan} (federated)");
+    let schedule = options(3);
+    let mut fed = Federation::start(|o| {
+        o.heartbeat_interval_ms = schedule.heartbeat_interval_ms;
+        o.election_timeout_min_ms = schedule.election_timeout_min_ms;
+        o.election_timeout_max_ms = schedule.election_timeout_max_ms;
+        o.snapshot_after_logs = schedule.snapshot_after_logs;
+        o.logs_to_keep = schedule.logs_to_keep;
+        o.write_timeout_ms = schedule.write_timeout_ms;
+    })
+    .await;
+    let bundle = fed.ca_bundle();
+    let Federation { a, b, .. } = &mut fed;
+    let peer = PeerSetup { ca_bundle: bundle };
+    run_on(plan, a, Some((b, peer)), started).await
+}
+
+/// What the cross-agency load needs beyond agency B itself.
+struct PeerSetup {
+    ca_bundle: std::path::PathBuf,
+}
+
+/// B's users in a federated schedule.
+const PEER_USERS: usize = 3;
+/// Cross-agency workers in a federated schedule.
+const PEER_WORKERS: usize = 2;
+
+async fn run_on(
+    plan: Plan,
+    a: &mut Cluster,
+    mut b: Option<(&mut Cluster, PeerSetup)>,
+    started: Instant,
+) -> Report {
+    let seed = plan.seed;
+    let target = setup(a, seed).await;
     let history = History::new();
     let load = Workload::start(target.clone(), history.clone(), SESSION_WORKERS);
+    let peer_load = match &b {
+        Some((b, setup)) => {
+            let t = peer_setup(a, b, setup, &target, seed).await;
+            Some(PeerLoad::start(t, history.clone(), PEER_WORKERS))
+        }
+        None => None,
+    };
 
     let mut installs = Installs::default();
     let mut faults = Vec::new();
     // Nodes that join get fresh ids: a node that left never comes back.
-    let mut next_id = nodes + 1;
+    let mut next_id = plan.nodes + 1;
+    // Which agency each step hits, in a federated schedule.
+    let mut sides = StdRng::seed_from_u64(seed ^ 0x00b0_b0b0);
     tokio::time::sleep(plan.warmup).await;
     for step in &plan.steps {
         let at = history.now().as_millis();
-        let what = inject(&mut cluster, &step.fault, &mut installs, &mut next_id).await;
+        let (cluster, label) = match &mut b {
+            Some((b, _)) if sides.gen_bool(0.5) => (&mut **b, "B: "),
+            Some(_) => (&mut *a, "A: "),
+            None => (&mut *a, ""),
+        };
+        let what = inject(cluster, &step.fault, &mut installs, &mut next_id).await;
         faults.push(format!(
-            "{what} at {at} ms for {} ms",
+            "{label}{what} at {at} ms for {} ms",
             step.hold.as_millis()
         ));
         tokio::time::sleep(step.hold).await;
-        undo(&mut cluster, &what, &mut installs).await;
+        undo(cluster, &what, &mut installs).await;
         tokio::time::sleep(step.gap).await;
     }
-    cluster.heal().await;
+    a.heal().await;
+    if let Some((b, _)) = &b {
+        b.heal().await;
+    }
     load.finish().await;
+    if let Some(l) = peer_load {
+        l.finish().await;
+    }
 
-    let ids = cluster.ids();
-    cluster.leader().await;
-    let statuses = cluster.wait_converged(&ids).await;
+    let ids = a.ids();
+    a.leader().await;
+    let statuses = a.wait_converged(&ids).await;
     for &id in &ids {
-        installs.scrape(&cluster, id).await;
+        installs.scrape(a, id).await;
+    }
+    if let Some((b, _)) = &b {
+        let ids = b.ids();
+        b.leader().await;
+        b.wait_converged(&ids).await;
+        for &id in &ids {
+            installs.scrape(b, id).await;
+        }
     }
     let (ops, entities) = history.snapshot();
     if let Some(dir) = std::env::var_os("BAA_FAULT_HISTORY_DIR") {
@@ -189,13 +279,20 @@ pub async fn run(seed: u64, nodes: u64, budget: Duration) -> Report {
     }
     let mut violations = history_violations(&ops, &entities);
     let x = expectations(&ops, &entities);
-    violations.extend(probe(&cluster, &target, &x, &entities).await);
-    for id in &ids {
-        if let Some(line) = cluster.log(*id).lines().find(|l| l.contains("panicked")) {
-            violations.push(Violation {
-                rule: "node panicked",
-                detail: format!("node {id}: {line}"),
-            });
+    violations.extend(probe(a, &target, &x, &entities).await);
+    let mut agencies = vec![("", &*a)];
+    if let Some((b, _)) = &b {
+        violations.extend(probe_federation(a, b, &x, &entities).await);
+        agencies = vec![("A ", &*a), ("B ", &**b)];
+    }
+    for (name, cluster) in agencies {
+        for id in cluster.ids() {
+            if let Some(line) = cluster.log(id).lines().find(|l| l.contains("panicked")) {
+                violations.push(Violation {
+                    rule: "node panicked",
+                    detail: format!("{name}node {id}: {line}"),
+                });
+            }
         }
     }
     let leader = find_leader(&statuses);
@@ -215,10 +312,42 @@ pub async fn run(seed: u64, nodes: u64, budget: Duration) -> Report {
             spent_codes: x.spent_codes.len(),
             users: x.present_users.len() + x.absent_users.len(),
             acked_writes: x.acked_keys.len(),
+            live_derived: x.live_derived.len(),
+            ended_derived: x.ended_derived.len(),
         },
         violations,
         took: started.elapsed(),
         plan,
+    }
+}
+
+/// B's users, and what the cross-agency workers need.
+async fn peer_setup(
+    a: &Cluster,
+    b: &Cluster,
+    setup: &PeerSetup,
+    target: &Target,
+    seed: u64,
+) -> PeerTarget {
+    let users: Vec<String> = (0..PEER_USERS).map(|i| format!("peer{i}")).collect();
+    for u in &users {
+        sso::create_user(b, u, PASSWORD).await;
+    }
+    b.wait_converged(&b.ids()).await;
+    let public = |c: &Cluster| -> Vec<(NodeId, String)> {
+        c.ids()
+            .into_iter()
+            .map(|id| (id, c.public_url(id)))
+            .collect()
+    };
+    PeerTarget {
+        a: public(a),
+        b: public(b),
+        agent: Agent::with_timeout(b, CLIENT_TIMEOUT),
+        http: PeerTarget::client(&setup.ca_bundle),
+        users,
+        query: sso::query_mode_request(&target.site.client_id, &target.site.redirect_uri).0,
+        seed,
     }
 }
 
@@ -510,11 +639,11 @@ async fn undo(cluster: &mut Cluster, done: &Done, installs: &mut Installs) {
 }
 
 /// The outcome of a session check on one node: valid, refused, or neither.
-async fn session_state(cluster: &Cluster, node: NodeId, cookies: &sso::SsoCookies) -> Option<bool> {
+async fn session_state(cluster: &Cluster, node: NodeId, cookies: &str) -> Option<bool> {
     let resp = cluster
         .http()
         .get(format!("{}/auth/verify", cluster.public_url(node)))
-        .header("cookie", cookies.header())
+        .header("cookie", cookies)
         .send()
         .await
         .ok()?;
@@ -535,20 +664,96 @@ async fn session_everywhere(
     let Some(rec) = e.sessions.get(s) else {
         return Ok(());
     };
+    let what = format!("session #{s} of {}", rec.user);
+    cookies_everywhere(cluster, &what, &rec.cookies.header(), valid).await
+}
+
+/// Polls every node until the session of `cookies` is `valid` (or not) there.
+async fn cookies_everywhere(
+    cluster: &Cluster,
+    what: &str,
+    cookies: &str,
+    valid: bool,
+) -> Result<(), String> {
     for id in cluster.ids() {
         let seen = try_poll_until(SETTLE, || async {
-            (session_state(cluster, id, &rec.cookies).await == Some(valid)).then_some(())
+            (session_state(cluster, id, cookies).await == Some(valid)).then_some(())
         })
         .await;
         if seen.is_none() {
-            let now = session_state(cluster, id, &rec.cookies).await;
-            return Err(format!(
-                "session #{s} of {} on node {id}: {now:?} (true = valid)",
-                rec.user
-            ));
+            let now = session_state(cluster, id, cookies).await;
+            return Err(format!("{what} on node {id}: {now:?} (true = valid)"));
         }
     }
     Ok(())
+}
+
+/// Probes both agencies of a federated schedule for what the history
+/// implies of B's sessions and the sessions A derived from them.
+async fn probe_federation(
+    a: &Cluster,
+    b: &Cluster,
+    x: &Expectations,
+    e: &Entities,
+) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let checks = [
+        (
+            b,
+            &x.live_peer_sessions,
+            true,
+            "acknowledged session at B lost",
+        ),
+        (
+            b,
+            &x.ended_peer_sessions,
+            false,
+            "signed-out session at B still valid",
+        ),
+    ];
+    for (cluster, set, valid, rule) in checks {
+        for &s in set {
+            let Some(rec) = e.peer_sessions.get(s) else {
+                continue;
+            };
+            let what = format!("B's session #{s} of {}", rec.user);
+            if let Err(detail) =
+                cookies_everywhere(cluster, &what, &rec.cookies.header(), valid).await
+            {
+                out.push(Violation {
+                    rule,
+                    detail: format!("at B: {detail}"),
+                });
+            }
+        }
+    }
+    let checks = [
+        (
+            &x.live_derived,
+            true,
+            "acknowledged cross-agency session lost",
+        ),
+        (
+            &x.ended_derived,
+            false,
+            "session derived from a signed-out one still valid",
+        ),
+    ];
+    for (set, valid, rule) in checks {
+        for &d in set {
+            let Some(rec) = e.derived.get(d) else {
+                continue;
+            };
+            let what = format!("session #{d} derived from B's #{}", rec.peer_session);
+            if let Err(detail) = cookies_everywhere(a, &what, &rec.cookies, valid).await {
+                out.push(Violation {
+                    rule,
+                    detail: format!("at A: {detail}"),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// The token endpoint as the site, on `node`: `Ok(true)` for a 200.

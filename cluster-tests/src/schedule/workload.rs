@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 
 use super::history::{Action, CodeRec, History, Outcome, RefreshRec, SessionRec, Value};
 use crate::client::{AdminClient, ApiError};
-use crate::sso::{Agent, AuthRequest, TestSite};
+use crate::sso::{Agent, AuthRequest, SsoCookies, TestSite};
 
 /// The password of every load user.
 pub const PASSWORD: &str = "correct horse battery";
@@ -39,7 +39,7 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pause after an operation that did not succeed, so that a node that is
 /// down is not hammered.
-const BACKOFF: Duration = Duration::from_millis(100);
+pub(super) const BACKOFF: Duration = Duration::from_millis(100);
 
 /// What the workers need to reach the cluster.
 #[derive(Clone)]
@@ -118,7 +118,7 @@ impl Workload {
     }
 }
 
-fn stopped(stop: &watch::Receiver<bool>) -> bool {
+pub(super) fn stopped(stop: &watch::Receiver<bool>) -> bool {
     *stop.borrow()
 }
 
@@ -205,7 +205,7 @@ async fn session_worker(
         if rng.gen_bool(0.5) && !stopped(&stop) {
             let (node, base) = t.node(&mut rng);
             let base = base.to_string();
-            logout(w, node, &base, &h, &mut agent, session).await;
+            logout(w, node, &base, &h, &mut agent, Action::Logout { session }).await;
         }
     }
 }
@@ -220,21 +220,37 @@ async fn sign_in(
 ) -> Option<usize> {
     let (node, base) = t.node(rng);
     let p = h.invoke(w, node, Action::SignIn { user: user.into() });
+    match password_sign_in(agent, base, user).await {
+        Ok(cookies) => {
+            let s = h.add_session(SessionRec {
+                user: user.into(),
+                cookies,
+            });
+            h.complete(p, Outcome::Ok(Value::Session(s)));
+            Some(s)
+        }
+        Err(outcome) => {
+            h.complete(p, outcome);
+            None
+        }
+    }
+}
+
+/// A password sign-in of `user` at `base` by `agent`: its agency cookies,
+/// or how it did not complete.
+pub(super) async fn password_sign_in(
+    agent: &mut Agent,
+    base: &str,
+    user: &str,
+) -> Result<SsoCookies, Outcome> {
     let url = format!("{base}/sso/signin");
     let page = match agent.try_get(&url).await {
         Ok(a) if a.status == StatusCode::OK => a,
-        Ok(a) => {
-            h.complete(p, Outcome::Fail(format!("sign-in page: HTTP {}", a.status)));
-            return None;
-        }
-        Err(e) => {
-            h.complete(p, Outcome::Fail(format!("sign-in page: {e}")));
-            return None;
-        }
+        Ok(a) => return Err(Outcome::Fail(format!("sign-in page: HTTP {}", a.status))),
+        Err(e) => return Err(Outcome::Fail(format!("sign-in page: {e}"))),
     };
     let Some(csrf) = page.inputs().get("csrf").cloned() else {
-        h.complete(p, Outcome::Fail("sign-in page without csrf".into()));
-        return None;
+        return Err(Outcome::Fail("sign-in page without csrf".into()));
     };
     let fields = [
         ("csrf".to_string(), csrf),
@@ -242,28 +258,11 @@ async fn sign_in(
         ("password".to_string(), PASSWORD.to_string()),
     ];
     match agent.try_post_form(&url, &fields).await {
-        Ok(a) if a.status == StatusCode::SEE_OTHER => match agent.sso_cookies() {
-            Some(cookies) => {
-                let s = h.add_session(SessionRec {
-                    user: user.into(),
-                    cookies,
-                });
-                h.complete(p, Outcome::Ok(Value::Session(s)));
-                Some(s)
-            }
-            None => {
-                h.complete(p, Outcome::Unknown("303 without both cookies".into()));
-                None
-            }
-        },
-        Ok(a) => {
-            h.complete(p, by_status(a.status, &a.body));
-            None
-        }
-        Err(e) => {
-            h.complete(p, transport(&e));
-            None
-        }
+        Ok(a) if a.status == StatusCode::SEE_OTHER => agent
+            .sso_cookies()
+            .ok_or_else(|| Outcome::Unknown("303 without both cookies".into())),
+        Ok(a) => Err(by_status(a.status, &a.body)),
+        Err(e) => Err(transport(&e)),
     }
 }
 
@@ -427,15 +426,16 @@ pub(super) async fn refresh(
     }
 }
 
-async fn logout(
+/// The sign-out (`action`) of `agent`'s session at `base`.
+pub(super) async fn logout(
     w: usize,
     node: NodeId,
     base: &str,
     h: &History,
     agent: &mut Agent,
-    session: usize,
+    action: Action,
 ) {
-    let p = h.invoke(w, node, Action::Logout { session });
+    let p = h.invoke(w, node, action);
     let url = format!("{base}/sso/logout");
     let page = match agent.try_get(&url).await {
         Ok(a) if a.status == StatusCode::OK => a,

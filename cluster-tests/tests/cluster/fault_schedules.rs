@@ -4,7 +4,8 @@
 //! `BAA_FAULT_NODES` nodes (3 unless set), each with about
 //! `BAA_FAULT_SECONDS` seconds of faults (12 unless set); prints every
 //! schedule's figures and fails naming the seeds that broke a promise or
-//! did not come back. `ops/faults` runs it with more seeds.
+//! did not come back. `ops/faults` runs it with more seeds. A second test
+//! runs `BAA_FED_FAULT_SEEDS` (2) schedules over two federated agencies.
 
 use std::time::{Duration, Instant};
 
@@ -25,12 +26,42 @@ async fn seeded_fault_schedules_keep_every_promise() {
     let first = env_u64("BAA_FAULT_FIRST_SEED", 1);
     let nodes = env_u64("BAA_FAULT_NODES", 3);
     let budget = Duration::from_secs(env_u64("BAA_FAULT_SECONDS", 12));
+    let what = format!("on {nodes} nodes");
+    run_all(seeds, first, &what, |seed| {
+        schedule::run(seed, nodes, budget)
+    })
+    .await;
+}
+
+/// The same over two federated agencies of 3 nodes each
+/// (`BAA_FED_FAULT_SEEDS` schedules, 2 unless set; `ops/faults
+/// --federated` runs more): faults on either agency, cross-agency
+/// sign-ins and sign-outs in the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_federated_fault_schedules_keep_every_promise() {
+    let seeds = env_u64("BAA_FED_FAULT_SEEDS", 2);
+    let first = env_u64("BAA_FAULT_FIRST_SEED", 1);
+    let budget = Duration::from_secs(env_u64("BAA_FAULT_SECONDS", 12));
+    run_all(seeds, first, "over two federated agencies", |seed| {
+        schedule::run_federated(seed, budget)
+    })
+    .await;
+}
+
+/// Runs `seeds` schedules from `first` with `one`, prints each one's
+/// figures and the totals, and fails naming the seeds that broke a promise
+/// or did not complete.
+async fn run_all<F, Fut>(seeds: u64, first: u64, what: &str, one: F)
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = schedule::Report> + Send + 'static,
+{
     let started = Instant::now();
     let mut failed = Vec::new();
     let (mut ops, mut unknown, mut faults, mut installs) = (0, 0, 0, 0);
     for seed in first..first + seeds {
         // A schedule whose cluster does not come back panics; the others go on.
-        match tokio::spawn(schedule::run(seed, nodes, budget)).await {
+        match tokio::spawn(one(seed)).await {
             Ok(report) => {
                 println!("{report}");
                 ops += report.counts.ops;
@@ -59,7 +90,7 @@ async fn seeded_fault_schedules_keep_every_promise() {
         }
     }
     println!(
-        "{seeds} schedules from seed {first} on {nodes} nodes: {ops} operations ({unknown} unknown), {faults} faults, {installs} snapshots installed, {} failed, {:.0} s",
+        "{seeds} schedules from seed {first} {what}: {ops} operations ({unknown} unknown), {faults} faults, {installs} snapshots installed, {} failed, {:.0} s",
         failed.len(),
         started.elapsed().as_secs_f64()
     );

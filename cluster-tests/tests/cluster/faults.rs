@@ -490,13 +490,19 @@ async fn a_node_s_clock_offset_stamps_what_it_proposes() {
     let ahead = skew_of(&cluster, 2, "stamped-ahead").await;
     let normal = skew_of(&cluster, 3, "stamped-normal").await;
     println!("created through node 2: {ahead:+} ms; through node 3: {normal:+} ms");
-    assert!((HOUR_MS - 30_000..HOUR_MS + 30_000).contains(&ahead), "{ahead}");
+    assert!(
+        (HOUR_MS - 30_000..HOUR_MS + 30_000).contains(&ahead),
+        "{ahead}"
+    );
     assert!(normal.abs() < 30_000, "{normal}");
 
     cluster.kill(2);
     cluster.restart(2).await;
     let restarted = skew_of(&cluster, 2, "stamped-after-restart").await;
-    assert!((HOUR_MS - 30_000..HOUR_MS + 30_000).contains(&restarted), "{restarted}");
+    assert!(
+        (HOUR_MS - 30_000..HOUR_MS + 30_000).contains(&restarted),
+        "{restarted}"
+    );
     cluster.set_clock_offset(2, 0).await;
     let undone = skew_of(&cluster, 2, "stamped-undone").await;
     assert!(undone.abs() < 30_000, "{undone}");
