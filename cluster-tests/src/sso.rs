@@ -570,3 +570,23 @@ pub fn other_node(cluster: &Cluster, id: NodeId) -> NodeId {
     let i = ids.iter().position(|x| *x == id).unwrap_or(0);
     ids[(i + 1) % ids.len()]
 }
+
+/// Who the `Cookie` header value `cookies` signs in as at node `id` of
+/// `cluster` (`/auth/verify`): `None` when it is refused (panics when the
+/// node does not answer, which is no refusal).
+pub async fn verified_user(cluster: &Cluster, id: u64, cookies: &str) -> Option<String> {
+    let resp = cluster
+        .http()
+        .get(format!("{}/auth/verify", cluster.public_url(id)))
+        .header(COOKIE, cookies)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("verify on node {id}: {e}"));
+    if resp.status() != StatusCode::OK {
+        return None;
+    }
+    resp.headers()
+        .get("x-baa-user")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+}

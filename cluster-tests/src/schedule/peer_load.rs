@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use super::history::{Action, DerivedRec, History, Outcome, SessionRec, Value};
 use super::workload::{
-    by_status, logout, password_sign_in, stopped, transport, BACKOFF, CLIENT_TIMEOUT,
+    by_status, logout, password_sign_in, stop_and_join, stopped, transport, BACKOFF, CLIENT_TIMEOUT,
 };
 use crate::bench::{csrf_pair, one_connection, set_cookie};
 use crate::federation::{deliver, round_trip};
@@ -91,14 +91,7 @@ impl PeerLoad {
 
     /// Asks every worker to stop after its current operation and waits.
     pub async fn finish(self) {
-        self.stop.send_replace(true);
-        for t in self.tasks {
-            if let Err(e) = t.await {
-                if e.is_panic() {
-                    std::panic::resume_unwind(e.into_panic());
-                }
-            }
-        }
+        stop_and_join(self.stop, self.tasks).await;
     }
 }
 

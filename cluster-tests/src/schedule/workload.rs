@@ -107,12 +107,18 @@ impl Workload {
 
     /// Asks every worker to stop after its current operation and waits.
     pub async fn finish(self) {
-        self.stop.send_replace(true);
-        for t in self.tasks {
-            if let Err(e) = t.await {
-                if e.is_panic() {
-                    std::panic::resume_unwind(e.into_panic());
-                }
+        stop_and_join(self.stop, self.tasks).await;
+    }
+}
+
+/// Tells workers to stop after their current operation, waits for them,
+/// and passes a worker's panic on.
+pub(super) async fn stop_and_join(stop: watch::Sender<bool>, tasks: Vec<JoinHandle<()>>) {
+    stop.send_replace(true);
+    for t in tasks {
+        if let Err(e) = t.await {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
             }
         }
     }

@@ -14,7 +14,7 @@ use baa_cluster_tests::harness::cli_gateway_app;
 use baa_cluster_tests::raw::{self, Ended};
 use baa_cluster_tests::sso::{
     add_cli_client, add_confidential_site, add_site, create_user, pkce, query_params, redeem,
-    Agent, Answer, AuthRequest, SsoCookies, TestSite, CSRF_COOKIE, SESSION_COOKIE,
+    verified_user, Agent, Answer, AuthRequest, SsoCookies, TestSite, CSRF_COOKIE, SESSION_COOKIE,
 };
 use baa_cluster_tests::upstream::Upstream;
 use baa_cluster_tests::{poll_until, Cluster, ClusterOptions};
@@ -131,20 +131,7 @@ async fn userinfo(cluster: &Cluster, id: u64, token: &str) -> StatusCode {
 
 /// Who `cookies` sign in as at node `id` (`/auth/verify`), if anyone.
 async fn signed_in_as(cluster: &Cluster, id: u64, cookies: &SsoCookies) -> Option<String> {
-    let resp = cluster
-        .http()
-        .get(format!("{}/auth/verify", cluster.public_url(id)))
-        .header(COOKIE, cookies.header())
-        .send()
-        .await
-        .expect("verify");
-    if resp.status() != StatusCode::OK {
-        return None;
-    }
-    resp.headers()
-        .get("x-baa-user")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from)
+    verified_user(cluster, id, &cookies.header()).await
 }
 
 /// The last log index the leader has.

@@ -6,7 +6,9 @@
 use baa_cluster_tests::bench::{client_for, csrf_pair, set_cookie};
 use baa_cluster_tests::federation::{deliver, round_trip, Answered, Federation, HOST_B};
 use baa_cluster_tests::harness::CONVERGE_DEADLINE;
-use baa_cluster_tests::sso::{query_mode_request, Agent, REFERENCE_COOKIE, SESSION_COOKIE};
+use baa_cluster_tests::sso::{
+    query_mode_request, verified_user, Agent, REFERENCE_COOKIE, SESSION_COOKIE,
+};
 use baa_cluster_tests::{poll_until, Cluster};
 use baa_proto::api::CreateUserRequest;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -85,24 +87,6 @@ async fn assert_refused(
         "{what}: HTTP {status}, not refused"
     );
     assert!(session.is_none(), "{what}: a session cookie was set");
-}
-
-/// The user A's session `cookies` stands for on node `id`, if it is live.
-async fn user_at(cluster: &Cluster, id: u64, cookies: &str) -> Option<String> {
-    let resp = cluster
-        .http()
-        .get(format!("{}/auth/verify", cluster.public_url(id)))
-        .header("cookie", cookies)
-        .send()
-        .await
-        .ok()?;
-    if resp.status() != StatusCode::OK {
-        return None;
-    }
-    resp.headers()
-        .get("x-baa-user")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from)
 }
 
 /// Delivers `answered` as its own browser does: the derived session's
@@ -185,7 +169,7 @@ async fn a_peer_s_answer_signs_in_once_and_only_the_browser_that_asked() {
 
     let mallory_at_a = delivered(&http, &mallory).await;
     assert_eq!(
-        user_at(&fed.a, 1, &mallory_at_a).await.as_deref(),
+        verified_user(&fed.a, 1, &mallory_at_a).await.as_deref(),
         Some("mallory.login-b")
     );
     let before = last_log_index(&fed.a).await;
@@ -204,7 +188,7 @@ async fn a_peer_s_answer_signs_in_once_and_only_the_browser_that_asked() {
     // as himself.
     let victor_at_a = delivered(&http, &victor).await;
     assert_eq!(
-        user_at(&fed.a, 1, &victor_at_a).await.as_deref(),
+        verified_user(&fed.a, 1, &victor_at_a).await.as_deref(),
         Some("victor.login-b")
     );
     fed.a.assert_no_panics();
@@ -346,7 +330,7 @@ async fn forged_peer_logout_tokens_end_nothing() {
             CONVERGE_DEADLINE,
             &format!("Victor's session at A still live on node {id}"),
             || async {
-                user_at(&fed.a, id, &at_a)
+                verified_user(&fed.a, id, &at_a)
                     .await
                     .filter(|u| u == "victor.login-b")
             },
@@ -364,7 +348,12 @@ async fn forged_peer_logout_tokens_end_nothing() {
         poll_until(
             CONVERGE_DEADLINE,
             &format!("Victor's session at A ended on node {id} by B's logout"),
-            || async { user_at(&fed.a, id, &at_a).await.is_none().then_some(()) },
+            || async {
+                verified_user(&fed.a, id, &at_a)
+                    .await
+                    .is_none()
+                    .then_some(())
+            },
         )
         .await;
     }
