@@ -326,11 +326,17 @@ impl Tally {
 /// One HTTPS client per simulated app: its own keep-alive connection,
 /// redirects never followed.
 pub fn client_for(ca: &Path) -> anyhow::Result<reqwest::Client> {
+    client_with_timeout(ca, Duration::from_secs(10))
+}
+
+/// The same, giving up on a request after `timeout`.
+pub fn client_with_timeout(ca: &Path, timeout: Duration) -> anyhow::Result<reqwest::Client> {
     let ca = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
     Ok(one_connection()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+        .timeout(timeout)
         .build()?)
 }
 

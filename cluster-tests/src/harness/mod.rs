@@ -355,6 +355,13 @@ impl Cluster {
             .collect()
     }
 
+    /// The leader's last log index (0 before any entry): what a test
+    /// compares to show a request wrote nothing.
+    pub async fn last_log_index(&self) -> u64 {
+        let leader = self.leader().await;
+        self.status(leader).await.last_log_index.unwrap_or(0)
+    }
+
     /// The `/metrics` text of node `id`.
     pub async fn metrics(&self, id: NodeId) -> String {
         self.admin(id)

@@ -9,8 +9,6 @@
 //! (only the callback makes a session); the callback's own answer is
 //! classified as every other operation's.
 
-use std::time::Duration;
-
 use baa_proto::model::NodeId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -20,9 +18,9 @@ use tokio::task::JoinHandle;
 
 use super::history::{Action, DerivedRec, History, Outcome, SessionRec, Value};
 use super::workload::{
-    by_status, logout, password_sign_in, stop_and_join, stopped, transport, BACKOFF, CLIENT_TIMEOUT,
+    by_status, logout, password_sign_in, stop_and_join, stopped, transport, BACKOFF,
 };
-use crate::bench::{csrf_pair, one_connection, set_cookie};
+use crate::bench::{csrf_pair, set_cookie};
 use crate::federation::{deliver, round_trip};
 use crate::sso::{Agent, REFERENCE_COOKIE, SESSION_COOKIE};
 
@@ -47,20 +45,6 @@ pub struct PeerTarget {
     pub query: String,
     /// The schedule's seed.
     pub seed: u64,
-}
-
-impl PeerTarget {
-    /// A client for the round trip that trusts the CAs in `ca_bundle`.
-    pub fn client(ca_bundle: &std::path::Path) -> reqwest::Client {
-        let pem = std::fs::read(ca_bundle).expect("the CA bundle");
-        one_connection()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA PEM"))
-            .timeout(CLIENT_TIMEOUT)
-            .build()
-            .expect("an HTTPS client")
-    }
 }
 
 fn pick(nodes: &[(NodeId, String)], rng: &mut StdRng) -> (NodeId, String) {
@@ -197,11 +181,7 @@ async fn cross_sign_in(
         }
         Ok(resp) => {
             let status = resp.status();
-            let body = tokio::time::timeout(Duration::from_secs(5), resp.text())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
+            let body = resp.text().await.unwrap_or_default();
             by_status(status, &body)
         }
         Err(e) => match e.downcast_ref::<reqwest::Error>() {

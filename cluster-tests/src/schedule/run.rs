@@ -23,6 +23,7 @@ use super::plan::{
     HEARTBEAT_MS,
 };
 use super::workload::{by_status, transport, Target, Workload, CLIENT_TIMEOUT, PASSWORD, SCOPES};
+use crate::bench::client_with_timeout;
 use crate::federation::Federation;
 use crate::harness::{find_leader, CliOutput, Cluster, ClusterOptions, CONVERGE_DEADLINE};
 use crate::poll::try_poll_until;
@@ -195,13 +196,7 @@ pub async fn run_federated(seed: u64, budget: Duration) -> Report {
     .await;
     let bundle = fed.ca_bundle();
     let Federation { a, b, .. } = &mut fed;
-    let peer = PeerSetup { ca_bundle: bundle };
-    run_on(plan, a, Some((b, peer)), started).await
-}
-
-/// What the cross-agency load needs beyond agency B itself.
-struct PeerSetup {
-    ca_bundle: std::path::PathBuf,
+    run_on(plan, a, Some((b, bundle)), started).await
 }
 
 /// B's users in a federated schedule.
@@ -212,7 +207,7 @@ const PEER_WORKERS: usize = 2;
 async fn run_on(
     plan: Plan,
     a: &mut Cluster,
-    mut b: Option<(&mut Cluster, PeerSetup)>,
+    mut b: Option<(&mut Cluster, std::path::PathBuf)>,
     started: Instant,
 ) -> Report {
     let seed = plan.seed;
@@ -220,8 +215,8 @@ async fn run_on(
     let history = History::new();
     let load = Workload::start(target.clone(), history.clone(), SESSION_WORKERS);
     let peer_load = match &b {
-        Some((b, setup)) => {
-            let t = peer_setup(a, b, setup, &target, seed).await;
+        Some((b, ca_bundle)) => {
+            let t = peer_setup(a, b, ca_bundle, &target, seed).await;
             Some(PeerLoad::start(t, history.clone(), PEER_WORKERS))
         }
         None => None,
@@ -321,11 +316,12 @@ async fn run_on(
     }
 }
 
-/// B's users, and what the cross-agency workers need.
+/// B's users, and what the cross-agency workers need (`ca_bundle`: both
+/// agencies' CAs).
 async fn peer_setup(
     a: &Cluster,
     b: &Cluster,
-    setup: &PeerSetup,
+    ca_bundle: &std::path::Path,
     target: &Target,
     seed: u64,
 ) -> PeerTarget {
@@ -344,7 +340,7 @@ async fn peer_setup(
         a: public(a),
         b: public(b),
         agent: Agent::with_timeout(b, CLIENT_TIMEOUT),
-        http: PeerTarget::client(&setup.ca_bundle),
+        http: client_with_timeout(ca_bundle, CLIENT_TIMEOUT).expect("a client for both agencies"),
         users,
         query: sso::query_mode_request(&target.site.client_id, &target.site.redirect_uri).0,
         seed,

@@ -134,12 +134,6 @@ async fn signed_in_as(cluster: &Cluster, id: u64, cookies: &SsoCookies) -> Optio
     verified_user(cluster, id, &cookies.header()).await
 }
 
-/// The last log index the leader has.
-async fn last_log_index(cluster: &Cluster) -> u64 {
-    let leader = cluster.leader().await;
-    cluster.status(leader).await.last_log_index.unwrap_or(0)
-}
-
 /// The CSRF token of the agency page at `url`, as `agent` (which keeps its cookie).
 async fn csrf_of(agent: &mut Agent, url: &str) -> String {
     let page = agent.get(url).await;
@@ -1511,7 +1505,7 @@ async fn oversized_input_is_413_with_a_code_and_changes_nothing() {
     let addr = cluster.node(2).public_addr();
     let tls = raw::tls_config(&cluster.ca_pem());
     let http = cluster.http().clone();
-    let before = last_log_index(&cluster).await;
+    let before = cluster.last_log_index().await;
     let big = "a".repeat(100 * 1024);
     for (path, fields) in post_endpoints() {
         let mut form: Vec<(&str, &str)> = fields.clone();
@@ -1588,7 +1582,7 @@ async fn oversized_input_is_413_with_a_code_and_changes_nothing() {
         .await
         .expect("healthz");
     assert_eq!(ok.status(), StatusCode::OK);
-    let grew = last_log_index(&cluster).await - before;
+    let grew = cluster.last_log_index().await - before;
     assert_eq!(grew, 0, "oversized requests added {grew} log entries");
     cluster.assert_no_panics();
 }
@@ -1605,7 +1599,7 @@ async fn malformed_input_is_refused_with_a_code_and_changes_nothing() {
     add_cli_client(&cluster).await;
     let base = cluster.public_url(3);
     let http = cluster.http().clone();
-    let before = last_log_index(&cluster).await;
+    let before = cluster.last_log_index().await;
     let mut seen = Vec::new();
     for (path, fields) in post_endpoints() {
         let form = serde_urlencoded::to_string(&fields).expect("form");
@@ -1665,7 +1659,7 @@ async fn malformed_input_is_refused_with_a_code_and_changes_nothing() {
         );
     }
     println!("{}", seen.join("\n"));
-    let grew = last_log_index(&cluster).await - before;
+    let grew = cluster.last_log_index().await - before;
     assert_eq!(grew, 0, "malformed requests added {grew} log entries");
     cluster.assert_no_panics();
 }

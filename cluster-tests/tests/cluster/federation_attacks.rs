@@ -6,10 +6,10 @@
 use baa_cluster_tests::bench::{client_for, csrf_pair, set_cookie};
 use baa_cluster_tests::federation::{deliver, round_trip, Answered, Federation, HOST_B};
 use baa_cluster_tests::harness::CONVERGE_DEADLINE;
+use baa_cluster_tests::poll_until;
 use baa_cluster_tests::sso::{
     query_mode_request, verified_user, Agent, REFERENCE_COOKIE, SESSION_COOKIE,
 };
-use baa_cluster_tests::{poll_until, Cluster};
 use baa_proto::api::CreateUserRequest;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -59,12 +59,6 @@ async fn answered_for(fed: &Federation, http: &reqwest::Client, user: &str) -> (
         .await
         .unwrap_or_else(|e| panic!("{user}'s round trip: {e:#}"));
     (answered, at_b)
-}
-
-/// The leader's last log index of `cluster`.
-async fn last_log_index(cluster: &Cluster) -> u64 {
-    let leader = cluster.leader().await;
-    cluster.status(leader).await.last_log_index.unwrap_or(0)
 }
 
 /// Delivers `fields` with `trip`, expecting a refusal that starts no
@@ -122,7 +116,7 @@ async fn a_peer_s_answer_signs_in_once_and_only_the_browser_that_asked() {
     let http = client_for(&fed.ca_bundle()).expect("client");
     let (mallory, _) = answered_for(&fed, &http, "mallory").await;
     let (victor, _) = answered_for(&fed, &http, "victor").await;
-    let before = last_log_index(&fed.a).await;
+    let before = fed.a.last_log_index().await;
 
     assert_refused(
         &http,
@@ -164,7 +158,7 @@ async fn a_peer_s_answer_signs_in_once_and_only_the_browser_that_asked() {
         &swapped,
     )
     .await;
-    let grew = last_log_index(&fed.a).await - before;
+    let grew = fed.a.last_log_index().await - before;
     assert_eq!(grew, 0, "refused answers wrote {grew} entries at A");
 
     let mallory_at_a = delivered(&http, &mallory).await;
@@ -172,7 +166,7 @@ async fn a_peer_s_answer_signs_in_once_and_only_the_browser_that_asked() {
         verified_user(&fed.a, 1, &mallory_at_a).await.as_deref(),
         Some("mallory.login-b")
     );
-    let before = last_log_index(&fed.a).await;
+    let before = fed.a.last_log_index().await;
     assert_refused(
         &http,
         "Mallory's answer replayed after its use",
@@ -181,7 +175,7 @@ async fn a_peer_s_answer_signs_in_once_and_only_the_browser_that_asked() {
         &mallory.fields,
     )
     .await;
-    let grew = last_log_index(&fed.a).await - before;
+    let grew = fed.a.last_log_index().await - before;
     assert_eq!(grew, 0, "the replay wrote {grew} entries at A");
 
     // The attempts spent nothing of Victor's: his own answer signs him in,
@@ -288,7 +282,7 @@ async fn forged_peer_logout_tokens_end_nothing() {
     untyped.typ = Some("JWT".into());
     let not_logout = encode(&untyped, &claims, &rsa_key).expect("RS256");
 
-    let before = last_log_index(&fed.a).await;
+    let before = fed.a.last_log_index().await;
     for (what, token) in [
         ("alg none", none.as_str()),
         ("HS256 keyed with B's RSA modulus", hmac.as_str()),
@@ -323,7 +317,7 @@ async fn forged_peer_logout_tokens_end_nothing() {
             assert!(body["error"].is_string(), "{what}: no code in {body}");
         }
     }
-    let grew = last_log_index(&fed.a).await - before;
+    let grew = fed.a.last_log_index().await - before;
     assert_eq!(grew, 0, "forged logout tokens wrote {grew} entries at A");
     for id in fed.a.ids() {
         poll_until(

@@ -138,11 +138,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-async fn last_log_index(cluster: &Cluster) -> u64 {
-    let leader = cluster.leader().await;
-    cluster.status(leader).await.last_log_index.unwrap_or(0)
-}
-
 /// The replicated state as one node sees it.
 #[derive(Debug, Clone, Copy)]
 struct StateFigures {
@@ -211,15 +206,15 @@ async fn h1_anonymous_floods_do_not_grow_the_log_or_the_node() {
     let rss_before = rss_kib(pid);
     let leader = cluster.leader().await;
     let state_before = state_of(&cluster, leader).await;
-    let log_before = last_log_index(&cluster).await;
+    let log_before = cluster.last_log_index().await;
     let mut report = Vec::new();
     macro_rules! endpoint {
         ($name:expr, $build:expr) => {{
-            let before = last_log_index(&cluster).await;
+            let before = cluster.last_log_index().await;
             let t = Instant::now();
             let tally = flood($build).await;
             let took = t.elapsed();
-            let grew = last_log_index(&cluster).await.saturating_sub(before);
+            let grew = cluster.last_log_index().await.saturating_sub(before);
             println!(
                 "{:<40} log +{grew:<4} rss {:>4} MiB  {:>5.1} s  slowest {:>6} ms  errors {}  retried {}  {:?}",
                 $name,
@@ -427,7 +422,7 @@ async fn h1_anonymous_floods_do_not_grow_the_log_or_the_node() {
         .send());
 
     let elapsed = started.elapsed();
-    let grew = last_log_index(&cluster).await.saturating_sub(log_before);
+    let grew = cluster.last_log_index().await.saturating_sub(log_before);
     let state_after = state_of(&cluster, leader).await;
     let rss_after = rss_kib(pid);
     let bound = log_bound(elapsed);
@@ -552,7 +547,7 @@ async fn h1_a_made_up_device_code_is_refused_without_a_write() {
         (status, error.as_str()),
         (StatusCode::BAD_REQUEST, "authorization_pending")
     );
-    let before = last_log_index(&cluster).await;
+    let before = cluster.last_log_index().await;
     for i in 0..50 {
         let (status, error) = poll(format!("made-up-{i}"), 2).await;
         assert_eq!(
@@ -560,7 +555,7 @@ async fn h1_a_made_up_device_code_is_refused_without_a_write() {
             (StatusCode::BAD_REQUEST, "invalid_grant")
         );
     }
-    let grew = last_log_index(&cluster).await - before;
+    let grew = cluster.last_log_index().await - before;
     assert_eq!(grew, 0, "50 made-up device codes added {grew} log entries");
     cluster.assert_no_panics();
 }
