@@ -245,27 +245,29 @@ async fn run_on(
         undo(cluster, &what, &mut installs).await;
         tokio::time::sleep(step.gap).await;
     }
-    a.heal().await;
-    if let Some((b, _)) = &b {
-        b.heal().await;
+    let agencies: Vec<(&str, &Cluster)> = match &b {
+        Some((b, _)) => vec![("A ", &*a), ("B ", &**b)],
+        None => vec![("", &*a)],
+    };
+    for (_, cluster) in &agencies {
+        cluster.heal().await;
     }
     load.finish().await;
     if let Some(l) = peer_load {
         l.finish().await;
     }
 
-    let ids = a.ids();
-    a.leader().await;
-    let statuses = a.wait_converged(&ids).await;
-    for &id in &ids {
-        installs.scrape(a, id).await;
-    }
-    if let Some((b, _)) = &b {
-        let ids = b.ids();
-        b.leader().await;
-        b.wait_converged(&ids).await;
+    // Every agency elects, converges and is counted; A's statuses report.
+    let mut statuses = Vec::new();
+    for (i, (_, cluster)) in agencies.iter().enumerate() {
+        let ids = cluster.ids();
+        cluster.leader().await;
+        let st = cluster.wait_converged(&ids).await;
         for &id in &ids {
-            installs.scrape(b, id).await;
+            installs.scrape(cluster, id).await;
+        }
+        if i == 0 {
+            statuses = st;
         }
     }
     let (ops, entities) = history.snapshot();
@@ -275,12 +277,10 @@ async fn run_on(
     let mut violations = history_violations(&ops, &entities);
     let x = expectations(&ops, &entities);
     violations.extend(probe(a, &target, &x, &entities).await);
-    let mut agencies = vec![("", &*a)];
     if let Some((b, _)) = &b {
         violations.extend(probe_federation(a, b, &x, &entities).await);
-        agencies = vec![("A ", &*a), ("B ", &**b)];
     }
-    for (name, cluster) in agencies {
+    for (name, cluster) in &agencies {
         for id in cluster.ids() {
             if let Some(line) = cluster.log(id).lines().find(|l| l.contains("panicked")) {
                 violations.push(Violation {
